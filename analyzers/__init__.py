@@ -1,0 +1,1 @@
+"""Analyzers: vectorized interval kernels and the roofline, stall, comm and serving analyses."""

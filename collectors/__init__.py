@@ -1,0 +1,1 @@
+"""Collectors: raw traces (Sohu, PyTorch profiler / Kineto, Chrome JSON) into the trace store."""

@@ -1,0 +1,1 @@
+"""The Dash dashboard: timelines across nodes linked to the analyses."""

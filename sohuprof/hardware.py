@@ -1,0 +1,150 @@
+"""Hardware specifications: the roofs every timing and analysis is measured against.
+
+A spec is a flat TOML file; presets ship in ``sohuprof/presets/hardware`` and a user's own file is
+accepted wherever a preset name is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sohuprof.errors import SpecError
+
+__all__ = ["HardwareSpec", "load_hardware", "hardware_presets"]
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    """One accelerator chip and the links around it.
+
+    Attributes
+    ----------
+    name, description : str
+        Preset name and one line for people.
+    chips_per_node : int
+        Chips sharing one node's intra-node fabric.
+    clock_hz : float
+        Frequency of the trace unit's cycle counter (raw traces are in these cycles).
+    peak_flops_fp8, peak_flops_bf16 : float
+        Dense matrix-engine FLOP/s by operand type.
+    vector_flops : float
+        FLOP/s of the vector (element-wise, reduction) units.
+    hbm_bandwidth : float
+        HBM bytes/s; ``hbm_bytes`` its capacity, ``sram_bytes`` on-chip SRAM.
+    intra_node_bandwidth, inter_node_bandwidth : float
+        Bytes/s per chip per direction inside a node and through the node's NIC.
+    intra_node_latency_ns, inter_node_latency_ns : float
+        Per-message latency (the alpha of an alpha-beta cost).
+    matmul_efficiency, vector_efficiency, memory_efficiency, comm_efficiency : float
+        Fraction (0-1] of the matching peak that well-shaped work reaches.
+    launch_overhead_ns : float
+        Fixed cost added to every op (kernel launch); ``step_overhead_ns`` host work per step.
+    jitter : float
+        Log-normal sigma of per-op run time.
+    """
+
+    name: str
+    description: str
+    chips_per_node: int
+    clock_hz: float
+    peak_flops_fp8: float
+    peak_flops_bf16: float
+    vector_flops: float
+    hbm_bandwidth: float
+    hbm_bytes: float
+    sram_bytes: float
+    intra_node_bandwidth: float
+    intra_node_latency_ns: float
+    inter_node_bandwidth: float
+    inter_node_latency_ns: float
+    matmul_efficiency: float
+    vector_efficiency: float
+    memory_efficiency: float
+    comm_efficiency: float
+    launch_overhead_ns: float
+    step_overhead_ns: float
+    jitter: float
+
+    def peak_flops(self, dtype: str) -> float:
+        """Dense matrix FLOP/s for operand type ``dtype`` (``fp8`` or ``bf16``)."""
+        if dtype == "fp8":
+            return self.peak_flops_fp8
+        if dtype in ("bf16", "fp16"):
+            return self.peak_flops_bf16
+        raise SpecError(f"unknown dtype {dtype!r}: expected 'fp8' or 'bf16'")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for run.json and the store manifest)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "<dict>") -> HardwareSpec:
+        """Build a spec from a mapping, naming the missing or unknown keys on error."""
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        missing = sorted(set(fields) - set(data))
+        unknown = sorted(set(data) - set(fields))
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing)}")
+            if unknown:
+                parts.append(f"unknown {', '.join(unknown)}")
+            raise SpecError(f"hardware spec {source}: {'; '.join(parts)}")
+        values: dict[str, Any] = {}
+        for name, typ in fields.items():
+            raw = data[name]
+            try:
+                if typ == "str":
+                    values[name] = str(raw)
+                elif typ == "int":
+                    values[name] = int(raw)
+                else:
+                    values[name] = float(raw)
+            except (TypeError, ValueError):
+                raise SpecError(f"hardware spec {source}: '{name}' must be a number, got {raw!r}") from None
+        spec = cls(**values)
+        spec._validate(source)
+        return spec
+
+    def _validate(self, source: str) -> None:
+        positive = [f.name for f in dataclasses.fields(self) if f.type in ("int", "float")
+                    and f.name not in ("launch_overhead_ns", "step_overhead_ns", "jitter",
+                                       "intra_node_latency_ns", "inter_node_latency_ns")]
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise SpecError(f"hardware spec {source}: '{name}' must be > 0, got {getattr(self, name)}")
+        for name in ("matmul_efficiency", "vector_efficiency", "memory_efficiency", "comm_efficiency"):
+            if getattr(self, name) > 1:
+                raise SpecError(f"hardware spec {source}: '{name}' is a fraction of peak, at most 1")
+
+
+def hardware_presets() -> list[str]:
+    """Names of the hardware presets shipped with sohuprof."""
+    folder = resources.files("sohuprof.presets") / "hardware"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_hardware(name_or_path: str | Path) -> HardwareSpec:
+    """Load a hardware preset by name (``sohu``, ``h100``...) or a user's TOML file by path."""
+    text_name = str(name_or_path)
+    path = Path(text_name)
+    if text_name.endswith(".toml") or path.exists():
+        if not path.is_file():
+            raise SpecError(f"hardware spec file {text_name!r} not found")
+        source, raw = text_name, path.read_bytes()
+    else:
+        if text_name not in hardware_presets():
+            raise SpecError(f"unknown hardware preset {text_name!r}: choose one of "
+                            f"{', '.join(hardware_presets())} or give a .toml file")
+        source = text_name
+        raw = (resources.files("sohuprof.presets") / "hardware" / f"{text_name}.toml").read_bytes()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(f"hardware spec {source} is not valid TOML: {exc}") from None
+    return HardwareSpec.from_dict(data, source=source)

@@ -1,0 +1,1 @@
+"""Hardware (TOML) and model (HuggingFace config.json) presets shipped with sohuprof."""

@@ -1,0 +1,84 @@
+"""The raw Sohu trace format: what the trace unit (here, the emulator) writes and collectors read.
+
+A run directory holds ``run.json`` and, per chip, ``node<N>/chip<C>.strace``::
+
+    file header   FILE_HEADER: magic b"SOHUTRC\\0", version, node, chip, record size, chunk records
+    chunk*        CHUNK_HEADER: magic b"CHNK", sequence number, record count, CRC32 of the payload
+                  payload: record count x RECORD_DTYPE (little-endian, packed)
+
+Times are in the chip's local cycle counter (``run.json`` gives each chip's frequency). Host events
+(scheduler steps, request arrival / first token / finish) are JSON lines in ``node<N>/host.jsonl``,
+timestamped in ns on the node's local clock.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_NAME", "FORMAT_VERSION", "FILE_MAGIC", "CHUNK_MAGIC", "FILE_HEADER", "CHUNK_HEADER",
+    "RECORD_DTYPE", "NO_LAYER", "NO_GROUP", "Engine", "Phase", "chip_path", "host_path",
+]
+
+FORMAT_NAME = "sohu-raw-trace"
+FORMAT_VERSION = 1
+FILE_MAGIC = b"SOHUTRC\0"
+CHUNK_MAGIC = b"CHNK"
+
+#: magic, version, node, chip, record size, records per full chunk, reserved
+FILE_HEADER = struct.Struct("<8sHHHHI12x")
+#: magic, sequence number, record count, CRC32 of the payload
+CHUNK_HEADER = struct.Struct("<4sIII")
+
+#: One op on one chip. Field order keeps every field naturally aligned (72 bytes, no padding).
+RECORD_DTYPE = np.dtype([
+    ("start", "<u8"),         # local cycles
+    ("end", "<u8"),           # local cycles
+    ("flops", "<u8"),
+    ("hbm_bytes", "<u8"),
+    ("net_bytes", "<u8"),     # bytes this chip sent over links (collectives)
+    ("stall_cycles", "<u8"),  # cycles the op's compute waited on memory
+    ("name_id", "<u4"),       # index into run.json "op_names"
+    ("step", "<u4"),          # scheduler step
+    ("group", "<u4"),         # collective group id (run.json "groups"), NO_GROUP otherwise
+    ("seq", "<u4"),           # collective sequence number within its group
+    ("layer", "<i2"),         # NO_LAYER outside decoder layers
+    ("engine", "u1"),         # Engine
+    ("phase", "u1"),          # Phase of the step's batch
+    ("reserved", "<u4"),
+])
+assert RECORD_DTYPE.itemsize == 72  # a format constant: checked once at import
+
+NO_LAYER = -1
+NO_GROUP = 0xFFFFFFFF
+
+
+class Engine(IntEnum):
+    """The unit an op ran on; ops on different engines of one chip may overlap."""
+
+    MATRIX = 0
+    VECTOR = 1
+    DMA = 2
+    COLLECTIVE = 3
+    HOST = 4
+
+
+class Phase(IntEnum):
+    """What the step's batch held: prompt tokens, generated tokens, or both."""
+
+    PREFILL = 0
+    DECODE = 1
+    MIXED = 2
+
+
+def chip_path(node: int, chip: int) -> str:
+    """Path of a chip's trace file, relative to the run directory."""
+    return f"node{node}/chip{chip}.strace"
+
+
+def host_path(node: int) -> str:
+    """Path of a node's host-event file, relative to the run directory."""
+    return f"node{node}/host.jsonl"
