@@ -37,11 +37,17 @@ class HardwareSpec:
     hbm_bandwidth : float
         HBM bytes/s; ``hbm_bytes`` its capacity, ``sram_bytes`` on-chip SRAM.
     intra_node_bandwidth, inter_node_bandwidth : float
-        Bytes/s per chip per direction inside a node and through the node's NIC.
+        Bytes/s per direction of one intra-node link, and of one chip's share of the node's NIC.
+    intra_node_links : int
+        Intra-node links a chip drives at once: 1 behind a switch (NVLink: the bandwidth is the
+        chip's aggregate), ``chips_per_node - 1`` in a fully connected mesh.
     intra_node_latency_ns, inter_node_latency_ns : float
         Per-message latency (the alpha of an alpha-beta cost).
     matmul_efficiency, vector_efficiency, memory_efficiency, comm_efficiency : float
         Fraction (0-1] of the matching peak that well-shaped work reaches.
+    activation_hbm_fraction : float
+        Share of activation traffic between ops that reaches HBM (1 on GPUs, where every kernel
+        reads and writes HBM; small on a dataflow chip that keeps activations in SRAM).
     launch_overhead_ns : float
         Fixed cost added to every op (kernel launch); ``step_overhead_ns`` host work per step.
     jitter : float
@@ -59,6 +65,7 @@ class HardwareSpec:
     hbm_bytes: float
     sram_bytes: float
     intra_node_bandwidth: float
+    intra_node_links: int
     intra_node_latency_ns: float
     inter_node_bandwidth: float
     inter_node_latency_ns: float
@@ -66,6 +73,7 @@ class HardwareSpec:
     vector_efficiency: float
     memory_efficiency: float
     comm_efficiency: float
+    activation_hbm_fraction: float
     launch_overhead_ns: float
     step_overhead_ns: float
     jitter: float
@@ -118,9 +126,10 @@ class HardwareSpec:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise SpecError(f"hardware spec {source}: '{name}' must be > 0, got {getattr(self, name)}")
-        for name in ("matmul_efficiency", "vector_efficiency", "memory_efficiency", "comm_efficiency"):
+        for name in ("matmul_efficiency", "vector_efficiency", "memory_efficiency", "comm_efficiency",
+                     "activation_hbm_fraction"):
             if getattr(self, name) > 1:
-                raise SpecError(f"hardware spec {source}: '{name}' is a fraction of peak, at most 1")
+                raise SpecError(f"hardware spec {source}: '{name}' is a fraction, at most 1")
 
 
 def hardware_presets() -> list[str]:

@@ -1,0 +1,719 @@
+"""PyTorch profiler (Kineto) and Chrome Trace Event Format JSON into trace-store tables.
+
+What is read, and how it maps onto the store (DESIGN.md, "The trace store"):
+
+- Complete events (``ph == "X"``) become events. Flow events (``s``/``f``/``t``, Kineto's
+  ``ac2g`` and ``fwdbwd``), metadata (``M``), instants (``i``/``I``) and Kineto's whole-session
+  ``Trace`` span are not events; they are counted in the metadata. Counter events (``C``) go to
+  the counters table, one counter per series (``name.series``). ``B``/``E`` pairs are not read.
+- ``rank`` comes from ``distributedInfo.rank``; a trace without it is rank 0. Kineto does not
+  say which host a rank ran on, so ``node`` is 0 for every rank. ``chip`` is the GPU's device
+  index (``args.device``); CPU events take the rank's GPU (the device most of its GPU events ran
+  on), and a plain Chrome trace is chip 0.
+- ``track`` is ``stream N`` for GPU events (``args.stream``, else the tid) and ``thread T`` for
+  CPU events; with several GPUs in one file GPU tracks read ``gpu D stream N``. Plain Chrome
+  traces use their ``thread_name`` metadata where present.
+- ``category``: communication for NCCL kernels, memory for ``gpu_memcpy``/``gpu_memset``,
+  compute for other GPU kernels, host for everything on the CPU (and ``gpu_user_annotation``,
+  which marks GPU time but does none). ``op`` is classified once per unique name (see
+  ``_OP_PATTERNS``); NCCL kernels take their kind from the ``Collective name`` arg, else from the
+  kernel name.
+- Time: ``ts``/``dur`` are decimal microseconds with (at most) ns resolution. Kineto writes
+  ``ts`` relative to ``baseTimeNanoseconds``, so the store's ts is
+  ``baseTimeNanoseconds + ts * 1000`` (wall-clock ns; ranks line up through it), or plain
+  ``ts * 1000`` without that field. The conversion is exact to the ns: for values below 2**43 us
+  (every Kineto trace) the float from the parser has an ulp under 1 ns, so of the integers next
+  to ``round(x * 1000)`` exactly one divides back to ``x`` (:func:`_us_to_ns`); larger values
+  (epoch-microsecond Chrome traces) are re-read from the JSON text (:func:`_ts_from_text`).
+- ``coll_id``: NCCL kernels of one process group run in the same order on every member rank,
+  so the n-th NCCL kernel (by ts) of process group ``g`` on each rank is instance
+  ``g * 2**32 + n`` (``g`` = the ``Process Group Name`` when numeric, else its CRC32, and 0 when
+  absent). ``collectives.start`` is the last member's arrival among the ranks collected
+  together; ``bytes`` is the input message (``In msg nelems`` x dtype size).
+- ``correlation`` is ``args.correlation`` (kernel <-> launching ``cuda_runtime`` event);
+  ``step`` is N of the ``ProfilerStep#N`` window holding the event's ts; ``flops`` is
+  ``args.flops`` when the profiler recorded it (``with_flops=True``), else null.
+"""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sohuprof.errors import TraceFormatError
+from sohuprof.schema import CATEGORIES, COLLECTIVES, COUNTERS, EVENTS, OP_CLASSES
+from sohuprof.store import PathLike, StoreWriter
+
+__all__ = ["KinetoTrace", "read_kineto", "collect_kineto"]
+
+_EXPECTED = "expected a PyTorch profiler (Kineto) or Chrome trace JSON (.json or .json.gz)"
+#: Top-level keys only Kineto writes.
+_KINETO_KEYS = ("schemaVersion", "distributedInfo", "deviceProperties", "baseTimeNanoseconds")
+#: Event categories only Kineto writes (for old Kineto files without the top-level keys).
+_KINETO_CATS = {"kernel", "gpu_memcpy", "gpu_memset", "cpu_op", "cuda_runtime", "cuda_driver",
+                "gpu_user_annotation", "python_function"}
+#: Device-side event categories: they sit on a stream track.
+_GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset", "gpu_user_annotation")
+#: Kineto's span over the whole profiling session: not an op.
+_SKIP_CATS = ("Trace",)
+#: Below this many microseconds a float64 has an ulp under 1 ns, so the ns are recoverable.
+_EXACT_US = float(2**43)
+
+_OP_INDEX = {op: i for i, op in enumerate(OP_CLASSES)}
+_CAT_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
+
+# Op class of a compute kernel by name: the first pattern that matches wins (attention before
+# gemm: fused attention kernels are often cutlass GEMMs underneath). Convolutions count as gemm
+# (implicit GEMM on tensor cores), cuDNN batch-norm kernels (bn_fw/bn_bw) as norm.
+_OP_PATTERNS = (
+    ("attention", r"flash|fmha|attention|attn|sdpa"),
+    ("norm", r"norm|bn_fw|bn_bw"),
+    ("gemm", r"gemm|cutlass|xmma|cublas|matmul|conv|scudnn|wgrad|dgrad|fprop"),
+    ("embedding", r"embedding"),
+    ("router", r"router|moe_align|gating"),
+    ("sampling", r"topk|top_k|multinomial|sampl|argmax"),
+    ("elementwise", r"elementwise|pointwise|triton_poi|reduce|softmax|multi_tensor_apply"
+                    r"|catarray|copy|fill|nchwtonhwc|nhwctonchw|transpose|relu|gelu|silu"
+                    r"|sigmoid|tanh|dropout|activation|cast"),
+)
+# Collective kind from an NCCL kernel name or a ``Collective name`` arg, underscores removed.
+_COLL_PATTERNS = (
+    ("all_reduce", r"allreduce"),
+    ("all_gather", r"allgather"),
+    ("reduce_scatter", r"reducescatter"),
+    ("all_to_all", r"alltoall"),
+    ("broadcast", r"broadcast"),
+    ("recv", r"^recv|recv$"),
+    ("send", r"send"),
+)
+#: Bytes per element of the c10 dtype names Kineto writes in the ``dtype`` arg.
+_DTYPE_BYTES = {"Float": 4, "Half": 2, "BFloat16": 2, "Double": 8, "Int": 4, "Long": 8,
+                "Short": 2, "Char": 1, "Byte": 1, "Bool": 1, "ComplexFloat": 8,
+                "ComplexDouble": 16, "ComplexHalf": 4, "Float8_e4m3fn": 1, "Float8_e5m2": 1,
+                "Float8_e4m3fnuz": 1, "Float8_e5m2fnuz": 1, "UInt16": 2, "UInt32": 4,
+                "UInt64": 8}
+_STEP_RE = r"^ProfilerStep#(?P<step>\d+)$"
+_TS_TOKEN = re.compile(rb'"ts"\s*:\s*(-?\d+(?:\.\d+)?)(?=\s*[,}])')
+
+
+@dataclass(frozen=True)
+class KinetoTrace:
+    """Store tables read from PyTorch profiler / Chrome traces.
+
+    Attributes
+    ----------
+    events : pyarrow.Table
+        Events, conformed to the events schema, sorted by ``(rank, ts)``.
+    collectives : pyarrow.Table
+        One row per NCCL kernel (collective instance x rank); empty when there are none.
+    counters : pyarrow.Table
+        Samples of Chrome counter (``C``) events; usually empty for Kineto.
+    metadata : dict
+        Manifest keys: source, hardware, parallel plan, ranks, clock alignment, counts.
+    """
+
+    events: pa.Table
+    collectives: pa.Table
+    counters: pa.Table
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _RankTrace:
+    """What one file contributes."""
+
+    file: Path
+    format: str  # "kineto" or "chrome"
+    rank: int
+    events: pa.Table
+    collectives: pa.Table  # without ``start`` (needs every rank)
+    counters: pa.Table
+    info: dict[str, Any]
+
+
+# -- public API ---------------------------------------------------------------------------------
+
+def read_kineto(path: PathLike) -> KinetoTrace:
+    """Read a PyTorch profiler (Kineto) or Chrome trace into store tables, in memory.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        One ``.json`` / ``.json.gz`` trace (gzip is detected from the content), or a directory
+        of per-rank Kineto files (``*.json``, ``*.json.gz``; not searched recursively).
+
+    Returns
+    -------
+    KinetoTrace
+
+    Raises
+    ------
+    TraceFormatError
+        A path is missing, a file is not a Kineto or Chrome trace, a directory holds no traces,
+        mixes Kineto and plain Chrome files, or has two files for one rank.
+    """
+    parts = list(_iter_rank_traces(path))
+    events = pa.concat_tables([p.events for p in parts]).unify_dictionaries()
+    events = events.sort_by([("rank", "ascending"), ("ts", "ascending"), ("dur", "descending")])
+    counters = pa.concat_tables([p.counters for p in parts]).unify_dictionaries()
+    collectives = _finish_collectives([p.collectives for p in parts])
+    return KinetoTrace(events.combine_chunks(), collectives, counters.combine_chunks(),
+                       _metadata(path, parts, events.num_rows))
+
+
+def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False) -> dict[str, Any]:
+    """Collect a PyTorch profiler (Kineto) or Chrome trace into a trace store.
+
+    Files are read and written one at a time, so memory is bounded by the largest file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A trace file or a directory of per-rank files, as for :func:`read_kineto`.
+    store_path : str or os.PathLike
+        The store directory to create.
+    force : bool, default False
+        Replace an existing store.
+
+    Returns
+    -------
+    dict
+        Summary counts: ``ranks``, ``events``, ``collectives``, ``counters``, ``quarantined``,
+        ``files``, ``format`` and ``store``.
+
+    Raises
+    ------
+    TraceFormatError
+        The input is not a readable trace (see :func:`read_kineto`); nothing is written.
+    OutputError
+        The store exists and ``force`` is not set, or cannot be written.
+    """
+    parts: list[_RankTrace] = []
+    written = 0
+    with StoreWriter(store_path, force=force) as writer:
+        for part in _iter_rank_traces(path):
+            writer.write_events(part.events)
+            written += part.events.num_rows
+            # Keep the small tables and the metadata; let the events go.
+            parts.append(_RankTrace(part.file, part.format, part.rank, EVENTS.empty(),
+                                    part.collectives, part.counters, part.info))
+        collectives = _finish_collectives([p.collectives for p in parts])
+        counters = pa.concat_tables([p.counters for p in parts]).unify_dictionaries()
+        writer.write_table(COLLECTIVES, collectives)
+        writer.write_table(COUNTERS, counters)
+        metadata = _metadata(path, parts, written)
+        writer.write_manifest(metadata)
+    return {"store": str(store_path), "format": metadata["source"]["format"],
+            "files": len(parts), "ranks": metadata["ranks"], "events": written,
+            "collectives": collectives.num_rows, "counters": counters.num_rows, "quarantined": 0}
+
+
+# -- files --------------------------------------------------------------------------------------
+
+def _trace_files(path: Path) -> list[Path]:
+    """The trace files at ``path``: itself, or the ``.json``/``.json.gz`` files in it."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir()
+                       if p.is_file() and (p.name.endswith(".json") or p.name.endswith(".json.gz")))
+        if not files:
+            raise TraceFormatError(f"'{path}' holds no .json or .json.gz trace files; {_EXPECTED}, "
+                                   f"or a directory of per-rank ones")
+        return files
+    raise TraceFormatError(f"'{path}' does not exist; {_EXPECTED}, or a directory of per-rank ones")
+
+
+def _iter_rank_traces(path: PathLike) -> Iterator[_RankTrace]:
+    """Parse each file, checking that formats agree and each rank appears once."""
+    root = Path(path)
+    seen: dict[int, Path] = {}
+    first: _RankTrace | None = None
+    for file in _trace_files(root):
+        part = _parse_file(file)
+        if first is not None and part.format != first.format:
+            raise TraceFormatError(f"'{root}' mixes a {first.format} trace ({first.file.name}) and a "
+                                   f"{part.format} trace ({file.name}); collect them separately")
+        if part.rank in seen:
+            raise TraceFormatError(f"'{seen[part.rank].name}' and '{file.name}' in '{root}' are both "
+                                   f"rank {part.rank} (from distributedInfo); put one run per directory")
+        seen[part.rank] = file
+        first = first or part
+        yield part
+
+
+def _load(path: Path) -> tuple[Any, bytes]:
+    """Parse a (possibly gzipped) JSON file; returns the document and the JSON text."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TraceFormatError(f"cannot read '{path}': {exc.strerror or exc}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise TraceFormatError(f"'{path}' is a damaged gzip file ({exc}); {_EXPECTED}") from None
+    try:
+        return orjson.loads(raw), raw
+    except orjson.JSONDecodeError as exc:
+        # The Chrome JSON Array Format allows leaving off the closing bracket.
+        body = raw.rstrip().rstrip(b",")
+        if body.lstrip()[:1] == b"[" and not body.endswith(b"]"):
+            try:
+                return orjson.loads(body + b"]"), raw
+            except orjson.JSONDecodeError:
+                pass
+        raise TraceFormatError(f"'{path}' is not JSON ({exc}); {_EXPECTED}") from None
+
+
+# -- one file -----------------------------------------------------------------------------------
+
+def _parse_file(path: Path) -> _RankTrace:
+    # orjson builds ~10^5 acyclic objects; letting the cyclic GC scan them mid-parse costs as
+    # much as the parse itself, so it is paused for the load and the field extraction.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        doc, raw = _load(path)
+        if isinstance(doc, dict) and isinstance(doc.get("traceEvents"), list):
+            trace_events, top = doc["traceEvents"], doc
+        elif isinstance(doc, list):
+            trace_events, top = doc, {}
+        else:
+            kind = "an object without a 'traceEvents' list" if isinstance(doc, dict) else type(doc).__name__
+            raise TraceFormatError(f"'{path}' is JSON but not a trace: {kind}; {_EXPECTED}")
+        try:
+            rows = [(e.get("ph"), e.get("cat"), e.get("name"), e.get("pid"), e.get("tid"),
+                     e.get("ts"), e.get("dur"), e.get("args")) for e in trace_events]
+        except AttributeError:
+            raise TraceFormatError(f"'{path}': 'traceEvents' holds entries that are not objects; "
+                                   f"{_EXPECTED}") from None
+        return _build(path, top, rows, raw)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _build(path: Path, top: dict[str, Any], rows: list[tuple[Any, ...]], raw: bytes) -> _RankTrace:
+    n = len(rows)
+    ph_l, cat_l, name_l, pid_l, tid_l, ts_l, dur_l, args_l = (
+        map(list, zip(*rows)) if n else ([] for _ in range(8)))
+    ph = _str_array(path, "ph", ph_l)
+    cat = _str_array(path, "cat", cat_l)
+    cats = set(pc.unique(cat).drop_null().to_pylist())
+    fmt = "kineto" if any(k in top for k in _KINETO_KEYS) or cats & _KINETO_CATS else "chrome"
+    rank = _rank(path, top)
+
+    is_x = pc.and_(pc.equal(ph, "X"), pc.invert(pc.is_in(cat, pa.array(_SKIP_CATS)))).fill_null(False)
+    x = np.flatnonzero(is_x.to_numpy(zero_copy_only=False))
+    if x.size == 0:
+        has_be = pc.any(pc.is_in(ph, pa.array(["B", "E"]))).as_py()
+        hint = ("it uses 'B'/'E' duration events, which sohuprof does not read; export complete "
+                "('X') events" if has_be else _EXPECTED)
+        raise TraceFormatError(f"'{path}' holds no complete ('X') trace events; {hint}")
+
+    # Times: exact ns (see the module docstring).
+    ts_all = _num_array(path, "ts", ts_l)
+    ts_us = ts_all[x]
+    dur_us = _num_array(path, "dur", dur_l)[x]
+    for label, values in (("ts", ts_us), ("dur", dur_us)):
+        if np.isnan(values).any():
+            raise TraceFormatError(f"'{path}': complete event #{int(x[np.isnan(values)][0])} has no "
+                                   f"numeric '{label}'; {_EXPECTED}")
+    base = top.get("baseTimeNanoseconds")
+    base = base if isinstance(base, int) and not isinstance(base, bool) else 0
+    ts_all_ns, ts_exact = _all_ts_ns(ts_all, raw)
+    ts_all_ns += np.int64(base)
+    ts_ns = ts_all_ns[x]
+    dur_ns = _us_to_ns(dur_us)
+
+    # Per-event fields, then everything per unique value.
+    x_list = x.tolist()
+    xargs = [args_l[i] for i in x_list]
+    try:
+        arg_rows = [(a.get("correlation"), a.get("stream"), a.get("device"), a.get("flops"))
+                    if a else _NO_ARGS for a in xargs]
+    except AttributeError:
+        raise TraceFormatError(f"'{path}': an event's 'args' is not an object; {_EXPECTED}") from None
+    corr_l, stream_l, device_l, flops_l = map(list, zip(*arg_rows))
+
+    xcat = cat.take(pa.array(x))
+    cat_enc = xcat.dictionary_encode()
+    cat_codes = _codes(cat_enc)
+    cat_values = cat_enc.dictionary.to_pylist()
+    kind = np.array([_cat_kind(c) for c in cat_values] + ["host"], dtype=object)[cat_codes]
+    is_gpu = np.isin(kind, ("kernel", "gpu_memcpy", "gpu_memset", "gpu_annotation"))
+
+    names = _str_array(path, "name", [name_l[i] for i in x_list]).fill_null("")
+    name_enc = names.dictionary_encode()
+    name_codes = _codes(name_enc)
+    uniq_names = name_enc.dictionary
+    name_op = _classify(uniq_names, _OP_PATTERNS, default="other")[name_codes]
+    name_coll = _classify(pc.replace_substring(uniq_names, "_", ""), _COLL_PATTERNS, default="")
+    is_nccl = pc.match_substring(uniq_names, "nccl", ignore_case=True).to_numpy(zero_copy_only=False)
+    nccl = (kind == "kernel") & is_nccl[name_codes]
+
+    # Collective args, only for the (few) NCCL kernels.
+    nccl_rows = np.flatnonzero(nccl).tolist()
+    nccl_args = [(a.get("Collective name"), a.get("Process Group Name"), a.get("In msg nelems"),
+                  a.get("dtype")) if (a := xargs[i]) else _NO_ARGS for i in nccl_rows]
+    coll_l, pg_l, nelems_l, dtype_l = (map(list, zip(*nccl_args)) if nccl_args
+                                       else ([] for _ in range(4)))
+    coll_enc = _str_array(path, "Collective name", coll_l).dictionary_encode()
+    coll_from_arg = np.append(
+        _classify(pc.replace_substring(coll_enc.dictionary, "_", ""), _COLL_PATTERNS, default=""), "")
+    coll_kind = np.full(len(x_list), "", dtype=object)
+    coll_kind[nccl_rows] = coll_from_arg[_codes(coll_enc, null_code=len(coll_enc.dictionary))]
+    coll_kind = np.where(coll_kind != "", coll_kind, name_coll[name_codes])
+    coll_kind = np.where(coll_kind == "", "other", coll_kind)
+
+    op = np.select([nccl, kind == "kernel", kind == "gpu_memcpy", kind == "gpu_memset"],
+                   [coll_kind, name_op, "memcpy", "memset"], default="host")
+    category = np.select([nccl, kind == "kernel", (kind == "gpu_memcpy") | (kind == "gpu_memset")],
+                         ["communication", "compute", "memory"], default="host")
+
+    # Devices and tracks.
+    dev = _int_array(path, "device", device_l).to_numpy(zero_copy_only=False).astype(np.float64)
+    on_dev = is_gpu & ~np.isnan(dev) & (dev >= 0)
+    main_dev = int(np.bincount(dev[on_dev].astype(np.int64)).argmax()) if on_dev.any() else 0
+    chip = np.where(on_dev, np.nan_to_num(dev), main_dev).astype(np.int32)
+    meta_rows = [rows[i] for i in np.flatnonzero(pc.equal(ph, "M").fill_null(False).to_numpy(
+        zero_copy_only=False)).tolist()]
+    track = _tracks(fmt, meta_rows, is_gpu, chip, np.array([pid_l[i] for i in x_list], dtype=object),
+                    np.array([tid_l[i] for i in x_list], dtype=object), np.array(stream_l, dtype=object))
+
+    step = _steps(uniq_names, name_codes, ts_ns, dur_ns)
+    correlation = _int_array(path, "correlation", corr_l)
+    flops = _int_array(path, "flops", flops_l)
+
+    coll_id, collectives = _collectives(path, rank, nccl, ts_ns, dur_ns, coll_kind, pg_l, nelems_l, dtype_l)
+
+    events = EVENTS.conform(pa.table({
+        "ts": ts_ns, "dur": dur_ns,
+        "node": np.zeros(len(x_list), np.int32), "chip": chip,
+        "rank": np.full(len(x_list), rank, np.int32),
+        "track": track, "name": name_enc,
+        "op": _dict_from_strings(op, OP_CLASSES), "category": _dict_from_strings(category, CATEGORIES),
+        "step": step, "flops": flops, "coll_id": coll_id, "correlation": correlation,
+    }))
+    counters = _counters(rank, ph, name_l, ts_all_ns, args_l)
+    skipped = pd.Series(ph.fill_null("").to_numpy(zero_copy_only=False)[~is_x.to_numpy(
+        zero_copy_only=False)]).value_counts()
+    info = {
+        "file": str(path), "rank": rank, "format": fmt,
+        "events_read": int(x.size), "skipped": {str(k): int(v) for k, v in skipped.items()},
+        "base_time_ns": base, "ts_exact": ts_exact,
+        "distributed": top.get("distributedInfo"),
+        "devices": [d.get("name") for d in top.get("deviceProperties") or [] if isinstance(d, dict)],
+    }
+    return _RankTrace(path, fmt, rank, events, collectives, counters, info)
+
+
+_NO_ARGS = (None,) * 4
+
+
+def _rank(path: Path, top: dict[str, Any]) -> int:
+    info = top.get("distributedInfo")
+    if info is None:
+        return 0
+    rank = info.get("rank") if isinstance(info, dict) else None
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
+        raise TraceFormatError(f"'{path}': 'distributedInfo.rank' should be a non-negative integer, "
+                               f"got {rank!r}; is the file complete?")
+    return rank
+
+
+def _cat_kind(cat: str) -> str:
+    """Where a Kineto category runs: one of the GPU kinds, or host."""
+    return {"kernel": "kernel", "gpu_memcpy": "gpu_memcpy", "gpu_memset": "gpu_memset",
+            "gpu_user_annotation": "gpu_annotation"}.get(cat, "host")
+
+
+# -- columns ------------------------------------------------------------------------------------
+
+def _str_array(path: Path, label: str, values: list[Any]) -> pa.Array:
+    try:
+        return pa.array(values, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise TraceFormatError(f"'{path}': event field '{label}' holds non-string values; "
+                               f"{_EXPECTED}") from None
+
+
+def _num_array(path: Path, label: str, values: list[Any]) -> np.ndarray:
+    """Numbers as float64, NaN where missing."""
+    try:
+        arr = pa.array(values, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise TraceFormatError(f"'{path}': event field '{label}' holds non-numeric values; "
+                               f"{_EXPECTED}") from None
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _int_array(path: Path, label: str, values: list[Any]) -> pa.Array:
+    """Integers (exact when the JSON has integers), null where missing."""
+    try:
+        return pa.array(values, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        pass
+    try:  # floats such as 1.5e9
+        return pc.round(pa.array(values, pa.float64())).cast(pa.int64(), safe=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise TraceFormatError(f"'{path}': arg '{label}' holds non-numeric values; "
+                               f"{_EXPECTED}") from None
+
+
+def _codes(encoded: pa.DictionaryArray, null_code: int = -1) -> np.ndarray:
+    return encoded.indices.fill_null(null_code).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _classify(values: pa.Array, patterns: tuple[tuple[str, str], ...], default: str) -> np.ndarray:
+    """Label each (unique) string by the first regex that matches it, case-insensitively."""
+    labels = np.full(len(values), default, dtype=object)
+    unset = np.ones(len(values), dtype=bool)
+    for label, pattern in patterns:
+        hit = pc.match_substring_regex(values, pattern, ignore_case=True).fill_null(False)
+        hit = hit.to_numpy(zero_copy_only=False) & unset
+        labels[hit] = label
+        unset &= ~hit
+    return labels
+
+
+def _dict_from_strings(values: np.ndarray, vocabulary: tuple[str, ...]) -> pa.DictionaryArray:
+    """A dictionary column over a fixed vocabulary (every value must be in it)."""
+    index = {v: i for i, v in enumerate(vocabulary)}
+    uniq, inverse = np.unique(values.astype(str), return_inverse=True)
+    codes = np.array([index[u] for u in uniq], dtype=np.int32)[inverse]
+    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(vocabulary))
+
+
+def _us_to_ns(us: np.ndarray) -> np.ndarray:
+    """Microsecond floats (parsed from decimals with at most 3 places) to exact int64 ns.
+
+    A decimal ``n / 1000`` parses to the double nearest it; while the double's ulp is under
+    1 ns, ``n`` is the only integer whose ``n / 1000.0`` (also correctly rounded) gives that
+    double back, and it lies within 1 of ``round(us * 1000)``. Values with more decimals keep
+    the nearest ns.
+    """
+    guess = np.rint(us * 1000.0)
+    for delta in (-1.0, 1.0):
+        candidate = guess + delta
+        better = (candidate / 1000.0 == us) & (guess / 1000.0 != us)
+        guess = np.where(better, candidate, guess)
+    return guess.astype(np.int64)
+
+
+def _all_ts_ns(ts_all: np.ndarray, raw: bytes) -> tuple[np.ndarray, bool]:
+    """Every event's ts in int64 ns (0 where missing), and whether it is exact to the ns."""
+    present = ~np.isnan(ts_all)
+    values = np.where(present, ts_all, 0.0)
+    if np.abs(values).max(initial=0.0) < _EXACT_US:
+        return _us_to_ns(values), True
+    from_text = _ts_from_text(raw, ts_all)
+    if from_text is not None:
+        return from_text, True
+    return np.rint(values * 1000.0).astype(np.int64), False
+
+
+def _ts_from_text(raw: bytes, ts_all: np.ndarray) -> np.ndarray | None:
+    """Exact ns of every event's ts, re-read from the JSON text when floats cannot hold them.
+
+    The ``"ts": <number>`` tokens are taken in document order and must match, one for one,
+    the events that have a ts (checked value by value); otherwise None (the caller falls back
+    to the float, and says so in the metadata).
+    """
+    tokens = _TS_TOKEN.findall(raw)
+    present = ~np.isnan(ts_all)
+    if len(tokens) != int(present.sum()):
+        return None
+    text = np.array(tokens, dtype=np.bytes_)
+    if not np.array_equal(text.astype(np.float64), ts_all[present]):
+        return None
+    parts = np.char.partition(text, b".")
+    whole, frac = parts[:, 0], parts[:, 2]
+    negative = np.char.startswith(whole, b"-")
+    # ns digits: the first three decimals; the fourth rounds.
+    # Fixed-width bytes: astype("S4") truncates, and the uint8 view gives the digits.
+    digits = np.char.ljust(frac, 4, b"0").astype("S4").view(np.uint8).reshape(-1, 4).astype(np.int64) - 48
+    ns_frac = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2] + (digits[:, 3] >= 5)
+    magnitude = np.abs(whole.astype(np.int64)) * 1000 + ns_frac
+    out = np.zeros(ts_all.shape, dtype=np.int64)
+    out[present] = np.where(negative, -magnitude, magnitude)
+    return out
+
+
+def _tracks(fmt: str, meta_rows: list[tuple[Any, ...]], is_gpu: np.ndarray,
+            chip: np.ndarray, pid: np.ndarray, tid: np.ndarray, stream: np.ndarray) -> pa.DictionaryArray:
+    """Track labels, built once per distinct (gpu, chip, pid, stream-or-tid)."""
+    lane = np.where(is_gpu & (stream != None), stream, tid)  # noqa: E711 (elementwise)
+    lane_codes, lanes = pd.factorize(lane, use_na_sentinel=False)
+    pid_codes, pids = pd.factorize(pid, use_na_sentinel=False)
+    key = ((is_gpu.astype(np.int64) * (int(chip.max(initial=0)) + 1) + chip) * len(pids)
+           + pid_codes) * len(lanes) + lane_codes
+    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    multi_gpu = np.unique(chip[is_gpu]).size > 1
+    thread_names: dict[tuple[Any, Any], str] = {}
+    process_names: dict[Any, str] = {}
+    if fmt == "chrome":
+        meta = [r for r in meta_rows if isinstance(r[7], dict)]
+        thread_names = {(r[3], r[4]): str(r[7].get("name")) for r in meta if r[2] == "thread_name"}
+        process_names = {r[3]: str(r[7].get("name")) for r in meta if r[2] == "process_name"}
+    several_pids = len(pids) > 1
+    labels = []
+    for i in first:  # one per distinct track, not per event
+        if is_gpu[i]:
+            label = f"stream {lane[i]}"
+            label = f"gpu {chip[i]} {label}" if multi_gpu else label
+        else:
+            label = thread_names.get((pid[i], tid[i])) or f"thread {tid[i]}"
+            if fmt == "chrome" and several_pids:
+                label = f"{process_names.get(pid[i]) or f'pid {pid[i]}'}: {label}"
+        labels.append(label)
+    # Equal labels from distinct keys share one dictionary entry.
+    label_codes, label_values = pd.factorize(np.array(labels, dtype=object))
+    return pa.DictionaryArray.from_arrays(pa.array(label_codes[inverse].astype(np.int32)),
+                                          pa.array(label_values.astype(str), pa.string()))
+
+
+def _steps(uniq_names: pa.Array, name_codes: np.ndarray, ts: np.ndarray, dur: np.ndarray) -> pa.Array:
+    """ProfilerStep number of the window [ts, ts + dur) holding each event's ts; null outside."""
+    step_of_name = pc.extract_regex(uniq_names, _STEP_RE)
+    numbers = pc.struct_field(step_of_name, "step").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    numbers = np.where(pc.is_valid(step_of_name).to_numpy(zero_copy_only=False), numbers, -1)
+    per_event = numbers[name_codes] if len(numbers) else np.full(len(ts), -1)
+    windows = np.flatnonzero(per_event >= 0)
+    if windows.size == 0:
+        return pa.nulls(len(ts), pa.int64())
+    order = windows[np.argsort(ts[windows], kind="stable")]
+    starts, ends, nums = ts[order], ts[order] + dur[order], per_event[order]
+    j = np.searchsorted(starts, ts, side="right") - 1
+    inside = (j >= 0) & (ts < ends[np.maximum(j, 0)])
+    return pa.array(np.where(inside, nums[np.maximum(j, 0)], 0), pa.int64(), mask=~inside)
+
+
+def _collectives(path: Path, rank: int, nccl: np.ndarray, ts: np.ndarray, dur: np.ndarray,
+                 kind: np.ndarray, pg_l: list[Any], nelems_l: list[Any],
+                 dtype_l: list[Any]) -> tuple[pa.Array, pa.Table]:
+    """``coll_id`` per event, and this rank's collective rows (``start`` still missing).
+
+    ``pg_l``, ``nelems_l`` and ``dtype_l`` hold the args of the NCCL kernels only, in order.
+    """
+    n = len(ts)
+    rows = np.flatnonzero(nccl)
+    if rows.size == 0:
+        return pa.nulls(n, pa.int64()), COLLECTIVES.empty().drop_columns(["start"])
+    pg = _str_array(path, "Process Group Name", pg_l).fill_null("0")
+    pg_enc = pg.dictionary_encode()
+    group_of = np.array([_group_id(g) for g in pg_enc.dictionary.to_pylist()], dtype=np.int64)
+    group = group_of[_codes(pg_enc)]
+    # The n-th NCCL kernel of a group, by ts: a running count within each group.
+    order = np.lexsort((ts[rows], group))
+    g_sorted = group[order]
+    run_start = np.r_[0, np.flatnonzero(np.diff(g_sorted)) + 1]
+    seq_sorted = np.arange(order.size) - np.repeat(run_start, np.diff(np.r_[run_start, order.size]))
+    seq = np.empty_like(seq_sorted)
+    seq[order] = seq_sorted
+    ids = group * np.int64(2**32) + seq
+    coll_id = np.zeros(n, dtype=np.int64)
+    coll_id[rows] = ids
+    mask = np.ones(n, dtype=bool)
+    mask[rows] = False
+
+    dtype = _str_array(path, "dtype", dtype_l)
+    dtype_enc = dtype.dictionary_encode()
+    size_of = np.array([_DTYPE_BYTES.get(d, -1) for d in dtype_enc.dictionary.to_pylist()] + [-1])
+    elem_bytes = size_of[_codes(dtype_enc, null_code=len(size_of) - 1)]
+    nelems = _int_array(path, "In msg nelems", nelems_l)
+    nel = nelems.fill_null(-1).to_numpy(zero_copy_only=False)
+    valid = (elem_bytes >= 0) & (nel >= 0)
+    nbytes = pa.array(np.where(valid, nel * elem_bytes, 0), pa.int64(), mask=~valid)
+    table = pa.table({
+        "coll_id": ids, "kind": pa.array(kind[rows].astype(str)).dictionary_encode(),
+        "group": group, "rank": np.full(rows.size, rank, np.int32),
+        "node": np.zeros(rows.size, np.int32),
+        "arrive": ts[rows], "end": ts[rows] + dur[rows], "bytes": nbytes,
+    })
+    return pa.array(coll_id, pa.int64(), mask=mask), table
+
+
+def _group_id(name: str) -> int:
+    """A process group's id, the same on every rank: its name if numeric, else a CRC32."""
+    if name.isdigit() and int(name) < 2**31:
+        return int(name)
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def _finish_collectives(parts: list[pa.Table]) -> pa.Table:
+    """Join every rank's collective rows and set ``start`` to each instance's last arrival."""
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        return COLLECTIVES.empty()
+    table = pa.concat_tables(parts).unify_dictionaries().combine_chunks()
+    ids = table.column("coll_id").to_numpy()
+    arrive = table.column("arrive").to_numpy()
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    last = np.full(uniq.size, np.iinfo(np.int64).min)
+    np.maximum.at(last, inverse, arrive)
+    table = table.append_column("start", pa.array(last[inverse], pa.int64()))
+    table = COLLECTIVES.conform(table)
+    return table.sort_by([(c, "ascending") for c in COLLECTIVES.sort_by])
+
+
+def _counters(rank: int, ph: pa.Array, name_l: list[Any], ts_ns: np.ndarray,
+              args_l: list[Any]) -> pa.Table:
+    """Chrome counter events: one sample per numeric series of each ``C`` event."""
+    c_rows = np.flatnonzero(pc.equal(ph, "C").fill_null(False).to_numpy(zero_copy_only=False))
+    if c_rows.size == 0:
+        return COUNTERS.empty()
+    samples = [(ts_ns[i], f"{name_l[i]}.{k}" if len(a) > 1 else str(name_l[i]), float(v))
+               for i in c_rows.tolist() if isinstance(a := args_l[i], dict)
+               for k, v in a.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not samples:
+        return COUNTERS.empty()
+    ts, names, values = map(list, zip(*samples))
+    return COUNTERS.conform(pa.table({
+        "ts": np.array(ts, dtype=np.int64),
+        "rank": np.full(len(values), rank, np.int32),
+        "counter": pa.array(names, pa.string()).dictionary_encode(),
+        "value": pa.array(values, pa.float64()),
+    }))
+
+
+# -- manifest -----------------------------------------------------------------------------------
+
+def _metadata(path: PathLike, parts: list[_RankTrace], written: int) -> dict[str, Any]:
+    ranks = sorted(p.rank for p in parts)
+    devices = sorted({d for p in parts for d in p.info["devices"] if d})
+    dist = next((p.info["distributed"] for p in parts if p.info["distributed"]), None)
+    bases = {str(p.rank): p.info["base_time_ns"] for p in parts}
+    skipped: dict[str, int] = {}
+    for p in parts:
+        for k, v in p.info["skipped"].items():
+            skipped[k] = skipped.get(k, 0) + v
+    return {
+        "source": {"format": parts[0].format, "path": str(path),
+                   "files": {str(p.rank): Path(p.file).name for p in parts}},
+        "hardware": {"devices": devices} if devices else None,
+        "model": None,
+        "parallel": ({"world_size": dist.get("world_size"), "backend": dist.get("backend"),
+                      "process_groups": dist.get("pg_config")} if isinstance(dist, dict) else None),
+        "ranks": ranks,
+        "clock_alignment": {
+            "method": "baseTimeNanoseconds" if any(bases.values()) else "none",
+            "base_time_ns": bases,
+            "ts_exact_ns": all(p.info["ts_exact"] for p in parts),
+        },
+        "counts": {"events_read": sum(p.info["events_read"] for p in parts), "events": written,
+                   "quarantined": 0, "skipped_by_ph": skipped},
+    }

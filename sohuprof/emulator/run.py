@@ -1,0 +1,156 @@
+"""Run an emulation end to end and write its raw run directory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+import sohuprof
+from sohuprof.atomic import atomic_directory
+from sohuprof.emulator.config import EmulatorConfig
+from sohuprof.emulator.runtime import Emulation
+from sohuprof.emulator.writer import RawTraceWriter
+from sohuprof.progress import progress
+from sohuprof.strace import FORMAT_NAME, FORMAT_VERSION, RECORD_DTYPE, Engine, chip_path, host_path
+
+__all__ = ["RunSummary", "emulate", "RUN_FILE"]
+
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What an emulated run produced."""
+
+    path: Path
+    records: int
+    steps: int
+    ranks: int
+    duration_ns: float
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Served throughput counting input and output tokens."""
+        return (self.input_tokens + self.output_tokens) / (self.duration_ns / 1e9)
+
+
+def emulate(cfg: EmulatorConfig, out_dir: str | os.PathLike[str], *, force: bool = False,
+            show_progress: bool | None = None) -> RunSummary:
+    """Emulate ``cfg`` and write the raw run directory ``out_dir`` (atomically).
+
+    Raises
+    ------
+    SpecError
+        The configuration is inconsistent (the message says which setting and how to fix it).
+    OutputError
+        ``out_dir`` exists (without ``force``) or cannot be written.
+    """
+    em = Emulation(cfg)   # validates before anything touches the disk
+    hw = cfg.hardware
+    with atomic_directory(out_dir, force=force) as tmp:
+        writer = RawTraceWriter(tmp, em.plan, em.clocks, hw.clock_hz, cfg.chunk_records)
+        host_events: list[dict] = []
+        steps = 0
+        try:
+            with progress("emulating", cfg.requests, enabled=show_progress, unit="requests") as advance:
+                done = 0
+                for trace, events in em.steps():
+                    writer.add(trace)
+                    host_events += events
+                    steps += 1
+                    now_done = sum(int(s.done.sum()) for s in em.schedulers)
+                    advance(now_done - done)
+                    done = now_done
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+        requests = em.request_table()
+        duration = float(np.nanmax(requests["finish"]) - requests["arrival"].min())
+        _write_host_events(tmp, em, host_events, requests)
+        (tmp / RUN_FILE).write_bytes(orjson.dumps(_run_json(em, writer, steps),
+                                                  option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+                                                  | orjson.OPT_SERIALIZE_NUMPY))
+    return RunSummary(path=Path(out_dir), records=int(writer.records.sum()), steps=steps, ranks=cfg.world,
+                      duration_ns=duration, input_tokens=int(requests["prompt_tokens"].sum()),
+                      output_tokens=int(requests["output_tokens"].sum()))
+
+
+def _write_host_events(root: Path, em: Emulation, steps: list[dict], requests: dict[str, np.ndarray]) -> None:
+    """``node<N>/host.jsonl``: scheduler steps and request lifecycle events, local-clock ns, by time."""
+    per_node: dict[int, list[tuple[float, dict]]] = {n: [] for n in range(em.cfg.nodes)}
+
+    def local(t: float, node: int) -> int:
+        return int(round(float(em.clocks.local_ns(np.array([t]), np.array([node]))[0])))
+
+    for ev in steps:
+        node = em.replica_node(ev["replica"])
+        ev = dict(ev, ts=local(ev["ts"], node), end=local(ev["end"], node))
+        per_node[node].append((ev["ts"], ev))
+    for i in range(len(requests["request"])):
+        rep = int(requests["replica"][i])
+        node = em.replica_node(rep)
+        base = {"request": i, "replica": rep}
+        per_node[node].append((local(requests["arrival"][i], node), dict(
+            base, type="arrival", prompt_tokens=int(requests["prompt_tokens"][i]))))
+        if not np.isnan(requests["first_token"][i]):
+            per_node[node].append((local(requests["first_token"][i], node), dict(base, type="first_token")))
+        if not np.isnan(requests["finish"][i]):
+            per_node[node].append((local(requests["finish"][i], node), dict(
+                base, type="finish", output_tokens=int(requests["output_tokens"][i]))))
+    for node, events in per_node.items():
+        events.sort(key=lambda e: (e[0], e[1]["type"]))
+        lines = [orjson.dumps(dict(ev, ts=ts) if "ts" not in ev else ev, option=orjson.OPT_SORT_KEYS) for ts, ev in events]
+        path = root / host_path(node)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\n".join(lines) + (b"\n" if lines else b""))
+
+
+def _run_json(em: Emulation, writer: RawTraceWriter, steps: int) -> dict:
+    cfg, plan, hw = em.cfg, em.plan, em.cfg.hardware
+    prog = em.program
+    ops = {t.name: t for t in prog.templates}
+    op_names = []
+    for i, name in enumerate(em.names):
+        if name == "host_step":
+            op_names.append({"id": i, "name": name, "op": "host", "category": "host", "engine": "host"})
+            continue
+        t = ops.get(name) or next(t for t in prog.templates if t.peer_name == name)
+        op = "recv" if t.peer_name == name else t.op
+        op_names.append({"id": i, "name": name, "op": op, "category": t.category, "engine": Engine(t.engine).name.lower()})
+    span = np.array([0.0, max(float(np.nanmax(em.request_table()["finish"])), 1.0)])
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "generator": f"sohuprof {sohuprof.__version__} emulate",
+        "hardware": hw.to_dict(),
+        "model": dict(cfg.model.to_dict(), dtype=cfg.dtype),
+        "parallel": plan.to_dict(),
+        "workload": {"requests": cfg.requests, "rate": cfg.rate, "prompt_len": cfg.prompt_len,
+                     "output_len": cfg.output_len, "max_batch_tokens": cfg.max_batch_tokens,
+                     "max_seqs": cfg.max_seqs, "two_batch_overlap": cfg.two_batch_overlap,
+                     "seed": cfg.seed, "clock_skew_us": cfg.clock_skew_us,
+                     "faults": [f.spec() for f in cfg.faults]},
+        "record": {"size": RECORD_DTYPE.itemsize,
+                   "fields": [[name, RECORD_DTYPE.fields[name][0].str] for name in RECORD_DTYPE.names]},
+        "engines": [e.name.lower() for e in Engine],
+        "phases": ["prefill", "decode", "mixed"],
+        "op_names": op_names,
+        "groups": plan.groups_table(),
+        "chips": [{"rank": r, "node": int(plan.node[r]), "chip": int(plan.chip[r]), "clock_hz": hw.clock_hz,
+                   "file": chip_path(int(plan.node[r]), int(plan.chip[r])), "records": int(writer.records[r]),
+                   "chunks": int(writer.chunks[r])} for r in range(plan.world)],
+        "nodes": [{"node": n, "host_events": host_path(n)} for n in range(cfg.nodes)],
+        "clock_sync": em.clocks.snapshots(span, np.random.default_rng(cfg.seed + 1)),
+        "steps": steps,
+        # The emulator's true clock errors: for tests to check the collectors' alignment against.
+        # Collectors must not read this.
+        "truth": {"clock": [{"node": n, "offset_ns": float(em.clocks.offset_ns[n]), "drift": float(em.clocks.drift[n])}
+                            for n in range(cfg.nodes)]},
+    }

@@ -1,0 +1,479 @@
+"""The emulated Sohu runtime: serve a workload on a simulated cluster, one scheduler step at a time.
+
+Every step, each replica's scheduler forms a batch; the lowered program's FLOPs and bytes follow
+from the batch features in one matrix product; op durations come from the timing model; and a
+short loop over the step's collectives (vectorized over every rank and group) resolves the
+synchronisation: each rank arrives at its own time, the transfer starts when the last member
+arrives and all members leave together. Nothing loops per op or per record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sohuprof.emulator.clock import NodeClocks
+from sohuprof.emulator.config import EmulatorConfig
+from sohuprof.emulator.lowering import ACT_BYTES, Feature, Program, lower
+from sohuprof.emulator.plan import GroupSet, ParallelPlan
+from sohuprof.emulator.scheduler import Batch, ReplicaScheduler
+from sohuprof.emulator.timing import LinkModel, collective_time, op_times
+from sohuprof.errors import SpecError
+from sohuprof.strace import NO_GROUP, NO_LAYER, RECORD_DTYPE, Engine, Phase
+
+__all__ = ["StepTrace", "Emulation"]
+
+_LAYER_FEATURES = (Feature.EXPERT_PAIRS, Feature.ACTIVE_EXPERTS)
+
+
+@dataclass(frozen=True)
+class StepTrace:
+    """The records of one step: ``records[i]`` ran on ``rank[i]``; times are true ns (float)."""
+
+    step: int
+    rank: np.ndarray
+    records: np.ndarray   # RECORD_DTYPE, start/end still to be converted to local cycles
+    start_ns: np.ndarray  # [N] float64 true start
+    end_ns: np.ndarray    # [N]
+
+
+@dataclass
+class _Collective:
+    """Static facts of one collective position in the program."""
+
+    pos: int
+    kind: str
+    groups: GroupSet
+    links: LinkModel
+    overlaps: bool
+    member: np.ndarray      # [R] bool, rank takes part
+    rank_group: np.ndarray  # [R] index of the rank's group in ``groups`` (0 for non-members)
+
+
+@dataclass
+class _Compiled:
+    """A program's per-position arrays, resolved against the plan once per run."""
+
+    program: Program
+    engine: np.ndarray
+    is_coll: np.ndarray
+    overlaps: np.ndarray
+    active: np.ndarray      # [R, K] rank runs position
+    seq_mask: np.ndarray    # [R, K] op advances the rank's stream
+    coef_flops: np.ndarray  # [F, K]
+    coef_hbm: np.ndarray
+    coef_net: np.ndarray
+    moe_pos: np.ndarray     # positions whose work depends on per-layer expert routing
+    collectives: list[_Collective]
+    joins: list[int]        # positions that wait for an overlapped collective
+    has_parts: bool
+    events: list[tuple[int, int]]  # (position, collective index or -1 for a join), in issue order
+    segment: np.ndarray     # [K] events at or before each position
+    collective_batches: dict[tuple[str, int], list[int]]  # collectives sharing a kind and group set
+    coll_pos: np.ndarray    # [C] position of each collective
+    coll_member: np.ndarray  # [C, R]
+
+    @classmethod
+    def build(cls, prog: Program, em: Emulation) -> _Compiled:
+        plan = em.plan
+        tmpl = [prog.templates[i] for i in prog.tmpl]
+        is_coll = np.array([t.collective is not None for t in tmpl])
+        active = (plan.stage[:, None] == prog.stage[None, :]) | (plan.stage[:, None] == prog.peer_stage[None, :])
+        coef_flops, coef_hbm = prog.flops[prog.tmpl].T, prog.hbm[prog.tmpl].T
+        cols = list(_LAYER_FEATURES)
+        moe_pos = np.flatnonzero((coef_flops[cols] != 0).any(0) | (coef_hbm[cols] != 0).any(0))
+        links = [(gs, LinkModel.build(gs, em.cfg)) for gs in plan.all_groups()]
+        by_kind = {"tp": plan.tp_groups, "ep": plan.ep_groups}
+        collectives = []
+        for pos in np.flatnonzero(is_coll):
+            t = tmpl[pos]
+            gs = plan.pp_groups[prog.stage[pos]] if t.group == "pp" else by_kind[t.group]
+            link = next(lm for g, lm in links if g is gs)
+            member = np.zeros(plan.world, bool)
+            member[gs.members.reshape(-1)] = True
+            rank_group = np.zeros(plan.world, np.int64)
+            rank_group[gs.members] = np.arange(len(gs.members))[:, None]
+            collectives.append(_Collective(int(pos), t.collective, gs, link, bool(prog.overlaps[pos]),
+                                           member, rank_group))
+        # An overlapped all-to-all dispatch (shared experts computing meanwhile) is waited for by
+        # the routed experts that consume its tokens.
+        names = [t.name for t in tmpl]
+        joins = [names.index("expert_gate_up", c.pos) for c in collectives if c.overlaps and c.kind == "all_to_all"]
+        events = sorted([(c.pos, i) for i, c in enumerate(collectives)] + [(p, -1) for p in joins])
+        event_pos = np.array([p for p, _ in events], dtype=np.int64)
+        batches: dict[tuple[str, int], list[int]] = {}
+        for i, c in enumerate(collectives):
+            batches.setdefault((c.kind, id(c.groups)), []).append(i)
+        return cls(program=prog, engine=np.array([int(t.engine) for t in tmpl]), is_coll=is_coll,
+                   overlaps=prog.overlaps, active=active, seq_mask=active & ~is_coll & ~prog.overlaps,
+                   coef_flops=coef_flops, coef_hbm=coef_hbm, coef_net=prog.net[prog.tmpl].T,
+                   moe_pos=moe_pos, collectives=collectives, joins=joins, has_parts=bool((prog.part >= 0).any()),
+                   events=events, segment=np.searchsorted(event_pos, np.arange(len(prog)), side="right"),
+                   collective_batches=batches,
+                   coll_pos=np.array([c.pos for c in collectives], dtype=np.int64),
+                   coll_member=np.array([c.member for c in collectives]).reshape(len(collectives), plan.world))
+
+
+@dataclass
+class Emulation:
+    """A configured run; iterate :meth:`steps` to simulate it."""
+
+    cfg: EmulatorConfig
+    plan: ParallelPlan = field(init=False)
+    program: Program = field(init=False)
+    clocks: NodeClocks = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.cfg
+        cfg.validate()
+        self.plan = plan = ParallelPlan.build(cfg)
+        self.program = prog = lower(cfg, plan)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.clocks = NodeClocks.random(cfg.nodes, cfg.clock_skew_us, self.rng)
+        self.names = prog.names() + ["host_step"]
+        self._host_name = len(self.names) - 1
+        # Receive-side name of each template (a pipeline send is a recv on the next stage).
+        self._peer_name = np.array([self.names.index(t.peer_name) if t.peer_name else i
+                                    for i, t in enumerate(prog.templates)], dtype=np.uint32)
+        self._static_program()
+        self._workload()
+        self._experts()
+
+    # ----------------------------------------------------------------- setup
+    def _static_program(self) -> None:
+        self.compiled = _Compiled.build(self.program, self)
+        self.compiled_tbo = None
+        if self.cfg.tp > 1 and self.cfg.ep == 1 and self.cfg.two_batch_overlap:
+            tbo = lower(self.cfg, self.plan, two_batch=True)
+            if tbo.names() != self.program.names():
+                raise AssertionError("two-batch program must share the op-name table")
+            self.compiled_tbo = _Compiled.build(tbo, self)
+        moe_layers = np.array([li for li in range(self.cfg.model.layers) if self.cfg.model.is_moe_layer(li)], dtype=np.int64)
+        self.moe_layer_index = np.full(self.cfg.model.layers, -1)
+        self.moe_layer_index[moe_layers] = np.arange(len(moe_layers))
+        self.n_moe_layers = len(moe_layers)
+        self.n_groups = sum(len(gs.ids) for gs in self.plan.all_groups())
+        self.seq = np.zeros(self.n_groups, np.int64)
+        self.slowdown = np.ones(self.plan.world)
+        for f in self.cfg.faults:
+            if f.kind == "straggler":
+                self.slowdown[f.rank] *= f.slowdown
+
+    def _workload(self) -> None:
+        cfg, m = self.cfg, self.cfg.model
+        n = cfg.requests
+        if cfg.rate is None:
+            arrival = np.zeros(n)
+        else:
+            arrival = np.cumsum(self.rng.exponential(1e9 / cfg.rate, n))
+        self.arrival_ns = arrival
+        self.request_replica = np.arange(n) % cfg.dp   # round-robin router
+        cap = self._kv_capacity_tokens()
+        if cap < cfg.prompt_len + cfg.output_len:
+            raise SpecError(f"{m.name} on {cfg.hardware.name} at tp={cfg.tp} pp={cfg.pp} leaves KV space for "
+                            f"{max(cap, 0)} tokens, less than one request ({cfg.prompt_len + cfg.output_len}); "
+                            "raise --tp or --pp, or shorten --prompt-len/--output-len")
+        self.kv_capacity_tokens = cap
+        self.schedulers = []
+        for r in range(cfg.dp):
+            idx = np.flatnonzero(self.request_replica == r)
+            self.schedulers.append(ReplicaScheduler(
+                arrival[idx], np.full(len(idx), cfg.prompt_len), np.full(len(idx), cfg.output_len),
+                max_batch_tokens=cfg.max_batch_tokens, max_seqs=cfg.max_seqs, kv_capacity_tokens=cap))
+        self.replica_requests = [np.flatnonzero(self.request_replica == r) for r in range(cfg.dp)]
+
+    def weights_per_chip(self) -> np.ndarray:
+        """Weight bytes held by a chip of each pipeline stage."""
+        cfg, m, plan = self.cfg, self.cfg.model, self.plan
+        w, t, h = cfg.weight_bytes, cfg.tp, m.hidden
+        out = np.zeros(plan.pp)
+        for s in range(plan.pp):
+            for li in range(int(plan.stage_layers[s]), int(plan.stage_layers[s + 1])):
+                out[s] += m.attention_params() / t
+                if m.is_moe_layer(li):
+                    shared = m.shared_experts * 3 * h * m.expert_ffn / t
+                    routed = m.experts * 3 * h * m.expert_ffn / (t if cfg.ep == 1 else cfg.ep)
+                    out[s] += shared + routed + h * m.experts
+                else:
+                    out[s] += 3 * h * m.ffn / t
+        out[0] += m.vocab * h / t
+        out[-1] += m.vocab * h / t
+        return out * w
+
+    def _kv_capacity_tokens(self) -> int:
+        cfg, m, plan = self.cfg, self.cfg.model, self.plan
+        weights = self.weights_per_chip()
+        usable = cfg.hardware.hbm_bytes * 0.92   # the rest: activations, runtime, fragmentation
+        if (weights > usable).any():
+            need = weights.max() / 1e9
+            raise SpecError(f"{m.name} needs {need:.0f} GB of weights per chip at tp={cfg.tp} ep={cfg.ep} "
+                            f"pp={cfg.pp}, more than a {cfg.hardware.name} chip's {cfg.hardware.hbm_bytes / 1e9:.0f} GB; "
+                            "raise --tp, --ep or --pp")
+        per_layer = m.kv_elements_per_token() if m.mla else 2 * max(m.kv_heads // cfg.tp, 1) * m.head_dim
+        layers = np.diff(plan.stage_layers)
+        per_token = layers * per_layer * cfg.weight_bytes
+        return int(((usable - weights) / per_token).min())
+
+    def _experts(self) -> None:
+        m = self.cfg.model
+        if m.is_moe:
+            # Some experts are hotter than others, differently in every layer: routing imbalance.
+            self.expert_p = self.rng.dirichlet(np.full(m.experts, 4.0), size=max(self.n_moe_layers, 1))
+
+    # ----------------------------------------------------------------- per step
+    def _features(self, batches: list[Batch], running: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-rank features [R, F] and per-(rank, MoE layer) expert features [R, Lm, 2]."""
+        cfg, plan, m = self.cfg, self.plan, self.cfg.model
+        rep = np.array([[b.tokens > 0, b.tokens, b.pairs, b.kv_read, b.samples] for b in batches], dtype=float)
+        feat = np.zeros((plan.world, Feature.COUNT))
+        feat[:, :5] = rep[plan.replica]
+        feat[~running[plan.replica]] = 0
+        tokens = feat[:, Feature.TOKENS].astype(np.int64)
+        tp_index = np.arange(plan.world) % cfg.tp
+        local = tokens // cfg.tp + (tp_index < tokens % cfg.tp)
+        feat[:, Feature.LOCAL_TOKENS] = local
+        per_layer = np.zeros((plan.world, max(self.n_moe_layers, 1), 2))
+        if m.is_moe and self.n_moe_layers:
+            if cfg.ep == 1:
+                # Experts are TP-sharded: every rank computes every routed pair, with 1/tp of each expert.
+                pairs = tokens[:: cfg.tp] * m.top_k                         # per (stage, replica) group
+                counts = self.rng.multinomial(pairs[None, :], self.expert_p[:, None, :])  # [Lm, G, E]
+                active = (counts > 0).sum(-1)                                # [Lm, G]
+                grp = np.arange(plan.world) // cfg.tp
+                per_layer[:, :, 0] = pairs[grp][:, None]
+                per_layer[:, :, 1] = active.T[grp]
+            else:
+                members = plan.ep_groups.members                             # [G, ep]
+                sent = local[members].sum(1) * m.top_k                       # pairs each EP group routes
+                counts = self.rng.multinomial(sent[None, :], self.expert_p[:, None, :])  # [Lm, G, E]
+                per_rank = m.experts // cfg.ep
+                counts = counts.reshape(self.n_moe_layers, len(members), cfg.ep, per_rank)
+                ranks = members.reshape(-1)
+                per_layer[ranks, :, 0] = counts.sum(-1).reshape(self.n_moe_layers, -1).T
+                per_layer[ranks, :, 1] = (counts > 0).sum(-1).reshape(self.n_moe_layers, -1).T
+        return feat, per_layer
+
+    def _work(self, cp: _Compiled, feat: np.ndarray, per_layer: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """FLOPs, HBM bytes and collective buffer bytes of every (rank, position): [R, K] each."""
+        parts = [(feat, per_layer, cp.program.part < 0)]
+        if cp.has_parts:
+            # Two micro-batches: split the token-proportional features, keep the constant ones.
+            tokens = feat[:, Feature.TOKENS]
+            share = np.divide(np.ceil(tokens / 2), tokens, out=np.zeros_like(tokens), where=tokens > 0)
+            scale_a = np.repeat(share[:, None], Feature.COUNT, axis=1)
+            scale_a[:, [Feature.ONE, Feature.ACTIVE_EXPERTS]] = 1.0
+            scale_b = 1.0 - scale_a
+            scale_b[:, [Feature.ONE, Feature.ACTIVE_EXPERTS]] = 1.0
+            for i, scale in enumerate((scale_a, scale_b)):
+                layer_scale = scale[:, None, [Feature.EXPERT_PAIRS, Feature.ACTIVE_EXPERTS]]
+                parts.append((feat * scale, per_layer * layer_scale, cp.program.part == i))
+        flops = np.zeros((feat.shape[0], len(cp.program)))
+        hbm = np.zeros_like(flops)
+        net = np.zeros_like(flops)
+        cols = list(_LAYER_FEATURES)
+        for f, pl, where in parts:
+            fl, hb, nt = f @ cp.coef_flops, f @ cp.coef_hbm, f @ cp.coef_net
+            if len(cp.moe_pos):
+                pos = cp.moe_pos
+                lay = pl[:, self.moe_layer_index[cp.program.layer[pos]], :]          # [R, P, 2]
+                fl[:, pos] += np.einsum("rpf,fp->rp", lay, cp.coef_flops[cols][:, pos])
+                hb[:, pos] += np.einsum("rpf,fp->rp", lay, cp.coef_hbm[cols][:, pos])
+            flops[:, where], hbm[:, where], net[:, where] = fl[:, where], hb[:, where], nt[:, where]
+        return flops, hbm, net
+
+    def _jitter(self, shape: tuple[int, ...]) -> np.ndarray:
+        sigma = self.cfg.hardware.jitter
+        return 1.0 + sigma * np.abs(self.rng.standard_normal(shape))
+
+    def _transfers(self, cp: _Compiled, net: np.ndarray) -> list[np.ndarray]:
+        """Transfer time (ns) of every group at every collective position of the step: they do
+        not depend on arrival times, so all are computed up front, batched per group set."""
+        out: list[np.ndarray] = [np.empty(0)] * len(cp.collectives)
+        for (kind, gs_id), idx in cp.collective_batches.items():
+            first = cp.collectives[idx[0]]
+            gs, links = first.groups, first.links
+            pos = np.array([cp.collectives[i].pos for i in idx])
+            G = len(gs.members)
+            size = net[gs.members][:, :, pos].transpose(2, 0, 1).reshape(len(pos) * G, gs.size)
+            sel = np.tile(np.arange(G), len(pos))
+            t = collective_time(kind, size, links, sel) * self._jitter((len(pos) * G,))
+            for j, i in enumerate(idx):
+                out[i] = t[j * G:(j + 1) * G]
+        return out
+
+    def _simulate(self, cp: _Compiled, start: np.ndarray, running: np.ndarray, flops: np.ndarray,
+                  hbm: np.ndarray, net: np.ndarray) -> dict[str, np.ndarray]:
+        """Resolve one step's times. ``start`` [R] is each rank's first-op time (true ns).
+
+        Between collectives a rank's ops run back to back (prefix sums); at a collective each
+        group's members arrive at their own times and all leave at ``last arrival + transfer``.
+        An overlapped collective lets the stream go on; the stream waits for it at its join, or
+        before issuing the next collective (one collective engine, in order). The loop runs once
+        per collective position, each iteration vectorized over every rank and group.
+        """
+        hw, R, K = self.cfg.hardware, self.plan.world, len(cp.program)
+        dur, stall = op_times(flops, hbm, cp.engine, hw, self.cfg.dtype, self.slowdown, self._jitter((R, K)))
+        active = cp.active & running[:, None]
+        seq = np.where(cp.seq_mask & active, dur, 0.0)
+        cum = np.cumsum(seq, axis=1) - seq                                    # exclusive prefix sums
+        transfers = self._transfers(cp, net)
+        n_ev = len(cp.events)
+        bases = np.empty((n_ev + 1, R))
+        base = start.astype(float)
+        bases[0] = base
+        pending = np.full(R, -np.inf)
+        in_flight = False
+        coll_arrive = np.zeros((len(cp.collectives), R))
+        coll_end = np.zeros((len(cp.collectives), R))
+        launch = hw.launch_overhead_ns
+        for i, (pos, ci) in enumerate(cp.events):
+            col = cum[:, pos]
+            here = base + col
+            if in_flight:                                                    # join what is in flight
+                here = np.maximum(here, pending)
+                base = here - col
+                in_flight = False
+            if ci >= 0:
+                c = cp.collectives[ci]
+                last = here[c.groups.members].max(axis=1)
+                end = (last + transfers[ci] + launch)[c.rank_group]
+                coll_arrive[ci] = here
+                coll_end[ci] = end
+                member = c.member & running
+                if c.overlaps:
+                    pending = np.where(member, end, -np.inf)
+                    in_flight = True
+                else:
+                    base = np.where(member, end - col, base)
+            bases[i + 1] = base
+        op_start = bases[cp.segment].T + cum
+        op_end = op_start + dur
+        coll_pos = cp.coll_pos
+        ok = cp.coll_member.T & running[:, None]                              # [R, C]
+        op_start[:, coll_pos] = np.where(ok, coll_arrive.T, 0.0)
+        op_end[:, coll_pos] = np.where(ok, coll_end.T, 0.0)
+        is_coll_ok = np.zeros((R, K), bool)
+        is_coll_ok[:, coll_pos] = ok
+        # Sequence numbers: a group's collectives are numbered in issue order across the run.
+        group = np.full((R, K), NO_GROUP, dtype=np.uint32)
+        seqno = np.zeros((R, K), dtype=np.uint32)
+        for (kind, gs_id), idx in cp.collective_batches.items():
+            gs = cp.collectives[idx[0]].groups
+            gsel = running[gs.members[:, 0]]
+            base_seq = self.seq[gs.ids]
+            for j, i in enumerate(idx):
+                c = cp.collectives[i]
+                group[:, c.pos] = np.where(c.member, gs.ids[c.rank_group], NO_GROUP)
+                seqno[:, c.pos] = (base_seq + j)[c.rank_group]
+            self.seq[gs.ids[gsel]] += len(idx)
+        emit = active & (((dur > 0) & ~cp.is_coll) | is_coll_ok)
+        return {"start": op_start, "end": op_end, "stall": stall, "emit": emit, "group": group, "seq": seqno}
+
+    def _batches(self, now: np.ndarray, finished: np.ndarray) -> tuple[list[Batch], np.ndarray]:
+        """Form every replica's batch; coupled replicas (one EP group) step together."""
+        dp = self.cfg.dp
+        coupled = self.plan.coupled_replicas()
+        running = np.zeros(dp, bool)
+        for c in np.unique(coupled):
+            reps = np.flatnonzero((coupled == c) & ~finished)
+            if not len(reps):
+                continue
+            if not any(self.schedulers[r].has_runnable(now[r]) for r in reps):
+                t_next = min(self.schedulers[r].next_arrival(now[r]) for r in reps)
+                now[reps] = np.maximum(now[reps], t_next)
+            running[coupled == c] = True
+        batches = [self.schedulers[r].form(now[r]) for r in range(dp)]
+        return batches, running
+
+    def steps(self) -> Iterator[tuple[StepTrace, list[dict]]]:
+        """Simulate the run step by step; yield each step's records and host events."""
+        cfg, plan, hw = self.cfg, self.plan, self.cfg.hardware
+        now = np.array([self.arrival_ns[r].min() if len(r) else 0.0 for r in self.replica_requests])
+        finished = np.array([s.finished for s in self.schedulers])
+        step = 0
+        while not finished.all():
+            batches, running_rep = self._batches(now, finished)
+            running = running_rep[plan.replica]
+            tokens = np.array([b.tokens for b in batches])[running_rep]
+            cp = self.compiled
+            if self.compiled_tbo is not None and tokens.min() >= cfg.two_batch_min_tokens:
+                cp = self.compiled_tbo
+            feat, per_layer = self._features(batches, running_rep)
+            flops, hbm, net = self._work(cp, feat, per_layer)
+            t0 = now[plan.replica]
+            compute_start = t0 + hw.step_overhead_ns
+            sim = self._simulate(cp, compute_start, running, flops, hbm, net)
+            end_rank = np.maximum(np.where(sim["emit"], sim["end"], -np.inf).max(axis=1), compute_start)
+            step_end = np.full(cfg.dp, -np.inf)
+            np.maximum.at(step_end, plan.replica[running], end_rank[running])
+            host_events = self._host_events(step, batches, running_rep, now, step_end)
+            yield self._records(cp, step, sim, running, t0, compute_start, batches, flops, hbm, net), host_events
+            for r in np.flatnonzero(running_rep):
+                sch = self.schedulers[r]
+                sch.complete(batches[r], step_end[r])
+                now[r] = step_end[r]
+                finished[r] = sch.finished
+            step += 1
+
+    def _records(self, cp: _Compiled, step: int, sim: dict, running: np.ndarray, t0: np.ndarray,
+                 compute_start: np.ndarray, batches: list[Batch], flops: np.ndarray, hbm: np.ndarray,
+                 net: np.ndarray) -> StepTrace:
+        plan, hw, prog = self.plan, self.cfg.hardware, cp.program
+        phase = np.array([int(b.phase) for b in batches], dtype=np.uint8)[plan.replica]
+        # One host record per running rank, ahead of its ops: the host's scheduling work.
+        emit = np.concatenate([running[:, None], sim["emit"]], axis=1)
+        rr, kk = np.nonzero(emit)
+        host = kk == 0
+        k = np.where(host, 0, kk - 1)
+        rec = np.zeros(len(rr), RECORD_DTYPE)
+        start = np.where(host, t0[rr], sim["start"][rr, k])
+        end = np.where(host, compute_start[rr], sim["end"][rr, k])
+        rec["flops"] = np.where(host, 0, np.rint(flops[rr, k])).astype(np.uint64)
+        rec["hbm_bytes"] = np.where(host, 0, np.rint(hbm[rr, k])).astype(np.uint64)
+        rec["net_bytes"] = np.where(host | ~cp.is_coll[k], 0, np.rint(net[rr, k])).astype(np.uint64)
+        rec["stall_cycles"] = np.where(host, 0, np.rint(sim["stall"][rr, k] * hw.clock_hz / 1e9)).astype(np.uint64)
+        name = prog.tmpl[k].astype(np.uint32)
+        receiving = (prog.peer_stage[k] >= 0) & (plan.stage[rr] == prog.peer_stage[k])
+        name[receiving] = self._peer_name[name[receiving]]
+        rec["name_id"] = np.where(host, self._host_name, name)
+        rec["step"] = step
+        rec["group"] = np.where(host, NO_GROUP, sim["group"][rr, k])
+        rec["seq"] = np.where(host, 0, sim["seq"][rr, k])
+        rec["layer"] = np.where(host, NO_LAYER, prog.layer[k])
+        rec["engine"] = np.where(host, int(Engine.HOST), cp.engine[k])
+        rec["phase"] = phase[rr]
+        return StepTrace(step=step, rank=rr, records=rec, start_ns=start, end_ns=end)
+
+    def _host_events(self, step: int, batches: list[Batch], running: np.ndarray, now: np.ndarray,
+                     step_end: np.ndarray) -> list[dict]:
+        events = []
+        for r in np.flatnonzero(running):
+            b = batches[r]
+            events.append({"type": "step", "replica": int(r), "step": step, "ts": float(now[r]),
+                           "end": float(step_end[r]), "prefill_tokens": b.prefill_tokens,
+                           "decode_tokens": b.decode_tokens, "phase": Phase(b.phase).name.lower()})
+        return events
+
+    def request_table(self) -> dict[str, np.ndarray]:
+        """Per request (after the run): id, replica, arrival, first token, finish (true ns), lengths."""
+        n = self.cfg.requests
+        first = np.full(n, np.nan)
+        finish = np.full(n, np.nan)
+        generated = np.zeros(n, np.int64)
+        for r, sch in enumerate(self.schedulers):
+            idx = self.replica_requests[r]
+            first[idx] = sch.first_token_ns
+            finish[idx] = sch.finish_ns
+            generated[idx] = sch.generated
+        return {"request": np.arange(n), "replica": self.request_replica, "arrival": self.arrival_ns,
+                "first_token": first, "finish": finish, "prompt_tokens": np.full(n, self.cfg.prompt_len),
+                "output_tokens": generated}
+
+    def replica_node(self, replica: int) -> int:
+        """Node whose host runs a replica's scheduler (its first rank's node)."""
+        return int(self.plan.node[self.plan.replica_ranks(replica)[0]])
+
+    def act_bytes(self) -> int:
+        return ACT_BYTES

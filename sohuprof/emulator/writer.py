@@ -1,0 +1,81 @@
+"""The raw writer: per-chip ``.strace`` files of CRC-checked chunks, as a hardware trace unit
+would write them (the format is :mod:`sohuprof.strace`)."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from sohuprof.emulator.clock import NodeClocks
+from sohuprof.emulator.plan import ParallelPlan
+from sohuprof.emulator.runtime import StepTrace
+from sohuprof.strace import (CHUNK_HEADER, CHUNK_MAGIC, FILE_HEADER, FILE_MAGIC, FORMAT_VERSION,
+                             RECORD_DTYPE, chip_path)
+
+__all__ = ["RawTraceWriter"]
+
+
+class RawTraceWriter:
+    """Buffers each chip's records and writes them in chunks of ``chunk_records``.
+
+    Times arrive as true ns and are written as the chip's local cycle counter.
+    """
+
+    def __init__(self, root: Path, plan: ParallelPlan, clocks: NodeClocks, clock_hz: float,
+                 chunk_records: int) -> None:
+        self.plan, self.clocks, self.clock_hz, self.chunk = plan, clocks, clock_hz, chunk_records
+        self.files: list[BinaryIO] = []
+        for rank in range(plan.world):
+            path = root / chip_path(int(plan.node[rank]), int(plan.chip[rank]))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(path, "wb")
+            f.write(FILE_HEADER.pack(FILE_MAGIC, FORMAT_VERSION, int(plan.node[rank]), int(plan.chip[rank]),
+                                     RECORD_DTYPE.itemsize, chunk_records))
+            self.files.append(f)
+        self.pending: list[list[np.ndarray]] = [[] for _ in range(plan.world)]
+        self.pending_n = np.zeros(plan.world, np.int64)
+        self.chunks = np.zeros(plan.world, np.int64)
+        self.records = np.zeros(plan.world, np.int64)
+
+    def add(self, trace: StepTrace) -> None:
+        """Append one step's records (``trace.rank`` must be non-decreasing)."""
+        rec = trace.records
+        node = self.plan.node[trace.rank]
+        rec["start"] = self.clocks.cycles(trace.start_ns, node, self.clock_hz)
+        rec["end"] = self.clocks.cycles(trace.end_ns, node, self.clock_hz)
+        bounds = np.searchsorted(trace.rank, np.arange(self.plan.world + 1))
+        counts = np.diff(bounds)
+        for rank in np.flatnonzero(counts):
+            self.pending[rank].append(rec[bounds[rank]:bounds[rank + 1]])
+            self.pending_n[rank] += counts[rank]
+            if self.pending_n[rank] >= self.chunk:
+                self._flush(rank, final=False)
+        self.records += counts
+
+    def _flush(self, rank: int, *, final: bool) -> None:
+        data = np.concatenate(self.pending[rank]) if len(self.pending[rank]) > 1 else self.pending[rank][0]
+        full = len(data) if final else len(data) // self.chunk * self.chunk
+        f = self.files[rank]
+        for lo in range(0, full, self.chunk):
+            payload = data[lo:lo + self.chunk].tobytes()
+            f.write(CHUNK_HEADER.pack(CHUNK_MAGIC, int(self.chunks[rank]), len(payload) // RECORD_DTYPE.itemsize,
+                                      zlib.crc32(payload)))
+            f.write(payload)
+            self.chunks[rank] += 1
+        rest = data[full:]
+        self.pending[rank] = [rest] if len(rest) else []
+        self.pending_n[rank] = len(rest)
+
+    def close(self) -> None:
+        """Write every chip's last, partial chunk and close the files."""
+        for rank, f in enumerate(self.files):
+            if self.pending_n[rank]:
+                self._flush(rank, final=True)
+            f.close()
+
+    def abort(self) -> None:
+        for f in self.files:
+            f.close()

@@ -1,0 +1,474 @@
+"""The trace store: a directory of Parquet tables plus ``manifest.json``, written atomically.
+
+Layout (see DESIGN.md, "The trace store")::
+
+    STORE/
+      manifest.json              format, version, source, hardware, ranks, counts ...
+      events/node=N/part-K.parquet   hive-partitioned by node; rows sorted by (rank, ts) per file
+      collectives.parquet  counters.parquet  requests.parquet  quarantine.parquet
+
+:class:`StoreWriter` writes one into a temporary sibling directory and renames it into place on
+success, so a crash never leaves half a store. :func:`open_store` reads one back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Union
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from sohuprof import __version__
+from sohuprof.errors import OutputError, StoreError
+from sohuprof.schema import ALL_TABLES, EVENTS, STORE_FORMAT, STORE_VERSION, TableSpec
+
+__all__ = ["StoreWriter", "TraceStore", "open_store", "MANIFEST_NAME"]
+
+MANIFEST_NAME = "manifest.json"
+#: Rows per Parquet row group: a time-window read of one rank touches a handful of them.
+ROW_GROUP_ROWS = 128 * 1024
+#: Buffered event rows (all nodes together) before the largest buffers are flushed early.
+MAX_BUFFERED_ROWS = 8 * ROW_GROUP_ROWS
+#: Event partition files kept open at once; past this the least recently used one is closed.
+MAX_OPEN_FILES = 64
+_COMPRESSION = "zstd"
+# Ties at one ts put the longer (enclosing) event first, so nesting reads top-down.
+_EVENT_ORDER = [("rank", "ascending"), ("ts", "ascending"), ("dur", "descending")]
+
+PathLike = Union[str, "os.PathLike[str]"]
+Filters = Union[pc.Expression, Sequence[Any], None]
+
+_read_params_doc = """\
+table : str or TableSpec
+    Table name: ``events``, ``collectives``, ``counters``, ``requests`` or ``quarantine``.
+columns : list of str, optional
+    Columns to read; all when omitted.
+filters : pyarrow.compute.Expression or list of tuples, optional
+    Row filter, either an Arrow expression (``pc.field("rank") == 3``) or the DNF tuples
+    :func:`pyarrow.parquet.read_table` accepts (``[("ts", ">=", t0), ("node", "=", 1)]``).
+    On ``events``, filters on ``node`` prune partitions and filters on ``ts`` prune row groups."""
+
+
+def _ensure_spec(table: str | TableSpec) -> TableSpec:
+    """Turn a table name (or spec) into its :class:`TableSpec`."""
+    if isinstance(table, TableSpec):
+        return table
+    for spec in ALL_TABLES:
+        if table in (spec.name, spec.path):
+            return spec
+    names = ", ".join(repr(s.name) for s in ALL_TABLES)
+    raise ValueError(f"'table' must be one of {names}; got {table!r}")
+
+
+def _ensure_filter(filters: Filters) -> pc.Expression | None:
+    """Turn DNF filter tuples (or an Expression, or None) into one Arrow expression."""
+    if filters is None or isinstance(filters, pc.Expression):
+        return filters
+    if isinstance(filters, (list, tuple)):
+        return pq.filters_to_expression(list(filters))
+    raise TypeError(f"'filters' must be a pyarrow.compute.Expression or a list of tuples; "
+                    f"got {type(filters).__name__}")
+
+
+def _events_partitioning() -> ds.Partitioning:
+    return ds.partitioning(pa.schema([EVENTS.schema.field("node")]), flavor="hive")
+
+
+def _file_schema() -> pa.Schema:
+    """The events schema as stored in a part file: ``node`` lives in the directory name."""
+    schema = EVENTS.schema
+    return schema.remove(schema.get_field_index("node"))
+
+
+@dataclass
+class _NodePartition:
+    """Write state of one ``events/node=N`` directory."""
+
+    directory: Path
+    parts: int = 0
+    writer: pq.ParquetWriter | None = None
+    last_key: tuple[int, int] | None = None
+    buffer: list[pa.Table] = field(default_factory=list)
+    buffered: int = 0
+    rows: int = 0
+
+
+class StoreWriter:
+    """Write a trace store atomically; use as a context manager.
+
+    Everything goes to a temporary sibling directory (``.NAME.tmp-XXXX``) that is renamed to
+    ``path`` when the ``with`` block ends without an exception; on an exception it is removed
+    and nothing is left behind.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The store directory to create.
+    force : bool, default False
+        Replace an existing ``path``. The old store is moved aside, the new one renamed into
+        place, and only then is the old one removed.
+    row_group_rows : int, default 131072
+        Rows per Parquet row group in the event files.
+
+    Raises
+    ------
+    OutputError
+        ``path`` exists and ``force`` is not set, or its parent cannot be written.
+
+    Examples
+    --------
+    >>> with StoreWriter(tmp / "store") as w:  # doctest: +SKIP
+    ...     w.write_events(events)
+    ...     w.write_manifest({"source": {"format": "kineto"}})
+    """
+
+    def __init__(self, path: PathLike, *, force: bool = False,
+                 row_group_rows: int = ROW_GROUP_ROWS) -> None:
+        if row_group_rows < 1:
+            raise ValueError(f"'row_group_rows' must be at least 1; got {row_group_rows}")
+        self.path = Path(path)
+        self.force = force
+        self.row_group_rows = row_group_rows
+        self._tmp: Path | None = None
+        self._nodes: dict[int, _NodePartition] = {}
+        self._open: OrderedDict[int, None] = OrderedDict()  # LRU of nodes with an open writer
+        self._buffered = 0
+        self._small: dict[str, list[pa.Table]] = {}
+        self._manifest: dict[str, Any] = {}
+
+    # -- context manager ------------------------------------------------------------------
+
+    def __enter__(self) -> StoreWriter:
+        self._check_target()
+        parent = self.path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=parent))
+            (self._tmp / EVENTS.path).mkdir()
+        except OSError as exc:
+            raise OutputError(f"cannot write the trace store '{self.path}': "
+                              f"{exc.strerror or exc} in '{parent}'") from None
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._tmp is None:
+            return
+        try:
+            if exc_type is not None:
+                return
+            self._finish()
+            self._move_into_place()
+        finally:
+            self._close_writers()
+            if self._tmp.exists():
+                shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def _check_target(self) -> None:
+        if (self.path.exists() or self.path.is_symlink()) and not self.force:
+            raise OutputError(f"'{self.path}' already exists; pass --force (force=True) to replace it")
+
+    def _require_open(self) -> Path:
+        if self._tmp is None:
+            raise RuntimeError("StoreWriter is not open; use it as 'with StoreWriter(path) as w:'")
+        return self._tmp
+
+    # -- events ---------------------------------------------------------------------------
+
+    def write_events(self, batch: pa.Table | pa.RecordBatch) -> None:
+        """Append events, conformed to the events schema, to their node partitions.
+
+        Parameters
+        ----------
+        batch : pyarrow.Table or pyarrow.RecordBatch
+            Events of any ranks and nodes. Rows are sorted by ``(rank, ts)`` before writing;
+            memory held is bounded by the batch plus one row group per node being written.
+
+        Raises
+        ------
+        SchemaError
+            A required column is missing or has the wrong type.
+        """
+        self._require_open()
+        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        table = EVENTS.conform(table)
+        if table.num_rows == 0:
+            return
+        nodes = pc.unique(table.column("node")).to_pylist()
+        for node in sorted(nodes):
+            part = table if len(nodes) == 1 else table.filter(pc.equal(table.column("node"), node))
+            state = self._node(node)
+            state.buffer.append(part.drop_columns(["node"]))
+            state.buffered += part.num_rows
+            self._buffered += part.num_rows
+            if state.buffered >= self.row_group_rows:
+                self._flush(node, final=False)
+        # Bound memory across many nodes: flush the biggest buffers until under budget.
+        while self._buffered > MAX_BUFFERED_ROWS:
+            biggest = max(self._nodes, key=lambda n: self._nodes[n].buffered)
+            self._flush(biggest, final=True)
+
+    def _node(self, node: int) -> _NodePartition:
+        state = self._nodes.get(node)
+        if state is None:
+            directory = self._require_open() / EVENTS.path / f"node={node}"
+            directory.mkdir()
+            state = self._nodes[node] = _NodePartition(directory)
+        return state
+
+    def _flush(self, node: int, *, final: bool) -> None:
+        """Write a node's buffered rows: whole row groups, or everything when ``final``."""
+        state = self._nodes[node]
+        if not state.buffer:
+            return
+        table = pa.concat_tables(state.buffer).unify_dictionaries().sort_by(_EVENT_ORDER)
+        keep = 0 if final else table.num_rows % self.row_group_rows
+        out, rest = table.slice(0, table.num_rows - keep), table.slice(table.num_rows - keep)
+        state.buffer = [rest] if keep else []
+        self._buffered -= state.buffered - keep
+        state.buffered = keep
+        if out.num_rows == 0:
+            return
+        first = (out.column("rank")[0].as_py(), out.column("ts")[0].as_py())
+        # A file stays sorted by (rank, ts): rows that would go backwards start a new part.
+        if state.writer is not None and state.last_key is not None and first < state.last_key:
+            self._close_node(node)
+        writer = state.writer if state.writer is not None else self._open_node(node)
+        writer.write_table(out.combine_chunks(), row_group_size=self.row_group_rows)
+        self._open.move_to_end(node)
+        state.last_key = (out.column("rank")[-1].as_py(), out.column("ts")[-1].as_py())
+        state.rows += out.num_rows
+
+    def _open_node(self, node: int) -> pq.ParquetWriter:
+        if len(self._open) >= MAX_OPEN_FILES:
+            self._close_node(next(iter(self._open)))
+        state = self._nodes[node]
+        path = state.directory / f"part-{state.parts}.parquet"
+        state.parts += 1
+        state.writer = pq.ParquetWriter(path, _file_schema(), compression=_COMPRESSION,
+                                        use_dictionary=True, write_statistics=True)
+        state.last_key = None
+        self._open[node] = None
+        return state.writer
+
+    def _close_node(self, node: int) -> None:
+        state = self._nodes[node]
+        if state.writer is not None:
+            state.writer.close()
+            state.writer = None
+        self._open.pop(node, None)
+
+    def _close_writers(self) -> None:
+        for node in list(self._open):
+            self._close_node(node)
+
+    # -- small tables and manifest --------------------------------------------------------
+
+    def write_table(self, spec: TableSpec | str, table: pa.Table) -> None:
+        """Append rows to one of the small tables (collectives, counters, requests, quarantine).
+
+        Rows are held in memory and written, sorted by the spec's ``sort_by``, when the writer
+        closes; a table never written is stored empty with its schema. ``events`` is forwarded
+        to :meth:`write_events`.
+
+        Raises
+        ------
+        SchemaError
+            ``table`` does not fit the spec.
+        """
+        self._require_open()
+        spec = _ensure_spec(spec)
+        if spec.name == EVENTS.name:
+            self.write_events(table)
+            return
+        self._small.setdefault(spec.name, []).append(spec.conform(table))
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Set the manifest's keys (source, hardware, model, parallel plan, ranks, clock
+        alignment, counts ...); ``format``, ``version`` and table row counts are added on close.
+        Calling it again updates the keys given."""
+        self._require_open()
+        self._manifest.update(manifest)
+
+    def _finish(self) -> None:
+        tmp = self._require_open()
+        for node in sorted(self._nodes):
+            self._flush(node, final=True)
+        self._close_writers()
+        rows: dict[str, int] = {EVENTS.name: sum(s.rows for s in self._nodes.values())}
+        for spec in ALL_TABLES:
+            if spec.name == EVENTS.name:
+                continue
+            parts = self._small.get(spec.name)
+            table = pa.concat_tables(parts).unify_dictionaries() if parts else spec.empty()
+            if spec.sort_by and table.num_rows:
+                table = table.sort_by([(c, "ascending") for c in spec.sort_by])
+            pq.write_table(table.combine_chunks(), tmp / spec.path, compression=_COMPRESSION,
+                           use_dictionary=True)
+            rows[spec.name] = table.num_rows
+        manifest = {"format": STORE_FORMAT, "version": STORE_VERSION, **self._manifest,
+                    "written_by": f"sohuprof {__version__}", "tables": rows,
+                    "nodes": sorted(self._nodes)}
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=False,
+                                                    default=_json_default) + "\n")
+
+    def _move_into_place(self) -> None:
+        tmp = self._require_open()
+        aside: Path | None = None
+        try:
+            if self.path.exists() or self.path.is_symlink():
+                if not self.force:  # appeared while we were writing
+                    self._check_target()
+                aside = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
+                aside = aside / self.path.name
+                os.rename(self.path, aside)
+            os.rename(tmp, self.path)
+        except OSError as exc:
+            if aside is not None and aside.exists() and not self.path.exists():
+                os.rename(aside, self.path)  # put the old store back
+            raise OutputError(f"cannot move the trace store into '{self.path}': "
+                              f"{exc.strerror or exc}") from None
+        finally:
+            if aside is not None:
+                shutil.rmtree(aside.parent, ignore_errors=True)
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for numpy scalars and paths that callers put in the manifest."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"manifest value of type {type(value).__name__} is not JSON serializable")
+
+
+class TraceStore:
+    """A trace store opened for reading (see :func:`open_store`).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The store directory.
+    manifest : dict
+        The parsed ``manifest.json``.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self._dataset: ds.Dataset | None = None
+
+    def __repr__(self) -> str:
+        return f"TraceStore({str(self.path)!r}, ranks={len(self.ranks)}, nodes={len(self.nodes)})"
+
+    def dataset(self) -> ds.Dataset:
+        """The events as a lazy :class:`pyarrow.dataset.Dataset` (``node`` from the partitions)."""
+        if self._dataset is None:
+            self._dataset = ds.dataset(self.path / EVENTS.path, format="parquet",
+                                       schema=EVENTS.schema, partitioning=_events_partitioning())
+        return self._dataset
+
+    def read(self, table: str | TableSpec, *, columns: list[str] | None = None,
+             filters: Filters = None) -> pa.Table:
+        spec = _ensure_spec(table)
+        expr = _ensure_filter(filters)
+        if spec.name == EVENTS.name:
+            return self.dataset().to_table(columns=columns, filter=expr)
+        path = self.path / spec.path
+        if not path.is_file():
+            raise StoreError(f"trace store '{self.path}' is incomplete: '{spec.path}' is missing; "
+                             f"collect it again with `sohuprof collect`")
+        return ds.dataset(path, format="parquet", schema=spec.schema).to_table(columns=columns,
+                                                                               filter=expr)
+
+    def scan(self, *, columns: list[str] | None = None, filters: Filters = None,
+             batch_size: int = ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
+        """Stream the events as record batches, without loading them all."""
+        return iter(self.dataset().to_batches(columns=columns, filter=_ensure_filter(filters),
+                                              batch_size=batch_size))
+
+    @property
+    def nodes(self) -> list[int]:
+        """Node indices present in ``events/``."""
+        if "nodes" in self.manifest:
+            return [int(n) for n in self.manifest["nodes"]]
+        names = (p.name for p in (self.path / EVENTS.path).glob("node=*"))
+        return sorted(int(n.split("=", 1)[1]) for n in names)
+
+    @property
+    def ranks(self) -> list[int]:
+        """Ranks in the store: the manifest's list, else those found in the events."""
+        if "ranks" in self.manifest:
+            return [int(r) for r in self.manifest["ranks"]]
+        ranks = pc.unique(self.dataset().to_table(columns=["rank"]).column("rank"))
+        return sorted(ranks.to_pylist())
+
+
+TraceStore.read.__doc__ = f"""Read one table of the store into memory.
+
+Parameters
+----------
+{_read_params_doc}
+
+Returns
+-------
+pyarrow.Table
+    With the table's schema (``events`` includes ``node`` as int32).
+
+Raises
+------
+StoreError
+    The table's file is missing.
+"""
+
+
+def open_store(path: PathLike) -> TraceStore:
+    """Open a trace store for reading.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A directory written by :class:`StoreWriter` (``sohuprof collect``).
+
+    Returns
+    -------
+    TraceStore
+
+    Raises
+    ------
+    StoreError
+        ``path`` is not a store, or its format or version is not one this sohuprof reads.
+    """
+    root = Path(path)
+    manifest_path = root / MANIFEST_NAME
+    if not root.is_dir() or not manifest_path.is_file():
+        raise StoreError(f"'{root}' is not a sohuprof trace store (no {MANIFEST_NAME}); "
+                         f"create one with `sohuprof collect`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"'{manifest_path}' cannot be read ({exc}); collect the trace again "
+                         f"with `sohuprof collect`") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise StoreError(f"'{root}' has format {found!r}, expected {STORE_FORMAT!r}: "
+                         f"not a sohuprof trace store")
+    version = manifest.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise StoreError(f"'{manifest_path}' has no valid integer 'version' (got {version!r})")
+    if version > STORE_VERSION:
+        raise StoreError(f"trace store '{root}' is version {version}, newer than this sohuprof "
+                         f"{__version__} reads (up to {STORE_VERSION}); upgrade sohuprof")
+    return TraceStore(root, manifest)
