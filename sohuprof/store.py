@@ -20,6 +20,8 @@ import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Union
@@ -29,11 +31,15 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from sohuprof import __version__
 from sohuprof.errors import OutputError, StoreError
 from sohuprof.schema import ALL_TABLES, EVENTS, STORE_FORMAT, STORE_VERSION, TableSpec
 
 __all__ = ["StoreWriter", "TraceStore", "open_store", "MANIFEST_NAME"]
+
+try:  # the installed distribution's version (works even when run from a script directory)
+    __version__ = _dist_version("sohuprof")
+except PackageNotFoundError:
+    __version__ = "unknown"
 
 MANIFEST_NAME = "manifest.json"
 #: Rows per Parquet row group: a time-window read of one rank touches a handful of them.
