@@ -1,0 +1,5 @@
+"""``python -m sohuprof``: the command line."""
+
+from sohuprof.cli import main
+
+main()

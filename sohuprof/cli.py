@@ -1,0 +1,166 @@
+"""The ``sohuprof`` command line: parses arguments, shows progress and prints; the work is done
+by library calls (no logic lives here)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+import sohuprof
+from sohuprof.errors import SohuprofError
+
+__all__ = ["main", "cli"]
+
+log = logging.getLogger("sohuprof")
+
+
+@dataclass
+class CliContext:
+    """Options of the ``sohuprof`` group, shared by every command."""
+
+    verbose: int = 0
+    quiet: bool = False
+
+    @property
+    def show_progress(self) -> bool | None:
+        return False if self.quiet else None
+
+
+class SohuprofGroup(click.Group):
+    """Turns user errors into one line on stderr and a non-zero exit; ``-v`` keeps tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # every failure ends as one line unless -v asks for the traceback
+            obj = ctx.obj if isinstance(ctx.obj, CliContext) else None
+            if obj is not None and obj.verbose:
+                raise
+            if isinstance(exc, SohuprofError):
+                raise click.ClickException(str(exc)) from None
+            if isinstance(exc, OSError):
+                where = f" {exc.filename!r}" if exc.filename else ""
+                raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+            raise click.ClickException(f"internal error: {type(exc).__name__}: {exc} "
+                                       "(run with -v for the traceback, and report it)") from None
+
+
+pass_cli = click.make_pass_decorator(CliContext)
+
+
+@click.group(cls=SohuprofGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(sohuprof.__version__, prog_name="sohuprof")
+@click.option("-v", "--verbose", count=True, help="More detail; tracebacks on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summaries, errors only.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Profile transformer inference on Sohu (emulated) and PyTorch profiler traces.
+
+    \b
+    Start with:  sohuprof demo
+    Each command's --help has an example.
+    """
+    ctx.obj = CliContext(verbose=verbose, quiet=quiet)
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _fault(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple:
+    from sohuprof.emulator.config import parse_fault
+    faults = []
+    for value in values:
+        try:
+            faults.append(parse_fault(value))
+        except SohuprofError as exc:
+            raise click.BadParameter(str(exc).removeprefix("--inject ")) from None
+    return tuple(faults)
+
+
+@cli.command(epilog="""\b
+Example:
+  sohuprof emulate --model llama3-70b --nodes 2 --tp 8 --requests 64 -o run/
+  sohuprof emulate --model mixtral-8x7b --nodes 2 --chips-per-node 8 --tp 8 --ep 16 \\
+      --inject straggler:rank=5,slowdown=1.3 --inject slow-link:node=1,factor=0.3 -o moe-run/""")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Run directory to create (raw per-chip traces + run.json).")
+@click.option("--model", default="llama3-70b", show_default=True, help="Model preset or a HuggingFace config.json.")
+@click.option("--hw", "hw_name", default="sohu", show_default=True, help="Hardware preset (sohu, h100, h200, b200) or a TOML file.")
+@click.option("--nodes", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--chips-per-node", type=click.IntRange(min=1), help="Chips used per node [default: the hardware's].")
+@click.option("--tp", default=8, show_default=True, type=click.IntRange(min=1), help="Tensor-parallel degree.")
+@click.option("--ep", default=1, show_default=True, type=click.IntRange(min=1), help="Expert-parallel degree (MoE models).")
+@click.option("--pp", default=1, show_default=True, type=click.IntRange(min=1), help="Pipeline-parallel degree.")
+@click.option("--requests", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Poisson arrival rate, requests/s [default: all at once].")
+@click.option("--prompt-len", default=2048, show_default=True, type=click.IntRange(min=1))
+@click.option("--output-len", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-batch-tokens", default=8192, show_default=True, type=click.IntRange(min=1), help="Token budget of a scheduler step.")
+@click.option("--dtype", default="fp8", show_default=True, type=click.Choice(["fp8", "bf16"]), help="Weight and matrix-math format.")
+@click.option("--two-batch-overlap/--no-two-batch-overlap", default=True, show_default=True,
+              help="Overlap TP all-reduces with compute by splitting big steps in two micro-batches.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--clock-skew-us", default=50.0, show_default=True, type=click.FloatRange(min=0), help="Node clock offset scale (0: perfect clocks).")
+@click.option("--inject", multiple=True, callback=_fault, metavar="SPEC",
+              help="Fault: straggler:rank=R,slowdown=F or slow-link:node=N,factor=F (repeatable).")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@pass_cli
+def emulate(obj: CliContext, out: Path, model: str, hw_name: str, chips_per_node: int | None,
+            inject: tuple, **options: Any) -> None:
+    """Run the emulated Sohu runtime and write raw per-chip traces.
+
+    Serves --requests requests of a real model config on a simulated cluster of --nodes nodes and
+    writes what each chip's trace unit would: node<N>/chip<C>.strace (binary, local clock cycles),
+    node<N>/host.jsonl and run.json.
+    """
+    from sohuprof.emulator import EmulatorConfig, emulate as run_emulation
+    from sohuprof.hardware import load_hardware
+    from sohuprof.models import load_model
+
+    hw = load_hardware(hw_name)
+    force = options.pop("force")
+    cfg = EmulatorConfig(model=load_model(model), hardware=hw, chips_per_node=chips_per_node or hw.chips_per_node,
+                         faults=inject, **options)
+    summary = run_emulation(cfg, out, force=force, show_progress=obj.show_progress)
+    if not obj.quiet:
+        click.echo(f"wrote {summary.path}: {summary.records:,} records from {summary.ranks} chips, "
+                   f"{summary.steps} steps, {summary.duration_ns / 1e6:,.1f} ms emulated, "
+                   f"{summary.tokens_per_s:,.0f} tokens/s")
+
+
+@cli.command(epilog="""\b
+Example:
+  sohuprof demo               # emulate a small 2-node run into ./sohuprof-demo
+  sohuprof demo -o /tmp/demo""")
+@click.option("-o", "--output", "out", default="sohuprof-demo", show_default=True, type=click.Path(path_type=Path),
+              help="Directory for the demo's run.")
+@click.pass_context
+def demo(ctx: click.Context, out: Path) -> None:
+    """Emulate a small 2-node Llama-3-8B run with an injected straggler and say where to look."""
+    run_dir = out / "run"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create {str(out)!r}: {exc.strerror}") from None
+    ctx.invoke(emulate, out=run_dir, model="llama3-8b", hw_name="sohu", nodes=2, chips_per_node=4, tp=4, ep=1,
+               pp=1, requests=32, rate=None, prompt_len=1024, output_len=64, max_batch_tokens=8192, dtype="fp8",
+               two_batch_overlap=True, seed=0, clock_skew_us=50.0,
+               inject=_fault(ctx, None, ("straggler:rank=5,slowdown=1.3",)), force=True)  # type: ignore[arg-type]
+    obj: CliContext = ctx.obj
+    if not obj.quiet:
+        click.echo(f"raw traces: {run_dir}/node*/chip*.strace, run metadata: {run_dir}/run.json")
+
+
+def main() -> None:
+    """Entry point of the ``sohuprof`` console script."""
+    cli(prog_name="sohuprof")
+
+
+if __name__ == "__main__":
+    main()
