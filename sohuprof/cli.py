@@ -157,6 +157,33 @@ def demo(ctx: click.Context, out: Path) -> None:
         click.echo(f"raw traces: {run_dir}/node*/chip*.strace, run metadata: {run_dir}/run.json")
 
 
+@cli.command(epilog="""\b
+Examples:
+  sohuprof collect run/ -o store/                 # a raw Sohu run directory
+  sohuprof collect traces/ -o store/              # PyTorch profiler traces, one file per rank
+  sohuprof collect trace.json.gz -o store/ --force""")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Trace store to create.")
+@click.option("--force", is_flag=True, help="Replace an existing store.")
+@pass_cli
+def collect(obj: CliContext, source: Path, out: Path, force: bool) -> None:
+    """Collect a trace into the Parquet trace store every analysis reads.
+
+    SOURCE is detected: a raw Sohu run directory (run.json), a directory of PyTorch profiler
+    (Kineto) traces, or one Kineto or Chrome trace file. Damaged parts of a raw trace are set
+    aside in quarantine.parquet and counted; the rest is kept.
+    """
+    from sohuprof.collectors import collect as run_collect
+
+    summary = run_collect(source, out, force=force, show_progress=obj.show_progress)
+    if summary["quarantined_pieces"]:
+        click.echo(f"warning: {summary['quarantined_pieces']} damaged piece(s) holding "
+                   f"{summary['quarantined_records']:,} records set aside in {out}/quarantine.parquet; "
+                   f"{summary['events']:,} sound events kept", err=True)
+    if not obj.quiet:
+        click.echo(f"wrote {out}: {summary['events']:,} events from {summary['files']} file(s) ({summary['format']})")
+
+
 def main() -> None:
     """Entry point of the ``sohuprof`` console script."""
     cli(prog_name="sohuprof")

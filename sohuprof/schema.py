@@ -136,7 +136,7 @@ COLLECTIVES = TableSpec(
 
 COUNTERS = TableSpec(
     name="counters", path="counters.parquet", row="counter sample",
-    sort_by=("rank", "counter", "ts"),
+    sort_by=("rank", "ts"),
     columns=(
         _c("ts", pa.int64(), "ns", "sample time", False),
         _c("rank", pa.int32(), "", "rank the counter belongs to", False),

@@ -1,0 +1,333 @@
+"""Raw Sohu run directories (``run.json`` + per-chip ``.strace``) into the trace store.
+
+Two streaming passes over the chip files: the first reads only collective records, to align the
+nodes' clocks (:mod:`sohuprof.collectors.alignment`); the second converts every sound chunk to
+events on the aligned clock and writes them, one chip at a time, so memory is bounded by a
+batch, not the trace. Damaged chunks are quarantined and counted, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from sohuprof.collectors.alignment import ClockMap, causality_violations, fit_clocks
+from sohuprof.collectors.strace_reader import Damaged, open_chip_file
+from sohuprof.errors import TraceFormatError
+from sohuprof.progress import progress
+from sohuprof.schema import COLLECTIVES, COUNTERS, EVENTS, QUARANTINE, REQUESTS
+from sohuprof.store import PathLike, StoreWriter
+from sohuprof.strace import FORMAT_NAME, FORMAT_VERSION, NO_GROUP, NO_LAYER
+
+__all__ = ["RunInfo", "read_run_info", "collect_sohu", "RUN_FILE"]
+
+RUN_FILE = "run.json"
+BATCH_RECORDS = 1 << 20   # records converted and handed to the store writer at once
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What run.json says, shaped for the collector (the emulator's ``truth`` is never read)."""
+
+    root: Path
+    meta: dict[str, Any]
+    names: list[str]
+    op_of_name: np.ndarray        # [names] code into ``ops``
+    ops: list[str]
+    category_of_name: np.ndarray  # [names] code into ``categories``
+    categories: list[str]
+    kind_of_name: np.ndarray      # [names] code into ``kinds`` (collective kind; send/recv are one p2p kind)
+    kinds: list[str]
+    engines: list[str]
+    phases: list[str]
+    chips: list[dict[str, Any]]
+    nodes: int
+
+
+def _codes(values: list[str]) -> tuple[np.ndarray, list[str]]:
+    vocab = sorted(set(values))
+    index = {v: i for i, v in enumerate(vocab)}
+    return np.array([index[v] for v in values], dtype=np.int32), vocab
+
+
+def read_run_info(root: Path) -> RunInfo:
+    """Parse and check ``root/run.json``."""
+    path = root / RUN_FILE
+    try:
+        meta = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise TraceFormatError(f"{root}: no {RUN_FILE}; a Sohu run directory has one beside node*/") from None
+    except orjson.JSONDecodeError as exc:
+        raise TraceFormatError(f"{path}: not valid JSON ({exc}); the run directory is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise TraceFormatError(f"{path}: format is {found!r}, expected {FORMAT_NAME!r}")
+    if int(meta.get("version", 0)) > FORMAT_VERSION:
+        raise TraceFormatError(f"{path}: format version {meta['version']} is newer than this sohuprof reads "
+                               f"({FORMAT_VERSION}); upgrade sohuprof")
+    try:
+        table = sorted(meta["op_names"], key=lambda e: e["id"])
+        op_codes, ops = _codes([e["op"] for e in table])
+        cat_codes, cats = _codes([e["category"] for e in table])
+        kind_codes, kinds = _codes(["send_recv" if e["op"] in ("send", "recv") else e["op"] for e in table])
+        return RunInfo(root=root, meta=meta, names=[e["name"] for e in table], op_of_name=op_codes, ops=ops,
+                       category_of_name=cat_codes, categories=cats, kind_of_name=kind_codes, kinds=kinds,
+                       engines=list(meta["engines"]), phases=list(meta["phases"]),
+                       chips=sorted(meta["chips"], key=lambda c: c["rank"]), nodes=len(meta["nodes"]))
+    except (KeyError, TypeError) as exc:
+        raise TraceFormatError(f"{path}: missing or malformed {exc}; the run directory is damaged") from None
+
+
+def _dict_array(codes: np.ndarray, vocab: list[str]) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(vocab, pa.string()))
+
+
+def _ns(cycles: np.ndarray, chip: dict[str, Any]) -> np.ndarray:
+    """Local cycles to local ns."""
+    return cycles.astype(np.float64) * (1e9 / float(chip["clock_hz"]))
+
+
+def _coll_id(rec: np.ndarray) -> np.ndarray:
+    """A collective instance is (group, sequence number): ``group * 2**32 + seq``."""
+    return (rec["group"].astype(np.int64) << 32) | rec["seq"].astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ pass 1
+
+@dataclass
+class _Collectives:
+    """Collective records of the whole run (one row per member rank), local ns."""
+
+    coll: np.ndarray
+    rank: np.ndarray
+    node: np.ndarray
+    name: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    bytes: np.ndarray
+    first_local: list[tuple[int, float]]   # (node, local ns) of each file's first record
+
+
+def _scan_collectives(files: list[tuple[dict, Path]], advance: Callable[[float], None]) -> _Collectives:
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("coll", "rank", "node", "name", "start", "end", "bytes")}
+    first: list[tuple[int, float]] = []
+    for chip, path in files:
+        with open_chip_file(path, chip["file"]) as f:
+            for rec in f.chunks():
+                if len(first) == 0 or first[-1][0] != -chip["rank"] - 1:
+                    first.append((-chip["rank"] - 1, float(_ns(rec["start"][:1], chip)[0])))
+                coll = rec[rec["group"] != NO_GROUP]
+                parts["coll"].append(_coll_id(coll))
+                parts["rank"].append(np.full(len(coll), chip["rank"], np.int32))
+                parts["node"].append(np.full(len(coll), chip["node"], np.int32))
+                parts["name"].append(coll["name_id"].astype(np.int32))
+                parts["start"].append(_ns(coll["start"], chip))
+                parts["end"].append(_ns(coll["end"], chip))
+                parts["bytes"].append(coll["net_bytes"].astype(np.int64))
+                del rec, coll
+        advance(f.size)
+    dtypes = {"coll": np.int64, "rank": np.int32, "node": np.int32, "name": np.int32, "start": np.float64,
+              "end": np.float64, "bytes": np.int64}
+    arrays = {k: np.concatenate(v) if v else np.zeros(0, dtypes[k]) for k, v in parts.items()}
+    node_of_rank = {c["rank"]: c["node"] for c, _ in files}
+    return _Collectives(**arrays, first_local=[(node_of_rank[-r - 1], t) for r, t in first])
+
+
+def _collectives_table(info: RunInfo, c: _Collectives, clock: ClockMap, origin: float) -> tuple[pa.Table, int, float]:
+    """collectives.parquet rows (aligned) and the causality check on them."""
+    arrive = np.rint(clock.apply(c.start, c.node) - origin).astype(np.int64)
+    end = np.rint(clock.apply(c.end, c.node) - origin).astype(np.int64)
+    order = np.lexsort((c.rank, c.coll))
+    coll, arrive, end = c.coll[order], arrive[order], end[order]
+    starts = np.flatnonzero(np.r_[True, coll[1:] != coll[:-1]]) if len(coll) else np.zeros(0, np.int64)
+    last = np.maximum.reduceat(arrive, starts) if len(coll) else np.zeros(0, np.int64)
+    instance = np.cumsum(np.r_[True, coll[1:] != coll[:-1]]) - 1 if len(coll) else np.zeros(0, np.int64)
+    table = pa.table({
+        "coll_id": coll, "kind": _dict_array(info.kind_of_name[c.name[order]], info.kinds),
+        "group": coll >> 32, "rank": c.rank[order], "node": c.node[order], "arrive": arrive,
+        "start": last[instance], "end": end, "bytes": c.bytes[order]})
+    violations, worst = causality_violations(coll, arrive.astype(float), end.astype(float))
+    return table, violations, worst
+
+
+# ------------------------------------------------------------------------------ pass 2
+
+def _events_table(info: RunInfo, rec: np.ndarray, chip: dict[str, Any], clock: ClockMap, origin: float) -> pa.Table:
+    node, n = chip["node"], len(rec)
+    ts = np.rint(clock.apply(_ns(rec["start"], chip), node) - origin).astype(np.int64)
+    end = np.rint(clock.apply(_ns(rec["end"], chip), node) - origin).astype(np.int64)
+    name = rec["name_id"].astype(np.int32)
+    layer = rec["layer"].astype(np.int32)
+    is_coll = rec["group"] != NO_GROUP
+    columns = {
+        "ts": ts, "dur": end - ts,
+        "node": np.full(n, node, np.int32), "chip": np.full(n, chip["chip"], np.int32),
+        "rank": np.full(n, chip["rank"], np.int32),
+        "track": _dict_array(rec["engine"].astype(np.int32), info.engines),
+        "name": _dict_array(name, info.names),
+        "op": _dict_array(info.op_of_name[name], info.ops),
+        "category": _dict_array(info.category_of_name[name], info.categories),
+        "layer": pa.array(layer, pa.int32(), mask=layer == NO_LAYER),
+        "step": rec["step"].astype(np.int64),
+        "phase": _dict_array(rec["phase"].astype(np.int32), info.phases),
+        "flops": rec["flops"].astype(np.int64), "hbm_bytes": rec["hbm_bytes"].astype(np.int64),
+        "net_bytes": rec["net_bytes"].astype(np.int64),
+        "stall_mem_ns": np.rint(_ns(rec["stall_cycles"], chip)).astype(np.int64),
+        "coll_id": pa.array(_coll_id(rec), pa.int64(), mask=~is_coll),
+        "correlation": pa.nulls(n, pa.int64()),
+    }
+    return pa.table(columns, schema=EVENTS.schema)
+
+
+def _write_events(info: RunInfo, files: list[tuple[dict, Path]], clock: ClockMap, origin: float,
+                  writer: StoreWriter, advance: Callable[[float], None]) -> tuple[int, list[Damaged]]:
+    events, damaged = 0, []
+    for chip, path in files:
+        with open_chip_file(path, chip["file"]) as f:
+            batch: list[np.ndarray] = []
+            held = 0
+            for rec in f.chunks():
+                batch.append(rec)
+                held += len(rec)
+                if held >= BATCH_RECORDS:
+                    writer.write_events(_events_table(info, np.concatenate(batch), chip, clock, origin))
+                    events += held
+                    batch, held = [], 0
+            if held:
+                writer.write_events(_events_table(info, np.concatenate(batch), chip, clock, origin))
+                events += held
+            del batch
+            damaged += f.damaged
+        advance(f.size)
+    return events, damaged
+
+
+# ------------------------------------------------------------------------------ host events
+
+def _host_tables(info: RunInfo, clock: ClockMap, origin: float) -> tuple[pa.Table, pa.Table, list[Damaged]]:
+    """requests.parquet from request lifecycle events, counters.parquet from scheduler steps."""
+    arrivals: dict[int, dict[str, Any]] = {}
+    counters: dict[str, list] = {"ts": [], "rank": [], "counter": [], "value": []}
+    damaged: list[Damaged] = []
+    tp = int(info.meta.get("parallel", {}).get("tp", 1))
+    for entry in info.meta["nodes"]:
+        node, rel = int(entry["node"]), entry["host_events"]
+        path = info.root / rel
+        if not path.is_file():
+            damaged.append(Damaged(rel, 0, 0, 0, "host event file missing", b""))
+            continue
+        raw = path.read_bytes()
+        offset = 0
+        for line in raw.split(b"\n"):
+            start, offset = offset, offset + len(line) + 1
+            if not line.strip():
+                continue
+            try:
+                ev = orjson.loads(line)
+                kind, ts = ev["type"], float(ev["ts"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                damaged.append(Damaged(rel, start, len(line), 1, "unreadable host event line", line))
+                continue
+            t = float(clock.apply(np.array([ts]), node)[0]) - origin
+            if kind == "step":
+                for counter in ("prefill_tokens", "decode_tokens"):
+                    counters["ts"].append(t)
+                    counters["rank"].append(int(ev["replica"]) * tp)
+                    counters["counter"].append(counter)
+                    counters["value"].append(float(ev.get(counter, 0)))
+                continue
+            req = arrivals.setdefault(int(ev.get("request", -1)), {"replica": ev.get("replica")})
+            req[kind] = t
+            for key in ("prompt_tokens", "output_tokens"):
+                if key in ev:
+                    req[key] = int(ev[key])
+    ids = np.array(sorted(k for k, r in arrivals.items() if "arrival" in r), dtype=np.int64)
+
+    def col(key: str) -> pa.Array:
+        vals = [arrivals[i].get(key) for i in ids.tolist()]
+        return pa.array([None if v is None else int(round(v)) for v in vals], pa.int64())
+
+    requests = pa.table({
+        "request_id": ids, "replica": pa.array([arrivals[i]["replica"] for i in ids.tolist()], pa.int32()),
+        "arrival": col("arrival"), "first_token": col("first_token"), "finish": col("finish"),
+        "prompt_tokens": pa.array([arrivals[i].get("prompt_tokens", 0) for i in ids.tolist()], pa.int64()),
+        "output_tokens": pa.array([arrivals[i].get("output_tokens", 0) for i in ids.tolist()], pa.int64())})
+    counter_table = pa.table({"ts": np.rint(np.array(counters["ts"], dtype=float)).astype(np.int64),
+                              "rank": pa.array(counters["rank"], pa.int32()),
+                              "counter": pa.array(counters["counter"], pa.string()),
+                              "value": pa.array(counters["value"], pa.float64())})
+    return requests, counter_table, damaged
+
+
+def _quarantine_table(damaged: list[Damaged]) -> pa.Table:
+    return pa.table({"source": pa.array([d.source for d in damaged], pa.string()),
+                     "offset": pa.array([d.offset for d in damaged], pa.int64()),
+                     "length": pa.array([d.length for d in damaged], pa.int64()),
+                     "records": pa.array([d.records for d in damaged], pa.int64()),
+                     "reason": pa.array([d.reason for d in damaged], pa.string()),
+                     "raw": pa.array([d.raw for d in damaged], pa.binary())})
+
+
+# ------------------------------------------------------------------------------ driver
+
+def collect_sohu(root: PathLike, store_path: PathLike, *, force: bool = False,
+                 show_progress: bool | None = None) -> dict[str, Any]:
+    """Collect a raw Sohu run directory into the trace store at ``store_path``.
+
+    Returns a summary: ``events``, ``quarantined_pieces``, ``quarantined_records``,
+    ``records_expected`` (what run.json says was written), the clock alignment and its
+    causality violations.
+
+    Raises
+    ------
+    TraceFormatError
+        ``root`` is not a readable Sohu run directory.
+    OutputError
+        ``store_path`` exists (without ``force``) or cannot be written.
+    """
+    info = read_run_info(Path(root))
+    files: list[tuple[dict, Path]] = []
+    missing: list[Damaged] = []
+    for chip in info.chips:
+        path = info.root / chip["file"]
+        if path.is_file():
+            files.append((chip, path))
+        else:
+            missing.append(Damaged(chip["file"], 0, 0, int(chip.get("records", 0)), "chip trace file missing", b""))
+    if not files:
+        raise TraceFormatError(f"{info.root}: none of the {len(info.chips)} chip trace files listed in run.json exist")
+    total = sum(p.stat().st_size for _, p in files)
+    with progress("collecting", 2 * total, enabled=show_progress, unit="bytes") as advance:
+        found = _scan_collectives(files, advance)
+        clock = fit_clocks(info.nodes, found.coll, found.node, found.end, info.meta.get("clock_sync"))
+        origin = min(float(clock.apply(np.array([t]), n)[0]) for n, t in found.first_local) if found.first_local else 0.0
+        collectives, violations, worst = _collectives_table(info, found, clock, origin)
+        with StoreWriter(store_path, force=force) as writer:
+            events, damaged = _write_events(info, files, clock, origin, writer, advance)
+            requests, counters, host_damaged = _host_tables(info, clock, origin)
+            damaged = missing + damaged + host_damaged
+            writer.write_table(COLLECTIVES, collectives)
+            writer.write_table(REQUESTS, requests)
+            writer.write_table(COUNTERS, counters)
+            writer.write_table(QUARANTINE, _quarantine_table(damaged) if damaged else QUARANTINE.empty())
+            alignment = dict(clock.to_dict(), causality_violations=violations, worst_violation_ns=worst)
+            counts = {"records_expected": int(sum(c.get("records", 0) for c in info.chips)), "events": events,
+                      "quarantined_pieces": len(damaged),
+                      "quarantined_records": int(sum(d.records for d in damaged)),
+                      "files": len(files)}
+            meta = info.meta
+            writer.write_manifest({
+                "source": {"format": FORMAT_NAME, "version": meta.get("version"), "path": str(info.root),
+                           "generator": meta.get("generator")},
+                "hardware": meta.get("hardware"), "model": meta.get("model"), "parallel": meta.get("parallel"),
+                "workload": meta.get("workload"),
+                "ranks": [{"rank": c["rank"], "node": c["node"], "chip": c["chip"]} for c in info.chips],
+                "time_origin": {"node": clock.reference, "local_ns": origin},
+                "clock_alignment": alignment, "counts": counts})
+    return {"store": str(store_path), "format": FORMAT_NAME, "clock_alignment": alignment, **counts}
