@@ -107,7 +107,7 @@ class ChipFile:
             magic, _seq, count, crc = CHUNK_HEADER.unpack_from(buf, pos)
             if magic != CHUNK_MAGIC or not 0 < count <= self.chunk_records:
                 nxt = self._resync(pos + 1)
-                claimed = count if magic == CHUNK_MAGIC and count <= self.chunk_records else (nxt - pos) // _REC
+                claimed = max(nxt - pos - hdr, 0) // _REC
                 self._set_aside(pos, nxt, claimed, "bad chunk header")
                 pos = nxt
                 continue
@@ -118,7 +118,9 @@ class ChipFile:
             if zlib.crc32(buf[pos + hdr:end]) != crc:
                 # The count may be what was damaged: trust it only if a sound chunk (or EOF) follows.
                 nxt = end if end == n or self._sound_at(end) > 0 else self._resync(pos + 1)
-                self._set_aside(pos, nxt, count, "CRC32 mismatch")
+                # If the count was damaged, the distance to the next sound chunk says how many were there.
+                held = count if nxt == end else (nxt - pos - hdr) // _REC
+                self._set_aside(pos, nxt, held, "CRC32 mismatch")
                 pos = nxt
                 continue
             yield np.frombuffer(buf, RECORD_DTYPE, count, pos + hdr)
