@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _dist_version
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Union
@@ -31,15 +27,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from sohuprof.errors import OutputError, StoreError
+import sohuprof
+
+from sohuprof.atomic import atomic_directory
+from sohuprof.errors import StoreError
 from sohuprof.schema import ALL_TABLES, EVENTS, STORE_FORMAT, STORE_VERSION, TableSpec
 
 __all__ = ["StoreWriter", "TraceStore", "open_store", "MANIFEST_NAME"]
 
-try:  # the installed distribution's version (works even when run from a script directory)
-    __version__ = _dist_version("sohuprof")
-except PackageNotFoundError:
-    __version__ = "unknown"
 
 MANIFEST_NAME = "manifest.json"
 #: Rows per Parquet row group: a time-window read of one rank touches a handful of them.
@@ -156,15 +151,9 @@ class StoreWriter:
     # -- context manager ------------------------------------------------------------------
 
     def __enter__(self) -> StoreWriter:
-        self._check_target()
-        parent = self.path.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=parent))
-            (self._tmp / EVENTS.path).mkdir()
-        except OSError as exc:
-            raise OutputError(f"cannot write the trace store '{self.path}': "
-                              f"{exc.strerror or exc} in '{parent}'") from None
+        self._atomic = atomic_directory(self.path, force=self.force)
+        self._tmp = self._atomic.__enter__()
+        (self._tmp / EVENTS.path).mkdir()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -172,19 +161,17 @@ class StoreWriter:
         if self._tmp is None:
             return
         try:
-            if exc_type is not None:
-                return
-            self._finish()
-            self._move_into_place()
-        finally:
+            if exc_type is None:
+                self._finish()
+        except BaseException as failure:
             self._close_writers()
-            if self._tmp.exists():
-                shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
-
-    def _check_target(self) -> None:
-        if (self.path.exists() or self.path.is_symlink()) and not self.force:
-            raise OutputError(f"'{self.path}' already exists; pass --force (force=True) to replace it")
+            if not self._atomic.__exit__(type(failure), failure, failure.__traceback__):
+                raise
+            return
+        self._close_writers()
+        self._tmp = None
+        self._atomic.__exit__(exc_type, exc, tb)
 
     def _require_open(self) -> Path:
         if self._tmp is None:
@@ -325,30 +312,10 @@ class StoreWriter:
                            use_dictionary=True)
             rows[spec.name] = table.num_rows
         manifest = {"format": STORE_FORMAT, "version": STORE_VERSION, **self._manifest,
-                    "written_by": f"sohuprof {__version__}", "tables": rows,
+                    "written_by": f"sohuprof {sohuprof.__version__}", "tables": rows,
                     "nodes": sorted(self._nodes)}
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=False,
                                                     default=_json_default) + "\n")
-
-    def _move_into_place(self) -> None:
-        tmp = self._require_open()
-        aside: Path | None = None
-        try:
-            if self.path.exists() or self.path.is_symlink():
-                if not self.force:  # appeared while we were writing
-                    self._check_target()
-                aside = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
-                aside = aside / self.path.name
-                os.rename(self.path, aside)
-            os.rename(tmp, self.path)
-        except OSError as exc:
-            if aside is not None and aside.exists() and not self.path.exists():
-                os.rename(aside, self.path)  # put the old store back
-            raise OutputError(f"cannot move the trace store into '{self.path}': "
-                              f"{exc.strerror or exc}") from None
-        finally:
-            if aside is not None:
-                shutil.rmtree(aside.parent, ignore_errors=True)
 
 
 def _json_default(value: Any) -> Any:
@@ -476,5 +443,5 @@ def open_store(path: PathLike) -> TraceStore:
         raise StoreError(f"'{manifest_path}' has no valid integer 'version' (got {version!r})")
     if version > STORE_VERSION:
         raise StoreError(f"trace store '{root}' is version {version}, newer than this sohuprof "
-                         f"{__version__} reads (up to {STORE_VERSION}); upgrade sohuprof")
+                         f"{sohuprof.__version__} reads (up to {STORE_VERSION}); upgrade sohuprof")
     return TraceStore(root, manifest)
