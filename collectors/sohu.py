@@ -112,11 +112,15 @@ class _Collectives:
     end: np.ndarray
     bytes: np.ndarray
     first_local: list[tuple[int, float]]   # (node, local ns) of each file's first record
+    sound: dict[str, list[tuple[int, int]]]   # per file: the chunks found sound
+    damaged: dict[str, list[Damaged]]         # per file: what was set aside
 
 
 def _scan_collectives(files: list[tuple[dict, Path]], advance: Callable[[float], None]) -> _Collectives:
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("coll", "rank", "node", "name", "start", "end", "bytes")}
     first: list[tuple[int, float]] = []
+    sound: dict[str, list[tuple[int, int]]] = {}
+    damaged: dict[str, list[Damaged]] = {}
     for chip, path in files:
         with open_chip_file(path, chip["file"]) as f:
             for rec in f.chunks():
@@ -131,12 +135,14 @@ def _scan_collectives(files: list[tuple[dict, Path]], advance: Callable[[float],
                 parts["end"].append(_ns(coll["end"], chip))
                 parts["bytes"].append(coll["net_bytes"].astype(np.int64))
                 del rec, coll
+            sound[chip["file"]], damaged[chip["file"]] = f.sound, f.damaged
         advance(f.size)
     dtypes = {"coll": np.int64, "rank": np.int32, "node": np.int32, "name": np.int32, "start": np.float64,
               "end": np.float64, "bytes": np.int64}
     arrays = {k: np.concatenate(v) if v else np.zeros(0, dtypes[k]) for k, v in parts.items()}
     node_of_rank = {c["rank"]: c["node"] for c, _ in files}
-    return _Collectives(**arrays, first_local=[(node_of_rank[-r - 1], t) for r, t in first])
+    return _Collectives(**arrays, first_local=[(node_of_rank[-r - 1], t) for r, t in first],
+                        sound=sound, damaged=damaged)
 
 
 def _collectives_table(info: RunInfo, c: _Collectives, clock: ClockMap, origin: float) -> tuple[pa.Table, int, float]:
@@ -158,54 +164,69 @@ def _collectives_table(info: RunInfo, c: _Collectives, clock: ClockMap, origin: 
 
 # ------------------------------------------------------------------------------ pass 2
 
-def _events_table(info: RunInfo, rec: np.ndarray, chip: dict[str, Any], clock: ClockMap, origin: float) -> pa.Table:
-    node, n = chip["node"], len(rec)
-    ts = np.rint(clock.apply(_ns(rec["start"], chip), node) - origin).astype(np.int64)
-    end = np.rint(clock.apply(_ns(rec["end"], chip), node) - origin).astype(np.int64)
-    name = rec["name_id"].astype(np.int32)
-    layer = rec["layer"].astype(np.int32)
-    is_coll = rec["group"] != NO_GROUP
+def _gather(chunks: list[np.ndarray], field: str, dtype: type) -> np.ndarray:
+    """One field of many chunks into one contiguous array (a single strided copy each)."""
+    out = np.empty(sum(len(c) for c in chunks), dtype)
+    pos = 0
+    for c in chunks:
+        out[pos:pos + len(c)] = c[field]
+        pos += len(c)
+    return out
+
+
+def _events_table(info: RunInfo, chunks: list[np.ndarray], chip: dict[str, Any], clock: ClockMap,
+                  origin: float) -> pa.Table:
+    node = chip["node"]
+    start, end = _gather(chunks, "start", np.float64), _gather(chunks, "end", np.float64)
+    n = len(start)
+    to_ns = 1e9 / float(chip["clock_hz"])
+    ts = np.rint(clock.apply(start * to_ns, node) - origin).astype(np.int64)
+    end_ns = np.rint(clock.apply(end * to_ns, node) - origin).astype(np.int64)
+    name = _gather(chunks, "name_id", np.int32)
+    layer = _gather(chunks, "layer", np.int32)
+    group = _gather(chunks, "group", np.int64)
+    seq = _gather(chunks, "seq", np.int64)
     columns = {
-        "ts": ts, "dur": end - ts,
+        "ts": ts, "dur": end_ns - ts,
         "node": np.full(n, node, np.int32), "chip": np.full(n, chip["chip"], np.int32),
         "rank": np.full(n, chip["rank"], np.int32),
-        "track": _dict_array(rec["engine"].astype(np.int32), info.engines),
+        "track": _dict_array(_gather(chunks, "engine", np.int32), info.engines),
         "name": _dict_array(name, info.names),
         "op": _dict_array(info.op_of_name[name], info.ops),
         "category": _dict_array(info.category_of_name[name], info.categories),
         "layer": pa.array(layer, pa.int32(), mask=layer == NO_LAYER),
-        "step": rec["step"].astype(np.int64),
-        "phase": _dict_array(rec["phase"].astype(np.int32), info.phases),
-        "flops": rec["flops"].astype(np.int64), "hbm_bytes": rec["hbm_bytes"].astype(np.int64),
-        "net_bytes": rec["net_bytes"].astype(np.int64),
-        "stall_mem_ns": np.rint(_ns(rec["stall_cycles"], chip)).astype(np.int64),
-        "coll_id": pa.array(_coll_id(rec), pa.int64(), mask=~is_coll),
+        "step": _gather(chunks, "step", np.int64),
+        "phase": _dict_array(_gather(chunks, "phase", np.int32), info.phases),
+        "flops": _gather(chunks, "flops", np.int64), "hbm_bytes": _gather(chunks, "hbm_bytes", np.int64),
+        "net_bytes": _gather(chunks, "net_bytes", np.int64),
+        "stall_mem_ns": np.rint(_gather(chunks, "stall_cycles", np.float64) * to_ns).astype(np.int64),
+        "coll_id": pa.array((group << 32) | seq, pa.int64(), mask=group == NO_GROUP),
         "correlation": pa.nulls(n, pa.int64()),
     }
     return pa.table(columns, schema=EVENTS.schema)
 
 
-def _write_events(info: RunInfo, files: list[tuple[dict, Path]], clock: ClockMap, origin: float,
-                  writer: StoreWriter, advance: Callable[[float], None]) -> tuple[int, list[Damaged]]:
-    events, damaged = 0, []
+def _write_events(info: RunInfo, files: list[tuple[dict, Path]], found: _Collectives, clock: ClockMap,
+                  origin: float, writer: StoreWriter, advance: Callable[[float], None]) -> int:
+    """Pass 2: every sound chunk (as pass 1 found them, CRCs not re-checked) to events."""
+    events = 0
     for chip, path in files:
         with open_chip_file(path, chip["file"]) as f:
             batch: list[np.ndarray] = []
             held = 0
-            for rec in f.chunks():
+            for rec in f.chunks(trusted=found.sound[chip["file"]]):
                 batch.append(rec)
                 held += len(rec)
                 if held >= BATCH_RECORDS:
-                    writer.write_events(_events_table(info, np.concatenate(batch), chip, clock, origin))
+                    writer.write_events(_events_table(info, batch, chip, clock, origin))
                     events += held
                     batch, held = [], 0
             if held:
-                writer.write_events(_events_table(info, np.concatenate(batch), chip, clock, origin))
+                writer.write_events(_events_table(info, batch, chip, clock, origin))
                 events += held
             del batch
-            damaged += f.damaged
         advance(f.size)
-    return events, damaged
+    return events
 
 
 # ------------------------------------------------------------------------------ host events
@@ -265,6 +286,10 @@ def _host_tables(info: RunInfo, clock: ClockMap, origin: float) -> tuple[pa.Tabl
     return requests, counter_table, damaged
 
 
+def _rel(info: RunInfo, path: Path) -> str:
+    return path.relative_to(info.root).as_posix()
+
+
 def _quarantine_table(damaged: list[Damaged]) -> pa.Table:
     return pa.table({"source": pa.array([d.source for d in damaged], pa.string()),
                      "offset": pa.array([d.offset for d in damaged], pa.int64()),
@@ -309,9 +334,12 @@ def collect_sohu(root: PathLike, store_path: PathLike, *, force: bool = False,
         origin = min(float(clock.apply(np.array([t]), n)[0]) for n, t in found.first_local) if found.first_local else 0.0
         collectives, violations, worst = _collectives_table(info, found, clock, origin)
         with StoreWriter(store_path, force=force) as writer:
-            events, damaged = _write_events(info, files, clock, origin, writer, advance)
+            # Alternate nodes so the store's writer threads encode two node partitions at once;
+            # each node still receives its ranks in increasing order.
+            interleaved = sorted(files, key=lambda f: (f[0]["chip"], f[0]["node"]))
+            events = _write_events(info, interleaved, found, clock, origin, writer, advance)
             requests, counters, host_damaged = _host_tables(info, clock, origin)
-            damaged = missing + damaged + host_damaged
+            damaged = missing + [d for _, p in files for d in found.damaged[_rel(info, p)]] + host_damaged
             writer.write_table(COLLECTIVES, collectives)
             writer.write_table(REQUESTS, requests)
             writer.write_table(COUNTERS, counters)

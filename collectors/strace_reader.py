@@ -43,6 +43,7 @@ class ChipFile:
     def __init__(self, path: Path, source: str) -> None:
         self.path, self.source = path, source
         self.damaged: list[Damaged] = []
+        self.sound: list[tuple[int, int]] = []   # (payload offset, records) of each sound chunk
         self.size = path.stat().st_size
         self._file = open(path, "rb")
         self._buf: mmap.mmap | bytes = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
@@ -96,8 +97,16 @@ class ChipFile:
     def _set_aside(self, offset: int, end: int, records: int, reason: str) -> None:
         self.damaged.append(Damaged(self.source, offset, end - offset, records, reason, bytes(self._buf[offset:end])))
 
-    def chunks(self) -> Iterator[np.ndarray]:
-        """Yield each sound chunk's records (read-only views, in file order)."""
+    def chunks(self, *, trusted: list[tuple[int, int]] | None = None) -> Iterator[np.ndarray]:
+        """Yield each sound chunk's records (read-only views, in file order).
+
+        ``trusted`` is :attr:`sound` of an earlier full check of the same file: those chunks are
+        read again without re-checking their CRC32.
+        """
+        if trusted is not None:
+            for offset, count in trusted:
+                yield np.frombuffer(self._buf, RECORD_DTYPE, count, offset)
+            return
         buf, n, pos = self._buf, self.size, FILE_HEADER.size
         hdr = CHUNK_HEADER.size
         while pos < n:
@@ -123,6 +132,7 @@ class ChipFile:
                 self._set_aside(pos, nxt, held, "CRC32 mismatch")
                 pos = nxt
                 continue
+            self.sound.append((pos + hdr, count))
             yield np.frombuffer(buf, RECORD_DTYPE, count, pos + hdr)
             pos = end
 
