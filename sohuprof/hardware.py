@@ -9,11 +9,11 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from sohuprof.errors import SpecError
+from sohuprof.presets import preset_names, read_preset
 
 __all__ = ["HardwareSpec", "load_hardware", "hardware_presets"]
 
@@ -134,24 +134,13 @@ class HardwareSpec:
 
 def hardware_presets() -> list[str]:
     """Names of the hardware presets shipped with sohuprof."""
-    folder = resources.files("sohuprof.presets") / "hardware"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    return preset_names("hardware", ".toml")
 
 
 def load_hardware(name_or_path: str | Path) -> HardwareSpec:
     """Load a hardware preset by name (``sohu``, ``h100``...) or a user's TOML file by path."""
-    text_name = str(name_or_path)
-    path = Path(text_name)
-    if text_name.endswith(".toml") or path.exists():
-        if not path.is_file():
-            raise SpecError(f"hardware spec file {text_name!r} not found")
-        source, raw = text_name, path.read_bytes()
-    else:
-        if text_name not in hardware_presets():
-            raise SpecError(f"unknown hardware preset {text_name!r}: choose one of "
-                            f"{', '.join(hardware_presets())} or give a .toml file")
-        source = text_name
-        raw = (resources.files("sohuprof.presets") / "hardware" / f"{text_name}.toml").read_bytes()
+    _, raw = read_preset("hardware", ".toml", name_or_path, what="hardware", hint="give a .toml file")
+    source = str(name_or_path)
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

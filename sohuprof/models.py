@@ -9,11 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from sohuprof.errors import SpecError
+from sohuprof.presets import preset_names, read_preset
 
 __all__ = ["MLAConfig", "ModelConfig", "load_model", "model_presets", "DTYPE_BYTES"]
 
@@ -175,25 +175,17 @@ class ModelConfig:
 
 def model_presets() -> list[str]:
     """Names of the model presets shipped with sohuprof."""
-    folder = resources.files("sohuprof.presets") / "models"
-    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+    return preset_names("models", ".json")
 
 
 def load_model(name_or_path: str | Path) -> ModelConfig:
-    """Load a model preset by name (``llama3-70b``...) or a HuggingFace config.json by path."""
+    """Load a model preset by name (``llama3-70b``...) or a HuggingFace config.json by path
+    (a directory holding a config.json works too)."""
     text = str(name_or_path)
-    path = Path(text)
-    if text.endswith(".json") or path.exists():
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.is_file():
-            raise SpecError(f"model config file {text!r} not found")
-        raw, name = path.read_bytes(), (path.parent.name if path.name == "config.json" else path.stem)
-    else:
-        if text not in model_presets():
-            raise SpecError(f"unknown model preset {text!r}: choose one of {', '.join(model_presets())} "
-                            "or give a HuggingFace config.json")
-        raw, name = (resources.files("sohuprof.presets") / "models" / f"{text}.json").read_bytes(), text
+    if Path(text).is_dir():
+        text = str(Path(text) / "config.json")
+    path, raw = read_preset("models", ".json", text, what="model", hint="give a HuggingFace config.json")
+    name = path.parent.name if path.name == "config.json" else path.stem
     try:
         cfg = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

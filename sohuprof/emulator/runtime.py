@@ -72,6 +72,8 @@ class _Compiled:
     events: list[tuple[int, int]]  # (position, collective index or -1 for a join), in issue order
     segment: np.ndarray     # [K] events at or before each position
     collective_batches: dict[tuple[str, int], list[int]]  # collectives sharing a kind and group set
+    # Per group set: its collectives in issue order, and which groups take part in each [C, G].
+    sequence_plan: list[tuple[GroupSet, list[int], np.ndarray]]
     coll_pos: np.ndarray    # [C] position of each collective
     coll_member: np.ndarray  # [C, R]
 
@@ -104,14 +106,21 @@ class _Compiled:
         events = sorted([(c.pos, i) for i, c in enumerate(collectives)] + [(p, -1) for p in joins])
         event_pos = np.array([p for p, _ in events], dtype=np.int64)
         batches: dict[tuple[str, int], list[int]] = {}
+        by_set: dict[int, list[int]] = {}
         for i, c in enumerate(collectives):
             batches.setdefault((c.kind, id(c.groups)), []).append(i)
+            by_set.setdefault(id(c.groups), []).append(i)
+        sequence_plan = []
+        for idx in by_set.values():
+            gs = collectives[idx[0]].groups
+            takes_part = np.array([active[gs.members[:, 0], collectives[i].pos] for i in idx])
+            sequence_plan.append((gs, idx, takes_part))
         return cls(program=prog, engine=np.array([int(t.engine) for t in tmpl]), is_coll=is_coll,
                    overlaps=prog.overlaps, active=active, seq_mask=active & ~is_coll & ~prog.overlaps,
                    coef_flops=coef_flops, coef_hbm=coef_hbm, coef_net=prog.net[prog.tmpl].T,
                    moe_pos=moe_pos, collectives=collectives, joins=joins, has_parts=bool((prog.part >= 0).any()),
                    events=events, segment=np.searchsorted(event_pos, np.arange(len(prog)), side="right"),
-                   collective_batches=batches,
+                   collective_batches=batches, sequence_plan=sequence_plan,
                    coll_pos=np.array([c.pos for c in collectives], dtype=np.int64),
                    coll_member=np.array([c.member for c in collectives]).reshape(len(collectives), plan.world))
 
@@ -356,18 +365,17 @@ class Emulation:
         op_end[:, coll_pos] = np.where(ok, coll_end.T, 0.0)
         is_coll_ok = np.zeros((R, K), bool)
         is_coll_ok[:, coll_pos] = ok
-        # Sequence numbers: a group's collectives are numbered in issue order across the run.
+        # Sequence numbers: each group numbers its collectives in issue order across the run.
         group = np.full((R, K), NO_GROUP, dtype=np.uint32)
         seqno = np.zeros((R, K), dtype=np.uint32)
-        for (kind, gs_id), idx in cp.collective_batches.items():
-            gs = cp.collectives[idx[0]].groups
-            gsel = running[gs.members[:, 0]]
-            base_seq = self.seq[gs.ids]
+        for gs, idx, takes_part in cp.sequence_plan:
+            part = takes_part & running[gs.members[:, 0]][None, :]           # [C, G]
+            numbers = self.seq[gs.ids][None, :] + np.cumsum(part, axis=0) - part
             for j, i in enumerate(idx):
                 c = cp.collectives[i]
                 group[:, c.pos] = np.where(c.member, gs.ids[c.rank_group], NO_GROUP)
-                seqno[:, c.pos] = (base_seq + j)[c.rank_group]
-            self.seq[gs.ids[gsel]] += len(idx)
+                seqno[:, c.pos] = numbers[j][c.rank_group]
+            self.seq[gs.ids] += part.sum(axis=0)
         emit = active & (((dur > 0) & ~cp.is_coll) | is_coll_ok)
         return {"start": op_start, "end": op_end, "stall": stall, "emit": emit, "group": group, "seq": seqno}
 
