@@ -43,15 +43,7 @@ def test_collective_members_leave_together(mem_run, key: str) -> None:
         assert (run.start_ns[idx] <= end).all()
 
 
-SEQ_BUG = ("BUG: runtime._simulate numbers a group's collectives per (kind, group set) batch over "
-           "every program position of that kind, including other pipeline stages' positions and "
-           "batching all-reduces before all-gathers, so sequence numbers skip values (pp>1) and do "
-           "not follow issue order (a TP group running all-reduces and all-gathers)")
-
-
-@pytest.mark.parametrize("key", [
-    pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=SEQ_BUG)) if k in ("llama8b-pp2", "mixtral-tp2-ep4")
-    else k for k in ALL])
+@pytest.mark.parametrize("key", ALL)
 def test_collective_sequence_numbers_count_up_per_group(mem_run, key: str) -> None:
     """Like an NCCL communicator's op counter: 0, 1, 2, ... in the order the group issues them."""
     run = mem_run(key)
