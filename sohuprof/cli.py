@@ -86,7 +86,7 @@ def _fault(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
 @cli.command(epilog="""\b
 Example:
   sohuprof emulate --model llama3-70b --nodes 2 --tp 8 --requests 64 -o run/
-  sohuprof emulate --model mixtral-8x7b --nodes 2 --chips-per-node 8 --tp 8 --ep 16 \\
+  sohuprof emulate --model mixtral-8x7b --nodes 2 --chips-per-node 4 --tp 4 --ep 8 \\
       --inject straggler:rank=5,slowdown=1.3 --inject slow-link:node=1,factor=0.3 -o moe-run/""")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Run directory to create (raw per-chip traces + run.json).")

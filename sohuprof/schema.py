@@ -111,7 +111,7 @@ EVENTS = TableSpec(
         _c("phase", _DICT_STR, "", "prefill, decode or mixed; null where unknown"),
         _c("flops", pa.int64(), "FLOP", "floating-point operations; null where the source has none"),
         _c("hbm_bytes", pa.int64(), "bytes", "bytes moved to or from device memory; null where unknown"),
-        _c("net_bytes", pa.int64(), "bytes", "bytes this rank sent over links; null where unknown"),
+        _c("net_bytes", pa.int64(), "bytes", "collective buffer bytes on this rank (nccl-tests 'size': the all-reduce buffer, all-gather output, all-to-all send buffer); 0 for other ops, null where unknown"),
         _c("stall_mem_ns", pa.int64(), "ns", "part of dur the compute units waited on memory; null where unknown"),
         _c("coll_id", pa.int64(), "", "collective instance (joins collectives.coll_id); null for non-collectives"),
         _c("correlation", pa.int64(), "", "links a GPU kernel to the CPU op that launched it (Kineto); null otherwise"),
@@ -130,7 +130,7 @@ COLLECTIVES = TableSpec(
         _c("arrive", pa.int64(), "ns", "when this rank entered the collective", False),
         _c("start", pa.int64(), "ns", "when the transfer began: the last member's arrival", False),
         _c("end", pa.int64(), "ns", "when this rank left the collective", False),
-        _c("bytes", pa.int64(), "bytes", "bytes this rank sent"),
+        _c("bytes", pa.int64(), "bytes", "this rank's buffer bytes (nccl-tests 'size'); link traffic follows from kind and group size"),
     ),
 )
 

@@ -39,7 +39,7 @@ RECORD_DTYPE = np.dtype([
     ("end", "<u8"),           # local cycles
     ("flops", "<u8"),
     ("hbm_bytes", "<u8"),
-    ("net_bytes", "<u8"),     # bytes this chip sent over links (collectives)
+    ("net_bytes", "<u8"),     # collective buffer bytes on this chip (nccl-tests "size"); 0 otherwise
     ("stall_cycles", "<u8"),  # cycles the op's compute waited on memory
     ("name_id", "<u4"),       # index into run.json "op_names"
     ("step", "<u4"),          # scheduler step

@@ -75,11 +75,7 @@ def _examples(command: str) -> list[list[str]]:
 EMULATE_EXAMPLES = _examples("emulate")
 
 
-@pytest.mark.parametrize("example", [
-    pytest.param(args, id=" ".join(args[:3]), marks=[pytest.mark.xfail(strict=True, reason=(
-        "BUG: the MoE example in cli.py's emulate epilog uses --ep 16 with mixtral-8x7b, which has "
-        "8 experts, so it fails validation"))] if "mixtral-8x7b" in args and "16" in args else [])
-    for args in EMULATE_EXAMPLES])
+@pytest.mark.parametrize("example", [pytest.param(args, id=" ".join(args[:3])) for args in EMULATE_EXAMPLES])
 def test_emulate_help_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, example: list[str]) -> None:
     """What --help shows works as typed (here with a tiny workload appended, the last value wins)."""
     monkeypatch.chdir(tmp_path)

@@ -20,6 +20,8 @@ from sohuprof.strace import FORMAT_NAME, FORMAT_VERSION, RECORD_DTYPE, Engine, c
 __all__ = ["RunSummary", "emulate", "RUN_FILE"]
 
 RUN_FILE = "run.json"
+#: Order of host events that share a timestamp.
+_LIFECYCLE = {"arrival": 0, "first_token": 1, "finish": 2, "step": 3}
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def _write_host_events(root: Path, em: Emulation, steps: list[dict], requests: d
             per_node[node].append((local(requests["finish"][i], node), dict(
                 base, type="finish", output_tokens=int(requests["output_tokens"][i]))))
     for node, events in per_node.items():
-        events.sort(key=lambda e: (e[0], e[1]["type"]))
+        events.sort(key=lambda e: (e[0], _LIFECYCLE.get(e[1]["type"], 3)))
         lines = [orjson.dumps(dict(ev, ts=ts) if "ts" not in ev else ev, option=orjson.OPT_SORT_KEYS) for ts, ev in events]
         path = root / host_path(node)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -103,6 +103,10 @@ class _Compiled:
         # the routed experts that consume its tokens.
         names = [t.name for t in tmpl]
         joins = [names.index("expert_gate_up", c.pos) for c in collectives if c.overlaps and c.kind == "all_to_all"]
+        # After two-batch-overlap layers, the whole-batch ops (head, pipeline send) wait for the
+        # second micro-batch's last all-reduce.
+        part = prog.part
+        joins += [int(k) for k in np.flatnonzero((part[1:] < 0) & (part[:-1] >= 0)) + 1]
         events = sorted([(c.pos, i) for i, c in enumerate(collectives)] + [(p, -1) for p in joins])
         event_pos = np.array([p for p, _ in events], dtype=np.int64)
         batches: dict[tuple[str, int], list[int]] = {}

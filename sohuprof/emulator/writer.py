@@ -42,7 +42,7 @@ class RawTraceWriter:
 
     def add(self, trace: StepTrace) -> None:
         """Append one step's records (``trace.rank`` must be non-decreasing)."""
-        rec = trace.records
+        rec = trace.records.copy()   # the caller's records stay as they were
         node = self.plan.node[trace.rank]
         rec["start"] = self.clocks.cycles(trace.start_ns, node, self.clock_hz)
         rec["end"] = self.clocks.cycles(trace.end_ns, node, self.clock_hz)

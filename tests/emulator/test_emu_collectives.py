@@ -250,10 +250,6 @@ def test_routed_experts_wait_for_the_overlapped_dispatch(mem_run, key: str) -> N
             assert not waited.all()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: under two-batch overlap the model head (final_norm, lm_head) starts before micro-batch "
-    "B's last-layer mlp_all_reduce has ended: the last overlapped all-reduce is only joined at the "
-    "next collective event (sampling_all_gather), not before the head ops that consume it"))
 def test_two_batch_overlap_head_waits_for_the_last_all_reduce(mem_run) -> None:
     run = mem_run("llama8b-tp4")
     m = run.cfg.model

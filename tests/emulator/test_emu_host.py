@@ -118,10 +118,6 @@ def test_small_run_dir_has_host_events_per_node(small_run: RawRun, small_run_dir
     assert all((small_run_dir / f"node{n}/host.jsonl").is_file() for n in small_run.host)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (minor): run._write_host_events sorts host.jsonl by (ts, type name), so when a request's "
-    "first token and finish share a timestamp (output_len=1, or any tie) 'finish' is written "
-    "before 'first_token' (alphabetical), out of lifecycle order"))
 def test_request_events_are_written_in_lifecycle_order(tmp_path: Path) -> None:
     path = tmp_path / "run"
     emulate(make_config(model="llama3-8b", nodes=1, chips_per_node=4, tp=4, requests=2, prompt_len=16,
