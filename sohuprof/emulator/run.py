@@ -54,9 +54,8 @@ def emulate(cfg: EmulatorConfig, out_dir: str | os.PathLike[str], *, force: bool
         ``out_dir`` exists (without ``force``) or cannot be written.
     """
     em = Emulation(cfg)   # validates before anything touches the disk
-    hw = cfg.hardware
     with atomic_directory(out_dir, force=force) as tmp:
-        writer = RawTraceWriter(tmp, em.plan, em.clocks, hw.clock_hz, cfg.chunk_records)
+        writer = RawTraceWriter(tmp, em.plan, cfg.chunk_records)
         host_events: list[dict] = []
         steps = 0
         try:

@@ -30,11 +30,14 @@ _LAYER_FEATURES = (Feature.EXPERT_PAIRS, Feature.ACTIVE_EXPERTS)
 
 @dataclass(frozen=True)
 class StepTrace:
-    """The records of one step: ``records[i]`` ran on ``rank[i]``; times are true ns (float)."""
+    """The records of one step: ``records[i]`` ran on ``rank[i]``.
+
+    ``records`` hold start/end in the chip's local cycles, as written; ``start_ns``/``end_ns``
+    are the same instants in true (cluster) ns, for in-memory use."""
 
     step: int
     rank: np.ndarray
-    records: np.ndarray   # RECORD_DTYPE, start/end still to be converted to local cycles
+    records: np.ndarray   # RECORD_DTYPE
     start_ns: np.ndarray  # [N] float64 true start
     end_ns: np.ndarray    # [N]
 
@@ -456,6 +459,9 @@ class Emulation:
         rec["layer"] = np.where(host, NO_LAYER, prog.layer[k])
         rec["engine"] = np.where(host, int(Engine.HOST), cp.engine[k])
         rec["phase"] = phase[rr]
+        node = plan.node[rr]
+        rec["start"] = self.clocks.cycles(start, node, hw.clock_hz)   # the trace unit's local counter
+        rec["end"] = self.clocks.cycles(end, node, hw.clock_hz)
         return StepTrace(step=step, rank=rr, records=rec, start_ns=start, end_ns=end)
 
     def _host_events(self, step: int, batches: list[Batch], running: np.ndarray, now: np.ndarray,

@@ -9,7 +9,6 @@ from typing import BinaryIO
 
 import numpy as np
 
-from sohuprof.emulator.clock import NodeClocks
 from sohuprof.emulator.plan import ParallelPlan
 from sohuprof.emulator.runtime import StepTrace
 from sohuprof.strace import (CHUNK_HEADER, CHUNK_MAGIC, FILE_HEADER, FILE_MAGIC, FORMAT_VERSION,
@@ -21,12 +20,12 @@ __all__ = ["RawTraceWriter"]
 class RawTraceWriter:
     """Buffers each chip's records and writes them in chunks of ``chunk_records``.
 
-    Times arrive as true ns and are written as the chip's local cycle counter.
+    Records arrive with their times already on the chip's local cycle counter (the runtime's
+    trace unit stamps them); the writer only frames them.
     """
 
-    def __init__(self, root: Path, plan: ParallelPlan, clocks: NodeClocks, clock_hz: float,
-                 chunk_records: int) -> None:
-        self.plan, self.clocks, self.clock_hz, self.chunk = plan, clocks, clock_hz, chunk_records
+    def __init__(self, root: Path, plan: ParallelPlan, chunk_records: int) -> None:
+        self.plan, self.chunk = plan, chunk_records
         self.files: list[BinaryIO] = []
         for rank in range(plan.world):
             path = root / chip_path(int(plan.node[rank]), int(plan.chip[rank]))
@@ -42,10 +41,7 @@ class RawTraceWriter:
 
     def add(self, trace: StepTrace) -> None:
         """Append one step's records (``trace.rank`` must be non-decreasing)."""
-        rec = trace.records.copy()   # the caller's records stay as they were
-        node = self.plan.node[trace.rank]
-        rec["start"] = self.clocks.cycles(trace.start_ns, node, self.clock_hz)
-        rec["end"] = self.clocks.cycles(trace.end_ns, node, self.clock_hz)
+        rec = trace.records
         bounds = np.searchsorted(trace.rank, np.arange(self.plan.world + 1))
         counts = np.diff(bounds)
         for rank in np.flatnonzero(counts):

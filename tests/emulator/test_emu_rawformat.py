@@ -12,7 +12,6 @@ from emu_support import (SMALL_RUN, RawFormatError, RawRun, make_config, read_ru
                          run_in_memory)
 
 from sohuprof.emulator import emulate
-from sohuprof.emulator.clock import NodeClocks
 from sohuprof.emulator.plan import ParallelPlan
 from sohuprof.emulator.runtime import StepTrace
 from sohuprof.emulator.writer import RawTraceWriter
@@ -234,8 +233,7 @@ def test_existing_output_is_refused_then_replaced_with_force(tmp_path: Path) -> 
 def _writer_case(tmp_path: Path, chunk: int, steps: list[int]) -> tuple[Path, np.ndarray, ParallelPlan]:
     cfg = make_config(model="llama3-8b", nodes=1, chips_per_node=2, tp=2, chunk_records=chunk)
     plan = ParallelPlan.build(cfg)
-    clocks = NodeClocks(offset_ns=np.zeros(1), drift=np.zeros(1))
-    w = RawTraceWriter(tmp_path, plan, clocks, 1e9, chunk)
+    w = RawTraceWriter(tmp_path, plan, chunk)
     written = []
     rng = np.random.default_rng(0)
     for step, n in enumerate(steps):
@@ -245,9 +243,9 @@ def _writer_case(tmp_path: Path, chunk: int, steps: list[int]) -> tuple[Path, np
         rec["step"] = step
         start = np.sort(rng.uniform(0, 1e6, n)) + step * 1e6
         end = start + 10
+        rec["start"], rec["end"] = np.rint(start), np.rint(end)   # the runtime stamps local cycles
         w.add(StepTrace(step, rank, rec, start, end))
         rec_out = rec.copy()
-        rec_out["start"], rec_out["end"] = np.rint(start), np.rint(end)
         written.append((rank, rec_out))
     w.close()
     rank = np.concatenate([r for r, _ in written])
