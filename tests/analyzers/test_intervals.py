@@ -1,0 +1,78 @@
+"""Interval kernels against slow, obviously correct references (a unit-step timeline)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from analyzers_ref import timeline
+from sohuprof.analyzers.intervals import intersection_length, merge, priority_sweep, union_length
+
+CASES = {
+    "empty": ([], [], []),
+    "single": ([3], [7], [0]),
+    "overlapping": ([0, 2, 10], [5, 4, 12], [0, 0, 0]),
+    "touching": ([0, 5], [5, 9], [0, 0]),
+    "unsorted": ([9, 1, 4], [12, 3, 6], [0, 0, 0]),
+    "zero_length": ([4, 4], [4, 6], [0, 0]),
+    "multi_key": ([0, 0, 5, 1], [10, 3, 8, 2], [1, 0, 0, 1]),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_union_length_matches_reference(name: str) -> None:
+    s, e, k = (np.array(x, dtype=np.int64) for x in CASES[name])
+    got = union_length(s, e, k, n_keys=2)
+    for key in (0, 1):
+        sel = k == key
+        assert got[key] == (timeline(s[sel], e[sel]) > 0).sum()
+
+
+def test_merge_is_disjoint_and_sorted() -> None:
+    m = merge(np.array([9, 1, 4, 2]), np.array([12, 3, 6, 5]))
+    assert m.start.tolist() == [1, 9] and m.end.tolist() == [6, 12]
+
+
+def test_inputs_are_not_modified() -> None:
+    s, e = np.array([5, 1]), np.array([6, 3])
+    merge(s, e)
+    assert s.tolist() == [5, 1] and e.tolist() == [6, 3]
+
+
+intervals = st.lists(st.tuples(st.integers(0, 60), st.integers(0, 15), st.integers(0, 2), st.integers(0, 2)),
+                     max_size=25)
+
+
+def _arrays(items):
+    a = np.array(items, dtype=np.int64).reshape(-1, 4)
+    return a[:, 0], a[:, 0] + a[:, 1], a[:, 2], a[:, 3]
+
+
+@settings(max_examples=150, deadline=None)
+@given(intervals, intervals)
+def test_intersection_matches_reference(a_items, b_items) -> None:
+    a_s, a_e, a_k, _ = _arrays(a_items)
+    b_s, b_e, b_k, _ = _arrays(b_items)
+    got = intersection_length(a_s, a_e, b_s, b_e, a_k, b_k, n_keys=3)
+    for key in range(3):
+        ta = timeline(a_s[a_k == key], a_e[a_k == key], 80) > 0
+        tb = timeline(b_s[b_k == key], b_e[b_k == key], 80) > 0
+        assert got[key] == (ta & tb).sum()
+
+
+@settings(max_examples=150, deadline=None)
+@given(intervals)
+def test_priority_sweep_matches_reference_and_partitions_the_window(items) -> None:
+    s, e, k, c = _arrays(items)
+    ws, we = np.array([0, 5, 10]), np.array([70, 40, 80])
+    got = priority_sweep(s, e, c, k, n_classes=3, n_keys=3, window_start=ws, window_end=we)
+    assert (got.sum(axis=1) == we - ws).all()
+    for key in range(3):
+        lanes = np.stack([timeline(s[(k == key) & (c == cl)], e[(k == key) & (c == cl)], 80) > 0 for cl in range(3)])
+        inside = np.zeros(80, bool)
+        inside[ws[key]:we[key]] = True
+        owner = np.where(lanes.any(0), lanes.argmax(0), 3)
+        for cl in range(4):
+            assert got[key, cl] == ((owner == cl) & inside).sum()
