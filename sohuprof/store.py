@@ -471,8 +471,8 @@ class TraceStore:
     @property
     def ranks(self) -> list[int]:
         """Ranks in the store: the manifest's list, else those found in the events."""
-        if "ranks" in self.manifest:
-            return [int(r) for r in self.manifest["ranks"]]
+        if "ranks" in self.manifest:   # ints, or {"rank", "node", "chip"} entries
+            return sorted(int(r["rank"] if isinstance(r, dict) else r) for r in self.manifest["ranks"])
         ranks = pc.unique(self.dataset().to_table(columns=["rank"]).column("rank"))
         return sorted(ranks.to_pylist())
 

@@ -1,0 +1,85 @@
+"""What an analysis is: a named chunk/combine pair over the store's event partitions.
+
+Every analysis declares the event columns it reads, says whether it applies to a store, turns
+one node partition of events into a small partial result (``chunk``), and merges the partials
+into its result (``combine``). The engine reads each partition once, with the union of the
+columns the chosen analyses need, and hands it to all of them; so memory is bounded by a
+partition, and the same functions run in-process or as Dask tasks (after dask's
+``<op>_chunk`` / ``<op>_combine`` / ``<op>_agg``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pandas as pd
+import pyarrow as pa
+
+from sohuprof.errors import SohuprofError
+from sohuprof.hardware import HardwareSpec
+from sohuprof.store import TraceStore
+
+__all__ = ["AnalysisContext", "Analysis", "ReportError"]
+
+
+class ReportError(SohuprofError):
+    """A report was asked for that is unknown or does not apply to the store."""
+
+
+@dataclass(frozen=True)
+class AnalysisContext:
+    """What every analysis may read besides the event partitions (all small tables).
+
+    Attributes
+    ----------
+    store : TraceStore
+    source : str
+        The store's source format: ``sohu-raw-trace``, ``kineto`` or ``chrome``.
+    hardware : HardwareSpec or None
+        The roofs (from the manifest of a Sohu run); None for profiler traces.
+    collectives, requests, counters : pandas.DataFrame
+        The store's small tables.
+    wall_start, wall_end : int
+        The trace's window in ns (first event start, last event end).
+    ranks : pandas.DataFrame
+        ``rank, node, chip`` of every rank in the store.
+    hta_compatible : bool
+        Select events as Holistic Trace Analysis does (see :mod:`sohuprof.analyzers.temporal`).
+    """
+
+    store: TraceStore
+    source: str
+    hardware: HardwareSpec | None
+    collectives: pd.DataFrame
+    requests: pd.DataFrame
+    counters: pd.DataFrame
+    wall_start: int
+    wall_end: int
+    ranks: pd.DataFrame
+    hta_compatible: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_sohu(self) -> bool:
+        return self.source == "sohu-raw-trace"
+
+    @property
+    def wall_ns(self) -> int:
+        return self.wall_end - self.wall_start
+
+
+class Analysis(Protocol):
+    """One report. ``columns`` are the event columns ``chunk`` reads."""
+
+    name: str
+    columns: tuple[str, ...]
+
+    def applies(self, ctx: AnalysisContext) -> str | None:
+        """None when the report applies to ``ctx``'s store, else the reason it does not."""
+
+    def chunk(self, events: pa.Table, ctx: AnalysisContext) -> Any:
+        """A partial result (sufficient statistics) from one node partition's events."""
+
+    def combine(self, partials: list[Any], ctx: AnalysisContext) -> Any:
+        """The result from every partition's partial (any order, any grouping)."""
