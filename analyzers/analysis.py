@@ -11,8 +11,10 @@ partition, and the same functions run in-process or as Dask tasks (after dask's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -59,6 +61,27 @@ class AnalysisContext:
     ranks: pd.DataFrame
     hta_compatible: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def _collectives_by_rank(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        c = self.collectives
+        if not len(c):
+            empty = np.zeros(0, np.int64)
+            return empty, empty, empty
+        order = np.lexsort((c["coll_id"].to_numpy(), c["rank"].to_numpy()))
+        return (c["rank"].to_numpy()[order].astype(np.int64), c["coll_id"].to_numpy()[order].astype(np.int64),
+                c["start"].to_numpy()[order].astype(np.int64))
+
+    def last_arrival(self, rank: int, coll_id: np.ndarray) -> np.ndarray:
+        """When each of ``rank``'s collectives ``coll_id`` began its transfer (the last member's
+        arrival, from collectives.parquet); -1 where the instance is not in the table."""
+        ranks, ids, starts = self._collectives_by_rank
+        lo, hi = np.searchsorted(ranks, [rank, rank + 1])
+        ids, starts = ids[lo:hi], starts[lo:hi]
+        pos = np.searchsorted(ids, coll_id)
+        pos = np.minimum(pos, max(len(ids) - 1, 0))
+        found = (len(ids) > 0) & (ids[pos] == coll_id) if len(ids) else np.zeros(len(coll_id), bool)
+        return np.where(found, starts[pos] if len(ids) else -1, -1)
 
     @property
     def is_sohu(self) -> bool:
