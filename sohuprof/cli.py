@@ -184,6 +184,56 @@ def collect(obj: CliContext, source: Path, out: Path, force: bool) -> None:
         click.echo(f"wrote {out}: {summary['events']:,} events from {summary['files']} file(s) ({summary['format']})")
 
 
+def _report_names(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@cli.command(epilog="""\b
+Examples:
+  sohuprof analyze store/                                  # every report that applies, as tables
+  sohuprof analyze run/ --report roofline,stalls           # a raw run is collected on the fly
+  sohuprof analyze store/ --format json > report.json
+  sohuprof analyze store/ --format html -o report.html     # figures + tables, readable offline
+  sohuprof analyze trace.json.gz --report temporal,comm --hta-compatible""")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--report", "names", callback=_report_names,
+              help="Comma-separated: summary,roofline,stalls,comm,serving,temporal [default: all that apply].")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json", "csv", "html"]))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+              help="Output file (json, html, table) or directory (csv). Default: stdout.")
+@click.option("--hta-compatible", is_flag=True,
+              help="Select events as Holistic Trace Analysis does (drops unlaunched kernels and the last step).")
+@pass_cli
+def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, out: Path | None,
+            hta_compatible: bool) -> None:
+    """Compute roofline, stall, communication, serving and temporal reports.
+
+    SOURCE is a trace store, or anything `collect` accepts (collected on the fly).
+    """
+    from sohuprof.analyzers import render
+    from sohuprof.analyzers.report import run_reports
+    from sohuprof.store import open_store_or_collect
+
+    if fmt in ("csv", "html") and out is None:
+        raise click.UsageError(f"--format {fmt} writes files: give -o {'DIR' if fmt == 'csv' else 'FILE.html'}")
+    with open_store_or_collect(source, show_progress=obj.show_progress) as store:
+        reports = run_reports(store, names, hta_compatible=hta_compatible)
+    if fmt == "csv":
+        render.write_csv(reports, out)  # type: ignore[arg-type]
+    elif fmt == "html":
+        render.write_html(reports, out)  # type: ignore[arg-type]
+    else:
+        text = render.render_json(reports) if fmt == "json" else render.render_table(reports).encode()
+        if out is None:
+            click.echo(text.decode(), nl=False)
+        else:
+            from sohuprof.atomic import atomic_file
+            with atomic_file(out) as tmp:
+                tmp.write_bytes(text)
+    if out is not None and not obj.quiet:
+        click.echo(f"wrote {out}", err=True)
+
+
 def main() -> None:
     """Entry point of the ``sohuprof`` console script."""
     cli(prog_name="sohuprof")

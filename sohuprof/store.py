@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
+from contextlib import contextmanager
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
@@ -36,7 +38,7 @@ from sohuprof.atomic import atomic_directory
 from sohuprof.errors import StoreError
 from sohuprof.schema import ALL_TABLES, EVENTS, STORE_FORMAT, STORE_VERSION, TableSpec
 
-__all__ = ["StoreWriter", "TraceStore", "open_store", "MANIFEST_NAME"]
+__all__ = ["StoreWriter", "TraceStore", "open_store", "open_store_or_collect", "MANIFEST_NAME"]
 
 
 MANIFEST_NAME = "manifest.json"
@@ -533,3 +535,18 @@ def open_store(path: PathLike) -> TraceStore:
         raise StoreError(f"trace store '{root}' is version {version}, newer than this sohuprof "
                          f"{sohuprof.__version__} reads (up to {STORE_VERSION}); upgrade sohuprof")
     return TraceStore(root, manifest)
+
+
+@contextmanager
+def open_store_or_collect(source: PathLike, *, show_progress: bool | None = None) -> Iterator[TraceStore]:
+    """Open ``source`` as a store, or collect it (anything ``collect`` accepts) into a temporary
+    store that lives for the ``with`` block."""
+    path = Path(source)
+    if (path / MANIFEST_NAME).is_file():
+        yield open_store(path)
+        return
+    from sohuprof.collectors import collect
+
+    with tempfile.TemporaryDirectory(prefix="sohuprof-") as tmp:
+        collect(path, Path(tmp) / "store", show_progress=show_progress)
+        yield open_store(Path(tmp) / "store")

@@ -405,7 +405,12 @@ class Emulation:
     def steps(self) -> Iterator[tuple[StepTrace, list[dict]]]:
         """Simulate the run step by step; yield each step's records and host events."""
         cfg, plan, hw = self.cfg, self.plan, self.cfg.hardware
-        now = np.array([self.arrival_ns[r].min() if len(r) else 0.0 for r in self.replica_requests])
+        now = np.array([self.arrival_ns[r].min() if len(r) else np.inf for r in self.replica_requests])
+        # Replicas that step together start together: at their set's first arrival.
+        coupled = self.plan.coupled_replicas()
+        first = np.full(coupled.max() + 1, np.inf)
+        np.minimum.at(first, coupled, now)
+        now = np.where(np.isfinite(first[coupled]), first[coupled], 0.0)
         finished = np.array([s.finished for s in self.schedulers])
         step = 0
         while not finished.all():

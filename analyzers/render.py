@@ -1,0 +1,130 @@
+"""Render report results for people and tools: rich tables, JSON, CSV files, one HTML page.
+
+Rendering reads only the reports' JSON form (and, for HTML figures, their DataFrames); it never
+computes an analysis. Tables show ``*_ns`` columns in ms for reading; JSON and CSV keep ns.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from sohuprof.analyzers.report import Reports
+from sohuprof.atomic import atomic_directory, atomic_file
+
+__all__ = ["report_tables", "render_json", "render_table", "write_csv", "write_html", "FORMATS"]
+
+FORMATS = ("table", "json", "csv", "html")
+
+
+def _flatten(record: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                out[f"{key}_{sub}"] = v
+        else:
+            out[key] = value
+    return out
+
+
+def report_tables(name: str, data: dict[str, Any]) -> list[tuple[str, pd.DataFrame]]:
+    """A report's JSON as titled tables: scalars in one overview row, each list its own table."""
+    tables: list[tuple[str, pd.DataFrame]] = []
+    scalars = {k: v for k, v in data.items() if not isinstance(v, list)}
+    if scalars:
+        tables.append((name, pd.DataFrame([_flatten(scalars)])))
+    for key, value in data.items():
+        if isinstance(value, list):
+            tables.append((f"{name} · {key}", pd.DataFrame([_flatten(v) if isinstance(v, dict) else {"value": v}
+                                                             for v in value])))
+    return tables
+
+
+def render_json(reports: Reports) -> bytes:
+    return orjson.dumps(reports.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
+                        | orjson.OPT_NON_STR_KEYS) + b"\n"
+
+
+def _readable(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for col in df.columns:
+        if col.endswith("_ns") and pd.api.types.is_numeric_dtype(df[col]):
+            out[col[:-3] + "_ms"] = df[col] / 1e6
+            out = out.drop(columns=col)
+    return out
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
+            return f"{value:.3g}"
+        return f"{value:,.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, (int,)) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def render_table(reports: Reports, *, max_rows: int = 20) -> str:
+    """Rich tables, as text (the longest lists are cut to ``max_rows``, with a note)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=160, force_terminal=False, color_system=None)
+    for name, data in reports.to_json().items():
+        for title, df in report_tables(name, data):
+            df = _readable(df)
+            table = Table(title=title, title_justify="left", show_lines=False)
+            for col in df.columns:
+                table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(df[col]) else "left")
+            for row in df.head(max_rows).itertuples(index=False):   # rendering a bounded table, not events
+                table.add_row(*(_cell(v) for v in row))
+            if len(df) > max_rows:
+                table.caption = f"{len(df) - max_rows} more rows: use --format csv or json for all"
+            console.print(table)
+    return buffer.getvalue()
+
+
+def write_csv(reports: Reports, out_dir: Path, *, force: bool = True) -> list[Path]:
+    """One CSV per table into ``out_dir`` (written whole or not at all)."""
+    written = []
+    with atomic_directory(out_dir, force=force) as tmp:
+        for name, data in reports.to_json().items():
+            for title, df in report_tables(name, data):
+                fname = title.replace(" · ", "_") + ".csv"
+                df.to_csv(tmp / fname, index=False)
+                written.append(out_dir / fname)
+    return written
+
+
+def write_html(reports: Reports, out: Path, *, force: bool = True) -> Path:
+    """One self-contained page: plotly.js inlined once, the figures, then every table."""
+    from sohuprof.analyzers.figures import report_figures
+
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>sohuprof report</title>",
+             "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
+             "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}"
+             "td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4f4}"
+             "h2{margin-top:1.6em}</style></head><body><h1>sohuprof report</h1>"]
+    first = True
+    for title, fig in report_figures(reports):
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=first))
+        first = False
+    for name, data in reports.to_json().items():
+        for title, df in report_tables(name, data):
+            parts.append(f"<h2>{html.escape(title)}</h2>")
+            parts.append(_readable(df).to_html(index=False, float_format=lambda v: f"{v:,.3f}", border=0))
+    parts.append("</body></html>")
+    with atomic_file(out, force=force) as tmp:
+        Path(tmp).write_text("\n".join(parts), encoding="utf-8")
+    return out

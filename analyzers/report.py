@@ -1,0 +1,79 @@
+"""Run the reports a user asks for on a store: pick, check, compute; results keep their order.
+
+Reports are looked up by name in :data:`REPORTS`; each names the module attribute holding its
+:class:`~sohuprof.analyzers.analysis.Analysis`. The default is every report that applies to the
+store's source. ``comm`` carries HTA's comm/comp overlap under its ``overlap`` key.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sohuprof.analyzers.analysis import Analysis, AnalysisContext, ReportError
+from sohuprof.analyzers.engine import build_context, run_analyses
+from sohuprof.store import TraceStore
+
+__all__ = ["REPORTS", "Reports", "load_analysis", "run_reports"]
+
+#: Report name -> "module:attribute" of its Analysis, in the order reports are shown.
+REPORTS: dict[str, str] = {
+    "summary": "sohuprof.analyzers.summary:SUMMARY",
+    "roofline": "sohuprof.analyzers.roofline:ROOFLINE",
+    "stalls": "sohuprof.analyzers.stalls:STALLS",
+    "comm": "sohuprof.analyzers.comm:COMM",
+    "serving": "sohuprof.analyzers.serving:SERVING",
+    "temporal": "sohuprof.analyzers.temporal:TEMPORAL",
+}
+_OVERLAP = "sohuprof.analyzers.temporal:OVERLAP"
+
+
+def load_analysis(spec: str) -> Analysis:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class Reports:
+    """Results by report name, plus the context they were computed in."""
+
+    results: dict[str, Any]
+    ctx: AnalysisContext
+    overlap: Any = None   # HTA's comm/comp overlap, shown as part of ``comm``
+
+    def to_json(self) -> dict[str, Any]:
+        """One object whose keys are the reports (the JSON contract)."""
+        out = {name: result.to_json() for name, result in self.results.items()}
+        if "comm" in out:
+            out["comm"]["overlap"] = self.overlap.to_json().get("ranks", []) if self.overlap is not None else []
+        return out
+
+
+def _choose(names: Sequence[str] | None, ctx: AnalysisContext) -> list[str]:
+    if names:
+        unknown = [n for n in names if n not in REPORTS]
+        if unknown:
+            raise ReportError(f"unknown report {', '.join(map(repr, unknown))}: choose from {', '.join(REPORTS)}")
+        return list(dict.fromkeys(names))
+    return [n for n in REPORTS if load_analysis(REPORTS[n]).applies(ctx) is None]
+
+
+def run_reports(store: TraceStore, names: Sequence[str] | None = None, *, hta_compatible: bool = False,
+                advance: Callable[[float], None] | None = None) -> Reports:
+    """Compute the named reports (default: all that apply) over ``store``.
+
+    Raises
+    ------
+    ReportError
+        A name is unknown, or a named report does not apply to this store.
+    """
+    ctx = build_context(store, hta_compatible=hta_compatible)
+    chosen = _choose(names, ctx)
+    analyses = [load_analysis(REPORTS[n]) for n in chosen]
+    overlap = load_analysis(_OVERLAP) if "comm" in chosen else None
+    if overlap is not None and overlap.applies(ctx) is None:
+        analyses.append(overlap)
+    results = run_analyses(ctx, analyses, advance=advance)
+    return Reports({n: results[n] for n in chosen}, ctx, results.get(overlap.name) if overlap else None)
