@@ -1,0 +1,103 @@
+"""The stall partition: exact on a hand-built store, invariant on real ones."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from sohuprof.analyzers.engine import build_context, rank_partitions, run_analyses
+from sohuprof.analyzers.stalls import PARTS, STALLS
+from sohuprof.collectors import collect
+from sohuprof.emulator import EmulatorConfig, emulate
+from sohuprof.hardware import load_hardware
+from sohuprof.models import load_model
+from sohuprof.schema import COLLECTIVES
+from sohuprof.store import StoreWriter, open_store
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "sample_traces" / "mixtral-2node" / "store"
+
+
+def _events(rows: list[tuple]) -> pa.Table:
+    cols = ["ts", "dur", "rank", "category", "stall_mem_ns", "coll_id"]
+    data = {c: [r[i] for r in rows] for i, c in enumerate(cols)}
+    n = len(rows)
+    return pa.table({**data, "node": [0] * n, "chip": data["rank"], "track": ["x"] * n, "name": ["op"] * n,
+                     "op": ["gemm"] * n})
+
+
+@pytest.fixture(scope="module")
+def hand_store(tmp_path_factory) -> Path:
+    """Two ranks, one collective; every number below is worked out by hand."""
+    path = tmp_path_factory.mktemp("hand") / "store"
+    with StoreWriter(path) as w:
+        w.write_events(_events([
+            # rank 0: compute [0,100) of which the last 20 stalled on memory; arrives at 100
+            (0, 100, 0, "compute", 20, None), (100, 100, 0, "communication", 0, 7),
+            (200, 10, 0, "host", 0, None), (250, 50, 0, "memory", 0, None),
+            # rank 1: computes until 150 (the last arrival); a DMA copy hidden under compute
+            (0, 150, 1, "compute", 0, None), (10, 30, 1, "memory", 0, None), (150, 50, 1, "communication", 0, 7),
+        ]))
+        w.write_table(COLLECTIVES, pa.table({"coll_id": [7, 7], "kind": ["all_reduce"] * 2, "group": [0, 0],
+                                             "rank": [0, 1], "node": [0, 0], "arrive": [100, 150],
+                                             "start": [150, 150], "end": [200, 200], "bytes": [64, 64]}))
+        w.write_manifest({"source": {"format": "test"}})
+    return path
+
+
+def test_hand_built_partition(hand_store: Path) -> None:
+    ranks = run_analyses(build_context(open_store(hand_store)), [STALLS])["stalls"].ranks.set_index("rank")
+    assert ranks.loc[0, "wall_ns"] == 300
+    assert ranks.loc[0, ["compute_ns", "memory_stall_ns", "sync_wait_ns", "comm_transfer_ns", "idle_ns"]].tolist() == \
+        [80, 20 + 50, 50, 50, 50]
+    assert ranks.loc[0, "idle_host_ns"] == 10
+    assert ranks.loc[1, ["compute_ns", "memory_stall_ns", "sync_wait_ns", "comm_transfer_ns", "idle_ns"]].tolist() == \
+        [150, 0, 0, 50, 100]
+
+
+@pytest.mark.parametrize("store", [SAMPLE, ROOT / "tests" / "data" / "kineto" / "nccl_data.json.gz"])
+def test_parts_sum_exactly_to_wall(store: Path, tmp_path: Path) -> None:
+    if not (store / "manifest.json").exists():
+        collect(store, tmp_path / "s", show_progress=False)
+        store = tmp_path / "s"
+    ranks = run_analyses(build_context(open_store(store)), [STALLS])["stalls"].ranks
+    assert len(ranks)
+    assert (ranks[list(PARTS)].sum(axis=1) == ranks["wall_ns"]).all()
+    assert (ranks[list(PARTS)] >= 0).all().all()
+    assert (ranks["overlapped_comm_ns"] >= 0).all()
+
+
+def test_straggler_waits_least(tmp_path: Path) -> None:
+    # The sample run injects straggler:rank=5 into one EP8 group: everyone else waits for it.
+    ranks = run_analyses(build_context(open_store(SAMPLE)), [STALLS])["stalls"].ranks.set_index("rank")
+    assert ranks["sync_wait_ns"].idxmin() == 5
+    assert ranks.loc[5, "compute_ns"] + ranks.loc[5, "memory_stall_ns"] == \
+        (ranks["compute_ns"] + ranks["memory_stall_ns"]).max()
+
+
+def test_two_batch_overlap_shows_as_overlapped_communication(tmp_path: Path) -> None:
+    cfg = EmulatorConfig(model=load_model("llama3-8b"), hardware=load_hardware("sohu"), nodes=1, chips_per_node=4,
+                         tp=4, requests=4, prompt_len=2048, output_len=4)
+    emulate(cfg, tmp_path / "run", show_progress=False)
+    collect(tmp_path / "run", tmp_path / "store", show_progress=False)
+    ranks = run_analyses(build_context(open_store(tmp_path / "store")), [STALLS])["stalls"].ranks
+    assert (ranks["overlapped_comm_ns"] > 0).all()
+    cfg_off = EmulatorConfig(**{**cfg.__dict__, "two_batch_overlap": False})
+    emulate(cfg_off, tmp_path / "run2", show_progress=False)
+    collect(tmp_path / "run2", tmp_path / "store2", show_progress=False)
+    off = run_analyses(build_context(open_store(tmp_path / "store2")), [STALLS])["stalls"].ranks
+    assert (off["overlapped_comm_ns"] == 0).all()
+    assert off["wall_ns"].iloc[0] > ranks["wall_ns"].iloc[0]   # overlap pays
+
+
+def test_combine_is_order_free() -> None:
+    ctx = build_context(open_store(SAMPLE))
+    partials = [STALLS.chunk(t, ctx) for t in rank_partitions(ctx, list(STALLS.columns))]
+    shuffled = partials[:]
+    random.Random(0).shuffle(shuffled)
+    assert STALLS.combine(shuffled, ctx).to_json() == STALLS.combine(partials, ctx).to_json()
