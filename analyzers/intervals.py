@@ -15,7 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Merged", "merge", "union_length", "intersection_length", "priority_sweep"]
+__all__ = ["Merged", "merge", "union_length", "intersection_length", "mask_coverage", "lowest_class",
+           "priority_sweep"]
 
 
 class Merged(NamedTuple):
@@ -42,27 +43,45 @@ def _shift(key: np.ndarray, *times: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 
 def merge(start: np.ndarray, end: np.ndarray, key: np.ndarray | None = None) -> Merged:
-    """Merge overlapping or touching intervals within each key.
+    """Merge overlapping intervals within each key (touching ones may stay apart).
 
     >>> merge(np.array([0, 5, 2]), np.array([3, 6, 4]))
     Merged(key=array([0, 0]), start=array([0, 5]), end=array([4, 6]))
     """
     start, end = _as_int(start), _as_int(end)
-    key = np.zeros(len(start), np.int64) if key is None else _as_int(key)
     keep = end > start
-    start, end, key = start[keep], end[keep], key[keep]
-    if not len(start):
-        return Merged(key, start, end)
-    off, _, _ = _shift(key, start, end)
-    s, e = start + off, end + off
-    order = np.argsort(s, kind="stable")
-    s, e, k = s[order], e[order], key[order]
+    if not keep.all():
+        start, end = start[keep], end[keep]
+        key = None if key is None else _as_int(key)[keep]
+    if key is None or not len(key) or key.min() == key.max():
+        k0 = 0 if key is None or not len(key) else int(key[0])
+        s, e, off = start, end, None
+    else:
+        key = _as_int(key)
+        off, _, _ = _shift(key, start, end)
+        s, e = start + off, end + off
+    if not len(s):
+        return Merged(np.zeros(0, np.int64), s, e)
+    # Profiles arrive sorted by start; only sort when they are not.
+    if (np.diff(s) < 0).any():
+        order = np.argsort(s, kind="stable")
+        s, e = s[order], e[order]
+        if off is not None:
+            key = key[order]
+            off = off[order]
     reach = np.maximum.accumulate(e)
-    new = np.ones(len(s), bool)
-    new[1:] = s[1:] > reach[:-1]
+    new = np.empty(len(s), bool)
+    new[0] = True
+    np.greater(s[1:], reach[:-1], out=new[1:])
+    if (s[1:] >= reach[:-1]).all():   # disjoint or touching (a sequential stream): nothing to merge
+        return Merged(np.full(len(s), k0, np.int64) if off is None else key, s - (0 if off is None else off),
+                      e - (0 if off is None else off))
     first = np.flatnonzero(new)
     last_reach = np.maximum.reduceat(e, first)
-    return Merged(k[first], s[first] - off[order][first], last_reach - off[order][first])
+    if off is None:
+        return Merged(np.full(len(first), k0, np.int64), s[first], last_reach)
+    back = off[first]
+    return Merged(key[first], s[first] - back, last_reach - back)
 
 
 def union_length(start: np.ndarray, end: np.ndarray, key: np.ndarray | None = None,
@@ -97,6 +116,63 @@ def intersection_length(a_start: np.ndarray, a_end: np.ndarray, b_start: np.ndar
     return np.bincount(key[:-1][both], weights=seg[both], minlength=size).astype(np.int64)
 
 
+def mask_coverage(start: np.ndarray, end: np.ndarray, cls: np.ndarray, key: np.ndarray, n_classes: int,
+                  n_keys: int, window_start: np.ndarray, window_end: np.ndarray) -> np.ndarray:
+    """Time each key spends in each exact set of active classes.
+
+    Returns int64 ``[n_keys, 2**n_classes]``: column ``m`` is the time during which exactly the
+    classes whose bits are set in ``m`` are active (column 0: none), within each key's
+    ``[window_start, window_end)``; rows sum exactly to the window. Any priority rule or
+    intersection of classes is then a sum over a few columns (see :func:`priority_sweep`).
+
+    Each (key, class) is merged first, so coverage is 0 or 1 per class and the active set after
+    any boundary is a bitmask: one cumulative sum of ``±2**class`` over the sorted boundaries.
+    """
+    if not 0 < n_classes <= 16:
+        raise ValueError(f"'n_classes' must be in 1..16, got {n_classes}")
+    start, end, cls, key = _as_int(start), _as_int(end), _as_int(cls), _as_int(key)
+    ws, we = _as_int(window_start), _as_int(window_end)
+    width = 1 << n_classes
+    out = np.zeros((n_keys, width), np.int64)
+    s = np.maximum(start, ws[key])
+    e = np.minimum(end, we[key])
+    keep = e > s
+    if keep.any():
+        m = merge(s[keep], e[keep], key[keep] * n_classes + cls[keep])
+        k = m.key // n_classes
+        bit = np.left_shift(1, m.key % n_classes)
+        if n_keys > 1:
+            off, _, _ = _shift(np.concatenate([k, np.arange(n_keys)]), np.concatenate([m.start, ws]),
+                               np.concatenate([m.end, we]))
+            off = off[: len(k)]
+        else:
+            off = np.zeros(len(k), np.int64)
+        t = np.concatenate([m.start + off, m.end + off])
+        kk = np.concatenate([k, k])
+        d = np.concatenate([bit, -bit])
+        # Merged intervals of one class may touch: at equal times the end sorts first, so a
+        # class's bit is never counted twice.
+        order = np.argsort(2 * t + (d > 0), kind="stable")
+        t, kk, d = t[order], kk[order], d[order]
+        mask = np.cumsum(d)[:-1]
+        seg = np.diff(t)
+        inside = (kk[:-1] == kk[1:]) & (seg > 0) & (mask > 0)
+        out += np.bincount(kk[:-1][inside] * width + mask[inside], weights=seg[inside],
+                           minlength=n_keys * width).round().astype(np.int64).reshape(n_keys, width)
+    out[:, 0] = (we - ws) - out[:, 1:].sum(axis=1)
+    return out
+
+
+def lowest_class(n_classes: int) -> np.ndarray:
+    """For every bitmask of ``n_classes`` classes, its highest-priority (lowest) class; ``n_classes``
+    for the empty mask."""
+    masks = np.arange(1 << n_classes)
+    lowest = np.full(1 << n_classes, n_classes)
+    for cl in range(n_classes - 1, -1, -1):        # a loop over classes, not intervals
+        lowest[(masks >> cl) & 1 == 1] = cl
+    return lowest
+
+
 def priority_sweep(start: np.ndarray, end: np.ndarray, cls: np.ndarray, key: np.ndarray,
                    n_classes: int, n_keys: int, window_start: np.ndarray, window_end: np.ndarray) -> np.ndarray:
     """Assign each instant of each key's window to exactly one class.
@@ -106,33 +182,7 @@ def priority_sweep(start: np.ndarray, end: np.ndarray, cls: np.ndarray, key: np.
     clipped to their key's ``[window_start, window_end)``. Returns an int64 ``[n_keys,
     n_classes + 1]`` array whose rows sum exactly to ``window_end - window_start``.
     """
-    start, end, cls, key = _as_int(start), _as_int(end), _as_int(cls), _as_int(key)
-    ws, we = _as_int(window_start), _as_int(window_end)
+    cover = mask_coverage(start, end, cls, key, n_classes, n_keys, window_start, window_end)
     out = np.zeros((n_keys, n_classes + 1), np.int64)
-    s = np.maximum(start, ws[key])
-    e = np.minimum(end, we[key])
-    keep = e > s
-    s, e, cls, key = s[keep], e[keep], cls[keep], key[keep]
-    if len(s):
-        off, _, _ = _shift(np.concatenate([key, np.arange(n_keys)]), np.concatenate([s, ws]), np.concatenate([e, we]))
-        off = off[: len(key)]
-        t = np.concatenate([s + off, e + off])
-        k = np.concatenate([key, key])
-        c = np.concatenate([cls, cls])
-        d = np.concatenate([np.ones(len(s), np.int64), -np.ones(len(s), np.int64)])
-        order = np.argsort(t, kind="stable")
-        t, k, c, d = t[order], k[order], c[order], d[order]
-        # Active count of every class after each boundary: a cumulative sum of one-hot deltas.
-        counts = np.zeros((len(t), n_classes), np.int64)
-        counts[np.arange(len(t)), c] = d
-        np.cumsum(counts, axis=0, out=counts)
-        active = counts[:-1] > 0
-        top = np.where(active.any(axis=1), active.argmax(axis=1), n_classes)
-        seg = np.diff(t)
-        same = k[:-1] == k[1:]
-        busy = same & (top < n_classes)
-        flat = np.bincount(k[:-1][busy] * (n_classes + 1) + top[busy], weights=seg[busy],
-                           minlength=n_keys * (n_classes + 1))
-        out += np.rint(flat).astype(np.int64).reshape(n_keys, n_classes + 1)
-    out[:, n_classes] = (we - ws) - out[:, :n_classes].sum(axis=1)
+    np.add.at(out.T, lowest_class(n_classes), cover.T)
     return out

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.intervals import intersection_length, priority_sweep, union_length
+from sohuprof.analyzers.intervals import mask_coverage
 
 __all__ = ["STALLS", "StallsResult", "PARTS"]
 
@@ -55,6 +55,29 @@ def _codes(column: pa.ChunkedArray, value: str) -> np.ndarray:
     return np.asarray(arr.to_numpy(zero_copy_only=False) == value)
 
 
+# Interval classes of the sweep (bits of the coverage mask).
+_BODY, _TAIL, _DMA, _TRANSFER, _WAIT, _HOST = range(6)
+_N = 6
+
+
+def _bits(*classes: int) -> int:
+    return sum(1 << c for c in classes)
+
+
+def _partition_columns() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every coverage mask: its part (0..4 = PARTS), whether it is communication hidden
+    under compute, and whether it is idle time covered by host work."""
+    masks = np.arange(1 << _N)
+    has = lambda *c: (masks & _bits(*c)) != 0   # noqa: E731 - a one-line predicate over masks
+    part = np.select([has(_BODY), has(_TAIL, _DMA), has(_TRANSFER), has(_WAIT)], [0, 1, 2, 3], default=4)
+    overlapped = has(_BODY, _TAIL) & has(_TRANSFER, _WAIT)
+    idle_host = (part == 4) & has(_HOST)
+    return part, overlapped, idle_host
+
+
+_PART, _OVERLAPPED, _IDLE_HOST = _partition_columns()
+
+
 def rank_stalls(events: pa.Table, ctx: AnalysisContext) -> pd.DataFrame:
     """The stall partition of one rank's events (a one-row DataFrame)."""
     rank = int(events.column("rank")[0].as_py())
@@ -63,33 +86,27 @@ def rank_stalls(events: pa.Table, ctx: AnalysisContext) -> pd.DataFrame:
     stall = events.column("stall_mem_ns").fill_null(0).to_numpy() if "stall_mem_ns" in events.column_names \
         else np.zeros(len(ts), np.int64)
     stall = np.clip(stall, 0, end - ts)
-    compute = _codes(events.column("category"), "compute")
-    memory = _codes(events.column("category"), "memory")
-    comm = _codes(events.column("category"), "communication")
-    host = _codes(events.column("category"), "host")
-    coll_id = events.column("coll_id").fill_null(-1).to_numpy()
-    c_ts, c_end, c_id = ts[comm], end[comm], coll_id[comm]
-    last = ctx.last_arrival(rank, c_id)
+    category = events.column("category")
+    compute, memory = _codes(category, "compute"), _codes(category, "memory")
+    comm, host = _codes(category, "communication"), _codes(category, "host")
+    c_ts, c_end = ts[comm], end[comm]
+    last = ctx.last_arrival(rank, events.column("coll_id").fill_null(-1).to_numpy()[comm])
     # Without a recorded last arrival (a lone profiler rank), the whole collective is transfer.
     transfer_from = np.clip(np.where(last >= 0, last, c_ts), c_ts, c_end)
     split = end[compute] - stall[compute]
-    starts = [ts[compute], split, ts[memory], transfer_from, c_ts]
-    ends = [split, end[compute], end[memory], c_end, transfer_from]
-    classes = [np.full(len(s), i, np.int64) for i, s in enumerate(starts)]
-    classes[2][:] = 1   # memory ops share the memory-stall class
-    classes[3][:] = 2
-    classes[4][:] = 3
-    s, e, c = np.concatenate(starts), np.concatenate(ends), np.concatenate(classes)
-    parts = priority_sweep(s, e, c, np.zeros(len(s), np.int64), n_classes=4, n_keys=1,
-                           window_start=np.array([ctx.wall_start]), window_end=np.array([ctx.wall_end]))[0]
-    overlapped = intersection_length(c_ts, c_end, ts[compute], end[compute], n_keys=1)[0]
-    # Host work during otherwise idle time: host intervals minus everything of higher priority.
-    busy = union_length(np.concatenate([s, ts[host]]), np.concatenate([e, end[host]]), n_keys=1)[0]
-    idle_host = busy - union_length(s, e, n_keys=1)[0]
+    pieces = [(ts[compute], split, _BODY), (split, end[compute], _TAIL), (ts[memory], end[memory], _DMA),
+              (transfer_from, c_end, _TRANSFER), (c_ts, transfer_from, _WAIT), (ts[host], end[host], _HOST)]
+    s = np.concatenate([p[0] for p in pieces])
+    e = np.concatenate([p[1] for p in pieces])
+    c = np.concatenate([np.full(len(p[0]), p[2], np.int64) for p in pieces])
+    cover = mask_coverage(s, e, c, np.zeros(len(s), np.int64), n_classes=_N, n_keys=1,
+                          window_start=np.array([ctx.wall_start]), window_end=np.array([ctx.wall_end]))[0]
+    parts = np.bincount(_PART, weights=cover, minlength=5).round().astype(np.int64)
     info = ctx.ranks[ctx.ranks["rank"] == rank]
     row = {"rank": rank, "node": int(info["node"].iloc[0]) if len(info) else 0,
            "chip": int(info["chip"].iloc[0]) if len(info) else 0, "wall_ns": ctx.wall_ns,
-           **dict(zip(PARTS, parts.tolist())), "overlapped_comm_ns": int(overlapped), "idle_host_ns": int(idle_host)}
+           **dict(zip(PARTS, parts.tolist())), "overlapped_comm_ns": int(cover[_OVERLAPPED].sum()),
+           "idle_host_ns": int(cover[_IDLE_HOST].sum())}
     return pd.DataFrame([row], columns=list(_COLUMNS))
 
 

@@ -33,6 +33,8 @@ def test_union_length_matches_reference(name: str) -> None:
 def test_merge_is_disjoint_and_sorted() -> None:
     m = merge(np.array([9, 1, 4, 2]), np.array([12, 3, 6, 5]))
     assert m.start.tolist() == [1, 9] and m.end.tolist() == [6, 12]
+    touching = merge(np.array([0, 5]), np.array([5, 9]))
+    assert (touching.end - touching.start).sum() == 9
 
 
 def test_inputs_are_not_modified() -> None:
