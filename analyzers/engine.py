@@ -8,7 +8,10 @@ handed to every analysis's ``chunk``. Memory is bounded by one rank's events.
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -63,8 +66,12 @@ def rank_partitions(ctx: AnalysisContext, columns: list[str]) -> Iterator[pa.Tab
 
 def run_analyses(ctx: AnalysisContext, analyses: Iterable[Analysis], *,
                  partitions: Callable[[AnalysisContext, list[str]], Iterable[pa.Table]] = rank_partitions,
-                 advance: Callable[[float], None] | None = None) -> dict[str, Any]:
+                 advance: Callable[[float], None] | None = None, workers: int | None = None) -> dict[str, Any]:
     """Run ``analyses`` over ``ctx``'s store; returns ``{name: result}`` in the order given.
+
+    Partitions are read and chunked on ``workers`` threads (default: the machine's cores, at most
+    4; numpy and pyarrow release the GIL in their kernels), at most ``workers + 1`` partitions in
+    memory at once; partials are combined in partition order, so results do not depend on it.
 
     Raises
     ------
@@ -77,10 +84,24 @@ def run_analyses(ctx: AnalysisContext, analyses: Iterable[Analysis], *,
         if reason:
             raise ReportError(f"report '{a.name}' does not apply to this store: {reason}")
     columns = sorted({c for a in analyses for c in a.columns} | {"rank"})
+    workers = workers or min(os.cpu_count() or 1, 4)
+
+    def work(events: pa.Table) -> list[Any]:
+        return [a.chunk(events, ctx) for a in analyses]
+
     partials: dict[str, list[Any]] = {a.name: [] for a in analyses}
-    for events in partitions(ctx, columns):
-        for a in analyses:
-            partials[a.name].append(a.chunk(events, ctx))
-        if advance is not None:
-            advance(1)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sohuprof-analyze") as pool:
+        pending: deque[Future[list[Any]]] = deque()
+
+        def drain(limit: int) -> None:
+            while len(pending) > limit:
+                for a, part in zip(analyses, pending.popleft().result()):
+                    partials[a.name].append(part)
+                if advance is not None:
+                    advance(1)
+
+        for events in partitions(ctx, columns):
+            pending.append(pool.submit(work, events))
+            drain(workers)
+        drain(0)
     return {a.name: a.combine(partials[a.name], ctx) for a in analyses}
