@@ -234,6 +234,55 @@ def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, ou
         click.echo(f"wrote {out}", err=True)
 
 
+class RankList(click.ParamType):
+    """Ranks and ranges such as ``0,3,8-15``."""
+
+    name = "RANKS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
+        if isinstance(value, list):
+            return value
+        from sohuprof.chrome_export import parse_ranks
+        try:
+            return parse_ranks(str(value))
+        except ValueError as exc:
+            self.fail(str(exc).removeprefix("'ranks' "), param, ctx)
+
+
+@cli.group()
+def export() -> None:
+    """Export a trace store to other tools' formats."""
+
+
+@export.command(epilog="""\b
+Examples:
+  sohuprof export chrome store/ -o trace.json.gz         # open in ui.perfetto.dev or chrome://tracing
+  sohuprof export chrome store/ -o part.json --start-ms 20 --end-ms 45 --ranks 0,3,8-15""")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="JSON file to write; gzip-compressed when it ends in .gz.")
+@click.option("--start-ms", type=float, help="Only events starting at or after this, in ms from the trace start.")
+@click.option("--end-ms", type=float, help="Only events starting before this, in ms from the trace start.")
+@click.option("--ranks", type=RankList(), help="Only these ranks, e.g. 0,3,8-15 [default: all].")
+@pass_cli
+def chrome(obj: CliContext, store: Path, out: Path, start_ms: float | None, end_ms: float | None,
+           ranks: list[int] | None) -> None:
+    """Write a Chrome trace-event JSON file that Perfetto and chrome://tracing open.
+
+    One process per node, one thread per chip and engine, collectives linked by flow arrows,
+    counters as counter tracks and the run's metadata under otherData.
+    """
+    from sohuprof.chrome_export import export_chrome
+
+    summary = export_chrome(store, out, start_ms=start_ms, end_ms=end_ms, ranks=ranks,
+                            show_progress=obj.show_progress)
+    for warning in summary.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not obj.quiet:
+        click.echo(f"wrote {out}: {summary.events:,} events, {summary.flows:,} flows, "
+                   f"{summary.counters:,} counter samples, {summary.bytes / 1e6:,.1f} MB uncompressed")
+
+
 def main() -> None:
     """Entry point of the ``sohuprof`` console script."""
     cli(prog_name="sohuprof")
