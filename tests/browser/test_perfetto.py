@@ -14,7 +14,6 @@ import gzip
 import http.server
 import json
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
