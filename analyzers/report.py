@@ -61,8 +61,13 @@ def _choose(names: Sequence[str] | None, ctx: AnalysisContext) -> list[str]:
 
 
 def run_reports(store: TraceStore, names: Sequence[str] | None = None, *, hta_compatible: bool = False,
+                engine: str = "local", scheduler: str | None = None,
                 advance: Callable[[float], None] | None = None) -> Reports:
     """Compute the named reports (default: all that apply) over ``store``.
+
+    ``engine`` is ``local`` (in-process, a rank at a time) or ``dask`` (the same chunk functions
+    as Dask tasks on ``scheduler``, or on a LocalCluster started for the run); both give the same
+    results.
 
     Raises
     ------
@@ -75,5 +80,12 @@ def run_reports(store: TraceStore, names: Sequence[str] | None = None, *, hta_co
     overlap = load_analysis(_OVERLAP) if "comm" in chosen else None
     if overlap is not None and overlap.applies(ctx) is None:
         analyses.append(overlap)
-    results = run_analyses(ctx, analyses, advance=advance)
+    if engine == "local":
+        results = run_analyses(ctx, analyses, advance=advance)
+    elif engine == "dask":
+        from sohuprof.analyzers.dask_engine import run_analyses_dask
+
+        results = run_analyses_dask(ctx, analyses, scheduler=scheduler, advance=advance)
+    else:
+        raise ReportError(f"unknown engine {engine!r}: choose 'local' or 'dask'")
     return Reports({n: results[n] for n in chosen}, ctx, results.get(overlap.name) if overlap else None)

@@ -194,7 +194,8 @@ Examples:
   sohuprof analyze run/ --report roofline,stalls           # a raw run is collected on the fly
   sohuprof analyze store/ --format json > report.json
   sohuprof analyze store/ --format html -o report.html     # figures + tables, readable offline
-  sohuprof analyze trace.json.gz --report temporal,comm --hta-compatible""")
+  sohuprof analyze trace.json.gz --report temporal,comm --hta-compatible
+  sohuprof analyze store/ --engine dask --scheduler tcp://10.0.0.5:8786""")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--report", "names", callback=_report_names,
               help="Comma-separated: summary,roofline,stalls,comm,serving,temporal [default: all that apply].")
@@ -203,9 +204,13 @@ Examples:
               help="Output file (json, html, table) or directory (csv). Default: stdout.")
 @click.option("--hta-compatible", is_flag=True,
               help="Select events as Holistic Trace Analysis does (drops unlaunched kernels and the last step).")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "dask"]),
+              help="local: in-process, a rank at a time; dask: the same kernels as Dask tasks.")
+@click.option("--scheduler", metavar="tcp://HOST:PORT",
+              help="Dask scheduler to use with --engine dask [default: start a LocalCluster].")
 @pass_cli
 def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, out: Path | None,
-            hta_compatible: bool) -> None:
+            hta_compatible: bool, engine: str, scheduler: str | None) -> None:
     """Compute roofline, stall, communication, serving and temporal reports.
 
     SOURCE is a trace store, or anything `collect` accepts (collected on the fly).
@@ -217,7 +222,9 @@ def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, ou
     if fmt in ("csv", "html") and out is None:
         raise click.UsageError(f"--format {fmt} writes files: give -o {'DIR' if fmt == 'csv' else 'FILE.html'}")
     with open_store_or_collect(source, show_progress=obj.show_progress) as store:
-        reports = run_reports(store, names, hta_compatible=hta_compatible)
+        if scheduler and engine != "dask":
+            raise click.UsageError("--scheduler needs --engine dask")
+        reports = run_reports(store, names, hta_compatible=hta_compatible, engine=engine, scheduler=scheduler)
     if fmt == "csv":
         render.write_csv(reports, out)  # type: ignore[arg-type]
     elif fmt == "html":

@@ -436,6 +436,10 @@ class TraceStore:
     def __repr__(self) -> str:
         return f"TraceStore({str(self.path)!r}, ranks={len(self.ranks)}, nodes={len(self.nodes)})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Travels to Dask workers as a path and a manifest; each process opens its own dataset.
+        return {"path": self.path, "manifest": self.manifest, "_dataset": None}
+
     def dataset(self) -> ds.Dataset:
         """The events as a lazy :class:`pyarrow.dataset.Dataset` (``node`` from the partitions)."""
         if self._dataset is None:
