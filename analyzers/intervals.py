@@ -49,39 +49,25 @@ def merge(start: np.ndarray, end: np.ndarray, key: np.ndarray | None = None) -> 
     Merged(key=array([0, 0]), start=array([0, 5]), end=array([4, 6]))
     """
     start, end = _as_int(start), _as_int(end)
+    keys = np.zeros(len(start), np.int64) if key is None else _as_int(key)
     keep = end > start
     if not keep.all():
-        start, end = start[keep], end[keep]
-        key = None if key is None else _as_int(key)[keep]
-    if key is None or not len(key) or key.min() == key.max():
-        k0 = 0 if key is None or not len(key) else int(key[0])
-        s, e, off = start, end, None
-    else:
-        key = _as_int(key)
-        off, _, _ = _shift(key, start, end)
-        s, e = start + off, end + off
-    if not len(s):
-        return Merged(np.zeros(0, np.int64), s, e)
-    # Profiles arrive sorted by start; only sort when they are not.
-    if (np.diff(s) < 0).any():
+        start, end, keys = start[keep], end[keep], keys[keep]
+    if not len(start):
+        return Merged(keys, start, end)
+    # One key needs no shifting; several are each moved onto their own stretch of the axis.
+    off = np.zeros(1, np.int64) if keys.min() == keys.max() else _shift(keys, start, end)[0]
+    s, e = start + off, end + off
+    if (np.diff(s) < 0).any():        # profiles mostly arrive sorted: sort only when they are not
         order = np.argsort(s, kind="stable")
-        s, e = s[order], e[order]
-        if off is not None:
-            key = key[order]
-            off = off[order]
+        s, e, keys = s[order], e[order], keys[order]
+        off = off[order] if len(off) > 1 else off
     reach = np.maximum.accumulate(e)
-    new = np.empty(len(s), bool)
-    new[0] = True
-    np.greater(s[1:], reach[:-1], out=new[1:])
     if (s[1:] >= reach[:-1]).all():   # disjoint or touching (a sequential stream): nothing to merge
-        return Merged(np.full(len(s), k0, np.int64) if off is None else key, s - (0 if off is None else off),
-                      e - (0 if off is None else off))
-    first = np.flatnonzero(new)
-    last_reach = np.maximum.reduceat(e, first)
-    if off is None:
-        return Merged(np.full(len(first), k0, np.int64), s[first], last_reach)
-    back = off[first]
-    return Merged(key[first], s[first] - back, last_reach - back)
+        return Merged(keys, s - off, e - off)
+    first = np.flatnonzero(np.r_[True, s[1:] > reach[:-1]])
+    back = off[first] if len(off) > 1 else off
+    return Merged(keys[first], s[first] - back, np.maximum.reduceat(e, first) - back)
 
 
 def union_length(start: np.ndarray, end: np.ndarray, key: np.ndarray | None = None,

@@ -166,7 +166,7 @@ def _collectives_table(info: RunInfo, c: _Collectives, clock: ClockMap, origin: 
 
 def _gather(chunks: list[np.ndarray], field: str, dtype: type) -> np.ndarray:
     """One field of many chunks into one contiguous array (a single strided copy each)."""
-    out = np.empty(sum(len(c) for c in chunks), dtype)
+    out: np.ndarray = np.empty(sum(len(c) for c in chunks), dtype)
     pos = 0
     for c in chunks:
         out[pos:pos + len(c)] = c[field]

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import Any, IO, Union, cast
 
 import numpy as np
 import orjson
@@ -539,8 +539,8 @@ def _write(store: TraceStore, plan: _Plan, out: Path, show_progress: bool | None
     threads: list[bytes] = []
     with atomic_file(out) as tmp:
         raw = open(tmp, "wb")
-        fh: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) \
-            if out.name.endswith(".gz") else raw
+        fh = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
+                  if out.name.endswith(".gz") else raw)
         try:
             w = _CountingWriter(fh)
             nodes = sorted({n for n, _, _ in plan.ranks})

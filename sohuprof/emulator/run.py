@@ -141,7 +141,7 @@ def _run_json(em: Emulation, writer: RawTraceWriter, steps: int) -> dict:
                      "seed": cfg.seed, "clock_skew_us": cfg.clock_skew_us,
                      "faults": [f.spec() for f in cfg.faults]},
         "record": {"size": RECORD_DTYPE.itemsize,
-                   "fields": [[name, RECORD_DTYPE.fields[name][0].str] for name in RECORD_DTYPE.names]},
+                   "fields": [[name, RECORD_DTYPE[name].str] for name in RECORD_DTYPE.names or ()]},
         "engines": [e.name.lower() for e in Engine],
         "phases": ["prefill", "decode", "mixed"],
         "op_names": op_names,

@@ -94,7 +94,9 @@ class _Compiled:
         collectives = []
         for pos in np.flatnonzero(is_coll):
             t = tmpl[pos]
-            gs = plan.pp_groups[prog.stage[pos]] if t.group == "pp" else by_kind[t.group]
+            gs = plan.pp_groups[prog.stage[pos]] if t.group == "pp" else by_kind[str(t.group)]
+            if gs is None:
+                raise AssertionError(f"op {t.name} needs {t.group} groups the plan does not have")
             link = next(lm for g, lm in links if g is gs)
             member = np.zeros(plan.world, bool)
             member[gs.members.reshape(-1)] = True
@@ -260,7 +262,7 @@ class Emulation:
                 grp = np.arange(plan.world) // cfg.tp
                 per_layer[:, :, 0] = pairs[grp][:, None]
                 per_layer[:, :, 1] = active.T[grp]
-            else:
+            elif plan.ep_groups is not None:
                 members = plan.ep_groups.members                             # [G, ep]
                 sent = local[members].sum(1) * m.top_k                       # pairs each EP group routes
                 counts = self.rng.multinomial(sent[None, :], self.expert_p[:, None, :])  # [Lm, G, E]

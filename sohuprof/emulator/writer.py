@@ -48,7 +48,7 @@ class RawTraceWriter:
             self.pending[rank].append(rec[bounds[rank]:bounds[rank + 1]])
             self.pending_n[rank] += counts[rank]
             if self.pending_n[rank] >= self.chunk:
-                self._flush(rank, final=False)
+                self._flush(int(rank), final=False)
         self.records += counts
 
     def _flush(self, rank: int, *, final: bool) -> None:
