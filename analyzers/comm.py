@@ -1,0 +1,352 @@
+"""Communication: per collective kind and group, the wait it cost, who caused it, and the links.
+
+Built on ``collectives.parquet`` (one row per instance x member) and each rank's events:
+
+- ``collectives``: per ``(kind, group)``: instances, buffer bytes (nccl-tests "size", the
+  largest member buffer of an instance), transfer time (from the last member's arrival to the
+  end), ``algbw = bytes / time`` and ``busbw = algbw x factor`` with the nccl-tests factors
+  (all-reduce ``2(n-1)/n``; all-gather, reduce-scatter, all-to-all ``(n-1)/n``; broadcast and
+  send/recv 1). ``exposed_ns`` / ``overlapped_ns`` split the members' communication time (their
+  collective events, arrival to end, summed over ranks) into the part not hidden under the
+  rank's compute and the part hidden; ``wait_ns`` is the members' total sync wait.
+- ``stragglers``: Scalasca's wait at N x N: in every instance each member waits
+  ``min(last_arrival, end) - arrive``; the whole instance's wait is charged to its last arriver
+  (ties: the lowest rank), whose ``delay_cost_ns`` sums it; ``late_count`` counts the instances
+  where it arrived last and someone waited.
+- ``links``: the node-to-node traffic of collectives whose groups span nodes. Each member's
+  bytes to each other node follow nccl's conventions (ring all-reduce ``2(n-1)/n x S`` and ring
+  all-gather ``(n-1)/n x S`` to the ring neighbour, all-to-all ``S/n`` to every peer, send
+  ``S``). An instance's transfer time is split over each sending chip's NIC share in proportion
+  to the bytes it sends each way, so ``bandwidth = bytes / time`` is per chip and compares with
+  ``expected_bandwidth`` (the spec's per-chip NIC share x ``comm_efficiency``). A link is ``slow``
+  when its latency-corrected bandwidth is below 0.6 x the median of the other cross-node links
+  (or, with fewer than two others, of the expected bandwidth).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.intervals import intersection_length, union_length
+
+from sohuprof.hardware import HardwareSpec
+
+__all__ = [
+    "COMM",
+    "SLOW_RATIO",
+    "CommResult",
+    "busbw_factor",
+    "collective_instances",
+    "dict_codes",
+    "records",
+]
+
+#: A link is slow below this fraction of its reference bandwidth.
+SLOW_RATIO = 0.6
+_COLL_COLS = ["kind", "group", "count", "bytes", "time_ns", "algbw", "busbw", "exposed_ns", "overlapped_ns",
+              "wait_ns"]
+_STRAG_COLS = ["rank", "node", "chip", "delay_cost_ns", "late_count"]
+_LINK_COLS = ["src_node", "dst_node", "bytes", "time_ns", "bandwidth", "expected_bandwidth", "slow"]
+_RING = {"all_reduce": 2.0, "all_gather": 1.0, "reduce_scatter": 1.0, "broadcast": 1.0, "send_recv": 1.0,
+         "send": 1.0}
+
+
+def busbw_factor(kind: np.ndarray | pd.Series, n: np.ndarray | pd.Series) -> np.ndarray:
+    """nccl-tests' bus-bandwidth factor of each (kind, group size)."""
+    kind, n = np.asarray(kind, dtype=object), np.asarray(n, dtype=float)
+    frac = np.where(n > 0, (n - 1) / np.maximum(n, 1), 0.0)
+    return np.select([kind == "all_reduce", np.isin(kind, ["all_gather", "reduce_scatter", "all_to_all"])],
+                     [2 * frac, frac], default=1.0)
+
+
+def dict_codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[Any]]:
+    """Integer codes of a (dictionary) string column and its values; null is ``len(values)``."""
+    if isinstance(column, pa.ChunkedArray):
+        column = pa.table({"c": column}).unify_dictionaries().column("c").combine_chunks()
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()
+    values = column.dictionary.to_pylist()
+    idx = column.indices.fill_null(len(values)).to_numpy(zero_copy_only=False).astype(np.int64)
+    return idx, values
+
+
+def records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
+    """JSON-ready rows: numpy scalars become Python ones, NaN and infinities become None."""
+    out: list[dict[str, Any]] = [{str(k): v for k, v in r.items()}
+                                 for r in frame[columns].astype(object).to_dict(orient="records")]
+    for row in out:   # a loop over result rows (one per op or link), not events
+        for k, v in row.items():
+            if isinstance(v, (np.generic,)):
+                v = v.item()
+            row[k] = None if isinstance(v, float) and not math.isfinite(v) else v
+    return out
+
+
+def collective_instances(coll: pd.DataFrame, group_sizes: dict[int, int] | None = None) -> pd.DataFrame:
+    """One row per collective instance.
+
+    Parameters
+    ----------
+    coll : pandas.DataFrame
+        ``collectives.parquet`` rows (instance x member); not modified.
+    group_sizes : dict of int to int, optional
+        Declared group sizes; they override ``n`` where a trace holds fewer members than the
+        group has (a profiler trace of some of the ranks).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``coll_id, kind, group, n`` (members), ``size`` (the largest member buffer: nccl-tests'
+        "size"), ``start`` (last arrival), ``end``, ``time`` (transfer: end - start),
+        ``n_nodes`` (nodes spanned), ``local_max`` / ``node_min`` (most / fewest members on one node).
+    """
+    if not len(coll):
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in
+                             ["coll_id", "group", "n", "size", "start", "end", "time", "n_nodes",
+                              "local_max", "node_min"]}).assign(kind=pd.Series(dtype=object))
+    g = coll.groupby("coll_id", sort=True, observed=True)
+    inst = pd.DataFrame({"kind": g["kind"].first().astype(str), "group": g["group"].first().astype("int64"),
+                         "n": g["rank"].size().astype("int64"), "size": g["bytes"].max().fillna(0).astype("int64"),
+                         "start": g["arrive"].max().astype("int64"), "end": g["end"].max().astype("int64"),
+                         "n_nodes": g["node"].nunique().astype("int64")})
+    per_node = coll.groupby(["coll_id", "node"], observed=True).size()
+    inst["local_max"] = per_node.groupby(level=0).max().astype("int64")
+    inst["node_min"] = per_node.groupby(level=0).min().astype("int64")
+    if group_sizes:
+        declared = inst["group"].map(group_sizes).fillna(0).astype("int64")
+        inst["n"] = np.maximum(inst["n"], declared)
+    inst["time"] = (inst["end"] - inst["start"]).clip(lower=0)
+    return inst.reset_index()
+
+
+def _group_sizes(ctx: AnalysisContext) -> dict[int, int]:
+    """Declared process-group sizes from a profiler trace's manifest (keyed as its collector keys them)."""
+    groups = ((ctx.store.manifest.get("parallel") or {}).get("process_groups")) or []
+    out: dict[int, int] = {}
+    for pg in groups:   # a handful of process groups
+        name, size = str(pg.get("pg_name", "")), pg.get("pg_size")
+        if size is None:
+            continue
+        key = int(name) if name.isdigit() and int(name) < 2**31 else zlib.crc32(name.encode()) & 0x7FFFFFFF
+        out[key] = int(size)
+    return out
+
+
+@dataclass(frozen=True)
+class CommResult:
+    """Per (kind, group) collective statistics, stragglers by delay cost, node-to-node links."""
+
+    collectives: pd.DataFrame
+    stragglers: pd.DataFrame
+    links: pd.DataFrame
+
+    def to_json(self) -> dict:
+        return {"collectives": records(self.collectives, _COLL_COLS),
+                "stragglers": records(self.stragglers, _STRAG_COLS),
+                "links": records(self.links, _LINK_COLS)}
+
+
+_PART_COLS = ["kind", "group", "union_ns", "overlapped_ns"]
+
+
+def _empty_partial() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return (pd.DataFrame({"kind": pd.Series(dtype=object), "group": pd.Series(dtype="int64"),
+                          "union_ns": pd.Series(dtype="int64"), "overlapped_ns": pd.Series(dtype="int64")}),
+            pd.DataFrame({"coll_id": pd.Series(dtype="int64"), "rank": pd.Series(dtype="int64")}))
+
+
+def _rank_comm(events: pa.Table, ctx: AnalysisContext) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One rank's communication time per (kind, group) (its union, and the part under compute),
+    and the collectives it sent point to point (``coll_id, rank``)."""
+    rank = int(events.column("rank")[0].as_py())
+    cat, cat_values = dict_codes(events.column("category"))
+    is_cat = np.array([v == "communication" for v in cat_values] + [False])[cat]
+    is_compute = np.array([v == "compute" for v in cat_values] + [False])[cat]
+    if not is_cat.any():
+        return _empty_partial()
+    ts = events.column("ts").to_numpy()
+    end = ts + events.column("dur").to_numpy()
+    op, op_values = dict_codes(events.column("op"))
+    cid = events.column("coll_id").fill_null(-1).to_numpy()[is_cat]
+    mine = ctx.collectives.loc[ctx.collectives["rank"] == rank, ["coll_id", "kind", "group"]]
+    ids = mine["coll_id"].to_numpy()
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    pos = np.minimum(np.searchsorted(ids, cid), max(len(ids) - 1, 0))
+    found = (ids[pos] == cid) if len(ids) else np.zeros(len(cid), bool)
+    own_kind = np.asarray(op_values + [None], dtype=object)[op[is_cat]]
+    kind = np.where(found, mine["kind"].astype(str).to_numpy()[order][pos] if len(ids) else own_kind, own_kind)
+    group = np.where(found, mine["group"].to_numpy()[order][pos] if len(ids) else -1, -1)
+    keys = pd.MultiIndex.from_arrays([kind, group])
+    code, uniq = pd.factorize(keys, sort=True)
+    k = len(uniq)
+    c_ts, c_end = ts[is_cat], end[is_cat]
+    union = union_length(c_ts, c_end, code, n_keys=k)
+    p_ts, p_end = ts[is_compute], end[is_compute]
+    # Compute intervals repeated under every (kind, group) key, so each key meets them all.
+    hidden = intersection_length(c_ts, c_end, np.tile(p_ts, k), np.tile(p_end, k), code,
+                                 np.repeat(np.arange(k), len(p_ts)), n_keys=k)
+    is_send = np.array([v == "send" for v in op_values] + [False])[op[is_cat]]
+    sent = cid[is_send & (cid >= 0)]
+    return (pd.DataFrame({"kind": np.asarray(uniq.get_level_values(0), dtype=object),
+                          "group": uniq.get_level_values(1).astype("int64"), "union_ns": union,
+                          "overlapped_ns": hidden}),
+            pd.DataFrame({"coll_id": sent.astype(np.int64), "rank": np.full(len(sent), rank, np.int64)}))
+
+
+def _stragglers(coll: pd.DataFrame, ranks: pd.DataFrame) -> pd.DataFrame:
+    """Delay cost per rank (Scalasca wait at N x N, charged to each instance's last arriver)."""
+    cid = coll["coll_id"].to_numpy()
+    code, _ = pd.factorize(cid)
+    n_members = np.bincount(code)
+    keep = n_members[code] > 1
+    if not keep.any():
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in _STRAG_COLS})
+    code, arrive = code[keep], coll["arrive"].to_numpy()[keep]
+    rank, end = coll["rank"].to_numpy()[keep].astype(np.int64), coll["end"].to_numpy()[keep]
+    last = np.full(code.max() + 1, np.iinfo(np.int64).min)
+    np.maximum.at(last, code, arrive)
+    wait = np.clip(np.minimum(last[code], end) - arrive, 0, None)
+    total = np.bincount(code, weights=wait, minlength=len(last))
+    order = np.lexsort((rank, -arrive, code))          # per instance: latest arrival, then lowest rank
+    first = order[np.r_[True, code[order][1:] != code[order][:-1]]]
+    culprit, inst = rank[first], code[first]
+    uniq_ranks = np.unique(rank)
+    slot = np.searchsorted(uniq_ranks, culprit)
+    cost = np.bincount(slot, weights=total[inst], minlength=len(uniq_ranks))
+    late = np.bincount(slot, weights=total[inst] > 0, minlength=len(uniq_ranks))
+    out = pd.DataFrame({"rank": uniq_ranks, "delay_cost_ns": cost.round().astype(np.int64),
+                        "late_count": late.astype(np.int64)})
+    out = out.merge(ranks[["rank", "node", "chip"]].astype("int64"), on="rank", how="left")
+    out[["node", "chip"]] = out[["node", "chip"]].fillna(-1).astype("int64")
+    return out.sort_values(["delay_cost_ns", "rank"], ascending=[False, True])[_STRAG_COLS].reset_index(drop=True)
+
+
+def _latency(inst: pd.DataFrame, hw: HardwareSpec | None) -> np.ndarray:
+    """Alpha-beta latency part of each spanning instance (ns): the algorithm nccl would pick."""
+    if hw is None:
+        return np.zeros(len(inst))
+    n, s, kind = inst["n"].to_numpy(float), inst["size"].to_numpy(float), inst["kind"].to_numpy(object)
+    a, bw = hw.inter_node_latency_ns, hw.inter_node_bandwidth * hw.comm_efficiency / 1e9
+    ring, tree = 2 * (n - 1) * a, 2 * np.ceil(np.log2(np.maximum(n, 1))) * a
+    ring_wins = 2 * (n - 1) / n * s / bw + ring <= 2 * s / bw + tree
+    return np.select([kind == "all_reduce", np.isin(kind, ["send_recv", "send"])],
+                     [np.where(ring_wins, ring, tree), a], default=(n - 1) * a)
+
+
+def _links(coll: pd.DataFrame, inst: pd.DataFrame, senders: pd.DataFrame, hw: HardwareSpec | None) -> pd.DataFrame:
+    """Node-to-node traffic of spanning collectives, with per-chip bandwidth and the slow verdict."""
+    empty = pd.DataFrame({c: pd.Series(dtype="int64") for c in _LINK_COLS})
+    span = inst[inst["n_nodes"] > 1].set_index("coll_id")
+    if not len(span):
+        return empty
+    span = span.assign(latency=_latency(span, hw))
+    rows = coll.loc[coll["coll_id"].isin(span.index), ["coll_id", "rank", "node", "bytes"]]
+    rows = rows.sort_values(["coll_id", "rank"]).reset_index(drop=True)
+    kind = span["kind"].reindex(rows["coll_id"]).to_numpy(object)
+    n = span["n"].reindex(rows["coll_id"]).to_numpy(float)
+    cid, node = rows["coll_id"].to_numpy(), rows["node"].to_numpy().astype(np.int64)
+    size = rows["bytes"].fillna(0).to_numpy(float)
+    # Ring kinds: every member sends to the next member (by rank, wrapping) of its instance.
+    head = np.r_[True, cid[1:] != cid[:-1]]
+    start = np.maximum.accumulate(np.where(head, np.arange(len(cid)), 0))
+    tail = np.r_[cid[1:] != cid[:-1], True]
+    nxt = np.where(tail, start, np.arange(len(cid)) + 1)
+    factor = pd.Series(kind).map(_RING).to_numpy(float)
+    ring = ~np.isnan(factor) & (kind != "all_to_all")
+    is_p2p = np.isin(kind, ["send_recv", "send"])
+    sender_key = senders["coll_id"].to_numpy(np.int64), senders["rank"].to_numpy(np.int64)
+    is_sender = pd.MultiIndex.from_arrays([cid, rows["rank"].to_numpy()]).isin(
+        pd.MultiIndex.from_arrays(sender_key)) if len(senders) else np.zeros(len(cid), bool)
+    known = pd.Series(is_sender).groupby(cid).transform("any").to_numpy()
+    lowest = head                                       # without a recorded send, the lower rank sends
+    ring &= ~is_p2p | np.where(known, is_sender, lowest)
+    ring_bytes = np.where(kind == "all_reduce", 2 * (n - 1) / n, np.where(is_p2p, 1.0, (n - 1) / n)) * size
+    parts = [pd.DataFrame({"coll_id": cid[ring], "rank": rows["rank"].to_numpy()[ring], "src": node[ring],
+                           "dst": node[nxt][ring], "bytes": ring_bytes[ring]})]
+    # All-to-all: S/n to every peer, i.e. S/n x (members on node d, less self) to node d.
+    a2a = kind == "all_to_all"
+    if a2a.any():
+        counts = rows[a2a].groupby(["coll_id", "node"]).size().rename("m").reset_index()
+        pairs = rows[a2a].assign(n=n[a2a]).merge(counts.rename(columns={"node": "dst"}), on="coll_id")
+        pairs["bytes"] = pairs["bytes"].fillna(0) / pairs["n"] * (pairs["m"] - (pairs["dst"] == pairs["node"]))
+        parts.append(pairs.rename(columns={"node": "src"})[["coll_id", "rank", "src", "dst", "bytes"]])
+    flows = pd.concat(parts, ignore_index=True)
+    flows = flows[(flows["src"] != flows["dst"]) & (flows["bytes"] > 0)]
+    if not len(flows):
+        return empty
+    # Each sender's NIC time splits across destinations in proportion to its bytes.
+    sent = flows.groupby(["coll_id", "rank"])["bytes"].transform("sum").to_numpy()
+    share = flows["bytes"].to_numpy() / sent
+    t = span["time"].reindex(flows["coll_id"]).to_numpy(float)
+    lat = span["latency"].reindex(flows["coll_id"]).to_numpy(float)
+    flows = flows.assign(nic=t * share, busy=np.clip(t - lat, 0, None) * share)
+    link = flows.groupby(["src", "dst"], as_index=False)[["bytes", "nic", "busy"]].sum()
+    out = pd.DataFrame({"src_node": link["src"].astype("int64"), "dst_node": link["dst"].astype("int64"),
+                        "bytes": link["bytes"].round().astype("int64"),
+                        "time_ns": link["nic"].round().astype("int64")})
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["bandwidth"] = link["bytes"] / link["nic"] * 1e9
+        out["effective_bandwidth"] = np.where(link["busy"] > 0, link["bytes"] / link["busy"] * 1e9, np.inf)
+    out["expected_bandwidth"] = (hw.inter_node_bandwidth * hw.comm_efficiency) if hw is not None else np.nan
+    eff = out["effective_bandwidth"].to_numpy(float)
+    # Reference: the median of the other links; with fewer than two others, the expected bandwidth.
+    others = np.where(np.eye(len(eff), dtype=bool), np.nan, eff[None, :])
+    ref = np.nanmedian(others, axis=1) if len(eff) >= 3 else out["expected_bandwidth"].to_numpy(float)
+    out["slow"] = np.nan_to_num(eff, posinf=np.finfo(float).max) < SLOW_RATIO * ref
+    return out.sort_values(["src_node", "dst_node"]).reset_index(drop=True)
+
+
+class _Comm:
+    """The ``comm`` report (see the module docstring)."""
+
+    name = "comm"
+    columns = ("rank", "ts", "dur", "category", "op", "coll_id")
+
+    def applies(self, ctx: AnalysisContext) -> str | None:
+        return None if len(ctx.collectives) else "the trace has no collectives (no communication was recorded)"
+
+    def chunk(self, events: pa.Table, ctx: AnalysisContext) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Per (kind, group): the rank's communication time and the part under compute; its sends."""
+        if not events.num_rows:
+            return _empty_partial()
+        return _rank_comm(events, ctx)
+
+    def combine(self, partials: list[tuple[pd.DataFrame, pd.DataFrame]], ctx: AnalysisContext) -> CommResult:
+        """Collective statistics, stragglers and links from every rank's partial and the collectives."""
+        empty = _empty_partial()
+        per_rank = pd.concat([empty[0], *(p[0] for p in partials)], ignore_index=True)
+        senders = pd.concat([empty[1], *(p[1] for p in partials)], ignore_index=True)
+        hidden = per_rank.groupby(["kind", "group"], as_index=False)[["union_ns", "overlapped_ns"]].sum()
+        coll = ctx.collectives
+        inst = collective_instances(coll, _group_sizes(ctx))
+        wait = (np.minimum(coll["start"], coll["end"]) - coll["arrive"]).clip(lower=0) if len(coll) else pd.Series()
+        waits = (pd.DataFrame({"kind": coll["kind"].astype(str), "group": coll["group"].astype("int64"), "wait_ns": wait})
+                 .groupby(["kind", "group"], as_index=False)["wait_ns"].sum() if len(coll)
+                 else pd.DataFrame({"kind": [], "group": [], "wait_ns": []}))
+        inst = inst.assign(busbytes=inst["size"] * busbw_factor(inst["kind"], inst["n"]))
+        table = inst.groupby(["kind", "group"], as_index=False).agg(
+            count=("coll_id", "size"), bytes=("size", "sum"), time_ns=("time", "sum"), busbytes=("busbytes", "sum"))
+        table = (table.merge(hidden, on=["kind", "group"], how="outer").merge(waits, on=["kind", "group"], how="left"))
+        table = table.fillna({"count": 0, "bytes": 0, "time_ns": 0, "busbytes": 0, "union_ns": 0,
+                              "overlapped_ns": 0, "wait_ns": 0})
+        with np.errstate(divide="ignore", invalid="ignore"):
+            table["algbw"] = np.where(table["time_ns"] > 0, table["bytes"] / table["time_ns"] * 1e9, np.nan)
+            table["busbw"] = np.where(table["time_ns"] > 0, table["busbytes"] / table["time_ns"] * 1e9, np.nan)
+        table["exposed_ns"] = table["union_ns"] - table["overlapped_ns"]
+        for c in ("count", "bytes", "time_ns", "exposed_ns", "overlapped_ns", "wait_ns"):
+            table[c] = table[c].round().astype("int64")
+        table["group"] = table["group"].astype("int64")
+        table = table.sort_values(["kind", "group"]).reset_index(drop=True)[_COLL_COLS]
+        return CommResult(collectives=table, stragglers=_stragglers(coll, ctx.ranks),
+                          links=_links(coll, inst, senders, ctx.hardware))
+
+
+COMM = _Comm()

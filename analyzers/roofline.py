@@ -1,0 +1,262 @@
+"""The roofline (Williams et al. 2009): how far each op class sits below its roof, and collectives
+against their link roof.
+
+Compute events (``category == "compute"``) are grouped by op class and phase. For a group,
+``intensity = flops / hbm_bytes``, attained FLOP/s and B/s are its totals over its time, and its
+roof is ``min(peak, hbm_bandwidth x intensity)``; ``peak`` is the dense matrix peak for the
+model's dtype, or the vector units' FLOP/s for events on the ``vector`` track (a group mixing
+both is roofed by their FLOP-weighted harmonic mean). ``bound`` is ``compute`` at or past the
+ridge, else ``memory``; ``efficiency = attained / roof``. Each event's time at the roof is
+``max(flops / peak, hbm_bytes / hbm_bandwidth)``; ``headroom_ns`` sums ``dur`` minus that time
+over the group's events (never negative: an event of a few nanoseconds can round under its roof),
+i.e. what reaching the roof would save. Attained rates count the work of events with a measurable
+duration only: an event that rounds to 0 ns (a sub-nanosecond top-k) has no rate to speak of,
+and adding its FLOPs over no time would put the group above its roof.
+
+Collectives are roofed by their links (peak, no efficiency): ring kinds move ``busbw`` bytes
+(nccl-tests) over the slowest link (the chip's NIC share if the group spans nodes, else its
+intra-node links), all-to-all sends ``S/n`` per peer over both, send/recv ``S`` over one link.
+``link_bandwidth`` is the resulting busbw roof, ``efficiency = busbw / link_bandwidth``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.comm import (
+    busbw_factor,
+    collective_instances,
+    dict_codes,
+    records,
+)
+
+from sohuprof.hardware import HardwareSpec
+
+__all__ = ["ROOFLINE", "SAMPLE_SIZE", "RooflineResult", "model_peak"]
+
+#: Events kept for the scatter plot, stratified by op class.
+SAMPLE_SIZE = 20_000
+_OP_COLS = ["op", "phase", "count", "time_ns", "flops", "hbm_bytes", "intensity", "attained_flops",
+            "attained_bandwidth", "roof_flops", "bound", "efficiency", "headroom_ns"]
+_COLL_COLS = ["op", "count", "time_ns", "bytes", "algbw", "busbw", "link_bandwidth", "efficiency", "headroom_ns"]
+_SUMS = ["count", "time_ns", "flops", "hbm_bytes", "vector_count", "vector_flops", "headroom_ns", "sampleable",
+         "timed_flops", "timed_bytes"]
+_SAMPLE_COLS = ["op", "phase", "rank", "ts", "dur", "intensity", "attained_flops", "attained_bandwidth", "key"]
+
+
+def model_peak(ctx: AnalysisContext) -> float:
+    """Dense matrix FLOP/s for the store's model dtype (the fp8 peak, an upper bound, if unnamed)."""
+    hw = ctx.hardware
+    if hw is None:
+        raise ValueError("'ctx.hardware' is None: the roofline needs a hardware spec")
+    dtype = (ctx.store.manifest.get("model") or {}).get("dtype")
+    return hw.peak_flops(dtype) if dtype else max(hw.peak_flops_fp8, hw.peak_flops_bf16)
+
+
+@dataclass(frozen=True)
+class RooflineResult:
+    """Per (op, phase) roofline rows, collectives against their link roof, and an event sample.
+
+    ``sample`` (at most :data:`SAMPLE_SIZE` events, the same whatever the partitioning) feeds the
+    scatter plot and is not part of the JSON.
+    """
+
+    peak_flops: float
+    hbm_bandwidth: float
+    ops: pd.DataFrame
+    collectives: pd.DataFrame
+    sample: pd.DataFrame
+
+    @property
+    def ridge(self) -> float:
+        """Intensity (FLOP/byte) where the memory roof meets the matrix peak."""
+        return self.peak_flops / self.hbm_bandwidth
+
+    def to_json(self) -> dict:
+        return {"hardware": {"peak_flops": self.peak_flops, "hbm_bandwidth": self.hbm_bandwidth,
+                             "ridge": self.ridge},
+                "ops": records(self.ops, _OP_COLS), "collectives": records(self.collectives, _COLL_COLS)}
+
+
+def _hash(*cols: np.ndarray) -> np.ndarray:
+    """A deterministic 64-bit mix (splitmix64) of int columns: the sample's selection key."""
+    h = np.zeros(len(cols[0]), np.uint64)
+    with np.errstate(over="ignore"):
+        for c in cols:   # a loop over a few columns
+            h = h ^ c.astype(np.uint64)
+            h = (h + np.uint64(0x9E3779B97F4A7C15)) ^ (h >> np.uint64(30))
+            h = h * np.uint64(0xBF58476D1CE4E5B9)
+            h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            h = h ^ (h >> np.uint64(31))
+    return h
+
+
+def _quota(counts: np.ndarray, budget: int) -> int:
+    """Largest per-stratum cap ``q`` with ``sum(min(counts, q)) <= budget`` (water filling)."""
+    if counts.sum() <= budget:
+        return int(counts.max(initial=0))
+    c = np.sort(counts)
+    below = np.concatenate([[0], np.cumsum(c)[:-1]])        # sum of the strata smaller than c[j]
+    cap = (budget - below) // (len(c) - np.arange(len(c)))   # equal cap for c[j:] given c[:j] whole
+    j = int(np.flatnonzero(cap <= c)[0])
+    return int(cap[j])
+
+
+def _take(sample: pd.DataFrame, q: int) -> pd.DataFrame:
+    """The ``q`` events with the smallest keys of each op class."""
+    if not len(sample):
+        return sample
+    code, _ = pd.factorize(sample["op"], sort=True)
+    order = np.lexsort((sample["ts"].to_numpy(), sample["rank"].to_numpy(), sample["key"].to_numpy(), code))
+    sc = code[order]
+    first = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]])
+    within = np.arange(len(sc)) - np.repeat(first, np.diff(np.r_[first, len(sc)]))
+    return sample.iloc[order[within < q]].reset_index(drop=True)
+
+
+def _rank_roofline(events: pa.Table, hw: HardwareSpec, peak: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One rank's sums per (op, phase) and its share of the stratified sample."""
+    cat, cat_values = dict_codes(events.column("category"))
+    keep = np.array([v == "compute" for v in cat_values] + [False])[cat]
+    ev = events.filter(pa.array(keep))
+    op, op_values = dict_codes(ev.column("op"))
+    phase, phase_values = dict_codes(ev.column("phase"))
+    track, track_values = dict_codes(ev.column("track"))
+    dur = ev.column("dur").to_numpy().astype(np.int64)
+    flops = ev.column("flops").fill_null(0).to_numpy().astype(float)
+    hbm = ev.column("hbm_bytes").fill_null(0).to_numpy().astype(float)
+    vector = np.array([v == "vector" for v in track_values] + [False])[track]
+    peak_e = np.where(vector, hw.vector_flops, peak)
+    roof_time = np.maximum(flops / peak_e * 1e9, hbm / hw.hbm_bandwidth * 1e9)
+    headroom = np.clip(dur - roof_time, 0, None)
+    n_phase = len(phase_values) + 1
+    key = op * n_phase + phase
+    size = (len(op_values) + 1) * n_phase
+    sums = {"count": np.bincount(key, minlength=size), "time_ns": np.bincount(key, dur, size),
+            "flops": np.bincount(key, flops, size), "hbm_bytes": np.bincount(key, hbm, size),
+            "vector_count": np.bincount(key, vector, size), "vector_flops": np.bincount(key, flops * vector, size),
+            "headroom_ns": np.bincount(key, headroom, size), "sampleable": np.bincount(key, dur > 0, size),
+            "timed_flops": np.bincount(key, flops * (dur > 0), size), "timed_bytes": np.bincount(key, hbm * (dur > 0), size)}
+    present = np.flatnonzero(sums["count"])
+    names, phases = np.array(op_values + [None], dtype=object), np.array(phase_values + [None], dtype=object)
+    part = pd.DataFrame({"op": names[present // n_phase], "phase": phases[present % n_phase],
+                         **{k: v[present] for k, v in sums.items()}})
+    # Sample candidates: events with a duration (a 0 ns event has no attained rate to plot).
+    ok = dur > 0
+    ts, rank = ev.column("ts").to_numpy()[ok], ev.column("rank").to_numpy()[ok].astype(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sample = pd.DataFrame({"op": names[op[ok]], "phase": phases[phase[ok]], "rank": rank, "ts": ts,
+                               "dur": dur[ok], "intensity": flops[ok] / hbm[ok],
+                               "attained_flops": flops[ok] / dur[ok] * 1e9,
+                               "attained_bandwidth": hbm[ok] / dur[ok] * 1e9,
+                               "key": _hash(rank, ts, dur[ok])})
+    # Every rank's cap is at least the global one, so the global choice is among what it keeps.
+    cap = _quota(part.groupby("op", dropna=False)["sampleable"].sum().to_numpy(), SAMPLE_SIZE)
+    return part, _take(sample, cap)
+
+
+def _group_peak(g: pd.DataFrame, hw: HardwareSpec, peak: float) -> np.ndarray:
+    """Each group's peak: the matrix or vector one, or their FLOP- (else count-) weighted harmonic mean."""
+    n, nv = g["count"].to_numpy(float), g["vector_count"].to_numpy(float)
+    f, fv = g["flops"].to_numpy(float), g["vector_flops"].to_numpy(float)
+    w, wv = np.where(f > 0, f, n), np.where(f > 0, fv, nv)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mixed = w / ((w - wv) / peak + wv / hw.vector_flops)
+    return np.select([nv == 0, nv == n], [peak, hw.vector_flops], default=mixed)
+
+
+def _finish_ops(sums: pd.DataFrame, hw: HardwareSpec, model_peak_flops: float) -> pd.DataFrame:
+    g = sums.groupby(["op", "phase"], dropna=False, as_index=False, sort=True)[_SUMS].sum()
+    peak = _group_peak(g, hw, model_peak_flops)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        intensity = np.where(g["hbm_bytes"] > 0, g["flops"] / g["hbm_bytes"], np.where(g["flops"] > 0, np.inf, 0.0))
+        t = g["time_ns"].to_numpy(float)
+        attained = np.where(t > 0, g["timed_flops"] / t * 1e9, 0.0)
+        bandwidth = np.where(t > 0, g["timed_bytes"] / t * 1e9, 0.0)
+    out = pd.DataFrame({"op": g["op"], "phase": g["phase"], "count": g["count"].astype("int64"),
+                        "time_ns": g["time_ns"].round().astype("int64"), "flops": g["flops"].round().astype("int64"),
+                        "hbm_bytes": g["hbm_bytes"].round().astype("int64"), "intensity": intensity,
+                        "attained_flops": attained, "attained_bandwidth": bandwidth,
+                        "roof_flops": np.minimum(peak, hw.hbm_bandwidth * intensity),
+                        "bound": np.where(intensity >= peak / hw.hbm_bandwidth, "compute", "memory"),
+                        "efficiency": np.maximum(attained / peak, bandwidth / hw.hbm_bandwidth),
+                        "headroom_ns": g["headroom_ns"].round().astype("int64"), "peak_flops": peak})
+    return out.sort_values(["headroom_ns", "op", "phase"], ascending=[False, True, True],
+                           na_position="last").reset_index(drop=True)
+
+
+def _collective_roofs(coll: pd.DataFrame, hw: HardwareSpec) -> pd.DataFrame:
+    """Collectives per kind against the peak bandwidth of the links they cross."""
+    inst = collective_instances(coll)
+    if not len(inst):
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in _COLL_COLS}).astype({"op": object})
+    n, s, kind = inst["n"].to_numpy(float), inst["size"].to_numpy(float), inst["kind"].to_numpy(object)
+    spans = inst["n_nodes"].to_numpy() > 1
+    local = inst["local_max"].to_numpy(float) - 1                 # peers on the busiest node
+    remote = n - inst["node_min"].to_numpy(float)                 # peers off the emptiest node
+    intra = hw.intra_node_bandwidth * np.clip(np.minimum(hw.intra_node_links, local), 1, None)
+    nic = hw.inter_node_bandwidth
+    bus = s * busbw_factor(kind, n)
+    ring_bw = np.where(spans, nic, intra)
+    a2a = np.maximum(s * local / n / intra, np.where(spans, s * remote / n / nic, 0.0))
+    p2p = s / np.where(spans, nic, hw.intra_node_bandwidth)
+    roof = np.select([kind == "all_to_all", np.isin(kind, ["send_recv", "send", "recv"])], [a2a, p2p],
+                     default=bus / ring_bw) * 1e9
+    t = inst["time"].to_numpy(float)
+    per = pd.DataFrame({"op": kind, "count": 1, "time_ns": t, "bytes": s, "bus": bus, "roof": roof,
+                        "headroom_ns": np.clip(t - roof, 0, None)})
+    g = per.groupby("op", as_index=False, sort=True)[["count", "time_ns", "bytes", "bus", "roof", "headroom_ns"]].sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = pd.DataFrame({"op": g["op"], "count": g["count"].astype("int64"),
+                            "time_ns": g["time_ns"].round().astype("int64"), "bytes": g["bytes"].round().astype("int64"),
+                            "algbw": g["bytes"] / g["time_ns"] * 1e9, "busbw": g["bus"] / g["time_ns"] * 1e9,
+                            "link_bandwidth": g["bus"] / g["roof"] * 1e9, "efficiency": g["roof"] / g["time_ns"],
+                            "headroom_ns": g["headroom_ns"].round().astype("int64")})
+    return out.sort_values(["headroom_ns", "op"], ascending=[False, True]).reset_index(drop=True)
+
+
+class _Roofline:
+    """The ``roofline`` report (see the module docstring)."""
+
+    name = "roofline"
+    columns = ("rank", "ts", "dur", "track", "op", "category", "phase", "flops", "hbm_bytes")
+
+    def applies(self, ctx: AnalysisContext) -> str | None:
+        if ctx.hardware is None:
+            if ctx.source in ("kineto", "chrome"):
+                return "the trace has no FLOP or byte counts (PyTorch profiler records none by default)"
+            return "the store has no hardware spec to draw roofs from"
+        return None
+
+    def chunk(self, events: pa.Table, ctx: AnalysisContext) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Sums per (op, phase) of one rank's compute events, and its sample candidates."""
+        hw = ctx.hardware
+        if hw is None:
+            raise ValueError("'ctx.hardware' is None: check ROOFLINE.applies(ctx) first")
+        if not events.num_rows:
+            return pd.DataFrame(columns=["op", "phase", *_SUMS]), pd.DataFrame(columns=_SAMPLE_COLS)
+        return _rank_roofline(events, hw, model_peak(ctx))
+
+    def combine(self, partials: list[tuple[pd.DataFrame, pd.DataFrame]], ctx: AnalysisContext) -> RooflineResult:
+        """The roofline over every partial (any order or grouping gives the same result)."""
+        hw = ctx.hardware
+        if hw is None:
+            raise ValueError("'ctx.hardware' is None: check ROOFLINE.applies(ctx) first")
+        sums = [p[0] for p in partials if len(p[0])]
+        frame = (pd.concat(sums, ignore_index=True) if sums
+                 else pd.DataFrame({c: pd.Series(dtype=float) for c in _SUMS}).assign(op=None, phase=None))
+        samples = [p[1] for p in partials if len(p[1])]
+        cap = _quota(frame.groupby("op", dropna=False)["sampleable"].sum().to_numpy(), SAMPLE_SIZE)
+        sample = _take(pd.concat(samples, ignore_index=True), cap) if samples \
+            else pd.DataFrame(columns=_SAMPLE_COLS)
+        peak = float(model_peak(ctx))
+        return RooflineResult(peak_flops=peak, hbm_bandwidth=float(hw.hbm_bandwidth),
+                              ops=_finish_ops(frame, hw, peak), collectives=_collective_roofs(ctx.collectives, hw),
+                              sample=sample.drop(columns="key"))
+
+
+ROOFLINE = _Roofline()
