@@ -256,7 +256,9 @@ class RankList(click.ParamType):
             self.fail(str(exc).removeprefix("'ranks' "), param, ctx)
 
 
-@cli.group()
+@cli.group(epilog="""\b
+Example:
+  sohuprof export chrome store/ -o trace.json.gz""")
 def export() -> None:
     """Export a trace store to other tools' formats."""
 
