@@ -72,6 +72,22 @@ class AnalysisContext:
         return (c["rank"].to_numpy()[order].astype(np.int64), c["coll_id"].to_numpy()[order].astype(np.int64),
                 c["start"].to_numpy()[order].astype(np.int64))
 
+    @cached_property
+    def _collectives_sorted(self) -> pd.DataFrame:
+        c = self.collectives
+        out = c.sort_values(["rank", "coll_id"], kind="stable").reset_index(drop=True)
+        if "kind" in out:
+            out["kind"] = out["kind"].astype(str).astype("category")
+        return out
+
+    def collectives_of(self, rank: int) -> pd.DataFrame:
+        """``rank``'s rows of collectives.parquet, sorted by ``coll_id`` (``kind`` categorical)."""
+        c = self._collectives_sorted
+        if not len(c):
+            return c
+        lo, hi = np.searchsorted(c["rank"].to_numpy(), [rank, rank + 1])
+        return c.iloc[lo:hi]
+
     def last_arrival(self, rank: int, coll_id: np.ndarray) -> np.ndarray:
         """When each of ``rank``'s collectives ``coll_id`` began its transfer (the last member's
         arrival, from collectives.parquet); -1 where the instance is not in the table."""

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.intervals import intersection_length, union_length
+from sohuprof.analyzers.intervals import intersection_length, mask_coverage, union_length
 
 from sohuprof.hardware import HardwareSpec
 
@@ -175,28 +175,49 @@ def _rank_comm(events: pa.Table, ctx: AnalysisContext) -> tuple[pd.DataFrame, pd
     end = ts + events.column("dur").to_numpy()
     op, op_values = dict_codes(events.column("op"))
     cid = events.column("coll_id").fill_null(-1).to_numpy()[is_cat]
-    mine = ctx.collectives.loc[ctx.collectives["rank"] == rank, ["coll_id", "kind", "group"]]
-    ids = mine["coll_id"].to_numpy()
-    order = np.argsort(ids, kind="stable")
-    ids = ids[order]
+    mine = ctx.collectives_of(rank)
+    ids = mine["coll_id"].to_numpy() if len(mine) else np.zeros(0, np.int64)
     pos = np.minimum(np.searchsorted(ids, cid), max(len(ids) - 1, 0))
     found = (ids[pos] == cid) if len(ids) else np.zeros(len(cid), bool)
-    own_kind = np.asarray(op_values + [None], dtype=object)[op[is_cat]]
-    kind = np.where(found, mine["kind"].astype(str).to_numpy()[order][pos] if len(ids) else own_kind, own_kind)
-    group = np.where(found, mine["group"].to_numpy()[order][pos] if len(ids) else -1, -1)
-    keys = pd.MultiIndex.from_arrays([kind, group])
-    code, uniq = pd.factorize(keys, sort=True)
-    k = len(uniq)
+    # Key every communication event by (kind, group): codes over the small vocabularies.
+    kinds = sorted(set(map(str, mine["kind"].cat.categories)) if len(mine) else set()) + \
+        [v for v in op_values if v is not None]
+    kinds = list(dict.fromkeys(kinds)) + ["?"]
+    kind_index = {v: i for i, v in enumerate(kinds)}
+    own = np.array([kind_index.get(v, len(kinds) - 1) for v in op_values] + [len(kinds) - 1])[op[is_cat]]
+    if len(ids):
+        table_kind = np.array([kind_index[str(v)] for v in mine["kind"].cat.categories])[mine["kind"].cat.codes.to_numpy()]
+        kind_code = np.where(found, table_kind[pos], own)
+        group = np.where(found, mine["group"].to_numpy()[pos], -1)
+    else:
+        kind_code, group = own, np.full(len(cid), -1)
+    pair = kind_code.astype(np.int64) * (int(group.max(initial=0)) + 2) + (group + 1)
+    uniq_pair, code = np.unique(pair, return_inverse=True)
+    uniq_kind = np.asarray(kinds, dtype=object)[uniq_pair // (int(group.max(initial=0)) + 2)]
+    uniq_group = uniq_pair % (int(group.max(initial=0)) + 2) - 1
+    k = len(uniq_pair)
     c_ts, c_end = ts[is_cat], end[is_cat]
-    union = union_length(c_ts, c_end, code, n_keys=k)
     p_ts, p_end = ts[is_compute], end[is_compute]
-    # Compute intervals repeated under every (kind, group) key, so each key meets them all.
-    hidden = intersection_length(c_ts, c_end, np.tile(p_ts, k), np.tile(p_end, k), code,
-                                 np.repeat(np.arange(k), len(p_ts)), n_keys=k)
+    if k < 16:
+        # One sweep: class 0 is compute, class j + 1 the j-th (kind, group); a key's union is
+        # every mask holding its bit, the hidden part those also holding compute's.
+        cover = mask_coverage(np.concatenate([p_ts, c_ts]), np.concatenate([p_end, c_end]),
+                              np.concatenate([np.zeros(len(p_ts), np.int64), code + 1]),
+                              np.zeros(len(p_ts) + len(c_ts), np.int64), n_classes=k + 1, n_keys=1,
+                              window_start=np.array([min(ctx.wall_start, int(c_ts.min()))]),
+                              window_end=np.array([max(ctx.wall_end, int(c_end.max()))]))[0]
+        masks = np.arange(len(cover))
+        has = (masks[None, :] >> np.arange(1, k + 1)[:, None]) & 1 == 1            # [k, masks]
+        union = (has * cover).sum(axis=1)
+        hidden = ((has & (masks & 1 == 1)) * cover).sum(axis=1)
+    else:
+        union = union_length(c_ts, c_end, code, n_keys=k)
+        # Compute intervals repeated under every (kind, group) key, so each key meets them all.
+        hidden = intersection_length(c_ts, c_end, np.tile(p_ts, k), np.tile(p_end, k), code,
+                                     np.repeat(np.arange(k), len(p_ts)), n_keys=k)
     is_send = np.array([v == "send" for v in op_values] + [False])[op[is_cat]]
     sent = cid[is_send & (cid >= 0)]
-    return (pd.DataFrame({"kind": np.asarray(uniq.get_level_values(0), dtype=object),
-                          "group": uniq.get_level_values(1).astype("int64"), "union_ns": union,
+    return (pd.DataFrame({"kind": uniq_kind, "group": uniq_group.astype("int64"), "union_ns": union,
                           "overlapped_ns": hidden}),
             pd.DataFrame({"coll_id": sent.astype(np.int64), "rank": np.full(len(sent), rank, np.int64)}))
 

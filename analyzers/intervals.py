@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 
 __all__ = ["Merged", "merge", "union_length", "intersection_length", "mask_coverage", "lowest_class",
            "priority_sweep"]
@@ -119,6 +120,10 @@ def mask_coverage(start: np.ndarray, end: np.ndarray, cls: np.ndarray, key: np.n
     start, end, cls, key = _as_int(start), _as_int(end), _as_int(cls), _as_int(key)
     ws, we = _as_int(window_start), _as_int(window_end)
     width = 1 << n_classes
+    if n_keys == 1:
+        fast = _single_key_coverage(start, end, cls, n_classes, int(ws[0]), int(we[0]))
+        if fast is not None:
+            return fast
     out = np.zeros((n_keys, width), np.int64)
     s = np.maximum(start, ws[key])
     e = np.minimum(end, we[key])
@@ -146,6 +151,43 @@ def mask_coverage(start: np.ndarray, end: np.ndarray, cls: np.ndarray, key: np.n
         out += np.bincount(kk[:-1][inside] * width + mask[inside], weights=seg[inside],
                            minlength=n_keys * width).round().astype(np.int64).reshape(n_keys, width)
     out[:, 0] = (we - ws) - out[:, 1:].sum(axis=1)
+    return out
+
+
+def _single_key_coverage(start: np.ndarray, end: np.ndarray, cls: np.ndarray, n_classes: int,
+                         ws: int, we: int) -> np.ndarray | None:
+    """:func:`mask_coverage` for one key, without merging: each class gets a field of ``bits``
+    bits in one int64 that counts its active intervals, the cumulative sum of ``±2**(bits*c)``
+    is the state after every boundary, and the time per state is summed by hashing the (few)
+    distinct states. None when some class has too many intervals for its field."""
+    bits = 62 // n_classes
+    s = np.clip(start, ws, we)
+    e = np.clip(end, ws, we)
+    keep = e > s
+    if not keep.all():
+        s, e, cls = s[keep], e[keep], cls[keep]
+    counts = np.bincount(cls, minlength=n_classes)
+    for c in np.flatnonzero(counts >= (1 << bits) - 1):   # a loop over classes, not intervals
+        # Many intervals: safe only if they never overlap (a sequential stream usually doesn't).
+        sel = cls == c
+        cs, ce = s[sel], e[sel]
+        if not ((np.diff(cs) >= 0).all() and (cs[1:] >= np.maximum.accumulate(ce)[:-1]).all()):
+            return None
+    out = np.zeros((1, 1 << n_classes), np.int64)
+    if len(s):
+        step = np.left_shift(1, bits * cls)
+        t = np.concatenate([s, e])
+        d = np.concatenate([step, -step])
+        order = np.argsort(t, kind="stable")
+        t = t[order]
+        state = np.cumsum(d[order])[:-1]
+        seg = np.diff(t)
+        codes, states = pd.factorize(state)
+        total = np.bincount(codes, weights=seg).round().astype(np.int64)
+        fields = (states[:, None] >> (bits * np.arange(n_classes))) & ((1 << bits) - 1)
+        masks = ((fields > 0) << np.arange(n_classes)).sum(axis=1)
+        np.add.at(out[0], masks, total)
+    out[0, 0] = (we - ws) - out[0, 1:].sum()
     return out
 
 

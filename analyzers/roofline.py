@@ -146,17 +146,24 @@ def _rank_roofline(events: pa.Table, hw: HardwareSpec, peak: float) -> tuple[pd.
     part = pd.DataFrame({"op": names[present // n_phase], "phase": phases[present % n_phase],
                          **{k: v[present] for k, v in sums.items()}})
     # Sample candidates: events with a duration (a 0 ns event has no attained rate to plot).
-    ok = dur > 0
-    ts, rank = ev.column("ts").to_numpy()[ok], ev.column("rank").to_numpy()[ok].astype(np.int64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sample = pd.DataFrame({"op": names[op[ok]], "phase": phases[phase[ok]], "rank": rank, "ts": ts,
-                               "dur": dur[ok], "intensity": flops[ok] / hbm[ok],
-                               "attained_flops": flops[ok] / dur[ok] * 1e9,
-                               "attained_bandwidth": hbm[ok] / dur[ok] * 1e9,
-                               "key": _hash(rank, ts, dur[ok])})
+    # Choose on integer codes first; build rows only for the (few) events kept.
+    idx = np.flatnonzero(dur > 0)
+    ts, rank = ev.column("ts").to_numpy()[idx], ev.column("rank").to_numpy()[idx].astype(np.int64)
+    key = _hash(rank, ts, dur[idx])
     # Every rank's cap is at least the global one, so the global choice is among what it keeps.
     cap = _quota(part.groupby("op", dropna=False)["sampleable"].sum().to_numpy(), SAMPLE_SIZE)
-    return part, _take(sample, cap)
+    order = np.lexsort((ts, rank, key, op[idx]))
+    sc = op[idx][order]
+    first = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]]) if len(sc) else np.zeros(0, np.int64)
+    within = np.arange(len(sc)) - np.repeat(first, np.diff(np.r_[first, len(sc)]))
+    pick = order[within < cap]
+    chosen = idx[pick]
+    f, h, d = flops[chosen], hbm[chosen], dur[chosen]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sample = pd.DataFrame({"op": names[op[chosen]], "phase": phases[phase[chosen]], "rank": rank[pick],
+                               "ts": ts[pick], "dur": d, "intensity": f / h, "attained_flops": f / d * 1e9,
+                               "attained_bandwidth": h / d * 1e9, "key": key[pick]})
+    return part, sample
 
 
 def _group_peak(g: pd.DataFrame, hw: HardwareSpec, peak: float) -> np.ndarray:

@@ -49,22 +49,28 @@ def main() -> None:
     ctx = build_context(store)
     names = [n for n in REPORTS if load_analysis(REPORTS[n]).applies(ctx) is None]
     columns = sorted({c for n in names for c in load_analysis(REPORTS[n]).columns})
-    t = time.perf_counter()
-    table = ds.dataset(path / "events", partitioning="hive").to_table(columns=columns)
-    t_read = time.perf_counter() - t
-    rows = table.num_rows
-    del table
-    t = time.perf_counter()
-    run_reports(store, names)
-    t_all = time.perf_counter() - t
+    def timed(fn, repeat: int = 3) -> float:
+        best = float("inf")
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    dataset = ds.dataset(path / "events", partitioning="hive")
+    rows = dataset.count_rows()
+    t_read = timed(lambda: dataset.to_table(columns=columns))
+    t_read_1 = timed(lambda: dataset.to_table(columns=columns, use_threads=False))
+    t_all = timed(lambda: run_reports(store, names))
     print(f"store: {rows:,} events; reports: {', '.join(names)}; columns: {', '.join(columns)}")
-    print(f"bare pyarrow read of those columns: {t_read:6.2f} s")
+    print(f"bare pyarrow read of those columns: {t_read:6.2f} s (threads), {t_read_1:.2f} s (one thread)")
     for name in names:
         t = time.perf_counter()
         run_reports(store, [name])
         print(f"  {name:10s} alone: {time.perf_counter() - t:6.2f} s")
     print(f"all reports:                        {t_all:6.2f} s  ({rows / t_all / 1e6:.2f} M events/s)")
-    print(f"ratio: {t_all / t_read:.2f}x (target <= {TARGET}x) {'OK' if t_all / t_read <= TARGET else 'MISSED'}")
+    print(f"ratio: {t_all / t_read:.2f}x the threaded read, {t_all / t_read_1:.2f}x the one-thread read "
+          f"(target <= {TARGET}x) {'OK' if t_all / t_read <= TARGET else 'MISSED'}")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
     shutil.rmtree(work)
 
