@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analyzers_ref import timeline
-from sohuprof.analyzers.intervals import intersection_length, merge, priority_sweep, union_length
+from sohuprof.analyzers.intervals import intersection_length, mask_coverage, merge, priority_sweep, union_length
 
 CASES = {
     "empty": ([], [], []),
@@ -78,3 +78,26 @@ def test_priority_sweep_matches_reference_and_partitions_the_window(items) -> No
         owner = np.where(lanes.any(0), lanes.argmax(0), 3)
         for cl in range(4):
             assert got[key, cl] == ((owner == cl) & inside).sum()
+
+
+@settings(max_examples=150, deadline=None)
+@given(intervals)
+def test_single_key_sweep_matches_reference(items) -> None:
+    s, e, _, c = _arrays(items)
+    k = np.zeros(len(s), np.int64)
+    got = priority_sweep(s, e, c, k, n_classes=3, n_keys=1, window_start=np.array([3]), window_end=np.array([70]))
+    lanes = np.stack([timeline(s[c == cl], e[c == cl], 80) > 0 for cl in range(3)])
+    owner = np.where(lanes.any(0), lanes.argmax(0), 3)[3:70]
+    assert got[0].tolist() == [int((owner == cl).sum()) for cl in range(4)]
+
+
+def test_single_key_sweep_with_deep_overlap_falls_back_correctly() -> None:
+    # 3000 nested intervals of one class overflow the bit-field counter: the merge path must take over.
+    rng = np.random.default_rng(1)
+    s = rng.integers(0, 1000, 3000)
+    e = s + rng.integers(1, 500, 3000)
+    c = np.zeros(3000, np.int64)
+    got = mask_coverage(s, e, c, np.zeros(3000, np.int64), n_classes=6, n_keys=1,
+                        window_start=np.array([0]), window_end=np.array([2000]))[0]
+    covered = (timeline(s, e, 2000) > 0).sum()
+    assert got[1] == covered and got[0] == 2000 - covered and got[2:].sum() == 0
