@@ -14,7 +14,8 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from sohuprof.analyzers.analysis import Analysis, AnalysisContext, ReportError
+from sohuprof.analyzers.analysis import Analysis, AnalysisContext
+from sohuprof.analyzers.engine import plan_columns
 from sohuprof.errors import SohuprofError
 
 __all__ = ["run_analyses_dask"]
@@ -42,11 +43,7 @@ def run_analyses_dask(ctx: AnalysisContext, analyses: Iterable[Analysis], *, sch
     except ImportError:
         raise SohuprofError("--engine dask needs dask.distributed: pip install 'dask[distributed]'") from None
     analyses = list(analyses)
-    for a in analyses:
-        reason = a.applies(ctx)
-        if reason:
-            raise ReportError(f"report '{a.name}' does not apply to this store: {reason}")
-    columns = sorted({c for a in analyses for c in a.columns} | {"rank"})
+    columns = plan_columns(ctx, analyses)
     with ExitStack() as stack:
         if scheduler:
             try:

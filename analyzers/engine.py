@@ -23,7 +23,7 @@ from sohuprof.analyzers.analysis import Analysis, AnalysisContext, ReportError
 from sohuprof.hardware import HardwareSpec
 from sohuprof.store import TraceStore
 
-__all__ = ["build_context", "rank_partitions", "run_analyses"]
+__all__ = ["build_context", "plan_columns", "rank_partitions", "run_analyses"]
 
 
 def build_context(store: TraceStore, *, hta_compatible: bool = False, options: dict | None = None) -> AnalysisContext:
@@ -64,6 +64,16 @@ def rank_partitions(ctx: AnalysisContext, columns: list[str]) -> Iterator[pa.Tab
                              filters=(pc.field("node") == node) & (pc.field("rank") == rank))
 
 
+def plan_columns(ctx: AnalysisContext, analyses: list[Analysis]) -> list[str]:
+    """Check every analysis applies (else :class:`ReportError` saying why) and return the union
+    of the event columns they read."""
+    for a in analyses:
+        reason = a.applies(ctx)
+        if reason:
+            raise ReportError(f"report '{a.name}' does not apply to this store: {reason}")
+    return sorted({c for a in analyses for c in a.columns} | {"rank"})
+
+
 def run_analyses(ctx: AnalysisContext, analyses: Iterable[Analysis], *,
                  partitions: Callable[[AnalysisContext, list[str]], Iterable[pa.Table]] = rank_partitions,
                  advance: Callable[[float], None] | None = None, workers: int | None = None) -> dict[str, Any]:
@@ -79,11 +89,7 @@ def run_analyses(ctx: AnalysisContext, analyses: Iterable[Analysis], *,
         An analysis does not apply to this store (the message says why).
     """
     analyses = list(analyses)
-    for a in analyses:
-        reason = a.applies(ctx)
-        if reason:
-            raise ReportError(f"report '{a.name}' does not apply to this store: {reason}")
-    columns = sorted({c for a in analyses for c in a.columns} | {"rank"})
+    columns = plan_columns(ctx, analyses)
     workers = workers or min(os.cpu_count() or 1, 4)
 
     def work(events: pa.Table) -> list[Any]:
