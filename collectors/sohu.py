@@ -28,7 +28,7 @@ from sohuprof.strace import FORMAT_NAME, FORMAT_VERSION, NO_GROUP, NO_LAYER
 __all__ = ["RunInfo", "read_run_info", "collect_sohu", "RUN_FILE"]
 
 RUN_FILE = "run.json"
-BATCH_RECORDS = 1 << 20   # records converted and handed to the store writer at once
+BATCH_RECORDS = 1 << 18   # records converted and handed to the store writer at once
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ MAX_BUFFERED_ROWS = 8 * ROW_GROUP_ROWS
 MAX_OPEN_FILES = 64
 #: Threads encoding event files; row batches queued for them at once (bounds the memory held).
 WRITER_THREADS = 2
-MAX_PENDING_WRITES = 4
+MAX_PENDING_WRITES = 2
 _COMPRESSION = "zstd"
 # Ties at one ts put the longer (enclosing) event first, so nesting reads top-down.
 _EVENT_ORDER = [("rank", "ascending"), ("ts", "ascending"), ("dur", "descending")]
