@@ -41,7 +41,8 @@ class AnalysisContext:
     hardware : HardwareSpec or None
         The roofs (from the manifest of a Sohu run); None for profiler traces.
     collectives, requests, counters : pandas.DataFrame
-        The store's small tables.
+        The store's small tables; ``collectives`` sorted by ``(rank, coll_id)`` with a
+        categorical ``kind``.
     wall_start, wall_end : int
         The trace's window in ns (first event start, last event end).
     ranks : pandas.DataFrame
@@ -64,28 +65,20 @@ class AnalysisContext:
 
     @cached_property
     def _collectives_by_rank(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        c = self.collectives
+        c = self.collectives     # sorted by (rank, coll_id) by the engine
         if not len(c):
             empty = np.zeros(0, np.int64)
             return empty, empty, empty
-        order = np.lexsort((c["coll_id"].to_numpy(), c["rank"].to_numpy()))
-        return (c["rank"].to_numpy()[order].astype(np.int64), c["coll_id"].to_numpy()[order].astype(np.int64),
-                c["start"].to_numpy()[order].astype(np.int64))
-
-    @cached_property
-    def _collectives_sorted(self) -> pd.DataFrame:
-        c = self.collectives
-        out = c.sort_values(["rank", "coll_id"], kind="stable").reset_index(drop=True)
-        if "kind" in out:
-            out["kind"] = out["kind"].astype(str).astype("category")
-        return out
+        return (c["rank"].to_numpy().astype(np.int64), c["coll_id"].to_numpy().astype(np.int64),
+                c["start"].to_numpy().astype(np.int64))
 
     def collectives_of(self, rank: int) -> pd.DataFrame:
         """``rank``'s rows of collectives.parquet, sorted by ``coll_id`` (``kind`` categorical)."""
-        c = self._collectives_sorted
+        c = self.collectives
         if not len(c):
             return c
-        lo, hi = np.searchsorted(c["rank"].to_numpy(), [rank, rank + 1])
+        ranks = self._collectives_by_rank[0]
+        lo, hi = np.searchsorted(ranks, [rank, rank + 1])
         return c.iloc[lo:hi]
 
     def last_arrival(self, rank: int, coll_id: np.ndarray) -> np.ndarray:

@@ -49,8 +49,13 @@ def build_context(store: TraceStore, *, hta_compatible: bool = False, options: d
                                 "chip": pd.Series(dtype="int32")}))
     if not seen:
         lo = hi = 0
-    return AnalysisContext(store=store, source=source, hardware=hardware,
-                           collectives=store.read("collectives").to_pandas(),
+    # Sorted once by (rank, coll_id), kind categorical: per-rank lookups are a searchsorted and
+    # the table is held once (it is the largest small table: one row per instance x rank).
+    collectives = store.read("collectives").to_pandas()
+    collectives = collectives.sort_values(["rank", "coll_id"], kind="stable", ignore_index=True)
+    if "kind" in collectives:
+        collectives["kind"] = collectives["kind"].astype(str).astype("category")
+    return AnalysisContext(store=store, source=source, hardware=hardware, collectives=collectives,
                            requests=store.read("requests").to_pandas(),
                            counters=store.read("counters").to_pandas(),
                            wall_start=int(lo), wall_end=int(hi), ranks=ranks,
