@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pandas as pd
 import pyarrow as pa
 
 from sohuprof.collectors.alignment import ClockMap, causality_violations, fit_clocks
@@ -232,9 +233,11 @@ def _write_events(info: RunInfo, files: list[tuple[dict, Path]], found: _Collect
 # ------------------------------------------------------------------------------ host events
 
 def _host_tables(info: RunInfo, clock: ClockMap, origin: float) -> tuple[pa.Table, pa.Table, list[Damaged]]:
-    """requests.parquet from request lifecycle events, counters.parquet from scheduler steps."""
-    arrivals: dict[int, dict[str, Any]] = {}
-    counters: dict[str, list] = {"ts": [], "rank": [], "counter": [], "value": []}
+    """requests.parquet from request lifecycle events, counters.parquet from scheduler steps.
+
+    Lines are parsed one by one (the parser's minimum; an unreadable line is quarantined, the
+    rest kept); everything after that is columnar."""
+    rows: list[dict[str, Any]] = []
     damaged: list[Damaged] = []
     tp = int(info.meta.get("parallel", {}).get("tp", 1))
     for entry in info.meta["nodes"]:
@@ -243,46 +246,49 @@ def _host_tables(info: RunInfo, clock: ClockMap, origin: float) -> tuple[pa.Tabl
         if not path.is_file():
             damaged.append(Damaged(rel, 0, 0, 0, "host event file missing", b""))
             continue
-        raw = path.read_bytes()
         offset = 0
-        for line in raw.split(b"\n"):
+        for line in path.read_bytes().split(b"\n"):
             start, offset = offset, offset + len(line) + 1
             if not line.strip():
                 continue
             try:
                 ev = orjson.loads(line)
-                kind, ts = ev["type"], float(ev["ts"])
+                ev["ts"] = float(ev["ts"])
+                ev["type"] = str(ev["type"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 damaged.append(Damaged(rel, start, len(line), 1, "unreadable host event line", line))
                 continue
-            t = float(clock.apply(np.array([ts]), node)[0]) - origin
-            if kind == "step":
-                for counter in ("prefill_tokens", "decode_tokens"):
-                    counters["ts"].append(t)
-                    counters["rank"].append(int(ev["replica"]) * tp)
-                    counters["counter"].append(counter)
-                    counters["value"].append(float(ev.get(counter, 0)))
-                continue
-            req = arrivals.setdefault(int(ev.get("request", -1)), {"replica": ev.get("replica")})
-            req[kind] = t
-            for key in ("prompt_tokens", "output_tokens"):
-                if key in ev:
-                    req[key] = int(ev[key])
-    ids = np.array(sorted(k for k, r in arrivals.items() if "arrival" in r), dtype=np.int64)
+            ev["node"] = node
+            rows.append(ev)
+    frame = pd.DataFrame(rows, columns=sorted({k for r in rows for k in r} | {"ts", "type", "node", "request",
+                                                                             "replica", "prompt_tokens",
+                                                                             "output_tokens", "prefill_tokens",
+                                                                             "decode_tokens"}))
+    frame["t"] = np.rint(clock.apply(frame["ts"].to_numpy(float), frame["node"].to_numpy(int)) - origin)
+    steps = frame[frame["type"] == "step"]
+    counters = pd.concat([pd.DataFrame({"ts": steps["t"].astype("int64"), "rank": (steps["replica"] * tp).astype("int32"),
+                                        "counter": name, "value": steps[name].fillna(0).astype(float)})
+                          for name in ("prefill_tokens", "decode_tokens")], ignore_index=True)
+    life = frame[frame["type"].isin(["arrival", "first_token", "finish"]) & frame["request"].notna()]
+    times = life.pivot_table(index="request", columns="type", values="t", aggfunc="first")
+    arrived = times.index[times["arrival"].notna()] if "arrival" in times else times.index[:0]
+    times = times.reindex(index=arrived, columns=["arrival", "first_token", "finish"])
+    info_rows = life.groupby("request").agg(replica=("replica", "first"), prompt_tokens=("prompt_tokens", "max"),
+                                            output_tokens=("output_tokens", "max")).reindex(arrived)
 
-    def col(key: str) -> pa.Array:
-        vals = [arrivals[i].get(key) for i in ids.tolist()]
-        return pa.array([None if v is None else int(round(v)) for v in vals], pa.int64())
+    def ns(col: str) -> pa.Array:
+        v = times[col].to_numpy(float)
+        return pa.array(np.nan_to_num(v).astype(np.int64), pa.int64(), mask=np.isnan(v))
 
     requests = pa.table({
-        "request_id": ids, "replica": pa.array([arrivals[i]["replica"] for i in ids.tolist()], pa.int32()),
-        "arrival": col("arrival"), "first_token": col("first_token"), "finish": col("finish"),
-        "prompt_tokens": pa.array([arrivals[i].get("prompt_tokens", 0) for i in ids.tolist()], pa.int64()),
-        "output_tokens": pa.array([arrivals[i].get("output_tokens", 0) for i in ids.tolist()], pa.int64())})
-    counter_table = pa.table({"ts": np.rint(np.array(counters["ts"], dtype=float)).astype(np.int64),
-                              "rank": pa.array(counters["rank"], pa.int32()),
-                              "counter": pa.array(counters["counter"], pa.string()),
-                              "value": pa.array(counters["value"], pa.float64())})
+        "request_id": arrived.to_numpy().astype(np.int64),
+        "replica": pa.array(info_rows["replica"].to_numpy(float).astype(np.int64), pa.int32()),
+        "arrival": ns("arrival"), "first_token": ns("first_token"), "finish": ns("finish"),
+        "prompt_tokens": info_rows["prompt_tokens"].fillna(0).to_numpy().astype(np.int64),
+        "output_tokens": info_rows["output_tokens"].fillna(0).to_numpy().astype(np.int64)})
+    counter_table = pa.table({"ts": counters["ts"].to_numpy(), "rank": counters["rank"].to_numpy(),
+                              "counter": pa.array(counters["counter"].to_numpy(), pa.string()),
+                              "value": counters["value"].to_numpy()})
     return requests, counter_table, damaged
 
 
