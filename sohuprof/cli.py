@@ -136,14 +136,17 @@ def emulate(obj: CliContext, out: Path, model: str, hw_name: str, chips_per_node
 
 @cli.command(epilog="""\b
 Example:
-  sohuprof demo               # emulate a small 2-node run into ./sohuprof-demo
-  sohuprof demo -o /tmp/demo""")
+  sohuprof demo               # emulate, collect and analyze a small 2-node run into ./sohuprof-demo
+  sohuprof demo -o /tmp/demo --serve   # ... then open the dashboard on it""")
 @click.option("-o", "--output", "out", default="sohuprof-demo", show_default=True, type=click.Path(path_type=Path),
               help="Directory for the demo's run.")
+@click.option("--serve", is_flag=True, help="Then serve the dashboard on the demo's store (127.0.0.1).")
+@click.option("--port", default=8050, show_default=True, type=click.IntRange(1, 65535), help="Port for --serve.")
 @click.pass_context
-def demo(ctx: click.Context, out: Path) -> None:
-    """Emulate a small 2-node Llama-3-8B run with an injected straggler and say where to look."""
-    run_dir = out / "run"
+def demo(ctx: click.Context, out: Path, serve: bool, port: int) -> None:
+    """Emulate a small 2-node Llama-3-8B run with an injected straggler, collect and analyze it,
+    and say where to look."""
+    run_dir, store = out / "run", out / "store"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -155,6 +158,15 @@ def demo(ctx: click.Context, out: Path) -> None:
     obj: CliContext = ctx.obj
     if not obj.quiet:
         click.echo(f"raw traces: {run_dir}/node*/chip*.strace, run metadata: {run_dir}/run.json")
+    ctx.invoke(collect, source=run_dir, out=store, force=True)
+    ctx.invoke(analyze, source=store, names=["summary", "stalls", "serving"], fmt="table", out=None,
+               hta_compatible=False, engine="local", scheduler=None)
+    if not obj.quiet:
+        click.echo(f"where to look: sohuprof dashboard {store}   (timelines, roofline, stalls, comm, serving)\n"
+                   f"               sohuprof analyze {store} --format html -o {out}/report.html\n"
+                   f"               sohuprof export chrome {store} -o {out}/trace.json.gz   (Perfetto)")
+    if serve:
+        ctx.invoke(dashboard, store=store, host="127.0.0.1", port=port)
 
 
 @cli.command(epilog="""\b
@@ -290,6 +302,33 @@ def chrome(obj: CliContext, store: Path, out: Path, start_ms: float | None, end_
     if not obj.quiet:
         click.echo(f"wrote {out}: {summary.events:,} events, {summary.flows:,} flows, "
                    f"{summary.counters:,} counter samples, {summary.bytes / 1e6:,.1f} MB uncompressed")
+
+
+@cli.command(epilog="""\b
+Examples:
+  sohuprof dashboard store/                    # http://127.0.0.1:8050
+  sohuprof dashboard store/ --port 8060
+  sohuprof dashboard store/ --host 0.0.0.0     # reachable from other machines (warns)""")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8050, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@pass_cli
+def dashboard(obj: CliContext, store: Path, host: str, port: int) -> None:
+    """Serve the web dashboard on a trace store: timelines across nodes linked to the analyses.
+
+    Pages: overview, timeline (zoomable swimlanes of every node, chip and engine), roofline,
+    stalls, communication and serving. Serves only STORE; stop it with Ctrl-C.
+    """
+    from sohuprof.dashboards.app import check_port, create_app, host_warning, serve
+
+    warning = host_warning(host)
+    if warning:
+        click.echo(warning, err=True)
+    app = create_app(store)
+    check_port(host, port)
+    if not obj.quiet:
+        click.echo(f"serving {store} at http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    serve(app, host=host, port=port)
 
 
 def main() -> None:

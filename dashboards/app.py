@@ -1,0 +1,234 @@
+"""The Dash app: :func:`create_app` builds one app over one store; :func:`serve` runs it.
+
+Pages (``dashboards/pages/<name>.py``) register with Dash's page registry inside the factory and
+bind their callbacks to the app they are given (``app.callback``), because ``dash.callback``'s
+global list is taken by whichever app starts first. A page's layout and callbacks find the
+store's cached data on the Flask server of the app serving the request, so several apps in one
+process (tests) never see each other's data. Nothing loads at import time.
+
+The browser keeps only the selection (ranks and a time window) in ``dcc.Store("selection")``;
+trace data stays on the server.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Union
+
+import dash
+from dash import Input, Output, State, dcc, html
+from flask import current_app
+
+from sohuprof.dashboards.data import DashboardData, Selection, ensure_selection
+from sohuprof.errors import SohuprofError
+from sohuprof.store import TraceStore, open_store
+
+__all__ = ["create_app", "serve", "check_port", "host_warning", "current_data", "PortInUseError", "PAGES"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Page modules in navigation order.
+PAGES = ("overview", "timeline", "roofline", "stalls", "comm", "serving")
+_EXTENSION = "sohuprof"
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+class PortInUseError(SohuprofError):
+    """The port the dashboard should listen on is taken."""
+
+
+def current_data() -> DashboardData:
+    """The :class:`DashboardData` of the app serving the current request."""
+    return current_app.extensions[_EXTENSION]
+
+
+def _ensure_store(store: PathLike | TraceStore) -> TraceStore:
+    return store if isinstance(store, TraceStore) else open_store(store)
+
+
+def _page_modules() -> list[Any]:
+    import importlib
+    return [importlib.import_module(f"sohuprof.dashboards.pages.{name}") for name in PAGES]
+
+
+def _header(data: DashboardData) -> html.Header:
+    m = data.manifest
+    model = (m.get("model") or {}).get("name") or "trace"
+    hw = (m.get("hardware") or {}).get("name") or (m.get("source") or {}).get("format", "")
+    events = (m.get("tables") or {}).get("events")
+    facts = f"{model} on {hw} · {data.nodes} node(s) · {len(data.ranks)} ranks" + (f" · {events:,} events" if events else "")
+    ranks = data.ranks
+    options = [{"label": f"r{r} (node {n} · chip {c})", "value": int(r)}
+               for r, n, c in zip(ranks["rank"], ranks["node"], ranks["chip"])]
+    nav = [dcc.Link(page["name"], href=page["relative_path"], className="nav-link", id=f"nav-{page['name'].lower()}")
+           for page in dash.page_registry.values() if page["module"].startswith("sohuprof.dashboards.pages.")]
+    return html.Header(className="header", children=[
+        html.Div(className="brand", children=[html.B("sohuprof"), html.Span(f" {facts}", className="facts"),
+                                               html.Span(f" · {data.store.path.name}", className="facts")]),
+        html.Nav(nav, className="nav"),
+        html.Div(className="selection-bar", children=[
+            html.Span("selection:", className="label"),
+            dcc.Dropdown(id="selection-ranks", options=options, multi=True, placeholder="all ranks",
+                         style={"minWidth": "260px"}),
+            html.Span(id="selection-window", className="window", children="whole trace"),
+            html.Button("clear", id="selection-clear", n_clicks=0, className="button"),
+        ]),
+    ])
+
+
+_CSS = """
+body { font-family: Inter, Helvetica, Arial, sans-serif; margin: 0; color: #222; background: #fafafa; }
+.header { background: #1d3557; color: white; padding: 8px 16px; display: flex; flex-wrap: wrap; gap: 12px 24px; align-items: center; }
+.header .facts { color: #cdd9e5; font-size: 13px; }
+.nav { display: flex; gap: 4px; }
+.nav-link { color: white; text-decoration: none; padding: 4px 10px; border-radius: 4px; font-size: 14px; }
+.nav-link:hover { background: #457b9d; }
+.selection-bar { display: flex; align-items: center; gap: 8px; color: #222; margin-left: auto; }
+.selection-bar .label { color: #cdd9e5; font-size: 13px; }
+.selection-bar .window { color: white; font-size: 13px; min-width: 160px; }
+.button { border: 1px solid #999; background: white; border-radius: 4px; padding: 4px 10px; cursor: pointer; }
+main { padding: 12px 20px; }
+.kpis { display: flex; flex-wrap: wrap; gap: 12px; margin: 8px 0 16px; }
+.kpi { background: white; border: 1px solid #e3e3e3; border-radius: 6px; padding: 10px 16px; min-width: 170px; }
+.kpi .value { font-size: 24px; font-weight: 600; }
+.kpi .name { font-size: 12px; color: #666; text-transform: uppercase; letter-spacing: .04em; }
+.kpi .detail { font-size: 12px; color: #666; }
+.card { background: white; border: 1px solid #e3e3e3; border-radius: 6px; padding: 8px 12px; margin-bottom: 12px; }
+.unavailable { background: #fff4e5; border: 1px solid #f4a261; border-radius: 6px; padding: 12px 16px; }
+.status { font-size: 13px; color: #555; margin: 4px 0; }
+table.simple { border-collapse: collapse; font-size: 13px; }
+table.simple th, table.simple td { border-bottom: 1px solid #eee; padding: 4px 10px; text-align: right; }
+table.simple th:first-child, table.simple td:first-child { text-align: left; }
+.details { font-size: 13px; }
+.row { display: flex; gap: 12px; flex-wrap: wrap; } .row > * { flex: 1 1 480px; }
+"""
+
+
+def create_app(store: PathLike | TraceStore, *, title: str = "sohuprof") -> dash.Dash:
+    """Build the dashboard over one trace store.
+
+    Parameters
+    ----------
+    store : str, os.PathLike or TraceStore
+        The store to serve (``sohuprof collect`` output). It is opened now; its timeline index
+        and analyses are built on first use (or by :meth:`DashboardData.warm`) and cached.
+    title : str, default "sohuprof"
+        The browser tab's title.
+
+    Returns
+    -------
+    dash.Dash
+        With ``debug`` off; run it with :func:`serve` (or ``app.run``).
+
+    Raises
+    ------
+    StoreError
+        ``store`` is missing, not a trace store, or of an unsupported version.
+    """
+    data = DashboardData(_ensure_store(store))
+    app = dash.Dash(__name__, use_pages=True, pages_folder="", title=title, suppress_callback_exceptions=True,
+                    routing_callback_inputs={"selection": State("selection", "data")},
+                    serve_locally=True, update_title=None)
+    app.server.extensions[_EXTENSION] = data
+    modules = _page_modules()
+    for order, module in enumerate(modules):
+        dash.register_page(module.__name__, path=module.PATH, name=module.NAME, title=f"{module.NAME} · {title}",
+                           order=order, layout=module.layout)
+    app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + _CSS + "</style>")
+    app.layout = lambda: html.Div([
+        dcc.Store(id="selection", data=Selection().to_store()),
+        _header(current_data()),
+        html.Main(dash.page_container),
+    ])
+    _register_selection_callbacks(app)
+    for module in modules:
+        module.register_callbacks(app)
+    return app
+
+
+def set_ranks(ranks: list[int] | None, selection: Any) -> dict[str, Any]:
+    """The selection with ``ranks`` chosen (``None`` or empty: every rank)."""
+    sel = ensure_selection(selection)
+    return Selection(tuple(sorted(int(r) for r in ranks)) if ranks else None, sel.window).to_store()
+
+
+def window_text(selection: Any, origin: int) -> str:
+    """``window 12.500 – 14.000 ms`` for the header, or ``whole trace``."""
+    sel = ensure_selection(selection)
+    if sel.window is None:
+        return "whole trace"
+    a, b = ((t - origin) / 1e6 for t in sel.window)
+    return f"window {a:,.3f} – {b:,.3f} ms"
+
+
+def _register_selection_callbacks(app: dash.Dash) -> None:
+    @app.callback(Output("selection", "data", allow_duplicate=True), Input("selection-ranks", "value"),
+                  State("selection", "data"), prevent_initial_call=True)
+    def _ranks(ranks: list[int] | None, selection: Any) -> dict[str, Any]:
+        return set_ranks(ranks, selection)
+
+    @app.callback(Output("selection", "data", allow_duplicate=True),
+                  Output("selection-ranks", "value", allow_duplicate=True),
+                  Input("selection-clear", "n_clicks"), prevent_initial_call=True)
+    def _clear(_: int) -> tuple[dict[str, Any], None]:
+        return Selection().to_store(), None
+
+    @app.callback(Output("selection-window", "children"), Input("selection", "data"))
+    def _window(selection: Any) -> str:
+        return window_text(selection, current_data().origin)
+
+
+def host_warning(host: str) -> str | None:
+    """A warning line when ``host`` exposes the dashboard beyond this machine, else ``None``."""
+    if host in _LOCAL_HOSTS:
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (f"warning: serving on {host}: anyone who can reach this machine can read the trace "
+            "(the dashboard has no authentication); use --host 127.0.0.1 to keep it local")
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise :class:`PortInUseError` when ``host:port`` cannot be bound.
+
+    Raises
+    ------
+    PortInUseError
+        The port is taken (or not allowed).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(f"port {port} is in use; pass --port") from None
+            raise PortInUseError(f"cannot listen on {host}:{port} ({exc.strerror}); pass --host or --port") from None
+
+
+def serve(app: dash.Dash, *, host: str = "127.0.0.1", port: int = 8050, warm: bool = True) -> None:
+    """Run ``app`` on ``host:port`` until interrupted (debug off; the reloader never starts).
+
+    The timeline index and analyses are built in a background thread meanwhile, so the first
+    page a user opens does not wait for them.
+
+    Raises
+    ------
+    PortInUseError
+        The port is taken.
+    """
+    check_port(host, port)
+    if warm:
+        threading.Thread(target=app.server.extensions[_EXTENSION].warm, name="sohuprof-warm", daemon=True).start()
+    import logging
+    for name in ("werkzeug", "dash.dash"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    app.run(host=host, port=port, debug=False, use_reloader=False)
