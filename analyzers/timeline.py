@@ -14,9 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from sohuprof.analyzers.intervals import merge
 from sohuprof.store import TraceStore
 
 __all__ = ["TimelineIndex", "TimelineView"]
@@ -43,59 +41,101 @@ class TimelineView:
     events_in_view: int = 0
 
 
+def _dictionary(table: pa.Table, column: str) -> tuple[np.ndarray, list[str]]:
+    """Integer codes and values of a (dictionary) string column of a one-chunk table."""
+    arr = table.column(column).chunk(0)
+    if not pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_encode()
+    values = [str(v) for v in arr.dictionary.to_pylist()] + ["?"]
+    return arr.indices.fill_null(len(values) - 1).to_numpy().astype(np.int64), values
+
+
 class TimelineIndex:
     """Per (rank, track, category) lane: sorted starts, ends and cumulative busy time.
 
-    Built once per store (one read of nine columns); holds about 40 bytes per event.
+    Built once per store, one node partition at a time; holds about 60 bytes per event.
     """
 
     def __init__(self, store: TraceStore) -> None:
-        table = store.read("events", columns=_COLUMNS).unify_dictionaries().combine_chunks()
-        self.start = int(pc.min(table.column("ts")).as_py()) if table.num_rows else 0
-        self.end = int(pc.max(pc.add(table.column("ts"), table.column("dur"))).as_py()) if table.num_rows else 0
-        # Lanes from integer codes: rank, then the track and category dictionary indices.
-        track, category = table.column("track").chunk(0) if table.num_rows else None, \
-            table.column("category").chunk(0) if table.num_rows else None
-        rank = table.column("rank").to_numpy().astype(np.int64)
-        n_track = len(track.dictionary) if track is not None else 1
-        n_cat = len(category.dictionary) if category is not None else 1
-        code = ((rank * n_track + (track.indices.to_numpy() if track is not None else 0)) * n_cat
-                + (category.indices.to_numpy() if category is not None else 0))
-        uniq, first, lane = np.unique(code, return_index=True, return_inverse=True)
-        lanes = pd.DataFrame({
-            "rank": rank[first], "node": table.column("node").to_numpy()[first],
-            "chip": table.column("chip").to_numpy()[first],
-            "track": np.asarray(track.dictionary.to_pylist(), dtype=object)[track.indices.to_numpy()[first]]
-            if track is not None else [],
-            "category": np.asarray(category.dictionary.to_pylist(), dtype=object)[category.indices.to_numpy()[first]]
-            if category is not None else []})
+        # A batch at a time: each event keeps only ts, dur and three int32 codes (lane, name,
+        # op), so the peak is one batch plus ~28 bytes per event.
+        lane_ids: dict[tuple[int, int, int, str, str], int] = {}
+        names: dict[str, int] = {}
+        ops: dict[str, int] = {}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ts", "dur", "lane", "name", "op")}
+        for batch in store.scan(columns=_COLUMNS, batch_size=1 << 20):
+            if not batch.num_rows:
+                continue
+            table = pa.Table.from_batches([batch]).unify_dictionaries().combine_chunks()
+            rank = table.column("rank").to_numpy().astype(np.int64)
+            node = table.column("node").to_numpy()
+            chip = table.column("chip").to_numpy()
+            track, category = _dictionary(table, "track"), _dictionary(table, "category")
+            key = (rank * len(track[1]) + track[0]) * len(category[1]) + category[0]
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            local = np.array([lane_ids.setdefault((int(rank[f]), int(node[f]), int(chip[f]), track[1][track[0][f]],
+                                                   category[1][category[0][f]]), len(lane_ids))
+                              for f in first])   # one lookup per lane, not per event
+            parts["lane"].append(local[inverse].astype(np.int32))
+            for col, vocab, out in (("name", names, parts["name"]), ("op", ops, parts["op"])):
+                codes, values = _dictionary(table, col)
+                remap = np.array([vocab.setdefault(v, len(vocab)) for v in values], dtype=np.int32)
+                out.append(remap[codes])
+            parts["ts"].append(table.column("ts").to_numpy())
+            parts["dur"].append(table.column("dur").to_numpy())
+            del table, batch, rank, node, chip, track, category, key, first, inverse
+        arrays = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in parts.items()}
+        parts.clear()
+        lanes = pd.DataFrame([(r, n, c, t, g) for (r, n, c, t, g) in lane_ids],
+                             columns=["rank", "node", "chip", "track", "category"])
         display = lanes.sort_values(["node", "chip", "rank", "track", "category"]).index.to_numpy()
         relabel = np.empty(len(display), np.int64)
         relabel[display] = np.arange(len(display))
         lanes = lanes.loc[display].reset_index(drop=True)
         lanes["lane"] = np.arange(len(lanes))
-        lane = relabel[lane] if len(lane) else lane
-        ts = table.column("ts").to_numpy()
-        dur = table.column("dur").to_numpy()
+        lane = relabel[arrays["lane"]] if len(arrays["lane"]) else arrays["lane"].astype(np.int64)
+        ts, dur = arrays["ts"], arrays["dur"]
+        self.start = int(ts.min()) if len(ts) else 0
+        self.end = int((ts + dur).max()) if len(ts) else 0
         order = np.lexsort((ts, lane))
-        self.lane_of = lane[order]
+        self.lane_of = lane[order].astype(np.int32)
+        del lane
         self.ts = ts[order]
         self.dur = dur[order]
-        self.names = table.column("name").combine_chunks().take(pa.array(order)).dictionary_encode() \
-            if table.num_rows else pa.array([], pa.string())
-        self.ops = table.column("op").combine_chunks().take(pa.array(order)) if table.num_rows else pa.array([], pa.string())
+        del ts, dur
+        self._name_codes, self._names = arrays.pop("name")[order], np.array(list(names), dtype=object)
+        self._op_codes, self._ops = arrays.pop("op")[order], np.array(list(ops), dtype=object)
+        arrays.clear()
+        del order
         self.bounds = np.searchsorted(self.lane_of, np.arange(len(lanes) + 1))
         # Busy time is a union: overlapping events of one lane (several streams' worth) count once.
         self.busy_start, self.busy_cum, self.busy_bounds = self._busy(lanes)
         self.lanes = lanes
 
     def _busy(self, lanes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        m = merge(self.ts, self.ts + self.dur, self.lane_of)
-        order = np.lexsort((m.start, m.key))
-        key, start, end = m.key[order], m.start[order], m.end[order]
+        """Each lane's busy intervals (overlapping events merged), their cumulative length, and
+        where each lane's run starts. Events are sorted by (lane, ts), so one pass over the
+        lane-shifted ends finds every merge, without sorting or per-lane work."""
+        self._span = max(self.end - self.start, 1) + 1
+        shift = self.lane_of.astype(np.int64)
+        shift *= self._span
+        shift -= self.start
+        reach = self.ts + self.dur
+        reach += shift
+        np.maximum.accumulate(reach, out=reach)
+        new = np.empty(len(self.ts), bool)
+        if len(new):
+            new[0] = True
+            np.greater(self.ts[1:] + shift[1:], reach[:-1], out=new[1:])
+        first = np.flatnonzero(new)
+        del new
+        start = self.ts[first]
+        key = self.lane_of[first].astype(np.int64)
+        last = np.r_[first[1:] - 1, len(self.ts) - 1] if len(first) else first
+        end = reach[last] - shift[last]
+        del reach, shift
         self._busy_end = end
         # Every lane on its own stretch of the time axis: one searchsorted answers all lanes.
-        self._span = max(self.end - self.start, 1) + 1
         self._busy_shifted = start - self.start + key * self._span
         cum = np.concatenate([[0], np.cumsum(end - start)])
         return start, cum, np.searchsorted(key, np.arange(len(lanes) + 1))
@@ -130,8 +170,8 @@ class TimelineIndex:
             keep = end_ > t0
             idx = idx[keep]
             seg = pd.DataFrame({"lane": self.lane_of[idx], "ts": self.ts[idx], "dur": self.dur[idx],
-                                "name": self.names.take(pa.array(idx)).to_pandas().astype(str).to_numpy(),
-                                "op": self.ops.take(pa.array(idx)).to_pandas().astype(str).to_numpy()})
+                                "name": self._names[self._name_codes[idx]] if len(self._names) else [],
+                                "op": self._ops[self._op_codes[idx]] if len(self._ops) else []})
             return TimelineView("exact", t0, t1, lanes, segments=seg, events_in_view=len(seg))
         edges = np.linspace(t0, t1, width + 1).round().astype(np.int64)
         cum = self.busy_before(ids, np.broadcast_to(edges, (len(ids), width + 1)))
