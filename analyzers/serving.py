@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.roofline import model_peak
 
-__all__ = ["PERCENTILES", "SERVING", "ServingResult"]
+__all__ = ["PERCENTILES", "SERVING", "ServingResult", "throughput_series"]
 
 #: Percentiles reported for each latency, as JSON keys ``p50``, ``p90``, ``p99``.
 PERCENTILES = (50, 90, 99)
@@ -124,3 +124,31 @@ class _Serving:
 
 
 SERVING = _Serving()
+
+
+def throughput_series(requests: pd.DataFrame, start: int, end: int, bins: int = 120) -> pd.DataFrame:
+    """Output tokens per second over time, each request's tokens spread over its decode.
+
+    A request's first token counts at ``first_token``; the others evenly between ``first_token``
+    and ``finish``. Returns ``t_ns`` (bin start), ``tokens_per_s`` and ``in_flight`` (requests
+    arrived and not finished at the bin's middle).
+    """
+    edges = np.linspace(start, max(end, start + 1), bins + 1)
+    width_s = np.diff(edges) / 1e9
+    tokens = np.zeros(bins)
+    done = requests.dropna(subset=["first_token", "finish"]) if len(requests) else requests
+    if len(done):
+        first = done["first_token"].to_numpy(float)
+        finish = done["finish"].to_numpy(float)
+        out = done["output_tokens"].to_numpy(float)
+        tokens += np.histogram(first, bins=edges, weights=np.minimum(out, 1))[0]
+        rate = np.where(finish > first, np.maximum(out - 1, 0) / np.maximum(finish - first, 1), 0)
+        # Tokens in a bin = the request's decode rate x its overlap with the bin (bins x requests).
+        lo = np.clip(edges[:-1, None], first[None, :], finish[None, :])
+        hi = np.clip(edges[1:, None], first[None, :], finish[None, :])
+        tokens += ((hi - lo) * rate[None, :]).sum(axis=1)
+    mid = (edges[:-1] + edges[1:]) / 2
+    arrival = requests["arrival"].to_numpy(float) if len(requests) else np.zeros(0)
+    finish_all = requests["finish"].to_numpy(float, na_value=np.inf) if len(requests) else np.zeros(0)
+    in_flight = ((arrival[None, :] <= mid[:, None]) & (finish_all[None, :] > mid[:, None])).sum(axis=1)
+    return pd.DataFrame({"t_ns": edges[:-1], "tokens_per_s": tokens / width_s, "in_flight": in_flight})
