@@ -17,7 +17,6 @@ import ipaddress
 import os
 import socket
 import threading
-from pathlib import Path
 from typing import Any, Union
 
 import dash
