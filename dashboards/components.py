@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from dash import dcc, html
+import dash
+from dash import Input, Output, State, dcc, html
 
-__all__ = ["kpi", "unavailable", "table", "graph", "fmt_ms", "fmt_si"]
+__all__ = ["kpi", "unavailable", "table", "graph", "fmt_ms", "fmt_si", "rank_from_click", "toggle_rank",
+           "rank_graph_callbacks"]
 
 #: Plotly's toolbar, trimmed; every graph gets a PNG download named after its id.
 _GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d", "autoScale2d"]}
@@ -52,3 +54,45 @@ def graph(id: str, figure: Any, **kwargs: Any) -> dcc.Graph:
     """A ``dcc.Graph`` with the shared toolbar settings."""
     config = dict(_GRAPH_CONFIG, toImageButtonOptions={"filename": f"sohuprof-{id}"})
     return dcc.Graph(id=id, figure=figure, config=config, **kwargs)
+
+
+def rank_from_click(click: dict[str, Any] | None) -> int | None:
+    """The rank of a clicked bar (its ``customdata``, or its ``rN`` label)."""
+    if not click or not click.get("points"):
+        return None
+    point = click["points"][0]
+    value = point.get("customdata", point.get("x"))
+    if isinstance(value, list):
+        value = value[0] if value else None
+    try:
+        return int(str(value).lstrip("r"))
+    except (TypeError, ValueError):
+        return None
+
+
+def toggle_rank(rank: int | None, current: list[int] | None) -> Any:
+    """The rank dropdown's new value after clicking ``rank``: add it, or remove it if selected."""
+    if rank is None:
+        return dash.no_update
+    ranks = list(current or [])
+    return [r for r in ranks if r != rank] if rank in ranks else sorted(ranks + [rank])
+
+
+def rank_graph_callbacks(app: dash.Dash, graph_id: str, build: Callable[[Any, Any], Any]) -> None:
+    """A per-rank graph's two callbacks: redraw it when the selection changes (``build(data,
+    selection)``), and toggle the clicked rank in the shared selection."""
+    from sohuprof.dashboards import figures
+    from sohuprof.dashboards.app import current_data
+    from sohuprof.dashboards.data import NotAvailable
+
+    @app.callback(Output(graph_id, "figure"), Input("selection", "data"), prevent_initial_call=True)
+    def _update(selection: Any) -> Any:
+        try:
+            return build(current_data(), selection)
+        except NotAvailable as exc:
+            return figures.message_figure(f"not available for this trace: {exc}")
+
+    @app.callback(Output("selection-ranks", "value", allow_duplicate=True), Input(graph_id, "clickData"),
+                  State("selection-ranks", "value"), prevent_initial_call=True)
+    def _select(click: dict[str, Any] | None, current: list[int] | None) -> Any:
+        return toggle_rank(rank_from_click(click), current)

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from sohuprof.cli import cli
-from sohuprof.dashboards import figures
+from sohuprof.dashboards import components, figures
 from sohuprof.dashboards.app import PAGES, check_port, create_app, current_data, host_warning, window_text
 from sohuprof.analyzers.serving import throughput_series
 from sohuprof.dashboards.data import NotAvailable, Selection, ensure_selection
@@ -131,10 +131,10 @@ def test_selection_is_sanitized() -> None:
 
 
 def test_stall_and_straggler_clicks_select_ranks(data: Any) -> None:
-    assert stalls.rank_from_click({"points": [{"x": "r5", "customdata": 5}]}) == 5
-    assert stalls.rank_from_click({"points": [{"x": "r7"}]}) == 7
-    assert stalls.toggle_rank(5, [1]) == [1, 5] and stalls.toggle_rank(5, [1, 5]) == [1]
-    assert stalls.toggle_rank(None, [1]) is dash.no_update
+    assert components.rank_from_click({"points": [{"x": "r5", "customdata": 5}]}) == 5
+    assert components.rank_from_click({"points": [{"x": "r7"}]}) == 7
+    assert components.toggle_rank(5, [1]) == [1, 5] and components.toggle_rank(5, [1, 5]) == [1]
+    assert components.toggle_rank(None, [1]) is dash.no_update
     fig = stalls.build_figure(data, {"ranks": [5]})
     assert list(fig.data[0].marker.line.width)[5] > 0 and list(fig.data[0].marker.line.width)[0] == 0
     assert comm.comm_frames(data)["stragglers"]["rank"].iloc[0] == 5

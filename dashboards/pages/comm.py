@@ -6,12 +6,11 @@ from typing import Any
 
 import dash
 import pandas as pd
-from dash import Input, Output, State, html
+from dash import html
 
 from sohuprof.dashboards import figures
-from sohuprof.dashboards.components import fmt_si, graph, table, unavailable
+from sohuprof.dashboards.components import fmt_si, graph, rank_graph_callbacks, table, unavailable
 from sohuprof.dashboards.data import DashboardData, NotAvailable, ensure_selection
-from sohuprof.dashboards.pages.stalls import rank_from_click, toggle_rank
 
 __all__ = ["PATH", "NAME", "layout", "register_callbacks", "comm_frames"]
 
@@ -60,16 +59,4 @@ def layout(selection: Any = None, **_: Any) -> Any:
 
 
 def register_callbacks(app: dash.Dash) -> None:
-    from sohuprof.dashboards.app import current_data
-
-    @app.callback(Output("comm-stragglers", "figure"), Input("selection", "data"), prevent_initial_call=True)
-    def _update(selection: Any) -> Any:
-        try:
-            return stragglers_figure(current_data(), selection)
-        except NotAvailable as exc:
-            return figures.message_figure(f"not available for this trace: {exc}")
-
-    @app.callback(Output("selection-ranks", "value", allow_duplicate=True), Input("comm-stragglers", "clickData"),
-                  State("selection-ranks", "value"), prevent_initial_call=True)
-    def _select(click: dict[str, Any] | None, current: list[int] | None) -> Any:
-        return toggle_rank(rank_from_click(click), current)
+    rank_graph_callbacks(app, "comm-stragglers", stragglers_figure)

@@ -6,13 +6,13 @@ from typing import Any
 
 import dash
 import pandas as pd
-from dash import Input, Output, State, html
+from dash import html
 
 from sohuprof.dashboards import figures
-from sohuprof.dashboards.components import graph, unavailable
+from sohuprof.dashboards.components import graph, rank_graph_callbacks, unavailable
 from sohuprof.dashboards.data import DashboardData, NotAvailable, ensure_selection
 
-__all__ = ["PATH", "NAME", "layout", "register_callbacks", "build_figure", "rank_from_click"]
+__all__ = ["PATH", "NAME", "layout", "register_callbacks", "build_figure"]
 
 PATH = "/stalls"
 NAME = "Stalls"
@@ -28,28 +28,6 @@ def build_figure(data: DashboardData, selection: Any) -> Any:
     if not len(frame):
         return figures.message_figure("no ranks in this trace")
     return figures.stalls_figure(frame, ensure_selection(selection).ranks)
-
-
-def rank_from_click(click: dict[str, Any] | None) -> int | None:
-    """The rank of a clicked bar (its ``customdata``, or its ``rN`` label)."""
-    if not click or not click.get("points"):
-        return None
-    point = click["points"][0]
-    value = point.get("customdata", point.get("x"))
-    if isinstance(value, list):
-        value = value[0] if value else None
-    try:
-        return int(str(value).lstrip("r"))
-    except (TypeError, ValueError):
-        return None
-
-
-def toggle_rank(rank: int | None, current: list[int] | None) -> Any:
-    """The rank dropdown's new value after clicking ``rank``: add it, or remove it if selected."""
-    if rank is None:
-        return dash.no_update
-    ranks = list(current or [])
-    return [r for r in ranks if r != rank] if rank in ranks else sorted(ranks + [rank])
 
 
 def layout(selection: Any = None, **_: Any) -> Any:
@@ -70,16 +48,4 @@ def layout(selection: Any = None, **_: Any) -> Any:
 
 
 def register_callbacks(app: dash.Dash) -> None:
-    from sohuprof.dashboards.app import current_data
-
-    @app.callback(Output("stalls", "figure"), Input("selection", "data"), prevent_initial_call=True)
-    def _update(selection: Any) -> Any:
-        try:
-            return build_figure(current_data(), selection)
-        except NotAvailable as exc:
-            return figures.message_figure(f"not available for this trace: {exc}")
-
-    @app.callback(Output("selection-ranks", "value", allow_duplicate=True), Input("stalls", "clickData"),
-                  State("selection-ranks", "value"), prevent_initial_call=True)
-    def _select(click: dict[str, Any] | None, current: list[int] | None) -> Any:
-        return toggle_rank(rank_from_click(click), current)
+    rank_graph_callbacks(app, "stalls", build_figure)
