@@ -18,28 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_analyze import make_store   # benches/ is the script's own folder
 from plotly.io.json import to_json_plotly
 
-from sohuprof.collectors import collect
 from sohuprof.dashboards.app import create_app, current_data
 from sohuprof.dashboards.pages import timeline
-from sohuprof.emulator import EmulatorConfig, emulate
-from sohuprof.hardware import load_hardware
-from sohuprof.models import load_model
 
 TARGET_MS = 300.0
 TARGET_MB = 2.0
 TARGET_GB = 2.0
 #: Zoom levels: the fraction of the trace in view.
 LEVELS = (1.0, 0.1, 0.01, 0.001, 0.0001)
-
-
-def make_store(work: Path, requests: int, nodes: int) -> Path:
-    cfg = EmulatorConfig(model=load_model("llama3-70b"), hardware=load_hardware("sohu"), nodes=nodes, requests=requests)
-    emulate(cfg, work / "run", show_progress=False)
-    collect(work / "run", work / "store", show_progress=False)
-    shutil.rmtree(work / "run")
-    return work / "store"
 
 
 def rss_gb() -> float:
