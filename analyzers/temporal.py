@@ -237,11 +237,34 @@ def _has_communication(ctx: AnalysisContext) -> bool:
     return any(b.num_rows for b in batches)
 
 
-class _Temporal:
+class _PerRankNs:
+    """Shared chunk/combine: exact ns totals per rank (after HTA's selection when asked), rounded
+    and turned into the contract's columns only in ``combine``, so partition order never matters."""
+
+    columns = _EVENT_COLUMNS
+    _ns_columns: tuple[str, ...]
+
+    def _per_rank(self, events: pa.Table) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def _finish(self, ns: pd.DataFrame) -> Any:
+        raise NotImplementedError
+
+    def chunk(self, events: pa.Table, ctx: AnalysisContext) -> pd.DataFrame:
+        if not events.num_rows:
+            return _empty(self._ns_columns)
+        return self._per_rank(_ensure_table(events, hta_compatible=ctx.hta_compatible))
+
+    def combine(self, partials: list[pd.DataFrame], ctx: AnalysisContext) -> Any:
+        parts = [p for p in partials if len(p)]
+        return self._finish(pd.concat(parts, ignore_index=True) if parts else _empty(self._ns_columns))
+
+
+class _Temporal(_PerRankNs):
     """``temporal``: HTA's idle / compute / non-compute breakdown of GPU profiler traces."""
 
     name = "temporal"
-    columns = _EVENT_COLUMNS
+    _ns_columns = _TEMPORAL_NS
 
     def applies(self, ctx: AnalysisContext) -> str | None:
         if ctx.is_sohu:
@@ -250,34 +273,26 @@ class _Temporal:
             return f"temporal needs a GPU profiler trace (kineto or chrome), this store's source is '{ctx.source}'"
         return None if ctx.wall_ns > 0 else "the store has no events"
 
-    def chunk(self, events: pa.Table, ctx: AnalysisContext) -> pd.DataFrame:
-        if not events.num_rows:
-            return _empty(_TEMPORAL_NS)
-        return _temporal_ns(_ensure_table(events, hta_compatible=ctx.hta_compatible))
+    def _per_rank(self, events: pa.Table) -> pd.DataFrame:
+        return _temporal_ns(events)
 
-    def combine(self, partials: list[pd.DataFrame], ctx: AnalysisContext) -> TemporalResult:
-        parts = [p for p in partials if len(p)]
-        ns = pd.concat(parts, ignore_index=True) if parts else _empty(_TEMPORAL_NS)
+    def _finish(self, ns: pd.DataFrame) -> TemporalResult:
         return TemporalResult(_finish_temporal(ns))
 
 
-class _Overlap:
+class _Overlap(_PerRankNs):
     """``overlap``: HTA's comm/comp overlap (shown under ``comm.overlap``)."""
 
     name = "overlap"
-    columns = _EVENT_COLUMNS
+    _ns_columns = _OVERLAP_NS
 
     def applies(self, ctx: AnalysisContext) -> str | None:
         return None if _has_communication(ctx) else "the store has no communication events"
 
-    def chunk(self, events: pa.Table, ctx: AnalysisContext) -> pd.DataFrame:
-        if not events.num_rows:
-            return _empty(_OVERLAP_NS)
-        return _overlap_ns(_ensure_table(events, hta_compatible=ctx.hta_compatible))
+    def _per_rank(self, events: pa.Table) -> pd.DataFrame:
+        return _overlap_ns(events)
 
-    def combine(self, partials: list[pd.DataFrame], ctx: AnalysisContext) -> OverlapResult:
-        parts = [p for p in partials if len(p)]
-        ns = pd.concat(parts, ignore_index=True) if parts else _empty(_OVERLAP_NS)
+    def _finish(self, ns: pd.DataFrame) -> OverlapResult:
         return OverlapResult(_finish_overlap(ns))
 
 

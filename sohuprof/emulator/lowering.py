@@ -107,11 +107,23 @@ class Program:
         return len(self.tmpl)
 
 
+def _norm(name: str, hidden: int, feature: str = "tokens") -> OpTemplate:
+    """An RMSNorm over ``feature`` rows (its weight vector read once, activations twice)."""
+    return _op(name, "norm", Engine.VECTOR, flops={feature: 4 * hidden}, hbm={"one": hidden * ACT_BYTES},
+               act={feature: 2 * hidden * ACT_BYTES})
+
+
+def _tp_all_reduce(name: str, hidden: int) -> OpTemplate:
+    """The tensor-parallel all-reduce of one block's output (a bf16 row per token)."""
+    return _op(name, "all_reduce", Engine.COLLECTIVE, net={"tokens": hidden * ACT_BYTES},
+               collective="all_reduce", group="tp")
+
+
 def _attention_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
     m, t, w, a = cfg.model, cfg.tp, cfg.weight_bytes, ACT_BYTES
     h, kvb = m.hidden, cfg.weight_bytes
     hr = m.heads // t
-    ops = [_op("attn_norm", "norm", Engine.VECTOR, flops={"tokens": 4 * h}, hbm={"one": h * a}, act={"tokens": 2 * h * a})]
+    ops = [_norm("attn_norm", h)]
     if m.mla is None:
         hd = m.head_dim
         q, kvr = hr * hd, max(m.kv_heads // t, 1) * hd
@@ -148,8 +160,7 @@ def _attention_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
                 hbm={"one": hr * ml.v_head_dim * h * w}, act={"tokens": (hr * ml.v_head_dim + h) * a}),
         ]
     if t > 1:
-        ops.append(_op("attn_all_reduce", "all_reduce", Engine.COLLECTIVE, net={"tokens": h * a},
-                       collective="all_reduce", group="tp"))
+        ops.append(_tp_all_reduce("attn_all_reduce", h))
     return ops
 
 
@@ -157,14 +168,13 @@ def _dense_mlp_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
     m, t, w, a = cfg.model, cfg.tp, cfg.weight_bytes, ACT_BYTES
     h, f = m.hidden, m.ffn // t
     ops = [
-        _op("mlp_norm", "norm", Engine.VECTOR, flops={"tokens": 4 * h}, hbm={"one": h * a}, act={"tokens": 2 * h * a}),
+        _norm("mlp_norm", h),
         _op("gate_up_proj", "gemm", Engine.MATRIX, flops={"tokens": 4 * h * f}, hbm={"one": 2 * h * f * w}, act={"tokens": (h + 2 * f) * a}),
         _op("silu_mul", "elementwise", Engine.VECTOR, flops={"tokens": 4 * f}, act={"tokens": 3 * f * a}),
         _op("down_proj", "gemm", Engine.MATRIX, flops={"tokens": 2 * f * h}, hbm={"one": f * h * w}, act={"tokens": (f + h) * a}),
     ]
     if t > 1:
-        ops.append(_op("mlp_all_reduce", "all_reduce", Engine.COLLECTIVE, net={"tokens": h * a},
-                       collective="all_reduce", group="tp"))
+        ops.append(_tp_all_reduce("mlp_all_reduce", h))
     return ops
 
 
@@ -174,7 +184,7 @@ def _moe_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
     te = t if ep == 1 else 1            # experts are TP-sharded unless expert-parallel
     fe = m.expert_ffn // te
     ops = [
-        _op("mlp_norm", "norm", Engine.VECTOR, flops={"tokens": 4 * h}, hbm={"one": h * a}, act={"tokens": 2 * h * a}),
+        _norm("mlp_norm", h),
         _op("router", "gemm", Engine.MATRIX, flops={"tokens": 2 * h * e}, hbm={"one": h * e * a}, act={"tokens": (h + e) * a}),
         _op("router_topk", "router", Engine.VECTOR, flops={"tokens": 4 * e}, act={"tokens": e * a}),
     ]
@@ -204,8 +214,7 @@ def _moe_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
             ops.append(_op("moe_all_gather", "all_gather", Engine.COLLECTIVE, net={"local_tokens": t * h * a},
                            collective="all_gather", group="tp"))
     elif t > 1:
-        ops.append(_op("mlp_all_reduce", "all_reduce", Engine.COLLECTIVE, net={"tokens": h * a},
-                       collective="all_reduce", group="tp"))
+        ops.append(_tp_all_reduce("mlp_all_reduce", h))
     return ops
 
 
@@ -213,7 +222,7 @@ def _head_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
     m, t, w, a = cfg.model, cfg.tp, cfg.weight_bytes, ACT_BYTES
     h, v = m.hidden, m.vocab // t
     ops = [
-        _op("final_norm", "norm", Engine.VECTOR, flops={"samples": 4 * h}, hbm={"one": h * a}, act={"samples": 2 * h * a}),
+        _norm("final_norm", h, "samples"),
         _op("lm_head", "gemm", Engine.MATRIX, flops={"samples": 2 * h * v}, hbm={"one": h * v * w}, act={"samples": (h + v) * a}),
     ]
     if t > 1:
