@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from sohuprof.analyzers.instances import collective_instances
 from sohuprof.errors import SohuprofError
 from sohuprof.hardware import HardwareSpec
 from sohuprof.store import TraceStore
@@ -41,8 +42,8 @@ class AnalysisContext:
     hardware : HardwareSpec or None
         The roofs (from the manifest of a Sohu run); None for profiler traces.
     collectives, requests, counters : pandas.DataFrame
-        The store's small tables; ``collectives`` sorted by ``(rank, coll_id)`` with a
-        categorical ``kind``.
+        The store's small tables; ``collectives`` as written, sorted by ``(coll_id, rank)``,
+        with a categorical ``kind``.
     wall_start, wall_end : int
         The trace's window in ns (first event start, last event end).
     ranks : pandas.DataFrame
@@ -64,33 +65,55 @@ class AnalysisContext:
     options: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
-    def _collectives_by_rank(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        c = self.collectives     # sorted by (rank, coll_id) by the engine
+    def _collectives_by_rank(self) -> dict[str, np.ndarray]:
+        """collectives.parquet's columns in ``(rank, coll_id)`` order (the file is in
+        ``(coll_id, rank)`` order; a stable sort of small integers is a radix sort)."""
+        c = self.collectives
         if not len(c):
             empty = np.zeros(0, np.int64)
-            return empty, empty, empty
-        return (c["rank"].to_numpy().astype(np.int64), c["coll_id"].to_numpy().astype(np.int64),
-                c["start"].to_numpy().astype(np.int64))
+            return {"row": empty, "rank": empty, "coll_id": empty, "start": empty, "kind": empty, "group": empty}
+        rank = c["rank"].to_numpy()
+        narrow = rank.astype(np.int16) if len(rank) and int(rank.max()) < 2**15 and int(rank.min()) >= 0 else rank
+        row = np.argsort(narrow, kind="stable")
+        return {"row": row, "rank": rank[row].astype(np.int64), "coll_id": c["coll_id"].to_numpy(np.int64)[row],
+                "start": c["start"].to_numpy(np.int64)[row], "kind": c["kind"].cat.codes.to_numpy()[row],
+                "group": c["group"].to_numpy(np.int64)[row]}
+
+    def _rank_slice(self, rank: int) -> slice:
+        lo, hi = np.searchsorted(self._collectives_by_rank["rank"], [rank, rank + 1])
+        return slice(int(lo), int(hi))
+
+    @property
+    def collective_kinds(self) -> list[str]:
+        """The ``kind`` categories of collectives.parquet (what :meth:`rank_collectives` codes)."""
+        return [str(v) for v in self.collectives["kind"].cat.categories] if len(self.collectives) else []
+
+    def rank_collectives(self, rank: int) -> dict[str, np.ndarray]:
+        """``rank``'s rows of collectives.parquet as arrays sorted by ``coll_id``: ``coll_id``,
+        ``start``, ``kind`` (codes into :attr:`collective_kinds`), ``group``, ``row`` (file row)."""
+        sl = self._rank_slice(rank)
+        return {k: v[sl] for k, v in self._collectives_by_rank.items()}
 
     def collectives_of(self, rank: int) -> pd.DataFrame:
         """``rank``'s rows of collectives.parquet, sorted by ``coll_id`` (``kind`` categorical)."""
-        c = self.collectives
-        if not len(c):
-            return c
-        ranks = self._collectives_by_rank[0]
-        lo, hi = np.searchsorted(ranks, [rank, rank + 1])
-        return c.iloc[lo:hi]
+        if not len(self.collectives):
+            return self.collectives
+        return self.collectives.iloc[self.rank_collectives(rank)["row"]]
 
     def last_arrival(self, rank: int, coll_id: np.ndarray) -> np.ndarray:
         """When each of ``rank``'s collectives ``coll_id`` began its transfer (the last member's
         arrival, from collectives.parquet); -1 where the instance is not in the table."""
-        ranks, ids, starts = self._collectives_by_rank
-        lo, hi = np.searchsorted(ranks, [rank, rank + 1])
-        ids, starts = ids[lo:hi], starts[lo:hi]
-        pos = np.searchsorted(ids, coll_id)
-        pos = np.minimum(pos, max(len(ids) - 1, 0))
-        found = (len(ids) > 0) & (ids[pos] == coll_id) if len(ids) else np.zeros(len(coll_id), bool)
-        return np.where(found, starts[pos] if len(ids) else -1, -1)
+        mine = self.rank_collectives(rank)
+        ids, starts = mine["coll_id"], mine["start"]
+        if not len(ids):
+            return np.full(len(coll_id), -1, np.int64)
+        pos = np.minimum(np.searchsorted(ids, coll_id), len(ids) - 1)
+        return np.where(ids[pos] == coll_id, starts[pos], -1)
+
+    @cached_property
+    def instances(self) -> pd.DataFrame:
+        """One row per collective instance (see :func:`~sohuprof.analyzers.instances.collective_instances`)."""
+        return collective_instances(self.collectives)
 
     @property
     def is_sohu(self) -> bool:

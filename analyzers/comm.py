@@ -33,8 +33,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from sohuprof.analyzers.activity import BODY, TAIL, activity, bits
+from sohuprof.analyzers.activity import COLUMNS as ACTIVITY_COLUMNS
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.intervals import intersection_length, mask_coverage, union_length
+from sohuprof.analyzers.intervals import merge
+from sohuprof.analyzers.partition import Partition, as_partition
 
 from sohuprof.hardware import HardwareSpec
 
@@ -43,8 +46,6 @@ __all__ = [
     "SLOW_RATIO",
     "CommResult",
     "busbw_factor",
-    "collective_instances",
-    "dict_codes",
     "records",
 ]
 
@@ -66,17 +67,6 @@ def busbw_factor(kind: np.ndarray | pd.Series, n: np.ndarray | pd.Series) -> np.
                      [2 * frac, frac], default=1.0)
 
 
-def dict_codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[Any]]:
-    """Integer codes of a (dictionary) string column and its values; null is ``len(values)``."""
-    if isinstance(column, pa.ChunkedArray):
-        column = pa.table({"c": column}).unify_dictionaries().column("c").combine_chunks()
-    if not pa.types.is_dictionary(column.type):
-        column = column.dictionary_encode()
-    values = column.dictionary.to_pylist()
-    idx = column.indices.fill_null(len(values)).to_numpy(zero_copy_only=False).astype(np.int64)
-    return idx, values
-
-
 def records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
     """JSON-ready rows: numpy scalars become Python ones, NaN and infinities become None."""
     out: list[dict[str, Any]] = [{str(k): v for k, v in r.items()}
@@ -87,43 +77,6 @@ def records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
                 v = v.item()
             row[k] = None if isinstance(v, float) and not math.isfinite(v) else v
     return out
-
-
-def collective_instances(coll: pd.DataFrame, group_sizes: dict[int, int] | None = None) -> pd.DataFrame:
-    """One row per collective instance.
-
-    Parameters
-    ----------
-    coll : pandas.DataFrame
-        ``collectives.parquet`` rows (instance x member); not modified.
-    group_sizes : dict of int to int, optional
-        Declared group sizes; they override ``n`` where a trace holds fewer members than the
-        group has (a profiler trace of some of the ranks).
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``coll_id, kind, group, n`` (members), ``size`` (the largest member buffer: nccl-tests'
-        "size"), ``start`` (last arrival), ``end``, ``time`` (transfer: end - start),
-        ``n_nodes`` (nodes spanned), ``local_max`` / ``node_min`` (most / fewest members on one node).
-    """
-    if not len(coll):
-        return pd.DataFrame({c: pd.Series(dtype="int64") for c in
-                             ["coll_id", "group", "n", "size", "start", "end", "time", "n_nodes",
-                              "local_max", "node_min"]}).assign(kind=pd.Series(dtype=object))
-    g = coll.groupby("coll_id", sort=True, observed=True)
-    inst = pd.DataFrame({"kind": g["kind"].first().astype(str), "group": g["group"].first().astype("int64"),
-                         "n": g["rank"].size().astype("int64"), "size": g["bytes"].max().fillna(0).astype("int64"),
-                         "start": g["arrive"].max().astype("int64"), "end": g["end"].max().astype("int64"),
-                         "n_nodes": g["node"].nunique().astype("int64")})
-    per_node = coll.groupby(["coll_id", "node"], observed=True).size()
-    inst["local_max"] = per_node.groupby(level=0).max().astype("int64")
-    inst["node_min"] = per_node.groupby(level=0).min().astype("int64")
-    if group_sizes:
-        declared = inst["group"].map(group_sizes).fillna(0).astype("int64")
-        inst["n"] = np.maximum(inst["n"], declared)
-    inst["time"] = (inst["end"] - inst["start"]).clip(lower=0)
-    return inst.reset_index()
 
 
 def _group_sizes(ctx: AnalysisContext) -> dict[int, int]:
@@ -162,89 +115,65 @@ def _empty_partial() -> tuple[pd.DataFrame, pd.DataFrame]:
             pd.DataFrame({"coll_id": pd.Series(dtype="int64"), "rank": pd.Series(dtype="int64")}))
 
 
-def _rank_comm(events: pa.Table, ctx: AnalysisContext) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _rank_comm(events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One rank's communication time per (kind, group) (its union, and the part under compute),
     and the collectives it sent point to point (``coll_id, rank``)."""
-    rank = int(events.column("rank")[0].as_py())
-    cat, cat_values = dict_codes(events.column("category"))
-    is_cat = np.array([v == "communication" for v in cat_values] + [False])[cat]
-    is_compute = np.array([v == "compute" for v in cat_values] + [False])[cat]
+    part = as_partition(events)
+    is_cat = part.equals("category", "communication")
     if not is_cat.any():
         return _empty_partial()
-    ts = events.column("ts").to_numpy()
-    end = ts + events.column("dur").to_numpy()
-    op, op_values = dict_codes(events.column("op"))
-    cid = events.column("coll_id").fill_null(-1).to_numpy()[is_cat]
-    mine = ctx.collectives_of(rank)
-    ids = mine["coll_id"].to_numpy() if len(mine) else np.zeros(0, np.int64)
+    rank = part.rank
+    op, op_values = part.codes("op")
+    cid = part.ints("coll_id", -1)[is_cat]
+    mine = ctx.rank_collectives(rank)
+    ids = mine["coll_id"]
     pos = np.minimum(np.searchsorted(ids, cid), max(len(ids) - 1, 0))
     found = (ids[pos] == cid) if len(ids) else np.zeros(len(cid), bool)
-    # Key every communication event by (kind, group): codes over the small vocabularies.
-    kinds = sorted(set(map(str, mine["kind"].cat.categories)) if len(mine) else set()) + \
-        [v for v in op_values if v is not None]
-    kinds = list(dict.fromkeys(kinds)) + ["?"]
+    # Key every communication event by (kind, group): codes over the small vocabularies; the
+    # table's kind where the instance is recorded, else the event's own op.
+    table_kinds = ctx.collective_kinds
+    kinds = list(dict.fromkeys([*sorted(table_kinds), *(v for v in op_values if v is not None)])) + ["?"]
     kind_index = {v: i for i, v in enumerate(kinds)}
     own = np.array([kind_index.get(v, len(kinds) - 1) for v in op_values] + [len(kinds) - 1])[op[is_cat]]
     if len(ids):
-        table_kind = np.array([kind_index[str(v)] for v in mine["kind"].cat.categories])[mine["kind"].cat.codes.to_numpy()]
+        table_kind = np.array([kind_index[v] for v in table_kinds] + [len(kinds) - 1])[mine["kind"]]
         kind_code = np.where(found, table_kind[pos], own)
-        group = np.where(found, mine["group"].to_numpy()[pos], -1)
+        group = np.where(found, mine["group"][pos], -1)
     else:
         kind_code, group = own, np.full(len(cid), -1)
-    pair = kind_code.astype(np.int64) * (int(group.max(initial=0)) + 2) + (group + 1)
+    width = int(group.max(initial=0)) + 2
+    pair = kind_code.astype(np.int64) * width + (group + 1)
     uniq_pair, code = np.unique(pair, return_inverse=True)
-    uniq_kind = np.asarray(kinds, dtype=object)[uniq_pair // (int(group.max(initial=0)) + 2)]
-    uniq_group = uniq_pair % (int(group.max(initial=0)) + 2) - 1
+    # Each key's events in time order (a stable sort of small integers is a radix sort), merged;
+    # the part under compute is the activity sweep's compute coverage over each merged interval.
+    order = np.argsort(code.astype(np.int16 if len(uniq_pair) < 2**15 else np.int64), kind="stable")
+    m = merge(part.ts[is_cat][order], part.end[is_cat][order], code[order])
+    covered = activity(part, ctx).covered_before
+    compute = bits(BODY, TAIL)
     k = len(uniq_pair)
-    c_ts, c_end = ts[is_cat], end[is_cat]
-    p_ts, p_end = ts[is_compute], end[is_compute]
-    if k < 16:
-        # One sweep: class 0 is compute, class j + 1 the j-th (kind, group); a key's union is
-        # every mask holding its bit, the hidden part those also holding compute's.
-        cover = mask_coverage(np.concatenate([p_ts, c_ts]), np.concatenate([p_end, c_end]),
-                              np.concatenate([np.zeros(len(p_ts), np.int64), code + 1]),
-                              np.zeros(len(p_ts) + len(c_ts), np.int64), n_classes=k + 1, n_keys=1,
-                              window_start=np.array([min(ctx.wall_start, int(c_ts.min()))]),
-                              window_end=np.array([max(ctx.wall_end, int(c_end.max()))]))[0]
-        masks = np.arange(len(cover))
-        has = (masks[None, :] >> np.arange(1, k + 1)[:, None]) & 1 == 1            # [k, masks]
-        union = (has * cover).sum(axis=1)
-        hidden = ((has & (masks & 1 == 1)) * cover).sum(axis=1)
-    else:
-        union = union_length(c_ts, c_end, code, n_keys=k)
-        # Compute intervals repeated under every (kind, group) key, so each key meets them all.
-        hidden = intersection_length(c_ts, c_end, np.tile(p_ts, k), np.tile(p_end, k), code,
-                                     np.repeat(np.arange(k), len(p_ts)), n_keys=k)
+    union = np.bincount(m.key, weights=m.end - m.start, minlength=k).round().astype(np.int64)
+    hidden = np.bincount(m.key, weights=covered(m.end, compute) - covered(m.start, compute),
+                         minlength=k).round().astype(np.int64)
     is_send = np.array([v == "send" for v in op_values] + [False])[op[is_cat]]
     sent = cid[is_send & (cid >= 0)]
-    return (pd.DataFrame({"kind": uniq_kind, "group": uniq_group.astype("int64"), "union_ns": union,
+    return (pd.DataFrame({"kind": np.asarray(kinds, dtype=object)[uniq_pair // width],
+                          "group": (uniq_pair % width - 1).astype("int64"), "union_ns": union,
                           "overlapped_ns": hidden}),
             pd.DataFrame({"coll_id": sent.astype(np.int64), "rank": np.full(len(sent), rank, np.int64)}))
 
 
-def _stragglers(coll: pd.DataFrame, ranks: pd.DataFrame) -> pd.DataFrame:
+def _stragglers(coll: pd.DataFrame, inst: pd.DataFrame, ranks: pd.DataFrame) -> pd.DataFrame:
     """Delay cost per rank (Scalasca wait at N x N, charged to each instance's last arriver)."""
-    cid = coll["coll_id"].to_numpy()
-    code, _ = pd.factorize(cid)
-    n_members = np.bincount(code)
-    keep = n_members[code] > 1
-    if not keep.any():
+    multi = inst["n"].to_numpy() > 1          # members recorded (``inst`` is before declared sizes)
+    if not multi.any():
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in _STRAG_COLS})
-    code, arrive = code[keep], coll["arrive"].to_numpy()[keep]
-    rank, end = coll["rank"].to_numpy()[keep].astype(np.int64), coll["end"].to_numpy()[keep]
-    last = np.full(code.max() + 1, np.iinfo(np.int64).min)
-    np.maximum.at(last, code, arrive)
-    wait = np.clip(np.minimum(last[code], end) - arrive, 0, None)
-    total = np.bincount(code, weights=wait, minlength=len(last))
-    order = np.lexsort((rank, -arrive, code))          # per instance: latest arrival, then lowest rank
-    first = order[np.r_[True, code[order][1:] != code[order][:-1]]]
-    culprit, inst = rank[first], code[first]
-    uniq_ranks = np.unique(rank)
-    slot = np.searchsorted(uniq_ranks, culprit)
-    cost = np.bincount(slot, weights=total[inst], minlength=len(uniq_ranks))
-    late = np.bincount(slot, weights=total[inst] > 0, minlength=len(uniq_ranks))
-    out = pd.DataFrame({"rank": uniq_ranks, "delay_cost_ns": cost.round().astype(np.int64),
-                        "late_count": late.astype(np.int64)})
+    of_row = np.searchsorted(inst["coll_id"].to_numpy(), coll["coll_id"].to_numpy())
+    present = np.flatnonzero(np.bincount(coll["rank"].to_numpy(np.int64), weights=multi[of_row]) > 0)
+    culprit, cost = inst["last_rank"].to_numpy()[multi], inst["last_wait"].to_numpy()[multi]
+    slot = np.searchsorted(present, culprit)
+    out = pd.DataFrame({"rank": present, "delay_cost_ns": np.bincount(slot, weights=cost, minlength=len(present))
+                        .round().astype(np.int64),
+                        "late_count": np.bincount(slot, weights=cost > 0, minlength=len(present)).astype(np.int64)})
     out = out.merge(ranks[["rank", "node", "chip"]].astype("int64"), on="rank", how="left")
     out[["node", "chip"]] = out[["node", "chip"]].fillna(-1).astype("int64")
     return out.sort_values(["delay_cost_ns", "rank"], ascending=[False, True])[_STRAG_COLS].reset_index(drop=True)
@@ -329,12 +258,12 @@ class _Comm:
     """The ``comm`` report (see the module docstring)."""
 
     name = "comm"
-    columns = ("rank", "ts", "dur", "category", "op", "coll_id")
+    columns = (*ACTIVITY_COLUMNS, "op")
 
     def applies(self, ctx: AnalysisContext) -> str | None:
         return None if len(ctx.collectives) else "the trace has no collectives (no communication was recorded)"
 
-    def chunk(self, events: pa.Table, ctx: AnalysisContext) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Per (kind, group): the rank's communication time and the part under compute; its sends."""
         if not events.num_rows:
             return _empty_partial()
@@ -347,15 +276,15 @@ class _Comm:
         senders = pd.concat([empty[1], *(p[1] for p in partials)], ignore_index=True)
         hidden = per_rank.groupby(["kind", "group"], as_index=False)[["union_ns", "overlapped_ns"]].sum()
         coll = ctx.collectives
-        inst = collective_instances(coll, _group_sizes(ctx))
-        wait = (np.minimum(coll["start"], coll["end"]) - coll["arrive"]).clip(lower=0) if len(coll) else pd.Series()
-        waits = (pd.DataFrame({"kind": coll["kind"].astype(str), "group": coll["group"].astype("int64"), "wait_ns": wait})
-                 .groupby(["kind", "group"], as_index=False)["wait_ns"].sum() if len(coll)
-                 else pd.DataFrame({"kind": [], "group": [], "wait_ns": []}))
+        inst = ctx.instances
+        declared = _group_sizes(ctx)
+        if declared:
+            inst = inst.assign(n=np.maximum(inst["n"].to_numpy(), inst["group"].map(declared).fillna(0).to_numpy(np.int64)))
         inst = inst.assign(busbytes=inst["size"] * busbw_factor(inst["kind"], inst["n"]))
         table = inst.groupby(["kind", "group"], as_index=False).agg(
-            count=("coll_id", "size"), bytes=("size", "sum"), time_ns=("time", "sum"), busbytes=("busbytes", "sum"))
-        table = (table.merge(hidden, on=["kind", "group"], how="outer").merge(waits, on=["kind", "group"], how="left"))
+            count=("coll_id", "size"), bytes=("size", "sum"), time_ns=("time", "sum"), busbytes=("busbytes", "sum"),
+            wait_ns=("wait", "sum"))
+        table = table.merge(hidden, on=["kind", "group"], how="outer")
         table = table.fillna({"count": 0, "bytes": 0, "time_ns": 0, "busbytes": 0, "union_ns": 0,
                               "overlapped_ns": 0, "wait_ns": 0})
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -366,7 +295,7 @@ class _Comm:
             table[c] = table[c].round().astype("int64")
         table["group"] = table["group"].astype("int64")
         table = table.sort_values(["kind", "group"]).reset_index(drop=True)[_COLL_COLS]
-        return CommResult(collectives=table, stragglers=_stragglers(coll, ctx.ranks),
+        return CommResult(collectives=table, stragglers=_stragglers(coll, ctx.instances, ctx.ranks),
                           links=_links(coll, inst, senders, ctx.hardware))
 
 

@@ -12,10 +12,9 @@ from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from typing import Any
 
-import pyarrow.compute as pc
-
 from sohuprof.analyzers.analysis import Analysis, AnalysisContext
-from sohuprof.analyzers.engine import plan_columns
+from sohuprof.analyzers.engine import plan_columns, read_rank
+from sohuprof.analyzers.partition import Partition
 from sohuprof.errors import SohuprofError
 
 __all__ = ["run_analyses_dask"]
@@ -23,8 +22,8 @@ __all__ = ["run_analyses_dask"]
 
 def _chunk_rank(ctx: AnalysisContext, analyses: list[Analysis], columns: list[str], rank: int, node: int) -> list[Any]:
     """One task: a rank's events through every analysis's chunk (runs on a worker)."""
-    events = ctx.store.read("events", columns=columns, filters=(pc.field("node") == node) & (pc.field("rank") == rank))
-    return [a.chunk(events, ctx) for a in analyses]
+    part = Partition(read_rank(ctx, columns, rank, node))
+    return [a.chunk(part, ctx) for a in analyses]
 
 
 def run_analyses_dask(ctx: AnalysisContext, analyses: Iterable[Analysis], *, scheduler: str | None = None,

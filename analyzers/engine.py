@@ -1,14 +1,16 @@
 """The local engine: read the store one rank at a time and run every chosen analysis on it.
 
-A cheap first pass (``ts``, ``dur`` and the rank columns, streamed) finds the trace window and
-the ranks; then each rank's events are read once, with the union of the columns the chosen
-analyses need (the store's files are sorted by rank, so Parquet statistics prune the rest), and
-handed to every analysis's ``chunk``. Memory is bounded by one rank's events.
+The trace window and the ranks come from the manifest's rank index (a store written before it
+existed gets a streamed first pass over ``ts``, ``dur`` and the rank columns). Then the events
+are streamed once, with the union of the columns the chosen analyses need, and cut into ranks
+where the (rank-sorted) files change rank; each rank's :class:`Partition` goes to every
+analysis's ``chunk``. Memory is bounded by one rank's events plus the reader's read-ahead.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,10 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sohuprof.analyzers.analysis import Analysis, AnalysisContext, ReportError
+from sohuprof.analyzers.partition import Partition
 from sohuprof.hardware import HardwareSpec
 from sohuprof.store import TraceStore
 
-__all__ = ["build_context", "plan_columns", "rank_partitions", "run_analyses"]
+__all__ = ["build_context", "plan_columns", "rank_partitions", "read_rank", "run_analyses"]
 
 
 def build_context(store: TraceStore, *, hta_compatible: bool = False, options: dict | None = None) -> AnalysisContext:
@@ -34,6 +37,39 @@ def build_context(store: TraceStore, *, hta_compatible: bool = False, options: d
     # Only a Sohu run's manifest carries a full spec; profiler traces describe devices loosely.
     hardware = (HardwareSpec.from_dict(hw, source="in the store's manifest")
                 if source == "sohu-raw-trace" and isinstance(hw, dict) else None)
+    index = manifest.get("rank_index")
+    if isinstance(index, list):
+        ranks, lo, hi = _from_index(index)
+    else:
+        ranks, lo, hi = _scan_window(store)
+    # Held once, in the writer's (coll_id, rank) order, kind categorical: the context derives
+    # per-rank slices and the instance table from it (it is the largest small table).
+    collectives = store.read("collectives").to_pandas()
+    if "kind" in collectives and not isinstance(collectives["kind"].dtype, pd.CategoricalDtype):
+        collectives["kind"] = collectives["kind"].astype(str).astype("category")
+    return AnalysisContext(store=store, source=source, hardware=hardware, collectives=collectives,
+                           requests=store.read("requests").to_pandas(),
+                           counters=store.read("counters").to_pandas(),
+                           wall_start=int(lo), wall_end=int(hi), ranks=ranks,
+                           hta_compatible=hta_compatible, options=dict(options or {}))
+
+
+def _empty_ranks() -> pd.DataFrame:
+    return pd.DataFrame({"rank": pd.Series(dtype="int32"), "node": pd.Series(dtype="int32"),
+                         "chip": pd.Series(dtype="int32")})
+
+
+def _from_index(index: list[dict]) -> tuple[pd.DataFrame, int, int]:
+    """Ranks and window from the manifest's ``rank_index`` (one entry per rank with events)."""
+    if not index:
+        return _empty_ranks(), 0, 0
+    frame = pd.DataFrame(index)
+    ranks = frame[["rank", "node", "chip"]].astype("int32").sort_values("rank").reset_index(drop=True)
+    return ranks, int(frame["start_ns"].min()), int(frame["end_ns"].max())
+
+
+def _scan_window(store: TraceStore) -> tuple[pd.DataFrame, int, int]:
+    """Ranks and window of a store without a rank index: one streamed pass."""
     lo, hi = np.iinfo(np.int64).max, np.iinfo(np.int64).min
     seen: list[pd.DataFrame] = []
     for batch in store.scan(columns=["ts", "dur", "rank", "node", "chip"]):
@@ -44,29 +80,50 @@ def build_context(store: TraceStore, *, hta_compatible: bool = False, options: d
         hi = max(hi, pc.max(pc.add(ts, batch.column("dur"))).as_py())
         seen.append(pa.Table.from_batches([batch]).select(["rank", "node", "chip"])
                     .group_by(["rank", "node", "chip"]).aggregate([]).to_pandas())
-    ranks = (pd.concat(seen).drop_duplicates().sort_values("rank").reset_index(drop=True) if seen
-             else pd.DataFrame({"rank": pd.Series(dtype="int32"), "node": pd.Series(dtype="int32"),
-                                "chip": pd.Series(dtype="int32")}))
     if not seen:
-        lo = hi = 0
-    # Sorted once by (rank, coll_id), kind categorical: per-rank lookups are a searchsorted and
-    # the table is held once (it is the largest small table: one row per instance x rank).
-    collectives = store.read("collectives").to_pandas()
-    collectives = collectives.sort_values(["rank", "coll_id"], kind="stable", ignore_index=True)
-    if "kind" in collectives:
-        collectives["kind"] = collectives["kind"].astype(str).astype("category")
-    return AnalysisContext(store=store, source=source, hardware=hardware, collectives=collectives,
-                           requests=store.read("requests").to_pandas(),
-                           counters=store.read("counters").to_pandas(),
-                           wall_start=int(lo), wall_end=int(hi), ranks=ranks,
-                           hta_compatible=hta_compatible, options=dict(options or {}))
+        return _empty_ranks(), 0, 0
+    ranks = pd.concat(seen).drop_duplicates().sort_values("rank").reset_index(drop=True)
+    return ranks, lo, hi
+
+
+def read_rank(ctx: AnalysisContext, columns: list[str], rank: int, node: int) -> pa.Table:
+    """One rank's events (the given columns): a filtered read (Parquet statistics prune the rest)."""
+    return ctx.store.read("events", columns=columns, filters=(pc.field("node") == node) & (pc.field("rank") == rank))
 
 
 def rank_partitions(ctx: AnalysisContext, columns: list[str]) -> Iterator[pa.Table]:
-    """Each rank's events (the given columns), one table at a time, in rank order."""
-    for rank, node in zip(ctx.ranks["rank"].tolist(), ctx.ranks["node"].tolist()):
-        yield ctx.store.read("events", columns=columns,
-                             filters=(pc.field("node") == node) & (pc.field("rank") == rank))
+    """Each rank's events (the given columns), one table at a time.
+
+    With one file per node partition (what the store writer makes unless a collector handed it
+    rows out of order), each rank's rows are contiguous: the events are streamed once and cut
+    where the rank changes, with no filter to evaluate. Otherwise each rank is a filtered read.
+    """
+    columns = list(dict.fromkeys([*columns, "rank"]))
+    files = ctx.store.dataset().files
+    if len(files) != len({Path(f).parent for f in files}):
+        for rank, node in zip(ctx.ranks["rank"].tolist(), ctx.ranks["node"].tolist()):
+            yield read_rank(ctx, columns, rank, node)
+        return
+    pending: list[pa.RecordBatch] = []
+    current = None
+    for batch in ctx.store.scan(columns=columns):
+        if not batch.num_rows:
+            continue
+        rank = batch.column("rank").to_numpy()
+        cuts = np.flatnonzero(rank[1:] != rank[:-1]) + 1
+        if current is not None and rank[0] != current:
+            cuts = np.r_[0, cuts]
+        start = 0
+        for cut in cuts.tolist():       # a loop over rank changes (one per rank), not events
+            if cut > start:
+                pending.append(batch.slice(start, cut - start))
+            if pending:
+                yield pa.Table.from_batches(pending)
+            pending, start = [], cut
+        pending.append(batch.slice(start))
+        current = rank[-1]
+    if pending:
+        yield pa.Table.from_batches(pending)
 
 
 def plan_columns(ctx: AnalysisContext, analyses: list[Analysis]) -> list[str]:
@@ -98,7 +155,8 @@ def run_analyses(ctx: AnalysisContext, analyses: Iterable[Analysis], *,
     workers = workers or min(os.cpu_count() or 1, 4)
 
     def work(events: pa.Table) -> list[Any]:
-        return [a.chunk(events, ctx) for a in analyses]
+        part = Partition(events)     # one partition, shared: columns decoded once for all
+        return [a.chunk(part, ctx) for a in analyses]
 
     partials: dict[str, list[Any]] = {a.name: [] for a in analyses}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sohuprof-analyze") as pool:

@@ -16,8 +16,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-__all__ = ["Merged", "merge", "union_length", "intersection_length", "mask_coverage", "lowest_class",
-           "priority_sweep"]
+__all__ = ["Merged", "Sweep", "chain_sweep", "merge", "union_length", "intersection_length", "mask_coverage",
+           "lowest_class", "priority_sweep"]
 
 
 class Merged(NamedTuple):
@@ -189,6 +189,116 @@ def _single_key_coverage(start: np.ndarray, end: np.ndarray, cls: np.ndarray, n_
         np.add.at(out[0], masks, total)
     out[0, 0] = (we - ws) - out[0, 1:].sum()
     return out
+
+
+class Sweep(NamedTuple):
+    """The result of :func:`chain_sweep`: between boundaries ``t[i]`` and ``t[i + 1]`` exactly the
+    classes whose bits are set in ``masks[code[i]]`` are active. ``t`` is relative to ``origin``
+    (the window start), starts at 0 and ends at the window's length."""
+
+    origin: int
+    t: np.ndarray
+    code: np.ndarray
+    masks: np.ndarray
+    n_classes: int
+
+    def coverage(self) -> np.ndarray:
+        """Time in each exact set of active classes: int64 ``[2**n_classes]`` summing to the window."""
+        per_code = np.bincount(self.code, weights=np.diff(self.t), minlength=len(self.masks))
+        out = np.zeros(1 << self.n_classes, np.int64)
+        np.add.at(out, self.masks, per_code.round().astype(np.int64))   # a few distinct masks
+        return out
+
+    def covered_before(self, x: np.ndarray, classes: int) -> np.ndarray:
+        """For each absolute time in ``x``: the time in ``[window start, x)`` during which any class
+        of the bitmask ``classes`` is active. ``covered_before(b) - covered_before(a)`` is the
+        covered part of ``[a, b)``."""
+        active = ((self.masks & classes) != 0)[self.code]
+        seg = np.diff(self.t)
+        before = np.zeros(len(self.t), np.int64)
+        np.cumsum(seg * active, out=before[1:])
+        rel = np.clip(np.asarray(x, dtype=np.int64) - self.origin, 0, self.t[-1])
+        i = np.searchsorted(self.t, rel, side="right") - 1
+        inside = i < len(active)
+        i = np.minimum(i, len(active) - 1) if len(active) else i
+        partial = np.where(inside, active[i] * (rel - self.t[i]), 0) if len(active) else 0
+        return np.where(inside, before[i], before[-1]) + partial
+
+
+def _is_sequential(first: np.ndarray, last: np.ndarray) -> bool:
+    """Do intervals ``[first, last)`` come sorted and never overlap (a sequential stream)?"""
+    return bool((first[1:] >= first[:-1]).all() and (first[1:] >= np.maximum.accumulate(last)[:-1]).all())
+
+
+def chain_sweep(chains: list[tuple[list[np.ndarray], list[int]]], n_classes: int, window_start: int,
+                window_end: int) -> Sweep:
+    """Which exact set of classes is active at every instant of ``[window_start, window_end)``.
+
+    Each chain is ``(boundaries, classes)``: ``k + 1`` arrays ``b_0 <= b_1 <= ... <= b_k`` (one
+    value per event) and ``k`` class indices; each event has class ``classes[j]`` active on
+    ``[b_j, b_{j+1})``. An op with a compute body and a memory-stall tail is one chain of three
+    boundaries, not two intervals of two.
+
+    Like :func:`mask_coverage`, the active set after each boundary is a cumulative sum of
+    per-class counters packed into one int64 (``62 // n_classes`` bits each), but without a
+    merge, an argsort or a gather: every boundary is packed with its kind into one int64
+    (time << 5 | kind) and sorted by value. A chain whose events come sorted and never overlap (a
+    chip's compute stream, its DMA stream ...) is already one sorted run, so the stable sort
+    (timsort) only merges a few runs: O(n log runs). Unsorted or overlapping chains stay exact,
+    at O(n log n); one whose overlaps could overflow its counter is merged per class first.
+    """
+    if not 0 < n_classes <= 16:
+        raise ValueError(f"'n_classes' must be in 1..16, got {n_classes}")
+    ws, we = int(window_start), int(window_end)
+    if we < ws:
+        raise ValueError(f"window ends before it starts: [{ws}, {we})")
+    bits = 62 // n_classes
+    field = [1 << (bits * c) for c in range(n_classes)]
+    counts = np.zeros(n_classes, np.int64)
+    for bounds, classes in chains:   # a loop over chains (a handful), not events
+        if len(bounds) != len(classes) + 1:
+            raise ValueError(f"a chain of {len(classes)} classes needs {len(classes) + 1} boundary arrays")
+        if any((hi < lo).any() for lo, hi in zip(bounds, bounds[1:])):
+            raise ValueError("a chain's boundaries must not decrease within an event")
+        for c in classes:
+            counts[c] += len(bounds[0])
+    safe = (1 << bits) - 1 - len(chains)
+    flat: list[tuple[list[np.ndarray], list[int]]] = []
+    for bounds, classes in chains:
+        if len(bounds[0]) and any(counts[c] >= safe for c in classes) and not _is_sequential(bounds[0], bounds[-1]):
+            # Deep overlaps could carry into the next class's counter: merge each class first.
+            for j, c in enumerate(classes):
+                m = merge(bounds[j], bounds[j + 1])
+                flat.append(([m.start, m.end], [c]))
+        else:
+            flat.append((bounds, classes))
+    steps: list[int] = [0]                  # kind 0: the window's own boundaries
+    runs = [np.array([0, (we - ws) << 5], np.int64)]
+    for bounds, classes in flat:
+        m, k = len(bounds[0]), len(bounds)
+        kinds = range(len(steps), len(steps) + k)
+        for j in range(k):
+            steps.append((field[classes[j]] if j < k - 1 else 0) - (field[classes[j - 1]] if j > 0 else 0))
+        if len(steps) > 32:
+            raise ValueError("too many chain boundaries: at most 31 kinds fit the packing")
+        if not m:
+            continue
+        run = np.empty(m * k, np.int64)
+        for j, kind in enumerate(kinds):     # a loop over a chain's boundaries (2 or 3)
+            b = np.clip(bounds[j], ws, we)
+            b -= ws
+            b <<= 5
+            b |= kind
+            run[j::k] = b
+        runs.append(run)
+    packed = np.sort(np.concatenate(runs), kind="stable")
+    kind = packed & 31
+    packed >>= 5
+    state = np.cumsum(np.asarray(steps, np.int64)[kind])[:-1]
+    code, states = pd.factorize(state, sort=False)
+    fields = (states[:, None] >> (bits * np.arange(n_classes))) & ((1 << bits) - 1)
+    masks = ((fields > 0) << np.arange(n_classes)).sum(axis=1).astype(np.int64)
+    return Sweep(origin=ws, t=packed, code=code, masks=masks, n_classes=n_classes)
 
 
 def lowest_class(n_classes: int) -> np.ndarray:

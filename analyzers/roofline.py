@@ -27,12 +27,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.comm import (
-    busbw_factor,
-    collective_instances,
-    dict_codes,
-    records,
-)
+from sohuprof.analyzers.comm import busbw_factor, records
+from sohuprof.analyzers.partition import Partition, as_partition
 
 from sohuprof.hardware import HardwareSpec
 
@@ -83,15 +79,17 @@ class RooflineResult:
 
 
 def _hash(*cols: np.ndarray) -> np.ndarray:
-    """A deterministic 64-bit mix (splitmix64) of int columns: the sample's selection key."""
-    h = np.zeros(len(cols[0]), np.uint64)
+    """A deterministic 64-bit mix of int columns (splitmix64's finaliser over their odd-multiplied
+    sum): the sample's selection key."""
     with np.errstate(over="ignore"):
-        for c in cols:   # a loop over a few columns
-            h = h ^ c.astype(np.uint64)
-            h = (h + np.uint64(0x9E3779B97F4A7C15)) ^ (h >> np.uint64(30))
-            h = h * np.uint64(0xBF58476D1CE4E5B9)
-            h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            h = h ^ (h >> np.uint64(31))
+        h = np.zeros(len(cols[0]), np.uint64)
+        for c, m in zip(cols, (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)):   # a few columns
+            h += c.astype(np.uint64) * np.uint64(m)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
     return h
 
 
@@ -106,64 +104,87 @@ def _quota(counts: np.ndarray, budget: int) -> int:
     return int(cap[j])
 
 
+def _smallest(order_keys: tuple[np.ndarray, ...], stratum: np.ndarray, q: int) -> np.ndarray:
+    """Positions of the ``q`` first rows of each stratum in ``lexsort(order_keys)`` order."""
+    order = np.lexsort((*order_keys, stratum))
+    sc = stratum[order]
+    first = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]]) if len(sc) else np.zeros(0, np.int64)
+    within = np.arange(len(sc)) - np.repeat(first, np.diff(np.r_[first, len(sc)]))
+    return order[within < q]
+
+
 def _take(sample: pd.DataFrame, q: int) -> pd.DataFrame:
     """The ``q`` events with the smallest keys of each op class."""
     if not len(sample):
         return sample
     code, _ = pd.factorize(sample["op"], sort=True)
-    order = np.lexsort((sample["ts"].to_numpy(), sample["rank"].to_numpy(), sample["key"].to_numpy(), code))
-    sc = code[order]
-    first = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]])
-    within = np.arange(len(sc)) - np.repeat(first, np.diff(np.r_[first, len(sc)]))
-    return sample.iloc[order[within < q]].reset_index(drop=True)
+    pick = _smallest((sample["ts"].to_numpy(), sample["rank"].to_numpy(), sample["key"].to_numpy()), code, q)
+    return sample.iloc[pick].reset_index(drop=True)
 
 
-def _rank_roofline(events: pa.Table, hw: HardwareSpec, peak: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One rank's sums per (op, phase) and its share of the stratified sample."""
-    cat, cat_values = dict_codes(events.column("category"))
-    keep = np.array([v == "compute" for v in cat_values] + [False])[cat]
-    ev = events.filter(pa.array(keep))
-    op, op_values = dict_codes(ev.column("op"))
-    phase, phase_values = dict_codes(ev.column("phase"))
-    track, track_values = dict_codes(ev.column("track"))
-    dur = ev.column("dur").to_numpy().astype(np.int64)
-    flops = ev.column("flops").fill_null(0).to_numpy().astype(float)
-    hbm = ev.column("hbm_bytes").fill_null(0).to_numpy().astype(float)
-    vector = np.array([v == "vector" for v in track_values] + [False])[track]
-    peak_e = np.where(vector, hw.vector_flops, peak)
-    roof_time = np.maximum(flops / peak_e * 1e9, hbm / hw.hbm_bandwidth * 1e9)
+def _candidates(key: np.ndarray, stratum: np.ndarray, counts: np.ndarray, q: int) -> np.ndarray:
+    """Rows that surely include each stratum's ``q`` smallest keys: those under a per-stratum key
+    threshold set for about ``2q + 64`` expected rows (keys are uniform hashes), or the whole
+    stratum where that leaves too few."""
+    top = key >> np.uint64(11)                                   # 53 bits: exact in a float
+    frac = np.minimum(1.0, (2.0 * q + 64) / np.maximum(counts, 1))
+    limit = np.floor(frac * 2.0**53).astype(np.uint64)
+    keep = top < limit[stratum]
+    short = np.bincount(stratum[keep], minlength=len(counts)) < np.minimum(counts, q)
+    if short.any():
+        keep |= short[stratum]
+    return np.flatnonzero(keep)
+
+
+def _rank_roofline(events: pa.Table | Partition, hw: HardwareSpec, peak: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One partition's sums per (op, phase) and its share of the stratified sample."""
+    part = as_partition(events)
+    compute = part.equals("category", "compute")
+    op, op_values = part.codes("op")
+    phase, phase_values = part.codes("phase")
+    vector = part.equals("track", "vector")
+    dur = part.ints("dur")
+    flops = part.ints("flops").astype(float)
+    hbm = part.ints("hbm_bytes").astype(float)
+    timed = dur > 0
+    roof_time = np.maximum(flops / np.where(vector, hw.vector_flops, peak) * 1e9, hbm / hw.hbm_bandwidth * 1e9)
     headroom = np.clip(dur - roof_time, 0, None)
+    # One key per (op, phase, vector track?, measurable duration?); other categories share a
+    # discarded bucket, so nothing is filtered and every sum is one bincount.
     n_phase = len(phase_values) + 1
-    key = op * n_phase + phase
-    size = (len(op_values) + 1) * n_phase
-    sums = {"count": np.bincount(key, minlength=size), "time_ns": np.bincount(key, dur, size),
-            "flops": np.bincount(key, flops, size), "hbm_bytes": np.bincount(key, hbm, size),
-            "vector_count": np.bincount(key, vector, size), "vector_flops": np.bincount(key, flops * vector, size),
-            "headroom_ns": np.bincount(key, headroom, size), "sampleable": np.bincount(key, dur > 0, size),
-            "timed_flops": np.bincount(key, flops * (dur > 0), size), "timed_bytes": np.bincount(key, hbm * (dur > 0), size)}
+    groups = (len(op_values) + 1) * n_phase
+    key = np.where(compute, ((op * n_phase + phase) * 2 + vector) * 2 + timed, 4 * groups)
+    size = 4 * groups + 1
+    count = np.bincount(key, minlength=size)[:-1].reshape(groups, 2, 2)
+    per = {name: np.bincount(key, w, size)[:-1].reshape(groups, 2, 2)
+           for name, w in (("time_ns", dur), ("flops", flops), ("hbm_bytes", hbm), ("headroom_ns", headroom))}
+    sums = {"count": count.sum(axis=(1, 2)), "time_ns": per["time_ns"].sum(axis=(1, 2)),
+            "flops": per["flops"].sum(axis=(1, 2)), "hbm_bytes": per["hbm_bytes"].sum(axis=(1, 2)),
+            "vector_count": count[:, 1].sum(axis=1), "vector_flops": per["flops"][:, 1].sum(axis=1),
+            "headroom_ns": per["headroom_ns"].sum(axis=(1, 2)), "sampleable": count[:, :, 1].sum(axis=1),
+            "timed_flops": per["flops"][:, :, 1].sum(axis=1), "timed_bytes": per["hbm_bytes"][:, :, 1].sum(axis=1)}
     present = np.flatnonzero(sums["count"])
     names, phases = np.array(op_values + [None], dtype=object), np.array(phase_values + [None], dtype=object)
-    part = pd.DataFrame({"op": names[present // n_phase], "phase": phases[present % n_phase],
-                         **{k: v[present] for k, v in sums.items()}})
-    # Sample candidates: events with a duration (a 0 ns event has no attained rate to plot).
-    # Choose on integer codes first; build rows only for the (few) events kept.
-    idx = np.flatnonzero(dur > 0)
-    ts, rank = ev.column("ts").to_numpy()[idx], ev.column("rank").to_numpy()[idx].astype(np.int64)
-    key = _hash(rank, ts, dur[idx])
-    # Every rank's cap is at least the global one, so the global choice is among what it keeps.
-    cap = _quota(part.groupby("op", dropna=False)["sampleable"].sum().to_numpy(), SAMPLE_SIZE)
-    order = np.lexsort((ts, rank, key, op[idx]))
-    sc = op[idx][order]
-    first = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]]) if len(sc) else np.zeros(0, np.int64)
-    within = np.arange(len(sc)) - np.repeat(first, np.diff(np.r_[first, len(sc)]))
-    pick = order[within < cap]
+    sums_frame = pd.DataFrame({"op": names[present // n_phase], "phase": phases[present % n_phase],
+                               **{k: v[present] for k, v in sums.items()}})
+    # Sample candidates: compute events with a duration (a 0 ns event has no attained rate to
+    # plot). Every partition's cap is at least the global one, so the global choice is among what
+    # it keeps; hashes pick the candidates, a sort orders only those.
+    idx = np.flatnonzero(compute & timed)
+    ts, rank, d = part.ts[idx], part.ints("rank")[idx], dur[idx]
+    sample_key = _hash(rank, ts, d)
+    stratum = op[idx]
+    per_op = np.bincount(stratum, minlength=len(op_values) + 1)
+    cap = _quota(per_op[per_op > 0], SAMPLE_SIZE)
+    cand = _candidates(sample_key, stratum, per_op, cap)
+    pick = cand[_smallest((ts[cand], rank[cand], sample_key[cand]), stratum[cand], cap)]
     chosen = idx[pick]
-    f, h, d = flops[chosen], hbm[chosen], dur[chosen]
+    f, h, dd = flops[chosen], hbm[chosen], dur[chosen]
     with np.errstate(divide="ignore", invalid="ignore"):
         sample = pd.DataFrame({"op": names[op[chosen]], "phase": phases[phase[chosen]], "rank": rank[pick],
-                               "ts": ts[pick], "dur": d, "intensity": f / h, "attained_flops": f / d * 1e9,
-                               "attained_bandwidth": h / d * 1e9, "key": key[pick]})
-    return part, sample
+                               "ts": ts[pick], "dur": dd, "intensity": f / h, "attained_flops": f / dd * 1e9,
+                               "attained_bandwidth": h / dd * 1e9, "key": sample_key[pick]})
+    return sums_frame, sample
 
 
 def _group_peak(g: pd.DataFrame, hw: HardwareSpec, peak: float) -> np.ndarray:
@@ -196,9 +217,8 @@ def _finish_ops(sums: pd.DataFrame, hw: HardwareSpec, model_peak_flops: float) -
                            na_position="last").reset_index(drop=True)
 
 
-def _collective_roofs(coll: pd.DataFrame, hw: HardwareSpec) -> pd.DataFrame:
-    """Collectives per kind against the peak bandwidth of the links they cross."""
-    inst = collective_instances(coll)
+def _collective_roofs(inst: pd.DataFrame, hw: HardwareSpec) -> pd.DataFrame:
+    """Collectives per kind (from the instance table) against the peak bandwidth of the links they cross."""
     if not len(inst):
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in _COLL_COLS}).astype({"op": object})
     n, s, kind = inst["n"].to_numpy(float), inst["size"].to_numpy(float), inst["kind"].to_numpy(object)
@@ -239,7 +259,7 @@ class _Roofline:
             return "the store has no hardware spec to draw roofs from"
         return None
 
-    def chunk(self, events: pa.Table, ctx: AnalysisContext) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Sums per (op, phase) of one rank's compute events, and its sample candidates."""
         hw = ctx.hardware
         if hw is None:
@@ -262,7 +282,7 @@ class _Roofline:
             else pd.DataFrame(columns=_SAMPLE_COLS)
         peak = float(model_peak(ctx))
         return RooflineResult(peak_flops=peak, hbm_bandwidth=float(hw.hbm_bandwidth),
-                              ops=_finish_ops(frame, hw, peak), collectives=_collective_roofs(ctx.collectives, hw),
+                              ops=_finish_ops(frame, hw, peak), collectives=_collective_roofs(ctx.instances, hw),
                               sample=sample.drop(columns="key"))
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.partition import Partition
 from sohuprof.analyzers.roofline import model_peak
 
 __all__ = ["PERCENTILES", "SERVING", "ServingResult", "throughput_series"]
@@ -112,7 +113,7 @@ class _Serving:
     def applies(self, ctx: AnalysisContext) -> str | None:
         return None if len(ctx.requests) else "the trace has no served requests; `serving` needs a Sohu run"
 
-    def chunk(self, events: pa.Table, ctx: AnalysisContext) -> int:
+    def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> int:
         """The FLOPs of one rank's events (nulls count as none; an exact integer sum)."""
         total = pc.sum(events.column("flops")).as_py() if events.num_rows else None
         return int(total or 0)

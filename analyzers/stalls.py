@@ -22,8 +22,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from sohuprof.analyzers.activity import BODY, DMA, HOST, N_CLASSES, TAIL, TRANSFER, WAIT, activity, bits
+from sohuprof.analyzers.activity import COLUMNS as ACTIVITY_COLUMNS
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.intervals import mask_coverage
+from sohuprof.analyzers.partition import Partition, as_partition
 
 __all__ = ["STALLS", "StallsResult", "PARTS"]
 
@@ -44,64 +46,26 @@ class StallsResult:
         return {"ranks": self.ranks[cols].astype("int64").to_dict(orient="records")}
 
 
-def _codes(column: pa.ChunkedArray, value: str) -> np.ndarray:
-    """Boolean mask of a dictionary column equal to ``value`` (decided once per dictionary)."""
-    arr = column.combine_chunks()
-    if pa.types.is_dictionary(arr.type):
-        hits = np.array([v == value for v in arr.dictionary.to_pylist()] + [False])
-        idx = arr.indices.to_numpy(zero_copy_only=False)
-        idx = np.where(arr.indices.is_null().to_numpy(zero_copy_only=False), len(hits) - 1, idx)
-        return hits[idx]
-    return np.asarray(arr.to_numpy(zero_copy_only=False) == value)
-
-
-# Interval classes of the sweep (bits of the coverage mask).
-_BODY, _TAIL, _DMA, _TRANSFER, _WAIT, _HOST = range(6)
-_N = 6
-
-
-def _bits(*classes: int) -> int:
-    return sum(1 << c for c in classes)
-
-
 def _partition_columns() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every coverage mask: its part (0..4 = PARTS), whether it is communication hidden
     under compute, and whether it is idle time covered by host work."""
-    masks = np.arange(1 << _N)
-    has = lambda *c: (masks & _bits(*c)) != 0   # noqa: E731 - a one-line predicate over masks
-    part = np.select([has(_BODY), has(_TAIL, _DMA), has(_TRANSFER), has(_WAIT)], [0, 1, 2, 3], default=4)
-    overlapped = has(_BODY, _TAIL) & has(_TRANSFER, _WAIT)
-    idle_host = (part == 4) & has(_HOST)
+    masks = np.arange(1 << N_CLASSES)
+    has = lambda *c: (masks & bits(*c)) != 0   # noqa: E731 - a one-line predicate over masks
+    part = np.select([has(BODY), has(TAIL, DMA), has(TRANSFER), has(WAIT)], [0, 1, 2, 3], default=4)
+    overlapped = has(BODY, TAIL) & has(TRANSFER, WAIT)
+    idle_host = (part == 4) & has(HOST)
     return part, overlapped, idle_host
 
 
 _PART, _OVERLAPPED, _IDLE_HOST = _partition_columns()
 
 
-def rank_stalls(events: pa.Table, ctx: AnalysisContext) -> pd.DataFrame:
+def rank_stalls(events: pa.Table | Partition, ctx: AnalysisContext) -> pd.DataFrame:
     """The stall partition of one rank's events (a one-row DataFrame)."""
-    rank = int(events.column("rank")[0].as_py())
-    ts = events.column("ts").to_numpy()
-    end = ts + events.column("dur").to_numpy()
-    stall = events.column("stall_mem_ns").fill_null(0).to_numpy() if "stall_mem_ns" in events.column_names \
-        else np.zeros(len(ts), np.int64)
-    stall = np.clip(stall, 0, end - ts)
-    category = events.column("category")
-    compute, memory = _codes(category, "compute"), _codes(category, "memory")
-    comm, host = _codes(category, "communication"), _codes(category, "host")
-    c_ts, c_end = ts[comm], end[comm]
-    last = ctx.last_arrival(rank, events.column("coll_id").fill_null(-1).to_numpy()[comm])
-    # Without a recorded last arrival (a lone profiler rank), the whole collective is transfer.
-    transfer_from = np.clip(np.where(last >= 0, last, c_ts), c_ts, c_end)
-    split = end[compute] - stall[compute]
-    pieces = [(ts[compute], split, _BODY), (split, end[compute], _TAIL), (ts[memory], end[memory], _DMA),
-              (transfer_from, c_end, _TRANSFER), (c_ts, transfer_from, _WAIT), (ts[host], end[host], _HOST)]
-    s = np.concatenate([p[0] for p in pieces])
-    e = np.concatenate([p[1] for p in pieces])
-    c = np.concatenate([np.full(len(p[0]), p[2], np.int64) for p in pieces])
-    cover = mask_coverage(s, e, c, np.zeros(len(s), np.int64), n_classes=_N, n_keys=1,
-                          window_start=np.array([ctx.wall_start]), window_end=np.array([ctx.wall_end]))[0]
+    part = as_partition(events)
+    cover = activity(part, ctx).coverage()
     parts = np.bincount(_PART, weights=cover, minlength=5).round().astype(np.int64)
+    rank = part.rank
     info = ctx.ranks[ctx.ranks["rank"] == rank]
     row = {"rank": rank, "node": int(info["node"].iloc[0]) if len(info) else 0,
            "chip": int(info["chip"].iloc[0]) if len(info) else 0, "wall_ns": ctx.wall_ns,
@@ -112,12 +76,12 @@ def rank_stalls(events: pa.Table, ctx: AnalysisContext) -> pd.DataFrame:
 
 class _Stalls:
     name = "stalls"
-    columns = ("rank", "ts", "dur", "category", "stall_mem_ns", "coll_id")
+    columns = ACTIVITY_COLUMNS
 
     def applies(self, ctx: AnalysisContext) -> str | None:
         return None if ctx.wall_ns > 0 else "the store has no events"
 
-    def chunk(self, events: pa.Table, ctx: AnalysisContext) -> pd.DataFrame:
+    def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> pd.DataFrame:
         if not events.num_rows:
             return pd.DataFrame(columns=list(_COLUMNS))
         return rank_stalls(events, ctx)

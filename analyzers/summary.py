@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.partition import Partition
 
 __all__ = ["SUMMARY", "Summary"]
 
@@ -31,7 +32,7 @@ class _Summary:
     def applies(self, ctx: AnalysisContext) -> str | None:
         return None
 
-    def chunk(self, events: pa.Table, ctx: AnalysisContext) -> int:
+    def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> int:
         return events.num_rows
 
     def combine(self, partials: list[int], ctx: AnalysisContext) -> Summary:

@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.partition import Partition, as_partition
 from sohuprof.analyzers.hta_selection import GPU_CATEGORIES, _matches, hta_select
 from sohuprof.analyzers.intervals import intersection_length, union_length
 
@@ -250,10 +251,10 @@ class _PerRankNs:
     def _finish(self, ns: pd.DataFrame) -> Any:
         raise NotImplementedError
 
-    def chunk(self, events: pa.Table, ctx: AnalysisContext) -> pd.DataFrame:
+    def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> pd.DataFrame:
         if not events.num_rows:
             return _empty(self._ns_columns)
-        return self._per_rank(_ensure_table(events, hta_compatible=ctx.hta_compatible))
+        return self._per_rank(_ensure_table(as_partition(events).table, hta_compatible=ctx.hta_compatible))
 
     def combine(self, partials: list[pd.DataFrame], ctx: AnalysisContext) -> Any:
         parts = [p for p in partials if len(p)]

@@ -113,6 +113,7 @@ class _NodePartition:
     rows: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)  # held while the file is written
     last_write: Future[None] | None = None   # the node's previous queued write, to keep order
+    index: list[np.ndarray] = field(default_factory=list)   # per write: rank, chip, rows, start, end
 
 
 class StoreWriter:
@@ -283,6 +284,7 @@ class StoreWriter:
             self._close_node(node)
         writer = state.writer if state.writer is not None else self._open_node(node)
         writer.write_table(out, row_group_size=self.row_group_rows)
+        state.index.append(_rank_summary(out))
         with self._open_lock:
             self._open.move_to_end(node)
         state.last_key = (out.column("rank")[-1].as_py(), out.column("ts")[-1].as_py())
@@ -379,9 +381,39 @@ class StoreWriter:
             rows[spec.name] = table.num_rows
         manifest = {"format": STORE_FORMAT, "version": STORE_VERSION, **self._manifest,
                     "written_by": f"sohuprof {sohuprof.__version__}", "tables": rows,
-                    "nodes": sorted(self._nodes)}
+                    "nodes": sorted(self._nodes), "rank_index": self._rank_index()}
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=False,
                                                     default=_json_default) + "\n")
+
+
+    def _rank_index(self) -> list[dict[str, int]]:
+        """Per rank with events: its node, chip, event count and window (first start, last end)."""
+        out = []
+        for node in sorted(self._nodes):
+            parts = self._nodes[node].index
+            if not parts:
+                continue
+            rank, chip, rows, start, end = np.concatenate(parts, axis=1)
+            uniq, first, code = np.unique(rank, return_index=True, return_inverse=True)
+            lo = np.full(len(uniq), np.iinfo(np.int64).max)
+            hi = np.full(len(uniq), np.iinfo(np.int64).min)
+            np.minimum.at(lo, code, start)
+            np.maximum.at(hi, code, end)
+            n = np.bincount(code, weights=rows, minlength=len(uniq)).astype(np.int64)
+            out += [{"rank": int(r), "node": node, "chip": int(c), "events": int(k), "start_ns": int(a),
+                     "end_ns": int(b)} for r, c, k, a, b in zip(uniq, chip[first], n, lo, hi)]
+        return sorted(out, key=lambda r: r["rank"])
+
+
+def _rank_summary(table: pa.Table) -> np.ndarray:
+    """``[5, ranks]`` int64: rank, chip, rows, first start, last end of a ``(rank, ts)``-sorted table."""
+    rank = table.column("rank").to_numpy()
+    ts = table.column("ts").to_numpy()
+    first = np.flatnonzero(np.r_[True, rank[1:] != rank[:-1]])
+    end = ts + table.column("dur").to_numpy()
+    rows = np.diff(np.r_[first, len(rank)])
+    return np.stack([rank[first], table.column("chip").to_numpy()[first], rows, ts[first],
+                     np.maximum.reduceat(end, first)]).astype(np.int64)
 
 
 #: Sorted or slowly varying integer columns: delta encoding is smaller than dictionary pages and

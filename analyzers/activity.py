@@ -1,0 +1,57 @@
+"""What a rank is doing at every instant of the trace window: one sweep over its activity classes.
+
+Six classes, each a chain of boundaries per event (see :func:`~sohuprof.analyzers.intervals.chain_sweep`):
+
+- a compute op is ``BODY`` then ``TAIL`` (the memory-stall part it reports, placed at its end);
+- a memory op (a DMA copy) is ``DMA``;
+- a collective is ``WAIT`` (from this rank's arrival to the last member's, from
+  collectives.parquet) then ``TRANSFER`` (to its end); without a recorded last arrival (a lone
+  profiler rank) it is all transfer;
+- host work is ``HOST``.
+
+The stall partition is a function of this sweep's coverage; communication hidden under compute is
+its compute coverage evaluated at the collectives' ends. Both reports share the one sweep a
+:class:`~sohuprof.analyzers.partition.Partition` caches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.intervals import Sweep, chain_sweep
+from sohuprof.analyzers.partition import Partition
+
+__all__ = ["BODY", "TAIL", "DMA", "TRANSFER", "WAIT", "HOST", "N_CLASSES", "COLUMNS", "bits", "activity"]
+
+BODY, TAIL, DMA, TRANSFER, WAIT, HOST = range(6)
+N_CLASSES = 6
+#: Event columns the sweep reads.
+COLUMNS = ("rank", "ts", "dur", "category", "stall_mem_ns", "coll_id")
+
+
+def bits(*classes: int) -> int:
+    """The bitmask of ``classes``."""
+    return sum(1 << c for c in classes)
+
+
+def activity(part: Partition, ctx: AnalysisContext) -> Sweep:
+    """The activity sweep of one rank's events over the trace window (computed once per partition)."""
+    sweep = part.cache.get("activity")
+    if sweep is not None:
+        return sweep
+    ts, end = part.ts, part.end
+    compute, memory = part.equals("category", "compute"), part.equals("category", "memory")
+    comm, host = part.equals("category", "communication"), part.equals("category", "host")
+    p_ts, p_end = ts[compute], end[compute]
+    if part.has("stall_mem_ns"):
+        split = p_end - np.clip(part.ints("stall_mem_ns")[compute], 0, p_end - p_ts)
+    else:
+        split = p_end
+    c_ts, c_end = ts[comm], end[comm]
+    last = ctx.last_arrival(part.rank, part.ints("coll_id", -1)[comm])
+    transfer_from = np.clip(np.where(last >= 0, last, c_ts), c_ts, c_end)
+    chains = [([p_ts, split, p_end], [BODY, TAIL]), ([ts[memory], end[memory]], [DMA]),
+              ([c_ts, transfer_from, c_end], [WAIT, TRANSFER]), ([ts[host], end[host]], [HOST])]
+    sweep = part.cache["activity"] = chain_sweep(chains, N_CLASSES, ctx.wall_start, ctx.wall_end)
+    return sweep
