@@ -138,3 +138,6 @@ class Analysis(Protocol):
 
     def combine(self, partials: list[Any], ctx: AnalysisContext) -> Any:
         """The result from every partition's partial (any order, any grouping)."""
+
+    # Optional: ``prepare(ctx)``, context-level work ``combine`` will need that depends on no
+    # partition (the collective instance table); the local engine runs it beside the chunks.

@@ -263,6 +263,10 @@ class _Comm:
     def applies(self, ctx: AnalysisContext) -> str | None:
         return None if len(ctx.collectives) else "the trace has no collectives (no communication was recorded)"
 
+    def prepare(self, ctx: AnalysisContext) -> None:
+        """Build the collective instance table (shared, cached on ``ctx``) beside the chunks."""
+        _ = ctx.instances
+
     def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Per (kind, group): the rank's communication time and the part under compute; its sends."""
         if not events.num_rows:

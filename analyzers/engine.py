@@ -160,6 +160,9 @@ def run_analyses(ctx: AnalysisContext, analyses: Iterable[Analysis], *,
 
     partials: dict[str, list[Any]] = {a.name: [] for a in analyses}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sohuprof-analyze") as pool:
+        # One task for every prepare, so work they share (cached on ctx) is done once.
+        preparers = [a for a in analyses if hasattr(a, "prepare")]
+        prepared = [pool.submit(lambda: [a.prepare(ctx) for a in preparers])] if preparers else []
         pending: deque[Future[list[Any]]] = deque()
 
         def drain(limit: int) -> None:
@@ -173,4 +176,6 @@ def run_analyses(ctx: AnalysisContext, analyses: Iterable[Analysis], *,
             pending.append(pool.submit(work, events))
             drain(workers)
         drain(0)
+        for done in prepared:
+            done.result()
     return {a.name: a.combine(partials[a.name], ctx) for a in analyses}

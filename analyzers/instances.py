@@ -57,31 +57,32 @@ def collective_instances(coll: pd.DataFrame, group_sizes: dict[int, int] | None 
     cid = coll["coll_id"].to_numpy(np.int64)
     rank = coll["rank"].to_numpy(np.int64)
     order = None
-    if len(cid) > 1 and not ((np.diff(cid) > 0) | ((np.diff(cid) == 0) & (np.diff(rank) > 0))).all():
+    same = cid[1:] == cid[:-1]
+    if not ((cid[1:] > cid[:-1]) | (same & (rank[1:] > rank[:-1]))).all():   # not as the writer sorts it
         order = np.lexsort((rank, cid))
         cid, rank = cid[order], rank[order]
+        same = cid[1:] == cid[:-1]
 
     def col(name: str, fill: int = 0) -> np.ndarray:
         values = coll[name].fillna(fill).to_numpy(np.int64) if coll[name].hasnans else coll[name].to_numpy(np.int64)
         return values if order is None else values[order]
 
     arrive, start, end, node = col("arrive"), col("start"), col("end"), col("node")
-    first = np.flatnonzero(np.r_[True, cid[1:] != cid[:-1]])
+    first = np.flatnonzero(np.r_[True, ~same])
     n = np.diff(np.r_[first, len(cid)])
-    inst_of = np.repeat(np.arange(len(first)), n)
     last_arrival = np.maximum.reduceat(arrive, first)
+    last_of_row = np.repeat(last_arrival, n)
     inst_end = np.maximum.reduceat(end, first)
     # Members per node: runs of one node within an instance (rows are by rank, so a node's
     # members are usually one run; when they are not, sort each instance by node first).
     by_node = node
-    if ((np.diff(node) < 0) & (cid[1:] == cid[:-1])).any():
-        by_node = node[np.lexsort((node, inst_of))]
-    run = np.flatnonzero(np.r_[True, (cid[1:] != cid[:-1]) | (by_node[1:] != by_node[:-1])])
+    if (same & (node[1:] < node[:-1])).any():
+        by_node = node[np.lexsort((node, np.repeat(np.arange(len(first)), n)))]
+    run = np.flatnonzero(np.r_[True, ~same | (by_node[1:] != by_node[:-1])])
     run_len = np.diff(np.r_[run, len(cid)])
     run_first = np.searchsorted(run, first)
     # The last arriver: the first row (lowest rank) of its instance arriving at the maximum.
-    is_last = arrive == last_arrival[inst_of]
-    last_row = np.minimum.reduceat(np.where(is_last, np.arange(len(cid)), len(cid)), first)
+    last_row = np.minimum.reduceat(np.where(arrive == last_of_row, np.arange(len(cid)), len(cid)), first)
     kind_rows = first if order is None else order[first]
     out = pd.DataFrame({
         "coll_id": cid[first], "kind": _kind_strings(coll["kind"], kind_rows), "group": col("group")[first],
@@ -91,7 +92,7 @@ def collective_instances(coll: pd.DataFrame, group_sizes: dict[int, int] | None 
         "local_max": np.maximum.reduceat(run_len, run_first), "node_min": np.minimum.reduceat(run_len, run_first),
         "wait": np.add.reduceat(np.clip(np.minimum(start, end) - arrive, 0, None), first),
         "last_rank": rank[last_row],
-        "last_wait": np.add.reduceat(np.clip(np.minimum(last_arrival[inst_of], end) - arrive, 0, None), first),
+        "last_wait": np.add.reduceat(np.clip(np.minimum(last_of_row, end) - arrive, 0, None), first),
     })
     if group_sizes:
         declared = out["group"].map(group_sizes).fillna(0).to_numpy(np.int64)

@@ -77,6 +77,14 @@ class Partition:
         """Column ``name`` as Arrow (what :class:`pyarrow.Table` gives)."""
         return self.table.column(name)
 
+    @cached_property
+    def single_rank(self) -> int | None:
+        """The rank when every row has the same one (what the engines hand over), else None."""
+        if not self.num_rows:
+            return None
+        rank = self.ints("rank")
+        return int(rank[0]) if (rank == rank[0]).all() else None
+
     def has(self, name: str) -> bool:
         return name in self.table.column_names
 

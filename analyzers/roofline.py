@@ -78,17 +78,20 @@ class RooflineResult:
                 "ops": records(self.ops, _OP_COLS), "collectives": records(self.collectives, _COLL_COLS)}
 
 
-def _hash(*cols: np.ndarray) -> np.ndarray:
+def _hash(*cols: np.ndarray | int) -> np.ndarray:
     """A deterministic 64-bit mix of int columns (splitmix64's finaliser over their odd-multiplied
-    sum): the sample's selection key."""
+    sum; a scalar stands for a constant column): the sample's selection key."""
+    arrays = [c for c in cols if isinstance(c, np.ndarray)]
+    h = np.zeros(len(arrays[0]), np.uint64)
     with np.errstate(over="ignore"):
-        h = np.zeros(len(cols[0]), np.uint64)
         for c, m in zip(cols, (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)):   # a few columns
-            h += c.astype(np.uint64) * np.uint64(m)
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
+            if isinstance(c, np.ndarray):
+                h += c.astype(np.uint64) * np.uint64(m)
+            else:
+                h += np.uint64((int(c) * m) % 2**64)
+        for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            h ^= h >> np.uint64(shift)
+            h *= np.uint64(mult)
         h ^= h >> np.uint64(31)
     return h
 
@@ -124,10 +127,10 @@ def _take(sample: pd.DataFrame, q: int) -> pd.DataFrame:
 
 def _candidates(key: np.ndarray, stratum: np.ndarray, counts: np.ndarray, q: int) -> np.ndarray:
     """Rows that surely include each stratum's ``q`` smallest keys: those under a per-stratum key
-    threshold set for about ``2q + 64`` expected rows (keys are uniform hashes), or the whole
-    stratum where that leaves too few."""
+    threshold set for ``q + 8 sqrt(q) + 64`` expected rows (keys are uniform hashes, so fewer
+    than ``q`` is 8 standard deviations away), or the whole stratum where that leaves too few."""
     top = key >> np.uint64(11)                                   # 53 bits: exact in a float
-    frac = np.minimum(1.0, (2.0 * q + 64) / np.maximum(counts, 1))
+    frac = np.minimum(1.0, (q + 8.0 * np.sqrt(q) + 64) / np.maximum(counts, 1))
     limit = np.floor(frac * 2.0**53).astype(np.uint64)
     keep = top < limit[stratum]
     short = np.bincount(stratum[keep], minlength=len(counts)) < np.minimum(counts, q)
@@ -171,17 +174,21 @@ def _rank_roofline(events: pa.Table | Partition, hw: HardwareSpec, peak: float) 
     # plot). Every partition's cap is at least the global one, so the global choice is among what
     # it keeps; hashes pick the candidates, a sort orders only those.
     idx = np.flatnonzero(compute & timed)
-    ts, rank, d = part.ts[idx], part.ints("rank")[idx], dur[idx]
+    one_rank = part.single_rank
+    ts, d = part.ts[idx], dur[idx]
+    rank = part.ints("rank")[idx] if one_rank is None else one_rank
     sample_key = _hash(rank, ts, d)
     stratum = op[idx]
     per_op = np.bincount(stratum, minlength=len(op_values) + 1)
     cap = _quota(per_op[per_op > 0], SAMPLE_SIZE)
     cand = _candidates(sample_key, stratum, per_op, cap)
-    pick = cand[_smallest((ts[cand], rank[cand], sample_key[cand]), stratum[cand], cap)]
+    ties = (ts[cand],) if one_rank is not None else (ts[cand], rank[cand])
+    pick = cand[_smallest((*ties, sample_key[cand]), stratum[cand], cap)]
     chosen = idx[pick]
+    rank = np.full(len(pick), one_rank, np.int64) if one_rank is not None else rank[pick]
     f, h, dd = flops[chosen], hbm[chosen], dur[chosen]
     with np.errstate(divide="ignore", invalid="ignore"):
-        sample = pd.DataFrame({"op": names[op[chosen]], "phase": phases[phase[chosen]], "rank": rank[pick],
+        sample = pd.DataFrame({"op": names[op[chosen]], "phase": phases[phase[chosen]], "rank": rank,
                                "ts": ts[pick], "dur": dd, "intensity": f / h, "attained_flops": f / dd * 1e9,
                                "attained_bandwidth": h / dd * 1e9, "key": sample_key[pick]})
     return sums_frame, sample
@@ -258,6 +265,10 @@ class _Roofline:
                 return "the trace has no FLOP or byte counts (PyTorch profiler records none by default)"
             return "the store has no hardware spec to draw roofs from"
         return None
+
+    def prepare(self, ctx: AnalysisContext) -> None:
+        """Build the collective instance table (shared, cached on ``ctx``) beside the chunks."""
+        _ = ctx.instances
 
     def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Sums per (op, phase) of one rank's compute events, and its sample candidates."""
