@@ -199,3 +199,14 @@ def test_empty_store(tmp_path: Path) -> None:
     events = store.read("events")
     assert events.num_rows == 0 and events.schema.equals(EVENTS.schema)
     assert store.nodes == []
+
+
+def test_manifest_rank_index_matches_the_events(tmp_path: Path, events: list[pa.Table]) -> None:
+    write_store(tmp_path / "store", events, row_group_rows=256)
+    store = open_store(tmp_path / "store")
+    got = pd.DataFrame(store.manifest["rank_index"])
+    whole = pa.concat_tables(events).to_pandas()
+    whole["end"] = whole["ts"] + whole["dur"]
+    want = whole.groupby("rank").agg(node=("node", "first"), chip=("chip", "first"), events=("ts", "size"),
+                                     start_ns=("ts", "min"), end_ns=("end", "max")).reset_index()
+    pd.testing.assert_frame_equal(got[want.columns.tolist()], want, check_dtype=False)

@@ -8,7 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analyzers_ref import timeline
-from sohuprof.analyzers.intervals import intersection_length, mask_coverage, merge, priority_sweep, union_length
+from sohuprof.analyzers.intervals import (
+    chain_sweep,
+    intersection_length,
+    mask_coverage,
+    merge,
+    priority_sweep,
+    union_length,
+)
 
 CASES = {
     "empty": ([], [], []),
@@ -101,3 +108,60 @@ def test_single_key_sweep_with_deep_overlap_falls_back_correctly() -> None:
                         window_start=np.array([0]), window_end=np.array([2000]))[0]
     covered = (timeline(s, e, 2000) > 0).sum()
     assert got[1] == covered and got[0] == 2000 - covered and got[2:].sum() == 0
+
+
+def _exact_masks(chains, n_classes: int, ws: int, we: int) -> np.ndarray:
+    """Reference: time in each exact set of active classes, from unit-step timelines."""
+    lanes = np.zeros((n_classes, we), bool)
+    for bounds, classes in chains:
+        for j, cl in enumerate(classes):
+            lanes[cl] |= timeline(np.clip(bounds[j], 0, we), np.clip(bounds[j + 1], 0, we), we) > 0
+    mask = (lanes[:, ws:we] << np.arange(n_classes)[:, None]).sum(axis=0)
+    return np.bincount(mask, minlength=1 << n_classes)
+
+
+chain_events = st.lists(st.tuples(st.integers(0, 60), st.integers(0, 6), st.integers(0, 6), st.integers(0, 4)),
+                        max_size=20)
+
+
+def _chain(items, *, sequential: bool) -> list[np.ndarray]:
+    """Three boundaries per event; sequential chains place each event after the last one's end."""
+    a = np.array(items, dtype=np.int64).reshape(-1, 4)
+    if sequential:
+        first = np.cumsum(a[:, 3] + a[:, 1] + a[:, 2]) - (a[:, 1] + a[:, 2])
+    else:
+        first = a[:, 0]
+    return [first, first + a[:, 1], first + a[:, 1] + a[:, 2]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(chain_events, chain_events, chain_events, st.booleans(), st.integers(0, 10), st.integers(40, 120))
+def test_chain_sweep_matches_reference(a, b, c, sequential, ws, we) -> None:
+    chains = [(_chain(a, sequential=sequential), [0, 1]), (_chain(b, sequential=sequential)[::2], [2]),
+              (_chain(c, sequential=sequential), [4, 3])]
+    sweep = chain_sweep(chains, 5, ws, we)
+    got = sweep.coverage()
+    assert got.sum() == we - ws
+    assert got.tolist() == _exact_masks(chains, 5, ws, we).tolist()
+    # Covered time before any instant, for the classes {0, 1}.
+    x = np.arange(-5, 130)
+    lanes = np.zeros(200, bool)
+    for j in (0, 1):
+        lanes[:we] |= timeline(np.clip(chains[0][0][j], 0, we), np.clip(chains[0][0][j + 1], 0, we), we) > 0
+    lanes[:ws] = False
+    before = np.r_[0, np.cumsum(lanes)]
+    assert sweep.covered_before(x, 0b11).tolist() == before[np.clip(x, ws, we)].tolist()
+
+
+def test_chain_sweep_with_deep_overlap_merges_first() -> None:
+    # 16 classes leave 3 bits per counter: 300 nested intervals of one class would carry over.
+    rng = np.random.default_rng(2)
+    s = rng.integers(0, 500, 300)
+    chains = [([s, s + rng.integers(1, 300, 300)], [15]), ([s[:50], s[:50] + 7], [0])]
+    sweep = chain_sweep(chains, 16, 0, 900)
+    assert sweep.coverage().tolist() == _exact_masks(chains, 16, 0, 900).tolist()
+
+
+def test_chain_sweep_rejects_decreasing_boundaries() -> None:
+    with pytest.raises(ValueError, match="must not decrease"):
+        chain_sweep([([np.array([5]), np.array([3])], [0])], 1, 0, 10)
