@@ -49,7 +49,8 @@ def activity(part: Partition, ctx: AnalysisContext) -> Sweep:
     else:
         split = p_end
     c_ts, c_end = ts[comm], end[comm]
-    last = ctx.last_arrival(part.rank, part.ints("coll_id", -1)[comm])
+    last = (ctx.last_arrival(part.rank, part.ints("coll_id", -1)[comm]) if part.has("coll_id")
+            else np.full(len(c_ts), -1, np.int64))
     transfer_from = np.clip(np.where(last >= 0, last, c_ts), c_ts, c_end)
     chains = [([p_ts, split, p_end], [BODY, TAIL]), ([ts[memory], end[memory]], [DMA]),
               ([c_ts, transfer_from, c_end], [WAIT, TRANSFER]), ([ts[host], end[host]], [HOST])]

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from sohuprof.analyzers.instances import collective_instances
+from sohuprof.analyzers.instances import CollectiveIndex
 from sohuprof.errors import SohuprofError
 from sohuprof.hardware import HardwareSpec
 from sohuprof.store import TraceStore
@@ -41,9 +41,9 @@ class AnalysisContext:
         The store's source format: ``sohu-raw-trace``, ``kineto`` or ``chrome``.
     hardware : HardwareSpec or None
         The roofs (from the manifest of a Sohu run); None for profiler traces.
-    collectives, requests, counters : pandas.DataFrame
-        The store's small tables; ``collectives`` as written, sorted by ``(coll_id, rank)``,
-        with a categorical ``kind``.
+    requests, counters : pandas.DataFrame
+        The store's small tables (collectives.parquet, the large one, is reached through
+        :attr:`collective_index`).
     wall_start, wall_end : int
         The trace's window in ns (first event start, last event end).
     ranks : pandas.DataFrame
@@ -55,7 +55,6 @@ class AnalysisContext:
     store: TraceStore
     source: str
     hardware: HardwareSpec | None
-    collectives: pd.DataFrame
     requests: pd.DataFrame
     counters: pd.DataFrame
     wall_start: int
@@ -65,40 +64,42 @@ class AnalysisContext:
     options: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
-    def _collectives_by_rank(self) -> dict[str, np.ndarray]:
-        """collectives.parquet's columns in ``(rank, coll_id)`` order (the file is in
-        ``(coll_id, rank)`` order; a stable sort of small integers is a radix sort)."""
-        c = self.collectives
-        if not len(c):
-            empty = np.zeros(0, np.int64)
-            return {"row": empty, "rank": empty, "coll_id": empty, "start": empty, "kind": empty, "group": empty}
-        rank = c["rank"].to_numpy()
-        narrow = rank.astype(np.int16) if len(rank) and int(rank.max()) < 2**15 and int(rank.min()) >= 0 else rank
-        row = np.argsort(narrow, kind="stable")
-        return {"row": row, "rank": rank[row].astype(np.int64), "coll_id": c["coll_id"].to_numpy(np.int64)[row],
-                "start": c["start"].to_numpy(np.int64)[row], "kind": c["kind"].cat.codes.to_numpy()[row],
-                "group": c["group"].to_numpy(np.int64)[row]}
+    def collective_index(self) -> CollectiveIndex:
+        """The instance table and per-rank member index of collectives.parquet (built on first use)."""
+        try:
+            index = CollectiveIndex.from_batches(self.store.stream_table("collectives"))
+        except ValueError:        # not in the writer's order (written by something else): sort it
+            index = CollectiveIndex.from_table(self.store.read("collectives").sort_by([("coll_id", "ascending"),
+                                                                                    ("rank", "ascending")]))
+        pa.default_memory_pool().release_unused()   # hand the decoded batches' pages back
+        return index
 
-    def _rank_slice(self, rank: int) -> slice:
-        lo, hi = np.searchsorted(self._collectives_by_rank["rank"], [rank, rank + 1])
-        return slice(int(lo), int(hi))
+    @property
+    def instances(self) -> pd.DataFrame:
+        """One row per collective instance (see :func:`~sohuprof.analyzers.instances.collective_instances`)."""
+        return self.collective_index.instances
 
     @property
     def collective_kinds(self) -> list[str]:
-        """The ``kind`` categories of collectives.parquet (what :meth:`rank_collectives` codes)."""
-        return [str(v) for v in self.collectives["kind"].cat.categories] if len(self.collectives) else []
+        """The collective kinds: what :meth:`rank_collectives`'s ``kind`` codes index."""
+        return self.collective_index.kinds
+
+    @property
+    def has_collectives(self) -> bool:
+        """Does collectives.parquet have rows? (The manifest says, without reading it.)"""
+        rows = (self.store.manifest.get("tables") or {}).get("collectives")
+        return int(rows) > 0 if rows is not None else self.collective_index.rows > 0
+
+    @property
+    def collectives(self) -> pd.DataFrame:
+        """collectives.parquet as a DataFrame, read on each access (the analyses use the compact
+        :attr:`collective_index`; this is for inspection and small stores)."""
+        return self.store.read("collectives").to_pandas()
 
     def rank_collectives(self, rank: int) -> dict[str, np.ndarray]:
         """``rank``'s rows of collectives.parquet as arrays sorted by ``coll_id``: ``coll_id``,
-        ``start``, ``kind`` (codes into :attr:`collective_kinds`), ``group``, ``row`` (file row)."""
-        sl = self._rank_slice(rank)
-        return {k: v[sl] for k, v in self._collectives_by_rank.items()}
-
-    def collectives_of(self, rank: int) -> pd.DataFrame:
-        """``rank``'s rows of collectives.parquet, sorted by ``coll_id`` (``kind`` categorical)."""
-        if not len(self.collectives):
-            return self.collectives
-        return self.collectives.iloc[self.rank_collectives(rank)["row"]]
+        ``start``, ``kind`` (codes into :attr:`collective_kinds`) and ``group``."""
+        return self.collective_index.of_rank(rank)
 
     def last_arrival(self, rank: int, coll_id: np.ndarray) -> np.ndarray:
         """When each of ``rank``'s collectives ``coll_id`` began its transfer (the last member's
@@ -109,11 +110,6 @@ class AnalysisContext:
             return np.full(len(coll_id), -1, np.int64)
         pos = np.minimum(np.searchsorted(ids, coll_id), len(ids) - 1)
         return np.where(ids[pos] == coll_id, starts[pos], -1)
-
-    @cached_property
-    def instances(self) -> pd.DataFrame:
-        """One row per collective instance (see :func:`~sohuprof.analyzers.instances.collective_instances`)."""
-        return collective_instances(self.collectives)
 
     @property
     def is_sohu(self) -> bool:
@@ -141,3 +137,4 @@ class Analysis(Protocol):
 
     # Optional: ``prepare(ctx)``, context-level work ``combine`` will need that depends on no
     # partition (the collective instance table); the local engine runs it beside the chunks.
+    # Optional: ``columns_for(ctx)``, the columns read when they depend on the options.

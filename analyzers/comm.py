@@ -33,13 +33,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+
 from sohuprof.analyzers.activity import BODY, TAIL, activity, bits
 from sohuprof.analyzers.activity import COLUMNS as ACTIVITY_COLUMNS
 from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.instances import CollectiveIndex
 from sohuprof.analyzers.intervals import merge
 from sohuprof.analyzers.partition import Partition, as_partition
-
 from sohuprof.hardware import HardwareSpec
+from sohuprof.store import TraceStore
 
 __all__ = [
     "COMM",
@@ -162,13 +165,13 @@ def _rank_comm(events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.D
             pd.DataFrame({"coll_id": sent.astype(np.int64), "rank": np.full(len(sent), rank, np.int64)}))
 
 
-def _stragglers(coll: pd.DataFrame, inst: pd.DataFrame, ranks: pd.DataFrame) -> pd.DataFrame:
+def _stragglers(index: CollectiveIndex, ranks: pd.DataFrame) -> pd.DataFrame:
     """Delay cost per rank (Scalasca wait at N x N, charged to each instance's last arriver)."""
+    inst = index.instances
     multi = inst["n"].to_numpy() > 1          # members recorded (``inst`` is before declared sizes)
     if not multi.any():
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in _STRAG_COLS})
-    of_row = np.searchsorted(inst["coll_id"].to_numpy(), coll["coll_id"].to_numpy())
-    present = np.flatnonzero(np.bincount(coll["rank"].to_numpy(np.int64), weights=multi[of_row]) > 0)
+    present = index.member_ranks
     culprit, cost = inst["last_rank"].to_numpy()[multi], inst["last_wait"].to_numpy()[multi]
     slot = np.searchsorted(present, culprit)
     out = pd.DataFrame({"rank": present, "delay_cost_ns": np.bincount(slot, weights=cost, minlength=len(present))
@@ -191,15 +194,17 @@ def _latency(inst: pd.DataFrame, hw: HardwareSpec | None) -> np.ndarray:
                      [np.where(ring_wins, ring, tree), a], default=(n - 1) * a)
 
 
-def _links(coll: pd.DataFrame, inst: pd.DataFrame, senders: pd.DataFrame, hw: HardwareSpec | None) -> pd.DataFrame:
-    """Node-to-node traffic of spanning collectives, with per-chip bandwidth and the slow verdict."""
+def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: HardwareSpec | None) -> pd.DataFrame:
+    """Node-to-node traffic of spanning collectives, with per-chip bandwidth and the slow verdict
+    (their member rows are read from the store: only spanning instances' are needed)."""
     empty = pd.DataFrame({c: pd.Series(dtype="int64") for c in _LINK_COLS})
     span = inst[inst["n_nodes"] > 1].set_index("coll_id")
     if not len(span):
         return empty
     span = span.assign(latency=_latency(span, hw))
-    rows = coll.loc[coll["coll_id"].isin(span.index), ["coll_id", "rank", "node", "bytes"]]
-    rows = rows.sort_values(["coll_id", "rank"]).reset_index(drop=True)
+    rows = store.read("collectives", columns=["coll_id", "rank", "node", "bytes"],
+                      filters=pc.field("coll_id").isin(pa.array(span.index.to_numpy()))).to_pandas()
+    rows = rows.sort_values(["coll_id", "rank"], kind="stable").reset_index(drop=True)
     kind = span["kind"].reindex(rows["coll_id"]).to_numpy(object)
     n = span["n"].reindex(rows["coll_id"]).to_numpy(float)
     cid, node = rows["coll_id"].to_numpy(), rows["node"].to_numpy().astype(np.int64)
@@ -261,7 +266,7 @@ class _Comm:
     columns = (*ACTIVITY_COLUMNS, "op")
 
     def applies(self, ctx: AnalysisContext) -> str | None:
-        return None if len(ctx.collectives) else "the trace has no collectives (no communication was recorded)"
+        return None if ctx.has_collectives else "the trace has no collectives (no communication was recorded)"
 
     def prepare(self, ctx: AnalysisContext) -> None:
         """Build the collective instance table (shared, cached on ``ctx``) beside the chunks."""
@@ -279,7 +284,6 @@ class _Comm:
         per_rank = pd.concat([empty[0], *(p[0] for p in partials)], ignore_index=True)
         senders = pd.concat([empty[1], *(p[1] for p in partials)], ignore_index=True)
         hidden = per_rank.groupby(["kind", "group"], as_index=False)[["union_ns", "overlapped_ns"]].sum()
-        coll = ctx.collectives
         inst = ctx.instances
         declared = _group_sizes(ctx)
         if declared:
@@ -299,8 +303,8 @@ class _Comm:
             table[c] = table[c].round().astype("int64")
         table["group"] = table["group"].astype("int64")
         table = table.sort_values(["kind", "group"]).reset_index(drop=True)[_COLL_COLS]
-        return CommResult(collectives=table, stragglers=_stragglers(coll, ctx.instances, ctx.ranks),
-                          links=_links(coll, inst, senders, ctx.hardware))
+        return CommResult(collectives=table, stragglers=_stragglers(ctx.collective_index, ctx.ranks),
+                          links=_links(ctx.store, inst, senders, ctx.hardware))
 
 
 COMM = _Comm()

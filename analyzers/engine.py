@@ -42,12 +42,7 @@ def build_context(store: TraceStore, *, hta_compatible: bool = False, options: d
         ranks, lo, hi = _from_index(index)
     else:
         ranks, lo, hi = _scan_window(store)
-    # Held once, in the writer's (coll_id, rank) order, kind categorical: the context derives
-    # per-rank slices and the instance table from it (it is the largest small table).
-    collectives = store.read("collectives").to_pandas()
-    if "kind" in collectives and not isinstance(collectives["kind"].dtype, pd.CategoricalDtype):
-        collectives["kind"] = collectives["kind"].astype(str).astype("category")
-    return AnalysisContext(store=store, source=source, hardware=hardware, collectives=collectives,
+    return AnalysisContext(store=store, source=source, hardware=hardware,
                            requests=store.read("requests").to_pandas(),
                            counters=store.read("counters").to_pandas(),
                            wall_start=int(lo), wall_end=int(hi), ranks=ranks,
@@ -106,7 +101,7 @@ def rank_partitions(ctx: AnalysisContext, columns: list[str]) -> Iterator[pa.Tab
         return
     pending: list[pa.RecordBatch] = []
     current = None
-    for batch in ctx.store.scan(columns=columns):
+    for batch in ctx.store.stream_events(columns):
         if not batch.num_rows:
             continue
         rank = batch.column("rank").to_numpy()
@@ -133,7 +128,14 @@ def plan_columns(ctx: AnalysisContext, analyses: list[Analysis]) -> list[str]:
         reason = a.applies(ctx)
         if reason:
             raise ReportError(f"report '{a.name}' does not apply to this store: {reason}")
-    return sorted({c for a in analyses for c in a.columns} | {"rank"})
+    return sorted({c for a in analyses for c in columns_of(a, ctx)} | {"rank"})
+
+
+def columns_of(analysis: Analysis, ctx: AnalysisContext) -> tuple[str, ...]:
+    """The event columns ``analysis`` reads on ``ctx``'s store (``columns_for(ctx)`` where an
+    analysis's needs depend on the options, else its ``columns``)."""
+    pick = getattr(analysis, "columns_for", None)
+    return tuple(pick(ctx)) if pick is not None else tuple(analysis.columns)
 
 
 def run_analyses(ctx: AnalysisContext, analyses: Iterable[Analysis], *,
@@ -142,8 +144,8 @@ def run_analyses(ctx: AnalysisContext, analyses: Iterable[Analysis], *,
     """Run ``analyses`` over ``ctx``'s store; returns ``{name: result}`` in the order given.
 
     Partitions are read and chunked on ``workers`` threads (default: the machine's cores, at most
-    4; numpy and pyarrow release the GIL in their kernels), at most ``workers + 1`` partitions in
-    memory at once; partials are combined in partition order, so results do not depend on it.
+    4; numpy and pyarrow release the GIL in their kernels), at most ``workers`` partitions in
+    memory at once (plus the one being read); partials are combined in partition order, so results do not depend on it.
 
     Raises
     ------
@@ -174,7 +176,8 @@ def run_analyses(ctx: AnalysisContext, analyses: Iterable[Analysis], *,
 
         for events in partitions(ctx, columns):
             pending.append(pool.submit(work, events))
-            drain(workers)
+            # At most ``workers`` partitions in memory: the next is read while the last runs.
+            drain(workers - 1)
         drain(0)
         for done in prepared:
             done.result()

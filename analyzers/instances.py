@@ -1,17 +1,25 @@
 """Collective instances: ``collectives.parquet`` (one row per instance x member) folded to one row
-per instance, in O(n) passes over the table's ``(coll_id, rank)`` order.
+per instance, in O(n) passes over the table's ``(coll_id, rank)`` order, and the compact per-rank
+index the per-rank kernels look members up in.
 
-Built once per context (``AnalysisContext.instances``) and shared by the comm and roofline
-reports: a 50M-event run has millions of member rows, and a pandas group-by over them costs more
-than every per-rank kernel together.
+Built once per context (``AnalysisContext.collective_index``) and shared by the comm, roofline
+and stall reports. A 50M-event run has millions of member rows: a pandas group-by over them costs
+more than every per-rank kernel together, and holding them as a DataFrame costs more memory than
+the events being analysed, so only the instance table and 12 bytes per member are kept.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-__all__ = ["collective_instances", "INSTANCE_COLUMNS"]
+from sohuprof.analyzers.partition import dictionary_codes
+
+__all__ = ["CollectiveIndex", "collective_instances", "INSTANCE_COLUMNS"]
 
 INSTANCE_COLUMNS = ("coll_id", "kind", "group", "n", "size", "start", "end", "time", "n_nodes", "local_max",
                     "node_min", "wait", "last_rank", "last_wait")
@@ -22,20 +30,36 @@ def _empty() -> pd.DataFrame:
     return frame.assign(kind=pd.Series(dtype=object))
 
 
-def _kind_strings(kind: pd.Series | np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The ``kind`` of the given rows as Python strings (decoded once per category)."""
-    if isinstance(kind, pd.Series) and isinstance(kind.dtype, pd.CategoricalDtype):
+def _int_column(coll: pd.DataFrame | pa.Table, name: str, fill: int = 0) -> np.ndarray:
+    """Column ``name`` as int64, nulls as ``fill`` (zero-copy from Arrow when it has no nulls)."""
+    if isinstance(coll, pa.Table):
+        column = coll.column(name)
+        if column.null_count:
+            column = column.fill_null(fill)
+        return np.asarray(column.to_numpy(), dtype=np.int64)
+    series = coll[name]
+    return (series.fillna(fill) if series.hasnans else series).to_numpy(np.int64)
+
+
+def _kind_strings(coll: pd.DataFrame | pa.Table, rows: np.ndarray) -> np.ndarray:
+    """The ``kind`` of the given rows as Python strings (decoded once per distinct value)."""
+    if isinstance(coll, pa.Table):
+        codes, values = dictionary_codes(coll.column("kind"))
+        names = np.asarray([None if v is None else str(v) for v in values] + [None], dtype=object)
+        return names[codes[rows]]
+    kind = coll["kind"]
+    if isinstance(kind.dtype, pd.CategoricalDtype):
         names = np.asarray([str(v) for v in kind.cat.categories] + [None], dtype=object)
         return names[kind.cat.codes.to_numpy()[rows]]
     return np.asarray(kind, dtype=object)[rows].astype(str).astype(object)
 
 
-def collective_instances(coll: pd.DataFrame, group_sizes: dict[int, int] | None = None) -> pd.DataFrame:
+def collective_instances(coll: pd.DataFrame | pa.Table, group_sizes: dict[int, int] | None = None) -> pd.DataFrame:
     """One row per collective instance.
 
     Parameters
     ----------
-    coll : pandas.DataFrame
+    coll : pandas.DataFrame or pyarrow.Table
         ``collectives.parquet`` rows (instance x member), as the store writes them: sorted by
         ``(coll_id, rank)`` (other orders are sorted first); not modified.
     group_sizes : dict of int to int, optional
@@ -52,10 +76,10 @@ def collective_instances(coll: pd.DataFrame, group_sizes: dict[int, int] | None 
         ``last_rank`` (the last arriver, lowest rank on ties) and ``last_wait`` (Scalasca's
         wait at N x N it caused: every member's ``min(last arrival, end) - arrive``, summed).
     """
-    if not len(coll):
+    if not len(coll) or (isinstance(coll, pa.Table) and not coll.num_columns):
         return _empty()
-    cid = coll["coll_id"].to_numpy(np.int64)
-    rank = coll["rank"].to_numpy(np.int64)
+    cid = _int_column(coll, "coll_id")
+    rank = _int_column(coll, "rank")
     order = None
     same = cid[1:] == cid[:-1]
     if not ((cid[1:] > cid[:-1]) | (same & (rank[1:] > rank[:-1]))).all():   # not as the writer sorts it
@@ -63,8 +87,8 @@ def collective_instances(coll: pd.DataFrame, group_sizes: dict[int, int] | None 
         cid, rank = cid[order], rank[order]
         same = cid[1:] == cid[:-1]
 
-    def col(name: str, fill: int = 0) -> np.ndarray:
-        values = coll[name].fillna(fill).to_numpy(np.int64) if coll[name].hasnans else coll[name].to_numpy(np.int64)
+    def col(name: str) -> np.ndarray:
+        values = _int_column(coll, name)
         return values if order is None else values[order]
 
     arrive, start, end, node = col("arrive"), col("start"), col("end"), col("node")
@@ -85,7 +109,7 @@ def collective_instances(coll: pd.DataFrame, group_sizes: dict[int, int] | None 
     last_row = np.minimum.reduceat(np.where(arrive == last_of_row, np.arange(len(cid)), len(cid)), first)
     kind_rows = first if order is None else order[first]
     out = pd.DataFrame({
-        "coll_id": cid[first], "kind": _kind_strings(coll["kind"], kind_rows), "group": col("group")[first],
+        "coll_id": cid[first], "kind": _kind_strings(coll, kind_rows), "group": col("group")[first],
         "n": n.astype(np.int64), "size": np.maximum.reduceat(col("bytes"), first),
         "start": last_arrival, "end": inst_end,
         "n_nodes": np.add.reduceat(np.ones(len(run), np.int64), run_first),
@@ -99,3 +123,108 @@ def collective_instances(coll: pd.DataFrame, group_sizes: dict[int, int] | None 
         out["n"] = np.maximum(out["n"].to_numpy(), declared)
     out["time"] = np.clip(out["end"].to_numpy() - out["start"].to_numpy(), 0, None)
     return out[list(INSTANCE_COLUMNS)]
+
+
+@dataclass(frozen=True)
+class CollectiveIndex:
+    """What the analyses need of collectives.parquet, kept compact.
+
+    Attributes
+    ----------
+    instances : pandas.DataFrame
+        :func:`collective_instances` of the table (sorted by ``coll_id``).
+    kinds : list of str
+        The ``kind`` values: ``instances["kind"]`` and :meth:`of_rank`'s ``kind`` codes index them.
+    rows : int
+        Member rows in the table.
+    member_ranks : numpy.ndarray
+        Ranks that are members of some instance with more than one recorded member.
+    """
+
+    instances: pd.DataFrame
+    kinds: list[str]
+    rows: int
+    member_ranks: np.ndarray
+    _rank_values: np.ndarray      # distinct member ranks, sorted
+    _rank_offsets: np.ndarray     # their members' span in the arrays below
+    _instance: np.ndarray         # per member, in (rank, coll_id) order: its instance's position (int32)
+    _start: np.ndarray            # ... and its recorded transfer start (the last member's arrival)
+    _kind_code: np.ndarray        # per instance: its kind as an index into ``kinds``
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> CollectiveIndex:
+        """Index a collectives table (as :meth:`TraceStore.read` returns it)."""
+        return cls.from_batches(table.to_batches())
+
+    @classmethod
+    def from_batches(cls, batches: Iterable[pa.RecordBatch]) -> CollectiveIndex:
+        """Index a collectives table streamed in ``coll_id`` order (the writer's): instances are
+        folded a batch at a time (an instance cut by a batch boundary waits for the next), so
+        memory holds one batch plus what is kept, never the member table.
+
+        Raises
+        ------
+        ValueError
+            The rows are not in ``coll_id`` order.
+        """
+        parts: list[pd.DataFrame] = []
+        ranks: list[np.ndarray] = []
+        owners: list[np.ndarray] = []
+        starts: list[np.ndarray] = []
+        held: pa.Table | None = None
+        done = 0
+
+        def fold(rows: pa.Table) -> None:
+            nonlocal done
+            inst = collective_instances(rows)
+            if parts and len(inst) and int(inst["coll_id"].iloc[0]) <= int(parts[-1]["coll_id"].iloc[-1]):
+                raise ValueError("collectives are not sorted by coll_id")
+            ranks.append(_int_column(rows, "rank").astype(np.int32))
+            owners.append((np.searchsorted(inst["coll_id"].to_numpy(), _int_column(rows, "coll_id")) + done)
+                          .astype(np.int32))
+            starts.append(_int_column(rows, "start"))
+            parts.append(inst)
+            done += len(inst)
+
+        for batch in batches:   # a loop over batches, not rows
+            if not batch.num_rows:
+                continue
+            rows = pa.Table.from_batches([batch]) if held is None else pa.concat_tables([held, pa.Table.from_batches([batch])])
+            cid = _int_column(rows, "coll_id")
+            if (cid[1:] < cid[:-1]).any():
+                raise ValueError("collectives are not sorted by coll_id")
+            cut = int(np.searchsorted(cid, cid[-1]))     # the last instance may go on in the next batch
+            if cut:
+                fold(rows.slice(0, cut))
+            held = rows.slice(cut)
+        if held is not None and held.num_rows:
+            fold(held)
+        inst = pd.concat(parts, ignore_index=True) if parts else collective_instances(pa.table({}))
+        kinds = sorted({str(k) for k in inst["kind"]})
+        kind_code = (np.searchsorted(np.asarray(kinds, dtype=object), inst["kind"].to_numpy(object)).astype(np.int8)
+                     if len(inst) else np.zeros(0, np.int8))
+        if not ranks:
+            empty = np.zeros(0, np.int64)
+            return cls(inst, kinds, 0, empty, empty, np.zeros(1, np.int64), empty.astype(np.int32), empty, kind_code)
+        rank, owner, start = np.concatenate(ranks), np.concatenate(owners), np.concatenate(starts)
+        del ranks, owners, starts
+        narrow = rank.astype(np.int16) if int(rank.max()) < 2**15 and int(rank.min()) >= 0 else rank
+        order = np.argsort(narrow, kind="stable")     # a radix sort: keeps each rank's coll_id order
+        counts = np.bincount(rank)
+        values = np.flatnonzero(counts)
+        multi = inst["n"].to_numpy() > 1
+        members = np.flatnonzero(np.bincount(rank, weights=multi[owner], minlength=len(counts)) > 0)
+        return cls(inst, kinds, len(rank), members, values, np.r_[0, np.cumsum(counts[values])],
+                   owner[order], start[order], kind_code)
+
+    def of_rank(self, rank: int) -> dict[str, np.ndarray]:
+        """``rank``'s member rows sorted by ``coll_id``: ``coll_id``, ``start``, ``kind`` (codes
+        into :attr:`kinds`) and ``group``."""
+        pos = int(np.searchsorted(self._rank_values, rank))
+        if pos == len(self._rank_values) or self._rank_values[pos] != rank:
+            empty = np.zeros(0, np.int64)
+            return {"coll_id": empty, "start": empty, "kind": empty.astype(np.int8), "group": empty}
+        sl = slice(int(self._rank_offsets[pos]), int(self._rank_offsets[pos + 1]))
+        inst = self._instance[sl]
+        return {"coll_id": self.instances["coll_id"].to_numpy()[inst], "start": self._start[sl],
+                "kind": self._kind_code[inst], "group": self.instances["group"].to_numpy()[inst]}

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.comm import busbw_factor, records
 from sohuprof.analyzers.partition import Partition, as_partition
-
 from sohuprof.hardware import HardwareSpec
 
 __all__ = ["ROOFLINE", "SAMPLE_SIZE", "RooflineResult", "model_peak"]

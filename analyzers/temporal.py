@@ -42,6 +42,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sohuprof.analyzers.activity import BODY, TAIL, TRANSFER, WAIT, activity, bits
+from sohuprof.analyzers.activity import COLUMNS as ACTIVITY_COLUMNS
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.partition import Partition, as_partition
 from sohuprof.analyzers.hta_selection import GPU_CATEGORIES, _matches, hta_select
@@ -232,7 +234,7 @@ def _empty(columns: tuple[str, ...]) -> pd.DataFrame:
 
 
 def _has_communication(ctx: AnalysisContext) -> bool:
-    if len(ctx.collectives):
+    if ctx.has_collectives:
         return True
     batches = ctx.store.scan(columns=["category"], filters=pc.field("category") == "communication")
     return any(b.num_rows for b in batches)
@@ -289,6 +291,23 @@ class _Overlap(_PerRankNs):
 
     def applies(self, ctx: AnalysisContext) -> str | None:
         return None if _has_communication(ctx) else "the store has no communication events"
+
+    def columns_for(self, ctx: AnalysisContext) -> tuple[str, ...]:
+        return _EVENT_COLUMNS if ctx.hta_compatible else ACTIVITY_COLUMNS
+
+    def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> pd.DataFrame:
+        if not events.num_rows or ctx.hta_compatible:
+            return super().chunk(events, ctx)
+        # Every event counts: the rank's activity sweep (shared with stalls and comm) already
+        # knows when communication runs and when it runs under compute.
+        part = as_partition(events)
+        cover = activity(part, ctx).coverage()
+        masks = np.arange(len(cover))
+        comm = (masks & bits(WAIT, TRANSFER)) != 0
+        under = comm & ((masks & bits(BODY, TAIL)) != 0)
+        out = pd.DataFrame({"rank": [part.rank], "comm_ns": [int(cover[comm].sum())],
+                            "overlapped_ns": [int(cover[under].sum())]})
+        return out[out["comm_ns"] > 0].reset_index(drop=True)
 
     def _per_rank(self, events: pa.Table) -> pd.DataFrame:
         return _overlap_ns(events)

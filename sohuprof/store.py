@@ -485,18 +485,41 @@ class TraceStore:
         expr = _ensure_filter(filters)
         if spec.name == EVENTS.name:
             return self.dataset().to_table(columns=columns, filter=expr)
+        return ds.dataset(self._table_path(spec), format="parquet", schema=spec.schema).to_table(
+            columns=columns, filter=expr)
+
+    def scan(self, *, columns: list[str] | None = None, filters: Filters = None,
+             batch_size: int = ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
+        """Stream the events as record batches, without loading them all (pyarrow's dataset
+        scanner, which reads ahead of a slow consumer; :meth:`stream_events` does not)."""
+        return iter(self.dataset().to_batches(columns=columns, filter=_ensure_filter(filters),
+                                              batch_size=batch_size))
+
+    def stream_table(self, table: str | TableSpec, *, columns: list[str] | None = None,
+                     batch_size: int = 4 * ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
+        """A small table's rows (``collectives`` ...) in file order, a batch at a time."""
+        return pq.ParquetFile(self._table_path(_ensure_spec(table))).iter_batches(
+            batch_size=batch_size, columns=columns, use_threads=True)
+
+    def _table_path(self, spec: TableSpec) -> Path:
         path = self.path / spec.path
         if not path.is_file():
             raise StoreError(f"trace store '{self.path}' is incomplete: '{spec.path}' is missing; "
                              f"collect it again with `sohuprof collect`")
-        return ds.dataset(path, format="parquet", schema=spec.schema).to_table(columns=columns,
-                                                                               filter=expr)
+        return path
 
-    def scan(self, *, columns: list[str] | None = None, filters: Filters = None,
-             batch_size: int = ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
-        """Stream the events as record batches, without loading them all."""
-        return iter(self.dataset().to_batches(columns=columns, filter=_ensure_filter(filters),
-                                              batch_size=batch_size))
+    def stream_events(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """The events, file by file and row group by row group (each file sorted by
+        ``(rank, ts)``), decoded on pyarrow's threads but never ahead of the consumer: memory
+        is bounded by one row group, where a dataset scan would buffer up to a gigabyte ahead."""
+        want = None if columns is None else [c for c in columns if c != "node"]
+        for path in self.dataset().files:
+            node = int(Path(path).parent.name.split("=", 1)[1])
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP_ROWS, columns=want,
+                                                            use_threads=True):
+                if columns is None or "node" in columns:
+                    batch = batch.append_column("node", pa.array(np.full(batch.num_rows, node, np.int32)))
+                yield batch if columns is None else batch.select(columns)
 
     @property
     def nodes(self) -> list[int]:
