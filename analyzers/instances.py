@@ -27,7 +27,7 @@ INSTANCE_COLUMNS = ("coll_id", "kind", "group", "n", "size", "start", "end", "ti
 
 def _empty() -> pd.DataFrame:
     frame = pd.DataFrame({c: pd.Series(dtype="int64") for c in INSTANCE_COLUMNS})
-    return frame.assign(kind=pd.Series(dtype=object))
+    return frame.assign(kind=pd.Categorical([], categories=[]))
 
 
 def _int_column(coll: pd.DataFrame | pa.Table, name: str, fill: int = 0) -> np.ndarray:
@@ -41,17 +41,19 @@ def _int_column(coll: pd.DataFrame | pa.Table, name: str, fill: int = 0) -> np.n
     return (series.fillna(fill) if series.hasnans else series).to_numpy(np.int64)
 
 
-def _kind_strings(coll: pd.DataFrame | pa.Table, rows: np.ndarray) -> np.ndarray:
-    """The ``kind`` of the given rows as Python strings (decoded once per distinct value)."""
+def _kinds(coll: pd.DataFrame | pa.Table, rows: np.ndarray) -> pd.Categorical:
+    """The ``kind`` of the given rows, categorical (its categories: the distinct kinds, sorted)."""
     if isinstance(coll, pa.Table):
         codes, values = dictionary_codes(coll.column("kind"))
-        names = np.asarray([None if v is None else str(v) for v in values] + [None], dtype=object)
-        return names[codes[rows]]
-    kind = coll["kind"]
-    if isinstance(kind.dtype, pd.CategoricalDtype):
-        names = np.asarray([str(v) for v in kind.cat.categories] + [None], dtype=object)
-        return names[kind.cat.codes.to_numpy()[rows]]
-    return np.asarray(kind, dtype=object)[rows].astype(str).astype(object)
+        names = [None if v is None else str(v) for v in values]
+    else:
+        kind = coll["kind"]
+        if not isinstance(kind.dtype, pd.CategoricalDtype):
+            kind = kind.astype(str).astype("category")
+        codes, names = kind.cat.codes.to_numpy(), [str(v) for v in kind.cat.categories]
+    present = sorted({n for n in names if n is not None})
+    remap = np.array([present.index(n) if n is not None else -1 for n in names] + [-1])   # a few kinds
+    return pd.Categorical.from_codes(remap[codes[rows]], categories=present)
 
 
 def collective_instances(coll: pd.DataFrame | pa.Table, group_sizes: dict[int, int] | None = None) -> pd.DataFrame:
@@ -109,7 +111,7 @@ def collective_instances(coll: pd.DataFrame | pa.Table, group_sizes: dict[int, i
     last_row = np.minimum.reduceat(np.where(arrive == last_of_row, np.arange(len(cid)), len(cid)), first)
     kind_rows = first if order is None else order[first]
     out = pd.DataFrame({
-        "coll_id": cid[first], "kind": _kind_strings(coll, kind_rows), "group": col("group")[first],
+        "coll_id": cid[first], "kind": _kinds(coll, kind_rows), "group": col("group")[first],
         "n": n.astype(np.int64), "size": np.maximum.reduceat(col("bytes"), first),
         "start": last_arrival, "end": inst_end,
         "n_nodes": np.add.reduceat(np.ones(len(run), np.int64), run_first),
@@ -199,10 +201,11 @@ class CollectiveIndex:
             held = rows.slice(cut)
         if held is not None and held.num_rows:
             fold(held)
+        kinds = sorted({str(k) for part in parts for k in part["kind"].cat.categories})
+        for part in parts:   # a loop over batches: one kind vocabulary for all
+            part["kind"] = part["kind"].cat.set_categories(kinds)
         inst = pd.concat(parts, ignore_index=True) if parts else collective_instances(pa.table({}))
-        kinds = sorted({str(k) for k in inst["kind"]})
-        kind_code = (np.searchsorted(np.asarray(kinds, dtype=object), inst["kind"].to_numpy(object)).astype(np.int8)
-                     if len(inst) else np.zeros(0, np.int8))
+        kind_code = inst["kind"].cat.codes.to_numpy().astype(np.int8) if len(inst) else np.zeros(0, np.int8)
         if not ranks:
             empty = np.zeros(0, np.int64)
             return cls(inst, kinds, 0, empty, empty, np.zeros(1, np.int64), empty.astype(np.int32), empty, kind_code)

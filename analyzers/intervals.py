@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-__all__ = ["Merged", "Sweep", "chain_sweep", "merge", "union_length", "intersection_length", "mask_coverage",
+__all__ = ["Merged", "Sweep", "chain_sweep", "is_sequential", "merge", "union_length", "intersection_length", "mask_coverage",
            "lowest_class", "priority_sweep"]
 
 
@@ -231,7 +231,7 @@ class Sweep:
         return before[i] + active[i] * (rel - self.t[i])
 
 
-def _is_sequential(first: np.ndarray, last: np.ndarray) -> bool:
+def is_sequential(first: np.ndarray, last: np.ndarray) -> bool:
     """Do intervals ``[first, last)`` come sorted and never overlap (a sequential stream)?"""
     return bool((first[1:] >= first[:-1]).all() and (first[1:] >= np.maximum.accumulate(last)[:-1]).all())
 
@@ -272,14 +272,14 @@ def chain_sweep(chains: list[tuple[list[np.ndarray], list[int]]], n_classes: int
     # twice (but for an instant where one event ends as the next begins): one bit per class, and
     # the running sum is the active set itself.
     owners = [c for _, classes in chains for c in classes]
-    if len(owners) == len(set(owners)) and all(_is_sequential(b[0], b[-1]) for b, _ in chains if len(b[0])):
+    if len(owners) == len(set(owners)) and all(is_sequential(b[0], b[-1]) for b, _ in chains if len(b[0])):
         bits = 1
         field = [1 << c for c in range(n_classes)]
     safe = (1 << bits) - 1 - len(chains)
     flat: list[tuple[list[np.ndarray], list[int]]] = []
     for bounds, classes in chains:
         if bits > 1 and len(bounds[0]) and any(counts[c] >= safe for c in classes) \
-                and not _is_sequential(bounds[0], bounds[-1]):
+                and not is_sequential(bounds[0], bounds[-1]):
             # Deep overlaps could carry into the next class's counter: merge each class first.
             for j, c in enumerate(classes):
                 m = merge(bounds[j], bounds[j + 1])

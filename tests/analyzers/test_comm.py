@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
+
+from analyzers_ref import timeline
 from sohuprof.analyzers.comm import COMM, busbw_factor
 from sohuprof.analyzers.engine import build_context, rank_partitions, run_analyses
 from sohuprof.analyzers.stalls import STALLS
@@ -16,7 +19,7 @@ from sohuprof.collectors import collect
 from sohuprof.emulator import EmulatorConfig, emulate, parse_fault
 from sohuprof.hardware import load_hardware
 from sohuprof.models import load_model
-from sohuprof.store import open_store
+from sohuprof.store import StoreWriter, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_traces" / "mixtral-2node" / "store"
@@ -173,3 +176,35 @@ def test_json_contract(faulty: Path) -> None:
     assert set(out["links"][0]) == {"src_node", "dst_node", "bytes", "time_ns", "bandwidth",
                                     "expected_bandwidth", "slow"}
     assert isinstance(out["links"][0]["slow"], bool) and isinstance(out["stragglers"][0]["rank"], int)
+
+
+@pytest.mark.parametrize("overlapping", [False, True])
+def test_rank_union_and_hidden_match_a_timeline(tmp_path: Path, overlapping: bool) -> None:
+    """Per (kind, group) communication time and the part under compute, against unit-step
+    timelines: collectives one after another (the sequential path) or overlapping (the merge path)."""
+    rng = np.random.default_rng(7 + overlapping)
+    n = 300
+    comp_ts = np.sort(rng.integers(0, 5000, n))
+    comp_dur = rng.integers(0, 40, n)
+    gaps = rng.integers(0 if overlapping else 1, 30, n)
+    comm_dur = rng.integers(1, 60, n)
+    comm_ts = 60 + np.cumsum(gaps + comm_dur) - comm_dur - (rng.integers(0, 50, n) if overlapping else 0)
+    kinds = rng.choice(["all_reduce", "all_gather"], n)
+    table = pa.table({
+        "ts": np.r_[comp_ts, comm_ts], "dur": np.r_[comp_dur, comm_dur], "node": np.zeros(2 * n, np.int32),
+        "chip": np.zeros(2 * n, np.int32), "rank": np.zeros(2 * n, np.int32), "track": ["matrix"] * (2 * n),
+        "name": ["k"] * (2 * n), "op": ["gemm"] * n + kinds.tolist(),
+        "category": ["compute"] * n + ["communication"] * n})
+    with StoreWriter(tmp_path / "s") as w:
+        w.write_events(table)
+        w.write_manifest({"source": {"format": "kineto"}})
+    ctx = build_context(open_store(tmp_path / "s"))
+    events = ctx.store.read("events", columns=list(COMM.columns))
+    per_key, _ = COMM.chunk(events, ctx)
+    size = int(max(comp_ts.max() + 50, comm_ts.max() + 70))
+    compute = timeline(comp_ts, comp_ts + comp_dur, size) > 0
+    for kind in ("all_reduce", "all_gather"):
+        sel = kinds == kind
+        busy = timeline(comm_ts[sel], comm_ts[sel] + comm_dur[sel], size) > 0
+        row = per_key.set_index("kind").loc[kind]
+        assert row["union_ns"] == busy.sum() and row["overlapped_ns"] == (busy & compute).sum()
