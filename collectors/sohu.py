@@ -147,19 +147,30 @@ def _scan_collectives(files: list[tuple[dict, Path]], advance: Callable[[float],
 
 
 def _collectives_table(info: RunInfo, c: _Collectives, clock: ClockMap, origin: float) -> tuple[pa.Table, int, float]:
-    """collectives.parquet rows (aligned) and the causality check on them."""
-    arrive = np.rint(clock.apply(c.start, c.node) - origin).astype(np.int64)
-    end = np.rint(clock.apply(c.end, c.node) - origin).astype(np.int64)
+    """collectives.parquet rows (aligned, sorted by ``(coll_id, rank)``) and the causality check
+    on them. Consumes ``c``'s arrays: each is dropped once its sorted column is built, so the
+    member rows are held about once, not twice."""
     order = np.lexsort((c.rank, c.coll))
-    coll, arrive, end = c.coll[order], arrive[order], end[order]
-    starts = np.flatnonzero(np.r_[True, coll[1:] != coll[:-1]]) if len(coll) else np.zeros(0, np.int64)
-    last = np.maximum.reduceat(arrive, starts) if len(coll) else np.zeros(0, np.int64)
-    instance = np.cumsum(np.r_[True, coll[1:] != coll[:-1]]) - 1 if len(coll) else np.zeros(0, np.int64)
-    table = pa.table({
-        "coll_id": coll, "kind": _dict_array(info.kind_of_name[c.name[order]], info.kinds),
-        "group": coll >> 32, "rank": c.rank[order], "node": c.node[order], "arrive": arrive,
-        "start": last[instance], "end": end, "bytes": c.bytes[order]})
-    violations, worst = causality_violations(coll, arrive.astype(float), end.astype(float))
+
+    def take(field: str) -> np.ndarray:
+        out = getattr(c, field)[order]
+        setattr(c, field, None)
+        return out
+
+    coll, rank, node = take("coll"), take("rank"), take("node")
+    arrive = np.rint(clock.apply(take("start"), node) - origin).astype(np.int64)
+    end = np.rint(clock.apply(take("end"), node) - origin).astype(np.int64)
+    kind = _dict_array(info.kind_of_name[take("name")], info.kinds)
+    size = take("bytes")
+    del order
+    first = np.r_[True, coll[1:] != coll[:-1]] if len(coll) else np.zeros(0, bool)
+    starts = np.flatnonzero(first)
+    last = np.repeat(np.maximum.reduceat(arrive, starts), np.diff(np.r_[starts, len(coll)])) if len(coll) \
+        else np.zeros(0, np.int64)
+    del first, starts
+    violations, worst = causality_violations(coll, arrive, end)
+    table = pa.table({"coll_id": coll, "kind": kind, "group": coll >> 32, "rank": rank, "node": node,
+                      "arrive": arrive, "start": last, "end": end, "bytes": size})
     return table, violations, worst
 
 
@@ -338,7 +349,6 @@ def collect_sohu(root: PathLike, store_path: PathLike, *, force: bool = False,
         found = _scan_collectives(files, advance)
         clock = fit_clocks(info.nodes, found.coll, found.node, found.end, info.meta.get("clock_sync"))
         origin = min(float(clock.apply(np.array([t]), n)[0]) for n, t in found.first_local) if found.first_local else 0.0
-        collectives, violations, worst = _collectives_table(info, found, clock, origin)
         with StoreWriter(store_path, force=force) as writer:
             # Alternate nodes so the store's writer threads encode two node partitions at once;
             # each node still receives its ranks in increasing order.
@@ -346,7 +356,13 @@ def collect_sohu(root: PathLike, store_path: PathLike, *, force: bool = False,
             events = _write_events(info, interleaved, found, clock, origin, writer, advance)
             requests, counters, host_damaged = _host_tables(info, clock, origin)
             damaged = missing + [d for _, p in files for d in found.damaged[_rel(info, p)]] + host_damaged
+            # Built after the events pass, and pass 1's arrays dropped once it is: the two are
+            # the largest things a collect holds (tens of bytes per collective member each).
+            pa.default_memory_pool().release_unused()   # the events pass's decode buffers
+            collectives, violations, worst = _collectives_table(info, found, clock, origin)
+            del found
             writer.write_table(COLLECTIVES, collectives)
+            del collectives
             writer.write_table(REQUESTS, requests)
             writer.write_table(COUNTERS, counters)
             writer.write_table(QUARANTINE, _quarantine_table(damaged) if damaged else QUARANTINE.empty())

@@ -372,19 +372,16 @@ class StoreWriter:
         for spec in ALL_TABLES:
             if spec.name == EVENTS.name:
                 continue
-            parts = self._small.get(spec.name)
+            parts = self._small.pop(spec.name, None)
             table = pa.concat_tables(parts).unify_dictionaries() if parts else spec.empty()
-            if spec.sort_by and table.num_rows:
-                table = table.sort_by([(c, "ascending") for c in spec.sort_by])
-            pq.write_table(table.combine_chunks(), tmp / spec.path, compression=_COMPRESSION,
-                           use_dictionary=True)
+            del parts
+            _write_sorted(table, spec, tmp / spec.path)
             rows[spec.name] = table.num_rows
         manifest = {"format": STORE_FORMAT, "version": STORE_VERSION, **self._manifest,
                     "written_by": f"sohuprof {sohuprof.__version__}", "tables": rows,
                     "nodes": sorted(self._nodes), "rank_index": self._rank_index()}
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=False,
                                                     default=_json_default) + "\n")
-
 
     def _rank_index(self) -> list[dict[str, int]]:
         """Per rank with events: its node, chip, event count and window (first start, last end)."""
@@ -403,6 +400,37 @@ class StoreWriter:
             out += [{"rank": int(r), "node": node, "chip": int(c), "events": int(k), "start_ns": int(a),
                      "end_ns": int(b)} for r, c, k, a, b in zip(uniq, chip[first], n, lo, hi)]
         return sorted(out, key=lambda r: r["rank"])
+
+
+#: Rows of a small table sorted and written at a time (bounds the sorted copy held).
+_SORTED_SLICE = 4 * ROW_GROUP_ROWS
+
+
+def _write_sorted(table: pa.Table, spec: TableSpec, path: Path) -> None:
+    """Write ``table`` sorted by ``spec.sort_by``, a slice of the sort order at a time: a big
+    collectives table (millions of instance x member rows) is never held twice."""
+    order = (pc.sort_indices(table, sort_keys=[(c, "ascending") for c in spec.sort_by])
+             if spec.sort_by and table.num_rows and not _sorted_by(table, spec.sort_by) else None)
+    with pq.ParquetWriter(path, table.schema, compression=_COMPRESSION, use_dictionary=True) as writer:
+        if order is None:
+            writer.write_table(table.combine_chunks())
+            return
+        for lo in range(0, table.num_rows, _SORTED_SLICE):   # a loop over slices, not rows
+            writer.write_table(table.take(order.slice(lo, _SORTED_SLICE)).combine_chunks())
+
+
+def _sorted_by(table: pa.Table, keys: Sequence[str]) -> bool:
+    """Are the rows already in ``keys`` order (numeric keys; False when unsure)?"""
+    tied = np.ones(max(table.num_rows - 1, 0), bool)
+    ordered = np.zeros(len(tied), bool)
+    for key in keys:   # a loop over sort keys
+        column = table.column(key)
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)) or column.null_count:
+            return False
+        v = column.to_numpy()
+        ordered |= tied & (v[1:] > v[:-1])
+        tied &= v[1:] == v[:-1]
+    return bool((ordered | tied).all())
 
 
 def _rank_summary(table: pa.Table) -> np.ndarray:
