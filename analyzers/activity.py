@@ -10,8 +10,9 @@ Six classes, each a chain of boundaries per event (see :func:`~sohuprof.analyzer
 - host work is ``HOST``.
 
 The stall partition is a function of this sweep's coverage; communication hidden under compute is
-its compute coverage evaluated at the collectives' ends. Both reports share the one sweep a
-:class:`~sohuprof.analyzers.partition.Partition` caches.
+the compute coverage between the collectives' starts and ends (:func:`compute_covered_before`, from
+the compute stream's own prefix sums when it is sequential). What they derive is cached on the
+:class:`~sohuprof.analyzers.partition.Partition` every report shares.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from __future__ import annotations
 import numpy as np
 
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.intervals import Sweep, chain_sweep
+from sohuprof.analyzers.intervals import Sweep, chain_sweep, covered_before_sequential, is_sequential
 from sohuprof.analyzers.partition import Partition
 
-__all__ = ["BODY", "TAIL", "DMA", "TRANSFER", "WAIT", "HOST", "N_CLASSES", "COLUMNS", "bits", "activity"]
+__all__ = ["BODY", "TAIL", "DMA", "TRANSFER", "WAIT", "HOST", "N_CLASSES", "COLUMNS", "bits", "activity",
+           "compute_covered_before"]
 
 BODY, TAIL, DMA, TRANSFER, WAIT, HOST = range(6)
 N_CLASSES = 6
@@ -35,11 +37,11 @@ def bits(*classes: int) -> int:
     return sum(1 << c for c in classes)
 
 
-def activity(part: Partition, ctx: AnalysisContext) -> Sweep:
-    """The activity sweep of one rank's events over the trace window (computed once per partition)."""
-    sweep = part.cache.get("activity")
-    if sweep is not None:
-        return sweep
+def _chains(part: Partition, ctx: AnalysisContext) -> list[tuple[list[np.ndarray], list[int]]]:
+    """The rank's activity chains (computed once per partition)."""
+    chains = part.cache.get("chains")
+    if chains is not None:
+        return chains
     ts, end = part.ts, part.end
     compute, memory = part.equals("category", "compute"), part.equals("category", "memory")
     comm, host = part.equals("category", "communication"), part.equals("category", "host")
@@ -52,7 +54,25 @@ def activity(part: Partition, ctx: AnalysisContext) -> Sweep:
     last = (ctx.last_arrival(part.rank, part.ints("coll_id", -1)[comm]) if part.has("coll_id")
             else np.full(len(c_ts), -1, np.int64))
     transfer_from = np.clip(np.where(last >= 0, last, c_ts), c_ts, c_end)
-    chains = [([p_ts, split, p_end], [BODY, TAIL]), ([ts[memory], end[memory]], [DMA]),
-              ([c_ts, transfer_from, c_end], [WAIT, TRANSFER]), ([ts[host], end[host]], [HOST])]
-    sweep = part.cache["activity"] = chain_sweep(chains, N_CLASSES, ctx.wall_start, ctx.wall_end)
+    chains = part.cache["chains"] = [([p_ts, split, p_end], [BODY, TAIL]), ([ts[memory], end[memory]], [DMA]),
+                                     ([c_ts, transfer_from, c_end], [WAIT, TRANSFER]), ([ts[host], end[host]], [HOST])]
+    return chains
+
+
+def activity(part: Partition, ctx: AnalysisContext) -> Sweep:
+    """The activity sweep of one rank's events over the trace window (computed once per partition)."""
+    sweep = part.cache.get("activity")
+    if sweep is None:
+        sweep = part.cache["activity"] = chain_sweep(_chains(part, ctx), N_CLASSES, ctx.wall_start, ctx.wall_end)
     return sweep
+
+
+def compute_covered_before(part: Partition, ctx: AnalysisContext, x: np.ndarray) -> np.ndarray:
+    """For each absolute time in ``x``: the compute time (``BODY`` or ``TAIL``) in ``[window start,
+    x)``. A compute stream that never overlaps itself (a chip's, usually) is answered from its own
+    prefix sums, without a sweep; otherwise from the full sweep."""
+    p_ts, _, p_end = _chains(part, ctx)[0][0]
+    if is_sequential(p_ts, p_end):
+        lo, hi = ctx.wall_start, ctx.wall_end
+        return covered_before_sequential(np.clip(p_ts, lo, hi), np.clip(p_end, lo, hi), np.clip(x, lo, hi))
+    return activity(part, ctx).covered_before(x, bits(BODY, TAIL))

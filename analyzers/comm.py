@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sohuprof.analyzers.activity import BODY, TAIL, activity, bits
+from sohuprof.analyzers.activity import compute_covered_before
 from sohuprof.analyzers.activity import COLUMNS as ACTIVITY_COLUMNS
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.instances import CollectiveIndex
@@ -147,17 +147,15 @@ def _rank_comm(events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.D
     width = int(group.max(initial=0)) + 2
     pair = kind_code.astype(np.int64) * width + (group + 1)
     uniq_pair, code = np.unique(pair, return_inverse=True)
-    covered = activity(part, ctx).covered_before
-    compute = bits(BODY, TAIL)
     k = len(uniq_pair)
     c_ts, c_end = part.ts[is_cat], part.end[is_cat]
     if is_sequential(c_ts, c_end):
         # One stream that never overlaps itself (a chip's collectives): a key's union is its
-        # events' total, and the part under compute is the sweep's compute coverage between
+        # events' total, and the part under compute is the compute coverage between
         # each start and end (queried in time order, which searchsorted is quickest at).
         bounds = np.empty(2 * len(c_ts), np.int64)
         bounds[0::2], bounds[1::2] = c_ts, c_end
-        cov = covered(bounds, compute)
+        cov = compute_covered_before(part, ctx, bounds)
         union = np.bincount(code, weights=c_end - c_ts, minlength=k)
         hidden = np.bincount(code, weights=cov[1::2] - cov[0::2], minlength=k)
     else:
@@ -166,7 +164,8 @@ def _rank_comm(events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.D
         order = np.argsort(code.astype(np.int16 if k < 2**15 else np.int64), kind="stable")
         m = merge(c_ts[order], c_end[order], code[order])
         union = np.bincount(m.key, weights=m.end - m.start, minlength=k)
-        hidden = np.bincount(m.key, weights=covered(m.end, compute) - covered(m.start, compute), minlength=k)
+        cov = compute_covered_before(part, ctx, np.concatenate([m.start, m.end]))
+        hidden = np.bincount(m.key, weights=cov[len(m.start):] - cov[:len(m.start)], minlength=k)
     union, hidden = union.round().astype(np.int64), hidden.round().astype(np.int64)
     is_send = np.array([v == "send" for v in op_values] + [False])[op[is_cat]]
     sent = cid[is_send & (cid >= 0)]

@@ -182,8 +182,13 @@ class CollectiveIndex:
             if parts and len(inst) and int(inst["coll_id"].iloc[0]) <= int(parts[-1]["coll_id"].iloc[-1]):
                 raise ValueError("collectives are not sorted by coll_id")
             ranks.append(_int_column(rows, "rank").astype(np.int32))
-            owners.append((np.searchsorted(inst["coll_id"].to_numpy(), _int_column(rows, "coll_id")) + done)
-                          .astype(np.int32))
+            # Rows come in coll_id order, so a row's instance is the count of instance starts up to it.
+            cid = _int_column(rows, "coll_id")
+            owner = np.empty(len(cid), np.int32)
+            owner[0] = done
+            np.cumsum(cid[1:] != cid[:-1], out=owner[1:])
+            owner[1:] += done
+            owners.append(owner)
             starts.append(_int_column(rows, "start"))
             parts.append(inst)
             done += len(inst)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-__all__ = ["Merged", "Sweep", "chain_sweep", "is_sequential", "merge", "union_length", "intersection_length", "mask_coverage",
+__all__ = ["Merged", "Sweep", "chain_sweep", "covered_before_sequential", "is_sequential", "merge", "union_length", "intersection_length", "mask_coverage",
            "lowest_class", "priority_sweep"]
 
 
@@ -236,6 +236,39 @@ def is_sequential(first: np.ndarray, last: np.ndarray) -> bool:
     return bool((first[1:] >= first[:-1]).all() and (first[1:] >= np.maximum.accumulate(last)[:-1]).all())
 
 
+def covered_before_sequential(start: np.ndarray, end: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """For each time in ``x``: how much of ``[-inf, x)`` the intervals ``[start, end)`` cover, where
+    they come sorted and never overlap (:func:`is_sequential`): a prefix sum of their lengths and
+    one ``searchsorted`` of ``x`` among the starts, O((n + m) log n) with no sweep of the others.
+
+    >>> covered_before_sequential(np.array([0, 10]), np.array([5, 20]), np.array([3, 7, 15, 30]))
+    array([ 3,  5, 10, 15])
+    """
+    x = np.asarray(x, dtype=np.int64)
+    if not len(start):
+        return np.zeros(len(x), np.int64)
+    cum = np.zeros(len(start) + 1, np.int64)
+    np.cumsum(end - start, out=cum[1:])
+    i = np.searchsorted(start, x, side="right")          # intervals begun by x
+    # All of them, less the part of the last one still ahead of x.
+    ahead = np.maximum(end[np.maximum(i - 1, 0)] - x, 0)
+    return np.where(i > 0, cum[i] - ahead, 0)
+
+
+def _check_chains(chains: list[tuple[list[np.ndarray], list[int]]], n_classes: int, window_start: int,
+                  window_end: int) -> None:
+    """Raise ValueError unless ``chains`` are well formed (see :func:`chain_sweep`)."""
+    if not 0 < n_classes <= 16:
+        raise ValueError(f"'n_classes' must be in 1..16, got {n_classes}")
+    if int(window_end) < int(window_start):
+        raise ValueError(f"window ends before it starts: [{int(window_start)}, {int(window_end)})")
+    for bounds, classes in chains:   # a loop over chains (a handful), not events
+        if len(bounds) != len(classes) + 1:
+            raise ValueError(f"a chain of {len(classes)} classes needs {len(classes) + 1} boundary arrays")
+        if any((hi < lo).any() for lo, hi in zip(bounds, bounds[1:])):
+            raise ValueError("a chain's boundaries must not decrease within an event")
+
+
 def chain_sweep(chains: list[tuple[list[np.ndarray], list[int]]], n_classes: int, window_start: int,
                 window_end: int) -> Sweep:
     """Which exact set of classes is active at every instant of ``[window_start, window_end)``.
@@ -253,19 +286,12 @@ def chain_sweep(chains: list[tuple[list[np.ndarray], list[int]]], n_classes: int
     (timsort) only merges a few runs: O(n log runs). Unsorted or overlapping chains stay exact,
     at O(n log n); one whose overlaps could overflow its counter is merged per class first.
     """
-    if not 0 < n_classes <= 16:
-        raise ValueError(f"'n_classes' must be in 1..16, got {n_classes}")
+    _check_chains(chains, n_classes, window_start, window_end)
     ws, we = int(window_start), int(window_end)
-    if we < ws:
-        raise ValueError(f"window ends before it starts: [{ws}, {we})")
     bits = 62 // n_classes
     field = [1 << (bits * c) for c in range(n_classes)]
     counts = np.zeros(n_classes, np.int64)
     for bounds, classes in chains:   # a loop over chains (a handful), not events
-        if len(bounds) != len(classes) + 1:
-            raise ValueError(f"a chain of {len(classes)} classes needs {len(classes) + 1} boundary arrays")
-        if any((hi < lo).any() for lo, hi in zip(bounds, bounds[1:])):
-            raise ValueError("a chain's boundaries must not decrease within an event")
         for c in classes:
             counts[c] += len(bounds[0])
     # Fast path: every class in one chain and every chain sequential, so no class is ever active

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from analyzers_ref import timeline
 from sohuprof.analyzers.intervals import (
     chain_sweep,
+    covered_before_sequential,
     intersection_length,
     mask_coverage,
     merge,
@@ -165,3 +166,13 @@ def test_chain_sweep_with_deep_overlap_merges_first() -> None:
 def test_chain_sweep_rejects_decreasing_boundaries() -> None:
     with pytest.raises(ValueError, match="must not decrease"):
         chain_sweep([([np.array([5]), np.array([3])], [0])], 1, 0, 10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(chain_events, st.lists(st.integers(-10, 400), max_size=30))
+def test_covered_before_sequential_matches_reference(items, xs) -> None:
+    first, _, last = _chain(items, sequential=True)
+    x = np.array(xs, dtype=np.int64)
+    lanes = timeline(first, last, 400) > 0
+    before = np.r_[0, np.cumsum(lanes)]
+    assert covered_before_sequential(first, last, x).tolist() == before[np.clip(x, 0, 400)].tolist()
