@@ -49,6 +49,7 @@ __all__ = [
     "SLOW_RATIO",
     "CommResult",
     "busbw_factor",
+    "kind_is",
     "records",
 ]
 
@@ -62,11 +63,22 @@ _RING = {"all_reduce": 2.0, "all_gather": 1.0, "reduce_scatter": 1.0, "broadcast
          "send": 1.0}
 
 
+def kind_is(kind: np.ndarray | pd.Series | pd.Categorical, *names: str) -> np.ndarray:
+    """Boolean mask: is each row's collective kind one of ``names``? A categorical column (the
+    instance table's) is decided once per category, not once per row."""
+    if isinstance(kind, pd.Series) and isinstance(kind.dtype, pd.CategoricalDtype):
+        kind = kind.array
+    if isinstance(kind, pd.Categorical):
+        hit = np.isin(np.asarray(kind.categories, dtype=object), list(names))
+        return np.r_[hit, False][kind.codes]       # code -1 (missing) is the appended False
+    return np.isin(np.asarray(kind, dtype=object), list(names))
+
+
 def busbw_factor(kind: np.ndarray | pd.Series, n: np.ndarray | pd.Series) -> np.ndarray:
     """nccl-tests' bus-bandwidth factor of each (kind, group size)."""
-    kind, n = np.asarray(kind, dtype=object), np.asarray(n, dtype=float)
+    n = np.asarray(n, dtype=float)
     frac = np.where(n > 0, (n - 1) / np.maximum(n, 1), 0.0)
-    return np.select([kind == "all_reduce", np.isin(kind, ["all_gather", "reduce_scatter", "all_to_all"])],
+    return np.select([kind_is(kind, "all_reduce"), kind_is(kind, "all_gather", "reduce_scatter", "all_to_all")],
                      [2 * frac, frac], default=1.0)
 
 
@@ -196,11 +208,11 @@ def _latency(inst: pd.DataFrame, hw: HardwareSpec | None) -> np.ndarray:
     """Alpha-beta latency part of each spanning instance (ns): the algorithm nccl would pick."""
     if hw is None:
         return np.zeros(len(inst))
-    n, s, kind = inst["n"].to_numpy(float), inst["size"].to_numpy(float), inst["kind"].to_numpy(object)
+    n, s, kind = inst["n"].to_numpy(float), inst["size"].to_numpy(float), inst["kind"]
     a, bw = hw.inter_node_latency_ns, hw.inter_node_bandwidth * hw.comm_efficiency / 1e9
     ring, tree = 2 * (n - 1) * a, 2 * np.ceil(np.log2(np.maximum(n, 1))) * a
     ring_wins = 2 * (n - 1) / n * s / bw + ring <= 2 * s / bw + tree
-    return np.select([kind == "all_reduce", np.isin(kind, ["send_recv", "send"])],
+    return np.select([kind_is(kind, "all_reduce"), kind_is(kind, "send_recv", "send")],
                      [np.where(ring_wins, ring, tree), a], default=(n - 1) * a)
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.comm import busbw_factor, records
+from sohuprof.analyzers.comm import busbw_factor, kind_is, records
 from sohuprof.analyzers.partition import Partition, as_partition
 from sohuprof.hardware import HardwareSpec
 
@@ -80,19 +80,27 @@ class RooflineResult:
 
 def _hash(*cols: np.ndarray | int) -> np.ndarray:
     """A deterministic 64-bit mix of int columns (splitmix64's finaliser over their odd-multiplied
-    sum; a scalar stands for a constant column): the sample's selection key."""
+    sum; a scalar stands for a constant column): the sample's selection key. Works in place on
+    one output and one scratch array: on a few hundred thousand rows the cost is allocation."""
     arrays = [c for c in cols if isinstance(c, np.ndarray)]
     h = np.zeros(len(arrays[0]), np.uint64)
+    scratch = np.empty_like(h)
+    constant = 0
     with np.errstate(over="ignore"):
         for c, m in zip(cols, (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)):   # a few columns
             if isinstance(c, np.ndarray):
-                h += c.astype(np.uint64) * np.uint64(m)
+                bits = c.view(np.uint64) if c.dtype == np.int64 else c.astype(np.uint64)
+                np.multiply(bits, np.uint64(m), out=scratch)
+                h += scratch
             else:
-                h += np.uint64((int(c) * m) % 2**64)
+                constant = (constant + int(c) * m) % 2**64
+        h += np.uint64(constant)
         for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
-            h ^= h >> np.uint64(shift)
+            np.right_shift(h, np.uint64(shift), out=scratch)
+            h ^= scratch
             h *= np.uint64(mult)
-        h ^= h >> np.uint64(31)
+        np.right_shift(h, np.uint64(31), out=scratch)
+        h ^= scratch
     return h
 
 
@@ -108,12 +116,29 @@ def _quota(counts: np.ndarray, budget: int) -> int:
 
 
 def _smallest(order_keys: tuple[np.ndarray, ...], stratum: np.ndarray, q: int) -> np.ndarray:
-    """Positions of the ``q`` first rows of each stratum in ``lexsort(order_keys)`` order."""
-    order = np.lexsort((*order_keys, stratum))
+    """Positions of the ``q`` first rows of each stratum in ``lexsort(order_keys)`` order (the last
+    key, the sample hash, is the primary one)."""
+    order = _stratum_order(order_keys, stratum)
     sc = stratum[order]
     first = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]]) if len(sc) else np.zeros(0, np.int64)
     within = np.arange(len(sc)) - np.repeat(first, np.diff(np.r_[first, len(sc)]))
     return order[within < q]
+
+
+def _stratum_order(order_keys: tuple[np.ndarray, ...], stratum: np.ndarray) -> np.ndarray:
+    """``lexsort((*order_keys, stratum))``, as one sort of a 64-bit ``(stratum, hash)`` word when
+    the strata fit a few bits and no two words tie (hashes almost never do); else the lexsort."""
+    stratum = np.asarray(stratum, dtype=np.int64)
+    top = int(stratum.max(initial=0))
+    width = max(top.bit_length(), 1)
+    if len(stratum) and stratum.min() >= 0 and width <= 16:
+        shift = np.uint64(width)
+        word = (stratum.astype(np.uint64) << np.uint64(64 - width)) | (order_keys[-1].astype(np.uint64) >> shift)
+        order = np.argsort(word)
+        ranked = word[order]
+        if not (ranked[1:] == ranked[:-1]).any():
+            return order
+    return np.lexsort((*order_keys, stratum))
 
 
 def _take(sample: pd.DataFrame, q: int) -> pd.DataFrame:
@@ -228,7 +253,7 @@ def _collective_roofs(inst: pd.DataFrame, hw: HardwareSpec) -> pd.DataFrame:
     """Collectives per kind (from the instance table) against the peak bandwidth of the links they cross."""
     if not len(inst):
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in _COLL_COLS}).astype({"op": object})
-    n, s, kind = inst["n"].to_numpy(float), inst["size"].to_numpy(float), inst["kind"].to_numpy(object)
+    n, s, kind = inst["n"].to_numpy(float), inst["size"].to_numpy(float), inst["kind"]
     spans = inst["n_nodes"].to_numpy() > 1
     local = inst["local_max"].to_numpy(float) - 1                 # peers on the busiest node
     remote = n - inst["node_min"].to_numpy(float)                 # peers off the emptiest node
@@ -238,12 +263,14 @@ def _collective_roofs(inst: pd.DataFrame, hw: HardwareSpec) -> pd.DataFrame:
     ring_bw = np.where(spans, nic, intra)
     a2a = np.maximum(s * local / n / intra, np.where(spans, s * remote / n / nic, 0.0))
     p2p = s / np.where(spans, nic, hw.intra_node_bandwidth)
-    roof = np.select([kind == "all_to_all", np.isin(kind, ["send_recv", "send", "recv"])], [a2a, p2p],
+    roof = np.select([kind_is(kind, "all_to_all"), kind_is(kind, "send_recv", "send", "recv")], [a2a, p2p],
                      default=bus / ring_bw) * 1e9
     t = inst["time"].to_numpy(float)
-    per = pd.DataFrame({"op": kind, "count": 1, "time_ns": t, "bytes": s, "bus": bus, "roof": roof,
+    per = pd.DataFrame({"op": kind.array, "count": 1, "time_ns": t, "bytes": s, "bus": bus, "roof": roof,
                         "headroom_ns": np.clip(t - roof, 0, None)})
-    g = per.groupby("op", as_index=False, sort=True)[["count", "time_ns", "bytes", "bus", "roof", "headroom_ns"]].sum()
+    g = (per.groupby("op", as_index=False, sort=True, observed=True)
+         [["count", "time_ns", "bytes", "bus", "roof", "headroom_ns"]].sum())
+    g["op"] = g["op"].astype(object)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = pd.DataFrame({"op": g["op"], "count": g["count"].astype("int64"),
                             "time_ns": g["time_ns"].round().astype("int64"), "bytes": g["bytes"].round().astype("int64"),
