@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from sohuprof.analyzers.instances import CollectiveIndex
+from sohuprof.analyzers.instances import MEMBER_COLUMNS, CollectiveIndex, MemberIndex
 from sohuprof.errors import SohuprofError
 from sohuprof.hardware import HardwareSpec
 from sohuprof.store import TraceStore
@@ -43,7 +43,7 @@ class AnalysisContext:
         The roofs (from the manifest of a Sohu run); None for profiler traces.
     requests, counters : pandas.DataFrame
         The store's small tables (collectives.parquet, the large one, is reached through
-        :attr:`collective_index`).
+        :attr:`member_index` and :attr:`collective_index`).
     wall_start, wall_end : int
         The trace's window in ns (first event start, last event end).
     ranks : pandas.DataFrame
@@ -65,13 +65,21 @@ class AnalysisContext:
 
     @cached_property
     def collective_index(self) -> CollectiveIndex:
-        """The instance table and per-rank member index of collectives.parquet (built on first use)."""
+        """The instance table of collectives.parquet (built on first use)."""
         try:
             index = CollectiveIndex.from_batches(self.store.stream_table("collectives"))
         except ValueError:        # not in the writer's order (written by something else): sort it
             index = CollectiveIndex.from_table(self.store.read("collectives").sort_by([("coll_id", "ascending"),
                                                                                     ("rank", "ascending")]))
         pa.default_memory_pool().release_unused()   # hand the decoded batches' pages back
+        return index
+
+    @cached_property
+    def member_index(self) -> MemberIndex:
+        """Each rank's collectives (coll_id, transfer start, kind, group), built on first use from
+        the member rows alone: per-rank kernels need not wait for :attr:`collective_index`."""
+        index = MemberIndex.from_batches(self.store.stream_table("collectives", columns=MEMBER_COLUMNS))
+        pa.default_memory_pool().release_unused()
         return index
 
     @property
@@ -82,13 +90,13 @@ class AnalysisContext:
     @property
     def collective_kinds(self) -> list[str]:
         """The collective kinds: what :meth:`rank_collectives`'s ``kind`` codes index."""
-        return self.collective_index.kinds
+        return self.member_index.kinds
 
     @property
     def has_collectives(self) -> bool:
         """Does collectives.parquet have rows? (The manifest says, without reading it.)"""
         rows = (self.store.manifest.get("tables") or {}).get("collectives")
-        return int(rows) > 0 if rows is not None else self.collective_index.rows > 0
+        return int(rows) > 0 if rows is not None else self.member_index.rows > 0
 
     @property
     def collectives(self) -> pd.DataFrame:
@@ -99,7 +107,7 @@ class AnalysisContext:
     def rank_collectives(self, rank: int) -> dict[str, np.ndarray]:
         """``rank``'s rows of collectives.parquet as arrays sorted by ``coll_id``: ``coll_id``,
         ``start``, ``kind`` (codes into :attr:`collective_kinds`) and ``group``."""
-        return self.collective_index.of_rank(rank)
+        return self.member_index.of_rank(rank)
 
     def last_arrival(self, rank: int, coll_id: np.ndarray) -> np.ndarray:
         """When each of ``rank``'s collectives ``coll_id`` began its transfer (the last member's

@@ -2,10 +2,13 @@
 per instance, in O(n) passes over the table's ``(coll_id, rank)`` order, and the compact per-rank
 index the per-rank kernels look members up in.
 
-Built once per context (``AnalysisContext.collective_index``) and shared by the comm, roofline
-and stall reports. A 50M-event run has millions of member rows: a pandas group-by over them costs
-more than every per-rank kernel together, and holding them as a DataFrame costs more memory than
-the events being analysed, so only the instance table and 12 bytes per member are kept.
+Both are built once per context and shared by the comm, roofline and stall reports: the
+:class:`MemberIndex` (``AnalysisContext.member_index``, 21 bytes a member, straight from the member
+rows) is what the chunks need, so they start at once; the :class:`CollectiveIndex`
+(``AnalysisContext.collective_index``, the instance table) is what ``combine`` needs, and is
+folded beside the chunks. A 50M-event run has millions of member rows: a pandas group-by over them
+costs more than every per-rank kernel together, and holding them as a DataFrame costs more memory
+than the events being analysed.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pyarrow as pa
 
 from sohuprof.analyzers.partition import dictionary_codes
 
-__all__ = ["CollectiveIndex", "collective_instances", "INSTANCE_COLUMNS"]
+__all__ = ["CollectiveIndex", "MemberIndex", "MEMBER_COLUMNS", "collective_instances", "INSTANCE_COLUMNS"]
 
 INSTANCE_COLUMNS = ("coll_id", "kind", "group", "n", "size", "start", "end", "time", "n_nodes", "local_max",
                     "node_min", "wait", "last_rank", "last_wait")
@@ -129,14 +132,14 @@ def collective_instances(coll: pd.DataFrame | pa.Table, group_sizes: dict[int, i
 
 @dataclass(frozen=True)
 class CollectiveIndex:
-    """What the analyses need of collectives.parquet, kept compact.
+    """The instance table of collectives.parquet and who took part (what ``combine`` needs).
 
     Attributes
     ----------
     instances : pandas.DataFrame
         :func:`collective_instances` of the table (sorted by ``coll_id``).
     kinds : list of str
-        The ``kind`` values: ``instances["kind"]`` and :meth:`of_rank`'s ``kind`` codes index them.
+        The ``kind`` values (``instances["kind"]``'s categories).
     rows : int
         Member rows in the table.
     member_ranks : numpy.ndarray
@@ -147,11 +150,6 @@ class CollectiveIndex:
     kinds: list[str]
     rows: int
     member_ranks: np.ndarray
-    _rank_values: np.ndarray      # distinct member ranks, sorted
-    _rank_offsets: np.ndarray     # their members' span in the arrays below
-    _instance: np.ndarray         # per member, in (rank, coll_id) order: its instance's position (int32)
-    _start: np.ndarray            # ... and its recorded transfer start (the last member's arrival)
-    _kind_code: np.ndarray        # per instance: its kind as an index into ``kinds``
 
     @classmethod
     def from_table(cls, table: pa.Table) -> CollectiveIndex:
@@ -170,60 +168,113 @@ class CollectiveIndex:
             The rows are not in ``coll_id`` order.
         """
         parts: list[pd.DataFrame] = []
-        ranks: list[np.ndarray] = []
-        owners: list[np.ndarray] = []
-        starts: list[np.ndarray] = []
-        held: pa.Table | None = None
-        done = 0
-
-        def fold(rows: pa.Table) -> None:
-            nonlocal done
-            inst = collective_instances(rows)
+        members = np.zeros(0, np.int64)   # per rank: members of an instance of more than one
+        rows = 0
+        for chunk in _instance_chunks(batches):   # a loop over batches, not rows
+            inst = collective_instances(chunk)
             if parts and len(inst) and int(inst["coll_id"].iloc[0]) <= int(parts[-1]["coll_id"].iloc[-1]):
                 raise ValueError("collectives are not sorted by coll_id")
-            ranks.append(_int_column(rows, "rank").astype(np.int32))
+            cid, rank = _int_column(chunk, "coll_id"), _int_column(chunk, "rank")
             # Rows come in coll_id order, so a row's instance is the count of instance starts up to it.
-            cid = _int_column(rows, "coll_id")
-            owner = np.empty(len(cid), np.int32)
-            owner[0] = done
-            np.cumsum(cid[1:] != cid[:-1], out=owner[1:])
-            owner[1:] += done
-            owners.append(owner)
-            starts.append(_int_column(rows, "start"))
+            owner = np.cumsum(np.r_[False, cid[1:] != cid[:-1]])
+            multi = inst["n"].to_numpy()[owner] > 1
+            seen = np.bincount(rank[multi], minlength=len(members))
+            members = np.r_[members, np.zeros(len(seen) - len(members), np.int64)] + seen
             parts.append(inst)
-            done += len(inst)
-
-        for batch in batches:   # a loop over batches, not rows
-            if not batch.num_rows:
-                continue
-            rows = pa.Table.from_batches([batch]) if held is None else pa.concat_tables([held, pa.Table.from_batches([batch])])
-            cid = _int_column(rows, "coll_id")
-            if (cid[1:] < cid[:-1]).any():
-                raise ValueError("collectives are not sorted by coll_id")
-            cut = int(np.searchsorted(cid, cid[-1]))     # the last instance may go on in the next batch
-            if cut:
-                fold(rows.slice(0, cut))
-            held = rows.slice(cut)
-        if held is not None and held.num_rows:
-            fold(held)
+            rows += len(cid)
         kinds = sorted({str(k) for part in parts for k in part["kind"].cat.categories})
         for part in parts:   # a loop over batches: one kind vocabulary for all
             part["kind"] = part["kind"].cat.set_categories(kinds)
         inst = pd.concat(parts, ignore_index=True) if parts else collective_instances(pa.table({}))
-        kind_code = inst["kind"].cat.codes.to_numpy().astype(np.int8) if len(inst) else np.zeros(0, np.int8)
-        if not ranks:
+        return cls(inst, kinds, rows, np.flatnonzero(members))
+
+
+def _instance_chunks(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.Table]:
+    """The batches regrouped so no instance is cut: each instance's rows are in one table.
+
+    Raises
+    ------
+    ValueError
+        The rows are not in ``coll_id`` order.
+    """
+    held: pa.Table | None = None
+    for batch in batches:   # a loop over batches, not rows
+        if not batch.num_rows:
+            continue
+        rows = pa.Table.from_batches([batch]) if held is None else pa.concat_tables([held, pa.Table.from_batches([batch])])
+        cid = _int_column(rows, "coll_id")
+        if (cid[1:] < cid[:-1]).any():
+            raise ValueError("collectives are not sorted by coll_id")
+        cut = int(np.searchsorted(cid, cid[-1]))     # the last instance may go on in the next batch
+        if cut:
+            yield rows.slice(0, cut)
+        held = rows.slice(cut)
+    if held is not None and held.num_rows:
+        yield held
+
+
+#: collectives.parquet columns the member index reads.
+MEMBER_COLUMNS = ["coll_id", "kind", "group", "rank", "start"]
+
+
+@dataclass(frozen=True)
+class MemberIndex:
+    """Each rank's rows of collectives.parquet, sorted by ``coll_id``: what the per-rank kernels look
+    their collectives up in (the transfer start, kind and group of each). Built straight from the
+    member rows, without folding instances, so chunks need not wait for the instance table.
+
+    Attributes
+    ----------
+    kinds : list of str
+        The collective kinds, sorted: :meth:`of_rank`'s ``kind`` codes index them.
+    rows : int
+        Member rows in the table.
+    """
+
+    kinds: list[str]
+    rows: int
+    _rank_values: np.ndarray      # distinct member ranks, sorted
+    _rank_offsets: np.ndarray     # their members' span in the arrays below
+    _coll_id: np.ndarray          # per member, in (rank, coll_id) order
+    _start: np.ndarray            # ... its recorded transfer start (the last member's arrival)
+    _kind: np.ndarray             # ... its kind (int8 code into ``kinds``)
+    _group: np.ndarray            # ... its group
+
+    @classmethod
+    def from_batches(cls, batches: Iterable[pa.RecordBatch]) -> MemberIndex:
+        """Index member rows (at least :data:`MEMBER_COLUMNS`) streamed in any order."""
+        cols: dict[str, list[np.ndarray]] = {c: [] for c in ("coll_id", "rank", "start", "group")}
+        kind_codes: list[np.ndarray] = []
+        kind_names: list[list[str | None]] = []
+        for batch in batches:   # a loop over batches, not rows
+            if not batch.num_rows:
+                continue
+            table = pa.Table.from_batches([batch])
+            for c in cols:
+                cols[c].append(_int_column(table, c, fill=-1 if c == "group" else 0))
+            codes, values = dictionary_codes(table.column("kind"))
+            kind_codes.append(codes)
+            kind_names.append([None if v is None else str(v) for v in values])
+        kinds = sorted({n for names in kind_names for n in names if n is not None})
+        if not kind_codes:
             empty = np.zeros(0, np.int64)
-            return cls(inst, kinds, 0, empty, empty, np.zeros(1, np.int64), empty.astype(np.int32), empty, kind_code)
-        rank, owner, start = np.concatenate(ranks), np.concatenate(owners), np.concatenate(starts)
-        del ranks, owners, starts
-        narrow = rank.astype(np.int16) if int(rank.max()) < 2**15 and int(rank.min()) >= 0 else rank
-        order = np.argsort(narrow, kind="stable")     # a radix sort: keeps each rank's coll_id order
-        counts = np.bincount(rank)
-        values = np.flatnonzero(counts)
-        multi = inst["n"].to_numpy() > 1
-        members = np.flatnonzero(np.bincount(rank, weights=multi[owner], minlength=len(counts)) > 0)
-        return cls(inst, kinds, len(rank), members, values, np.r_[0, np.cumsum(counts[values])],
-                   owner[order], start[order], kind_code)
+            return cls(kinds, 0, empty, np.zeros(1, np.int64), empty, empty, empty.astype(np.int8), empty)
+        # One vocabulary for all batches (each has its own dictionary); unknown kinds are -1.
+        kind = np.concatenate([np.array([kinds.index(n) if n is not None else -1 for n in names] + [-1],   # a few kinds
+                                        np.int8)[codes] for codes, names in zip(kind_codes, kind_names)])
+        del kind_codes
+        coll_id, rank, start, group = (np.concatenate(cols[c]) for c in ("coll_id", "rank", "start", "group"))
+        del cols
+        narrow = rank.astype(np.int16) if len(rank) and int(rank.max()) < 2**15 and int(rank.min()) >= 0 else rank
+        if len(coll_id) < 2 or (coll_id[1:] >= coll_id[:-1]).all():
+            order = np.argsort(narrow, kind="stable")     # a radix sort: keeps each rank's coll_id order
+        else:
+            order = np.lexsort((coll_id, rank))
+        counts = np.bincount(rank - rank.min()) if len(rank) else np.zeros(0, np.int64)
+        values = np.flatnonzero(counts) + (int(rank.min()) if len(rank) else 0)
+        offsets = np.r_[0, np.cumsum(counts[counts > 0])]
+        return cls(kinds, len(rank), values, offsets, coll_id[order], start[order], kind[order],
+                   group[order].astype(np.int32 if len(group) and int(np.abs(group).max()) < 2**31 else np.int64))
 
     def of_rank(self, rank: int) -> dict[str, np.ndarray]:
         """``rank``'s member rows sorted by ``coll_id``: ``coll_id``, ``start``, ``kind`` (codes
@@ -233,6 +284,5 @@ class CollectiveIndex:
             empty = np.zeros(0, np.int64)
             return {"coll_id": empty, "start": empty, "kind": empty.astype(np.int8), "group": empty}
         sl = slice(int(self._rank_offsets[pos]), int(self._rank_offsets[pos + 1]))
-        inst = self._instance[sl]
-        return {"coll_id": self.instances["coll_id"].to_numpy()[inst], "start": self._start[sl],
-                "kind": self._kind_code[inst], "group": self.instances["group"].to_numpy()[inst]}
+        return {"coll_id": self._coll_id[sl], "start": self._start[sl], "kind": self._kind[sl],
+                "group": self._group[sl].astype(np.int64)}
