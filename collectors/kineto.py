@@ -30,6 +30,9 @@ What is read, and how it maps onto the store (DESIGN.md, "The trace store"):
   ``g * 2**32 + n`` (``g`` = the ``Process Group Name`` when numeric, else its CRC32, and 0 when
   absent). ``collectives.start`` is the last member's arrival among the ranks collected
   together; ``bytes`` is the input message (``In msg nelems`` x dtype size).
+- Decoding: msgspec decodes each event straight into a struct naming only the fields read
+  (the other ``args`` keys are skipped unbuilt), and columns are built from those, never per
+  event in Python. ``args`` must be an object or null wherever it appears.
 - ``correlation`` is ``args.correlation`` (kernel <-> launching ``cuda_runtime`` event);
   ``step`` is N of the ``ProfilerStep#N`` window holding the event's ts; ``flops`` is
   ``args.flops`` when the profiler recorded it (``with_flops=True``), else null.
@@ -38,19 +41,21 @@ What is read, and how it maps onto the store (DESIGN.md, "The trace store"):
 from __future__ import annotations
 
 import gc
-import gzip
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, compress, repeat
+from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import msgspec
 import numpy as np
-import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from isal import igzip, isal_zlib
 
 from sohuprof.errors import TraceFormatError
 from sohuprof.schema import CATEGORIES, COLLECTIVES, COUNTERS, EVENTS, OP_CLASSES
@@ -73,6 +78,14 @@ _EXACT_US = float(2**43)
 
 _OP_INDEX = {op: i for i, op in enumerate(OP_CLASSES)}
 _CAT_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
+_OTHER = _OP_INDEX["other"]
+#: Where an event ran (see :func:`_cat_kind`), and the op class and category each kind implies
+#: (kernels take theirs from the name, NCCL kernels are communication).
+_KINDS = ("kernel", "gpu_memcpy", "gpu_memset", "gpu_annotation", "host")
+_HOST = _KINDS.index("host")
+_MEMORY_OP = np.array([_OP_INDEX[o] for o in ("other", "memcpy", "memset", "host", "host")], np.int8)
+_CATEGORY_OF_KIND = np.array([_CAT_INDEX[c] for c in ("compute", "memory", "memory", "host", "host")],
+                             np.int8)
 
 # Op class of a compute kernel by name: the first pattern that matches wins (attention before
 # gemm: fused attention kernels are often cutlass GEMMs underneath). Convolutions count as gemm
@@ -106,6 +119,64 @@ _DTYPE_BYTES = {"Float": 4, "Half": 2, "BFloat16": 2, "Double": 8, "Int": 4, "Lo
                 "UInt64": 8}
 _STEP_RE = r"^ProfilerStep#(?P<step>\d+)$"
 _TS_TOKEN = re.compile(rb'"ts"\s*:\s*(-?\d+(?:\.\d+)?)(?=\s*[,}])')
+
+
+# -- the typed decoder --------------------------------------------------------------------------
+# msgspec decodes straight into these structs: keys not named here (most of each event's
+# ``args``, the ``id``/``bp`` of flows) are skipped without building Python objects. Fields are
+# ``Any`` so a value arrives as the plain JSON decoder gives it, and the column builders below
+# check types exactly as before. Decoded JSON has no reference cycles, hence ``gc=False``.
+
+class _Args(msgspec.Struct, frozen=True, gc=False):
+    """The ``args`` keys sohuprof reads."""
+
+    correlation: Any = None
+    stream: Any = None
+    device: Any = None
+    flops: Any = None
+    name: Any = None  # of thread_name / process_name metadata
+    collective: Any = msgspec.field(default=None, name="Collective name")
+    group: Any = msgspec.field(default=None, name="Process Group Name")
+    nelems: Any = msgspec.field(default=None, name="In msg nelems")
+    dtype: Any = None
+
+
+_NO_ARGS = _Args()
+
+
+class _Event(msgspec.Struct, gc=False):
+    ph: Any = None
+    cat: Any = None
+    name: Any = None
+    pid: Any = None
+    tid: Any = None
+    ts: Any = None
+    dur: Any = None
+    args: _Args | None = _NO_ARGS
+
+
+class _Trace(msgspec.Struct, gc=False):
+    """The JSON Object Format: ``traceEvents`` and the top-level keys only Kineto writes."""
+
+    traceEvents: list[_Event] | None = None  # noqa: N815 (the JSON key)
+    schemaVersion: Any = msgspec.UNSET  # noqa: N815
+    distributedInfo: Any = msgspec.UNSET  # noqa: N815
+    deviceProperties: Any = msgspec.UNSET  # noqa: N815
+    baseTimeNanoseconds: Any = msgspec.UNSET  # noqa: N815
+
+
+class _CounterEvent(msgspec.Struct, gc=False):
+    """A counter's series are arbitrary ``args`` keys: kept raw, decoded for counters only."""
+
+    args: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _CounterTrace(msgspec.Struct, gc=False):
+    traceEvents: list[_CounterEvent] | None = None  # noqa: N815
+
+
+_DECODER = msgspec.json.Decoder(_Trace | list[_Event])
+_COUNTER_DECODER = msgspec.json.Decoder(_CounterTrace | list[_CounterEvent])
 
 
 @dataclass(frozen=True)
@@ -254,66 +325,78 @@ def _iter_rank_traces(path: PathLike) -> Iterator[_RankTrace]:
         yield part
 
 
-def _load(path: Path) -> tuple[Any, bytes]:
-    """Parse a (possibly gzipped) JSON file; returns the document and the JSON text."""
+def _load(path: Path) -> tuple[_Trace | list[_Event], bytes]:
+    """Decode a (possibly gzipped) trace; returns the document and the JSON text it came from."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise TraceFormatError(f"cannot read '{path}': {exc.strerror or exc}") from None
     if raw[:2] == b"\x1f\x8b":
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
+            raw = igzip.decompress(raw)
+        except (OSError, EOFError, zlib.error, isal_zlib.error) as exc:
             raise TraceFormatError(f"'{path}' is a damaged gzip file ({exc}); {_EXPECTED}") from None
     try:
-        return orjson.loads(raw), raw
-    except orjson.JSONDecodeError as exc:
+        return _DECODER.decode(raw), raw
+    except msgspec.ValidationError:
+        _explain(path, raw)
+    except msgspec.DecodeError as exc:
         # The Chrome JSON Array Format allows leaving off the closing bracket.
         body = raw.rstrip().rstrip(b",")
         if body.lstrip()[:1] == b"[" and not body.endswith(b"]"):
             try:
-                return orjson.loads(body + b"]"), raw
-            except orjson.JSONDecodeError:
+                return _DECODER.decode(body := body + b"]"), body
+            except msgspec.ValidationError:
+                _explain(path, body)
+            except msgspec.DecodeError:
                 pass
         raise TraceFormatError(f"'{path}' is not JSON ({exc}); {_EXPECTED}") from None
+
+
+def _explain(path: Path, text: bytes) -> NoReturn:
+    """Say why JSON the typed decoder rejected is not a trace (the error path only)."""
+    try:
+        doc = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:  # a syntax error past the first type error
+        raise TraceFormatError(f"'{path}' is not JSON ({exc}); {_EXPECTED}") from None
+    if not (isinstance(doc, list) or isinstance(doc, dict) and isinstance(doc.get("traceEvents"), list)):
+        kind = "an object without a 'traceEvents' list" if isinstance(doc, dict) else type(doc).__name__
+        raise TraceFormatError(f"'{path}' is JSON but not a trace: {kind}; {_EXPECTED}")
+    try:
+        msgspec.convert(doc["traceEvents"] if isinstance(doc, dict) else doc, list[dict])
+    except msgspec.ValidationError:
+        raise TraceFormatError(f"'{path}': 'traceEvents' holds entries that are not objects; "
+                               f"{_EXPECTED}") from None
+    # The decoder's only other typed part: args is an object or null.
+    raise TraceFormatError(f"'{path}': an event's 'args' is not an object; {_EXPECTED}")
 
 
 # -- one file -----------------------------------------------------------------------------------
 
 def _parse_file(path: Path) -> _RankTrace:
-    # orjson builds ~10^5 acyclic objects; letting the cyclic GC scan them mid-parse costs as
-    # much as the parse itself, so it is paused for the load and the field extraction.
+    # The decoder builds ~10^5 acyclic objects; letting the cyclic GC scan them mid-parse costs
+    # as much as the parse itself, so it is paused for the load and the column extraction.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         doc, raw = _load(path)
-        if isinstance(doc, dict) and isinstance(doc.get("traceEvents"), list):
-            trace_events, top = doc["traceEvents"], doc
-        elif isinstance(doc, list):
-            trace_events, top = doc, {}
-        else:
-            kind = "an object without a 'traceEvents' list" if isinstance(doc, dict) else type(doc).__name__
-            raise TraceFormatError(f"'{path}' is JSON but not a trace: {kind}; {_EXPECTED}")
-        try:
-            rows = [(e.get("ph"), e.get("cat"), e.get("name"), e.get("pid"), e.get("tid"),
-                     e.get("ts"), e.get("dur"), e.get("args")) for e in trace_events]
-        except AttributeError:
-            raise TraceFormatError(f"'{path}': 'traceEvents' holds entries that are not objects; "
-                                   f"{_EXPECTED}") from None
-        return _build(path, top, rows, raw)
+        if isinstance(doc, list):
+            return _build(path, {}, doc, raw)
+        if doc.traceEvents is None:
+            raise TraceFormatError(f"'{path}' is JSON but not a trace: an object without a "
+                                   f"'traceEvents' list; {_EXPECTED}")
+        top = {k: getattr(doc, k) for k in _KINETO_KEYS if getattr(doc, k) is not msgspec.UNSET}
+        return _build(path, top, doc.traceEvents, raw)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _build(path: Path, top: dict[str, Any], rows: list[tuple[Any, ...]], raw: bytes) -> _RankTrace:
-    n = len(rows)
-    ph_l, cat_l, name_l, pid_l, tid_l, ts_l, dur_l, args_l = (
-        map(list, zip(*rows)) if n else ([] for _ in range(8)))
-    ph = _str_array(path, "ph", ph_l)
-    cat = _str_array(path, "cat", cat_l)
-    cats = set(pc.unique(cat).drop_null().to_pylist())
-    fmt = "kineto" if any(k in top for k in _KINETO_KEYS) or cats & _KINETO_CATS else "chrome"
+def _build(path: Path, top: dict[str, Any], trace_events: list[_Event], raw: bytes) -> _RankTrace:
+    ph = _str_array(path, "ph", _field(trace_events, "ph"))
+    cat = _str_array(path, "cat", _field(trace_events, "cat"))
+    fmt = ("kineto" if any(k in top for k in _KINETO_KEYS)
+           or set(pc.unique(cat).drop_null().to_pylist()) & _KINETO_CATS else "chrome")
     rank = _rank(path, top)
 
     is_x = pc.and_(pc.equal(ph, "X"), pc.invert(pc.is_in(cat, pa.array(_SKIP_CATS)))).fill_null(False)
@@ -323,11 +406,12 @@ def _build(path: Path, top: dict[str, Any], rows: list[tuple[Any, ...]], raw: by
         hint = ("it uses 'B'/'E' duration events, which sohuprof does not read; export complete "
                 "('X') events" if has_be else _EXPECTED)
         raise TraceFormatError(f"'{path}' holds no complete ('X') trace events; {hint}")
+    xev = _take(trace_events, x)
 
     # Times: exact ns (see the module docstring).
-    ts_all = _num_array(path, "ts", ts_l)
+    ts_all = _num_array(path, "ts", _field(trace_events, "ts"))
     ts_us = ts_all[x]
-    dur_us = _num_array(path, "dur", dur_l)[x]
+    dur_us = _num_array(path, "dur", _field(xev, "dur"))
     for label, values in (("ts", ts_us), ("dur", dur_us)):
         if np.isnan(values).any():
             raise TraceFormatError(f"'{path}': complete event #{int(x[np.isnan(values)][0])} has no "
@@ -340,88 +424,80 @@ def _build(path: Path, top: dict[str, Any], rows: list[tuple[Any, ...]], raw: by
     dur_ns = _us_to_ns(dur_us)
 
     # Per-event fields, then everything per unique value.
-    x_list = x.tolist()
-    xargs = [args_l[i] for i in x_list]
-    try:
-        arg_rows = [(a.get("correlation"), a.get("stream"), a.get("device"), a.get("flops"))
-                    if a else _NO_ARGS for a in xargs]
-    except AttributeError:
-        raise TraceFormatError(f"'{path}': an event's 'args' is not an object; {_EXPECTED}") from None
-    corr_l, stream_l, device_l, flops_l = map(list, zip(*arg_rows))
+    xargs = _field(xev, "args")
+    if None in xargs:  # "args": null reads as no args
+        xargs = _fill_none(xargs, _NO_ARGS)
 
-    xcat = cat.take(pa.array(x))
-    cat_enc = xcat.dictionary_encode()
-    cat_codes = _codes(cat_enc)
-    cat_values = cat_enc.dictionary.to_pylist()
-    kind = np.array([_cat_kind(c) for c in cat_values] + ["host"], dtype=object)[cat_codes]
-    is_gpu = np.isin(kind, ("kernel", "gpu_memcpy", "gpu_memset", "gpu_annotation"))
+    # Op, category and kind are small integer codes (OP_CLASSES / CATEGORIES / _KINDS indices).
+    cat_enc = cat.take(pa.array(x)).dictionary_encode()
+    kind_of_cat = np.array([_KINDS.index(_cat_kind(c)) for c in cat_enc.dictionary.to_pylist()]
+                           + [_HOST], dtype=np.int8)
+    kind = kind_of_cat[_codes(cat_enc)]
+    is_gpu = kind != _HOST
+    is_kernel = kind == _KINDS.index("kernel")
 
-    names = _str_array(path, "name", [name_l[i] for i in x_list]).fill_null("")
+    names = _str_array(path, "name", _field(xev, "name")).fill_null("")
     name_enc = names.dictionary_encode()
     name_codes = _codes(name_enc)
     uniq_names = name_enc.dictionary
-    name_op = _classify(uniq_names, _OP_PATTERNS, default="other")[name_codes]
-    name_coll = _classify(pc.replace_substring(uniq_names, "_", ""), _COLL_PATTERNS, default="")
+    name_op = _op_codes(_classify(uniq_names, _OP_PATTERNS, default="other"))
+    name_coll = _op_codes(_classify(pc.replace_substring(uniq_names, "_", ""), _COLL_PATTERNS,
+                                    default="other"))
     is_nccl = pc.match_substring(uniq_names, "nccl", ignore_case=True).to_numpy(zero_copy_only=False)
-    nccl = (kind == "kernel") & is_nccl[name_codes]
+    nccl = is_kernel & is_nccl[name_codes]
 
     # Collective args, only for the (few) NCCL kernels.
-    nccl_rows = np.flatnonzero(nccl).tolist()
-    nccl_args = [(a.get("Collective name"), a.get("Process Group Name"), a.get("In msg nelems"),
-                  a.get("dtype")) if (a := xargs[i]) else _NO_ARGS for i in nccl_rows]
-    coll_l, pg_l, nelems_l, dtype_l = (map(list, zip(*nccl_args)) if nccl_args
-                                       else ([] for _ in range(4)))
-    coll_enc = _str_array(path, "Collective name", coll_l).dictionary_encode()
-    coll_from_arg = np.append(
-        _classify(pc.replace_substring(coll_enc.dictionary, "_", ""), _COLL_PATTERNS, default=""), "")
-    coll_kind = np.full(len(x_list), "", dtype=object)
-    coll_kind[nccl_rows] = coll_from_arg[_codes(coll_enc, null_code=len(coll_enc.dictionary))]
-    coll_kind = np.where(coll_kind != "", coll_kind, name_coll[name_codes])
-    coll_kind = np.where(coll_kind == "", "other", coll_kind)
+    nccl_rows = np.flatnonzero(nccl)
+    nccl_args = _take(xargs, nccl_rows)
+    coll_enc = _str_array(path, "Collective name", _field(nccl_args, "collective")).dictionary_encode()
+    # The kind an NCCL kernel's ``Collective name`` arg says, else its kernel name, else other.
+    coll_from_arg = _op_codes(np.append(_classify(pc.replace_substring(coll_enc.dictionary, "_", ""),
+                                                  _COLL_PATTERNS, default="other"), "other"))
+    coll_kind = coll_from_arg[_codes(coll_enc, null_code=len(coll_enc.dictionary))]
+    coll_kind = np.where(coll_kind != _OTHER, coll_kind, name_coll[name_codes[nccl_rows]])
 
-    op = np.select([nccl, kind == "kernel", kind == "gpu_memcpy", kind == "gpu_memset"],
-                   [coll_kind, name_op, "memcpy", "memset"], default="host")
-    category = np.select([nccl, kind == "kernel", (kind == "gpu_memcpy") | (kind == "gpu_memset")],
-                         ["communication", "compute", "memory"], default="host")
+    op = name_op[name_codes]
+    op[nccl_rows] = coll_kind
+    op = np.where(is_kernel, op, _MEMORY_OP.take(kind.astype(np.intp)))
+    category = _CATEGORY_OF_KIND.take(kind.astype(np.intp))
+    category[nccl_rows] = _CAT_INDEX["communication"]
 
     # Devices and tracks.
-    dev = _int_array(path, "device", device_l).to_numpy(zero_copy_only=False).astype(np.float64)
+    dev = _int_array(path, "device", _field(xargs, "device")).to_numpy(
+        zero_copy_only=False).astype(np.float64)
     on_dev = is_gpu & ~np.isnan(dev) & (dev >= 0)
     main_dev = int(np.bincount(dev[on_dev].astype(np.int64)).argmax()) if on_dev.any() else 0
     chip = np.where(on_dev, np.nan_to_num(dev), main_dev).astype(np.int32)
-    meta_rows = [rows[i] for i in np.flatnonzero(pc.equal(ph, "M").fill_null(False).to_numpy(
-        zero_copy_only=False)).tolist()]
-    track = _tracks(fmt, meta_rows, is_gpu, chip, np.array([pid_l[i] for i in x_list], dtype=object),
-                    np.array([tid_l[i] for i in x_list], dtype=object), np.array(stream_l, dtype=object))
+    meta = _take(trace_events, np.flatnonzero(pc.equal(ph, "M").fill_null(False).to_numpy(
+        zero_copy_only=False))) if fmt == "chrome" else []
+    track = _tracks(fmt, meta, is_gpu, chip, _field(xev, "pid"), _field(xev, "tid"), _field(xargs, "stream"))
 
     step = _steps(uniq_names, name_codes, ts_ns, dur_ns)
-    correlation = _int_array(path, "correlation", corr_l)
-    flops = _int_array(path, "flops", flops_l)
+    correlation = _int_array(path, "correlation", _field(xargs, "correlation"))
+    flops = _int_array(path, "flops", _field(xargs, "flops"))
 
-    coll_id, collectives = _collectives(path, rank, nccl, ts_ns, dur_ns, coll_kind, pg_l, nelems_l, dtype_l)
+    coll_id, collectives = _collectives(path, rank, nccl_rows, ts_ns, dur_ns, coll_kind,
+                                        _field(nccl_args, "group"), _field(nccl_args, "nelems"),
+                                        _field(nccl_args, "dtype"))
 
     events = EVENTS.conform(pa.table({
         "ts": ts_ns, "dur": dur_ns,
-        "node": np.zeros(len(x_list), np.int32), "chip": chip,
-        "rank": np.full(len(x_list), rank, np.int32),
+        "node": np.zeros(x.size, np.int32), "chip": chip,
+        "rank": np.full(x.size, rank, np.int32),
         "track": track, "name": name_enc,
-        "op": _dict_from_strings(op, OP_CLASSES), "category": _dict_from_strings(category, CATEGORIES),
+        "op": _dict_from_codes(op, OP_CLASSES), "category": _dict_from_codes(category, CATEGORIES),
         "step": step, "flops": flops, "coll_id": coll_id, "correlation": correlation,
     }))
-    counters = _counters(rank, ph, name_l, ts_all_ns, args_l)
-    skipped = pd.Series(ph.fill_null("").to_numpy(zero_copy_only=False)[~is_x.to_numpy(
-        zero_copy_only=False)]).value_counts()
+    counters = _counters(rank, ph, trace_events, ts_all_ns, raw)
+    skipped = _value_counts(ph.filter(pc.invert(is_x)).fill_null(""))
     info = {
         "file": str(path), "rank": rank, "format": fmt,
-        "events_read": int(x.size), "skipped": {str(k): int(v) for k, v in skipped.items()},
+        "events_read": int(x.size), "skipped": skipped,
         "base_time_ns": base, "ts_exact": ts_exact,
         "distributed": top.get("distributedInfo"),
         "devices": [d.get("name") for d in top.get("deviceProperties") or [] if isinstance(d, dict)],
     }
     return _RankTrace(path, fmt, rank, events, collectives, counters, info)
-
-
-_NO_ARGS = (None,) * 4
 
 
 def _rank(path: Path, top: dict[str, Any]) -> int:
@@ -442,6 +518,30 @@ def _cat_kind(cat: str) -> str:
 
 
 # -- columns ------------------------------------------------------------------------------------
+
+def _field(items: Sequence[Any], name: str) -> list[Any]:
+    """One attribute of every struct, in order (a C-level map, no Python loop)."""
+    return list(map(attrgetter(name), items))
+
+
+def _take(items: Sequence[Any], index: np.ndarray) -> Sequence[Any]:
+    """The items at ``index``, in order (a C-level gather)."""
+    if index.size <= 1:
+        return [items[i] for i in index.tolist()]
+    return itemgetter(*index.tolist())(items)
+
+
+def _objects(items: Sequence[Any]) -> np.ndarray:
+    """A 1-d object array of ``items`` (``np.array`` would nest list-valued items)."""
+    return np.fromiter(items, dtype=object, count=len(items))
+
+
+def _fill_none(items: Sequence[Any], fill: Any) -> list[Any]:
+    """``items`` with every None replaced by ``fill``."""
+    out = _objects(items)
+    out[out == None] = fill  # noqa: E711 (elementwise)
+    return out.tolist()
+
 
 def _str_array(path: Path, label: str, values: list[Any]) -> pa.Array:
     try:
@@ -490,12 +590,39 @@ def _classify(values: pa.Array, patterns: tuple[tuple[str, str], ...], default: 
     return labels
 
 
-def _dict_from_strings(values: np.ndarray, vocabulary: tuple[str, ...]) -> pa.DictionaryArray:
-    """A dictionary column over a fixed vocabulary (every value must be in it)."""
-    index = {v: i for i, v in enumerate(vocabulary)}
-    uniq, inverse = np.unique(values.astype(str), return_inverse=True)
-    codes = np.array([index[u] for u in uniq], dtype=np.int32)[inverse]
-    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(vocabulary))
+def _op_codes(labels: np.ndarray) -> np.ndarray:
+    """OP_CLASSES indices of op class names."""
+    return np.array([_OP_INDEX[label] for label in labels.tolist()], dtype=np.int8)
+
+
+def _dict_from_codes(codes: np.ndarray, vocabulary: tuple[str, ...]) -> pa.DictionaryArray:
+    """A dictionary column over a fixed vocabulary, from indices into it."""
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(vocabulary))
+
+
+def _value_counts(values: pa.Array) -> dict[str, int]:
+    """Counts of each value, most frequent first, ties in order of first appearance."""
+    enc = values.dictionary_encode()
+    counts = np.bincount(_codes(enc), minlength=len(enc.dictionary))
+    order = np.argsort(-counts, kind="stable")
+    return dict(zip(np.asarray(enc.dictionary.to_pylist(), dtype=object)[order].tolist(),
+                    counts[order].tolist()))
+
+
+def _factorize(values: list[Any]) -> tuple[np.ndarray, list[Any]]:
+    """Codes and distinct values (None among them) of plain JSON scalars, in first-seen order."""
+    try:
+        arr = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        arr = None
+    # Ints, strings or nulls keep their Python values through Arrow; anything else (floats
+    # mixed with ints, bools, containers) goes through pandas on the objects themselves.
+    if arr is not None and (pa.types.is_int64(arr.type) or pa.types.is_string(arr.type)
+                            or pa.types.is_null(arr.type)):
+        enc = pc.dictionary_encode(arr, null_encoding="encode")
+        return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
+    codes, uniques = pd.factorize(_objects(values), use_na_sentinel=False)
+    return codes.astype(np.int64), list(uniques)
 
 
 def _us_to_ns(us: np.ndarray) -> np.ndarray:
@@ -553,12 +680,16 @@ def _ts_from_text(raw: bytes, ts_all: np.ndarray) -> np.ndarray | None:
     return out
 
 
-def _tracks(fmt: str, meta_rows: list[tuple[Any, ...]], is_gpu: np.ndarray,
-            chip: np.ndarray, pid: np.ndarray, tid: np.ndarray, stream: np.ndarray) -> pa.DictionaryArray:
-    """Track labels, built once per distinct (gpu, chip, pid, stream-or-tid)."""
-    lane = np.where(is_gpu & (stream != None), stream, tid)  # noqa: E711 (elementwise)
+def _tracks(fmt: str, meta: Sequence[_Event], is_gpu: np.ndarray, chip: np.ndarray,
+            pid: list[Any], tid: list[Any], stream: list[Any]) -> pa.DictionaryArray:
+    """Track labels, built once per distinct (gpu, chip, pid, stream-or-tid).
+
+    ``meta`` holds the metadata (``M``) events of a Chrome trace: its thread and process names.
+    """
+    stream_o = _objects(stream)
+    lane = np.where(is_gpu & (stream_o != None), stream_o, _objects(tid))  # noqa: E711 (elementwise)
     lane_codes, lanes = pd.factorize(lane, use_na_sentinel=False)
-    pid_codes, pids = pd.factorize(pid, use_na_sentinel=False)
+    pid_codes, pids = _factorize(pid)
     key = ((is_gpu.astype(np.int64) * (int(chip.max(initial=0)) + 1) + chip) * len(pids)
            + pid_codes) * len(lanes) + lane_codes
     uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
@@ -566,9 +697,9 @@ def _tracks(fmt: str, meta_rows: list[tuple[Any, ...]], is_gpu: np.ndarray,
     thread_names: dict[tuple[Any, Any], str] = {}
     process_names: dict[Any, str] = {}
     if fmt == "chrome":
-        meta = [r for r in meta_rows if isinstance(r[7], dict)]
-        thread_names = {(r[3], r[4]): str(r[7].get("name")) for r in meta if r[2] == "thread_name"}
-        process_names = {r[3]: str(r[7].get("name")) for r in meta if r[2] == "process_name"}
+        named = [m for m in meta if m.args is not None]
+        thread_names = {(m.pid, m.tid): str(m.args.name) for m in named if m.name == "thread_name"}
+        process_names = {m.pid: str(m.args.name) for m in named if m.name == "process_name"}
     several_pids = len(pids) > 1
     labels = []
     for i in first:  # one per distinct track, not per event
@@ -602,15 +733,15 @@ def _steps(uniq_names: pa.Array, name_codes: np.ndarray, ts: np.ndarray, dur: np
     return pa.array(np.where(inside, nums[np.maximum(j, 0)], 0), pa.int64(), mask=~inside)
 
 
-def _collectives(path: Path, rank: int, nccl: np.ndarray, ts: np.ndarray, dur: np.ndarray,
+def _collectives(path: Path, rank: int, rows: np.ndarray, ts: np.ndarray, dur: np.ndarray,
                  kind: np.ndarray, pg_l: list[Any], nelems_l: list[Any],
                  dtype_l: list[Any]) -> tuple[pa.Array, pa.Table]:
     """``coll_id`` per event, and this rank's collective rows (``start`` still missing).
 
-    ``pg_l``, ``nelems_l`` and ``dtype_l`` hold the args of the NCCL kernels only, in order.
+    ``rows`` are the NCCL kernels' event indices; ``kind`` (their op codes), ``pg_l``,
+    ``nelems_l`` and ``dtype_l`` hold what belongs to them, in the same order.
     """
     n = len(ts)
-    rows = np.flatnonzero(nccl)
     if rows.size == 0:
         return pa.nulls(n, pa.int64()), COLLECTIVES.empty().drop_columns(["start"])
     pg = _str_array(path, "Process Group Name", pg_l).fill_null("0")
@@ -639,7 +770,7 @@ def _collectives(path: Path, rank: int, nccl: np.ndarray, ts: np.ndarray, dur: n
     valid = (elem_bytes >= 0) & (nel >= 0)
     nbytes = pa.array(np.where(valid, nel * elem_bytes, 0), pa.int64(), mask=~valid)
     table = pa.table({
-        "coll_id": ids, "kind": pa.array(kind[rows].astype(str)).dictionary_encode(),
+        "coll_id": ids, "kind": pa.array(np.asarray(OP_CLASSES)[kind]).dictionary_encode(),
         "group": group, "rank": np.full(rows.size, rank, np.int32),
         "node": np.zeros(rows.size, np.int32),
         "arrive": ts[rows], "end": ts[rows] + dur[rows], "bytes": nbytes,
@@ -670,23 +801,36 @@ def _finish_collectives(parts: list[pa.Table]) -> pa.Table:
     return table.sort_by([(c, "ascending") for c in COLLECTIVES.sort_by])
 
 
-def _counters(rank: int, ph: pa.Array, name_l: list[Any], ts_ns: np.ndarray,
-              args_l: list[Any]) -> pa.Table:
+def _counters(rank: int, ph: pa.Array, trace_events: Sequence[_Event], ts_ns: np.ndarray,
+              text: bytes) -> pa.Table:
     """Chrome counter events: one sample per numeric series of each ``C`` event."""
     c_rows = np.flatnonzero(pc.equal(ph, "C").fill_null(False).to_numpy(zero_copy_only=False))
     if c_rows.size == 0:
         return COUNTERS.empty()
-    samples = [(ts_ns[i], f"{name_l[i]}.{k}" if len(a) > 1 else str(name_l[i]), float(v))
-               for i in c_rows.tolist() if isinstance(a := args_l[i], dict)
-               for k, v in a.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if not samples:
+    doc = _COUNTER_DECODER.decode(text)
+    raw_args = _field(_take(doc if isinstance(doc, list) else doc.traceEvents, c_rows), "args")
+    args = msgspec.json.decode(b"[" + b",".join(raw_args) + b"]")
+    keep = np.fromiter(map(isinstance, args, repeat(dict)), bool, len(args))
+    if not keep.any():
         return COUNTERS.empty()
-    ts, names, values = map(list, zip(*samples))
+    objects = list(compress(args, keep))
+    # Every (event, series) pair flattened in document order, at C speed.
+    width = np.fromiter(map(len, objects), np.int64, len(objects))
+    keys = _objects(list(chain.from_iterable(objects)))
+    values = _objects(list(chain.from_iterable(map(dict.values, objects))))
+    kinds = _objects(list(map(type, values)))
+    numeric = (kinds == int) | (kinds == float)  # not bool, str, None, lists or objects
+    if not numeric.any():
+        return COUNTERS.empty()
+    row = np.repeat(np.arange(len(objects)), width)[numeric]
+    kept = c_rows[keep]
+    names = _objects(list(map(str, _field(_take(trace_events, kept), "name"))))[row]
+    counter = np.where(width[row] > 1, names + "." + keys[numeric], names)
     return COUNTERS.conform(pa.table({
-        "ts": np.array(ts, dtype=np.int64),
-        "rank": np.full(len(values), rank, np.int32),
-        "counter": pa.array(names, pa.string()).dictionary_encode(),
-        "value": pa.array(values, pa.float64()),
+        "ts": ts_ns[kept][row],
+        "rank": np.full(row.size, rank, np.int32),
+        "counter": pa.array(counter.tolist(), pa.string()).dictionary_encode(),
+        "value": pa.array(values[numeric].astype(np.float64), pa.float64()),
     }))
 
 

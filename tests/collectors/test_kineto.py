@@ -226,6 +226,26 @@ def test_chrome_epoch_microseconds_exact(tmp_path: Path) -> None:
     assert got.counters.column("ts").to_pylist() == [1711964646123458000]
 
 
+def test_chrome_counters_null_args_and_process_names(tmp_path: Path) -> None:
+    (tmp_path / "t.json").write_text("""[
+{"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "server"}},
+{"ph": "M", "name": "thread_name", "pid": 2, "tid": 4, "args": null},
+{"ph": "X", "name": "a", "pid": 1, "tid": 3, "ts": 1.5, "dur": 2, "args": null},
+{"ph": "X", "name": "b", "pid": 2, "tid": 4, "ts": 2, "dur": 1, "args": {}},
+{"ph": "C", "name": "mem", "ts": 3, "args": {"used": 7, "note": "x", "ok": true, "free": 2.5}},
+{"ph": "C", "name": "mem", "ts": 4, "args": {"free": 1, "used": 8}},
+{"ph": "C", "name": "q", "ts": 5, "args": {"depth": [1, 2]}},
+{"ph": "C", "name": "none", "ts": 6}
+""")  # no closing bracket: the counters are decoded from the completed text too
+    got = read_kineto(tmp_path / "t.json")
+    assert got.events.column("track").to_pylist() == ["pid 1: thread 3", "server: thread 4"]
+    assert got.events.column("correlation").to_pylist() == [None, None]
+    # Numeric series only (not bools, strings or lists), in each event's key order.
+    assert got.counters.to_pydict() == {
+        "ts": [3000, 3000, 4000, 4000], "rank": [0] * 4,
+        "counter": ["mem.used", "mem.free", "mem.free", "mem.used"], "value": [7.0, 2.5, 1.0, 8.0]}
+
+
 @pytest.mark.parametrize("setup, message", [
     (lambda d: d / "missing.json", "does not exist"),
     (lambda d: d, "holds no .json or .json.gz trace files"),
@@ -235,6 +255,13 @@ def test_chrome_epoch_microseconds_exact(tmp_path: Path) -> None:
     (lambda d: (d / "x.json").write_text('{"foo": 1}') and d / "x.json",
      "not a trace: an object without a 'traceEvents' list"),
     (lambda d: (d / "x.json").write_text("[1, 2]") and d / "x.json", "not objects"),
+    (lambda d: (d / "x.json").write_text('{"traceEvents": {"ph": "X"}}') and d / "x.json",
+     "not a trace: an object without a 'traceEvents' list"),
+    (lambda d: (d / "x.json").write_text('"trace"') and d / "x.json", "not a trace: str"),
+    (lambda d: (d / "x.json").write_text('[{"ph": "X", "ts": 1, "dur": 1, "args": [1]}]') and d / "x.json",
+     "an event's 'args' is not an object"),
+    (lambda d: (d / "x.json").write_text('[{"ph": "X", "ts": 1, "dur": 1}, 2, {"ph": ') and d / "x.json",
+     "is not JSON"),
     (lambda d: (d / "x.json").write_text('[{"ph": "B", "ts": 1, "name": "a"}, '
                                          '{"ph": "E", "ts": 2}]') and d / "x.json",
      "'B'/'E' duration events"),
