@@ -42,16 +42,21 @@ def _chains(part: Partition, ctx: AnalysisContext) -> list[tuple[list[np.ndarray
     chains = part.cache.get("chains")
     if chains is not None:
         return chains
-    ts, end = part.ts, part.end
-    compute, memory = part.equals("category", "compute"), part.equals("category", "memory")
-    comm, host = part.equals("category", "communication"), part.equals("category", "host")
+    # Each category's events are a slice of one gather by category (each in time order).
+    order, where = part.grouped("category")
+    nothing = slice(0, 0)
+    compute, memory = where.get("compute", nothing), where.get("memory", nothing)
+    comm, host = where.get("communication", nothing), where.get("host", nothing)
+    ts, end = part.ts[order], part.end[order]
     p_ts, p_end = ts[compute], end[compute]
     if part.has("stall_mem_ns"):
-        split = p_end - np.clip(part.ints("stall_mem_ns")[compute], 0, p_end - p_ts)
+        stall = part.ints("stall_mem_ns")[order[compute]]
+        np.clip(stall, 0, p_end - p_ts, out=stall)
+        split = np.subtract(p_end, stall, out=stall)
     else:
         split = p_end
     c_ts, c_end = ts[comm], end[comm]
-    last = (ctx.last_arrival(part.rank, part.ints("coll_id", -1)[comm]) if part.has("coll_id")
+    last = (ctx.last_arrival(part.rank, part.ints("coll_id", -1)[order[comm]]) if part.has("coll_id")
             else np.full(len(c_ts), -1, np.int64))
     transfer_from = np.clip(np.where(last >= 0, last, c_ts), c_ts, c_end)
     chains = part.cache["chains"] = [([p_ts, split, p_end], [BODY, TAIL]), ([ts[memory], end[memory]], [DMA]),

@@ -134,12 +134,14 @@ def _rank_comm(events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.D
     """One rank's communication time per (kind, group) (its union, and the part under compute),
     and the collectives it sent point to point (``coll_id, rank``)."""
     part = as_partition(events)
-    is_cat = part.equals("category", "communication")
-    if not is_cat.any():
+    order, where = part.grouped("category")
+    rows = order[where.get("communication", slice(0, 0))]     # communication events, in time order
+    if not len(rows):
         return _empty_partial()
     rank = part.rank
     op, op_values = part.codes("op")
-    cid = part.ints("coll_id", -1)[is_cat]
+    op = op[rows]
+    cid = part.ints("coll_id", -1)[rows]
     mine = ctx.rank_collectives(rank)
     ids = mine["coll_id"]
     pos = np.minimum(np.searchsorted(ids, cid), max(len(ids) - 1, 0))
@@ -149,7 +151,7 @@ def _rank_comm(events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.D
     table_kinds = ctx.collective_kinds
     kinds = list(dict.fromkeys([*sorted(table_kinds), *(v for v in op_values if v is not None)])) + ["?"]
     kind_index = {v: i for i, v in enumerate(kinds)}
-    own = np.array([kind_index.get(v, len(kinds) - 1) for v in op_values] + [len(kinds) - 1])[op[is_cat]]
+    own = np.array([kind_index.get(v, len(kinds) - 1) for v in op_values] + [len(kinds) - 1])[op]
     if len(ids):
         table_kind = np.array([kind_index[v] for v in table_kinds] + [len(kinds) - 1])[mine["kind"]]
         kind_code = np.where(found, table_kind[pos], own)
@@ -160,7 +162,7 @@ def _rank_comm(events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.D
     pair = kind_code.astype(np.int64) * width + (group + 1)
     uniq_pair, code = np.unique(pair, return_inverse=True)
     k = len(uniq_pair)
-    c_ts, c_end = part.ts[is_cat], part.end[is_cat]
+    c_ts, c_end = part.ts[rows], part.end[rows]
     if is_sequential(c_ts, c_end):
         # One stream that never overlaps itself (a chip's collectives): a key's union is its
         # events' total, and the part under compute is the compute coverage between
@@ -179,7 +181,7 @@ def _rank_comm(events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.D
         cov = compute_covered_before(part, ctx, np.concatenate([m.start, m.end]))
         hidden = np.bincount(m.key, weights=cov[len(m.start):] - cov[:len(m.start)], minlength=k)
     union, hidden = union.round().astype(np.int64), hidden.round().astype(np.int64)
-    is_send = np.array([v == "send" for v in op_values] + [False])[op[is_cat]]
+    is_send = np.array([v == "send" for v in op_values] + [False])[op]
     sent = cid[is_send & (cid >= 0)]
     return (pd.DataFrame({"kind": np.asarray(kinds, dtype=object)[uniq_pair // width],
                           "group": (uniq_pair % width - 1).astype("int64"), "union_ns": union,

@@ -204,7 +204,9 @@ class Sweep:
 
     def coverage(self) -> np.ndarray:
         """Time in each exact set of active classes: int64 ``[2**n_classes]`` summing to the window."""
-        per_code = np.bincount(self.code, weights=np.diff(self.t), minlength=len(self.masks))
+        seg = np.empty(max(len(self.t) - 1, 0))          # float weights: bincount would convert them
+        np.subtract(self.t[1:], self.t[:-1], out=seg, casting="unsafe")
+        per_code = np.bincount(self.code, weights=seg, minlength=len(self.masks))
         out = np.zeros(1 << self.n_classes, np.int64)
         np.add.at(out, self.masks, per_code.round().astype(np.int64))   # a few distinct masks
         return out
@@ -312,32 +314,53 @@ def chain_sweep(chains: list[tuple[list[np.ndarray], list[int]]], n_classes: int
                 flat.append(([m.start, m.end], [c]))
         else:
             flat.append((bounds, classes))
+    # Each boundary is packed as ``time << shift | tag``. In the fast path the tag is the
+    # boundary's step itself (offset to be positive), so the sorted words give the running sum
+    # with no table lookup, and at one instant ends (negative steps) sort before starts; otherwise
+    # it is the boundary's kind, an index into ``steps``.
+    width = n_classes + 2
+    by_step = bits == 1 and we - ws < 1 << (62 - width)
+    shift, offset = (width, 1 << (n_classes + 1)) if by_step else (5, 0)
     steps: list[int] = [0]                  # kind 0: the window's own boundaries
-    runs = [np.array([0, (we - ws) << 5], np.int64)]
+    runs = [np.array([offset, ((we - ws) << shift) | offset], np.int64)]
     for bounds, classes in flat:
         m, k = len(bounds[0]), len(bounds)
         kinds = range(len(steps), len(steps) + k)
         for j in range(k):
             steps.append((field[classes[j]] if j < k - 1 else 0) - (field[classes[j - 1]] if j > 0 else 0))
-        if len(steps) > 32:
+        if len(steps) > 32 and not by_step:
             raise ValueError("too many chain boundaries: at most 31 kinds fit the packing")
         if not m:
             continue
         run = np.empty(m * k, np.int64)
+        inside = int(bounds[0].min()) >= ws and int(bounds[-1].max()) <= we   # boundaries only grow along an event
+        word = np.empty(m, np.int64)
         for j, kind in enumerate(kinds):     # a loop over a chain's boundaries (2 or 3)
-            b = np.clip(bounds[j], ws, we)
-            b -= ws
-            b <<= 5
-            b |= kind
-            run[j::k] = b
+            if inside:
+                np.subtract(bounds[j], ws, out=word)
+            else:
+                np.clip(bounds[j], ws, we, out=word)
+                word -= ws
+            word <<= shift
+            word |= steps[kind] + offset if by_step else kind
+            run[j::k] = word
         runs.append(run)
     packed = np.sort(np.concatenate(runs), kind="stable")
+    if by_step:
+        # One bit per class: the running sum is the active set. Between boundaries at one instant
+        # a class may briefly count twice (where an end and a start share a step value's order):
+        # such zero-length segments may fall in any bin.
+        state = np.bitwise_and(packed, (1 << shift) - 1)
+        state -= offset
+        np.cumsum(state, out=state)
+        packed >>= shift
+        code = state[:-1]
+        code &= (1 << n_classes) - 1
+        return Sweep(origin=ws, t=packed, code=code, masks=np.arange(1 << n_classes), n_classes=n_classes)
     kind = np.bitwise_and(packed, 31, out=np.empty(len(packed), np.int8), casting="unsafe")
     packed >>= 5
     if bits == 1:
-        # One bit per class: the running sum fits 16 bits for up to 13 classes (less memory traffic).
-        # Between boundaries at one instant a class may count twice (its next event began before
-        # the last one's end was summed): such zero-length segments may fall in any bin.
+        # One bit per class, but a window too long for the step tags: the kind table instead.
         narrow = np.int16 if n_classes <= 13 else np.int32
         state = np.cumsum(np.asarray(steps, narrow)[kind], dtype=narrow)[:-1]
         state &= (1 << n_classes) - 1

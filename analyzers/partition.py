@@ -118,6 +118,21 @@ class Partition:
             out = self._codes[name] = dictionary_codes(self.table.column(name))
         return out
 
+    def grouped(self, name: str) -> tuple[np.ndarray, dict[Any, slice]]:
+        """Rows ordered by string column ``name`` (stably: each value's rows keep their order) and
+        each value's slice of that order: one radix sort, then every value's rows of any column
+        are a slice of one gather, not a boolean mask and a compress per value."""
+        key = f"grouped:{name}"
+        out = self.cache.get(key)
+        if out is None:
+            codes, values = self.codes(name)
+            narrow = codes.astype(np.int8 if len(values) < 127 else np.int32)
+            order = np.argsort(narrow, kind="stable")
+            bounds = np.searchsorted(narrow[order], np.arange(len(values) + 2))
+            out = self.cache[key] = (order, {v: slice(int(bounds[i]), int(bounds[i + 1]))
+                                             for i, v in enumerate([*values, None])})
+        return out
+
     def equals(self, name: str, value: str) -> np.ndarray:
         """Boolean mask of string column ``name`` equal to ``value`` (decided once per dictionary)."""
         key = (name, value)

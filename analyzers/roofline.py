@@ -175,13 +175,28 @@ def _rank_roofline(events: pa.Table | Partition, hw: HardwareSpec, peak: float) 
     flops = part.ints("flops").astype(float)
     hbm = part.ints("hbm_bytes").astype(float)
     timed = dur > 0
-    roof_time = np.maximum(flops / np.where(vector, hw.vector_flops, peak) * 1e9, hbm / hw.hbm_bandwidth * 1e9)
-    headroom = np.clip(dur - roof_time, 0, None)
+    # Time at the roof, max(flops / peak, bytes / bandwidth), and the headroom over it: in place
+    # (a few hundred thousand rows each; allocating a temporary costs more than the arithmetic).
+    roof_time = np.where(vector, hw.vector_flops, peak)
+    np.divide(flops, roof_time, out=roof_time)
+    roof_time *= 1e9
+    headroom = hbm / hw.hbm_bandwidth
+    headroom *= 1e9
+    np.maximum(roof_time, headroom, out=roof_time)
+    np.subtract(dur, roof_time, out=headroom)
+    np.clip(headroom, 0, None, out=headroom)
+    del roof_time
     # One key per (op, phase, vector track?, measurable duration?); other categories share a
     # discarded bucket, so nothing is filtered and every sum is one bincount.
     n_phase = len(phase_values) + 1
     groups = (len(op_values) + 1) * n_phase
-    key = np.where(compute, ((op * n_phase + phase) * 2 + vector) * 2 + timed, 4 * groups)
+    key = op * n_phase
+    key += phase
+    key <<= 1
+    key |= vector
+    key <<= 1
+    key |= timed
+    key[~compute] = 4 * groups
     size = 4 * groups + 1
     count = np.bincount(key, minlength=size)[:-1].reshape(groups, 2, 2)
     per = {name: np.bincount(key, w, size)[:-1].reshape(groups, 2, 2)

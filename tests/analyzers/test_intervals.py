@@ -176,3 +176,15 @@ def test_covered_before_sequential_matches_reference(items, xs) -> None:
     lanes = timeline(first, last, 400) > 0
     before = np.r_[0, np.cumsum(lanes)]
     assert covered_before_sequential(first, last, x).tolist() == before[np.clip(x, 0, 400)].tolist()
+
+
+def test_chain_sweep_on_a_window_too_long_for_step_tags() -> None:
+    # A window of 2**56 ns leaves too few bits to tag boundaries with their steps: the kind
+    # table is used instead, with the same coverage.
+    rng = np.random.default_rng(3)
+    first = np.cumsum(rng.integers(1, 20, 200))
+    chains = [([first, first + 3, first + 5], [0, 1]), ([first[::3] + 1, first[::3] + 9], [2])]
+    short = chain_sweep(chains, 3, 0, 5000).coverage()
+    long = chain_sweep(chains, 3, 0, 1 << 56).coverage()
+    assert long[1:].tolist() == short[1:].tolist()
+    assert long.sum() == 1 << 56 and short.tolist() == _exact_masks(chains, 3, 0, 5000).tolist()
