@@ -179,12 +179,12 @@ def test_covered_before_sequential_matches_reference(items, xs) -> None:
 
 
 def test_chain_sweep_on_a_window_too_long_for_step_tags() -> None:
-    # A window of 2**56 ns leaves too few bits to tag boundaries with their steps: the kind
-    # table is used instead, with the same coverage.
+    # With 8 classes a window of 2**52 ns leaves too few bits to tag boundaries with their
+    # steps: the kind table is used instead, with the same coverage (still exact in float64).
     rng = np.random.default_rng(3)
     first = np.cumsum(rng.integers(1, 20, 200))
-    chains = [([first, first + 3, first + 5], [0, 1]), ([first[::3] + 1, first[::3] + 9], [2])]
-    short = chain_sweep(chains, 3, 0, 5000).coverage()
-    long = chain_sweep(chains, 3, 0, 1 << 56).coverage()
+    chains = [([first, first + 3, first + 5], [0, 7]), ([first[::3] + 1, first[::3] + 9], [2])]
+    short = chain_sweep(chains, 8, 0, 5000).coverage()
+    long = chain_sweep(chains, 8, 0, 1 << 52).coverage()
     assert long[1:].tolist() == short[1:].tolist()
-    assert long.sum() == 1 << 56 and short.tolist() == _exact_masks(chains, 3, 0, 5000).tolist()
+    assert long.sum() == 1 << 52 and short.tolist() == _exact_masks(chains, 8, 0, 5000).tolist()
