@@ -77,7 +77,12 @@ def compute_covered_before(part: Partition, ctx: AnalysisContext, x: np.ndarray)
     x)``. A compute stream that never overlaps itself (a chip's, usually) is answered from its own
     prefix sums, without a sweep; otherwise from the full sweep."""
     p_ts, _, p_end = _chains(part, ctx)[0][0]
-    if is_sequential(p_ts, p_end):
-        lo, hi = ctx.wall_start, ctx.wall_end
-        return covered_before_sequential(np.clip(p_ts, lo, hi), np.clip(p_end, lo, hi), np.clip(x, lo, hi))
-    return activity(part, ctx).covered_before(x, bits(BODY, TAIL))
+    sequential = part.cache.get("compute_sequential")
+    if sequential is None:
+        sequential = part.cache["compute_sequential"] = is_sequential(p_ts, p_end)
+    if not sequential:
+        return activity(part, ctx).covered_before(x, bits(BODY, TAIL))
+    lo, hi = ctx.wall_start, ctx.wall_end
+    if len(p_ts) and (p_ts[0] < lo or p_end[-1] > hi):   # sequential: the first start and last end bound them
+        p_ts, p_end = np.clip(p_ts, lo, hi), np.clip(p_end, lo, hi)
+    return covered_before_sequential(p_ts, p_end, np.clip(x, lo, hi))

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = ["Partition", "as_partition", "dictionary_codes"]
 
@@ -82,8 +83,9 @@ class Partition:
         """The rank when every row has the same one (what the engines hand over), else None."""
         if not self.num_rows:
             return None
-        rank = self.ints("rank")
-        return int(rank[0]) if (rank == rank[0]).all() else None
+        span = pc.min_max(self.table.column("rank"))     # no int64 copy of the column
+        lo, hi = span["min"].as_py(), span["max"].as_py()
+        return int(lo) if lo == hi and lo is not None else None
 
     def has(self, name: str) -> bool:
         return name in self.table.column_names

@@ -82,18 +82,24 @@ def _hash(*cols: np.ndarray | int) -> np.ndarray:
     """A deterministic 64-bit mix of int columns (splitmix64's finaliser over their odd-multiplied
     sum; a scalar stands for a constant column): the sample's selection key. Works in place on
     one output and one scratch array: on a few hundred thousand rows the cost is allocation."""
-    arrays = [c for c in cols if isinstance(c, np.ndarray)]
-    h = np.zeros(len(arrays[0]), np.uint64)
-    scratch = np.empty_like(h)
+    h: np.ndarray | None = None
+    scratch: np.ndarray | None = None
     constant = 0
     with np.errstate(over="ignore"):
         for c, m in zip(cols, (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)):   # a few columns
             if isinstance(c, np.ndarray):
                 bits = c.view(np.uint64) if c.dtype == np.int64 else c.astype(np.uint64)
-                np.multiply(bits, np.uint64(m), out=scratch)
+                if h is None:
+                    h = np.multiply(bits, np.uint64(m))
+                    continue
+                scratch = np.multiply(bits, np.uint64(m), out=scratch)
                 h += scratch
             else:
                 constant = (constant + int(c) * m) % 2**64
+        if h is None:
+            raise ValueError("_hash needs at least one array column")
+        if scratch is None:
+            scratch = np.empty_like(h)
         h += np.uint64(constant)
         for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
             np.right_shift(h, np.uint64(shift), out=scratch)
