@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from sohuprof.analyzers.instances import MEMBER_COLUMNS, CollectiveIndex, MemberIndex
+from sohuprof.analyzers.instances import CollectiveIndex, MemberIndex
 from sohuprof.errors import SohuprofError
 from sohuprof.hardware import HardwareSpec
 from sohuprof.store import TraceStore
@@ -78,7 +78,7 @@ class AnalysisContext:
     def member_index(self) -> MemberIndex:
         """Each rank's collectives (coll_id, transfer start, kind, group), built on first use from
         the member rows alone: per-rank kernels need not wait for :attr:`collective_index`."""
-        index = MemberIndex.from_batches(self.store.stream_table("collectives", columns=MEMBER_COLUMNS))
+        index = MemberIndex.from_batches(lambda columns: self.store.stream_table("collectives", columns=columns))
         pa.default_memory_pool().release_unused()
         return index
 

@@ -13,7 +13,7 @@ than the events being analysed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -221,7 +221,8 @@ MEMBER_COLUMNS = ["coll_id", "kind", "group", "rank", "start"]
 class MemberIndex:
     """Each rank's rows of collectives.parquet, sorted by ``coll_id``: what the per-rank kernels look
     their collectives up in (the transfer start, kind and group of each). Built straight from the
-    member rows, without folding instances, so chunks need not wait for the instance table.
+    member rows, without folding instances, so chunks need not wait for the instance table
+    (21 bytes a member).
 
     Attributes
     ----------
@@ -241,40 +242,57 @@ class MemberIndex:
     _group: np.ndarray            # ... its group
 
     @classmethod
-    def from_batches(cls, batches: Iterable[pa.RecordBatch]) -> MemberIndex:
-        """Index member rows (at least :data:`MEMBER_COLUMNS`) streamed in any order."""
-        cols: dict[str, list[np.ndarray]] = {c: [] for c in ("coll_id", "rank", "start", "group")}
-        kind_codes: list[np.ndarray] = []
-        kind_names: list[list[str | None]] = []
-        for batch in batches:   # a loop over batches, not rows
+    def from_batches(cls, batches: Callable[[list[str]], Iterable[pa.RecordBatch]]) -> MemberIndex:
+        """Index member rows streamed by ``batches(columns)`` (called twice: once for the ranks
+        and kinds, to size each rank's span, then for :data:`MEMBER_COLUMNS`, scattered batch by
+        batch into place), so memory holds the index and one batch, never a second copy of the
+        members. Rows in any order; the writer's ``coll_id`` order needs no sort."""
+        seen: list[tuple[np.ndarray, np.ndarray]] = []
+        kinds: set[str] = set()
+        for batch in batches(["rank", "kind"]):   # a loop over batches, not rows
+            seen.append(np.unique(batch.column("rank").to_numpy(zero_copy_only=False), return_counts=True))
+            codes, batch_kinds = dictionary_codes(batch.column("kind"))
+            kinds.update(str(batch_kinds[c]) for c in np.unique(codes).tolist() if c < len(batch_kinds))
+        ranks_seen = np.concatenate([u for u, _ in seen]) if seen else np.zeros(0, np.int64)
+        values = np.unique(ranks_seen)
+        counts = np.bincount(np.searchsorted(values, ranks_seen), minlength=len(values),
+                             weights=np.concatenate([c for _, c in seen]) if seen else None).astype(np.int64)
+        names = sorted(kinds)
+        position = {name: i for i, name in enumerate(names)}
+        offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        rows = int(offsets[-1])
+        coll_id, start = np.empty(rows, np.int64), np.empty(rows, np.int64)
+        kind_out, group = np.empty(rows, np.int8), np.empty(rows, np.int64)
+        cursor = offsets[:-1].copy()
+        last_id, ordered = None, True
+        for batch in batches(MEMBER_COLUMNS):
             if not batch.num_rows:
                 continue
             table = pa.Table.from_batches([batch])
-            for c in cols:
-                cols[c].append(_int_column(table, c, fill=-1 if c == "group" else 0))
-            codes, values = dictionary_codes(table.column("kind"))
-            kind_codes.append(codes)
-            kind_names.append([None if v is None else str(v) for v in values])
-        kinds = sorted({n for names in kind_names for n in names if n is not None})
-        if not kind_codes:
-            empty = np.zeros(0, np.int64)
-            return cls(kinds, 0, empty, np.zeros(1, np.int64), empty, empty, empty.astype(np.int8), empty)
-        # One vocabulary for all batches (each has its own dictionary); unknown kinds are -1.
-        kind = np.concatenate([np.array([kinds.index(n) if n is not None else -1 for n in names] + [-1],   # a few kinds
-                                        np.int8)[codes] for codes, names in zip(kind_codes, kind_names)])
-        del kind_codes
-        coll_id, rank, start, group = (np.concatenate(cols[c]) for c in ("coll_id", "rank", "start", "group"))
-        del cols
-        narrow = rank.astype(np.int16) if len(rank) and int(rank.max()) < 2**15 and int(rank.min()) >= 0 else rank
-        if len(coll_id) < 2 or (coll_id[1:] >= coll_id[:-1]).all():
-            order = np.argsort(narrow, kind="stable")     # a radix sort: keeps each rank's coll_id order
-        else:
-            order = np.lexsort((coll_id, rank))
-        counts = np.bincount(rank - rank.min()) if len(rank) else np.zeros(0, np.int64)
-        values = np.flatnonzero(counts) + (int(rank.min()) if len(rank) else 0)
-        offsets = np.r_[0, np.cumsum(counts[counts > 0])]
-        return cls(kinds, len(rank), values, offsets, coll_id[order], start[order], kind[order],
-                   group[order].astype(np.int32 if len(group) and int(np.abs(group).max()) < 2**31 else np.int64))
+            slot = np.searchsorted(values, table.column("rank").to_numpy())
+            order = np.argsort(slot.astype(np.int16) if len(values) < 2**15 else slot, kind="stable")
+            sorted_slot = slot[order]
+            n_slot = np.bincount(slot, minlength=len(values))
+            # Row i of the batch (in slot order) goes after what its rank already holds.
+            dest = cursor[sorted_slot] + (np.arange(len(order)) - (np.cumsum(n_slot) - n_slot)[sorted_slot])
+            cursor += n_slot
+            ids = _int_column(table, "coll_id")
+            ordered &= bool((ids[1:] >= ids[:-1]).all()) and (last_id is None or ids[0] >= last_id)
+            last_id = ids[-1]
+            coll_id[dest] = ids[order]
+            start[dest] = _int_column(table, "start")[order]
+            group[dest] = _int_column(table, "group", fill=-1)[order]
+            codes, batch_names = dictionary_codes(table.column("kind"))
+            remap = np.array([position.get(str(v), -1) if v is not None else -1 for v in batch_names] + [-1],   # a few kinds
+                             np.int8)
+            kind_out[dest] = remap[codes[order]]
+        if not ordered:
+            for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist()):   # a loop over ranks, not rows
+                by_id = np.argsort(coll_id[lo:hi], kind="stable") + lo
+                coll_id[lo:hi], start[lo:hi] = coll_id[by_id], start[by_id]
+                kind_out[lo:hi], group[lo:hi] = kind_out[by_id], group[by_id]
+        narrow = np.int32 if not len(group) or int(np.abs(group).max()) < 2**31 else np.int64
+        return cls(names, rows, values.astype(np.int64), offsets, coll_id, start, kind_out, group.astype(narrow))
 
     def of_rank(self, rank: int) -> dict[str, np.ndarray]:
         """``rank``'s member rows sorted by ``coll_id``: ``coll_id``, ``start``, ``kind`` (codes
