@@ -17,14 +17,16 @@ the compute stream's own prefix sums when it is sequential). What they derive is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.intervals import Sweep, chain_sweep, covered_before_sequential, is_sequential
+from sohuprof.analyzers.intervals import Merged, Sweep, chain_sweep, covered_before_sequential, is_sequential, merge
 from sohuprof.analyzers.partition import Partition
 
-__all__ = ["BODY", "TAIL", "DMA", "TRANSFER", "WAIT", "HOST", "N_CLASSES", "COLUMNS", "bits", "activity",
-           "compute_covered_before"]
+__all__ = ["BODY", "TAIL", "DMA", "TRANSFER", "WAIT", "HOST", "N_CLASSES", "COLUMNS", "Breakdown", "bits",
+           "activity", "breakdown", "compute_covered_before"]
 
 BODY, TAIL, DMA, TRANSFER, WAIT, HOST = range(6)
 N_CLASSES = 6
@@ -72,17 +74,148 @@ def activity(part: Partition, ctx: AnalysisContext) -> Sweep:
     return sweep
 
 
+def _sequential(part: Partition, ctx: AnalysisContext) -> bool:
+    """Is every chain sequential (sorted, never overlapping itself)? Then each class is active at
+    most once at a time and the rank's time splits by prefix sums, without a sweep."""
+    out = part.cache.get("sequential")
+    if out is None:
+        out = part.cache["sequential"] = all(is_sequential(b[0], b[-1]) for b, _ in _chains(part, ctx))
+    return out
+
+
+def _inside(ctx: AnalysisContext, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A sequential stream clipped to the trace window (its first start and last end bound it)."""
+    lo, hi = ctx.wall_start, ctx.wall_end
+    if len(start) and (start[0] < lo or end[-1] > hi):
+        return np.clip(start, lo, hi), np.clip(end, lo, hi)
+    return start, end
+
+
+def _busy(start: np.ndarray, end: np.ndarray) -> Merged:
+    """A sequential stream's busy intervals: back-to-back events (most of a chip's compute
+    stream) joined, so lookups search a few thousand intervals, not every event."""
+    if not len(start):
+        return Merged(np.zeros(0, np.int64), start, end)
+    gap = end[:-1] < start[1:]
+    first, last = np.r_[True, gap], np.r_[gap, True]
+    return Merged(np.zeros(int(first.sum()), np.int64), start[first], end[last])
+
+
+def _compute_busy(part: Partition, ctx: AnalysisContext) -> Merged:
+    busy = part.cache.get("compute_busy")
+    if busy is None:
+        p_ts, _, p_end = _chains(part, ctx)[0][0]
+        busy = part.cache["compute_busy"] = _busy(*_inside(ctx, p_ts, p_end))
+    return busy
+
+
 def compute_covered_before(part: Partition, ctx: AnalysisContext, x: np.ndarray) -> np.ndarray:
     """For each absolute time in ``x``: the compute time (``BODY`` or ``TAIL``) in ``[window start,
-    x)``. A compute stream that never overlaps itself (a chip's, usually) is answered from its own
-    prefix sums, without a sweep; otherwise from the full sweep."""
+    x)``. A compute stream that never overlaps itself (a chip's, usually) is answered from its
+    busy intervals' prefix sums, without a sweep; otherwise from the full sweep."""
     p_ts, _, p_end = _chains(part, ctx)[0][0]
     sequential = part.cache.get("compute_sequential")
     if sequential is None:
         sequential = part.cache["compute_sequential"] = is_sequential(p_ts, p_end)
     if not sequential:
         return activity(part, ctx).covered_before(x, bits(BODY, TAIL))
+    busy = _compute_busy(part, ctx)
+    return covered_before_sequential(busy.start, busy.end, np.clip(x, ctx.wall_start, ctx.wall_end))
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """One rank's trace window (ns, exact integers). ``compute``, ``memory_stall``,
+    ``comm_transfer``, ``sync_wait`` and ``idle`` partition it, each instant going to the first
+    of them whose classes cover it (``BODY``; ``TAIL`` or ``DMA``; ``TRANSFER``; ``WAIT``; none);
+    beside the partition: ``comm`` (communication time, ``WAIT`` or ``TRANSFER``),
+    ``overlapped_comm`` (of it, under compute) and ``idle_host`` (idle time covered by ``HOST``)."""
+
+    compute: int
+    memory_stall: int
+    comm_transfer: int
+    sync_wait: int
+    idle: int
+    comm: int
+    overlapped_comm: int
+    idle_host: int
+
+
+def breakdown(part: Partition, ctx: AnalysisContext) -> Breakdown:
+    """The rank's :class:`Breakdown` (once per partition).
+
+    When every chain is sequential (a chip's engines: the usual case) the parts are sums of
+    interval lengths less intersections, each intersection a prefix-sum lookup of one stream's
+    boundaries in another's busy intervals: no sort of every boundary. Otherwise they are sums
+    over the full sweep's coverage of every exact set of classes. Both give the same integers.
+    """
+    out = part.cache.get("breakdown")
+    if out is None:
+        out = part.cache["breakdown"] = (_sequential_breakdown(part, ctx) if _sequential(part, ctx)
+                                         else _swept_breakdown(activity(part, ctx).coverage()))
+    return out
+
+
+def _sequential_breakdown(part: Partition, ctx: AnalysisContext) -> Breakdown:
+    """:func:`breakdown` of sequential chains: C = compute (BODY then TAIL), D = DMA, K = a
+    collective (WAIT then TRANSFER), H = host; U = C or D. The partition is |BODY|,
+    |TAIL| + |D - C|, |TRANSFER - U|, |WAIT - U| (WAIT and TRANSFER never overlap) and the rest."""
+    (p_ts, split, p_end), _ = _chains(part, ctx)[0]
+    (m_ts, m_end), _ = _chains(part, ctx)[1]
+    (c_ts, c_from, c_end), _ = _chains(part, ctx)[2]
+    (h_ts, h_end), _ = _chains(part, ctx)[3]
     lo, hi = ctx.wall_start, ctx.wall_end
-    if len(p_ts) and (p_ts[0] < lo or p_end[-1] > hi):   # sequential: the first start and last end bound them
-        p_ts, p_end = np.clip(p_ts, lo, hi), np.clip(p_end, lo, hi)
-    return covered_before_sequential(p_ts, p_end, np.clip(x, lo, hi))
+    window = hi - lo
+    p_ts, split, p_end = (np.clip(a, lo, hi) for a in (p_ts, split, p_end)) if len(p_ts) and (
+        p_ts[0] < lo or p_end[-1] > hi) else (p_ts, split, p_end)
+    m_ts, m_end = _inside(ctx, m_ts, m_end)
+    (c_ts, c_end), c_from = _inside(ctx, c_ts, c_end), np.clip(c_from, lo, hi)
+    h_ts, h_end = _inside(ctx, h_ts, h_end)
+    compute = _compute_busy(part, ctx)
+    body = int((split - p_ts).sum())
+    tail = int((p_end - split).sum())
+    # Memory stall: the tails, and DMA not under compute.
+    m_cov = covered_before_sequential(compute.start, compute.end, np.concatenate([m_ts, m_end]))
+    dma_hidden = int(m_cov[len(m_ts):].sum() - m_cov[:len(m_ts)].sum())
+    dma = int((m_end - m_ts).sum())
+    # Communication: its parts under U = compute or DMA are taken by those.
+    busy_u = merge(np.concatenate([compute.start, m_ts]), np.concatenate([compute.end, m_end]))
+    u_cov = covered_before_sequential(busy_u.start, busy_u.end, np.concatenate([c_ts, c_from, c_end]))
+    n = len(c_ts)
+    wait_hidden = int(u_cov[n:2 * n].sum() - u_cov[:n].sum())
+    transfer_hidden = int(u_cov[2 * n:].sum() - u_cov[n:2 * n].sum())
+    wait, transfer = int((c_from - c_ts).sum()), int((c_end - c_from).sum())
+    c_cov = covered_before_sequential(compute.start, compute.end, np.concatenate([c_ts, c_end]))
+    overlapped = int(c_cov[n:].sum() - c_cov[:n].sum())
+    memory_stall = tail + dma - dma_hidden
+    comm_transfer, sync_wait = transfer - transfer_hidden, wait - wait_hidden
+    idle = window - body - memory_stall - comm_transfer - sync_wait
+    # Host work in idle time: host time not under compute, DMA or a collective.
+    idle_host = 0
+    if len(h_ts):
+        busy_v = merge(np.concatenate([busy_u.start, c_ts]), np.concatenate([busy_u.end, c_end]))
+        h_cov = covered_before_sequential(busy_v.start, busy_v.end, np.concatenate([h_ts, h_end]))
+        idle_host = int((h_end - h_ts).sum() - (h_cov[len(h_ts):].sum() - h_cov[:len(h_ts)].sum()))
+    return Breakdown(compute=body, memory_stall=memory_stall, comm_transfer=comm_transfer, sync_wait=sync_wait,
+                     idle=idle, comm=wait + transfer, overlapped_comm=overlapped, idle_host=idle_host)
+
+
+def _mask_tables() -> dict[str, np.ndarray]:
+    """For every exact set of active classes (a bitmask): its part of the partition (0..4), and
+    whether it is communication, communication under compute, idle host work."""
+    masks = np.arange(1 << N_CLASSES)
+    has = lambda *c: (masks & bits(*c)) != 0   # noqa: E731 - a one-line predicate over masks
+    part = np.select([has(BODY), has(TAIL, DMA), has(TRANSFER), has(WAIT)], [0, 1, 2, 3], default=4)
+    comm = has(TRANSFER, WAIT)
+    return {"part": part, "comm": comm, "overlapped": has(BODY, TAIL) & comm, "idle_host": (part == 4) & has(HOST)}
+
+
+_MASKS = _mask_tables()
+
+
+def _swept_breakdown(cover: np.ndarray) -> Breakdown:
+    """:func:`breakdown` from the sweep's time per exact set of active classes."""
+    parts = np.bincount(_MASKS["part"], weights=cover, minlength=5).round().astype(np.int64).tolist()
+    return Breakdown(*parts, comm=int(cover[_MASKS["comm"]].sum()),
+                     overlapped_comm=int(cover[_MASKS["overlapped"]].sum()),
+                     idle_host=int(cover[_MASKS["idle_host"]].sum()))

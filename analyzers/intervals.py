@@ -249,12 +249,19 @@ def covered_before_sequential(start: np.ndarray, end: np.ndarray, x: np.ndarray)
     x = np.asarray(x, dtype=np.int64)
     if not len(start):
         return np.zeros(len(x), np.int64)
-    cum = np.zeros(len(start) + 1, np.int64)
-    np.cumsum(end - start, out=cum[1:])
-    i = np.searchsorted(start, x, side="right")          # intervals begun by x
+    # A zero-length interval before everything, so every x has begun one: no special case.
+    floor = min(int(start[0]), int(x.min(initial=start[0])))
+    start, end = np.r_[floor, start], np.r_[floor, end]
+    through = np.cumsum(end - start)                      # length of intervals 0..j
+    last = np.searchsorted(start, x, side="right")
+    last -= 1                                             # the last interval begun by x
     # All of them, less the part of the last one still ahead of x.
-    ahead = np.maximum(end[np.maximum(i - 1, 0)] - x, 0)
-    return np.where(i > 0, cum[i] - ahead, 0)
+    ahead = end[last]
+    ahead -= x
+    np.maximum(ahead, 0, out=ahead)
+    out = through[last]
+    out -= ahead
+    return out
 
 
 def _check_chains(chains: list[tuple[list[np.ndarray], list[int]]], n_classes: int, window_start: int,

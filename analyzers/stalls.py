@@ -18,11 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from sohuprof.analyzers.activity import BODY, DMA, HOST, N_CLASSES, TAIL, TRANSFER, WAIT, activity, bits
+from sohuprof.analyzers.activity import breakdown
 from sohuprof.analyzers.activity import COLUMNS as ACTIVITY_COLUMNS
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.partition import Partition, as_partition
@@ -46,31 +45,17 @@ class StallsResult:
         return {"ranks": self.ranks[cols].astype("int64").to_dict(orient="records")}
 
 
-def _partition_columns() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For every coverage mask: its part (0..4 = PARTS), whether it is communication hidden
-    under compute, and whether it is idle time covered by host work."""
-    masks = np.arange(1 << N_CLASSES)
-    has = lambda *c: (masks & bits(*c)) != 0   # noqa: E731 - a one-line predicate over masks
-    part = np.select([has(BODY), has(TAIL, DMA), has(TRANSFER), has(WAIT)], [0, 1, 2, 3], default=4)
-    overlapped = has(BODY, TAIL) & has(TRANSFER, WAIT)
-    idle_host = (part == 4) & has(HOST)
-    return part, overlapped, idle_host
-
-
-_PART, _OVERLAPPED, _IDLE_HOST = _partition_columns()
-
-
 def rank_stalls(events: pa.Table | Partition, ctx: AnalysisContext) -> pd.DataFrame:
     """The stall partition of one rank's events (a one-row DataFrame)."""
     part = as_partition(events)
-    cover = activity(part, ctx).coverage()
-    parts = np.bincount(_PART, weights=cover, minlength=5).round().astype(np.int64)
+    split = breakdown(part, ctx)
     rank = part.rank
     info = ctx.ranks[ctx.ranks["rank"] == rank]
     row = {"rank": rank, "node": int(info["node"].iloc[0]) if len(info) else 0,
            "chip": int(info["chip"].iloc[0]) if len(info) else 0, "wall_ns": ctx.wall_ns,
-           **dict(zip(PARTS, parts.tolist())), "overlapped_comm_ns": int(cover[_OVERLAPPED].sum()),
-           "idle_host_ns": int(cover[_IDLE_HOST].sum())}
+           "compute_ns": split.compute, "memory_stall_ns": split.memory_stall,
+           "comm_transfer_ns": split.comm_transfer, "sync_wait_ns": split.sync_wait, "idle_ns": split.idle,
+           "overlapped_comm_ns": split.overlapped_comm, "idle_host_ns": split.idle_host}
     return pd.DataFrame([row], columns=list(_COLUMNS))
 
 

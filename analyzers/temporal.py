@@ -42,7 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sohuprof.analyzers.activity import BODY, TAIL, TRANSFER, WAIT, activity, bits
+from sohuprof.analyzers.activity import breakdown
 from sohuprof.analyzers.activity import COLUMNS as ACTIVITY_COLUMNS
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.partition import Partition, as_partition
@@ -301,12 +301,8 @@ class _Overlap(_PerRankNs):
         # Every event counts: the rank's activity sweep (shared with stalls and comm) already
         # knows when communication runs and when it runs under compute.
         part = as_partition(events)
-        cover = activity(part, ctx).coverage()
-        masks = np.arange(len(cover))
-        comm = (masks & bits(WAIT, TRANSFER)) != 0
-        under = comm & ((masks & bits(BODY, TAIL)) != 0)
-        out = pd.DataFrame({"rank": [part.rank], "comm_ns": [int(cover[comm].sum())],
-                            "overlapped_ns": [int(cover[under].sum())]})
+        split = breakdown(part, ctx)
+        out = pd.DataFrame({"rank": [part.rank], "comm_ns": [split.comm], "overlapped_ns": [split.overlapped_comm]})
         return out[out["comm_ns"] > 0].reset_index(drop=True)
 
     def _per_rank(self, events: pa.Table) -> pd.DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -99,3 +100,36 @@ def test_combine_is_order_free() -> None:
     shuffled = partials[:]
     random.Random(0).shuffle(shuffled)
     assert STALLS.combine(shuffled, ctx).to_json() == STALLS.combine(partials, ctx).to_json()
+
+
+def _random_sequential(rng, n: int, gap: int) -> tuple:
+    """n back-to-back-ish events: sorted, never overlapping (a chip's engine stream)."""
+    dur = rng.integers(0, 40, n)
+    start = np.cumsum(rng.integers(0, gap, n) + np.r_[0, dur[:-1]])
+    return start, start + dur
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_sequential_breakdown_equals_the_sweep(seed: int) -> None:
+    """The prefix-sum breakdown of sequential chains gives the sweep's integers exactly."""
+    from sohuprof.analyzers import activity as act
+    from sohuprof.analyzers.partition import Partition
+
+    rng = np.random.default_rng(seed)
+    p_ts, p_end = _random_sequential(rng, 400, 3)
+    split = p_end - rng.integers(0, 40, len(p_ts)).clip(0, p_end - p_ts)
+    m_ts, m_end = _random_sequential(rng, 60, 80)
+    c_ts, c_end = _random_sequential(rng, 80, 60)
+    c_from = np.minimum(c_ts + rng.integers(0, 30, len(c_ts)), c_end)
+    h_ts, h_end = _random_sequential(rng, 10, 500)
+    chains = [([p_ts, split, p_end], [act.BODY, act.TAIL]), ([m_ts, m_end], [act.DMA]),
+              ([c_ts, c_from, c_end], [act.WAIT, act.TRANSFER]), ([h_ts, h_end], [act.HOST])]
+    lo = int(min(b[0].min() for b, _ in chains)) + int(rng.integers(0, 20))   # a window cutting some
+    hi = int(max(b[-1].max() for b, _ in chains)) - int(rng.integers(0, 20))
+    ctx = type("Ctx", (), {"wall_start": lo, "wall_end": hi})()
+    part = Partition(pa.table({"rank": [0]}))
+    part.cache["chains"] = chains
+    fast = act._sequential_breakdown(part, ctx)
+    swept = act._swept_breakdown(act.chain_sweep(chains, act.N_CLASSES, lo, hi).coverage())
+    assert fast == swept
+    assert fast.compute + fast.memory_stall + fast.comm_transfer + fast.sync_wait + fast.idle == hi - lo
