@@ -26,7 +26,7 @@ from sohuprof.analyzers.intervals import Merged, Sweep, chain_sweep, covered_bef
 from sohuprof.analyzers.partition import Partition
 
 __all__ = ["BODY", "TAIL", "DMA", "TRANSFER", "WAIT", "HOST", "N_CLASSES", "COLUMNS", "Breakdown", "bits",
-           "activity", "breakdown", "compute_covered_before"]
+           "activity", "breakdown", "comm_under_compute", "compute_covered_before"]
 
 BODY, TAIL, DMA, TRANSFER, WAIT, HOST = range(6)
 N_CLASSES = 6
@@ -123,6 +123,18 @@ def compute_covered_before(part: Partition, ctx: AnalysisContext, x: np.ndarray)
     return covered_before_sequential(busy.start, busy.end, np.clip(x, ctx.wall_start, ctx.wall_end))
 
 
+def comm_under_compute(part: Partition, ctx: AnalysisContext) -> np.ndarray:
+    """Per collective event (in the chain's order: the rank's communication events by time), its
+    time under compute (once per partition; shared by stalls and comm)."""
+    out = part.cache.get("comm_under_compute")
+    if out is None:
+        (c_ts, _, c_end), _ = _chains(part, ctx)[2]
+        cov = compute_covered_before(part, ctx, np.concatenate([c_ts, c_end]))
+        out = part.cache["comm_under_compute"] = cov[len(c_ts):] - cov[:len(c_ts)]
+        out.flags.writeable = False
+    return out
+
+
 @dataclass(frozen=True)
 class Breakdown:
     """One rank's trace window (ns, exact integers). ``compute``, ``memory_stall``,
@@ -185,8 +197,7 @@ def _sequential_breakdown(part: Partition, ctx: AnalysisContext) -> Breakdown:
     wait_hidden = int(u_cov[n:2 * n].sum() - u_cov[:n].sum())
     transfer_hidden = int(u_cov[2 * n:].sum() - u_cov[n:2 * n].sum())
     wait, transfer = int((c_from - c_ts).sum()), int((c_end - c_from).sum())
-    c_cov = covered_before_sequential(compute.start, compute.end, np.concatenate([c_ts, c_end]))
-    overlapped = int(c_cov[n:].sum() - c_cov[:n].sum())
+    overlapped = int(comm_under_compute(part, ctx).sum())
     memory_stall = tail + dma - dma_hidden
     comm_transfer, sync_wait = transfer - transfer_hidden, wait - wait_hidden
     idle = window - body - memory_stall - comm_transfer - sync_wait

@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sohuprof.analyzers.activity import compute_covered_before
+from sohuprof.analyzers.activity import comm_under_compute, compute_covered_before
 from sohuprof.analyzers.activity import COLUMNS as ACTIVITY_COLUMNS
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.instances import CollectiveIndex
@@ -165,13 +165,9 @@ def _rank_comm(events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.D
     c_ts, c_end = part.ts[rows], part.end[rows]
     if is_sequential(c_ts, c_end):
         # One stream that never overlaps itself (a chip's collectives): a key's union is its
-        # events' total, and the part under compute is the compute coverage between
-        # each start and end (queried in time order, which searchsorted is quickest at).
-        bounds = np.empty(2 * len(c_ts), np.int64)
-        bounds[0::2], bounds[1::2] = c_ts, c_end
-        cov = compute_covered_before(part, ctx, bounds)
+        # events' total, and the part under compute is its events' (shared with stalls).
         union = np.bincount(code, weights=c_end - c_ts, minlength=k)
-        hidden = np.bincount(code, weights=cov[1::2] - cov[0::2], minlength=k)
+        hidden = np.bincount(code, weights=comm_under_compute(part, ctx), minlength=k)
     else:
         # Each key's events in time order (a stable sort of small integers is a radix sort),
         # merged; the part under compute is the coverage over each merged interval.
