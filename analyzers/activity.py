@@ -1,4 +1,4 @@
-"""What a rank is doing at every instant of the trace window: one sweep over its activity classes.
+"""What a rank is doing at every instant of the trace window, as chains of activity classes.
 
 Six classes, each a chain of boundaries per event (see :func:`~sohuprof.analyzers.intervals.chain_sweep`):
 
@@ -9,9 +9,12 @@ Six classes, each a chain of boundaries per event (see :func:`~sohuprof.analyzer
   profiler rank) it is all transfer;
 - host work is ``HOST``.
 
-The stall partition is a function of this sweep's coverage; communication hidden under compute is
-the compute coverage between the collectives' starts and ends (:func:`compute_covered_before`, from
-the compute stream's own prefix sums when it is sequential). What they derive is cached on the
+The stall partition and communication under compute (:func:`breakdown`) come two ways with the
+same integers. When every chain is sequential (each engine of a chip runs one op at a time: a
+Sohu run) they are interval lengths less intersections, each intersection a prefix-sum lookup
+of one stream's boundaries in another's busy intervals. Otherwise (a GPU's overlapping streams)
+one sweep over every boundary (:func:`activity`) gives the time in each exact set of active
+classes, and the parts are sums over those. What they derive is cached on the
 :class:`~sohuprof.analyzers.partition.Partition` every report shares.
 """
 
@@ -30,7 +33,7 @@ __all__ = ["BODY", "TAIL", "DMA", "TRANSFER", "WAIT", "HOST", "N_CLASSES", "COLU
 
 BODY, TAIL, DMA, TRANSFER, WAIT, HOST = range(6)
 N_CLASSES = 6
-#: Event columns the sweep reads.
+#: Event columns the chains are built from.
 COLUMNS = ("rank", "ts", "dur", "category", "stall_mem_ns", "coll_id")
 
 
