@@ -79,9 +79,10 @@ class RooflineResult:
 
 
 def _hash(*cols: np.ndarray | int) -> np.ndarray:
-    """A deterministic 64-bit mix of int columns (splitmix64's finaliser over their odd-multiplied
-    sum; a scalar stands for a constant column): the sample's selection key. Works in place on
-    one output and one scratch array: on a few hundred thousand rows the cost is allocation."""
+    """A deterministic 64-bit mix of int columns (a scalar stands for a constant column): the
+    sample's selection key. Their odd-multiplied sum, then one xor-shift-multiply round, so the
+    top bits, which the sample's thresholds read, depend on every bit of every column. In place
+    on one output and one scratch array: on a rank's events the cost is memory traffic."""
     h: np.ndarray | None = None
     scratch: np.ndarray | None = None
     constant = 0
@@ -98,15 +99,10 @@ def _hash(*cols: np.ndarray | int) -> np.ndarray:
                 constant = (constant + int(c) * m) % 2**64
         if h is None:
             raise ValueError("_hash needs at least one array column")
-        if scratch is None:
-            scratch = np.empty_like(h)
         h += np.uint64(constant)
-        for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
-            np.right_shift(h, np.uint64(shift), out=scratch)
-            h ^= scratch
-            h *= np.uint64(mult)
-        np.right_shift(h, np.uint64(31), out=scratch)
+        scratch = np.right_shift(h, np.uint64(32), out=scratch)
         h ^= scratch
+        h *= np.uint64(0xBF58476D1CE4E5B9)
     return h
 
 
@@ -156,17 +152,22 @@ def _take(sample: pd.DataFrame, q: int) -> pd.DataFrame:
     return sample.iloc[pick].reset_index(drop=True)
 
 
-def _candidates(key: np.ndarray, stratum: np.ndarray, counts: np.ndarray, q: int) -> np.ndarray:
-    """Rows that surely include each stratum's ``q`` smallest keys: those under a per-stratum key
-    threshold set for ``q + 8 sqrt(q) + 64`` expected rows (keys are uniform hashes, so fewer
-    than ``q`` is 8 standard deviations away), or the whole stratum where that leaves too few."""
-    top = key >> np.uint64(11)                                   # 53 bits: exact in a float
+def _candidates(key: np.ndarray, stratum: np.ndarray, counts: np.ndarray, q: int,
+                eligible: np.ndarray | None = None) -> np.ndarray:
+    """Rows (among ``eligible`` ones) that surely include each stratum's ``q`` smallest keys: those
+    under a per-stratum key threshold set for ``q + 8 sqrt(q) + 64`` expected rows (keys are
+    uniform hashes, so fewer than ``q`` is 8 standard deviations away), or the whole stratum
+    where that leaves too few. ``counts`` are the eligible rows per stratum."""
     frac = np.minimum(1.0, (q + 8.0 * np.sqrt(q) + 64) / np.maximum(counts, 1))
-    limit = np.floor(frac * 2.0**53).astype(np.uint64)
-    keep = top < limit[stratum]
+    # Thresholds on the top 53 bits (exact in a float), compared with the whole 64-bit keys.
+    limit = np.floor(frac * 2.0**53).astype(np.uint64) << np.uint64(11)
+    limit[frac >= 1.0] = np.iinfo(np.uint64).max       # the whole stratum
+    keep = key < limit[stratum]
+    if eligible is not None:
+        keep &= eligible
     short = np.bincount(stratum[keep], minlength=len(counts)) < np.minimum(counts, q)
     if short.any():
-        keep |= short[stratum]
+        keep |= short[stratum] if eligible is None else short[stratum] & eligible
     return np.flatnonzero(keep)
 
 
@@ -219,24 +220,23 @@ def _rank_roofline(events: pa.Table | Partition, hw: HardwareSpec, peak: float) 
     # Sample candidates: compute events with a duration (a 0 ns event has no attained rate to
     # plot). Every partition's cap is at least the global one, so the global choice is among what
     # it keeps; hashes pick the candidates, a sort orders only those.
-    idx = np.flatnonzero(compute & timed)
+    # Keys are hashed over every row (contiguous passes beat gathering the eligible ones first);
+    # the sums above already counted the eligible rows of each op.
     one_rank = part.single_rank
-    ts, d = part.ts[idx], dur[idx]
-    rank = part.ints("rank")[idx] if one_rank is None else one_rank
-    sample_key = _hash(rank, ts, d)
-    stratum = op[idx]
-    per_op = np.bincount(stratum, minlength=len(op_values) + 1)
+    ranks = part.ints("rank") if one_rank is None else one_rank
+    sample_key = _hash(ranks, part.ts, dur)
+    per_op = count[:, :, 1].sum(axis=1).reshape(len(op_values) + 1, n_phase).sum(axis=1)
     cap = _quota(per_op[per_op > 0], SAMPLE_SIZE)
-    cand = _candidates(sample_key, stratum, per_op, cap)
-    ties = (ts[cand],) if one_rank is not None else (ts[cand], rank[cand])
-    pick = cand[_smallest((*ties, sample_key[cand]), stratum[cand], cap)]
-    chosen = idx[pick]
-    rank = np.full(len(pick), one_rank, np.int64) if one_rank is not None else rank[pick]
+    cand = _candidates(sample_key, op, per_op, cap, eligible=compute & timed)
+    ts = part.ts[cand]
+    ties = (ts,) if one_rank is not None else (ts, ranks[cand])
+    chosen = cand[_smallest((*ties, sample_key[cand]), op[cand], cap)]
+    rank = np.full(len(chosen), one_rank, np.int64) if one_rank is not None else ranks[chosen]
     f, h, dd = flops[chosen], hbm[chosen], dur[chosen]
     with np.errstate(divide="ignore", invalid="ignore"):
         sample = pd.DataFrame({"op": names[op[chosen]], "phase": phases[phase[chosen]], "rank": rank,
-                               "ts": ts[pick], "dur": dd, "intensity": f / h, "attained_flops": f / dd * 1e9,
-                               "attained_bandwidth": h / dd * 1e9, "key": sample_key[pick]})
+                               "ts": part.ts[chosen], "dur": dd, "intensity": f / h, "attained_flops": f / dd * 1e9,
+                               "attained_bandwidth": h / dd * 1e9, "key": sample_key[chosen]})
     return sums_frame, sample
 
 
