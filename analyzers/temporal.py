@@ -256,7 +256,14 @@ class _PerRankNs:
     def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> pd.DataFrame:
         if not events.num_rows:
             return _empty(self._ns_columns)
-        return self._per_rank(_ensure_table(as_partition(events).table, hta_compatible=ctx.hta_compatible))
+        part = as_partition(events)
+        # Temporal and overlap both read the selected events: select once per partition.
+        selected = part.cache.get("hta_selected") if ctx.hta_compatible else None
+        if selected is None:
+            selected = _ensure_table(part.table, hta_compatible=ctx.hta_compatible)
+            if ctx.hta_compatible:
+                part.cache["hta_selected"] = selected
+        return self._per_rank(selected)
 
     def combine(self, partials: list[pd.DataFrame], ctx: AnalysisContext) -> Any:
         parts = [p for p in partials if len(p)]

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sohuprof.analyzers.hta_selection import hta_select
 from sohuprof.analyzers.temporal import comm_comp_overlap, temporal_breakdown
 from sohuprof.collectors.kineto import read_kineto
 
@@ -50,8 +51,9 @@ def sohuprof_run() -> tuple[float, float, dict]:
     t = time.perf_counter()
     events = read_kineto(TRACE).events
     t_read = time.perf_counter() - t
-    tb = temporal_breakdown(events, hta_compatible=True)
-    ov = comm_comp_overlap(events, hta_compatible=True)
+    selected = hta_select(events)      # HTA's event selection, once for both analyses
+    tb = temporal_breakdown(selected)
+    ov = comm_comp_overlap(selected)
     elapsed = time.perf_counter() - t
     return elapsed, t_read, {
         "idle_pct": float(tb["idle_pct"][0]), "compute_pct": float(tb["compute_pct"][0]),
