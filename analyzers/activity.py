@@ -29,7 +29,7 @@ from sohuprof.analyzers.intervals import Merged, Sweep, chain_sweep, covered_bef
 from sohuprof.analyzers.partition import Partition
 
 __all__ = ["BODY", "TAIL", "DMA", "TRANSFER", "WAIT", "HOST", "N_CLASSES", "COLUMNS", "Breakdown", "bits",
-           "activity", "breakdown", "comm_under_compute", "compute_covered_before"]
+           "activity", "breakdown", "collective_rows", "comm_under_compute", "compute_covered_before"]
 
 BODY, TAIL, DMA, TRANSFER, WAIT, HOST = range(6)
 N_CLASSES = 6
@@ -61,12 +61,34 @@ def _chains(part: Partition, ctx: AnalysisContext) -> list[tuple[list[np.ndarray
     else:
         split = p_end
     c_ts, c_end = ts[comm], end[comm]
-    last = (ctx.last_arrival(part.rank, part.ints("coll_id", -1)[order[comm]]) if part.has("coll_id")
-            else np.full(len(c_ts), -1, np.int64))
+    _, mine, pos, found = collective_rows(part, ctx)
+    last = np.where(found, mine["start"][pos], -1) if len(mine["start"]) else np.full(len(c_ts), -1, np.int64)
     transfer_from = np.clip(np.where(last >= 0, last, c_ts), c_ts, c_end)
     chains = part.cache["chains"] = [([p_ts, split, p_end], [BODY, TAIL]), ([ts[memory], end[memory]], [DMA]),
                                      ([c_ts, transfer_from, c_end], [WAIT, TRANSFER]), ([ts[host], end[host]], [HOST])]
     return chains
+
+
+def collective_rows(part: Partition, ctx: AnalysisContext) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray,
+                                                                   np.ndarray]:
+    """The rank's communication events (in time order) matched to its rows of collectives.parquet:
+    their ``coll_id`` (-1: none), the rank's member rows (:meth:`AnalysisContext.rank_collectives`),
+    and per event the position of its row there and whether it has one. Once per partition:
+    the chains read the last arrivals, comm the kinds and groups."""
+    out = part.cache.get("collective_rows")
+    if out is None:
+        order, where = part.grouped("category")
+        rows = order[where.get("communication", slice(0, 0))]
+        cid = part.ints("coll_id", -1)[rows] if part.has("coll_id") else np.full(len(rows), -1, np.int64)
+        mine = ctx.rank_collectives(part.rank) if len(rows) else ctx.rank_collectives(-1)
+        ids = mine["coll_id"]
+        if len(ids):
+            pos = np.minimum(np.searchsorted(ids, cid), len(ids) - 1)
+            found = ids[pos] == cid
+        else:
+            pos, found = np.zeros(len(cid), np.int64), np.zeros(len(cid), bool)
+        out = part.cache["collective_rows"] = (cid, mine, pos, found)
+    return out
 
 
 def activity(part: Partition, ctx: AnalysisContext) -> Sweep:

@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sohuprof.analyzers.activity import comm_under_compute, compute_covered_before
+from sohuprof.analyzers.activity import collective_rows, comm_under_compute, compute_covered_before
 from sohuprof.analyzers.activity import COLUMNS as ACTIVITY_COLUMNS
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.instances import CollectiveIndex
@@ -141,11 +141,8 @@ def _rank_comm(events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.D
     rank = part.rank
     op, op_values = part.codes("op")
     op = op[rows]
-    cid = part.ints("coll_id", -1)[rows]
-    mine = ctx.rank_collectives(rank)
+    cid, mine, pos, found = collective_rows(part, ctx)
     ids = mine["coll_id"]
-    pos = np.minimum(np.searchsorted(ids, cid), max(len(ids) - 1, 0))
-    found = (ids[pos] == cid) if len(ids) else np.zeros(len(cid), bool)
     # Key every communication event by (kind, group): codes over the small vocabularies; the
     # table's kind where the instance is recorded, else the event's own op.
     table_kinds = ctx.collective_kinds
