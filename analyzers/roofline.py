@@ -193,30 +193,28 @@ def _rank_roofline(events: pa.Table | Partition, hw: HardwareSpec, peak: float) 
     np.subtract(dur, roof_time, out=headroom)
     np.clip(headroom, 0, None, out=headroom)
     del roof_time
-    # One key per (op, phase, vector track?, measurable duration?); other categories share a
-    # discarded bucket, so nothing is filtered and every sum is one bincount.
-    n_phase = len(phase_values) + 1
-    groups = (len(op_values) + 1) * n_phase
-    key = op * n_phase
-    key += phase
-    key <<= 1
-    key |= vector
-    key <<= 1
-    key |= timed
-    key[~compute] = 4 * groups
-    size = 4 * groups + 1
-    count = np.bincount(key, minlength=size)[:-1].reshape(groups, 2, 2)
-    per = {name: np.bincount(key, w, size)[:-1].reshape(groups, 2, 2)
-           for name, w in (("time_ns", dur), ("flops", flops), ("hbm_bytes", hbm), ("headroom_ns", headroom))}
-    sums = {"count": count.sum(axis=(1, 2)), "time_ns": per["time_ns"].sum(axis=(1, 2)),
-            "flops": per["flops"].sum(axis=(1, 2)), "hbm_bytes": per["hbm_bytes"].sum(axis=(1, 2)),
-            "vector_count": count[:, 1].sum(axis=1), "vector_flops": per["flops"][:, 1].sum(axis=1),
-            "headroom_ns": per["headroom_ns"].sum(axis=(1, 2)), "sampleable": count[:, :, 1].sum(axis=1),
-            "timed_flops": per["flops"][:, :, 1].sum(axis=1), "timed_bytes": per["hbm_bytes"][:, :, 1].sum(axis=1)}
-    present = np.flatnonzero(sums["count"])
+    # Sums per (op, phase, vector track?, measurable duration?) of compute events: one hash
+    # aggregation over the dictionary columns, with FLOP and byte totals in exact int64 (a
+    # group's FLOPs pass 2**53 on long runs, where float sums would round), single-threaded so
+    # the float headroom is summed in row order, the same on every run.
+    grouped = pa.table({"category": part.column("category"), "op": part.column("op"), "phase": part.column("phase"),
+                        "vector": pa.array(vector), "timed": pa.array(timed), "dur": part.column("dur"),
+                        "flops": part.column("flops"), "hbm": part.column("hbm_bytes"),
+                        "headroom": pa.array(headroom)}).unify_dictionaries()
+    g = (grouped.group_by(["category", "op", "phase", "vector", "timed"], use_threads=False)
+         .aggregate([("dur", "count"), ("dur", "sum"), ("flops", "sum"), ("hbm", "sum"), ("headroom", "sum")])
+         .to_pandas())
+    g = g[g["category"].astype(object) == "compute"]
+    vec, tim = g["vector"].to_numpy(bool), g["timed"].to_numpy(bool)
+    n, f_sum = g["dur_count"].to_numpy(np.int64), g["flops_sum"].fillna(0).to_numpy(np.int64)
+    b_sum = g["hbm_sum"].fillna(0).to_numpy(np.int64)
+    sums_frame = pd.DataFrame({"op": g["op"].astype(object).to_numpy(), "phase": g["phase"].astype(object).to_numpy(),
+                               "count": n, "time_ns": g["dur_sum"].fillna(0).to_numpy(np.int64), "flops": f_sum,
+                               "hbm_bytes": b_sum, "vector_count": n * vec, "vector_flops": f_sum * vec,
+                               "headroom_ns": g["headroom_sum"].fillna(0).to_numpy(float), "sampleable": n * tim,
+                               "timed_flops": f_sum * tim, "timed_bytes": b_sum * tim})
+    sums_frame = sums_frame.replace({"op": {np.nan: None}, "phase": {np.nan: None}})
     names, phases = np.array(op_values + [None], dtype=object), np.array(phase_values + [None], dtype=object)
-    sums_frame = pd.DataFrame({"op": names[present // n_phase], "phase": phases[present % n_phase],
-                               **{k: v[present] for k, v in sums.items()}})
     # Sample candidates: compute events with a duration (a 0 ns event has no attained rate to
     # plot). Every partition's cap is at least the global one, so the global choice is among what
     # it keeps; hashes pick the candidates, a sort orders only those.
@@ -225,7 +223,9 @@ def _rank_roofline(events: pa.Table | Partition, hw: HardwareSpec, peak: float) 
     one_rank = part.single_rank
     ranks = part.ints("rank") if one_rank is None else one_rank
     sample_key = _hash(ranks, part.ts, dur)
-    per_op = count[:, :, 1].sum(axis=1).reshape(len(op_values) + 1, n_phase).sum(axis=1)
+    code_of = {v: i for i, v in enumerate(op_values)}
+    per_op = np.bincount([code_of.get(v, len(op_values)) for v in sums_frame["op"]],   # a loop over groups
+                         weights=sums_frame["sampleable"], minlength=len(op_values) + 1).astype(np.int64)
     cap = _quota(per_op[per_op > 0], SAMPLE_SIZE)
     cand = _candidates(sample_key, op, per_op, cap, eligible=compute & timed)
     ts = part.ts[cand]
