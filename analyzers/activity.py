@@ -108,12 +108,13 @@ def _sequential(part: Partition, ctx: AnalysisContext) -> bool:
     return out
 
 
-def _inside(ctx: AnalysisContext, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A sequential stream clipped to the trace window (its first start and last end bound it)."""
+def _inside(ctx: AnalysisContext, *bounds: np.ndarray) -> tuple[np.ndarray, ...]:
+    """A sequential chain's boundary arrays clipped to the trace window (its first start and last
+    end bound them all, so most chains need no clip)."""
     lo, hi = ctx.wall_start, ctx.wall_end
-    if len(start) and (start[0] < lo or end[-1] > hi):
-        return np.clip(start, lo, hi), np.clip(end, lo, hi)
-    return start, end
+    if len(bounds[0]) and (bounds[0][0] < lo or bounds[-1][-1] > hi):
+        return tuple(np.clip(b, lo, hi) for b in bounds)
+    return bounds
 
 
 def _busy(start: np.ndarray, end: np.ndarray) -> Merged:
@@ -201,12 +202,10 @@ def _sequential_breakdown(part: Partition, ctx: AnalysisContext) -> Breakdown:
     (m_ts, m_end), _ = _chains(part, ctx)[1]
     (c_ts, c_from, c_end), _ = _chains(part, ctx)[2]
     (h_ts, h_end), _ = _chains(part, ctx)[3]
-    lo, hi = ctx.wall_start, ctx.wall_end
-    window = hi - lo
-    p_ts, split, p_end = (np.clip(a, lo, hi) for a in (p_ts, split, p_end)) if len(p_ts) and (
-        p_ts[0] < lo or p_end[-1] > hi) else (p_ts, split, p_end)
+    window = ctx.wall_end - ctx.wall_start
+    p_ts, split, p_end = _inside(ctx, p_ts, split, p_end)
     m_ts, m_end = _inside(ctx, m_ts, m_end)
-    (c_ts, c_end), c_from = _inside(ctx, c_ts, c_end), np.clip(c_from, lo, hi)
+    c_ts, c_from, c_end = _inside(ctx, c_ts, c_from, c_end)
     h_ts, h_end = _inside(ctx, h_ts, h_end)
     compute = _compute_busy(part, ctx)
     body = int((split - p_ts).sum())

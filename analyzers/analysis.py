@@ -109,16 +109,6 @@ class AnalysisContext:
         ``start``, ``kind`` (codes into :attr:`collective_kinds`) and ``group``."""
         return self.member_index.of_rank(rank)
 
-    def last_arrival(self, rank: int, coll_id: np.ndarray) -> np.ndarray:
-        """When each of ``rank``'s collectives ``coll_id`` began its transfer (the last member's
-        arrival, from collectives.parquet); -1 where the instance is not in the table."""
-        mine = self.rank_collectives(rank)
-        ids, starts = mine["coll_id"], mine["start"]
-        if not len(ids):
-            return np.full(len(coll_id), -1, np.int64)
-        pos = np.minimum(np.searchsorted(ids, coll_id), len(ids) - 1)
-        return np.where(ids[pos] == coll_id, starts[pos], -1)
-
     @property
     def is_sohu(self) -> bool:
         return self.source == "sohu-raw-trace"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.comm import busbw_factor, kind_is, records
@@ -171,6 +172,14 @@ def _candidates(key: np.ndarray, stratum: np.ndarray, counts: np.ndarray, q: int
     return np.flatnonzero(keep)
 
 
+def _summable(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``column`` as Arrow will sum it: int64 (exact) when no sum of its rows can pass 2**63,
+    else float64 (Arrow's integer sums wrap silently)."""
+    span = pc.min_max(column)
+    bound = max(abs(span["min"].as_py() or 0), abs(span["max"].as_py() or 0)) * len(column)
+    return column if bound < 2**63 else column.cast(pa.float64(), safe=False)   # rounding, knowingly
+
+
 def _rank_roofline(events: pa.Table | Partition, hw: HardwareSpec, peak: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One partition's sums per (op, phase) and its share of the stratified sample."""
     part = as_partition(events)
@@ -199,7 +208,7 @@ def _rank_roofline(events: pa.Table | Partition, hw: HardwareSpec, peak: float) 
     # the float headroom is summed in row order, the same on every run.
     grouped = pa.table({"category": part.column("category"), "op": part.column("op"), "phase": part.column("phase"),
                         "vector": pa.array(vector), "timed": pa.array(timed), "dur": part.column("dur"),
-                        "flops": part.column("flops"), "hbm": part.column("hbm_bytes"),
+                        "flops": _summable(part.column("flops")), "hbm": _summable(part.column("hbm_bytes")),
                         "headroom": pa.array(headroom)}).unify_dictionaries()
     g = (grouped.group_by(["category", "op", "phase", "vector", "timed"], use_threads=False)
          .aggregate([("dur", "count"), ("dur", "sum"), ("flops", "sum"), ("hbm", "sum"), ("headroom", "sum")])
@@ -250,22 +259,40 @@ def _group_peak(g: pd.DataFrame, hw: HardwareSpec, peak: float) -> np.ndarray:
     return np.select([nv == 0, nv == n], [peak, hw.vector_flops], default=mixed)
 
 
+def _exact_sums(sums: pd.DataFrame) -> pd.DataFrame:
+    """Per (op, phase), the partials' sums: integer columns as Python ints, so totals past 2**63
+    (a long run's FLOPs) neither round nor wrap."""
+    exact = sums.astype({c: object for c in _SUMS if pd.api.types.is_integer_dtype(sums[c])})
+    return exact.groupby(["op", "phase"], dropna=False, as_index=False, sort=True)[_SUMS].sum()
+
+
+def _int_or_float(column: pd.Series) -> pd.Series:
+    """An exact integer column as int64 where every value fits (the usual case), else float64:
+    never a silent wrap past 2**63."""
+    values = [int(round(v)) for v in column]   # a loop over (op, phase) groups
+    if all(-(2**63) <= v < 2**63 for v in values):
+        return pd.Series(values, index=column.index, dtype="int64")
+    return column.astype("float64")
+
+
 def _finish_ops(sums: pd.DataFrame, hw: HardwareSpec, model_peak_flops: float) -> pd.DataFrame:
-    g = sums.groupby(["op", "phase"], dropna=False, as_index=False, sort=True)[_SUMS].sum()
+    g = _exact_sums(sums)
+    totals = {c: _int_or_float(g[c]) for c in ("count", "time_ns", "flops", "hbm_bytes", "headroom_ns")}
+    g = g.astype({c: "float64" for c in _SUMS})
     peak = _group_peak(g, hw, model_peak_flops)
     with np.errstate(divide="ignore", invalid="ignore"):
         intensity = np.where(g["hbm_bytes"] > 0, g["flops"] / g["hbm_bytes"], np.where(g["flops"] > 0, np.inf, 0.0))
         t = g["time_ns"].to_numpy(float)
         attained = np.where(t > 0, g["timed_flops"] / t * 1e9, 0.0)
         bandwidth = np.where(t > 0, g["timed_bytes"] / t * 1e9, 0.0)
-    out = pd.DataFrame({"op": g["op"], "phase": g["phase"], "count": g["count"].astype("int64"),
-                        "time_ns": g["time_ns"].round().astype("int64"), "flops": g["flops"].round().astype("int64"),
-                        "hbm_bytes": g["hbm_bytes"].round().astype("int64"), "intensity": intensity,
+    out = pd.DataFrame({"op": g["op"], "phase": g["phase"], "count": totals["count"],
+                        "time_ns": totals["time_ns"], "flops": totals["flops"],
+                        "hbm_bytes": totals["hbm_bytes"], "intensity": intensity,
                         "attained_flops": attained, "attained_bandwidth": bandwidth,
                         "roof_flops": np.minimum(peak, hw.hbm_bandwidth * intensity),
                         "bound": np.where(intensity >= peak / hw.hbm_bandwidth, "compute", "memory"),
                         "efficiency": np.maximum(attained / peak, bandwidth / hw.hbm_bandwidth),
-                        "headroom_ns": g["headroom_ns"].round().astype("int64"), "peak_flops": peak})
+                        "headroom_ns": totals["headroom_ns"], "peak_flops": peak})
     return out.sort_values(["headroom_ns", "op", "phase"], ascending=[False, True, True],
                            na_position="last").reset_index(drop=True)
 

@@ -140,3 +140,29 @@ def test_json_contract() -> None:
     assert set(out["collectives"][0]) == {"op", "count", "time_ns", "bytes", "algbw", "busbw", "link_bandwidth",
                                           "efficiency", "headroom_ns"}
     assert out["ops"][0]["bound"] in ("compute", "memory") and isinstance(out["ops"][0]["count"], int)
+
+
+def test_totals_past_int64_neither_round_nor_wrap() -> None:
+    """A long run's FLOPs pass 2**63 per op: summed exactly (Python ints), never wrapped."""
+    from sohuprof.analyzers.roofline import _SUMS, _finish_ops
+    from sohuprof.hardware import load_hardware
+
+    big = 6 * 10**18 + 7                       # two partials: 1.2e19 + 14 > 2**63
+    row = {c: 1 for c in _SUMS} | {"op": "gemm", "phase": "decode", "flops": big, "timed_flops": big,
+                                  "hbm_bytes": 2**53 + 1, "timed_bytes": 2**53 + 1, "time_ns": 10**9}
+    sums = pd.DataFrame([row, row]).astype({c: "int64" for c in _SUMS})
+    hw = load_hardware("sohu")
+    out = _finish_ops(sums, hw, hw.peak_flops_fp8).iloc[0]
+    assert out["flops"] == float(2 * big) and out["flops"] > 2**63      # float: it does not fit int64
+    assert int(out["hbm_bytes"]) == 2 * (2**53 + 1)                    # fits: exact int64
+    assert out["count"] == 2 and out["time_ns"] == 2 * 10**9
+
+
+def test_partition_sums_switch_to_float_before_int64_could_wrap() -> None:
+    from sohuprof.analyzers.roofline import _summable
+
+    small = pa.chunked_array([pa.array([1, 2, None], pa.int64())])
+    huge = pa.chunked_array([pa.array([2**62, 2**62, 5], pa.int64())])   # their sum passes 2**63
+    assert _summable(small).type == pa.int64()
+    assert _summable(huge).type == pa.float64()
+    assert pc.sum(_summable(huge)).as_py() == float(2**63 + 5)
