@@ -14,7 +14,18 @@ import numpy as np
 
 from sohuprof.emulator.config import EmulatorConfig
 
-__all__ = ["GroupSet", "ParallelPlan"]
+__all__ = ["GroupSet", "ParallelPlan", "split_layers"]
+
+
+def split_layers(layers: int, pp: int) -> np.ndarray:
+    """First layer of each of ``pp`` pipeline stages, then ``layers``: ``[pp + 1]`` int64.
+
+    Layers are split as evenly as possible, earlier stages taking the remainder. Needs no
+    plan, so the run estimate can use it before any per-rank array exists.
+    """
+    base, extra = divmod(layers, pp)
+    counts = np.full(pp, base, dtype=np.int64) + (np.arange(pp) < extra)
+    return np.concatenate([[0], np.cumsum(counts)])
 
 
 @dataclass(frozen=True)
@@ -73,10 +84,7 @@ class ParallelPlan:
             groups("pp", np.stack([ranks[stage == s], ranks[stage == s + 1]], axis=1))
             for s in range(pp - 1)
         )
-        # Split layers as evenly as possible, earlier stages taking the remainder.
-        base, extra = divmod(cfg.model.layers, pp)
-        counts = np.full(pp, base) + (np.arange(pp) < extra)
-        stage_layers = np.concatenate([[0], np.cumsum(counts)])
+        stage_layers = split_layers(cfg.model.layers, pp)
         return cls(world=world, chips_per_node=cfg.chips_per_node, tp=tp, ep=ep, pp=pp, dp=dp,
                    stage=stage, replica=replica, node=ranks // cfg.chips_per_node,
                    chip=ranks % cfg.chips_per_node, stage_layers=stage_layers,

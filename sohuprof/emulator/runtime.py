@@ -23,7 +23,7 @@ from sohuprof.emulator.timing import LinkModel, collective_time, op_times
 from sohuprof.errors import SpecError
 from sohuprof.strace import NO_GROUP, NO_LAYER, RECORD_DTYPE, Engine, Phase
 
-__all__ = ["StepTrace", "Emulation"]
+__all__ = ["StepTrace", "Emulation", "weights_per_chip", "kv_capacity_tokens"]
 
 _LAYER_FEATURES = (Feature.EXPERT_PAIRS, Feature.ACTIVE_EXPERTS)
 
@@ -131,7 +131,10 @@ class _Compiled:
                    events=events, segment=np.searchsorted(event_pos, np.arange(len(prog)), side="right"),
                    collective_batches=batches, sequence_plan=sequence_plan,
                    coll_pos=np.array([c.pos for c in collectives], dtype=np.int64),
-                   coll_member=np.array([c.member for c in collectives]).reshape(len(collectives), plan.world))
+                   # bool even when the plan has no collective (one chip, pure DP): an empty
+                   # np.array([]) would be float64 and fail the ``& running`` mask later.
+                   coll_member=np.array([c.member for c in collectives],
+                                        dtype=bool).reshape(len(collectives), plan.world))
 
 
 @dataclass
@@ -204,35 +207,10 @@ class Emulation:
 
     def weights_per_chip(self) -> np.ndarray:
         """Weight bytes held by a chip of each pipeline stage."""
-        cfg, m, plan = self.cfg, self.cfg.model, self.plan
-        w, t, h = cfg.weight_bytes, cfg.tp, m.hidden
-        out = np.zeros(plan.pp)
-        for s in range(plan.pp):
-            for li in range(int(plan.stage_layers[s]), int(plan.stage_layers[s + 1])):
-                out[s] += m.attention_params() / t
-                if m.is_moe_layer(li):
-                    shared = m.shared_experts * 3 * h * m.expert_ffn / t
-                    routed = m.experts * 3 * h * m.expert_ffn / (t if cfg.ep == 1 else cfg.ep)
-                    out[s] += shared + routed + h * m.experts
-                else:
-                    out[s] += 3 * h * m.ffn / t
-        out[0] += m.vocab * h / t
-        out[-1] += m.vocab * h / t
-        return out * w
+        return weights_per_chip(self.cfg, self.plan.stage_layers)
 
     def _kv_capacity_tokens(self) -> int:
-        cfg, m, plan = self.cfg, self.cfg.model, self.plan
-        weights = self.weights_per_chip()
-        usable = cfg.hardware.hbm_bytes * 0.92   # the rest: activations, runtime, fragmentation
-        if (weights > usable).any():
-            need = weights.max() / 1e9
-            raise SpecError(f"{m.name} needs {need:.0f} GB of weights per chip at tp={cfg.tp} ep={cfg.ep} "
-                            f"pp={cfg.pp}, more than a {cfg.hardware.name} chip's {cfg.hardware.hbm_bytes / 1e9:.0f} GB; "
-                            "raise --tp, --ep or --pp")
-        per_layer = m.kv_elements_per_token() if m.mla else 2 * max(m.kv_heads // cfg.tp, 1) * m.head_dim
-        layers = np.diff(plan.stage_layers)
-        per_token = layers * per_layer * cfg.weight_bytes
-        return int(((usable - weights) / per_token).min())
+        return kv_capacity_tokens(self.cfg, self.plan.stage_layers)
 
     def _experts(self) -> None:
         m = self.cfg.model
@@ -502,3 +480,45 @@ class Emulation:
 
     def act_bytes(self) -> int:
         return ACT_BYTES
+
+
+def weights_per_chip(cfg: EmulatorConfig, stage_layers: np.ndarray) -> np.ndarray:
+    """Weight bytes held by a chip of each pipeline stage (``stage_layers`` as in the plan)."""
+    m = cfg.model
+    w, t, h = cfg.weight_bytes, cfg.tp, m.hidden
+    pp = len(stage_layers) - 1
+    out = np.zeros(pp)
+    for s in range(pp):
+        for li in range(int(stage_layers[s]), int(stage_layers[s + 1])):
+            out[s] += m.attention_params() / t
+            if m.is_moe_layer(li):
+                shared = m.shared_experts * 3 * h * m.expert_ffn / t
+                routed = m.experts * 3 * h * m.expert_ffn / (t if cfg.ep == 1 else cfg.ep)
+                out[s] += shared + routed + h * m.experts
+            else:
+                out[s] += 3 * h * m.ffn / t
+    out[0] += m.vocab * h / t
+    out[-1] += m.vocab * h / t
+    return out * w
+
+
+def kv_capacity_tokens(cfg: EmulatorConfig, stage_layers: np.ndarray) -> int:
+    """KV-cache tokens one replica can hold (the tightest stage's HBM left after its weights).
+
+    Raises
+    ------
+    SpecError
+        A stage's weights do not fit a chip's HBM.
+    """
+    m = cfg.model
+    weights = weights_per_chip(cfg, stage_layers)
+    usable = cfg.hardware.hbm_bytes * 0.92   # the rest: activations, runtime, fragmentation
+    if (weights > usable).any():
+        need = weights.max() / 1e9
+        raise SpecError(f"{m.name} needs {need:.0f} GB of weights per chip at tp={cfg.tp} ep={cfg.ep} "
+                        f"pp={cfg.pp}, more than a {cfg.hardware.name} chip's {cfg.hardware.hbm_bytes / 1e9:.0f} GB; "
+                        "raise --tp, --ep or --pp")
+    per_layer = m.kv_elements_per_token() if m.mla else 2 * max(m.kv_heads // cfg.tp, 1) * m.head_dim
+    layers = np.diff(stage_layers)
+    per_token = layers * per_layer * cfg.weight_bytes
+    return int(((usable - weights) / per_token).min())
