@@ -16,7 +16,7 @@ from sohuprof.emulator.config import EmulatorConfig
 from sohuprof.emulator.plan import ParallelPlan
 from sohuprof.strace import Engine
 
-__all__ = ["Feature", "OpTemplate", "Program", "lower"]
+__all__ = ["Feature", "OpTemplate", "Program", "lower", "stage_positions"]
 
 ACT_BYTES = 2  # activations and collectives travel in bf16
 
@@ -288,3 +288,38 @@ def lower(cfg: EmulatorConfig, plan: ParallelPlan, *, two_batch: bool = False) -
     arr = {k: np.array(v) for k, v in cols.items()}
     return Program(templates, arr["tmpl"], arr["layer"], arr["stage"], arr["peer"], arr["part"],
                    arr["overlaps"].astype(bool), cfg.hardware.activation_hbm_fraction)
+
+
+def stage_positions(cfg: EmulatorConfig, stage_layers: np.ndarray, *, two_batch: bool = False) -> np.ndarray:
+    """Program positions each pipeline stage's ranks run per step, without building the program.
+
+    Counts what :func:`lower` emits for a stage (its layers' ops, the embedding on the first
+    stage, the head on the last, a pipeline send out of and a receive into each boundary), so
+    the run estimate can size a run before any per-rank array exists.
+
+    Parameters
+    ----------
+    cfg : EmulatorConfig
+    stage_layers : numpy.ndarray
+        ``[pp + 1]`` first layer of each stage, then the layer count (:func:`split_layers`).
+    two_batch : bool, default False
+        Count the two-batch-overlap form (every layer op twice).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[pp]`` int64 positions per stage; their sum, minus the ``pp - 1`` receives, is the
+        program's length.
+    """
+    m = cfg.model
+    attention, dense = len(_attention_ops(cfg)), len(_dense_mlp_ops(cfg))
+    moe = len(_moe_ops(cfg)) if m.is_moe else 0
+    pp = len(stage_layers) - 1
+    out = np.zeros(pp, dtype=np.int64)
+    for s in range(pp):
+        layers = range(int(stage_layers[s]), int(stage_layers[s + 1]))
+        per_layer = sum(attention + (moe if m.is_moe_layer(li) else dense) for li in layers)
+        out[s] = per_layer * (2 if two_batch else 1) + (s < pp - 1) + (s > 0)
+    out[0] += 1                               # embedding
+    out[-1] += len(_head_ops(cfg))
+    return out
