@@ -16,9 +16,9 @@ import orjson
 import pandas as pd
 
 from sohuprof.analyzers.report import Reports
-from sohuprof.atomic import atomic_directory, atomic_file
+from sohuprof.atomic import marked_directory, open_output
 
-__all__ = ["report_tables", "render_json", "render_table", "write_csv", "write_html", "FORMATS"]
+__all__ = ["report_tables", "render_json", "render_table", "write_csv", "write_html", "FORMATS", "CSV_MARKER"]
 
 FORMATS = ("table", "json", "csv", "html")
 
@@ -94,10 +94,42 @@ def render_table(reports: Reports, *, max_rows: int = 20) -> str:
     return buffer.getvalue()
 
 
-def write_csv(reports: Reports, out_dir: Path, *, force: bool = True) -> list[Path]:
-    """One CSV per table into ``out_dir`` (written whole or not at all)."""
+#: Marker file of a CSV report directory: lists the files a run wrote, so a re-run may replace
+#: them and nothing else.
+CSV_MARKER = ".sohuprof-csv"
+
+
+def write_csv(reports: Reports, out_dir: Path, *, force: bool = False) -> list[Path]:
+    """One CSV per table into ``out_dir``, beside a ``.sohuprof-csv`` marker listing them.
+
+    A new directory, or one holding only an earlier run's CSVs, appears whole in one rename;
+    otherwise (an empty directory, an earlier output a user added files to, or any other
+    directory with ``force``) the files are moved in one at a time and no file this command did
+    not write is removed (see :func:`sohuprof.atomic.marked_directory`).
+
+    Parameters
+    ----------
+    reports : Reports
+        The reports to write.
+    out_dir : pathlib.Path
+        The directory (a symlink to one is followed).
+    force : bool, default False
+        Write into a non-empty directory that is not an earlier CSV output, replacing files of
+        the same names; its other files are kept.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The CSV files written.
+
+    Raises
+    ------
+    OutputError
+        ``out_dir`` is a file, a device or ``-``; a non-empty directory that is not an earlier
+        CSV output (without ``force``); or it cannot be written.
+    """
     written = []
-    with atomic_directory(out_dir, force=force) as tmp:
+    with marked_directory(out_dir, marker=CSV_MARKER, force=force) as tmp:
         for name, data in reports.to_json().items():
             for title, df in report_tables(name, data):
                 fname = title.replace(" · ", "_") + ".csv"
@@ -106,8 +138,13 @@ def write_csv(reports: Reports, out_dir: Path, *, force: bool = True) -> list[Pa
     return written
 
 
-def write_html(reports: Reports, out: Path, *, force: bool = True) -> Path:
-    """One self-contained page: plotly.js inlined once, the figures, then every table."""
+def write_html(reports: Reports, out: Path, *, force: bool = False) -> Path:
+    """One self-contained page: plotly.js inlined once, the figures, then every table.
+
+    ``out`` may be ``-`` (stdout), a device or FIFO (written through) or a file, which appears
+    whole in one rename (a symlink's target is replaced, the link kept); an existing file is
+    refused unless ``force`` (see :func:`sohuprof.atomic.open_output`).
+    """
     from sohuprof.analyzers.figures import report_figures
 
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>sohuprof report</title>",
@@ -125,6 +162,6 @@ def write_html(reports: Reports, out: Path, *, force: bool = True) -> Path:
             parts.append(f"<h2>{html.escape(title)}</h2>")
             parts.append(_readable(df).to_html(index=False, float_format=lambda v: f"{v:,.3f}", border=0))
     parts.append("</body></html>")
-    with atomic_file(out, force=force) as tmp:
-        Path(tmp).write_text("\n".join(parts), encoding="utf-8")
+    with open_output(out, force=force) as fh:
+        fh.write("\n".join(parts).encode("utf-8"))
     return out

@@ -26,11 +26,14 @@ def collect(source: str | os.PathLike[str], store: str | os.PathLike[str], *, fo
     TraceFormatError
         ``source`` is missing, empty, mixed, or not a trace sohuprof reads; nothing is written.
     OutputError
-        ``store`` exists (without ``force``) or cannot be written.
+        ``store`` exists (without ``force``), is, is inside or contains ``source``, or cannot be
+        written.
     """
+    from sohuprof.atomic import refuse_overlap
     from sohuprof.collectors.detect import detect_source
 
     kind, path = detect_source(Path(source))
+    refuse_overlap(store, [source])   # `-o RUN --force` would delete the run being read
     if kind == "sohu":
         from sohuprof.collectors.sohu import collect_sohu
 

@@ -8,8 +8,9 @@ JSON importer keeps such a flow open, so one source fans out to every member), c
 events and the run's metadata in ``otherData``.
 
 The JSON text is assembled a whole batch at a time with Arrow string kernels (no Python loop per
-event) and streamed, rank by rank, into the output through :func:`sohuprof.atomic.atomic_file`,
-so memory stays bounded by one rank's events and a failure leaves no file behind.
+event) and streamed, rank by rank, into the output through :func:`sohuprof.atomic.open_output`,
+so memory stays bounded by one rank's events and a failure leaves no file behind (``-``, a device
+or a FIFO is written through, as it goes).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sohuprof.atomic import atomic_file
+from sohuprof.atomic import check_file_output, open_output
 from sohuprof.errors import OutputError, SohuprofError
 from sohuprof.progress import progress
 from sohuprof.schema import COUNTERS, EVENTS
@@ -79,7 +80,7 @@ class ExportSummary:
     bytes : int
         Uncompressed size of the JSON text.
     file_bytes : int
-        Size of the file on disk (smaller than ``bytes`` when gzipped).
+        Bytes written to the output (smaller than ``bytes`` when gzipped).
     start_ns, end_ns : int
         The exported window on the store's clock, ``[start_ns, end_ns)``.
     warnings : tuple of str
@@ -467,15 +468,32 @@ class _CountingWriter:
         self.fh = fh
         self.bytes = 0
         self.events = self.counters = self.threads = 0
+        self.file_bytes = 0   # what reached the output, compressed or not
 
     def write(self, data: bytes | memoryview) -> None:
         self.fh.write(data)
         self.bytes += len(data) if isinstance(data, bytes) else data.nbytes
 
 
+class _ByteCount:
+    """Counts the bytes reaching an output that cannot be stat'ed for its size (stdout, a pipe)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh = fh
+        self.bytes = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.fh.write(data)
+        self.bytes += memoryview(data).nbytes
+        return memoryview(data).nbytes
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def export_chrome(store: TraceStore | PathLike, out: PathLike, *, start_ms: float | None = None,
                   end_ms: float | None = None, ranks: Sequence[int] | None = None,
-                  show_progress: bool | None = None) -> ExportSummary:
+                  force: bool = False, show_progress: bool | None = None) -> ExportSummary:
     """Export a trace store as Chrome trace-event JSON that Perfetto and chrome://tracing open.
 
     Parameters
@@ -484,13 +502,17 @@ def export_chrome(store: TraceStore | PathLike, out: PathLike, *, start_ms: floa
         The trace store (or its directory).
     out : str or os.PathLike
         The file to write; gzip-compressed when its name ends in ``.gz``. Written to a temporary
-        sibling and renamed into place, so a failure leaves nothing behind.
+        sibling and renamed into place, so a failure leaves nothing behind; a symlink's target is
+        written (the link kept). ``-`` (stdout, uncompressed JSON), a device or a FIFO is written
+        through.
     start_ms, end_ms : float, optional
         Export only events that *start* in ``[start_ms, end_ms)``, in ms from the trace start
         (the store's first event or counter sample). Times in the file are µs from the trace
         start either way, so a window's events keep the times of the full export.
     ranks : sequence of int, optional
         Export only these ranks (all when omitted); see :func:`parse_ranks`.
+    force : bool, default False
+        Replace an existing file.
     show_progress : bool, optional
         Progress bar on stderr; ``None`` shows it when stderr is a terminal.
 
@@ -507,7 +529,8 @@ def export_chrome(store: TraceStore | PathLike, out: PathLike, *, start_ms: floa
         The window lies outside the trace or is negative, reversed or not finite; a rank is not
         in the store; or nothing is selected. (A ``ValueError`` too.)
     OutputError
-        ``out`` cannot be written.
+        ``out`` exists (without ``force``), is a directory, is inside the store, or cannot be
+        written.
 
     Examples
     --------
@@ -518,10 +541,11 @@ def export_chrome(store: TraceStore | PathLike, out: PathLike, *, start_ms: floa
     out = Path(out)
     if out.is_dir():
         raise OutputError(f"{str(out)!r} is a directory; give a file name such as trace.json.gz")
+    check_file_output(out, force=force, inputs=[store.path])   # before the work, not after
     plan = _plan(store, start_ms, end_ms, ranks)
     warnings: list[str] = []
     try:
-        w = _write(store, plan, out, show_progress, warnings)
+        w = _write(store, plan, out, force, show_progress, warnings)
     except OSError as exc:   # disk full, permissions, a path the OS refuses
         raise OutputError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
     if w.bytes > CHROME_TRACING_LIMIT_BYTES:
@@ -529,16 +553,17 @@ def export_chrome(store: TraceStore | PathLike, out: PathLike, *, start_ms: floa
                         f"chrome://tracing loads (Perfetto's UI opens it); cut it with "
                         f"--start-ms/--end-ms or --ranks")
     return ExportSummary(path=out, events=w.events, flows=plan.flows, counters=w.counters,
-                         threads=w.threads, bytes=w.bytes, file_bytes=out.stat().st_size,
+                         threads=w.threads, bytes=w.bytes, file_bytes=w.file_bytes,
                          start_ns=plan.start_ns, end_ns=plan.end_ns, warnings=tuple(warnings))
 
 
-def _write(store: TraceStore, plan: _Plan, out: Path, show_progress: bool | None,
+def _write(store: TraceStore, plan: _Plan, out: Path, force: bool, show_progress: bool | None,
            warnings: list[str]) -> _CountingWriter:
     """Stream the whole JSON document into ``out`` (atomically); return the writer's counts."""
     threads: list[bytes] = []
-    with atomic_file(out) as tmp:
-        raw = open(tmp, "wb")
+    with open_output(out, force=force) as output:
+        counted = _ByteCount(output)
+        raw = cast(IO[bytes], counted)
         fh = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
                   if out.name.endswith(".gz") else raw)
         try:
@@ -556,7 +581,7 @@ def _write(store: TraceStore, plan: _Plan, out: Path, show_progress: bool | None
                     w.events += n
                     threads.extend(names)
                     advance(1)
-            if w.events == 0:   # raised inside atomic_file: no file is left behind
+            if w.events == 0:   # raised inside open_output: no file is left behind
                 raise SelectionError(f"no events of ranks {_fmt_ranks([r for _, r, _ in plan.ranks])} "
                                      f"start in the window {plan.start_ns - plan.t0:,}-"
                                      f"{plan.end_ns - plan.t0:,} ns; widen --start-ms/--end-ms "
@@ -573,8 +598,8 @@ def _write(store: TraceStore, plan: _Plan, out: Path, show_progress: bool | None
             w.write(b"}\n")
         finally:
             if fh is not raw:
-                fh.close()
-            raw.close()
+                fh.close()   # the gzip trailer; open_output closes (or, for stdout, flushes) the rest
+        w.file_bytes = counted.bytes
     return w
 
 

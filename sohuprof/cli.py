@@ -213,7 +213,10 @@ Examples:
               help="Comma-separated: summary,roofline,stalls,comm,serving,temporal [default: all that apply].")
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json", "csv", "html"]))
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path),
-              help="Output file (json, html, table) or directory (csv). Default: stdout.")
+              help="Output file (json, html, table; - for stdout) or directory (csv). Default: stdout.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing output file; for csv, write into a directory that is not an "
+                   "earlier csv output (its other files are kept).")
 @click.option("--hta-compatible", is_flag=True,
               help="Select events as Holistic Trace Analysis does (drops unlaunched kernels and the last step).")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "dask"]),
@@ -222,7 +225,7 @@ Examples:
               help="Dask scheduler to use with --engine dask [default: start a LocalCluster].")
 @pass_cli
 def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, out: Path | None,
-            hta_compatible: bool, engine: str, scheduler: str | None) -> None:
+            force: bool, hta_compatible: bool, engine: str, scheduler: str | None) -> None:
     """Compute roofline, stall, communication, serving and temporal reports.
 
     SOURCE is a trace store, or anything `collect` accepts (collected on the fly).
@@ -231,25 +234,30 @@ def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, ou
     from sohuprof.analyzers.report import run_reports
     from sohuprof.store import open_store_or_collect
 
-    if fmt in ("csv", "html") and out is None:
+    from sohuprof import atomic
+
+    if (fmt == "csv" and str(out) == atomic.STDOUT) or (fmt in ("csv", "html") and out is None):
         raise click.UsageError(f"--format {fmt} writes files: give -o {'DIR' if fmt == 'csv' else 'FILE.html'}")
+    if fmt == "csv":   # refused before the analysis rather than after it
+        atomic.check_marked_directory(out, marker=render.CSV_MARKER, force=force, inputs=[source])  # type: ignore[arg-type]
+    elif out is not None:
+        atomic.check_file_output(out, force=force, inputs=[source])
     with open_store_or_collect(source, show_progress=obj.show_progress) as store:
         if scheduler and engine != "dask":
             raise click.UsageError("--scheduler needs --engine dask")
         reports = run_reports(store, names, hta_compatible=hta_compatible, engine=engine, scheduler=scheduler)
     if fmt == "csv":
-        render.write_csv(reports, out)  # type: ignore[arg-type]
+        render.write_csv(reports, out, force=force)  # type: ignore[arg-type]
     elif fmt == "html":
-        render.write_html(reports, out)  # type: ignore[arg-type]
+        render.write_html(reports, out, force=force)  # type: ignore[arg-type]
     else:
         text = render.render_json(reports) if fmt == "json" else render.render_table(reports).encode()
         if out is None:
             click.echo(text.decode(), nl=False)
         else:
-            from sohuprof.atomic import atomic_file
-            with atomic_file(out) as tmp:
-                tmp.write_bytes(text)
-    if out is not None and not obj.quiet:
+            with atomic.open_output(out, force=force) as fh:
+                fh.write(text)
+    if out is not None and atomic.output_kind(out) == "path" and not obj.quiet:
         click.echo(f"wrote {out}", err=True)
 
 
@@ -281,13 +289,14 @@ Examples:
   sohuprof export chrome store/ -o part.json --start-ms 20 --end-ms 45 --ranks 0,3,8-15""")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
-              help="JSON file to write; gzip-compressed when it ends in .gz.")
+              help="JSON file to write; gzip-compressed when it ends in .gz; - for stdout (plain JSON).")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--start-ms", type=float, help="Only events starting at or after this, in ms from the trace start.")
 @click.option("--end-ms", type=float, help="Only events starting before this, in ms from the trace start.")
 @click.option("--ranks", type=RankList(), help="Only these ranks, e.g. 0,3,8-15 [default: all].")
 @pass_cli
-def chrome(obj: CliContext, store: Path, out: Path, start_ms: float | None, end_ms: float | None,
-           ranks: list[int] | None) -> None:
+def chrome(obj: CliContext, store: Path, out: Path, force: bool, start_ms: float | None,
+           end_ms: float | None, ranks: list[int] | None) -> None:
     """Write a Chrome trace-event JSON file that Perfetto and chrome://tracing open.
 
     One process per node, one thread per chip and engine, collectives linked by flow arrows,
@@ -295,13 +304,14 @@ def chrome(obj: CliContext, store: Path, out: Path, start_ms: float | None, end_
     """
     from sohuprof.chrome_export import export_chrome
 
-    summary = export_chrome(store, out, start_ms=start_ms, end_ms=end_ms, ranks=ranks,
+    summary = export_chrome(store, out, start_ms=start_ms, end_ms=end_ms, ranks=ranks, force=force,
                             show_progress=obj.show_progress)
     for warning in summary.warnings:
         click.echo(f"warning: {warning}", err=True)
     if not obj.quiet:
         click.echo(f"wrote {out}: {summary.events:,} events, {summary.flows:,} flows, "
-                   f"{summary.counters:,} counter samples, {summary.bytes / 1e6:,.1f} MB uncompressed")
+                   f"{summary.counters:,} counter samples, {summary.bytes / 1e6:,.1f} MB uncompressed",
+                   err=str(out) == "-")   # stdout carries the trace itself
 
 
 @cli.command(epilog="""\b
