@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -24,13 +25,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Union
+from typing import Annotated, Any, Optional, Union
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from isal import isal_zlib
 
 import sohuprof
 
@@ -38,7 +41,8 @@ from sohuprof.atomic import atomic_directory
 from sohuprof.errors import StoreError
 from sohuprof.schema import ALL_TABLES, EVENTS, STORE_FORMAT, STORE_VERSION, TableSpec
 
-__all__ = ["StoreWriter", "TraceStore", "open_store", "open_store_or_collect", "MANIFEST_NAME"]
+__all__ = ["StoreWriter", "TraceStore", "Finding", "open_store", "open_store_or_collect", "read_manifest",
+           "inspect_store", "value_problem", "file_crc32", "MANIFEST_NAME", "REBUILD", "TIME_LIMIT_NS"]
 
 
 MANIFEST_NAME = "manifest.json"
@@ -78,6 +82,13 @@ def _ensure_spec(table: str | TableSpec) -> TableSpec:
             return spec
     names = ", ".join(repr(s.name) for s in ALL_TABLES)
     raise ValueError(f"'table' must be one of {names}; got {table!r}")
+
+
+def _ensure_columns(spec: TableSpec, columns: Sequence[str] | None) -> None:
+    """Refuse column names the table lacks (before pyarrow would, in words that blame the store)."""
+    unknown = [c for c in columns or () if c not in spec.column_names]
+    if unknown:
+        raise ValueError(f"'columns' must be columns of table '{spec.name}'; got {unknown}")
 
 
 def _ensure_filter(filters: Filters) -> pc.Expression | None:
@@ -379,7 +390,8 @@ class StoreWriter:
             rows[spec.name] = table.num_rows
         manifest = {"format": STORE_FORMAT, "version": STORE_VERSION, **self._manifest,
                     "written_by": f"sohuprof {sohuprof.__version__}", "tables": rows,
-                    "nodes": sorted(self._nodes), "rank_index": self._rank_index()}
+                    "nodes": sorted(self._nodes), "rank_index": self._rank_index(),
+                    "files": _file_checksums(tmp)}
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=False,
                                                     default=_json_default) + "\n")
 
@@ -477,6 +489,318 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"manifest value of type {type(value).__name__} is not JSON serializable")
 
 
+#: What to do about a damaged store, ending every message about one.
+REBUILD = "re-run `sohuprof collect` to rebuild the store"
+#: Bytes read at a time when checksumming a file (bounds the memory held).
+_CRC_CHUNK = 1 << 22
+
+
+def file_crc32(path: PathLike) -> tuple[int, int]:
+    """Size and CRC-32 of a file's bytes (ISA-L: several GB/s, so checksumming a store costs
+    little next to writing it).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+
+    Returns
+    -------
+    tuple of int
+        ``(bytes, crc32)``.
+    """
+    crc, size = 0, 0
+    buffer = bytearray(_CRC_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as fh:
+        while True:   # a loop over 4 MB chunks
+            n = fh.readinto(buffer)
+            if not n:
+                return size, crc
+            crc = isal_zlib.crc32(view[:n], crc)
+            size += n
+
+
+def _file_checksums(root: Path) -> dict[str, dict[str, int]]:
+    """``{relative path: {"bytes", "crc32"}}`` of every table file of the store at ``root``."""
+    parts, _ = _layout(root)
+    out = {}
+    for rel in [*parts, *(s.path for s in ALL_TABLES if s.name != EVENTS.name)]:   # a loop over files
+        size, crc = file_crc32(root / rel)
+        out[rel] = {"bytes": size, "crc32": crc}
+    return out
+
+
+# -- validation at open: the manifest's fields and each file's footer, never its pages -----------
+
+_Count = Annotated[int, msgspec.Meta(ge=0)]
+_Id = Annotated[int, msgspec.Meta(ge=0, lt=2**31)]   # ranks, nodes and chips are int32 columns
+_Unset = msgspec.UnsetType
+
+
+class _Source(msgspec.Struct):
+    format: str = "unknown"
+
+
+class _Model(msgspec.Struct):
+    name: Optional[str] = None
+    dtype: Optional[str] = None
+
+
+class _ProcessGroup(msgspec.Struct):
+    pg_size: Optional[_Count] = None
+
+
+class _Parallel(msgspec.Struct):
+    process_groups: Optional[list[_ProcessGroup]] = None
+
+
+class _RankEntry(msgspec.Struct):
+    rank: _Id
+    node: _Id = 0
+    chip: _Id = 0
+
+
+class _IndexEntry(msgspec.Struct):
+    rank: _Id
+    node: _Id
+    chip: _Id
+    events: _Count
+    start_ns: int
+    end_ns: int
+
+
+class _Tables(msgspec.Struct):
+    events: Union[_Count, _Unset] = msgspec.UNSET
+    collectives: Union[_Count, _Unset] = msgspec.UNSET
+    counters: Union[_Count, _Unset] = msgspec.UNSET
+    requests: Union[_Count, _Unset] = msgspec.UNSET
+    quarantine: Union[_Count, _Unset] = msgspec.UNSET
+
+
+class _FileEntry(msgspec.Struct):
+    bytes: _Count
+    crc32: Annotated[int, msgspec.Meta(ge=0, lt=2**32)]
+
+
+class _Manifest(msgspec.Struct):
+    """The manifest fields readers use, with their types; other keys (``counts``, ``workload``,
+    ...) pass through unchecked. A key readers test with ``in`` may be absent but not null."""
+
+    format: str
+    version: int
+    source: _Source = msgspec.field(default_factory=_Source)
+    hardware: Optional[dict[str, Any]] = None
+    model: Optional[_Model] = None
+    parallel: Optional[_Parallel] = None
+    ranks: Union[list[Union[_Id, _RankEntry]], _Unset] = msgspec.UNSET
+    nodes: Union[list[_Id], _Unset] = msgspec.UNSET
+    tables: Optional[_Tables] = None
+    rank_index: Optional[list[_IndexEntry]] = None
+    files: Optional[dict[str, _FileEntry]] = None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One damaged part of a trace store.
+
+    Attributes
+    ----------
+    file : str
+        The file, relative to the store (``manifest.json``, ``events/node=0/part-0.parquet``).
+    problem : str
+        What is wrong with it, as the rest of a sentence naming the file.
+    """
+
+    file: str
+    problem: str
+
+    def message(self, root: Path) -> str:
+        """One line naming the store, the file, what is wrong and the fix."""
+        return f"trace store '{root}': '{self.file}' {self.problem}; {REBUILD}"
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> Finding | None:
+    """The first manifest field of the wrong type or range, if any."""
+    try:
+        msgspec.convert(manifest, _Manifest)
+    except msgspec.ValidationError as exc:
+        what, _, where = str(exc).partition(" - at `")
+        field_name = where.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
+        return Finding(MANIFEST_NAME, f"field '{field_name}' is invalid: {what[0].lower()}{what[1:]}")
+    hardware = manifest.get("hardware") or {}
+    for key, value in hardware.items():   # a handful of keys; roofs must be numbers
+        if (key.startswith("peak_flops") or key == "hbm_bandwidth") and value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            return Finding(MANIFEST_NAME, f"field 'hardware.{key}' is invalid: expected a number, "
+                                          f"got {type(value).__name__}")
+    return None
+
+
+_NODE_DIR = re.compile(r"node=\d+")
+_PART_FILE = re.compile(r"part-\d+\.parquet")
+_UNEXPECTED = "is not part of a trace store (an unexpected file inside it: remove it)"
+
+
+def _hidden(name: str) -> bool:
+    # pyarrow's dataset discovery skips these names, so they never reach a read.
+    return name.startswith((".", "_"))
+
+
+def _layout(root: Path) -> tuple[list[str], list[Finding]]:
+    """The event part files (relative paths) and the layout's problems: missing table files,
+    files that do not belong in ``events/``."""
+    found: list[Finding] = []
+    parts: list[str] = []
+    events = root / EVENTS.path
+    if not events.is_dir():
+        found.append(Finding(EVENTS.path + "/", "is missing"))
+    else:
+        for entry in sorted(os.scandir(events), key=lambda e: e.name):   # a loop over partitions
+            rel = f"{EVENTS.path}/{entry.name}"
+            if _hidden(entry.name):
+                continue
+            if not (entry.is_dir() and _NODE_DIR.fullmatch(entry.name)):
+                found.append(Finding(rel, _UNEXPECTED))
+                continue
+            for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):   # a loop over files
+                if _hidden(sub.name):
+                    continue
+                if sub.is_file() and _PART_FILE.fullmatch(sub.name):
+                    parts.append(f"{rel}/{sub.name}")
+                else:
+                    found.append(Finding(f"{rel}/{sub.name}", _UNEXPECTED))
+    for spec in ALL_TABLES:
+        if spec.name != EVENTS.name and not (root / spec.path).is_file():
+            found.append(Finding(spec.path, "is missing"))
+    return parts, found
+
+
+def _table_files(root: Path, parts: list[str]) -> list[tuple[str, TableSpec]]:
+    """Every table file present: the event parts, then the small tables."""
+    small = [(s.path, s) for s in ALL_TABLES if s.name != EVENTS.name and (root / s.path).is_file()]
+    return [(rel, EVENTS) for rel in parts] + small
+
+
+def _stored_schema(spec: TableSpec) -> pa.Schema:
+    """The schema of one of ``spec``'s files (an event part has no ``node``: it is in the path)."""
+    return _file_schema() if spec.name == EVENTS.name else spec.schema
+
+
+#: Largest magnitude of an ns column: two of them add (``ts + dur``) or subtract without leaving
+#: int64. 2**62 ns is 146 years, beyond any trace's clock.
+TIME_LIMIT_NS = 2**62
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _schema_problem(arrow: pa.Schema, spec: TableSpec) -> str | None:
+    """Is every column of ``spec`` present with its Arrow type? (Extra columns are never read.)"""
+    for want in _stored_schema(spec):   # a loop over columns
+        at = arrow.get_all_field_indices(want.name)
+        if not at:
+            return f"lacks column '{want.name}'"
+        got = arrow.field(at[0]).type
+        if len(at) > 1 or not got.equals(want.type):
+            return f"has column '{want.name}' of type {got}, expected {want.type}"
+    return None
+
+
+def value_problem(spec: TableSpec, column: str, *, nulls: int, lo: Any, hi: Any) -> str | None:
+    """Do a column's null count and range (of a row group, or of decoded rows) break the schema:
+    nulls where none may be, a negative ``dur``, an ns value beyond :data:`TIME_LIMIT_NS`?"""
+    col = next(c for c in spec.columns if c.name == column)
+    if nulls and not col.nullable:
+        return f"has {nulls:,} null values in column '{column}', which may not be null"
+    if lo is None or not isinstance(lo, int) or col.unit != "ns":
+        return None
+    if column == "dur" and lo < 0:
+        return f"has a negative duration in column 'dur' ({lo:,} ns)"
+    worst = lo if -lo > hi else hi
+    if abs(worst) >= TIME_LIMIT_NS:
+        return f"has {worst:,} ns in column '{column}', beyond the +-2**62 ns a time may take"
+    return None
+
+
+def _checked_columns(spec: TableSpec) -> list[str]:
+    """Columns whose statistics are checked: non-nullable ones and ns times."""
+    stored = set(_stored_schema(spec).names)
+    return [c.name for c in spec.columns if c.name in stored
+            and (not c.nullable or (c.unit == "ns" and pa.types.is_integer(c.type)))]
+
+
+def _footer_problem(path: Path, spec: TableSpec) -> tuple[str | None, int]:
+    """Read a file's footer only: is it Parquet, of ``spec``'s schema, with row-group statistics
+    that fit it? Returns ``(problem or None, rows)``."""
+    try:
+        with pq.ParquetFile(path) as pf:
+            meta, arrow = pf.metadata, pf.schema_arrow
+            problem = _schema_problem(arrow, spec)
+            if problem is not None:
+                return problem, meta.num_rows
+            leaf = {meta.schema.column(j).path: j for j in range(meta.num_columns)}
+            columns = [(name, leaf[name]) for name in _checked_columns(spec) if name in leaf]
+            for i in range(meta.num_row_groups):   # a loop over row groups and columns, not rows
+                group = meta.row_group(i)
+                for name, j in columns:
+                    stats = group.column(j).statistics
+                    if stats is None:
+                        continue
+                    nulls = stats.null_count if stats.has_null_count else 0
+                    lo, hi = (stats.min, stats.max) if stats.has_min_max else (None, None)
+                    problem = value_problem(spec, name, nulls=nulls, lo=lo, hi=hi)
+                    if problem is not None:
+                        return f"{problem} (row group {i})", meta.num_rows
+            return None, meta.num_rows
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        return f"is not readable Parquet ({_short(exc)})", 0
+
+
+def inspect_store(root: Path, manifest: dict[str, Any]) -> tuple[list[Finding], dict[str, int]]:
+    """The cheap checks of a store (manifest types, layout, recorded sizes, footers, row counts):
+    every problem found, and the rows of each readable table file from its footer."""
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        return [problem], {}
+    parts, found = _layout(root)
+    files = _table_files(root, parts)
+    recorded = manifest.get("files")
+    if recorded is not None:
+        present = {rel for rel, _ in files}
+        found += [Finding(rel, "is missing") for rel in recorded if rel not in present
+                  and not any(f.file == rel for f in found)]
+    rows: dict[str, int] = {}
+    for rel, spec in files:   # a loop over files
+        if recorded is not None:
+            entry = recorded.get(rel)
+            if entry is None:
+                found.append(Finding(rel, "is not recorded in the manifest (added after the store "
+                                          "was written: remove it)"))
+                continue
+            size = os.stat(root / rel).st_size
+            if size != entry["bytes"]:
+                found.append(Finding(rel, f"has {size:,} bytes where {entry['bytes']:,} were written "
+                                          f"(truncated or replaced)"))
+                continue
+        problem, rows[rel] = _footer_problem(root / rel, spec)
+        if problem is not None:
+            found.append(Finding(rel, problem))
+    tables = manifest.get("tables") or {}
+    if not found:
+        counts = {EVENTS.name: sum(n for rel, n in rows.items() if rel.startswith(EVENTS.path + "/"))}
+        counts.update({s.name: rows[s.path] for s in ALL_TABLES if s.path in rows})
+        for spec in ALL_TABLES:
+            want = tables.get(spec.name)
+            if want is not None and counts.get(spec.name) != want:
+                where = EVENTS.path + "/" if spec.name == EVENTS.name else spec.path
+                found.append(Finding(where, f"holds {counts.get(spec.name, 0):,} rows where the "
+                                            f"manifest recorded {want:,}"))
+    return found, rows
+
+
 class TraceStore:
     """A trace store opened for reading (see :func:`open_store`).
 
@@ -503,43 +827,59 @@ class TraceStore:
     def dataset(self) -> ds.Dataset:
         """The events as a lazy :class:`pyarrow.dataset.Dataset` (``node`` from the partitions)."""
         if self._dataset is None:
-            self._dataset = ds.dataset(self.path / EVENTS.path, format="parquet",
-                                       schema=EVENTS.schema, partitioning=_events_partitioning())
+            with self._reading(EVENTS):
+                self._dataset = ds.dataset(self.path / EVENTS.path, format="parquet",
+                                           schema=EVENTS.schema, partitioning=_events_partitioning())
         return self._dataset
 
     def read(self, table: str | TableSpec, *, columns: list[str] | None = None,
              filters: Filters = None) -> pa.Table:
         spec = _ensure_spec(table)
         expr = _ensure_filter(filters)
+        _ensure_columns(spec, columns)
         if spec.name == EVENTS.name:
-            return self.dataset().to_table(columns=columns, filter=expr)
-        return ds.dataset(self._table_path(spec), format="parquet", schema=spec.schema).to_table(
-            columns=columns, filter=expr)
+            dataset = self.dataset()
+            with self._reading(spec):
+                return dataset.to_table(columns=columns, filter=expr)
+        path = self._table_path(spec)
+        with self._reading(spec):
+            return ds.dataset(path, format="parquet", schema=spec.schema).to_table(columns=columns, filter=expr)
 
     def scan(self, *, columns: list[str] | None = None, filters: Filters = None,
              batch_size: int = ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
         """Stream the events as record batches, without loading them all (pyarrow's dataset
         scanner, which reads ahead of a slow consumer; :meth:`stream_events` does not)."""
-        return iter(self.dataset().to_batches(columns=columns, filter=_ensure_filter(filters),
-                                              batch_size=batch_size))
+        expr = _ensure_filter(filters)
+        _ensure_columns(EVENTS, columns)
+        dataset = self.dataset()
+        with self._reading(EVENTS):
+            batches = dataset.to_batches(columns=columns, filter=expr, batch_size=batch_size)
+        return self._guarded(batches, EVENTS)
 
     def stream_table(self, table: str | TableSpec, *, columns: list[str] | None = None,
                      batch_size: int = 4 * ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
         """A small table's rows (``collectives`` ...) in file order, a batch at a time."""
-        return pq.ParquetFile(self._table_path(_ensure_spec(table))).iter_batches(
-            batch_size=batch_size, columns=columns, use_threads=True)
+        spec = _ensure_spec(table)
+        _ensure_columns(spec, columns)
+        path = self._table_path(spec)
+        with self._reading(spec):
+            batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns, use_threads=True)
+        return self._guarded(batches, spec)
 
     def _table_path(self, spec: TableSpec) -> Path:
         path = self.path / spec.path
         if not path.is_file():
-            raise StoreError(f"trace store '{self.path}' is incomplete: '{spec.path}' is missing; "
-                             f"collect it again with `sohuprof collect`")
+            raise StoreError(Finding(spec.path, "is missing").message(self.path))
         return path
 
     def stream_events(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         """The events, file by file and row group by row group (each file sorted by
         ``(rank, ts)``), decoded on pyarrow's threads but never ahead of the consumer: memory
         is bounded by one row group, where a dataset scan would buffer up to a gigabyte ahead."""
+        _ensure_columns(EVENTS, columns)
+        return self._guarded(self._stream_events(columns), EVENTS)
+
+    def _stream_events(self, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
         want = None if columns is None else [c for c in columns if c != "node"]
         for path in self.dataset().files:
             node = int(Path(path).parent.name.split("=", 1)[1])
@@ -548,6 +888,31 @@ class TraceStore:
                 if columns is None or "node" in columns:
                     batch = batch.append_column("node", pa.array(np.full(batch.num_rows, node, np.int32)))
                 yield batch if columns is None else batch.select(columns)
+
+    # A read that fails inside pyarrow (a page that does not decode, a file cut short since the
+    # store was opened) becomes a StoreError naming the file, here rather than in every analysis.
+
+    @contextmanager
+    def _reading(self, spec: TableSpec) -> Iterator[None]:
+        try:
+            yield
+        except (pa.ArrowException, OSError) as exc:
+            raise StoreError(self._unreadable(spec, exc)) from None
+
+    def _guarded(self, batches: Iterator[pa.RecordBatch], spec: TableSpec) -> Iterator[pa.RecordBatch]:
+        with self._reading(spec):
+            yield from batches
+
+    def _unreadable(self, spec: TableSpec, exc: BaseException) -> str:
+        """The message for a failed read: the file pyarrow names, else the table's path."""
+        text = str(exc)
+        try:
+            parts, _ = _layout(self.path)
+        except OSError:
+            parts = []
+        where = next((rel for rel in [*parts, *(s.path for s in ALL_TABLES)] if rel in text),
+                     spec.path + ("/" if spec.name == EVENTS.name else ""))
+        return Finding(where, f"cannot be read ({_short(exc)})").message(self.path)
 
     @property
     def nodes(self) -> list[int]:
@@ -562,7 +927,7 @@ class TraceStore:
         """Ranks in the store: the manifest's list, else those found in the events."""
         if "ranks" in self.manifest:   # ints, or {"rank", "node", "chip"} entries
             return sorted(int(r["rank"] if isinstance(r, dict) else r) for r in self.manifest["ranks"])
-        ranks = pc.unique(self.dataset().to_table(columns=["rank"]).column("rank"))
+        ranks = pc.unique(self.read(EVENTS, columns=["rank"]).column("rank"))
         return sorted(ranks.to_pylist())
 
 
@@ -580,12 +945,20 @@ pyarrow.Table
 Raises
 ------
 StoreError
-    The table's file is missing.
+    The table's file is missing, or cannot be read (the message names the file).
 """
 
 
 def open_store(path: PathLike) -> TraceStore:
-    """Open a trace store for reading.
+    """Open a trace store for reading, after cheap checks that it is sound.
+
+    The checks read metadata only, never a data page: every manifest field readers use has its
+    type; every table file is present, of the size the manifest recorded, readable Parquet (its
+    footer) with every column of the schema at its Arrow type; row-group statistics show no
+    nulls in non-nullable columns, no negative ``dur`` and no time beyond +-2**62 ns (so
+    ``ts + dur`` cannot overflow); row counts match the manifest; nothing foreign sits in an
+    ``events/node=N`` partition. ``sohuprof check`` (:func:`sohuprof.check.check_store`) also
+    decodes every page and verifies the checksums.
 
     Parameters
     ----------
@@ -599,29 +972,46 @@ def open_store(path: PathLike) -> TraceStore:
     Raises
     ------
     StoreError
-        ``path`` is not a store, or its format or version is not one this sohuprof reads.
+        ``path`` is not a store, its format or version is not one this sohuprof reads, or it
+        is damaged (the message names the first damaged file and says how to rebuild it).
     """
     root = Path(path)
+    manifest = read_manifest(root)
+    found, _ = inspect_store(root, manifest)
+    if found:
+        more = f" ({len(found) - 1} more damaged file(s): `sohuprof check {root}` lists them)" if len(found) > 1 else ""
+        raise StoreError(found[0].message(root) + more)
+    return TraceStore(root, manifest)
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """Parse a store's ``manifest.json`` and check its format and version (not its other fields).
+
+    Raises
+    ------
+    StoreError
+        ``root`` is not a store, the manifest is not JSON, or its format or version is not one
+        this sohuprof reads.
+    """
     manifest_path = root / MANIFEST_NAME
     if not root.is_dir() or not manifest_path.is_file():
         raise StoreError(f"'{root}' is not a sohuprof trace store (no {MANIFEST_NAME}); "
                          f"create one with `sohuprof collect`")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"'{manifest_path}' cannot be read ({exc}); collect the trace again "
-                         f"with `sohuprof collect`") from None
+        manifest = json.loads(manifest_path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:   # RecursionError: absurdly deep nesting
+        raise StoreError(f"'{manifest_path}' cannot be read ({_short(exc)}); {REBUILD}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise StoreError(f"'{root}' has format {found!r}, expected {STORE_FORMAT!r}: "
                          f"not a sohuprof trace store")
     version = manifest.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise StoreError(f"'{manifest_path}' has no valid integer 'version' (got {version!r})")
+        raise StoreError(f"'{manifest_path}' has no valid integer 'version' (got {version!r}); {REBUILD}")
     if version > STORE_VERSION:
         raise StoreError(f"trace store '{root}' is version {version}, newer than this sohuprof "
                          f"{sohuprof.__version__} reads (up to {STORE_VERSION}); upgrade sohuprof")
-    return TraceStore(root, manifest)
+    return manifest
 
 
 @contextmanager
