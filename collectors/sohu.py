@@ -1,9 +1,12 @@
 """Raw Sohu run directories (``run.json`` + per-chip ``.strace``) into the trace store.
 
-Two streaming passes over the chip files: the first reads only collective records, to align the
-nodes' clocks (:mod:`sohuprof.collectors.alignment`); the second converts every sound chunk to
-events on the aligned clock and writes them, one chip at a time, so memory is bounded by a
-batch, not the trace. Damaged chunks are quarantined and counted, never dropped silently.
+Two streaming passes over the chip files: the first checks every chunk (the accounting of
+:mod:`sohuprof.collectors.strace_reader`) and reads only collective records, to align the
+nodes' clocks (:mod:`sohuprof.collectors.alignment`); the second converts every kept chunk to
+events on the aligned clock and writes them, one chip at a time, so memory is bounded by a batch,
+not the trace. Every record written is kept, quarantined or counted as lost, per file, in the
+manifest's ``counts``; records that passed their chunk's CRC but make no physical sense (an op
+ending before it starts, an op-name id run.json does not list) are quarantined per reason.
 """
 
 from __future__ import annotations
@@ -14,75 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 import pyarrow as pa
 
 from sohuprof.collectors.alignment import ClockMap, causality_violations, fit_clocks
-from sohuprof.collectors.strace_reader import Damaged, open_chip_file
+from sohuprof.collectors.run_info import MAX_TS_NS, RUN_FILE, RunInfo, decode_host_line, read_run_info
+from sohuprof.collectors.strace_reader import ChipFile, FileAccount, Piece
 from sohuprof.errors import TraceFormatError
 from sohuprof.progress import progress
 from sohuprof.schema import COLLECTIVES, COUNTERS, EVENTS, QUARANTINE, REQUESTS
 from sohuprof.store import PathLike, StoreWriter
-from sohuprof.strace import FORMAT_NAME, FORMAT_VERSION, NO_GROUP, NO_LAYER
+from sohuprof.strace import FORMAT_NAME, NO_GROUP, NO_LAYER, RECORD_DTYPE
 
-__all__ = ["RunInfo", "read_run_info", "collect_sohu", "RUN_FILE"]
+__all__ = ["RunInfo", "read_run_info", "collect_sohu", "RUN_FILE", "RECORD_CHECKS"]
 
-RUN_FILE = "run.json"
 BATCH_RECORDS = 1 << 18   # records converted and handed to the store writer at once
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What run.json says, shaped for the collector (the emulator's ``truth`` is never read)."""
-
-    root: Path
-    meta: dict[str, Any]
-    names: list[str]
-    op_of_name: np.ndarray        # [names] code into ``ops``
-    ops: list[str]
-    category_of_name: np.ndarray  # [names] code into ``categories``
-    categories: list[str]
-    kind_of_name: np.ndarray      # [names] code into ``kinds`` (collective kind; send/recv are one p2p kind)
-    kinds: list[str]
-    engines: list[str]
-    phases: list[str]
-    chips: list[dict[str, Any]]
-    nodes: int
-
-
-def _codes(values: list[str]) -> tuple[np.ndarray, list[str]]:
-    vocab = sorted(set(values))
-    index = {v: i for i, v in enumerate(vocab)}
-    return np.array([index[v] for v in values], dtype=np.int32), vocab
-
-
-def read_run_info(root: Path) -> RunInfo:
-    """Parse and check ``root/run.json``."""
-    path = root / RUN_FILE
-    try:
-        meta = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise TraceFormatError(f"{root}: no {RUN_FILE}; a Sohu run directory has one beside node*/") from None
-    except orjson.JSONDecodeError as exc:
-        raise TraceFormatError(f"{path}: not valid JSON ({exc}); the run directory is damaged") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise TraceFormatError(f"{path}: format is {found!r}, expected {FORMAT_NAME!r}")
-    if int(meta.get("version", 0)) > FORMAT_VERSION:
-        raise TraceFormatError(f"{path}: format version {meta['version']} is newer than this sohuprof reads "
-                               f"({FORMAT_VERSION}); upgrade sohuprof")
-    try:
-        table = sorted(meta["op_names"], key=lambda e: e["id"])
-        op_codes, ops = _codes([e["op"] for e in table])
-        cat_codes, cats = _codes([e["category"] for e in table])
-        kind_codes, kinds = _codes(["send_recv" if e["op"] in ("send", "recv") else e["op"] for e in table])
-        return RunInfo(root=root, meta=meta, names=[e["name"] for e in table], op_of_name=op_codes, ops=ops,
-                       category_of_name=cat_codes, categories=cats, kind_of_name=kind_codes, kinds=kinds,
-                       engines=list(meta["engines"]), phases=list(meta["phases"]),
-                       chips=sorted(meta["chips"], key=lambda c: c["rank"]), nodes=len(meta["nodes"]))
-    except (KeyError, TypeError) as exc:
-        raise TraceFormatError(f"{path}: missing or malformed {exc}; the run directory is damaged") from None
 
 
 def _dict_array(codes: np.ndarray, vocab: list[str]) -> pa.DictionaryArray:
@@ -99,6 +48,98 @@ def _coll_id(rec: np.ndarray) -> np.ndarray:
     return (rec["group"].astype(np.int64) << 32) | rec["seq"].astype(np.int64)
 
 
+# ------------------------------------------------------------------------------ record checks
+
+#: Why a record inside a sound chunk is refused, in the order checked (code = index + 1).
+RECORD_CHECKS = (
+    "op-name id not in run.json's op_names",
+    "engine code not in run.json's engines",
+    "phase code not in run.json's phases",
+    "ends before it starts",
+    "time past 2**62 ns on the chip's clock",
+    "collective group not in run.json's groups",
+    "layer below -1",
+    "a FLOP or byte count of 2**63 or more",
+    "memory stall longer than the op",
+)
+#: Record fields the checks read, with the dtype each is gathered in.
+_CHECKED = {"start": np.float64, "end": np.float64, "name_id": np.int32, "engine": np.int32, "phase": np.int32,
+            "group": np.int64, "layer": np.int32, "flops": np.int64, "hbm_bytes": np.int64,
+            "net_bytes": np.int64, "stall_cycles": np.float64}
+
+
+def _gather(chunks: list[np.ndarray], field: str, dtype: type) -> np.ndarray:
+    """One field of many chunks into one contiguous array (a single strided copy each)."""
+    out: np.ndarray = np.empty(sum(len(c) for c in chunks), dtype)
+    pos = 0
+    for c in chunks:
+        out[pos:pos + len(c)] = c[field]
+        pos += len(c)
+    return out
+
+
+def _end_limit(chip: dict[str, Any]) -> float:
+    """Largest end cycle whose time in ns stays below MAX_TS_NS."""
+    return MAX_TS_NS / (1e9 / float(chip["clock_hz"]))
+
+
+def _invalid(cols: dict[str, np.ndarray], info: RunInfo, end_limit: float) -> np.ndarray | None:
+    """Per record, the 1-based index into RECORD_CHECKS of the first check it fails (0: sound);
+    None when every record passes (the common case: one fused pass of comparisons)."""
+    name, group = cols["name_id"], cols["group"]
+    start, end = cols["start"], cols["end"]
+    ok = [(name >= 0) & (name < len(info.names)),
+          cols["engine"] < len(info.engines),
+          cols["phase"] < len(info.phases),
+          end >= start,
+          end < end_limit,
+          (group == NO_GROUP) | (group < info.groups),
+          cols["layer"] >= NO_LAYER,
+          (cols["flops"] >= 0) & (cols["hbm_bytes"] >= 0) & (cols["net_bytes"] >= 0),
+          cols["stall_cycles"] <= end - start]
+    if np.logical_and.reduce(ok).all():
+        return None
+    code = np.zeros(len(start), np.uint8)
+    for i in range(len(ok) - 1, -1, -1):   # a loop over the checks: the first one failed wins
+        code[~ok[i]] = i + 1
+    return code
+
+
+@dataclass
+class _Refused:
+    """Records of one file refused on inspection, per reason: counted, the first few kept raw."""
+
+    count: dict[int, int]
+    first: dict[int, int]          # byte offset of the first refused record
+    raw: dict[int, list[bytes]]
+
+    SAMPLE = 64   # records kept raw per reason
+
+    @classmethod
+    def empty(cls) -> _Refused:
+        return cls({}, {}, {})
+
+    def add(self, code: np.ndarray, chunks: list[tuple[int, np.ndarray]]) -> np.ndarray:
+        """Note the refused records of a batch (``code`` from :func:`_invalid`); return the keep mask."""
+        starts = np.cumsum([0] + [len(r) for _, r in chunks])
+        for c in np.unique(code[code > 0]):   # a loop over reasons
+            idx = np.flatnonzero(code == c)
+            self.count[int(c)] = self.count.get(int(c), 0) + len(idx)
+            if int(c) not in self.first:
+                k = int(np.searchsorted(starts, idx[0], side="right") - 1)
+                self.first[int(c)] = chunks[k][0] + (int(idx[0]) - int(starts[k])) * RECORD_DTYPE.itemsize
+            have = self.raw.setdefault(int(c), [])
+            for i in idx[:max(self.SAMPLE - len(have), 0)]:   # at most SAMPLE records
+                k = int(np.searchsorted(starts, i, side="right") - 1)
+                have.append(chunks[k][1][int(i) - int(starts[k])].tobytes())
+        return code == 0
+
+    def pieces(self, source: str) -> list[Piece]:
+        return [Piece(source, self.first[c], n * RECORD_DTYPE.itemsize, n,
+                      f"records refused: {RECORD_CHECKS[c - 1]} (the first {len(self.raw[c])} kept raw)",
+                      b"".join(self.raw[c])) for c, n in sorted(self.count.items())]
+
+
 # ------------------------------------------------------------------------------ pass 1
 
 @dataclass
@@ -112,38 +153,55 @@ class _Collectives:
     start: np.ndarray
     end: np.ndarray
     bytes: np.ndarray
-    first_local: list[tuple[int, float]]   # (node, local ns) of each file's first record
-    sound: dict[str, list[tuple[int, int]]]   # per file: the chunks found sound
-    damaged: dict[str, list[Damaged]]         # per file: what was set aside
+    first_local: list[tuple[int, float]]   # (node, local ns) of each file's earliest sound record
 
 
-def _scan_collectives(files: list[tuple[dict, Path]], advance: Callable[[float], None]) -> _Collectives:
+def _first_start(rec: np.ndarray, info: RunInfo, limit: float) -> float | None:
+    """Start cycle of a chunk's earliest sound record (records are in time order: look at the
+    first few, the whole chunk only if none of those is sound)."""
+    for part in (rec[:16], rec):
+        cols = {f: part[f].astype(t) for f, t in _CHECKED.items()}
+        code = _invalid(cols, info, limit)
+        good = cols["start"] if code is None else cols["start"][code == 0]
+        if len(good):
+            return float(good.min())
+    return None
+
+
+def _scan_collectives(info: RunInfo, files: list[tuple[ChipFile, dict]],
+                      advance: Callable[[float], None]) -> _Collectives:
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("coll", "rank", "node", "name", "start", "end", "bytes")}
     first: list[tuple[int, float]] = []
-    sound: dict[str, list[tuple[int, int]]] = {}
-    damaged: dict[str, list[Damaged]] = {}
-    for chip, path in files:
-        with open_chip_file(path, chip["file"]) as f:
-            for rec in f.chunks():
-                if len(first) == 0 or first[-1][0] != -chip["rank"] - 1:
-                    first.append((-chip["rank"] - 1, float(_ns(rec["start"][:1], chip)[0])))
-                coll = rec[rec["group"] != NO_GROUP]
-                parts["coll"].append(_coll_id(coll))
-                parts["rank"].append(np.full(len(coll), chip["rank"], np.int32))
-                parts["node"].append(np.full(len(coll), chip["node"], np.int32))
-                parts["name"].append(coll["name_id"].astype(np.int32))
-                parts["start"].append(_ns(coll["start"], chip))
-                parts["end"].append(_ns(coll["end"], chip))
-                parts["bytes"].append(coll["net_bytes"].astype(np.int64))
-                del rec, coll
-            sound[chip["file"]], damaged[chip["file"]] = f.sound, f.damaged
+    for f, chip in files:
+        limit, to_ns = _end_limit(chip), 1e9 / float(chip["clock_hz"])
+        earliest: list[float] = []
+
+        def take(seq: int, rec: np.ndarray) -> None:
+            t = _first_start(rec, info, limit)
+            if t is not None:
+                earliest.append(t)
+            coll = rec[rec["group"] != NO_GROUP]
+            if not len(coll):
+                return
+            code = _invalid({k: _gather([coll], k, t) for k, t in _CHECKED.items()}, info, limit)
+            if code is not None:   # pass 2 refuses (and counts) the same records
+                coll = coll[code == 0]
+            parts["coll"].append(_coll_id(coll))
+            parts["rank"].append(np.full(len(coll), chip["rank"], np.int32))
+            parts["node"].append(np.full(len(coll), chip["node"], np.int32))
+            parts["name"].append(coll["name_id"].astype(np.int32))
+            parts["start"].append(coll["start"] * to_ns)
+            parts["end"].append(coll["end"] * to_ns)
+            parts["bytes"].append(coll["net_bytes"].astype(np.int64))
+
+        f.scan(take)
+        if earliest:
+            first.append((chip["node"], min(earliest) * to_ns))
         advance(f.size)
     dtypes = {"coll": np.int64, "rank": np.int32, "node": np.int32, "name": np.int32, "start": np.float64,
               "end": np.float64, "bytes": np.int64}
     arrays = {k: np.concatenate(v) if v else np.zeros(0, dtypes[k]) for k, v in parts.items()}
-    node_of_rank = {c["rank"]: c["node"] for c, _ in files}
-    return _Collectives(**arrays, first_local=[(node_of_rank[-r - 1], t) for r, t in first],
-                        sound=sound, damaged=damaged)
+    return _Collectives(**arrays, first_local=first)
 
 
 def _collectives_table(info: RunInfo, c: _Collectives, clock: ClockMap, origin: float) -> tuple[pa.Table, int, float]:
@@ -176,109 +234,109 @@ def _collectives_table(info: RunInfo, c: _Collectives, clock: ClockMap, origin: 
 
 # ------------------------------------------------------------------------------ pass 2
 
-def _gather(chunks: list[np.ndarray], field: str, dtype: type) -> np.ndarray:
-    """One field of many chunks into one contiguous array (a single strided copy each)."""
-    out: np.ndarray = np.empty(sum(len(c) for c in chunks), dtype)
-    pos = 0
-    for c in chunks:
-        out[pos:pos + len(c)] = c[field]
-        pos += len(c)
-    return out
-
-
-def _events_table(info: RunInfo, chunks: list[np.ndarray], chip: dict[str, Any], clock: ClockMap,
-                  origin: float) -> pa.Table:
+def _events_table(info: RunInfo, chunks: list[tuple[int, np.ndarray]], chip: dict[str, Any], clock: ClockMap,
+                  origin: float, refused: _Refused) -> pa.Table:
+    recs = [r for _, r in chunks]
+    cols = {k: _gather(recs, k, t) for k, t in _CHECKED.items()}
+    code = _invalid(cols, info, _end_limit(chip))
+    seq = _gather(recs, "seq", np.int64)
+    step = _gather(recs, "step", np.int64)
+    if code is not None:
+        keep = refused.add(code, chunks)
+        cols = {k: v[keep] for k, v in cols.items()}
+        seq, step = seq[keep], step[keep]
     node = chip["node"]
-    start, end = _gather(chunks, "start", np.float64), _gather(chunks, "end", np.float64)
-    n = len(start)
+    n = len(seq)
     to_ns = 1e9 / float(chip["clock_hz"])
-    ts = np.rint(clock.apply(start * to_ns, node) - origin).astype(np.int64)
-    end_ns = np.rint(clock.apply(end * to_ns, node) - origin).astype(np.int64)
-    name = _gather(chunks, "name_id", np.int32)
-    layer = _gather(chunks, "layer", np.int32)
-    group = _gather(chunks, "group", np.int64)
-    seq = _gather(chunks, "seq", np.int64)
+    ts = np.rint(clock.apply(cols["start"] * to_ns, node) - origin).astype(np.int64)
+    end_ns = np.rint(clock.apply(cols["end"] * to_ns, node) - origin).astype(np.int64)
+    name, layer, group = cols["name_id"], cols["layer"], cols["group"]
     columns = {
         "ts": ts, "dur": end_ns - ts,
         "node": np.full(n, node, np.int32), "chip": np.full(n, chip["chip"], np.int32),
         "rank": np.full(n, chip["rank"], np.int32),
-        "track": _dict_array(_gather(chunks, "engine", np.int32), info.engines),
+        "track": _dict_array(cols["engine"], info.engines),
         "name": _dict_array(name, info.names),
         "op": _dict_array(info.op_of_name[name], info.ops),
         "category": _dict_array(info.category_of_name[name], info.categories),
         "layer": pa.array(layer, pa.int32(), mask=layer == NO_LAYER),
-        "step": _gather(chunks, "step", np.int64),
-        "phase": _dict_array(_gather(chunks, "phase", np.int32), info.phases),
-        "flops": _gather(chunks, "flops", np.int64), "hbm_bytes": _gather(chunks, "hbm_bytes", np.int64),
-        "net_bytes": _gather(chunks, "net_bytes", np.int64),
-        "stall_mem_ns": np.rint(_gather(chunks, "stall_cycles", np.float64) * to_ns).astype(np.int64),
+        "step": step,
+        "phase": _dict_array(cols["phase"], info.phases),
+        "flops": cols["flops"], "hbm_bytes": cols["hbm_bytes"], "net_bytes": cols["net_bytes"],
+        "stall_mem_ns": np.rint(cols["stall_cycles"] * to_ns).astype(np.int64),
         "coll_id": pa.array((group << 32) | seq, pa.int64(), mask=group == NO_GROUP),
         "correlation": pa.nulls(n, pa.int64()),
     }
     return pa.table(columns, schema=EVENTS.schema)
 
 
-def _write_events(info: RunInfo, files: list[tuple[dict, Path]], found: _Collectives, clock: ClockMap,
-                  origin: float, writer: StoreWriter, advance: Callable[[float], None]) -> int:
-    """Pass 2: every sound chunk (as pass 1 found them, CRCs not re-checked) to events."""
+def _write_events(info: RunInfo, files: list[tuple[ChipFile, dict]], clock: ClockMap, origin: float,
+                  writer: StoreWriter, advance: Callable[[float], None]) -> int:
+    """Pass 2: every kept chunk (CRC32 checked again) to events; refused records counted per file."""
     events = 0
-    for chip, path in files:
-        with open_chip_file(path, chip["file"]) as f:
-            batch: list[np.ndarray] = []
-            held = 0
-            for rec in f.chunks(trusted=found.sound[chip["file"]]):
-                batch.append(rec)
-                held += len(rec)
-                if held >= BATCH_RECORDS:
-                    writer.write_events(_events_table(info, batch, chip, clock, origin))
-                    events += held
-                    batch, held = [], 0
-            if held:
-                writer.write_events(_events_table(info, batch, chip, clock, origin))
-                events += held
-            del batch
+    for f, chip in files:
+        refused = _Refused.empty()
+        batch: list[tuple[int, np.ndarray]] = []
+        held = 0
+        for offset, rec in f.kept_chunks():
+            batch.append((offset, rec))
+            held += len(rec)
+            if held >= BATCH_RECORDS:
+                table = _events_table(info, batch, chip, clock, origin, refused)
+                writer.write_events(table)
+                events += table.num_rows
+                batch, held = [], 0
+        if held:
+            table = _events_table(info, batch, chip, clock, origin, refused)
+            writer.write_events(table)
+            events += table.num_rows
+        del batch
+        f.account.set_aside(sum(refused.count.values()))
+        f.pieces += refused.pieces(f.source)
         advance(f.size)
     return events
 
 
 # ------------------------------------------------------------------------------ host events
 
-def _host_tables(info: RunInfo, clock: ClockMap, origin: float) -> tuple[pa.Table, pa.Table, list[Damaged]]:
-    """requests.parquet from request lifecycle events, counters.parquet from scheduler steps.
+def _host_tables(info: RunInfo, clock: ClockMap, origin: float) -> tuple[pa.Table, pa.Table, list[Piece], dict]:
+    """requests.parquet from request lifecycle events, counters.parquet from scheduler steps,
+    what was set aside, and the lines' accounting.
 
-    Lines are parsed one by one (the parser's minimum; an unreadable line is quarantined, the
-    rest kept); everything after that is columnar."""
+    Lines are decoded one by one by a typed decoder (the parser's minimum; a line that is not a
+    valid host event is quarantined with why, the rest kept); everything after that is columnar."""
     rows: list[dict[str, Any]] = []
-    damaged: list[Damaged] = []
-    tp = int(info.meta.get("parallel", {}).get("tp", 1))
+    damaged: list[Piece] = []
+    lines = 0
+    world = len(info.chips)
     for entry in info.meta["nodes"]:
         node, rel = int(entry["node"]), entry["host_events"]
         path = info.root / rel
         if not path.is_file():
-            damaged.append(Damaged(rel, 0, 0, 0, "host event file missing", b""))
+            damaged.append(Piece(rel, 0, 0, 0, "host event file missing", b""))
             continue
         offset = 0
-        for line in path.read_bytes().split(b"\n"):
+        for line in path.read_bytes().split(b"\n"):   # a loop over lines: the JSON parser's unit
             start, offset = offset, offset + len(line) + 1
             if not line.strip():
                 continue
-            try:
-                ev = orjson.loads(line)
-                ev["ts"] = float(ev["ts"])
-                ev["type"] = str(ev["type"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                damaged.append(Damaged(rel, start, len(line), 1, "unreadable host event line", line))
+            lines += 1
+            ev = decode_host_line(line)
+            if not isinstance(ev, str) and ev.replica is not None and ev.replica * info.tp >= world:
+                ev = f"invalid host event (replica {ev.replica} has no chips in this run)"
+            if isinstance(ev, str):
+                damaged.append(Piece(rel, start, len(line), 1, ev, line[:4096]))
                 continue
-            ev["node"] = node
-            rows.append(ev)
-    frame = pd.DataFrame(rows, columns=sorted({k for r in rows for k in r} | {"ts", "type", "node", "request",
-                                                                             "replica", "prompt_tokens",
-                                                                             "output_tokens", "prefill_tokens",
-                                                                             "decode_tokens"}))
+            rows.append({"ts": ev.ts, "type": ev.type, "node": node, "request": ev.request, "replica": ev.replica,
+                         "prompt_tokens": ev.prompt_tokens, "output_tokens": ev.output_tokens,
+                         "prefill_tokens": ev.prefill_tokens, "decode_tokens": ev.decode_tokens})
+    frame = pd.DataFrame(rows, columns=["ts", "type", "node", "request", "replica", "prompt_tokens",
+                                        "output_tokens", "prefill_tokens", "decode_tokens"])
     frame["t"] = np.rint(clock.apply(frame["ts"].to_numpy(float), frame["node"].to_numpy(int)) - origin)
     steps = frame[frame["type"] == "step"]
-    counters = pd.concat([pd.DataFrame({"ts": steps["t"].astype("int64"), "rank": (steps["replica"] * tp).astype("int32"),
-                                        "counter": name, "value": steps[name].fillna(0).astype(float)})
+    counters = pd.concat([pd.DataFrame({"ts": steps["t"].astype("int64"),
+                                        "rank": (steps["replica"].astype("int64") * info.tp).astype("int32"),
+                                        "counter": name, "value": steps[name].astype(float).fillna(0)})
                           for name in ("prefill_tokens", "decode_tokens")], ignore_index=True)
     life = frame[frame["type"].isin(["arrival", "first_token", "finish"]) & frame["request"].notna()]
     times = life.pivot_table(index="request", columns="type", values="t", aggfunc="first")
@@ -291,23 +349,21 @@ def _host_tables(info: RunInfo, clock: ClockMap, origin: float) -> tuple[pa.Tabl
         v = times[col].to_numpy(float)
         return pa.array(np.nan_to_num(v).astype(np.int64), pa.int64(), mask=np.isnan(v))
 
+    replica = info_rows["replica"].to_numpy(float)
     requests = pa.table({
         "request_id": arrived.to_numpy().astype(np.int64),
-        "replica": pa.array(info_rows["replica"].to_numpy(float).astype(np.int64), pa.int32()),
+        "replica": pa.array(np.nan_to_num(replica, nan=0).astype(np.int64), pa.int32(), mask=np.isnan(replica)),
         "arrival": ns("arrival"), "first_token": ns("first_token"), "finish": ns("finish"),
-        "prompt_tokens": info_rows["prompt_tokens"].fillna(0).to_numpy().astype(np.int64),
-        "output_tokens": info_rows["output_tokens"].fillna(0).to_numpy().astype(np.int64)})
+        "prompt_tokens": info_rows["prompt_tokens"].astype(float).fillna(0).to_numpy().astype(np.int64),
+        "output_tokens": info_rows["output_tokens"].astype(float).fillna(0).to_numpy().astype(np.int64)})
     counter_table = pa.table({"ts": counters["ts"].to_numpy(), "rank": counters["rank"].to_numpy(),
                               "counter": pa.array(counters["counter"].to_numpy(), pa.string()),
                               "value": counters["value"].to_numpy()})
-    return requests, counter_table, damaged
+    bad = sum(d.records for d in damaged)
+    return requests, counter_table, damaged, {"lines": lines, "kept": lines - bad, "quarantined": bad}
 
 
-def _rel(info: RunInfo, path: Path) -> str:
-    return path.relative_to(info.root).as_posix()
-
-
-def _quarantine_table(damaged: list[Damaged]) -> pa.Table:
+def _quarantine_table(damaged: list[Piece]) -> pa.Table:
     return pa.table({"source": pa.array([d.source for d in damaged], pa.string()),
                      "offset": pa.array([d.offset for d in damaged], pa.int64()),
                      "length": pa.array([d.length for d in damaged], pa.int64()),
@@ -318,44 +374,81 @@ def _quarantine_table(damaged: list[Damaged]) -> pa.Table:
 
 # ------------------------------------------------------------------------------ driver
 
+def _open_files(info: RunInfo) -> tuple[list[tuple[ChipFile, dict]], list[FileAccount], list[Piece]]:
+    """Open every chip file run.json lists; a missing one is accounted for as lost."""
+    files: list[tuple[ChipFile, dict]] = []
+    missing: list[FileAccount] = []
+    pieces: list[Piece] = []
+    try:
+        for slot, chip in zip(info.slots, info.chips):
+            path = info.root / slot.source
+            if not path.is_file():
+                missing.append(FileAccount(slot.source, slot.rank, slot.records, lost=slot.records,
+                                           refused="chip trace file missing"))
+                pieces.append(Piece(slot.source, 0, 0, 0, "chip trace file missing", b""))
+                continue
+            files.append((ChipFile(path, slot), chip))
+    except BaseException:
+        for f, _ in files:
+            f.close()
+        raise
+    return files, missing, pieces
+
+
+def _check_clock(clock: ClockMap, root: Path) -> None:
+    """A fitted clock must be physical: drift far below 1 %, offsets well inside int64 ns."""
+    if not (np.all(np.isfinite(clock.scale)) and np.all(np.abs(clock.scale - 1) < 0.01)
+            and np.all(np.isfinite(clock.offset)) and np.all(np.abs(clock.offset) < MAX_TS_NS / 2)):
+        raise TraceFormatError(f"{root}: aligning the nodes' clocks gave a drift or offset no real clock has "
+                               f"(scales {np.round(clock.scale, 6).tolist()}); its collectives or clock_sync "
+                               f"snapshots are damaged")
+
+
 def collect_sohu(root: PathLike, store_path: PathLike, *, force: bool = False,
                  show_progress: bool | None = None) -> dict[str, Any]:
     """Collect a raw Sohu run directory into the trace store at ``store_path``.
 
-    Returns a summary: ``events``, ``quarantined_pieces``, ``quarantined_records``,
-    ``records_expected`` (what run.json says was written), the clock alignment and its
-    causality violations.
+    Returns a summary: ``events`` (records kept), ``records_expected`` (what run.json says was
+    written), ``quarantined_records``, ``records_lost`` (their sum with ``events`` is
+    ``records_expected``, per file too: ``files``), ``quarantined_pieces``,
+    ``duplicates_dropped``, ``refused_files``, the clock alignment and its causality violations.
 
     Raises
     ------
     TraceFormatError
-        ``root`` is not a readable Sohu run directory.
+        ``root`` is not a readable Sohu run directory, or a chip file changed while it was read.
     OutputError
         ``store_path`` exists (without ``force``) or cannot be written.
     """
     info = read_run_info(Path(root))
-    files: list[tuple[dict, Path]] = []
-    missing: list[Damaged] = []
-    for chip in info.chips:
-        path = info.root / chip["file"]
-        if path.is_file():
-            files.append((chip, path))
-        else:
-            missing.append(Damaged(chip["file"], 0, 0, int(chip.get("records", 0)), "chip trace file missing", b""))
-    if not files:
-        raise TraceFormatError(f"{info.root}: none of the {len(info.chips)} chip trace files listed in run.json exist")
-    total = sum(p.stat().st_size for _, p in files)
+    files, missing, missing_pieces = _open_files(info)
+    try:
+        if not files:
+            raise TraceFormatError(f"{info.root}: none of the {len(info.chips)} chip trace files listed in "
+                                   f"run.json exist")
+        return _collect(info, files, missing, missing_pieces, store_path, force=force, show_progress=show_progress)
+    finally:
+        for f, _ in files:
+            f.close()
+
+
+def _collect(info: RunInfo, files: list[tuple[ChipFile, dict]], missing: list[FileAccount],
+             missing_pieces: list[Piece], store_path: PathLike, *, force: bool,
+             show_progress: bool | None) -> dict[str, Any]:
+    total = sum(f.size for f, _ in files)
     with progress("collecting", 2 * total, enabled=show_progress, unit="bytes") as advance:
-        found = _scan_collectives(files, advance)
-        clock = fit_clocks(info.nodes, found.coll, found.node, found.end, info.meta.get("clock_sync"))
+        found = _scan_collectives(info, files, advance)
+        clock = fit_clocks(info.nodes, found.coll, found.node, found.end, info.clock_sync)
+        _check_clock(clock, info.root)
         origin = min(float(clock.apply(np.array([t]), n)[0]) for n, t in found.first_local) if found.first_local else 0.0
         with StoreWriter(store_path, force=force) as writer:
             # Alternate nodes so the store's writer threads encode two node partitions at once;
             # each node still receives its ranks in increasing order.
-            interleaved = sorted(files, key=lambda f: (f[0]["chip"], f[0]["node"]))
-            events = _write_events(info, interleaved, found, clock, origin, writer, advance)
-            requests, counters, host_damaged = _host_tables(info, clock, origin)
-            damaged = missing + [d for _, p in files for d in found.damaged[_rel(info, p)]] + host_damaged
+            interleaved = sorted(files, key=lambda f: (f[1]["chip"], f[1]["node"]))
+            events = _write_events(info, interleaved, clock, origin, writer, advance)
+            requests, counters, host_damaged, host_counts = _host_tables(info, clock, origin)
+            accounts = sorted([f.account for f, _ in files] + missing, key=lambda a: a.rank)
+            damaged = missing_pieces + [p for f, _ in files for p in f.pieces] + host_damaged
             # Built after the events pass, and pass 1's arrays dropped once it is: the two are
             # the largest things a collect holds (tens of bytes per collective member each).
             pa.default_memory_pool().release_unused()   # the events pass's decode buffers
@@ -367,17 +460,30 @@ def collect_sohu(root: PathLike, store_path: PathLike, *, force: bool = False,
             writer.write_table(COUNTERS, counters)
             writer.write_table(QUARANTINE, _quarantine_table(damaged) if damaged else QUARANTINE.empty())
             alignment = dict(clock.to_dict(), causality_violations=violations, worst_violation_ns=worst)
-            counts = {"records_expected": int(sum(c.get("records", 0) for c in info.chips)), "events": events,
-                      "quarantined_pieces": len(damaged),
-                      "quarantined_records": int(sum(d.records for d in damaged)),
-                      "files": len(files)}
+            counts = _counts(accounts, damaged, host_counts, events)
             meta = info.meta
             writer.write_manifest({
                 "source": {"format": FORMAT_NAME, "version": meta.get("version"), "path": str(info.root),
-                           "generator": meta.get("generator")},
+                           "generator": meta.get("generator"), "run_id": meta.get("run_id")},
                 "hardware": meta.get("hardware"), "model": meta.get("model"), "parallel": meta.get("parallel"),
                 "workload": meta.get("workload"),
                 "ranks": [{"rank": c["rank"], "node": c["node"], "chip": c["chip"]} for c in info.chips],
                 "time_origin": {"node": clock.reference, "local_ns": origin},
                 "clock_alignment": alignment, "counts": counts})
-    return {"store": str(store_path), "format": FORMAT_NAME, "clock_alignment": alignment, **counts}
+    return {"store": str(store_path), "format": FORMAT_NAME, "clock_alignment": alignment, **counts,
+            "files": len(files), "file_counts": counts["files"]}
+
+
+def _counts(accounts: list[FileAccount], damaged: list[Piece], host: dict, events: int) -> dict[str, Any]:
+    """The manifest's ``counts``: per file and in total, kept + quarantined + lost = expected."""
+    kept = sum(a.kept for a in accounts)
+    if kept != events:   # a bug, not bad input: the store would not match its own accounting
+        raise RuntimeError(f"accounting mismatch: {kept} records kept, {events} events written")
+    return {"records_expected": sum(a.expected for a in accounts), "events": events,
+            "quarantined_records": sum(a.quarantined for a in accounts),
+            "records_lost": sum(a.lost for a in accounts),
+            "duplicates_dropped": sum(a.duplicates_dropped for a in accounts),
+            "quarantined_pieces": len(damaged),
+            "refused_files": [{"file": a.file, "reason": a.refused} for a in accounts if a.refused],
+            "host_events": host,
+            "files": [a.to_dict() for a in accounts]}

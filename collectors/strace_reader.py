@@ -1,32 +1,54 @@
-"""Decode raw Sohu ``.strace`` files chunk by chunk, setting damaged pieces aside.
+"""Decode raw Sohu ``.strace`` files chunk by chunk, accounting for every record written.
 
-A chunk is kept only if its magic, record count and CRC32 check out; anything else (a flipped
-byte, a truncated tail, garbage between chunks) is quarantined with its file, byte offset, length
-and reason, and decoding resumes at the next sound chunk. Records are zero-copy views
-(``numpy.frombuffer``) into the memory-mapped file.
+Each file fills a *slot* of the run (a node and chip, records and chunks that ``run.json`` says
+were written). A chunk is kept only if its magic, record count and CRC32 check out and its sequence
+number and record count fit the slot; anything else is set aside as a :class:`Piece` (file, byte
+offset, length, reason, the bytes) and decoding resumes at the next sound chunk. Afterwards every
+record the slot should hold is in exactly one of three places, so ``kept + quarantined + lost ==
+expected`` always:
+
+- **kept**: in a sound chunk with the sequence number it was written under (a duplicate of a
+  chunk already kept is dropped and counted apart: its records are not the slot's again);
+- **quarantined**: its chunk is missing, but damaged bytes where it should be (between the kept
+  chunks before and after it) could hold it: a flipped byte, a truncated tail. The records such
+  bytes could hold are counted by length (header-sized chunk framing taken off), never more than
+  the missing chunks held: garbage between two sound chunks holds none;
+- **lost**: its bytes are not in the file at all (a chunk cut out, a file cut short or missing).
+
+Files are read with positioned reads, not a memory map: a file that shrinks while it is read is a
+clear error, not a SIGBUS, and the second pass re-checks every chunk's CRC32 so no byte is stored
+that was not checked.
 """
 
 from __future__ import annotations
 
-import mmap
-import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from isal import isal_zlib
 
 from sohuprof.errors import TraceFormatError
-from sohuprof.strace import CHUNK_HEADER, CHUNK_MAGIC, FILE_HEADER, FILE_MAGIC, FORMAT_VERSION, RECORD_DTYPE
+from sohuprof.strace import (CHUNK_HEADER, CHUNK_MAGIC, FILE_HEADER, FILE_HEADER_CRC_SPAN, FILE_HEADER_V1,
+                             FILE_MAGIC, FORMAT_VERSION, RECORD_DTYPE)
 
-__all__ = ["Damaged", "ChipFile", "open_chip_file"]
+__all__ = ["Piece", "Slot", "FileAccount", "ChipFile", "RAW_LIMIT"]
 
 _REC = RECORD_DTYPE.itemsize
+_HDR = CHUNK_HEADER.size
+#: Bytes of a damaged piece kept in quarantine.parquet (``length`` gives the whole extent).
+RAW_LIMIT = 16 << 20
+#: Bytes read at a time while searching for the next chunk after damage.
+_WINDOW = 1 << 20
 
 
 @dataclass(frozen=True)
-class Damaged:
-    """A piece of a file that could not be read."""
+class Piece:
+    """Something set aside: a damaged range of a file, or records refused inside sound chunks."""
 
     source: str
     offset: int
@@ -36,35 +58,92 @@ class Damaged:
     raw: bytes
 
 
-class ChipFile:
-    """One chip's trace file, memory-mapped. Iterate :meth:`chunks` for sound record arrays;
-    :attr:`damaged` lists what was set aside (complete once :meth:`chunks` is exhausted)."""
+@dataclass(frozen=True)
+class Slot:
+    """What ``run.json`` says one chip file must hold."""
 
-    def __init__(self, path: Path, source: str) -> None:
-        self.path, self.source = path, source
-        self.damaged: list[Damaged] = []
-        self.sound: list[tuple[int, int]] = []   # (payload offset, records) of each sound chunk
-        self.size = path.stat().st_size
-        self._file = open(path, "rb")
-        self._buf: mmap.mmap | bytes = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
-        if self.size < FILE_HEADER.size:
-            raise TraceFormatError(f"{source}: {self.size} bytes is too short for a .strace header")
-        magic, version, self.node, self.chip, rec_size, self.chunk_records = FILE_HEADER.unpack_from(self._buf, 0)
-        if magic != FILE_MAGIC:
-            raise TraceFormatError(f"{source}: not a Sohu trace (bad magic {magic!r})")
-        if version > FORMAT_VERSION:
-            raise TraceFormatError(f"{source}: format version {version} is newer than this sohuprof reads "
-                                   f"({FORMAT_VERSION}); upgrade sohuprof")
-        if rec_size != _REC:
-            raise TraceFormatError(f"{source}: record size {rec_size}, expected {_REC}")
+    source: str
+    rank: int
+    node: int
+    chip: int
+    records: int
+    chunks: int
+    chunk_records: int | None   # None: take the file header's (a version 1 run.json)
+    run_id: bytes | None        # None: a version 1 run, whose files carry no id
+
+    def expected_count(self, seq: int, chunk_records: int) -> int:
+        """Records chunk ``seq`` must hold: full chunks, then the remainder."""
+        return chunk_records if seq < self.chunks - 1 else self.records - (self.chunks - 1) * chunk_records
+
+
+@dataclass
+class FileAccount:
+    """Where each record of one slot went: ``kept + quarantined + lost == expected``."""
+
+    file: str
+    rank: int
+    expected: int
+    kept: int = 0
+    quarantined: int = 0
+    lost: int = 0
+    duplicates_dropped: int = 0
+    refused: str | None = None
+
+    def set_aside(self, records: int) -> None:
+        """Move ``records`` kept records (refused on inspection) to quarantined."""
+        self.kept -= records
+        self.quarantined += records
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"file": self.file, "rank": self.rank, "expected": self.expected, "kept": self.kept,
+               "quarantined": self.quarantined, "lost": self.lost, "duplicates_dropped": self.duplicates_dropped}
+        if self.refused:
+            out["refused"] = self.refused
+        return out
+
+
+@dataclass(frozen=True)
+class _Kept:
+    offset: int    # of the payload
+    count: int
+    crc: int
+
+
+@dataclass
+class _Gap:
+    """Damaged pieces between two kept chunks (``before``/``after`` are sequence numbers)."""
+
+    before: int
+    pieces: list[int] = field(default_factory=list)   # indices into ChipFile.pieces
+
+
+class ChipFile:
+    """One chip's trace file checked against its slot; use as a context manager.
+
+    :meth:`scan` (pass 1) checks every chunk and hands each kept chunk's records to a callback;
+    :attr:`pieces` and :attr:`account` are complete once it returns. :meth:`kept_chunks`
+    (pass 2) reads the kept chunks again, in sequence order, re-checking their CRC32.
+    """
+
+    def __init__(self, path: Path, slot: Slot) -> None:
+        self.path, self.slot = path, slot
+        self.source = slot.source
+        self.pieces: list[Piece] = []
+        self.account = FileAccount(slot.source, slot.rank, slot.records)
+        self._kept: dict[int, _Kept] = {}
+        self._fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self._fd).st_size
+        self.header_size = FILE_HEADER.size
+        self.chunk_records = slot.chunk_records or 0
+        self._scanned = False
+        self._check_header()
+
+    # -- file access ----------------------------------------------------------------------
 
     def close(self) -> None:
-        if isinstance(self._buf, mmap.mmap):
-            try:
-                self._buf.close()
-            except BufferError:   # a caller still holds a record view; the map closes with it
-                pass
-        self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> ChipFile:
         return self
@@ -72,71 +151,191 @@ class ChipFile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _sound_at(self, pos: int) -> int:
-        """Record count of a sound chunk at ``pos``, or -1."""
-        buf, n = self._buf, self.size
-        if pos + CHUNK_HEADER.size > n:
-            return -1
-        magic, _seq, count, crc = CHUNK_HEADER.unpack_from(buf, pos)
-        end = pos + CHUNK_HEADER.size + count * _REC
-        if magic != CHUNK_MAGIC or not 0 < count <= self.chunk_records or end > n:
-            return -1
-        return count if zlib.crc32(buf[pos + CHUNK_HEADER.size:end]) == crc else -1
+    def _read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; the file is not allowed to have shrunk meanwhile."""
+        data = os.pread(self._fd, length, offset)
+        if len(data) < length and offset + length <= self.size:
+            raise TraceFormatError(f"{self.source} shrank while it was being collected ({self.size:,} bytes "
+                                   f"at the start); collect again once nothing writes to it")
+        return data
+
+    # -- header and provenance ------------------------------------------------------------
+
+    def _check_header(self) -> None:
+        slot = self.slot
+        head = self._read(0, min(self.size, FILE_HEADER.size))
+        if len(head) < FILE_HEADER_V1.size:
+            self._refuse(f"{len(head)} bytes: too short for a file header", damaged=True)
+            return
+        magic, version = struct.unpack_from("<8sH", head)
+        if magic == FILE_MAGIC and version == 1:
+            _, _, node, chip, rec_size, chunk_records = FILE_HEADER_V1.unpack_from(head)
+            self.header_size = FILE_HEADER_V1.size
+            if slot.run_id is not None:
+                self._refuse(f"a version 1 file carries no run id; this run's files carry {slot.run_id.hex()}")
+            elif rec_size != _REC or not 0 < chunk_records < 1 << 31:
+                self._refuse(f"record size {rec_size} / chunk size {chunk_records} in the header; "
+                             f"this sohuprof reads {_REC}-byte records", damaged=True)
+            elif (node, chip) != (slot.node, slot.chip):
+                self._refuse(f"its header says node {node} chip {chip}: another chip's file")
+            else:
+                self.chunk_records = slot.chunk_records or chunk_records
+            return
+        if len(head) < FILE_HEADER.size:
+            self._refuse(f"{len(head)} bytes: too short for a version {FORMAT_VERSION} file header", damaged=True)
+            return
+        magic, version, node, chip, rec_size, chunk_records, run_id, crc = FILE_HEADER.unpack(head)
+        intact = magic == FILE_MAGIC and isal_zlib.crc32(head[:FILE_HEADER_CRC_SPAN]) == crc
+        if intact and version > FORMAT_VERSION:
+            raise TraceFormatError(f"{self.source}: format version {version} is newer than this sohuprof reads "
+                                   f"({FORMAT_VERSION}); upgrade sohuprof")
+        want_k = slot.chunk_records if slot.chunk_records is not None else chunk_records
+        if not 0 < want_k < 1 << 31:
+            self._refuse(f"chunk size {chunk_records} in the header", damaged=True)
+            return
+        self.chunk_records = want_k
+        belongs = (run_id == slot.run_id and (node, chip) == (slot.node, slot.chip)
+                   and rec_size == _REC and chunk_records == want_k)
+        if intact and version == FORMAT_VERSION:
+            if run_id != slot.run_id:
+                theirs = slot.run_id.hex() if slot.run_id else "none"
+                self._refuse(f"from another run (run id {run_id.hex()}, this run's is {theirs})")
+            elif (node, chip) != (slot.node, slot.chip):
+                self._refuse(f"its header says node {node} chip {chip}: another chip's file")
+            elif not belongs:
+                self._refuse(f"record size {rec_size} / chunk size {chunk_records} in the header disagree "
+                             f"with run.json ({_REC} / {want_k})", damaged=True)
+        elif belongs:
+            # A damaged byte outside the identity fields: the run id, node and chip still match,
+            # so the chunks (each CRC-checked) are this slot's.
+            self.pieces.append(Piece(self.source, 0, FILE_HEADER.size, 0,
+                                     "damaged file header (its run id, node and chip match; chunks kept)", head))
+        else:
+            self._refuse("damaged file header: which run and chip it belongs to cannot be read", damaged=True)
+
+    def _refuse(self, why: str, *, damaged: bool = False) -> None:
+        """Set the whole file aside. A damaged file's bytes may hold the slot's records (counted
+        as quarantined by length); a foreign file's hold another slot's (the slot's are lost)."""
+        acc, slot = self.account, self.slot
+        acc.refused = why
+        if damaged:
+            framing = self.header_size + slot.chunks * _HDR
+            held = min(slot.records, max(self.size - framing, 0) // _REC)
+            raw = self._read(0, min(self.size, RAW_LIMIT))
+        else:
+            held, raw = 0, self._read(0, min(self.size, self.header_size))
+        acc.quarantined, acc.lost = held, slot.records - held
+        self.pieces.append(Piece(self.source, 0, self.size, held, f"file refused: {why}", raw))
+        self._scanned = True
+
+    # -- pass 1 ---------------------------------------------------------------------------
+
+    def _chunk_at(self, pos: int) -> tuple[int, int, int, bytes] | str:
+        """``(seq, count, crc, payload)`` of a sound chunk at ``pos``, else why it is not one."""
+        if pos + _HDR > self.size:
+            return "truncated chunk header"
+        magic, seq, count, crc = CHUNK_HEADER.unpack(self._read(pos, _HDR))
+        if magic != CHUNK_MAGIC:
+            return "bad chunk magic"
+        if not 0 < count <= self.chunk_records:
+            return f"bad chunk header (record count {count})"
+        if pos + _HDR + count * _REC > self.size:
+            return f"truncated chunk: {self.size - pos - _HDR:,} of {count * _REC:,} payload bytes"
+        payload = self._read(pos + _HDR, count * _REC)
+        if isal_zlib.crc32(payload) != crc:
+            return "CRC32 mismatch"
+        return seq, count, crc, payload
 
     def _resync(self, start: int) -> int:
         """Offset of the next sound chunk at or after ``start`` (the file size if none)."""
         pos = start
-        while True:
-            pos = self._buf.find(CHUNK_MAGIC, pos)
-            if pos < 0:
-                return self.size
-            if self._sound_at(pos) > 0:
-                return pos
-            pos += 1
+        while pos < self.size:
+            window = self._read(pos, min(_WINDOW, self.size - pos))
+            hit = window.find(CHUNK_MAGIC)
+            while hit >= 0:
+                if not isinstance(self._chunk_at(pos + hit), str):
+                    return pos + hit
+                hit = window.find(CHUNK_MAGIC, hit + 1)
+            if len(window) <= len(CHUNK_MAGIC):
+                break
+            pos += len(window) - (len(CHUNK_MAGIC) - 1)   # a magic may straddle two windows
+        return self.size
 
-    def _set_aside(self, offset: int, end: int, records: int, reason: str) -> None:
-        self.damaged.append(Damaged(self.source, offset, end - offset, records, reason, bytes(self._buf[offset:end])))
-
-    def chunks(self, *, trusted: list[tuple[int, int]] | None = None) -> Iterator[np.ndarray]:
-        """Yield each sound chunk's records (read-only views, in file order).
-
-        ``trusted`` is :attr:`sound` of an earlier full check of the same file: those chunks are
-        read again without re-checking their CRC32.
-        """
-        if trusted is not None:
-            for offset, count in trusted:
-                yield np.frombuffer(self._buf, RECORD_DTYPE, count, offset)
+    def scan(self, on_chunk: Callable[[int, np.ndarray], None] | None = None) -> None:
+        """Pass 1: check every chunk; call ``on_chunk(seq, records)`` for each one kept (records
+        are a read-only view valid for the call), then account for every record of the slot."""
+        if self._scanned:
             return
-        buf, n, pos = self._buf, self.size, FILE_HEADER.size
-        hdr = CHUNK_HEADER.size
-        while pos < n:
-            if pos + hdr > n:
-                self._set_aside(pos, n, 0, "truncated chunk header")
-                return
-            magic, _seq, count, crc = CHUNK_HEADER.unpack_from(buf, pos)
-            if magic != CHUNK_MAGIC or not 0 < count <= self.chunk_records:
+        slot, k = self.slot, self.chunk_records
+        acc = self.account
+        gaps: list[_Gap] = [_Gap(before=-1)]
+        pos = self.header_size
+        while pos < self.size:
+            found = self._chunk_at(pos)
+            if isinstance(found, str):
                 nxt = self._resync(pos + 1)
-                claimed = max(nxt - pos - hdr, 0) // _REC
-                self._set_aside(pos, nxt, claimed, "bad chunk header")
+                gaps[-1].pieces.append(len(self.pieces))
+                self._set_aside(pos, nxt, found)
                 pos = nxt
                 continue
-            end = pos + hdr + count * _REC
-            if end > n:
-                self._set_aside(pos, n, count, f"truncated chunk: {n - pos - hdr} of {count * _REC} payload bytes")
-                return
-            if zlib.crc32(buf[pos + hdr:end]) != crc:
-                # The count may be what was damaged: trust it only if a sound chunk (or EOF) follows.
-                nxt = end if end == n or self._sound_at(end) > 0 else self._resync(pos + 1)
-                # If the count was damaged, the distance to the next sound chunk says how many were there.
-                held = count if nxt == end else (nxt - pos - hdr) // _REC
-                self._set_aside(pos, nxt, held, "CRC32 mismatch")
-                pos = nxt
-                continue
-            self.sound.append((pos + hdr, count))
-            yield np.frombuffer(buf, RECORD_DTYPE, count, pos + hdr)
+            seq, count, crc, payload = found
+            end = pos + _HDR + len(payload)
+            if not 0 <= seq < slot.chunks or count != slot.expected_count(seq, k):
+                self.pieces.append(Piece(self.source, pos, end - pos, 0,
+                                         f"chunk {seq} of {count} records does not fit this file (run.json: "
+                                         f"{slot.records:,} records in {slot.chunks} chunks of {k})",
+                                         payload[:0]))
+            elif seq in self._kept:
+                acc.duplicates_dropped += count
+                self.pieces.append(Piece(self.source, pos, end - pos, 0,
+                                         f"duplicate of chunk {seq} (dropped)", b""))
+            else:
+                self._kept[seq] = _Kept(pos + _HDR, count, crc)
+                acc.kept += count
+                if on_chunk is not None:
+                    on_chunk(seq, np.frombuffer(payload, RECORD_DTYPE))
+                gaps.append(_Gap(before=seq))
             pos = end
+        self._attribute(gaps)
+        self._scanned = True
 
+    def _set_aside(self, start: int, end: int, reason: str) -> None:
+        raw = self._read(start, min(end - start, RAW_LIMIT))
+        self.pieces.append(Piece(self.source, start, end - start, 0, reason, raw))
 
-def open_chip_file(path: Path, source: str) -> ChipFile:
-    """Open a chip's ``.strace`` file; raises :class:`TraceFormatError` if its header is unusable."""
-    return ChipFile(path, source)
+    def _attribute(self, gaps: list[_Gap]) -> None:
+        """Split the slot's missing records into quarantined (damaged bytes where they belong
+        could hold them) and lost, and give each damaged piece its share."""
+        slot, k, acc = self.slot, self.chunk_records, self.account
+        claimed: set[int] = set()
+        for i, gap in enumerate(gaps):
+            if not gap.pieces:
+                continue
+            after = gaps[i + 1].before if i + 1 < len(gaps) else slot.chunks
+            lo, hi = sorted((gap.before, after))
+            missing = [s for s in range(lo + 1, hi) if s not in self._kept and s not in claimed]  # per chunk
+            claimed.update(missing)
+            nbytes = [self.pieces[p].length for p in gap.pieces]
+            room = max(sum(nbytes) - len(missing) * _HDR, 0) // _REC
+            held = min(sum(slot.expected_count(s, k) for s in missing), room)
+            acc.quarantined += held
+            shares = [held * b // max(sum(nbytes), 1) for b in nbytes]
+            shares[int(np.argmax(nbytes))] += held - sum(shares)
+            for p, share in zip(gap.pieces, shares):
+                self.pieces[p] = Piece(**{**self.pieces[p].__dict__, "records": share})
+        acc.lost = acc.expected - acc.kept - acc.quarantined
+
+    # -- pass 2 ---------------------------------------------------------------------------
+
+    def kept_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Pass 2: each kept chunk's payload offset and records, in sequence order, its CRC32
+        checked again (a file changed since pass 1 is an error: nothing unchecked is stored)."""
+        if not self._scanned:
+            self.scan()
+        for seq in sorted(self._kept):
+            chunk = self._kept[seq]
+            payload = self._read(chunk.offset, chunk.count * _REC)
+            if len(payload) < chunk.count * _REC or isal_zlib.crc32(payload) != chunk.crc:
+                raise TraceFormatError(f"{self.source} changed while it was being collected (chunk {seq} at "
+                                       f"byte {chunk.offset - _HDR:,}); collect again once nothing writes to it")
+            yield chunk.offset, np.frombuffer(payload, RECORD_DTYPE)

@@ -2,9 +2,17 @@
 
 A run directory holds ``run.json`` and, per chip, ``node<N>/chip<C>.strace``::
 
-    file header   FILE_HEADER: magic b"SOHUTRC\\0", version, node, chip, record size, chunk records
+    file header   FILE_HEADER: magic b"SOHUTRC\\0", version, node, chip, record size, chunk records,
+                  run id (16 bytes, also in run.json), CRC32 of the header's first 44 bytes
     chunk*        CHUNK_HEADER: magic b"CHNK", sequence number, record count, CRC32 of the payload
                   payload: record count x RECORD_DTYPE (little-endian, packed)
+
+Chunks are numbered 0, 1, 2 ... in the order written, and every chunk but the last holds exactly
+``chunk records``; ``run.json`` lists each chip's records and chunks. Together these say how many
+records each chunk must hold, so a reader can account for every record written: kept, set aside
+as damaged, or lost (its bytes are not in the file). The run id and the header's node and chip say
+which slot of which run a file belongs to, so a file copied from another run or chip is refused.
+Version 1 files (a 32-byte header with no run id and no header CRC) are still read.
 
 Times are in the chip's local cycle counter (``run.json`` gives each chip's frequency). Host events
 (scheduler steps, request arrival / first token / finish) are JSON lines in ``node<N>/host.jsonl``,
@@ -17,19 +25,26 @@ import struct
 from enum import IntEnum
 
 import numpy as np
+from isal import isal_zlib
 
 __all__ = [
-    "FORMAT_NAME", "FORMAT_VERSION", "FILE_MAGIC", "CHUNK_MAGIC", "FILE_HEADER", "CHUNK_HEADER",
-    "RECORD_DTYPE", "NO_LAYER", "NO_GROUP", "Engine", "Phase", "chip_path", "host_path",
+    "FORMAT_NAME", "FORMAT_VERSION", "FILE_MAGIC", "CHUNK_MAGIC", "FILE_HEADER", "FILE_HEADER_CRC_SPAN",
+    "FILE_HEADER_V1", "RUN_ID_BYTES", "CHUNK_HEADER", "RECORD_DTYPE", "NO_LAYER", "NO_GROUP", "Engine", "Phase",
+    "chip_path", "host_path", "pack_file_header",
 ]
 
 FORMAT_NAME = "sohu-raw-trace"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FILE_MAGIC = b"SOHUTRC\0"
 CHUNK_MAGIC = b"CHNK"
 
-#: magic, version, node, chip, record size, records per full chunk, reserved
-FILE_HEADER = struct.Struct("<8sHHHHI12x")
+#: magic, version, node, chip, record size, records per full chunk, run id, reserved, header CRC32
+FILE_HEADER = struct.Struct("<8sHHHHI16s8xI")
+#: The bytes of FILE_HEADER its CRC32 covers (all but the CRC itself).
+FILE_HEADER_CRC_SPAN = FILE_HEADER.size - 4
+#: Version 1's header: magic, version, node, chip, record size, records per full chunk, reserved.
+FILE_HEADER_V1 = struct.Struct("<8sHHHHI12x")
+RUN_ID_BYTES = 16
 #: magic, sequence number, record count, CRC32 of the payload
 CHUNK_HEADER = struct.Struct("<4sIII")
 
@@ -82,3 +97,10 @@ def chip_path(node: int, chip: int) -> str:
 def host_path(node: int) -> str:
     """Path of a node's host-event file, relative to the run directory."""
     return f"node{node}/host.jsonl"
+
+
+def pack_file_header(node: int, chip: int, chunk_records: int, run_id: bytes) -> bytes:
+    """A version-2 file header, its CRC32 filled in."""
+    head = FILE_HEADER.pack(FILE_MAGIC, FORMAT_VERSION, node, chip, RECORD_DTYPE.itemsize, chunk_records,
+                            run_id, 0)[:FILE_HEADER_CRC_SPAN]
+    return head + struct.pack("<I", isal_zlib.crc32(head))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,9 @@ def emulate(cfg: EmulatorConfig, out_dir: str | os.PathLike[str], *, force: bool
         ``out_dir`` exists (without ``force``) or cannot be written.
     """
     em = Emulation(cfg)   # validates before anything touches the disk
+    run_id = _run_id(em)
     with atomic_directory(out_dir, force=force) as tmp:
-        writer = RawTraceWriter(tmp, em.plan, cfg.chunk_records)
+        writer = RawTraceWriter(tmp, em.plan, cfg.chunk_records, run_id)
         host_events: list[dict] = []
         steps = 0
         try:
@@ -75,7 +77,7 @@ def emulate(cfg: EmulatorConfig, out_dir: str | os.PathLike[str], *, force: bool
         requests = em.request_table()
         duration = float(np.nanmax(requests["finish"]) - requests["arrival"].min())
         _write_host_events(tmp, em, host_events, requests)
-        (tmp / RUN_FILE).write_bytes(orjson.dumps(_run_json(em, writer, steps),
+        (tmp / RUN_FILE).write_bytes(orjson.dumps(_run_json(em, writer, steps, run_id),
                                                   option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
                                                   | orjson.OPT_SERIALIZE_NUMPY))
     return RunSummary(path=Path(out_dir), records=int(writer.records.sum()), steps=steps, ranks=cfg.world,
@@ -113,7 +115,30 @@ def _write_host_events(root: Path, em: Emulation, steps: list[dict], requests: d
         path.write_bytes(b"\n".join(lines) + (b"\n" if lines else b""))
 
 
-def _run_json(em: Emulation, writer: RawTraceWriter, steps: int) -> dict:
+def _workload(cfg: EmulatorConfig) -> dict:
+    return {"requests": cfg.requests, "rate": cfg.rate, "prompt_len": cfg.prompt_len,
+            "output_len": cfg.output_len, "max_batch_tokens": cfg.max_batch_tokens,
+            "max_seqs": cfg.max_seqs, "two_batch_overlap": cfg.two_batch_overlap,
+            "seed": cfg.seed, "clock_skew_us": cfg.clock_skew_us,
+            "faults": [f.spec() for f in cfg.faults]}
+
+
+def _run_id(em: Emulation) -> bytes:
+    """The run's 128-bit id: a hash of everything that determines its traces.
+
+    Runs differ in their ids exactly when they differ in content (equal configs give
+    byte-identical runs, so a file copied between two of them changes nothing), and a seeded run
+    stays byte-for-byte reproducible, which a random id would break.
+    """
+    cfg = em.cfg
+    spec = {"hardware": cfg.hardware.to_dict(), "model": dict(cfg.model.to_dict(), dtype=cfg.dtype),
+            "parallel": em.plan.to_dict(), "workload": _workload(cfg), "chunk_records": cfg.chunk_records,
+            "two_batch_min_tokens": cfg.two_batch_min_tokens, "format_version": FORMAT_VERSION}
+    return hashlib.blake2b(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY),
+                           digest_size=16, person=b"sohuprof-run").digest()
+
+
+def _run_json(em: Emulation, writer: RawTraceWriter, steps: int, run_id: bytes) -> dict:
     cfg, plan, hw = em.cfg, em.plan, em.cfg.hardware
     prog = em.program
     ops = {t.name: t for t in prog.templates}
@@ -132,15 +157,12 @@ def _run_json(em: Emulation, writer: RawTraceWriter, steps: int) -> dict:
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "generator": f"sohuprof {sohuprof.__version__} emulate",
+        "run_id": run_id.hex(),
         "hardware": hw.to_dict(),
         "model": dict(cfg.model.to_dict(), dtype=cfg.dtype),
         "parallel": plan.to_dict(),
-        "workload": {"requests": cfg.requests, "rate": cfg.rate, "prompt_len": cfg.prompt_len,
-                     "output_len": cfg.output_len, "max_batch_tokens": cfg.max_batch_tokens,
-                     "max_seqs": cfg.max_seqs, "two_batch_overlap": cfg.two_batch_overlap,
-                     "seed": cfg.seed, "clock_skew_us": cfg.clock_skew_us,
-                     "faults": [f.spec() for f in cfg.faults]},
-        "record": {"size": RECORD_DTYPE.itemsize,
+        "workload": _workload(cfg),
+        "record": {"size": RECORD_DTYPE.itemsize, "chunk_records": cfg.chunk_records,
                    "fields": [[name, RECORD_DTYPE[name].str] for name in RECORD_DTYPE.names or ()]},
         "engines": [e.name.lower() for e in Engine],
         "phases": ["prefill", "decode", "mixed"],

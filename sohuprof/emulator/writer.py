@@ -3,16 +3,15 @@ would write them (the format is :mod:`sohuprof.strace`)."""
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+from isal import isal_zlib
 
 from sohuprof.emulator.plan import ParallelPlan
 from sohuprof.emulator.runtime import StepTrace
-from sohuprof.strace import (CHUNK_HEADER, CHUNK_MAGIC, FILE_HEADER, FILE_MAGIC, FORMAT_VERSION,
-                             RECORD_DTYPE, chip_path)
+from sohuprof.strace import CHUNK_HEADER, CHUNK_MAGIC, RECORD_DTYPE, chip_path, pack_file_header
 
 __all__ = ["RawTraceWriter"]
 
@@ -21,18 +20,18 @@ class RawTraceWriter:
     """Buffers each chip's records and writes them in chunks of ``chunk_records``.
 
     Records arrive with their times already on the chip's local cycle counter (the runtime's
-    trace unit stamps them); the writer only frames them.
+    trace unit stamps them); the writer only frames them. Every file header carries ``run_id``
+    (also in run.json) so a collector can tell this run's files from another's.
     """
 
-    def __init__(self, root: Path, plan: ParallelPlan, chunk_records: int) -> None:
+    def __init__(self, root: Path, plan: ParallelPlan, chunk_records: int, run_id: bytes) -> None:
         self.plan, self.chunk = plan, chunk_records
         self.files: list[BinaryIO] = []
         for rank in range(plan.world):
             path = root / chip_path(int(plan.node[rank]), int(plan.chip[rank]))
             path.parent.mkdir(parents=True, exist_ok=True)
             f = open(path, "wb")
-            f.write(FILE_HEADER.pack(FILE_MAGIC, FORMAT_VERSION, int(plan.node[rank]), int(plan.chip[rank]),
-                                     RECORD_DTYPE.itemsize, chunk_records))
+            f.write(pack_file_header(int(plan.node[rank]), int(plan.chip[rank]), chunk_records, run_id))
             self.files.append(f)
         self.pending: list[list[np.ndarray]] = [[] for _ in range(plan.world)]
         self.pending_n = np.zeros(plan.world, np.int64)
@@ -58,7 +57,7 @@ class RawTraceWriter:
         for lo in range(0, full, self.chunk):
             payload = data[lo:lo + self.chunk].tobytes()
             f.write(CHUNK_HEADER.pack(CHUNK_MAGIC, int(self.chunks[rank]), len(payload) // RECORD_DTYPE.itemsize,
-                                      zlib.crc32(payload)))
+                                      isal_zlib.crc32(payload)))
             f.write(payload)
             self.chunks[rank] += 1
         rest = data[full:]

@@ -21,7 +21,7 @@ from sohuprof.models import load_model
 from sohuprof.store import open_store
 from sohuprof.strace import RECORD_DTYPE
 
-HEADER = struct.Struct("<8sHHHHI12x")
+HEADER = struct.Struct("<8sHHHHI16s8xI")   # version 2: run id and header CRC
 CHUNK = struct.Struct("<4sIII")
 
 
@@ -161,8 +161,11 @@ def test_truncated_last_chunk(run_dir: Path, tmp_path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[:-500])
     summary = collect(copy, tmp_path / "store", show_progress=False)
-    lost = chunks[-1][1]
-    assert summary["records_expected"] - summary["events"] == lost == summary["quarantined_records"]
+    missing = chunks[-1][1]
+    # The tail's header and payload less 500 bytes are there (quarantined); 500 bytes' worth are not.
+    held = (len(data) - 500 - chunks[-1][0] - CHUNK.size) // RECORD_DTYPE.itemsize
+    assert summary["records_expected"] - summary["events"] == missing
+    assert summary["quarantined_records"] == held and summary["records_lost"] == missing - held
     q = pq.read_table(tmp_path / "store" / "quarantine.parquet").to_pylist()
     assert q[0]["reason"].startswith("truncated") and q[0]["offset"] == chunks[-1][0]
 
@@ -171,7 +174,10 @@ def test_missing_chip_file_is_counted(run_dir: Path, tmp_path: Path) -> None:
     copy = _damaged_copy(run_dir, tmp_path)
     (copy / "node1" / "chip0.strace").unlink()
     summary = collect(copy, tmp_path / "store", show_progress=False)
-    assert summary["records_expected"] - summary["events"] == summary["quarantined_records"] > 0
+    assert summary["records_expected"] - summary["events"] == summary["records_lost"] > 0
+    assert summary["quarantined_records"] == 0
+    (entry,) = [f for f in summary["file_counts"] if f["file"] == "node1/chip0.strace"]
+    assert entry["lost"] == entry["expected"] > 0 and entry["refused"] == "chip trace file missing"
 
 
 def test_dense_data_parallel_run_falls_back_to_clock_sync(tmp_path: Path) -> None:

@@ -110,8 +110,9 @@ def run_in_memory(cfg: EmulatorConfig) -> MemRun:
 
 REF_FILE_MAGIC = b"SOHUTRC\0"
 REF_CHUNK_MAGIC = b"CHNK"
-#: magic[8], version u16, node u16, chip u16, record size u16, records per chunk u32, 12 reserved
-REF_FILE_HEADER = struct.Struct("<8sHHHHI12x")
+#: magic[8], version u16, node u16, chip u16, record size u16, records per chunk u32, run id[16],
+#: 8 reserved, CRC32 of the 44 bytes before it
+REF_FILE_HEADER = struct.Struct("<8sHHHHI16s8xI")
 #: magic[4], sequence u32, record count u32, crc32 u32
 REF_CHUNK_HEADER = struct.Struct("<4sIII")
 
@@ -125,6 +126,7 @@ class StraceFile:
     chunk_records: int
     chunk_counts: list[int]
     records: np.ndarray
+    run_id: str
 
 
 class RawFormatError(AssertionError):
@@ -136,9 +138,11 @@ def read_strace(path: Path) -> StraceFile:
     data = path.read_bytes()
     if len(data) < REF_FILE_HEADER.size:
         raise RawFormatError(f"{path}: shorter than the file header")
-    magic, version, node, chip, rsize, per_chunk = REF_FILE_HEADER.unpack_from(data, 0)
+    magic, version, node, chip, rsize, per_chunk, run_id, head_crc = REF_FILE_HEADER.unpack_from(data, 0)
     if magic != REF_FILE_MAGIC:
         raise RawFormatError(f"{path}: bad file magic {magic!r}")
+    if zlib.crc32(data[:REF_FILE_HEADER.size - 4]) != head_crc:
+        raise RawFormatError(f"{path}: file header CRC mismatch")
     if rsize != RECORD_DTYPE.itemsize:
         raise RawFormatError(f"{path}: record size {rsize} != {RECORD_DTYPE.itemsize}")
     off = REF_FILE_HEADER.size
@@ -164,7 +168,7 @@ def read_strace(path: Path) -> StraceFile:
         off += count * rsize
         expect_seq += 1
     records = np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
-    return StraceFile(version, node, chip, rsize, per_chunk, counts, records)
+    return StraceFile(version, node, chip, rsize, per_chunk, counts, records, run_id.hex())
 
 
 @dataclass

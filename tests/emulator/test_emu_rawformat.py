@@ -23,7 +23,8 @@ FIELDS = [n for n in RECORD_DTYPE.names if n not in ("start", "end")]
 
 def test_run_json_describes_the_run(small_run: RawRun) -> None:
     meta = small_run.meta
-    assert meta["format"] == "sohu-raw-trace" and meta["version"] == 1
+    assert meta["format"] == "sohu-raw-trace" and meta["version"] == 2
+    assert len(bytes.fromhex(meta["run_id"])) == 16 and meta["record"]["chunk_records"] == SMALL_RUN["chunk_records"]
     assert meta["record"]["size"] == 72
     assert [f[0] for f in meta["record"]["fields"]] == list(RECORD_DTYPE.names)
     assert meta["engines"] == ["matrix", "vector", "dma", "collective", "host"]
@@ -40,7 +41,8 @@ def test_run_json_describes_the_run(small_run: RawRun) -> None:
 def test_file_headers(small_run: RawRun) -> None:
     for chip in small_run.meta["chips"]:
         f = small_run.files[chip["rank"]]
-        assert (f.version, f.node, f.chip, f.record_size) == (1, chip["node"], chip["chip"], 72)
+        assert (f.version, f.node, f.chip, f.record_size) == (2, chip["node"], chip["chip"], 72)
+        assert f.run_id == small_run.meta["run_id"]
         assert f.chunk_records == SMALL_RUN["chunk_records"]
 
 
@@ -233,7 +235,7 @@ def test_existing_output_is_refused_then_replaced_with_force(tmp_path: Path) -> 
 def _writer_case(tmp_path: Path, chunk: int, steps: list[int]) -> tuple[Path, np.ndarray, ParallelPlan]:
     cfg = make_config(model="llama3-8b", nodes=1, chips_per_node=2, tp=2, chunk_records=chunk)
     plan = ParallelPlan.build(cfg)
-    w = RawTraceWriter(tmp_path, plan, chunk)
+    w = RawTraceWriter(tmp_path, plan, chunk, bytes(range(16)))
     written = []
     rng = np.random.default_rng(0)
     for step, n in enumerate(steps):
