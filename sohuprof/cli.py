@@ -188,12 +188,28 @@ def collect(obj: CliContext, source: Path, out: Path, force: bool) -> None:
     from sohuprof.collectors import collect as run_collect
 
     summary = run_collect(source, out, force=force, show_progress=obj.show_progress)
-    if summary["quarantined_pieces"]:
-        click.echo(f"warning: {summary['quarantined_pieces']} damaged piece(s) holding "
-                   f"{summary['quarantined_records']:,} records set aside in {out}/quarantine.parquet; "
-                   f"{summary['events']:,} sound events kept", err=True)
+    warning = _damage_warning(summary, out)
+    if warning:
+        click.echo(warning, err=True)
     if not obj.quiet:
         click.echo(f"wrote {out}: {summary['events']:,} events from {summary['files']} file(s) ({summary['format']})")
+
+
+def _damage_warning(summary: dict[str, Any], out: Path) -> str | None:
+    """One line saying where every record not kept went (None when all were kept)."""
+    expected = summary.get("records_expected", summary["events"])
+    q, lost = summary.get("quarantined_records", 0), summary.get("records_lost", 0)
+    dups, pieces = summary.get("duplicates_dropped", 0), summary.get("quarantined_pieces", 0)
+    if not (q or lost or dups or pieces):
+        return None
+    hurt = [f for f in summary.get("file_counts", []) if f["kept"] != f["expected"] or f.get("refused")
+            or f.get("duplicates_dropped")]
+    named = ", ".join(f"{f['file']} ({f.get('refused') or format(f['kept'], ',') + ' of ' + format(f['expected'], ',') + ' kept'})"
+                      for f in hurt[:3]) + (f" and {len(hurt) - 3} more" if len(hurt) > 3 else "")
+    line = (f"warning: kept {summary['events']:,} of {expected:,} records: {q:,} quarantined, {lost:,} lost"
+            + (f", {dups:,} duplicate records dropped" if dups else "")
+            + (f" in {named}" if named else "") + f"; {pieces} piece(s) set aside in {out}/quarantine.parquet")
+    return line
 
 
 def _report_names(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:

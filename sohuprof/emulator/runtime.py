@@ -447,6 +447,9 @@ class Emulation:
         node = plan.node[rr]
         rec["start"] = self.clocks.cycles(start, node, hw.clock_hz)   # the trace unit's local counter
         rec["end"] = self.clocks.cycles(end, node, hw.clock_hz)
+        # The counter stamps start, end and stall apart, each rounded to a cycle: a stall never
+        # outlasts its op (the collector refuses a record whose stall does).
+        rec["stall_cycles"] = np.minimum(rec["stall_cycles"], rec["end"] - rec["start"])
         return StepTrace(step=step, rank=rr, records=rec, start_ns=start, end_ns=end)
 
     def _host_events(self, step: int, batches: list[Batch], running: np.ndarray, now: np.ndarray,
