@@ -357,6 +357,31 @@ def dashboard(obj: CliContext, store: Path, host: str, port: int) -> None:
     serve(app, host=host, port=port)
 
 
+@cli.command(epilog="""\b
+Example:
+  sohuprof check store/   # exit 0 when sound; else exit 1, one line per damaged file on stderr""")
+@click.argument("store", type=click.Path(path_type=Path))
+@pass_cli
+def check(obj: CliContext, store: Path) -> None:
+    """Verify a trace store deeply: every file's checksum, every page decoded, the values against
+    the schema, row counts and the rank index against the manifest.
+
+    Opening a store (analyze, export, dashboard) checks only its metadata; run this after a copy
+    or a crash, or when a read fails.
+    """
+    from sohuprof.check import check_store
+
+    report = check_store(store)
+    if not report.ok:
+        for line in report.lines():
+            click.echo(f"Error: {line}", err=True)
+        raise click.exceptions.Exit(1)
+    if not obj.quiet:
+        what = "checksums, pages" if report.checksums else "pages (no checksums recorded: an older store)"
+        click.echo(f"ok: {store}: {report.files} files, {sum(report.rows.values()):,} rows, "
+                   f"{report.bytes / 1e6:,.1f} MB; {what}, row counts and rank index verified")
+
+
 def main() -> None:
     """Entry point of the ``sohuprof`` console script."""
     cli(prog_name="sohuprof")
