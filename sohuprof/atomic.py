@@ -122,7 +122,10 @@ def recover(path: str | os.PathLike[str]) -> None:
             if not os.path.lexists(target):
                 for stage, what in (("new", "completed the replacement"), ("old", "put back the previous output")):
                     if stage in stages:
-                        os.rename(stages.pop(stage), target)
+                        try:
+                            os.rename(stages.pop(stage), target)
+                        except FileNotFoundError:   # another process recovered it first
+                            continue
                         log.warning("%s: a run (pid %d) was interrupted while replacing it; %s",
                                     target, pid, what)
                         break
@@ -155,11 +158,17 @@ def _follow(path: Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
-def _check_parent(shown: Path, target: Path) -> None:
+def _check_parent(shown: Path, target: Path, *, create: bool = True) -> None:
+    """Check (and with ``create`` make) the parent directories of ``target``; a check made
+    before the work creates nothing, so a failed analysis leaves no empty directories."""
     parent = target.parent
     blocking = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise OutputError(f"cannot create {str(shown)!r}: {str(blocking)!r} is a file, not a directory")
+    if not create:
+        if blocking is not None and not os.access(blocking, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot create {str(shown)!r}: directory {str(blocking)!r} is not writable")
+        return
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -168,7 +177,7 @@ def _check_parent(shown: Path, target: Path) -> None:
         raise OutputError(f"cannot create {str(shown)!r}: directory {str(parent)!r} is not writable")
 
 
-def _check_target(shown: Path, target: Path, force: bool, what: str) -> None:
+def _check_target(shown: Path, target: Path, force: bool, what: str, *, create: bool = True) -> None:
     if os.path.lexists(target):
         if what == "directory" and not target.is_dir():
             raise OutputError(f"{str(shown)!r} exists and is not a directory; choose another path")
@@ -176,7 +185,7 @@ def _check_target(shown: Path, target: Path, force: bool, what: str) -> None:
             raise OutputError(f"{str(shown)!r} is a directory; give a file name")
         if not force:
             raise OutputError(f"{str(shown)!r} already exists; pass --force to replace it")
-    _check_parent(shown, target)
+    _check_parent(shown, target, create=create)
 
 
 def refuse_overlap(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]]) -> None:
@@ -249,8 +258,12 @@ def _swap_in(tmp: Path, shown: Path, target: Path, token: str) -> None:
         raise OutputError(f"cannot move the output into {str(shown)!r}: {exc.strerror or exc}") from None
     finally:
         if moved:
-            os.rename(old, tmp)   # garbage from here on, whatever happens while deleting it
-            _remove(tmp)
+            try:
+                os.rename(old, tmp)   # garbage from here on, whatever happens while deleting it
+                _remove(tmp)
+            except OSError as exc:    # the new output is in place; the next run deletes the rest
+                log.warning("could not delete the previous %s set aside as %s: %s", shown,
+                            old if old.exists() else tmp, exc.strerror or exc)
 
 
 @contextmanager
@@ -394,7 +407,7 @@ def check_file_output(path: str | os.PathLike[str], *, force: bool = False,
     """
     refuse_overlap(path, inputs)
     if output_kind(path) == "path":
-        _check_target(Path(path), _follow(Path(path)), force, "file")
+        _check_target(Path(path), _follow(Path(path)), force, "file", create=False)
 
 
 # -- marked directories ---------------------------------------------------------------------
@@ -450,7 +463,7 @@ def check_marked_directory(path: str | os.PathLike[str], *, marker: str, force: 
     shown = Path(path)
     target = _follow(shown)
     _marked_state(shown, target, marker, force)
-    _check_parent(shown, target)
+    _check_parent(shown, target, create=False)
 
 
 @contextmanager
@@ -482,6 +495,7 @@ def marked_directory(path: str | os.PathLike[str], *, marker: str, force: bool =
     check_marked_directory(path, marker=marker, force=force)
     shown = Path(path)
     target = _follow(shown)
+    _check_parent(shown, target)
     recover(target)
     tmp, token = _mkdir_tmp(shown, target)
     try:

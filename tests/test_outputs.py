@@ -426,3 +426,12 @@ def test_killed_collect_leaves_nothing_after_the_next_run(tmp_path: Path, big_ru
     clean = tmp_path / "clean"
     ok(run("collect", str(big_run), "-o", str(clean)))
     assert _events(store) == _events(clean) > 0
+
+
+def test_a_refused_or_failed_analyze_creates_no_directories(tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b" / "report.json"
+    one_line_error(run("analyze", str(tmp_path / "missing"), "--format", "json", "-o", str(out)))
+    one_line_error(run("analyze", str(tmp_path / "missing"), "--format", "csv", "-o", str(tmp_path / "a" / "csv")))
+    assert list(tmp_path.iterdir()) == []
+    ok(analyze("--format", "json", "-o", str(out)))
+    assert json.loads(out.read_text())["summary"]
