@@ -36,6 +36,26 @@ What is read, and how it maps onto the store (DESIGN.md, "The trace store"):
 - ``correlation`` is ``args.correlation`` (kernel <-> launching ``cuda_runtime`` event);
   ``step`` is N of the ``ProfilerStep#N`` window holding the event's ts; ``flops`` is
   ``args.flops`` when the profiler recorded it (``with_flops=True``), else null.
+
+Records and their accounting (the manifest's ``counts``, per file in ``counts.files``):
+
+- A *record* is a ``traceEvents`` entry the collector stores: a complete event (``X``, except
+  Kineto's ``Trace`` span) or a counter event (``C``), plus any entry whose ``ph`` is present
+  but not a string (it may have been either). Flow, metadata, instant and other phases are
+  not records; they are counted by phase in ``skipped_by_ph``. ``expected`` counts every
+  record read, ``kept`` those stored (events plus counter events), ``quarantined`` those set
+  aside; ``lost`` is always 0 for JSON (a file that cannot be decoded is refused whole), so
+  ``kept + quarantined == expected`` for every file.
+- A record is set aside, never stored, when a field is of the wrong type or out of range
+  (the checks and their ranges: :mod:`sohuprof.collectors.kineto_checks`): negative or
+  out-of-range ``ts``/``dur``, ids beyond their range, ``args`` that is not an object, ...
+  Each file's set-aside records become one quarantine row per reason, with the count and
+  the first such event's JSON as a sample. A file none of whose complete events is sound,
+  a JSON nested deeper than Python can decode, or a file-level field out of range
+  (``baseTimeNanoseconds``, ``distributedInfo.rank``) is refused with a
+  :class:`~sohuprof.errors.TraceFormatError` naming the file and the field.
+- Decoding is typed first (msgspec checks every field's type in C); only when that finds a
+  wrongly typed field is the file decoded again loosely and the columns checked one by one.
 """
 
 from __future__ import annotations
@@ -57,8 +77,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from isal import igzip, isal_zlib
 
+from sohuprof.collectors.kineto_checks import (MAX_ID, MAX_NELEMS, MAX_NS, REASONS, Verdict,
+                                               blank, float_column, id_check, int_column, objects,
+                                               quarantine_rows, wrong_type)
 from sohuprof.errors import TraceFormatError
-from sohuprof.schema import CATEGORIES, COLLECTIVES, COUNTERS, EVENTS, OP_CLASSES
+from sohuprof.schema import CATEGORIES, COLLECTIVES, COUNTERS, EVENTS, OP_CLASSES, QUARANTINE
 from sohuprof.store import PathLike, StoreWriter
 
 __all__ = ["KinetoTrace", "read_kineto", "collect_kineto"]
@@ -118,40 +141,44 @@ _DTYPE_BYTES = {"Float": 4, "Half": 2, "BFloat16": 2, "Double": 8, "Int": 4, "Lo
                 "Float8_e4m3fnuz": 1, "Float8_e5m2fnuz": 1, "UInt16": 2, "UInt32": 4,
                 "UInt64": 8}
 _STEP_RE = r"^ProfilerStep#(?P<step>\d+)$"
-_TS_TOKEN = re.compile(rb'"ts"\s*:\s*(-?\d+(?:\.\d+)?)(?=\s*[,}])')
+# Exponents are matched too (so the tokens still pair one for one with the events), though only
+# plain decimals are re-read exactly.
+_TS_TOKEN = re.compile(rb'"ts"\s*:\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)(?=\s*[,}])')
 
 
 # -- the typed decoder --------------------------------------------------------------------------
 # msgspec decodes straight into these structs: keys not named here (most of each event's
-# ``args``, the ``id``/``bp`` of flows) are skipped without building Python objects. Fields are
-# ``Any`` so a value arrives as the plain JSON decoder gives it, and the column builders below
-# check types exactly as before. Decoded JSON has no reference cycles, hence ``gc=False``.
+# ``args``, the ``id``/``bp`` of flows) are skipped without building Python objects. Each field
+# is typed as a sound trace writes it, so msgspec checks every type in C; a file with a wrongly
+# typed field fails that decode and is decoded again into the ``_Loose*`` twins (every field
+# ``Any``), whose columns kineto_checks then checks. Decoded JSON has no reference cycles,
+# hence ``gc=False``.
 
 class _Args(msgspec.Struct, frozen=True, gc=False):
     """The ``args`` keys sohuprof reads."""
 
-    correlation: Any = None
-    stream: Any = None
-    device: Any = None
-    flops: Any = None
+    correlation: int | None = None
+    stream: int | str | None = None
+    device: int | None = None
+    flops: int | float | None = None
     name: Any = None  # of thread_name / process_name metadata
-    collective: Any = msgspec.field(default=None, name="Collective name")
-    group: Any = msgspec.field(default=None, name="Process Group Name")
-    nelems: Any = msgspec.field(default=None, name="In msg nelems")
-    dtype: Any = None
+    collective: str | None = msgspec.field(default=None, name="Collective name")
+    group: str | None = msgspec.field(default=None, name="Process Group Name")
+    nelems: int | None = msgspec.field(default=None, name="In msg nelems")
+    dtype: str | None = None
 
 
 _NO_ARGS = _Args()
 
 
 class _Event(msgspec.Struct, gc=False):
-    ph: Any = None
-    cat: Any = None
-    name: Any = None
-    pid: Any = None
-    tid: Any = None
-    ts: Any = None
-    dur: Any = None
+    ph: str | None = None
+    cat: str | None = None
+    name: str | None = None
+    pid: int | str | None = None
+    tid: int | str | None = None
+    ts: float | None = None  # ints are read as floats (exact below 2**53)
+    dur: float | None = None
     args: _Args | None = _NO_ARGS
 
 
@@ -159,6 +186,47 @@ class _Trace(msgspec.Struct, gc=False):
     """The JSON Object Format: ``traceEvents`` and the top-level keys only Kineto writes."""
 
     traceEvents: list[_Event] | None = None  # noqa: N815 (the JSON key)
+    schemaVersion: Any = msgspec.UNSET  # noqa: N815
+    distributedInfo: Any = msgspec.UNSET  # noqa: N815
+    deviceProperties: Any = msgspec.UNSET  # noqa: N815
+    baseTimeNanoseconds: Any = msgspec.UNSET  # noqa: N815
+
+
+class _LooseArgs(msgspec.Struct, frozen=True, gc=False):
+    """:class:`_Args` with any JSON value in each field."""
+
+    correlation: Any = None
+    stream: Any = None
+    device: Any = None
+    flops: Any = None
+    name: Any = None
+    collective: Any = msgspec.field(default=None, name="Collective name")
+    group: Any = msgspec.field(default=None, name="Process Group Name")
+    nelems: Any = msgspec.field(default=None, name="In msg nelems")
+    dtype: Any = None
+
+
+_NO_LOOSE_ARGS = _LooseArgs()
+_ARGS_TYPES = (_Args, _LooseArgs)
+#: JSON scalars (hashable, unlike lists and objects).
+_SCALARS = (int, float, str, type(None))
+
+
+class _LooseEvent(msgspec.Struct, gc=False):
+    """:class:`_Event` with any JSON value in each field (``args`` of any shape)."""
+
+    ph: Any = None
+    cat: Any = None
+    name: Any = None
+    pid: Any = None
+    tid: Any = None
+    ts: Any = None
+    dur: Any = None
+    args: _LooseArgs | list[Any] | str | int | float | bool | None = _NO_LOOSE_ARGS
+
+
+class _LooseTrace(msgspec.Struct, gc=False):
+    traceEvents: list[_LooseEvent] | None = None  # noqa: N815 (the JSON key)
     schemaVersion: Any = msgspec.UNSET  # noqa: N815
     distributedInfo: Any = msgspec.UNSET  # noqa: N815
     deviceProperties: Any = msgspec.UNSET  # noqa: N815
@@ -176,6 +244,7 @@ class _CounterTrace(msgspec.Struct, gc=False):
 
 
 _DECODER = msgspec.json.Decoder(_Trace | list[_Event])
+_LOOSE_DECODER = msgspec.json.Decoder(_LooseTrace | list[_LooseEvent])
 _COUNTER_DECODER = msgspec.json.Decoder(_CounterTrace | list[_CounterEvent])
 
 
@@ -192,13 +261,17 @@ class KinetoTrace:
     counters : pyarrow.Table
         Samples of Chrome counter (``C``) events; usually empty for Kineto.
     metadata : dict
-        Manifest keys: source, hardware, parallel plan, ranks, clock alignment, counts.
+        Manifest keys: source, hardware, parallel plan, ranks, clock alignment, counts (see
+        the module docstring for what each count holds).
+    quarantine : pyarrow.Table
+        The records set aside, one row per file and reason (quarantine schema).
     """
 
     events: pa.Table
     collectives: pa.Table
     counters: pa.Table
     metadata: dict[str, Any] = field(default_factory=dict)
+    quarantine: pa.Table = field(default_factory=QUARANTINE.empty)
 
 
 @dataclass(frozen=True)
@@ -211,6 +284,7 @@ class _RankTrace:
     events: pa.Table
     collectives: pa.Table  # without ``start`` (needs every rank)
     counters: pa.Table
+    quarantine: pa.Table
     info: dict[str, Any]
 
 
@@ -232,8 +306,10 @@ def read_kineto(path: PathLike) -> KinetoTrace:
     Raises
     ------
     TraceFormatError
-        A path is missing, a file is not a Kineto or Chrome trace, a directory holds no traces,
-        mixes Kineto and plain Chrome files, or has two files for one rank.
+        A path is missing, a file is not a Kineto or Chrome trace (or none of its complete
+        events is sound), a directory holds no traces, mixes Kineto and plain Chrome files, or
+        has two files for one rank. Damaged events are not an error: they are set aside in
+        ``quarantine`` and counted.
     """
     parts = list(_iter_rank_traces(path))
     events = pa.concat_tables([p.events for p in parts]).unify_dictionaries()
@@ -241,7 +317,8 @@ def read_kineto(path: PathLike) -> KinetoTrace:
     counters = pa.concat_tables([p.counters for p in parts]).unify_dictionaries()
     collectives = _finish_collectives([p.collectives for p in parts])
     return KinetoTrace(events.combine_chunks(), collectives, counters.combine_chunks(),
-                       _metadata(path, parts, events.num_rows))
+                       _metadata(path, parts, events.num_rows),
+                       pa.concat_tables([p.quarantine for p in parts]))
 
 
 def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False) -> dict[str, Any]:
@@ -261,8 +338,12 @@ def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False)
     Returns
     -------
     dict
-        Summary counts: ``ranks``, ``events``, ``collectives``, ``counters``, ``quarantined``,
-        ``files``, ``format`` and ``store``.
+        ``store``, ``format``, ``ranks``, ``collectives``, ``counters`` (samples), and the
+        manifest's counts: ``records_expected``, ``events``, ``counter_events``,
+        ``quarantined_records``, ``quarantined_pieces``, ``records_lost`` (0), ``files`` (one
+        ``{file, rank, expected, kept, quarantined, lost, duplicates_dropped}`` per file) and
+        ``skipped_by_ph``. ``records_expected == events + counter_events +
+        quarantined_records + records_lost``.
 
     Raises
     ------
@@ -276,10 +357,11 @@ def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False)
     with StoreWriter(store_path, force=force) as writer:
         for part in _iter_rank_traces(path):
             writer.write_events(part.events)
+            writer.write_table(QUARANTINE, part.quarantine)
             written += part.events.num_rows
             # Keep the small tables and the metadata; let the events go.
             parts.append(_RankTrace(part.file, part.format, part.rank, EVENTS.empty(),
-                                    part.collectives, part.counters, part.info))
+                                    part.collectives, part.counters, part.quarantine, part.info))
         collectives = _finish_collectives([p.collectives for p in parts])
         counters = pa.concat_tables([p.counters for p in parts]).unify_dictionaries()
         writer.write_table(COLLECTIVES, collectives)
@@ -287,8 +369,8 @@ def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False)
         metadata = _metadata(path, parts, written)
         writer.write_manifest(metadata)
     return {"store": str(store_path), "format": metadata["source"]["format"],
-            "files": len(parts), "ranks": metadata["ranks"], "events": written,
-            "collectives": collectives.num_rows, "counters": counters.num_rows, "quarantined": 0}
+            "ranks": metadata["ranks"], "collectives": collectives.num_rows,
+            "counters": counters.num_rows, **metadata["counts"]}
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -325,8 +407,15 @@ def _iter_rank_traces(path: PathLike) -> Iterator[_RankTrace]:
         yield part
 
 
-def _load(path: Path) -> tuple[_Trace | list[_Event], bytes]:
-    """Decode a (possibly gzipped) trace; returns the document and the JSON text it came from."""
+_Doc = _Trace | list[_Event] | _LooseTrace | list[_LooseEvent]
+
+
+def _load(path: Path) -> tuple[_Doc, bytes, bool]:
+    """Decode a (possibly gzipped) trace.
+
+    Returns the document, the JSON text it came from, and whether it was decoded loosely
+    (some field has a type a sound trace never writes; see :func:`_decode`).
+    """
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -337,28 +426,46 @@ def _load(path: Path) -> tuple[_Trace | list[_Event], bytes]:
         except (OSError, EOFError, zlib.error, isal_zlib.error) as exc:
             raise TraceFormatError(f"'{path}' is a damaged gzip file ({exc}); {_EXPECTED}") from None
     try:
-        return _DECODER.decode(raw), raw
-    except msgspec.ValidationError:
-        _explain(path, raw)
+        doc, loose = _decode(path, raw)
+        return doc, raw, loose
     except msgspec.DecodeError as exc:
         # The Chrome JSON Array Format allows leaving off the closing bracket.
         body = raw.rstrip().rstrip(b",")
         if body.lstrip()[:1] == b"[" and not body.endswith(b"]"):
+            body += b"]"
             try:
-                return _DECODER.decode(body := body + b"]"), body
-            except msgspec.ValidationError:
-                _explain(path, body)
+                doc, loose = _decode(path, body)
+                return doc, body, loose
             except msgspec.DecodeError:
                 pass
         raise TraceFormatError(f"'{path}' is not JSON ({exc}); {_EXPECTED}") from None
 
 
-def _explain(path: Path, text: bytes) -> NoReturn:
-    """Say why JSON the typed decoder rejected is not a trace (the error path only)."""
+def _decode(path: Path, text: bytes) -> tuple[_Doc, bool]:
+    """Decode typed; if a field's type is wrong, decode loosely (the damaged-file path only).
+
+    Raises ``msgspec.DecodeError`` for text that is not JSON, :class:`TraceFormatError` for
+    JSON that is not a trace.
+    """
+    try:
+        return _DECODER.decode(text), False
+    except msgspec.ValidationError:
+        pass
+    try:
+        return _LOOSE_DECODER.decode(text), True
+    except msgspec.ValidationError as exc:
+        _explain(path, text, exc)
+
+
+def _explain(path: Path, text: bytes, exc: msgspec.ValidationError) -> NoReturn:
+    """Say why JSON the loose decoder rejected is not a trace (the error path only)."""
     try:
         doc = msgspec.json.decode(text)
-    except msgspec.DecodeError as exc:  # a syntax error past the first type error
-        raise TraceFormatError(f"'{path}' is not JSON ({exc}); {_EXPECTED}") from None
+    except msgspec.DecodeError as err:  # a syntax error past the first type error
+        raise TraceFormatError(f"'{path}' is not JSON ({err}); {_EXPECTED}") from None
+    except msgspec.ValidationError as err:  # JSON that no decoder takes: 1e400, say
+        raise TraceFormatError(f"'{path}' holds a value JSON decoders refuse ({err}); the file is "
+                               f"damaged: re-export it from the profiler") from None
     if not (isinstance(doc, list) or isinstance(doc, dict) and isinstance(doc.get("traceEvents"), list)):
         kind = "an object without a 'traceEvents' list" if isinstance(doc, dict) else type(doc).__name__
         raise TraceFormatError(f"'{path}' is JSON but not a trace: {kind}; {_EXPECTED}")
@@ -367,8 +474,7 @@ def _explain(path: Path, text: bytes) -> NoReturn:
     except msgspec.ValidationError:
         raise TraceFormatError(f"'{path}': 'traceEvents' holds entries that are not objects; "
                                f"{_EXPECTED}") from None
-    # The decoder's only other typed part: args is an object or null.
-    raise TraceFormatError(f"'{path}': an event's 'args' is not an object; {_EXPECTED}")
+    raise TraceFormatError(f"'{path}' cannot be read as a trace ({exc}); {_EXPECTED}")
 
 
 # -- one file -----------------------------------------------------------------------------------
@@ -379,77 +485,147 @@ def _parse_file(path: Path) -> _RankTrace:
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        doc, raw = _load(path)
+        doc, raw, loose = _load(path)
         if isinstance(doc, list):
-            return _build(path, {}, doc, raw)
+            return _build(path, {}, doc, raw, loose)
         if doc.traceEvents is None:
             raise TraceFormatError(f"'{path}' is JSON but not a trace: an object without a "
                                    f"'traceEvents' list; {_EXPECTED}")
         top = {k: getattr(doc, k) for k in _KINETO_KEYS if getattr(doc, k) is not msgspec.UNSET}
-        return _build(path, top, doc.traceEvents, raw)
+        return _build(path, top, doc.traceEvents, raw, loose)
+    except RecursionError:
+        # msgspec recurses per nesting level; no trace nests more than a few levels.
+        raise TraceFormatError(f"'{path}' nests JSON deeper than Python can decode (no trace "
+                               f"nests more than a few levels); the file is damaged or not a "
+                               f"trace: {_EXPECTED}") from None
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _build(path: Path, top: dict[str, Any], trace_events: list[_Event], raw: bytes) -> _RankTrace:
-    ph = _str_array(path, "ph", _field(trace_events, "ph"))
-    cat = _str_array(path, "cat", _field(trace_events, "cat"))
+def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _LooseEvent],
+           raw: bytes, loose: bool) -> _RankTrace:
+    ph_l = _field(trace_events, "ph")
+    bad_ph = wrong_type(ph_l, (str,)) if loose else np.zeros(len(ph_l), dtype=bool)
+    ph = pa.array(blank(ph_l, bad_ph), pa.string())
+    cat_l = _field(trace_events, "cat")
+    bad_cat = wrong_type(cat_l, (str,)) if loose else np.zeros(len(cat_l), dtype=bool)
+    cat = pa.array(blank(cat_l, bad_cat), pa.string())
     fmt = ("kineto" if any(k in top for k in _KINETO_KEYS)
            or set(pc.unique(cat).drop_null().to_pylist()) & _KINETO_CATS else "chrome")
     rank = _rank(path, top)
+    base = _base_time(path, top)
 
+    # Records (see the module docstring): complete and counter events, and entries whose ph
+    # is damaged. Each check below sets aside the records that fail it (first reason wins).
     is_x = pc.and_(pc.equal(ph, "X"), pc.invert(pc.is_in(cat, pa.array(_SKIP_CATS)))).fill_null(False)
-    x = np.flatnonzero(is_x.to_numpy(zero_copy_only=False))
-    if x.size == 0:
-        has_be = pc.any(pc.is_in(ph, pa.array(["B", "E"]))).as_py()
-        hint = ("it uses 'B'/'E' duration events, which sohuprof does not read; export complete "
-                "('X') events" if has_be else _EXPECTED)
-        raise TraceFormatError(f"'{path}' holds no complete ('X') trace events; {hint}")
-    xev = _take(trace_events, x)
+    is_x = is_x.to_numpy(zero_copy_only=False)
+    is_c = pc.equal(ph, "C").fill_null(False).to_numpy(zero_copy_only=False)
+    is_rec = is_x | is_c | bad_ph
+    rec = np.flatnonzero(is_rec)
+    rec_x = is_x[rec]
+    verdict = Verdict(rec.size)
+    verdict.flag(bad_ph[rec], "ph")
+    verdict.flag(bad_cat[rec], "cat")
+    rev = _take(trace_events, rec)
+    names_l = _field(rev, "name")
+    if loose:
+        bad = wrong_type(names_l, (str,))
+        verdict.flag(bad, "name")
+        names_l = blank(names_l, bad)
+    args_l = _field(rev, "args")
+    if loose:
+        is_args = np.fromiter(map(isinstance, args_l, repeat(_LooseArgs)), bool, len(args_l))
+        verdict.flag(~is_args & (objects(args_l) != None), "args")  # noqa: E711 (elementwise)
+        args_l = _fill(args_l, ~is_args, _NO_LOOSE_ARGS)
+    elif None in args_l:  # "args": null reads as no args
+        args_l = _fill(args_l, objects(args_l) == None, _NO_ARGS)  # noqa: E711 (elementwise)
 
-    # Times: exact ns (see the module docstring).
-    ts_all = _num_array(path, "ts", _field(trace_events, "ts"))
-    ts_us = ts_all[x]
-    dur_us = _num_array(path, "dur", _field(xev, "dur"))
-    for label, values in (("ts", ts_us), ("dur", dur_us)):
-        if np.isnan(values).any():
-            raise TraceFormatError(f"'{path}': complete event #{int(x[np.isnan(values)][0])} has no "
-                                   f"numeric '{label}'; {_EXPECTED}")
-    base = top.get("baseTimeNanoseconds")
-    base = base if isinstance(base, int) and not isinstance(base, bool) else 0
-    ts_all_ns, ts_exact = _all_ts_ns(ts_all, raw)
-    ts_all_ns += np.int64(base)
-    ts_ns = ts_all_ns[x]
-    dur_ns = _us_to_ns(dur_us)
+    # Times: exact ns (see the module docstring), within +-MAX_NS after baseTimeNanoseconds.
+    ts_all, bad_ts = float_column(_field(trace_events, "ts"), lenient=loose)
+    verdict.flag(bad_ts[rec], "ts")
+    verdict.flag(np.isnan(ts_all[rec]), "ts?")
+    ts_all_ns, ts_fits, ts_exact = _all_ts_ns(ts_all, raw, base)
+    verdict.flag(~ts_fits[rec], "ts>")
+    dur_us, bad_dur = float_column(_field(rev, "dur"), lenient=loose)
+    verdict.flag(bad_dur & rec_x, "dur")
+    verdict.flag(np.isnan(dur_us) & rec_x, "dur?")
+    verdict.flag((dur_us < 0) & rec_x, "dur<0")
+    dur_fits = dur_us < MAX_NS / 1000.0
+    dur_ns = _us_to_ns(np.where(dur_fits, dur_us, 0.0))
+    verdict.flag((~dur_fits | (dur_ns >= MAX_NS)) & ~np.isnan(dur_us) & rec_x, "dur>")
 
-    # Per-event fields, then everything per unique value.
-    xargs = _field(xev, "args")
-    if None in xargs:  # "args": null reads as no args
-        xargs = _fill_none(xargs, _NO_ARGS)
+    # Ids: types and ranges checked on the column (or its distinct values), never indexed by.
+    pid_l, bad = id_check(_field(rev, "pid"), lenient=loose, strings=True)
+    verdict.flag(bad & rec_x, "pid")
+    tid_l, bad = id_check(_field(rev, "tid"), lenient=loose, strings=True)
+    verdict.flag(bad & rec_x, "tid")
+    dev_l, bad = id_check(_field(args_l, "device"), lenient=loose, strings=False,
+                          low=-MAX_ID, high=MAX_ID)
+    verdict.flag(bad & rec_x, "device")
+    stream_l, bad = id_check(_field(args_l, "stream"), lenient=loose, strings=True)
+    verdict.flag(bad & rec_x, "stream")
+    correlation, bad = int_column(_field(args_l, "correlation"), lenient=loose)
+    verdict.flag(bad & rec_x, "correlation")
+    flops, bad = int_column(_field(args_l, "flops"), lenient=loose, low=0, floats=True)
+    verdict.flag(bad & rec_x, "flops")
 
     # Op, category and kind are small integer codes (OP_CLASSES / CATEGORIES / _KINDS indices).
-    cat_enc = cat.take(pa.array(x)).dictionary_encode()
+    cat_enc = cat.take(pa.array(rec)).dictionary_encode()
     kind_of_cat = np.array([_KINDS.index(_cat_kind(c)) for c in cat_enc.dictionary.to_pylist()]
                            + [_HOST], dtype=np.int8)
     kind = kind_of_cat[_codes(cat_enc)]
+    names = pa.array(names_l, pa.string()).fill_null("")
+    name_enc = names.dictionary_encode()
+    is_nccl = pc.match_substring(name_enc.dictionary, "nccl", ignore_case=True).to_numpy(
+        zero_copy_only=False)
+    nccl = (kind == _KINDS.index("kernel")) & is_nccl[_codes(name_enc)] & rec_x
+    nccl_rows = np.flatnonzero(nccl)
+    nccl_args = _take(args_l, nccl_rows)
+    nccl_fields = {}
+    for key, label in (("collective", "Collective name"), ("group", "Process Group Name"),
+                       ("dtype", "dtype")):  # three columns, not events
+        values = _field(nccl_args, key)
+        if loose:
+            bad = wrong_type(values, (str,))
+            verdict.flag(_scatter(bad, nccl_rows, rec.size), key)
+            values = blank(values, bad)
+        nccl_fields[key] = pa.array(values, pa.string())
+    nelems, bad = int_column(_field(nccl_args, "nelems"), lenient=loose, high=MAX_NELEMS)
+    verdict.flag(_scatter(bad, nccl_rows, rec.size), "nelems")
+
+    # What is kept: sound complete events, and sound counter events (their samples).
+    counters, bad_counter = _counters(rank, trace_events, rec[verdict.ok & ~rec_x & is_c[rec]],
+                                      ts_all_ns, raw)
+    verdict.flag(np.isin(rec, bad_counter), "counter")
+    keep = verdict.ok & rec_x
+    x = rec[keep]
+    if x.size == 0:
+        _refuse_empty(path, ph, rec_x, verdict)
+    if not keep.all():
+        sel = np.flatnonzero(keep)
+        nccl_keep = keep[nccl_rows]
+        nccl_fields = {k: v.filter(pa.array(nccl_keep)) for k, v in nccl_fields.items()}
+        nelems = nelems.filter(pa.array(nccl_keep))
+        nccl_args = list(compress(nccl_args, nccl_keep))
+        names, kind, nccl = names.take(pa.array(sel)), kind[sel], nccl[sel]
+        name_enc = names.dictionary_encode()
+        dur_ns, correlation, flops = dur_ns[sel], correlation.take(pa.array(sel)), flops.take(pa.array(sel))
+        pid_l, tid_l, dev_l, stream_l = (list(compress(v, keep)) for v in (pid_l, tid_l, dev_l, stream_l))
+    nccl_rows = np.flatnonzero(nccl)
+    ts_ns = ts_all_ns[x]
+    dur_ns = np.asarray(dur_ns, dtype=np.int64)
+
     is_gpu = kind != _HOST
     is_kernel = kind == _KINDS.index("kernel")
-
-    names = _str_array(path, "name", _field(xev, "name")).fill_null("")
-    name_enc = names.dictionary_encode()
     name_codes = _codes(name_enc)
     uniq_names = name_enc.dictionary
     name_op = _op_codes(_classify(uniq_names, _OP_PATTERNS, default="other"))
     name_coll = _op_codes(_classify(pc.replace_substring(uniq_names, "_", ""), _COLL_PATTERNS,
                                     default="other"))
-    is_nccl = pc.match_substring(uniq_names, "nccl", ignore_case=True).to_numpy(zero_copy_only=False)
-    nccl = is_kernel & is_nccl[name_codes]
 
     # Collective args, only for the (few) NCCL kernels.
-    nccl_rows = np.flatnonzero(nccl)
-    nccl_args = _take(xargs, nccl_rows)
-    coll_enc = _str_array(path, "Collective name", _field(nccl_args, "collective")).dictionary_encode()
+    coll_enc = nccl_fields["collective"].dictionary_encode()
     # The kind an NCCL kernel's ``Collective name`` arg says, else its kernel name, else other.
     coll_from_arg = _op_codes(np.append(_classify(pc.replace_substring(coll_enc.dictionary, "_", ""),
                                                   _COLL_PATTERNS, default="other"), "other"))
@@ -462,23 +638,22 @@ def _build(path: Path, top: dict[str, Any], trace_events: list[_Event], raw: byt
     category = _CATEGORY_OF_KIND.take(kind.astype(np.intp))
     category[nccl_rows] = _CAT_INDEX["communication"]
 
-    # Devices and tracks.
-    dev = _int_array(path, "device", _field(xargs, "device")).to_numpy(
-        zero_copy_only=False).astype(np.float64)
-    on_dev = is_gpu & ~np.isnan(dev) & (dev >= 0)
-    main_dev = int(np.bincount(dev[on_dev].astype(np.int64)).argmax()) if on_dev.any() else 0
-    chip = np.where(on_dev, np.nan_to_num(dev), main_dev).astype(np.int32)
+    # Devices and tracks. The main device is the most frequent one (ties: the lowest id),
+    # counted over the distinct ids: never an array sized by an id.
+    dev = pa.array(dev_l, pa.int64()).fill_null(-1).to_numpy()
+    on_dev = is_gpu & (dev >= 0)
+    main_dev = 0
+    if on_dev.any():
+        ids, counts = np.unique(dev[on_dev], return_counts=True)
+        main_dev = int(ids[np.argmax(counts)])
+    chip = np.where(on_dev, dev, main_dev).astype(np.int32)
     meta = _take(trace_events, np.flatnonzero(pc.equal(ph, "M").fill_null(False).to_numpy(
         zero_copy_only=False))) if fmt == "chrome" else []
-    track = _tracks(fmt, meta, is_gpu, chip, _field(xev, "pid"), _field(xev, "tid"), _field(xargs, "stream"))
+    track = _tracks(fmt, meta, is_gpu, chip, pid_l, tid_l, stream_l)
 
     step = _steps(uniq_names, name_codes, ts_ns, dur_ns)
-    correlation = _int_array(path, "correlation", _field(xargs, "correlation"))
-    flops = _int_array(path, "flops", _field(xargs, "flops"))
-
-    coll_id, collectives = _collectives(path, rank, nccl_rows, ts_ns, dur_ns, coll_kind,
-                                        _field(nccl_args, "group"), _field(nccl_args, "nelems"),
-                                        _field(nccl_args, "dtype"))
+    coll_id, collectives = _collectives(rank, nccl_rows, ts_ns, dur_ns, coll_kind,
+                                        nccl_fields["group"], nelems, nccl_fields["dtype"])
 
     events = EVENTS.conform(pa.table({
         "ts": ts_ns, "dur": dur_ns,
@@ -488,16 +663,64 @@ def _build(path: Path, top: dict[str, Any], trace_events: list[_Event], raw: byt
         "op": _dict_from_codes(op, OP_CLASSES), "category": _dict_from_codes(category, CATEGORIES),
         "step": step, "flops": flops, "coll_id": coll_id, "correlation": correlation,
     }))
-    counters = _counters(rank, ph, trace_events, ts_all_ns, raw)
-    skipped = _value_counts(ph.filter(pc.invert(is_x)).fill_null(""))
+    set_aside = ~verdict.ok
+    quarantine = (quarantine_rows(path.name, raw, rec[set_aside], verdict.code[set_aside])
+                  if set_aside.any() else QUARANTINE.empty())
+    skipped = _value_counts(ph.filter(pa.array(~is_rec)).fill_null(""))
+    n_bad = int(set_aside.sum())
     info = {
         "file": str(path), "rank": rank, "format": fmt,
-        "events_read": int(x.size), "skipped": skipped,
-        "base_time_ns": base, "ts_exact": ts_exact,
+        "accounting": {"file": path.name, "rank": rank, "expected": int(rec.size),
+                       "kept": int(rec.size) - n_bad, "quarantined": n_bad, "lost": 0,
+                       "duplicates_dropped": 0},
+        "events": int(x.size), "counter_events": int(rec.size) - n_bad - int(x.size),
+        "skipped": skipped, "base_time_ns": base, "ts_exact": ts_exact,
         "distributed": top.get("distributedInfo"),
-        "devices": [d.get("name") for d in top.get("deviceProperties") or [] if isinstance(d, dict)],
+        "devices": _device_names(top.get("deviceProperties")),
     }
-    return _RankTrace(path, fmt, rank, events, collectives, counters, info)
+    return _RankTrace(path, fmt, rank, events, collectives, counters, quarantine, info)
+
+
+def _refuse_empty(path: Path, ph: pa.Array, rec_x: np.ndarray, verdict: Verdict) -> NoReturn:
+    """Raise for a file with no sound complete event, saying why."""
+    bad = rec_x & ~verdict.ok
+    if bad.any():
+        codes, counts = np.unique(verdict.code[bad], return_counts=True)
+        order = np.argsort(-counts, kind="stable")[:3]
+        why = ", ".join(f"{int(counts[i]):,} with {REASONS[int(codes[i]) - 1]}" for i in order)
+        raise TraceFormatError(f"'{path}': none of its {int(rec_x.sum()):,} complete ('X') events "
+                               f"is sound ({why}); nothing to collect: re-export the trace, or "
+                               f"move the file out of the input")
+    has_be = pc.any(pc.is_in(ph, pa.array(["B", "E"]))).as_py()
+    hint = ("it uses 'B'/'E' duration events, which sohuprof does not read; export complete "
+            "('X') events" if has_be else _EXPECTED)
+    raise TraceFormatError(f"'{path}' holds no complete ('X') trace events; {hint}")
+
+
+def _base_time(path: Path, top: dict[str, Any]) -> int:
+    """``baseTimeNanoseconds``: 0 when absent; refused unless an integer in [0, MAX_NS)."""
+    base = top.get("baseTimeNanoseconds")
+    if base is None:
+        return 0
+    if not isinstance(base, int) or isinstance(base, bool) or not 0 <= base < MAX_NS:
+        raise TraceFormatError(f"'{path}': 'baseTimeNanoseconds' should be an integer number of ns "
+                               f"in [0, 2**62), got {base!r:.40}; the file is damaged: re-export it "
+                               f"from the profiler")
+    return base
+
+
+def _device_names(props: Any) -> list[str]:
+    """GPU names from ``deviceProperties`` (a list of objects); anything else gives none."""
+    if not isinstance(props, list):
+        return []
+    return [d["name"] for d in props if isinstance(d, dict) and isinstance(d.get("name"), str)]
+
+
+def _scatter(mask: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """A length-``n`` mask, True at ``rows[mask]``."""
+    out = np.zeros(n, dtype=bool)
+    out[rows[mask]] = True
+    return out
 
 
 def _rank(path: Path, top: dict[str, Any]) -> int:
@@ -505,9 +728,9 @@ def _rank(path: Path, top: dict[str, Any]) -> int:
     if info is None:
         return 0
     rank = info.get("rank") if isinstance(info, dict) else None
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
-        raise TraceFormatError(f"'{path}': 'distributedInfo.rank' should be a non-negative integer, "
-                               f"got {rank!r}; is the file complete?")
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < MAX_ID:
+        raise TraceFormatError(f"'{path}': 'distributedInfo.rank' should be an integer in [0, 2**31), "
+                               f"got {rank!r:.40}; is the file complete?")
     return rank
 
 
@@ -531,47 +754,14 @@ def _take(items: Sequence[Any], index: np.ndarray) -> Sequence[Any]:
     return itemgetter(*index.tolist())(items)
 
 
-def _objects(items: Sequence[Any]) -> np.ndarray:
-    """A 1-d object array of ``items`` (``np.array`` would nest list-valued items)."""
-    return np.fromiter(items, dtype=object, count=len(items))
+_objects = objects
 
 
-def _fill_none(items: Sequence[Any], fill: Any) -> list[Any]:
-    """``items`` with every None replaced by ``fill``."""
+def _fill(items: Sequence[Any], mask: np.ndarray, fill: Any) -> list[Any]:
+    """``items`` with the entries in ``mask`` replaced by ``fill``."""
     out = _objects(items)
-    out[out == None] = fill  # noqa: E711 (elementwise)
+    out[mask] = fill
     return out.tolist()
-
-
-def _str_array(path: Path, label: str, values: list[Any]) -> pa.Array:
-    try:
-        return pa.array(values, pa.string())
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        raise TraceFormatError(f"'{path}': event field '{label}' holds non-string values; "
-                               f"{_EXPECTED}") from None
-
-
-def _num_array(path: Path, label: str, values: list[Any]) -> np.ndarray:
-    """Numbers as float64, NaN where missing."""
-    try:
-        arr = pa.array(values, pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        raise TraceFormatError(f"'{path}': event field '{label}' holds non-numeric values; "
-                               f"{_EXPECTED}") from None
-    return arr.to_numpy(zero_copy_only=False)
-
-
-def _int_array(path: Path, label: str, values: list[Any]) -> pa.Array:
-    """Integers (exact when the JSON has integers), null where missing."""
-    try:
-        return pa.array(values, pa.int64())
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        pass
-    try:  # floats such as 1.5e9
-        return pc.round(pa.array(values, pa.float64())).cast(pa.int64(), safe=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        raise TraceFormatError(f"'{path}': arg '{label}' holds non-numeric values; "
-                               f"{_EXPECTED}") from None
 
 
 def _codes(encoded: pa.DictionaryArray, null_code: int = -1) -> np.ndarray:
@@ -641,24 +831,34 @@ def _us_to_ns(us: np.ndarray) -> np.ndarray:
     return guess.astype(np.int64)
 
 
-def _all_ts_ns(ts_all: np.ndarray, raw: bytes) -> tuple[np.ndarray, bool]:
-    """Every event's ts in int64 ns (0 where missing), and whether it is exact to the ns."""
-    present = ~np.isnan(ts_all)
-    values = np.where(present, ts_all, 0.0)
+def _all_ts_ns(ts_all: np.ndarray, raw: bytes, base: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Every event's ts in int64 ns plus ``base`` (``base`` where missing or out of range),
+    the mask of those within +-MAX_NS, and whether they are exact to the ns.
+
+    Out-of-range values (1e20 us, inf) are masked before any cast, so nothing wraps.
+    """
+    fits = np.abs(ts_all) < MAX_NS / 1000.0  # False for NaN and inf
+    values = np.where(fits, ts_all, 0.0)
+    exact = True
     if np.abs(values).max(initial=0.0) < _EXACT_US:
-        return _us_to_ns(values), True
-    from_text = _ts_from_text(raw, ts_all)
-    if from_text is not None:
-        return from_text, True
-    return np.rint(values * 1000.0).astype(np.int64), False
+        ns = _us_to_ns(values)
+    else:
+        from_text = _ts_from_text(raw, ts_all, fits)
+        exact = from_text is not None
+        ns = from_text if from_text is not None else np.rint(values * 1000.0).astype(np.int64)
+    # |ns| <= 2**62 and 0 <= base < 2**62: the sum cannot wrap.
+    ns = np.where(fits, ns, 0) + np.int64(base)
+    fits &= np.abs(ns) < MAX_NS
+    return ns, fits, exact
 
 
-def _ts_from_text(raw: bytes, ts_all: np.ndarray) -> np.ndarray | None:
-    """Exact ns of every event's ts, re-read from the JSON text when floats cannot hold them.
+def _ts_from_text(raw: bytes, ts_all: np.ndarray, fits: np.ndarray) -> np.ndarray | None:
+    """Exact ns of every event's ts in range (``fits``), re-read from the JSON text when floats
+    cannot hold them; 0 elsewhere.
 
     The ``"ts": <number>`` tokens are taken in document order and must match, one for one,
     the events that have a ts (checked value by value); otherwise None (the caller falls back
-    to the float, and says so in the metadata).
+    to the float, and says so in the metadata). So must an in-range ts written with an exponent.
     """
     tokens = _TS_TOKEN.findall(raw)
     present = ~np.isnan(ts_all)
@@ -666,6 +866,10 @@ def _ts_from_text(raw: bytes, ts_all: np.ndarray) -> np.ndarray | None:
         return None
     text = np.array(tokens, dtype=np.bytes_)
     if not np.array_equal(text.astype(np.float64), ts_all[present]):
+        return None
+    use = fits[present]
+    text = text[use]
+    if (np.char.find(text, b"e") >= 0).any() or (np.char.find(text, b"E") >= 0).any():
         return None
     parts = np.char.partition(text, b".")
     whole, frac = parts[:, 0], parts[:, 2]
@@ -676,7 +880,7 @@ def _ts_from_text(raw: bytes, ts_all: np.ndarray) -> np.ndarray | None:
     ns_frac = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2] + (digits[:, 3] >= 5)
     magnitude = np.abs(whole.astype(np.int64)) * 1000 + ns_frac
     out = np.zeros(ts_all.shape, dtype=np.int64)
-    out[present] = np.where(negative, -magnitude, magnitude)
+    out[np.flatnonzero(present)[use]] = np.where(negative, -magnitude, magnitude)
     return out
 
 
@@ -690,14 +894,26 @@ def _tracks(fmt: str, meta: Sequence[_Event], is_gpu: np.ndarray, chip: np.ndarr
     lane = np.where(is_gpu & (stream_o != None), stream_o, _objects(tid))  # noqa: E711 (elementwise)
     lane_codes, lanes = pd.factorize(lane, use_na_sentinel=False)
     pid_codes, pids = _factorize(pid)
-    key = ((is_gpu.astype(np.int64) * (int(chip.max(initial=0)) + 1) + chip) * len(pids)
-           + pid_codes) * len(lanes) + lane_codes
+    chips = int(chip.max(initial=0)) + 1
+    if 2 * chips * len(pids) * len(lanes) >= 2**63:
+        # A mixed-radix key would wrap int64: number the chips densely first.
+        _, dense = np.unique(chip, return_inverse=True)
+        chips, chip_key = int(dense.max(initial=0)) + 1, dense.reshape(-1)
+    else:
+        chip_key = chip
+    key = (is_gpu.astype(np.int64) * chips + chip_key) * len(pids) + pid_codes
+    if int(key.max(initial=0)) * len(lanes) >= 2**63 - len(lanes):
+        _, key = np.unique(key, return_inverse=True)
+        key = key.reshape(-1).astype(np.int64)
+    key = key * len(lanes) + lane_codes
     uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     multi_gpu = np.unique(chip[is_gpu]).size > 1
     thread_names: dict[tuple[Any, Any], str] = {}
     process_names: dict[Any, str] = {}
     if fmt == "chrome":
-        named = [m for m in meta if m.args is not None]
+        # Metadata events are not checked as records are: skip unusable ones here.
+        named = [m for m in meta if isinstance(m.args, _ARGS_TYPES)
+                 and isinstance(m.pid, _SCALARS) and isinstance(m.tid, _SCALARS)]
         thread_names = {(m.pid, m.tid): str(m.args.name) for m in named if m.name == "thread_name"}
         process_names = {m.pid: str(m.args.name) for m in named if m.name == "process_name"}
     several_pids = len(pids) > 1
@@ -733,19 +949,17 @@ def _steps(uniq_names: pa.Array, name_codes: np.ndarray, ts: np.ndarray, dur: np
     return pa.array(np.where(inside, nums[np.maximum(j, 0)], 0), pa.int64(), mask=~inside)
 
 
-def _collectives(path: Path, rank: int, rows: np.ndarray, ts: np.ndarray, dur: np.ndarray,
-                 kind: np.ndarray, pg_l: list[Any], nelems_l: list[Any],
-                 dtype_l: list[Any]) -> tuple[pa.Array, pa.Table]:
+def _collectives(rank: int, rows: np.ndarray, ts: np.ndarray, dur: np.ndarray, kind: np.ndarray,
+                 pg: pa.Array, nelems: pa.Array, dtype: pa.Array) -> tuple[pa.Array, pa.Table]:
     """``coll_id`` per event, and this rank's collective rows (``start`` still missing).
 
-    ``rows`` are the NCCL kernels' event indices; ``kind`` (their op codes), ``pg_l``,
-    ``nelems_l`` and ``dtype_l`` hold what belongs to them, in the same order.
+    ``rows`` are the NCCL kernels' event indices; ``kind`` (their op codes), ``pg`` (process
+    group names), ``nelems`` and ``dtype`` hold what belongs to them, in the same order.
     """
     n = len(ts)
     if rows.size == 0:
         return pa.nulls(n, pa.int64()), COLLECTIVES.empty().drop_columns(["start"])
-    pg = _str_array(path, "Process Group Name", pg_l).fill_null("0")
-    pg_enc = pg.dictionary_encode()
+    pg_enc = pg.fill_null("0").dictionary_encode()
     group_of = np.array([_group_id(g) for g in pg_enc.dictionary.to_pylist()], dtype=np.int64)
     group = group_of[_codes(pg_enc)]
     # The n-th NCCL kernel of a group, by ts: a running count within each group.
@@ -761,12 +975,10 @@ def _collectives(path: Path, rank: int, rows: np.ndarray, ts: np.ndarray, dur: n
     mask = np.ones(n, dtype=bool)
     mask[rows] = False
 
-    dtype = _str_array(path, "dtype", dtype_l)
     dtype_enc = dtype.dictionary_encode()
     size_of = np.array([_DTYPE_BYTES.get(d, -1) for d in dtype_enc.dictionary.to_pylist()] + [-1])
     elem_bytes = size_of[_codes(dtype_enc, null_code=len(size_of) - 1)]
-    nelems = _int_array(path, "In msg nelems", nelems_l)
-    nel = nelems.fill_null(-1).to_numpy(zero_copy_only=False)
+    nel = nelems.fill_null(-1).to_numpy(zero_copy_only=False)  # below MAX_NELEMS: no wrap
     valid = (elem_bytes >= 0) & (nel >= 0)
     nbytes = pa.array(np.where(valid, nel * elem_bytes, 0), pa.int64(), mask=~valid)
     table = pa.table({
@@ -801,37 +1013,46 @@ def _finish_collectives(parts: list[pa.Table]) -> pa.Table:
     return table.sort_by([(c, "ascending") for c in COLLECTIVES.sort_by])
 
 
-def _counters(rank: int, ph: pa.Array, trace_events: Sequence[_Event], ts_ns: np.ndarray,
-              text: bytes) -> pa.Table:
-    """Chrome counter events: one sample per numeric series of each ``C`` event."""
-    c_rows = np.flatnonzero(pc.equal(ph, "C").fill_null(False).to_numpy(zero_copy_only=False))
+def _counters(rank: int, trace_events: Sequence[_Event | _LooseEvent], c_rows: np.ndarray,
+              ts_ns: np.ndarray, text: bytes) -> tuple[pa.Table, np.ndarray]:
+    """Chrome counter events (``c_rows``, sound so far): one sample per numeric series.
+
+    Returns the samples and the events set aside: those with a series value beyond int64 or
+    float range (their other series are not kept either).
+    """
+    none = np.zeros(0, dtype=np.int64)
     if c_rows.size == 0:
-        return COUNTERS.empty()
+        return COUNTERS.empty(), none
     doc = _COUNTER_DECODER.decode(text)
     raw_args = _field(_take(doc if isinstance(doc, list) else doc.traceEvents, c_rows), "args")
     args = msgspec.json.decode(b"[" + b",".join(raw_args) + b"]")
     keep = np.fromiter(map(isinstance, args, repeat(dict)), bool, len(args))
     if not keep.any():
-        return COUNTERS.empty()
-    objects = list(compress(args, keep))
+        return COUNTERS.empty(), none
+    series = list(compress(args, keep))
     # Every (event, series) pair flattened in document order, at C speed.
-    width = np.fromiter(map(len, objects), np.int64, len(objects))
-    keys = _objects(list(chain.from_iterable(objects)))
-    values = _objects(list(chain.from_iterable(map(dict.values, objects))))
+    width = np.fromiter(map(len, series), np.int64, len(series))
+    keys = _objects(list(chain.from_iterable(series)))
+    values = _objects(list(chain.from_iterable(map(dict.values, series))))
     kinds = _objects(list(map(type, values)))
     numeric = (kinds == int) | (kinds == float)  # not bool, str, None, lists or objects
     if not numeric.any():
-        return COUNTERS.empty()
-    row = np.repeat(np.arange(len(objects)), width)[numeric]
+        return COUNTERS.empty(), none
+    row = np.repeat(np.arange(len(series)), width)[numeric]
     kept = c_rows[keep]
+    number, _ = float_column(values[numeric].tolist(), lenient=False)
+    # Ints beyond int64 read as +-inf (kineto_checks.float_column): set the event aside.
+    bad_row = np.unique(row[~np.isfinite(number)])
+    sound = ~np.isin(row, bad_row)
+    row, number, numeric_keys = row[sound], number[sound], keys[numeric][sound]
     names = _objects(list(map(str, _field(_take(trace_events, kept), "name"))))[row]
-    counter = np.where(width[row] > 1, names + "." + keys[numeric], names)
+    counter = np.where(width[row] > 1, names + "." + numeric_keys, names)
     return COUNTERS.conform(pa.table({
         "ts": ts_ns[kept][row],
         "rank": np.full(row.size, rank, np.int32),
         "counter": pa.array(counter.tolist(), pa.string()).dictionary_encode(),
-        "value": pa.array(values[numeric].astype(np.float64), pa.float64()),
-    }))
+        "value": pa.array(number, pa.float64()),
+    })), kept[bad_row]
 
 
 # -- manifest -----------------------------------------------------------------------------------
@@ -858,6 +1079,20 @@ def _metadata(path: PathLike, parts: list[_RankTrace], written: int) -> dict[str
             "base_time_ns": bases,
             "ts_exact_ns": all(p.info["ts_exact"] for p in parts),
         },
-        "counts": {"events_read": sum(p.info["events_read"] for p in parts), "events": written,
-                   "quarantined": 0, "skipped_by_ph": skipped},
+        "counts": _counts(parts, written, skipped),
+    }
+
+
+def _counts(parts: list[_RankTrace], written: int, skipped: dict[str, int]) -> dict[str, Any]:
+    """The manifest's counts; what a record is: see the module docstring."""
+    files = [p.info["accounting"] for p in parts]
+    return {
+        "records_expected": sum(f["expected"] for f in files),
+        "events": written,
+        "counter_events": sum(p.info["counter_events"] for p in parts),
+        "quarantined_records": sum(f["quarantined"] for f in files),
+        "quarantined_pieces": sum(p.quarantine.num_rows for p in parts),
+        "records_lost": 0,
+        "files": files,
+        "skipped_by_ph": skipped,
     }

@@ -53,7 +53,12 @@ def test_category_counts_match_raw(trace, raw_x: list[dict]) -> None:
     }
     counts = trace.events.group_by("category").aggregate([("ts", "count")]).to_pydict()
     assert dict(zip([str(c) for c in counts["category"]], counts["ts_count"])) == expected
-    assert trace.events.num_rows == len(raw_x) == trace.metadata["counts"]["events_read"]
+    counts = trace.metadata["counts"]
+    assert trace.events.num_rows == len(raw_x) == counts["records_expected"] == counts["events"]
+    assert counts["quarantined_records"] == counts["quarantined_pieces"] == counts["records_lost"] == 0
+    assert counts["files"] == [{"file": A100.name, "rank": 0, "expected": len(raw_x), "kept": len(raw_x),
+                                "quarantined": 0, "lost": 0, "duplicates_dropped": 0}]
+    assert trace.quarantine.num_rows == 0
     assert trace.events.schema.equals(EVENTS.schema)
 
 
@@ -259,14 +264,14 @@ def test_chrome_counters_null_args_and_process_names(tmp_path: Path) -> None:
      "not a trace: an object without a 'traceEvents' list"),
     (lambda d: (d / "x.json").write_text('"trace"') and d / "x.json", "not a trace: str"),
     (lambda d: (d / "x.json").write_text('[{"ph": "X", "ts": 1, "dur": 1, "args": [1]}]') and d / "x.json",
-     "an event's 'args' is not an object"),
+     r"none of its 1 complete \('X'\) events is sound \(1 with 'args' is not an object\)"),
     (lambda d: (d / "x.json").write_text('[{"ph": "X", "ts": 1, "dur": 1}, 2, {"ph": ') and d / "x.json",
      "is not JSON"),
     (lambda d: (d / "x.json").write_text('[{"ph": "B", "ts": 1, "name": "a"}, '
                                          '{"ph": "E", "ts": 2}]') and d / "x.json",
      "'B'/'E' duration events"),
     (lambda d: (d / "x.json").write_text('[{"ph": "X", "ts": "soon", "dur": 1}]') and d / "x.json",
-     "'ts' holds non-numeric values"),
+     "1 with 'ts' is not a number"),
 ])
 def test_bad_input(tmp_path: Path, setup, message: str) -> None:
     path = setup(tmp_path)
