@@ -34,7 +34,7 @@ from isal import isal_zlib
 
 from sohuprof.errors import TraceFormatError
 from sohuprof.strace import (CHUNK_HEADER, CHUNK_MAGIC, FILE_HEADER, FILE_HEADER_CRC_SPAN, FILE_HEADER_V1,
-                             FILE_MAGIC, FORMAT_VERSION, RECORD_DTYPE)
+                             FILE_MAGIC, FORMAT_VERSION, RECORD_DTYPE, chunk_crc_seed)
 
 __all__ = ["Piece", "Slot", "FileAccount", "ChipFile", "RAW_LIMIT"]
 
@@ -135,6 +135,8 @@ class ChipFile:
         self.size = os.fstat(self._fd).st_size
         self.header_size = FILE_HEADER.size
         self.chunk_records = slot.chunk_records or 0
+        # Chunk CRCs start from the slot's identity: a chunk from any other file fails its check.
+        self._crc_seed = chunk_crc_seed(slot.run_id, slot.node, slot.chip)
         self._scanned = False
         self._check_header()
 
@@ -242,8 +244,8 @@ class ChipFile:
         if pos + _HDR + count * _REC > self.size:
             return f"truncated chunk: {self.size - pos - _HDR:,} of {count * _REC:,} payload bytes"
         payload = self._read(pos + _HDR, count * _REC)
-        if isal_zlib.crc32(payload) != crc:
-            return "CRC32 mismatch"
+        if isal_zlib.crc32(payload, self._crc_seed) != crc:
+            return "CRC32 mismatch (or a chunk of another file)"
         return seq, count, crc, payload
 
     def _resync(self, start: int) -> int:
@@ -335,7 +337,7 @@ class ChipFile:
         for seq in sorted(self._kept):
             chunk = self._kept[seq]
             payload = self._read(chunk.offset, chunk.count * _REC)
-            if len(payload) < chunk.count * _REC or isal_zlib.crc32(payload) != chunk.crc:
+            if len(payload) < chunk.count * _REC or isal_zlib.crc32(payload, self._crc_seed) != chunk.crc:
                 raise TraceFormatError(f"{self.source} changed while it was being collected (chunk {seq} at "
                                        f"byte {chunk.offset - _HDR:,}); collect again once nothing writes to it")
             yield chunk.offset, np.frombuffer(payload, RECORD_DTYPE)

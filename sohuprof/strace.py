@@ -5,9 +5,11 @@ A run directory holds ``run.json`` and, per chip, ``node<N>/chip<C>.strace``::
     file header   FILE_HEADER: magic b"SOHUTRC\\0", version, node, chip, record size, chunk records,
                   run id (16 bytes, also in run.json), CRC32 of the header's first 44 bytes
     chunk*        CHUNK_HEADER: magic b"CHNK", sequence number, record count, CRC32 of the payload
+                  seeded with the file's identity (chunk_crc_seed: run id, node, chip)
                   payload: record count x RECORD_DTYPE (little-endian, packed)
 
-Chunks are numbered 0, 1, 2 ... in the order written, and every chunk but the last holds exactly
+The seed binds each chunk to its file: a chunk copied in from another run's or another chip's
+file never checks out, even where its sequence number and record count would fit. Chunks are numbered 0, 1, 2 ... in the order written, and every chunk but the last holds exactly
 ``chunk records``; ``run.json`` lists each chip's records and chunks. Together these say how many
 records each chunk must hold, so a reader can account for every record written: kept, set aside
 as damaged, or lost (its bytes are not in the file). The run id and the header's node and chip say
@@ -30,7 +32,7 @@ from isal import isal_zlib
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "FILE_MAGIC", "CHUNK_MAGIC", "FILE_HEADER", "FILE_HEADER_CRC_SPAN",
     "FILE_HEADER_V1", "RUN_ID_BYTES", "CHUNK_HEADER", "RECORD_DTYPE", "NO_LAYER", "NO_GROUP", "Engine", "Phase",
-    "chip_path", "host_path", "pack_file_header",
+    "chip_path", "host_path", "pack_file_header", "chunk_crc_seed",
 ]
 
 FORMAT_NAME = "sohu-raw-trace"
@@ -104,3 +106,10 @@ def pack_file_header(node: int, chip: int, chunk_records: int, run_id: bytes) ->
     head = FILE_HEADER.pack(FILE_MAGIC, FORMAT_VERSION, node, chip, RECORD_DTYPE.itemsize, chunk_records,
                             run_id, 0)[:FILE_HEADER_CRC_SPAN]
     return head + struct.pack("<I", isal_zlib.crc32(head))
+
+
+def chunk_crc_seed(run_id: bytes | None, node: int, chip: int) -> int:
+    """The value a file's chunk CRC32s start from: the CRC32 of its identity (0 in version 1)."""
+    if run_id is None:
+        return 0
+    return isal_zlib.crc32(run_id + struct.pack("<HH", node, chip))

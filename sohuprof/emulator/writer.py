@@ -11,7 +11,7 @@ from isal import isal_zlib
 
 from sohuprof.emulator.plan import ParallelPlan
 from sohuprof.emulator.runtime import StepTrace
-from sohuprof.strace import CHUNK_HEADER, CHUNK_MAGIC, RECORD_DTYPE, chip_path, pack_file_header
+from sohuprof.strace import CHUNK_HEADER, CHUNK_MAGIC, RECORD_DTYPE, chip_path, chunk_crc_seed, pack_file_header
 
 __all__ = ["RawTraceWriter"]
 
@@ -27,6 +27,7 @@ class RawTraceWriter:
     def __init__(self, root: Path, plan: ParallelPlan, chunk_records: int, run_id: bytes) -> None:
         self.plan, self.chunk = plan, chunk_records
         self.files: list[BinaryIO] = []
+        self.crc_seed = [chunk_crc_seed(run_id, int(plan.node[r]), int(plan.chip[r])) for r in range(plan.world)]
         for rank in range(plan.world):
             path = root / chip_path(int(plan.node[rank]), int(plan.chip[rank]))
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +58,7 @@ class RawTraceWriter:
         for lo in range(0, full, self.chunk):
             payload = data[lo:lo + self.chunk].tobytes()
             f.write(CHUNK_HEADER.pack(CHUNK_MAGIC, int(self.chunks[rank]), len(payload) // RECORD_DTYPE.itemsize,
-                                      isal_zlib.crc32(payload)))
+                                      isal_zlib.crc32(payload, self.crc_seed[rank])))
             f.write(payload)
             self.chunks[rank] += 1
         rest = data[full:]

@@ -28,11 +28,13 @@ CHUNK = struct.Struct("<4sIII")
 def read_raw(path: Path) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Independent reader of a .strace file: all records and each chunk's (offset, count)."""
     data = path.read_bytes()
+    _, _, node, chip, _, _, run_id, _ = HEADER.unpack_from(data, 0)
+    seed = zlib.crc32(run_id + struct.pack("<HH", node, chip))   # chunk CRCs start from the file's identity
     pos, out, chunks = HEADER.size, [], []
     while pos < len(data):
         magic, _seq, count, crc = CHUNK.unpack_from(data, pos)
         payload = data[pos + CHUNK.size: pos + CHUNK.size + count * RECORD_DTYPE.itemsize]
-        assert magic == b"CHNK" and zlib.crc32(payload) == crc
+        assert magic == b"CHNK" and zlib.crc32(payload, seed) == crc
         out.append(np.frombuffer(payload, RECORD_DTYPE))
         chunks.append((pos, count))
         pos += CHUNK.size + len(payload)

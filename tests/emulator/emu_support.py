@@ -113,7 +113,8 @@ REF_CHUNK_MAGIC = b"CHNK"
 #: magic[8], version u16, node u16, chip u16, record size u16, records per chunk u32, run id[16],
 #: 8 reserved, CRC32 of the 44 bytes before it
 REF_FILE_HEADER = struct.Struct("<8sHHHHI16s8xI")
-#: magic[4], sequence u32, record count u32, crc32 u32
+#: magic[4], sequence u32, record count u32, crc32 u32 of the payload, seeded with the CRC32 of
+#: the file's run id, node and chip (u16 each)
 REF_CHUNK_HEADER = struct.Struct("<4sIII")
 
 
@@ -161,7 +162,7 @@ def read_strace(path: Path) -> StraceFile:
         payload = data[off:off + count * rsize]
         if len(payload) != count * rsize:
             raise RawFormatError(f"{path}: truncated payload of chunk {seq}")
-        if zlib.crc32(payload) != crc:
+        if zlib.crc32(payload, zlib.crc32(run_id + struct.pack("<HH", node, chip))) != crc:
             raise RawFormatError(f"{path}: CRC mismatch in chunk {seq}")
         parts.append(np.frombuffer(payload, dtype=RECORD_DTYPE))
         counts.append(count)
