@@ -8,6 +8,7 @@ scheduler address a ``dask.distributed.LocalCluster`` is started (and stopped) f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from typing import Any
@@ -17,7 +18,49 @@ from sohuprof.analyzers.engine import plan_columns, read_rank
 from sohuprof.analyzers.partition import Partition
 from sohuprof.errors import SohuprofError
 
-__all__ = ["run_analyses_dask"]
+__all__ = ["run_analyses_dask", "check_scheduler_address", "CONNECT_TIMEOUT_S"]
+
+#: Seconds to reach a scheduler and to see its first worker: a wrong address fails fast.
+CONNECT_TIMEOUT_S = 5
+#: ``[tcp|tls://]host:port``: a host name, an IPv4 address or a bracketed IPv6 address.
+_ADDRESS = re.compile(r"(?:(?P<proto>[a-z][a-z0-9+.-]*)://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]+)")
+_PROTOCOLS = ("tcp", "tls")
+
+
+def check_scheduler_address(address: str) -> str:
+    """Check a Dask scheduler address before anything connects to it; return it with its protocol.
+
+    Parameters
+    ----------
+    address : str
+        ``tcp://HOST:PORT``, ``tls://HOST:PORT`` or ``HOST:PORT`` (taken as tcp).
+
+    Returns
+    -------
+    str
+        The address with an explicit protocol.
+
+    Raises
+    ------
+    SohuprofError
+        The address is not of that form, names another protocol, or its port is not in 1..65535.
+
+    Examples
+    --------
+    >>> check_scheduler_address("10.0.0.5:8786")
+    'tcp://10.0.0.5:8786'
+    """
+    m = _ADDRESS.fullmatch(address.strip())
+    usage = "expected tcp://HOST:PORT or HOST:PORT, such as tcp://10.0.0.5:8786"
+    if m is None:
+        raise SohuprofError(f"'--scheduler' {address!r} is not a scheduler address; {usage}")
+    proto = m.group("proto") or "tcp"
+    if proto not in _PROTOCOLS:
+        raise SohuprofError(f"'--scheduler' {address!r}: protocol {proto!r} is not supported; {usage}")
+    port = int(m.group("port"))
+    if not 1 <= port <= 65535:
+        raise SohuprofError(f"'--scheduler' {address!r}: port must be in 1..65535, got {port}")
+    return f"{proto}://{m.group('host')}:{port}"
 
 
 def _chunk_rank(ctx: AnalysisContext, analyses: list[Analysis], columns: list[str], rank: int, node: int) -> list[Any]:
@@ -45,10 +88,16 @@ def run_analyses_dask(ctx: AnalysisContext, analyses: Iterable[Analysis], *, sch
     columns = plan_columns(ctx, analyses)
     with ExitStack() as stack:
         if scheduler:
+            address = check_scheduler_address(scheduler)
             try:
-                client = stack.enter_context(Client(scheduler, timeout="5s"))
+                client = stack.enter_context(Client(address, timeout=f"{CONNECT_TIMEOUT_S}s"))
+            except (OSError, TimeoutError, ValueError) as exc:   # refused, unresolvable, no answer
+                raise SohuprofError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+            try:   # a scheduler without workers would leave every task waiting forever
+                client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
             except (OSError, TimeoutError) as exc:
-                raise SohuprofError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+                raise SohuprofError(f"the Dask scheduler at {address} has no workers "
+                                    f"(none joined within {CONNECT_TIMEOUT_S} s): {exc}") from None
         else:
             cluster = stack.enter_context(LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                                        dashboard_address=None))

@@ -99,20 +99,30 @@ class ExportSummary:
     warnings: tuple[str, ...] = ()
 
 
+#: Bounds of a parsed rank selection (see :func:`parse_ranks`).
+_MAX_RANK_ID = 2**31 - 1
+_MAX_SELECTED_RANKS = 2**20
+
+
 def parse_ranks(text: str) -> list[int]:
     """Parse a rank list such as ``"0,3,8-15"`` into sorted unique ranks.
+
+    Ranks are bounded before any range is expanded: each is below ``2**31`` (ranks are int32 in
+    the store) and a selection spans at most ``2**20`` ranks (more than any cluster has), so a
+    typo such as ``0-999999999999`` is one clear error rather than a list of a trillion ints.
 
     Raises
     ------
     ValueError
-        ``text`` is not a comma-separated list of ranks and ``A-B`` ranges.
+        ``text`` is not a comma-separated list of ranks and ``A-B`` ranges, or a rank or the
+        selection's size is past those bounds.
 
     Examples
     --------
     >>> parse_ranks("0,3,8-10")
     [0, 3, 8, 9, 10]
     """
-    ranks: set[int] = set()
+    spans: list[tuple[int, int]] = []
     for part in (p.strip() for p in text.split(",")):
         lo, sep, hi = part.partition("-")
         try:
@@ -122,6 +132,15 @@ def parse_ranks(text: str) -> list[int]:
             raise ValueError(f"'ranks' must be ranks and ranges like 0,3,8-15; got {text!r}") from None
         if a < 0 or b < a:
             raise ValueError(f"'ranks' range {part!r} is empty or negative; write it low-high, like 8-15")
+        if b > _MAX_RANK_ID:
+            raise ValueError(f"'ranks' {part!r} names rank {b:,}, past the largest a store holds ({_MAX_RANK_ID:,})")
+        spans.append((a, b))
+    size = sum(b - a + 1 for a, b in spans)
+    if size > _MAX_SELECTED_RANKS:
+        raise ValueError(f"'ranks' {text!r} selects {size:,} ranks, more than the {_MAX_SELECTED_RANKS:,} "
+                         "a selection may name; list the ranks the store has")
+    ranks: set[int] = set()
+    for a, b in spans:
         ranks.update(range(a, b + 1))
     return sorted(ranks)
 

@@ -4,6 +4,7 @@ by library calls (no logic lives here)."""
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,23 @@ class SohuprofGroup(click.Group):
 pass_cli = click.make_pass_decorator(CliContext)
 
 
+class FiniteFloat(click.FloatRange):
+    """A float range that refuses nan and inf, which compare False against any bound and so
+    slip through ``click.FloatRange``."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+#: Counts (requests, token lengths, parallel degrees) fit int32, what the tables store them as.
+_COUNT = click.IntRange(1, 2**31 - 1)
+#: A window bound in ms whose ns offset from the trace start fits int64.
+_MAX_WINDOW_MS = (2**63 - 1) / 1e6
+
+
 @click.group(cls=SohuprofGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(sohuprof.__version__, prog_name="sohuprof")
 @click.option("-v", "--verbose", count=True, help="More detail; tracebacks on errors.")
@@ -92,34 +110,40 @@ Example:
               help="Run directory to create (raw per-chip traces + run.json).")
 @click.option("--model", default="llama3-70b", show_default=True, help="Model preset or a HuggingFace config.json.")
 @click.option("--hw", "hw_name", default="sohu", show_default=True, help="Hardware preset (sohu, h100, h200, b200) or a TOML file.")
-@click.option("--nodes", default=2, show_default=True, type=click.IntRange(min=1))
-@click.option("--chips-per-node", type=click.IntRange(min=1), help="Chips used per node [default: the hardware's].")
-@click.option("--tp", default=8, show_default=True, type=click.IntRange(min=1), help="Tensor-parallel degree.")
-@click.option("--ep", default=1, show_default=True, type=click.IntRange(min=1), help="Expert-parallel degree (MoE models).")
-@click.option("--pp", default=1, show_default=True, type=click.IntRange(min=1), help="Pipeline-parallel degree.")
-@click.option("--requests", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Poisson arrival rate, requests/s [default: all at once].")
-@click.option("--prompt-len", default=2048, show_default=True, type=click.IntRange(min=1))
-@click.option("--output-len", default=128, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-batch-tokens", default=8192, show_default=True, type=click.IntRange(min=1), help="Token budget of a scheduler step.")
+@click.option("--nodes", default=2, show_default=True, type=click.IntRange(1, 65535),
+              help="Nodes (at most 65535: the raw header's 16-bit node id).")
+@click.option("--chips-per-node", type=click.IntRange(1, 65535), help="Chips used per node [default: the hardware's].")
+@click.option("--tp", default=8, show_default=True, type=_COUNT, help="Tensor-parallel degree.")
+@click.option("--ep", default=1, show_default=True, type=_COUNT, help="Expert-parallel degree (MoE models).")
+@click.option("--pp", default=1, show_default=True, type=_COUNT, help="Pipeline-parallel degree.")
+@click.option("--requests", default=64, show_default=True, type=_COUNT)
+@click.option("--rate", type=FiniteFloat(min=0, min_open=True),
+              help="Poisson arrival rate, requests/s; --requests/--rate at most a day [default: all at once].")
+@click.option("--prompt-len", default=2048, show_default=True, type=_COUNT)
+@click.option("--output-len", default=128, show_default=True, type=_COUNT)
+@click.option("--max-batch-tokens", default=8192, show_default=True, type=_COUNT, help="Token budget of a scheduler step.")
 @click.option("--dtype", default="fp8", show_default=True, type=click.Choice(["fp8", "bf16"]), help="Weight and matrix-math format.")
 @click.option("--two-batch-overlap/--no-two-batch-overlap", default=True, show_default=True,
               help="Overlap TP all-reduces with compute by splitting big steps in two micro-batches.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--clock-skew-us", default=50.0, show_default=True, type=click.FloatRange(min=0), help="Node clock offset scale (0: perfect clocks).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Random seed, 0..2**63-1.")
+@click.option("--clock-skew-us", default=50.0, show_default=True, type=FiniteFloat(0, 1e5),
+              help="Node clock offset scale, 0..1e5 (0: perfect clocks).")
 @click.option("--inject", multiple=True, callback=_fault, metavar="SPEC",
               help="Fault: straggler:rank=R,slowdown=F or slow-link:node=N,factor=F (repeatable).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--allow-large", is_flag=True,
+              help="Run even past the size ceiling (1e9 records or 100 GB) or the free disk space.")
 @pass_cli
 def emulate(obj: CliContext, out: Path, model: str, hw_name: str, chips_per_node: int | None,
-            inject: tuple, **options: Any) -> None:
+            inject: tuple, allow_large: bool, **options: Any) -> None:
     """Run the emulated Sohu runtime and write raw per-chip traces.
 
     Serves --requests requests of a real model config on a simulated cluster of --nodes nodes and
     writes what each chip's trace unit would: node<N>/chip<C>.strace (binary, local clock cycles),
-    node<N>/host.jsonl and run.json.
+    node<N>/host.jsonl and run.json. A large run says how large before it starts; one the
+    machine cannot hold is refused.
     """
-    from sohuprof.emulator import EmulatorConfig, emulate as run_emulation
+    from sohuprof.emulator import EmulatorConfig, check_run, emulate as run_emulation, estimate_run
     from sohuprof.hardware import load_hardware
     from sohuprof.models import load_model
 
@@ -127,6 +151,10 @@ def emulate(obj: CliContext, out: Path, model: str, hw_name: str, chips_per_node
     force = options.pop("force")
     cfg = EmulatorConfig(model=load_model(model), hardware=hw, chips_per_node=chips_per_node or hw.chips_per_node,
                          faults=inject, **options)
+    estimate = estimate_run(cfg)
+    check_run(estimate, out, allow_large=allow_large)
+    if estimate.large and not obj.quiet:
+        click.echo(f"large run: {estimate.describe()}", err=True)
     summary = run_emulation(cfg, out, force=force, show_progress=obj.show_progress)
     if not obj.quiet:
         click.echo(f"wrote {summary.path}: {summary.records:,} records from {summary.ranks} chips, "
@@ -212,6 +240,17 @@ def _damage_warning(summary: dict[str, Any], out: Path) -> str | None:
     return line
 
 
+def _scheduler(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Check the address's form before anything is read or connected to."""
+    if value is None:
+        return None
+    from sohuprof.analyzers.dask_engine import check_scheduler_address
+    try:
+        return check_scheduler_address(value)
+    except SohuprofError as exc:
+        raise click.BadParameter(str(exc).removeprefix("'--scheduler' ")) from None
+
+
 def _report_names(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -237,7 +276,7 @@ Examples:
               help="Select events as Holistic Trace Analysis does (drops unlaunched kernels and the last step).")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "dask"]),
               help="local: in-process, a rank at a time; dask: the same kernels as Dask tasks.")
-@click.option("--scheduler", metavar="tcp://HOST:PORT",
+@click.option("--scheduler", metavar="tcp://HOST:PORT", callback=_scheduler,
               help="Dask scheduler to use with --engine dask [default: start a LocalCluster].")
 @pass_cli
 def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, out: Path | None,
@@ -254,13 +293,13 @@ def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, ou
 
     if (fmt == "csv" and str(out) == atomic.STDOUT) or (fmt in ("csv", "html") and out is None):
         raise click.UsageError(f"--format {fmt} writes files: give -o {'DIR' if fmt == 'csv' else 'FILE.html'}")
+    if scheduler and engine != "dask":   # before a store is read or collected
+        raise click.UsageError("--scheduler needs --engine dask")
     if fmt == "csv":   # refused before the analysis rather than after it
         atomic.check_marked_directory(out, marker=render.CSV_MARKER, force=force, inputs=[source])  # type: ignore[arg-type]
     elif out is not None:
         atomic.check_file_output(out, force=force, inputs=[source])
     with open_store_or_collect(source, show_progress=obj.show_progress) as store:
-        if scheduler and engine != "dask":
-            raise click.UsageError("--scheduler needs --engine dask")
         reports = run_reports(store, names, hta_compatible=hta_compatible, engine=engine, scheduler=scheduler)
     if fmt == "csv":
         render.write_csv(reports, out, force=force)  # type: ignore[arg-type]
@@ -307,8 +346,10 @@ Examples:
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="JSON file to write; gzip-compressed when it ends in .gz; - for stdout (plain JSON).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
-@click.option("--start-ms", type=float, help="Only events starting at or after this, in ms from the trace start.")
-@click.option("--end-ms", type=float, help="Only events starting before this, in ms from the trace start.")
+@click.option("--start-ms", type=FiniteFloat(0, _MAX_WINDOW_MS),
+              help="Only events starting at or after this, in ms from the trace start.")
+@click.option("--end-ms", type=FiniteFloat(0, _MAX_WINDOW_MS, min_open=True),
+              help="Only events starting before this, in ms from the trace start.")
 @click.option("--ranks", type=RankList(), help="Only these ranks, e.g. 0,3,8-15 [default: all].")
 @pass_cli
 def chrome(obj: CliContext, store: Path, out: Path, force: bool, start_ms: float | None,

@@ -9,6 +9,8 @@ write raw per-chip traces the way a hardware trace unit would.
 from __future__ import annotations
 
 from sohuprof.emulator.config import EmulatorConfig, Fault, parse_fault
+from sohuprof.emulator.estimate import RunEstimate, check_run, estimate_run
 from sohuprof.emulator.run import RunSummary, emulate
 
-__all__ = ["EmulatorConfig", "Fault", "parse_fault", "RunSummary", "emulate"]
+__all__ = ["EmulatorConfig", "Fault", "parse_fault", "RunSummary", "emulate", "RunEstimate", "estimate_run",
+           "check_run"]

@@ -290,7 +290,8 @@ def lower(cfg: EmulatorConfig, plan: ParallelPlan, *, two_batch: bool = False) -
                    arr["overlaps"].astype(bool), cfg.hardware.activation_hbm_fraction)
 
 
-def stage_positions(cfg: EmulatorConfig, stage_layers: np.ndarray, *, two_batch: bool = False) -> np.ndarray:
+def stage_positions(cfg: EmulatorConfig, stage_layers: np.ndarray, *, two_batch: bool = False,
+                    collectives_only: bool = False) -> np.ndarray:
     """Program positions each pipeline stage's ranks run per step, without building the program.
 
     Counts what :func:`lower` emits for a stage (its layers' ops, the embedding on the first
@@ -304,6 +305,9 @@ def stage_positions(cfg: EmulatorConfig, stage_layers: np.ndarray, *, two_batch:
         ``[pp + 1]`` first layer of each stage, then the layer count (:func:`split_layers`).
     two_batch : bool, default False
         Count the two-batch-overlap form (every layer op twice).
+    collectives_only : bool, default False
+        Count only collectives (sends and receives included): what a rank with no tokens in a
+        step still records, since its group's peers wait for it.
 
     Returns
     -------
@@ -312,14 +316,18 @@ def stage_positions(cfg: EmulatorConfig, stage_layers: np.ndarray, *, two_batch:
         program's length.
     """
     m = cfg.model
-    attention, dense = len(_attention_ops(cfg)), len(_dense_mlp_ops(cfg))
-    moe = len(_moe_ops(cfg)) if m.is_moe else 0
+
+    def count(ops: list[OpTemplate]) -> int:
+        return sum(1 for op in ops if op.collective or not collectives_only)
+
+    attention, dense = count(_attention_ops(cfg)), count(_dense_mlp_ops(cfg))
+    moe = count(_moe_ops(cfg)) if m.is_moe else 0
     pp = len(stage_layers) - 1
     out = np.zeros(pp, dtype=np.int64)
     for s in range(pp):
         layers = range(int(stage_layers[s]), int(stage_layers[s + 1]))
         per_layer = sum(attention + (moe if m.is_moe_layer(li) else dense) for li in layers)
         out[s] = per_layer * (2 if two_batch else 1) + (s < pp - 1) + (s > 0)
-    out[0] += 1                               # embedding
-    out[-1] += len(_head_ops(cfg))
+    out[0] += 0 if collectives_only else 1    # embedding
+    out[-1] += count(_head_ops(cfg))
     return out

@@ -149,6 +149,11 @@ class Emulation:
     def __post_init__(self) -> None:
         cfg = self.cfg
         cfg.validate()
+        # Refuse before any per-rank array exists: a cluster too big for memory would otherwise
+        # end in a MemoryError, or the OOM killer, minutes in. Imported here because the
+        # estimate builds on this module's capacity functions.
+        from sohuprof.emulator.estimate import check_memory, estimate_run
+        check_memory(estimate_run(cfg))
         self.plan = plan = ParallelPlan.build(cfg)
         self.program = prog = lower(cfg, plan)
         self.rng = np.random.default_rng(cfg.seed)
