@@ -138,7 +138,7 @@ def check_store(path: PathLike) -> CheckReport:
     if not findings:
         findings.update({f.file: f for f in _against_manifest(usable, rows, partials)})
     return CheckReport(path=root, findings=tuple(findings.values()), files=len(files), bytes=total_bytes,
-                       rows=rows, checksums=bool(recorded) or bad_manifest is not None)
+                       rows=rows, checksums=bool(recorded))
 
 
 def _files(root: Path) -> list[tuple[str, TableSpec]]:
