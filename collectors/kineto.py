@@ -39,13 +39,16 @@ What is read, and how it maps onto the store (DESIGN.md, "The trace store"):
 
 Records and their accounting (the manifest's ``counts``, per file in ``counts.files``):
 
-- A *record* is a ``traceEvents`` entry the collector stores: a complete event (``X``, except
-  Kineto's ``Trace`` span) or a counter event (``C``), plus any entry whose ``ph`` is present
-  but not a string (it may have been either). Flow, metadata, instant and other phases are
-  not records; they are counted by phase in ``skipped_by_ph``. ``expected`` counts every
-  record read, ``kept`` those stored (events plus counter events), ``quarantined`` those set
-  aside; ``lost`` is always 0 for JSON (a file that cannot be decoded is refused whole), so
-  ``kept + quarantined == expected`` for every file.
+- A *record* is a ``traceEvents`` entry that would become an event: a complete event (``X``,
+  except Kineto's ``Trace`` span), or an entry whose ``ph`` is present but not a string (it
+  may have been one). ``expected`` counts every record read, ``kept`` those stored as events,
+  ``quarantined`` those set aside, and ``lost`` is always 0 for JSON (a file that cannot be
+  decoded is refused whole), so ``kept + quarantined + lost == expected`` for every file and
+  in total (``records_expected == events + quarantined_records + records_lost``). Counter
+  events (``C``) become samples, not events: they are counted apart (``counter_events``,
+  ``counter_events_quarantined``), their set-aside ones in the same quarantine table under
+  a reason starting "counter event:". Flow, metadata (``M``), instant and other phases are
+  not stored at all; they are counted by phase in ``skipped_by_ph``.
 - A record is set aside, never stored, when a field is of the wrong type or out of range
   (the checks and their ranges: :mod:`sohuprof.collectors.kineto_checks`): negative or
   out-of-range ``ts``/``dur``, ids beyond their range, ``args`` that is not an object, ...
@@ -338,12 +341,12 @@ def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False)
     Returns
     -------
     dict
-        ``store``, ``format``, ``ranks``, ``collectives``, ``counters`` (samples), and the
-        manifest's counts: ``records_expected``, ``events``, ``counter_events``,
-        ``quarantined_records``, ``quarantined_pieces``, ``records_lost`` (0), ``files`` (one
-        ``{file, rank, expected, kept, quarantined, lost, duplicates_dropped}`` per file) and
-        ``skipped_by_ph``. ``records_expected == events + counter_events +
-        quarantined_records + records_lost``.
+        ``store``, ``format``, ``ranks``, ``collectives``, ``counters`` (samples), ``files``
+        (how many), ``file_counts`` (the manifest's per-file list: ``{file, rank, expected,
+        kept, quarantined, lost, duplicates_dropped}``) and the manifest's other counts:
+        ``records_expected == events + quarantined_records + records_lost``,
+        ``duplicates_dropped`` (0), ``quarantined_pieces`` (quarantine rows),
+        ``counter_events``, ``counter_events_quarantined`` and ``skipped_by_ph``.
 
     Raises
     ------
@@ -368,9 +371,12 @@ def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False)
         writer.write_table(COUNTERS, counters)
         metadata = _metadata(path, parts, written)
         writer.write_manifest(metadata)
+    counts = metadata["counts"]
+    # As the Sohu collector's summary: ``files`` is a count there, the list is ``file_counts``.
     return {"store": str(store_path), "format": metadata["source"]["format"],
             "ranks": metadata["ranks"], "collectives": collectives.num_rows,
-            "counters": counters.num_rows, **metadata["counts"]}
+            "counters": counters.num_rows, **counts, "files": len(parts),
+            "file_counts": counts["files"]}
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -663,21 +669,30 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
         "op": _dict_from_codes(op, OP_CLASSES), "category": _dict_from_codes(category, CATEGORIES),
         "step": step, "flops": flops, "coll_id": coll_id, "correlation": correlation,
     }))
+    # Accounting: complete events (and damaged-ph entries) are the records; counter events
+    # are counted on their own (they become samples, not events).
+    rec_c = is_c[rec]
     set_aside = ~verdict.ok
-    quarantine = (quarantine_rows(path.name, raw, rec[set_aside], verdict.code[set_aside])
-                  if set_aside.any() else QUARANTINE.empty())
+    parts = [quarantine_rows(path.name, raw, rec[bad], verdict.code[bad], prefix=prefix)
+             for bad, prefix in ((set_aside & ~rec_c, ""), (set_aside & rec_c, "counter event: "))
+             if bad.any()]
+    quarantine = pa.concat_tables(parts) if parts else QUARANTINE.empty()
     skipped = _value_counts(ph.filter(pa.array(~is_rec)).fill_null(""))
-    n_bad = int(set_aside.sum())
+    n_rec = int(rec.size - rec_c.sum())
+    n_bad = int((set_aside & ~rec_c).sum())
+    bad_c = int((set_aside & rec_c).sum())
     info = {
         "file": str(path), "rank": rank, "format": fmt,
-        "accounting": {"file": path.name, "rank": rank, "expected": int(rec.size),
-                       "kept": int(rec.size) - n_bad, "quarantined": n_bad, "lost": 0,
-                       "duplicates_dropped": 0},
-        "events": int(x.size), "counter_events": int(rec.size) - n_bad - int(x.size),
+        "accounting": {"file": path.name, "rank": rank, "expected": n_rec, "kept": int(x.size),
+                       "quarantined": n_bad, "lost": 0, "duplicates_dropped": 0},
+        "counter_events": int(rec_c.sum()) - bad_c, "counter_events_quarantined": bad_c,
         "skipped": skipped, "base_time_ns": base, "ts_exact": ts_exact,
         "distributed": top.get("distributedInfo"),
         "devices": _device_names(top.get("deviceProperties")),
     }
+    if n_rec != x.size + n_bad:  # a bug, not bad input: the counts would not add up
+        raise RuntimeError(f"'{path}': accounting mismatch: {n_rec} records, {x.size} kept, "
+                           f"{n_bad} set aside")
     return _RankTrace(path, fmt, rank, events, collectives, counters, quarantine, info)
 
 
@@ -1089,10 +1104,12 @@ def _counts(parts: list[_RankTrace], written: int, skipped: dict[str, int]) -> d
     return {
         "records_expected": sum(f["expected"] for f in files),
         "events": written,
-        "counter_events": sum(p.info["counter_events"] for p in parts),
         "quarantined_records": sum(f["quarantined"] for f in files),
-        "quarantined_pieces": sum(p.quarantine.num_rows for p in parts),
         "records_lost": 0,
+        "duplicates_dropped": 0,
+        "quarantined_pieces": sum(p.quarantine.num_rows for p in parts),
+        "counter_events": sum(p.info["counter_events"] for p in parts),
+        "counter_events_quarantined": sum(p.info["counter_events_quarantined"] for p in parts),
         "files": files,
         "skipped_by_ph": skipped,
     }

@@ -255,7 +255,8 @@ class _RawTrace(msgspec.Struct, gc=False):
 _RAW_DECODER = msgspec.json.Decoder(_RawTrace | list[msgspec.Raw])
 
 
-def quarantine_rows(source: str, text: bytes, rows: np.ndarray, codes: np.ndarray) -> pa.Table:
+def quarantine_rows(source: str, text: bytes, rows: np.ndarray, codes: np.ndarray, *,
+                    prefix: str = "") -> pa.Table:
     """One quarantine row per reason among ``codes`` (nonzero :class:`Verdict` codes).
 
     Parameters
@@ -268,6 +269,8 @@ def quarantine_rows(source: str, text: bytes, rows: np.ndarray, codes: np.ndarra
         Index in ``traceEvents`` of each set-aside record.
     codes : numpy.ndarray
         Its reason code (index + 1 into :data:`REASONS`).
+    prefix : str, default ""
+        Put before each reason (``"counter event: "`` for counter events).
 
     Returns
     -------
@@ -287,6 +290,6 @@ def quarantine_rows(source: str, text: bytes, rows: np.ndarray, codes: np.ndarra
         "offset": pa.array(offsets, pa.int64()),
         "length": pa.array([len(s) for s in samples], pa.int64()),
         "records": pa.array(counts, pa.int64()),
-        "reason": pa.array([REASONS[c - 1] for c in uniq.tolist()], pa.string()),
+        "reason": pa.array([prefix + REASONS[c - 1] for c in uniq.tolist()], pa.string()),
         "raw": pa.array([s[:SAMPLE_BYTES] for s in samples], pa.binary()),
     })
