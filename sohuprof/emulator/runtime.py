@@ -188,7 +188,7 @@ class Emulation:
                 self.slowdown[f.rank] *= f.slowdown
 
     def _workload(self) -> None:
-        cfg, m = self.cfg, self.cfg.model
+        cfg = self.cfg
         n = cfg.requests
         if cfg.rate is None:
             arrival = np.zeros(n)
@@ -197,10 +197,6 @@ class Emulation:
         self.arrival_ns = arrival
         self.request_replica = np.arange(n) % cfg.dp   # round-robin router
         cap = self._kv_capacity_tokens()
-        if cap < cfg.prompt_len + cfg.output_len:
-            raise SpecError(f"{m.name} on {cfg.hardware.name} at tp={cfg.tp} pp={cfg.pp} leaves KV space for "
-                            f"{max(cap, 0)} tokens, less than one request ({cfg.prompt_len + cfg.output_len}); "
-                            "raise --tp or --pp, or shorten --prompt-len/--output-len")
         self.kv_capacity_tokens = cap
         self.schedulers = []
         for r in range(cfg.dp):
@@ -516,7 +512,7 @@ def kv_capacity_tokens(cfg: EmulatorConfig, stage_layers: np.ndarray) -> int:
     Raises
     ------
     SpecError
-        A stage's weights do not fit a chip's HBM.
+        A stage's weights do not fit a chip's HBM, or what is left does not hold one request.
     """
     m = cfg.model
     weights = weights_per_chip(cfg, stage_layers)
@@ -529,4 +525,9 @@ def kv_capacity_tokens(cfg: EmulatorConfig, stage_layers: np.ndarray) -> int:
     per_layer = m.kv_elements_per_token() if m.mla else 2 * max(m.kv_heads // cfg.tp, 1) * m.head_dim
     layers = np.diff(stage_layers)
     per_token = layers * per_layer * cfg.weight_bytes
-    return int(((usable - weights) / per_token).min())
+    cap = int(((usable - weights) / per_token).min())
+    if cap < cfg.prompt_len + cfg.output_len:
+        raise SpecError(f"{m.name} on {cfg.hardware.name} at tp={cfg.tp} pp={cfg.pp} leaves KV space for "
+                        f"{max(cap, 0)} tokens, less than one request ({cfg.prompt_len + cfg.output_len}); "
+                        "raise --tp or --pp, or shorten --prompt-len/--output-len")
+    return cap
