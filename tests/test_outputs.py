@@ -381,9 +381,13 @@ def test_force_collect_killed_between_its_renames_is_recovered(tmp_path: Path, b
     store = tmp_path / "store"
     ok(run("collect", str(SAMPLE / "raw"), "-o", str(store)))   # the old store, to be replaced
     proc = subprocess.Popen([sys.executable, "-c", PAUSE_BETWEEN_RENAMES, "-q", "collect", str(big_run),
-                             "-o", str(store), "--force"], stdout=subprocess.PIPE, text=True)
+                             "-o", str(store), "--force"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "moved aside"
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline().strip()
+        if line != "moved aside":
+            pytest.fail(f"the collect did not reach its renames: {line!r} {proc.stderr.read()}")
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
