@@ -17,8 +17,9 @@ Only names of exactly this pattern whose writer process is gone are ever touched
 
 Kinds of output (the same rules for every command):
 
-- ``-`` is stdout (:func:`open_output`); a character or block device or a FIFO is opened and
-  written through, never renamed over or created.
+- ``-`` is stdout (:func:`open_output`); a character device, a FIFO or a descriptor's name
+  (``/dev/stdout``) is opened and written through, never renamed over or created; so is a block
+  device, but only with ``force`` (it holds a disk's data).
 - A symlink is followed: its target is written (atomically, beside the target), the link kept.
 - A file refuses an existing file unless ``force``.
 - A directory (a trace store, a raw run) refuses an existing path unless ``force``, which
@@ -138,12 +139,30 @@ def recover(path: str | os.PathLike[str]) -> None:
                               f"beside it away by hand") from None
 
 
+# /dev/stdout, /dev/fd/1, /proc/self/fd/1: another name for an open descriptor, written through
+# even when it resolves to a regular file (``-o /dev/stdout > report.json``)
+_FD_ALIAS = re.compile(r"/dev/(stdout|stderr|fd/[0-9]+)|/proc/(self|[0-9]+)/fd/[0-9]+")
+
+
+def _is_fd_alias(path: str | os.PathLike[str]) -> bool:
+    name = os.path.abspath(path)
+    for _ in range(8):   # a few links deep: /dev/stdout -> /proc/self/fd/1 -> the file
+        if _FD_ALIAS.fullmatch(name):
+            return True
+        if not os.path.islink(name):
+            return False
+        name = os.path.join(os.path.dirname(name), os.readlink(name))
+    return False
+
+
 def output_kind(path: str | os.PathLike[str]) -> Literal["stdout", "stream", "path"]:
     """How ``path`` is written: ``stdout`` (``-``), ``stream`` (an existing character or block
-    device or FIFO, opened and written through) or ``path`` (a regular file or directory, written
-    beside and renamed into place)."""
+    device, a FIFO or a name of an open descriptor such as ``/dev/stdout``: opened and written
+    through) or ``path`` (a regular file or directory, written beside and renamed into place)."""
     if os.fspath(path) == STDOUT:
         return "stdout"
+    if _is_fd_alias(path) and os.path.exists(path):
+        return "stream"
     try:
         mode = os.stat(path).st_mode   # follows symlinks: a link to /dev/null is a stream
     except OSError:
@@ -151,6 +170,17 @@ def output_kind(path: str | os.PathLike[str]) -> Literal["stdout", "stream", "pa
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
         return "stream"
     return "path"
+
+
+def _check_stream(path: str | os.PathLike[str], force: bool) -> None:
+    """A block device holds data (a disk, a partition): writing a report over it needs ``force``."""
+    try:
+        block = stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return
+    if block and not force:
+        raise OutputError(f"{os.fspath(path)!r} is a block device and writing to it overwrites what "
+                          f"it holds; pass --force to write to it")
 
 
 def _follow(path: Path) -> Path:
@@ -331,6 +361,7 @@ def atomic_file(path: str | os.PathLike[str], *, force: bool = True) -> Iterator
     if kind == "stdout":
         raise OutputError("'-' (stdout) cannot be written as a file here; give a file name")
     if kind == "stream":
+        _check_stream(path, force)
         yield Path(path)
         return
     shown = Path(path)
@@ -383,6 +414,7 @@ def open_output(path: str | os.PathLike[str], *, force: bool = False) -> Iterato
         out.flush()
         return
     if kind == "stream":
+        _check_stream(path, force)
         try:
             # no O_CREAT or O_TRUNC: if the node vanished we fail rather than create a file
             fd = os.open(path, os.O_WRONLY)
@@ -406,7 +438,10 @@ def check_file_output(path: str | os.PathLike[str], *, force: bool = False,
         written.
     """
     refuse_overlap(path, inputs)
-    if output_kind(path) == "path":
+    kind = output_kind(path)
+    if kind == "stream":
+        _check_stream(path, force)
+    elif kind == "path":
         _check_target(Path(path), _follow(Path(path)), force, "file", create=False)
 
 

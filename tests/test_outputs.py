@@ -439,3 +439,22 @@ def test_a_refused_or_failed_analyze_creates_no_directories(tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []
     ok(analyze("--format", "json", "-o", str(out)))
     assert json.loads(out.read_text())["summary"]
+
+
+def test_dev_stdout_redirected_to_a_file_is_written_through(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    with open(report, "wb") as fh:   # as the shell does for `> report.json`
+        proc = subprocess.run([sys.executable, "-m", "sohuprof", "analyze", str(STORE), "--report", "summary",
+                               "--format", "json", "-o", "/dev/stdout"], stdout=fh, stderr=subprocess.PIPE)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(report.read_bytes())["summary"]["ranks"] == 8
+    assert os.listdir(tmp_path) == ["report.json"]
+
+
+@needs_root
+def test_block_device_needs_force(tmp_path: Path) -> None:
+    node = tmp_path / "disk"
+    os.mknod(node, stat.S_IFBLK | 0o600, os.makedev(1, 3))   # refused before it is ever opened
+    for kind in sorted(WRITERS):
+        one_line_error(WRITERS[kind](node), "block device", "--force")
+    assert stat.S_ISBLK(os.lstat(node).st_mode) and os.listdir(tmp_path) == ["disk"]
