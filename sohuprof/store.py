@@ -652,6 +652,14 @@ class Finding:
         return f"trace store '{root}': '{self.file}' {self.problem}; {REBUILD}"
 
 
+def _converts(value: Any, kind: type) -> bool:
+    try:
+        msgspec.convert(value, kind)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
 def _manifest_problem(manifest: dict[str, Any]) -> Finding | None:
     """The first manifest field of the wrong type or range, if any."""
     try:
@@ -659,6 +667,11 @@ def _manifest_problem(manifest: dict[str, Any]) -> Finding | None:
     except msgspec.ValidationError as exc:
         what, _, where = str(exc).partition(" - at `")
         field_name = where.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
+        files = manifest.get("files")
+        if field_name.startswith("files[...]") and isinstance(files, dict):
+            # msgspec does not name a mapping's key: find the entry that fails on its own.
+            key = next((k for k, v in files.items() if not _converts(v, _FileEntry)), None)
+            field_name = field_name.replace("files[...]", f"files[{key!r}]", 1) if key else field_name
         return Finding(MANIFEST_NAME, f"field '{field_name}' is invalid: {what[0].lower()}{what[1:]}")
     hardware = manifest.get("hardware") or {}
     for key, value in hardware.items():   # a handful of keys; roofs must be numbers

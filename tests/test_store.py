@@ -1,8 +1,10 @@
-"""Trace store: round trip, atomic writes, partition layout, version checks."""
+"""Trace store: round trip, atomic writes, partition layout, version checks, damage found at open."""
 
 from __future__ import annotations
 
 import json
+import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from sohuprof.check import check_store
 from sohuprof.errors import OutputError, StoreError
 from sohuprof.schema import ALL_TABLES, COLLECTIVES, EVENTS, STORE_FORMAT, STORE_VERSION
 from sohuprof.store import StoreWriter, open_store
@@ -210,3 +213,144 @@ def test_manifest_rank_index_matches_the_events(tmp_path: Path, events: list[pa.
     want = whole.groupby("rank").agg(node=("node", "first"), chip=("chip", "first"), events=("ts", "size"),
                                      start_ns=("ts", "min"), end_ns=("end", "max")).reset_index()
     pd.testing.assert_frame_equal(got[want.columns.tolist()], want, check_dtype=False)
+
+
+# -- damaged stores: what open refuses, cheaply, and what check finds -----------------------------
+
+
+def _drop_record(store: Path, key: str = "files") -> None:
+    """Forget the manifest's ``key`` (as a store written before it existed), so the checks
+    after it are what must catch a change."""
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest.pop(key, None)
+    (store / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_manifest_records_size_and_crc32_of_every_file(tmp_path: Path, events: list[pa.Table]) -> None:
+    write_store(tmp_path / "store", events)
+    files = open_store(tmp_path / "store").manifest["files"]
+    on_disk = sorted(str(p.relative_to(tmp_path / "store")) for p in (tmp_path / "store").rglob("*.parquet"))
+    assert sorted(files) == on_disk
+    for rel, entry in files.items():
+        data = (tmp_path / "store" / rel).read_bytes()
+        assert entry["bytes"] == len(data) and entry["crc32"] == zlib.crc32(data)
+        footer = int.from_bytes(data[-8:-4], "little") + 8
+        assert entry["footer_bytes"] == footer and entry["footer_crc32"] == zlib.crc32(data[-footer:])
+
+
+@pytest.mark.parametrize("path, value, field", [
+    (("tables", "events"), "many", "tables.events"),
+    (("ranks",), None, "ranks"),
+    (("rank_index", 0, "rank"), -1, "rank_index[0].rank"),
+    (("source",), "kineto", "source"),
+    (("files", "counters.parquet", "crc32"), 2**40, "files['counters.parquet'].crc32"),
+    (("hardware",), {"hbm_bandwidth": "fast"}, "hardware.hbm_bandwidth"),
+])
+def test_open_names_a_manifest_field_of_the_wrong_type(tmp_path: Path, events: list[pa.Table], path: tuple,
+                                                       value: object, field: str) -> None:
+    write_store(tmp_path / "store", events)
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    node = manifest
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    (tmp_path / "store" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=rf"'manifest.json' field '{re.escape(field)}' is invalid: .*"
+                                         r"re-run `sohuprof collect` to rebuild the store"):
+        open_store(tmp_path / "store")
+
+
+def test_open_refuses_truncated_junk_missing_and_foreign_files(tmp_path: Path, events: list[pa.Table]) -> None:
+    store = tmp_path / "store"
+    write_store(store, events)
+    part = store / "events" / "node=1" / "part-0.parquet"
+    size = part.stat().st_size
+    with open(part, "r+b") as fh:
+        fh.truncate(size - 100)
+    with pytest.raises(StoreError, match=rf"'events/node=1/part-0.parquet' has {size - 100:,} bytes where "
+                                         rf"{size:,} were written \(truncated or replaced\); re-run"):
+        open_store(store)
+    _drop_record(store)   # with no record of sizes, the footer check finds it
+    with pytest.raises(StoreError, match="'events/node=1/part-0.parquet' is not readable Parquet"):
+        open_store(store)
+    part.unlink()
+    (store / "events" / "node=0" / "notes.txt").write_text("hello")
+    with pytest.raises(StoreError, match=r"'events/node=0/notes.txt' is not part of a trace store"):
+        open_store(store)
+    (store / "events" / "node=0" / "notes.txt").unlink()
+    (store / "events" / "node=0" / ".DS_Store").write_text("skipped by pyarrow, as by us")
+    _drop_record(store, "tables")
+    assert open_store(store).read("events").num_rows == 4 * 700
+    pd.DataFrame({"ts": ["a", "b"]}).to_parquet(store / "counters.parquet")
+    with pytest.raises(StoreError, match="'counters.parquet' has column 'ts' of type (large_)?string, expected int64"):
+        open_store(store)
+    (store / "counters.parquet").unlink()
+    with pytest.raises(StoreError, match="'counters.parquet' is missing; re-run `sohuprof collect`"):
+        open_store(store)
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("dur", -5, "negative duration in column 'dur' .*row group 0"),
+    ("ts", 2**63 - 1, "in column 'ts', beyond the"),
+    ("dur", None, "null values in column 'dur', which may not be null"),
+])
+def test_open_checks_row_group_statistics(tmp_path: Path, column: str, value: object, message: str) -> None:
+    store = tmp_path / "store"
+    write_store(store, [make_events(0, 0, 50)])
+    part = store / "events" / "node=0" / "part-0.parquet"
+    table = pq.read_table(part)
+    values = table.column(column).to_pylist()
+    values[7] = value
+    table = table.set_column(table.schema.get_field_index(column), pa.field(column, pa.int64()),
+                             pa.array(values, pa.int64()))
+    pq.write_table(table, part)
+    _drop_record(store)
+    with pytest.raises(StoreError, match=message):
+        open_store(store)
+    report = check_store(store)
+    assert [f.file for f in report.findings] == ["events/node=0/part-0.parquet"]
+
+
+def test_open_checks_row_counts(tmp_path: Path, events: list[pa.Table]) -> None:
+    write_store(tmp_path / "store", events)
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    manifest["tables"]["collectives"] = 3
+    (tmp_path / "store" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="'collectives.parquet' holds 2 rows where the manifest recorded 3"):
+        open_store(tmp_path / "store")
+
+
+def test_check_store_on_sound_and_damaged_stores(tmp_path: Path, events: list[pa.Table]) -> None:
+    store = tmp_path / "store"
+    write_store(store, events, row_group_rows=500)
+    report = check_store(store)
+    assert report.ok and report.checksums and report.files == 6
+    assert report.rows["events"] == 8 * 700 and report.rows["collectives"] == 2
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["rank_index"][2]["end_ns"] += 1
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    (finding,) = check_store(store).findings
+    assert finding.file == "manifest.json"
+    assert re.search(r"rank_index disagrees with the events: rank 2 end_ns is [\d,]+ in the events", finding.problem)
+    manifest["rank_index"][2]["end_ns"] -= 1
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    part = store / "events" / "node=0" / "part-0.parquet"
+    raw = bytearray(part.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF   # one flipped bit pattern in the middle of the pages
+    part.write_bytes(raw)
+    (finding,) = check_store(store).findings
+    assert finding.file == "events/node=0/part-0.parquet" and finding.problem.startswith("fails its checksum")
+    assert finding.message(store).endswith("re-run `sohuprof collect` to rebuild the store")
+
+
+def test_check_store_without_recorded_checksums(tmp_path: Path, events: list[pa.Table]) -> None:
+    write_store(tmp_path / "store", events)
+    _drop_record(tmp_path / "store")
+    report = check_store(tmp_path / "store")
+    assert report.ok and not report.checksums
+
+
+def test_read_refuses_unknown_columns(tmp_path: Path, events: list[pa.Table]) -> None:
+    write_store(tmp_path / "store", events)
+    with pytest.raises(ValueError, match=r"'columns' must be columns of table 'events'; got \['nope'\]"):
+        open_store(tmp_path / "store").read("events", columns=["ts", "nope"])
