@@ -448,6 +448,10 @@ def check_file_output(path: str | os.PathLike[str], *, force: bool = False,
 # -- marked directories ---------------------------------------------------------------------
 
 
+def _is_file(path: Path) -> bool:
+    return path.is_file() or path.is_symlink()
+
+
 def _read_marker(target: Path, marker: str) -> set[str] | None:
     """The files a previous output listed in its marker; ``None`` when there is no marker."""
     mark = target / marker
@@ -457,7 +461,7 @@ def _read_marker(target: Path, marker: str) -> set[str] | None:
         files = orjson.loads(mark.read_bytes()).get("files", [])
     except (OSError, orjson.JSONDecodeError, AttributeError):
         return set()   # a damaged marker vouches for no file: nothing unlisted is removed
-    return {f for f in files if isinstance(f, str) and "/" not in f and f not in ("", ".", "..")}
+    return {f for f in files if isinstance(f, str) and "/" not in f and f not in ("", ".", "..", marker)}
 
 
 def _marked_state(shown: Path, target: Path, marker: str, force: bool,
@@ -469,8 +473,9 @@ def _marked_state(shown: Path, target: Path, marker: str, force: bool,
         raise OutputError(f"{str(shown)!r} exists and is not a directory; choose another path")
     entries = set(os.listdir(target))
     listed = _read_marker(target, marker)
-    if listed is not None and entries <= listed | {marker}:
-        return "swap"   # holds nothing but our previous output
+    if (listed is not None and entries <= listed | {marker}
+            and all(_is_file(target / name) for name in entries)):
+        return "swap"   # holds nothing but our previous output (a directory in it is not ours)
     if listed is None and entries and not force:
         raise OutputError(f"{str(shown)!r} is a directory with other files in it, not a previous "
                           f"output of this kind; choose an empty or new directory, or pass --force "
@@ -539,8 +544,6 @@ def marked_directory(path: str | os.PathLike[str], *, marker: str, force: bool =
         (tmp / marker).write_bytes(orjson.dumps({"format": marker.lstrip("."), "files": files}) + b"\n")
         how = _marked_state(shown, target, marker, force, files)
         if how != "merge":
-            if how == "create" and os.path.lexists(target):
-                raise OutputError(f"{str(shown)!r} appeared while it was being written; run again")
             _swap_in(tmp, shown, target, token)
             return
         previous = _read_marker(target, marker) or set()
@@ -555,7 +558,8 @@ def marked_directory(path: str | os.PathLike[str], *, marker: str, force: bool =
                 if name != marker:
                     os.replace(tmp / name, target / name)
             for name in sorted(stale):   # ours by the old marker's word, and not written this time
-                _remove(target / name)
+                if _is_file(target / name):   # a directory of that name is someone else's
+                    (target / name).unlink()
             os.replace(tmp / marker, target / marker)   # last: lists only files that are there
         except OSError as exc:
             raise OutputError(f"cannot write into {str(shown)!r}: {exc.strerror or exc}") from None

@@ -99,3 +99,14 @@ def test_store_writer_finishes_a_dead_runs_replacement(tmp_path: Path) -> None:
         StoreWriter(tmp_path / "store").__enter__()
     assert (tmp_path / "store" / "manifest.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["store"]
+
+
+def test_a_directory_under_a_listed_name_is_never_removed(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    _write_marked(target, ["a.csv", "b.csv"])
+    (target / "b.csv").unlink()
+    (target / "b.csv").mkdir()   # the user's directory, under a name the marker lists
+    (target / "b.csv" / "notes.txt").write_text("mine")
+    _write_marked(target, ["a.csv"])   # not a swap (which would delete it), and not stale
+    assert (target / "b.csv" / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(target)) == [MARK, "a.csv", "b.csv"]
