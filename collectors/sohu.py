@@ -85,20 +85,32 @@ def _end_limit(chip: dict[str, Any]) -> float:
 
 def _invalid(cols: dict[str, np.ndarray], info: RunInfo, end_limit: float) -> np.ndarray | None:
     """Per record, the 1-based index into RECORD_CHECKS of the first check it fails (0: sound);
-    None when every record passes (the common case: one fused pass of comparisons)."""
-    name, group = cols["name_id"], cols["group"]
-    start, end = cols["start"], cols["end"]
+    None when every record passes.
+
+    The common case costs a few reductions (range checks as min/max, the two relations between
+    fields as one difference each); per-record codes are built only when something fails."""
+    name, group, layer = cols["name_id"], cols["group"], cols["layer"]
+    start, end, stall = cols["start"], cols["end"], cols["stall_cycles"]
+    if not len(name):
+        return None
+    span = end - start
+    # NO_GROUP (2**32 - 1) + 1 wraps to 0 in 32 bits: every group is sound iff the wrapped max <= groups.
+    wrapped = (group + 1) & 0xFFFFFFFF
+    if (name.min() >= 0 and name.max() < len(info.names) and cols["engine"].max() < len(info.engines)
+            and cols["phase"].max() < len(info.phases) and end.max() < end_limit
+            and wrapped.max() <= info.groups and layer.min() >= NO_LAYER
+            and min(cols["flops"].min(), cols["hbm_bytes"].min(), cols["net_bytes"].min()) >= 0
+            and (stall - span).max() <= 0):   # stall >= 0, so this also says span >= 0
+        return None
     ok = [(name >= 0) & (name < len(info.names)),
           cols["engine"] < len(info.engines),
           cols["phase"] < len(info.phases),
-          end >= start,
+          span >= 0,
           end < end_limit,
-          (group == NO_GROUP) | (group < info.groups),
-          cols["layer"] >= NO_LAYER,
+          wrapped <= info.groups,
+          layer >= NO_LAYER,
           (cols["flops"] >= 0) & (cols["hbm_bytes"] >= 0) & (cols["net_bytes"] >= 0),
-          cols["stall_cycles"] <= end - start]
-    if np.logical_and.reduce(ok).all():
-        return None
+          stall <= span]
     code = np.zeros(len(start), np.uint8)
     for i in range(len(ok) - 1, -1, -1):   # a loop over the checks: the first one failed wins
         code[~ok[i]] = i + 1
@@ -276,21 +288,11 @@ def _write_events(info: RunInfo, files: list[tuple[ChipFile, dict]], clock: Cloc
     events = 0
     for f, chip in files:
         refused = _Refused.empty()
-        batch: list[tuple[int, np.ndarray]] = []
-        held = 0
-        for offset, rec in f.kept_chunks():
-            batch.append((offset, rec))
-            held += len(rec)
-            if held >= BATCH_RECORDS:
-                table = _events_table(info, batch, chip, clock, origin, refused)
-                writer.write_events(table)
-                events += table.num_rows
-                batch, held = [], 0
-        if held:
+        for batch in f.kept_batches(BATCH_RECORDS):
             table = _events_table(info, batch, chip, clock, origin, refused)
             writer.write_events(table)
             events += table.num_rows
-        del batch
+            del batch, table   # views of the reader's buffer, refilled for the next batch
         f.account.set_aside(sum(refused.count.values()))
         f.pieces += refused.pieces(f.source)
         advance(f.size)

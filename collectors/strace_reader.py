@@ -121,7 +121,7 @@ class ChipFile:
     """One chip's trace file checked against its slot; use as a context manager.
 
     :meth:`scan` (pass 1) checks every chunk and hands each kept chunk's records to a callback;
-    :attr:`pieces` and :attr:`account` are complete once it returns. :meth:`kept_chunks`
+    :attr:`pieces` and :attr:`account` are complete once it returns. :meth:`kept_batches`
     (pass 2) reads the kept chunks again, in sequence order, re-checking their CRC32.
     """
 
@@ -138,6 +138,7 @@ class ChipFile:
         # Chunk CRCs start from the slot's identity: a chunk from any other file fails its check.
         self._crc_seed = chunk_crc_seed(slot.run_id, slot.node, slot.chip)
         self._scanned = False
+        self._buf = bytearray(0)
         self._check_header()
 
     # -- file access ----------------------------------------------------------------------
@@ -157,9 +158,18 @@ class ChipFile:
         """``length`` bytes at ``offset``; the file is not allowed to have shrunk meanwhile."""
         data = os.pread(self._fd, length, offset)
         if len(data) < length and offset + length <= self.size:
-            raise TraceFormatError(f"{self.source} shrank while it was being collected ({self.size:,} bytes "
-                                   f"at the start); collect again once nothing writes to it")
+            self._shrank()
         return data
+
+    def _read_into(self, offset: int, view: memoryview) -> memoryview:
+        """Fill ``view`` from ``offset`` (a reused buffer: no fresh pages to fault in per chunk)."""
+        if os.preadv(self._fd, [view], offset) < len(view):
+            self._shrank()
+        return view
+
+    def _shrank(self) -> None:
+        raise TraceFormatError(f"{self.source} shrank while it was being collected ({self.size:,} bytes "
+                               f"at the start); collect again once nothing writes to it")
 
     # -- header and provenance ------------------------------------------------------------
 
@@ -232,8 +242,9 @@ class ChipFile:
 
     # -- pass 1 ---------------------------------------------------------------------------
 
-    def _chunk_at(self, pos: int) -> tuple[int, int, int, bytes] | str:
-        """``(seq, count, crc, payload)`` of a sound chunk at ``pos``, else why it is not one."""
+    def _chunk_at(self, pos: int) -> tuple[int, int, int, memoryview] | str:
+        """``(seq, count, crc, payload)`` of a sound chunk at ``pos``, else why it is not one
+        (the payload is a view of a buffer the next call reuses)."""
         if pos + _HDR > self.size:
             return "truncated chunk header"
         magic, seq, count, crc = CHUNK_HEADER.unpack(self._read(pos, _HDR))
@@ -243,7 +254,9 @@ class ChipFile:
             return f"bad chunk header (record count {count})"
         if pos + _HDR + count * _REC > self.size:
             return f"truncated chunk: {self.size - pos - _HDR:,} of {count * _REC:,} payload bytes"
-        payload = self._read(pos + _HDR, count * _REC)
+        if len(self._buf) < count * _REC:
+            self._buf = bytearray(count * _REC)
+        payload = self._read_into(pos + _HDR, memoryview(self._buf)[:count * _REC])
         if isal_zlib.crc32(payload, self._crc_seed) != crc:
             return "CRC32 mismatch (or a chunk of another file)"
         return seq, count, crc, payload
@@ -286,7 +299,7 @@ class ChipFile:
                 self.pieces.append(Piece(self.source, pos, end - pos, 0,
                                          f"chunk {seq} of {count} records does not fit this file (run.json: "
                                          f"{slot.records:,} records in {slot.chunks} chunks of {k})",
-                                         payload[:0]))
+                                         b""))
             elif seq in self._kept:
                 acc.duplicates_dropped += count
                 self.pieces.append(Piece(self.source, pos, end - pos, 0,
@@ -329,15 +342,31 @@ class ChipFile:
 
     # -- pass 2 ---------------------------------------------------------------------------
 
-    def kept_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
-        """Pass 2: each kept chunk's payload offset and records, in sequence order, its CRC32
-        checked again (a file changed since pass 1 is an error: nothing unchecked is stored)."""
+    def kept_batches(self, batch_records: int) -> Iterator[list[tuple[int, np.ndarray]]]:
+        """Pass 2: the kept chunks in sequence order, as lists of ``(payload offset, records)``
+        holding at least ``batch_records`` records (but the last), each chunk's CRC32 checked
+        again: a file changed since pass 1 is an error, so nothing unchecked is stored.
+
+        The records are views of one buffer reused for the next batch: use them before asking
+        for it.
+        """
         if not self._scanned:
             self.scan()
-        for seq in sorted(self._kept):
+        order = sorted(self._kept)
+        buf = memoryview(bytearray((batch_records + self.chunk_records) * _REC))
+        batch: list[tuple[int, np.ndarray]] = []
+        used = 0
+        for seq in order:
             chunk = self._kept[seq]
-            payload = self._read(chunk.offset, chunk.count * _REC)
-            if len(payload) < chunk.count * _REC or isal_zlib.crc32(payload, self._crc_seed) != chunk.crc:
+            n = chunk.count * _REC
+            view = self._read_into(chunk.offset, buf[used:used + n])
+            if isal_zlib.crc32(view, self._crc_seed) != chunk.crc:
                 raise TraceFormatError(f"{self.source} changed while it was being collected (chunk {seq} at "
                                        f"byte {chunk.offset - _HDR:,}); collect again once nothing writes to it")
-            yield chunk.offset, np.frombuffer(payload, RECORD_DTYPE)
+            batch.append((chunk.offset, np.frombuffer(view, RECORD_DTYPE)))
+            used += n
+            if used >= batch_records * _REC:
+                yield batch
+                batch, used = [], 0
+        if batch:
+            yield batch
