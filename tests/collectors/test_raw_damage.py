@@ -377,3 +377,34 @@ def test_every_collect_error_is_a_sohuprof_error(runs, tmp_path: Path) -> None:
         p.unlink()
     with pytest.raises(SohuprofError, match="none of the 4 chip trace files"):
         collect(run, tmp_path / "store", show_progress=False)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(ops=st.lists(st.tuples(st.sampled_from(_OPS), st.integers(0, 3), st.integers(0, 2**32 - 1)),
+                    min_size=1, max_size=4))
+def test_stores_of_damaged_runs_analyze_and_export(ops, runs, tmp_path_factory) -> None:
+    """Downstream of a damaged collect (ranks missing, collectives short of members, chunks gone
+    from the middle of a rank): every command succeeds or says one clear line."""
+    work = tmp_path_factory.mktemp("downstream")
+    run = work / "run"
+    shutil.copytree(runs["run"], run)
+    meta = json.loads((run / "run.json").read_text())
+    for op, which, seed in ops:
+        chip = meta["chips"][which % len(meta["chips"])]
+        path = run / chip["file"]
+        if not path.exists() or op in ("foreign_file", "neighbour_file"):
+            continue
+        out = _damage(path.read_bytes(), op, np.random.default_rng(seed), (runs["other"] / chip["file"]).read_bytes())
+        path.unlink() if out is None else path.write_bytes(out)
+    runner = CliRunner()
+    store = work / "store"
+    for args in (["collect", str(run), "-o", str(store)], ["analyze", str(store), "--format", "json"],
+                 ["export", "chrome", str(store), "-o", str(work / "trace.json.gz")], ["check", str(store)]):
+        result = runner.invoke(cli, args)
+        assert "internal error" not in result.output and "Traceback" not in result.output, (args, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
+        if result.exit_code:
+            assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+            if args[0] == "collect":
+                return
