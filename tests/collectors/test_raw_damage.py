@@ -122,6 +122,30 @@ _OPS = ["truncate", "flip", "zero", "delete_file", "header_flip", "delete_chunk"
         "swap_chunks", "garbage", "foreign_chunk", "foreign_file", "neighbour_file"]
 
 
+_DAMAGE = st.lists(st.tuples(st.sampled_from(_OPS), st.integers(0, 3), st.integers(0, 2**32 - 1)),
+                   min_size=1, max_size=3)
+
+
+def _damaged_run(runs: dict[str, Path], ops: list[tuple[str, int, int]], work: Path) -> Path:
+    """A copy of the run with ``ops`` applied: (kind of damage, which chip, seed) each."""
+    run = work / "run"
+    shutil.copytree(runs["run"], run)
+    meta = json.loads((run / "run.json").read_text())
+    for op, which, seed in ops:
+        chip = meta["chips"][which % len(meta["chips"])]
+        path = run / chip["file"]
+        if not path.exists():
+            continue
+        if op in ("foreign_file", "neighbour_file"):
+            donor = (runs["other"] / chip["file"] if op == "foreign_file"
+                     else run / meta["chips"][(which + 1) % len(meta["chips"])]["file"])
+            shutil.copy(donor, path)
+            continue
+        out = _damage(path.read_bytes(), op, np.random.default_rng(seed), (runs["other"] / chip["file"]).read_bytes())
+        path.unlink() if out is None else path.write_bytes(out)
+    return run
+
+
 def _check_accounting(run: Path, store: Path, clean_keys: dict[int, Counter]) -> None:
     meta = json.loads((run / "run.json").read_text())
     written = {c["rank"]: c["records"] for c in meta["chips"]}
@@ -148,30 +172,10 @@ def _check_accounting(run: Path, store: Path, clean_keys: dict[int, Counter]) ->
 
 @settings(max_examples=120, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(ops=st.lists(st.tuples(st.sampled_from(_OPS), st.integers(0, 3), st.integers(0, 2**32 - 1)),
-                    min_size=1, max_size=3))
+@given(ops=_DAMAGE)
 def test_random_damage_keeps_the_accounts_balanced(ops, runs, clean_keys, tmp_path_factory) -> None:
     work = tmp_path_factory.mktemp("damaged")
-    run = work / "run"
-    shutil.copytree(runs["run"], run)
-    meta = json.loads((run / "run.json").read_text())
-    for op, which, seed in ops:
-        chip = meta["chips"][which % len(meta["chips"])]
-        path = run / chip["file"]
-        if not path.exists():
-            continue
-        r = np.random.default_rng(seed)
-        if op == "foreign_file":
-            shutil.copy(runs["other"] / chip["file"], path)
-            continue
-        if op == "neighbour_file":
-            shutil.copy(run / meta["chips"][(which + 1) % len(meta["chips"])]["file"], path)
-            continue
-        out = _damage(path.read_bytes(), op, r, (runs["other"] / chip["file"]).read_bytes())
-        if out is None:
-            path.unlink()
-        else:
-            path.write_bytes(out)
+    run = _damaged_run(runs, ops, work)
     try:
         collect(run, work / "store", show_progress=False)
     except TraceFormatError as exc:   # only when nothing at all is left to collect
@@ -381,22 +385,12 @@ def test_every_collect_error_is_a_sohuprof_error(runs, tmp_path: Path) -> None:
 
 @settings(max_examples=20, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(ops=st.lists(st.tuples(st.sampled_from(_OPS), st.integers(0, 3), st.integers(0, 2**32 - 1)),
-                    min_size=1, max_size=4))
+@given(ops=_DAMAGE)
 def test_stores_of_damaged_runs_analyze_and_export(ops, runs, tmp_path_factory) -> None:
     """Downstream of a damaged collect (ranks missing, collectives short of members, chunks gone
     from the middle of a rank): every command succeeds or says one clear line."""
     work = tmp_path_factory.mktemp("downstream")
-    run = work / "run"
-    shutil.copytree(runs["run"], run)
-    meta = json.loads((run / "run.json").read_text())
-    for op, which, seed in ops:
-        chip = meta["chips"][which % len(meta["chips"])]
-        path = run / chip["file"]
-        if not path.exists() or op in ("foreign_file", "neighbour_file"):
-            continue
-        out = _damage(path.read_bytes(), op, np.random.default_rng(seed), (runs["other"] / chip["file"]).read_bytes())
-        path.unlink() if out is None else path.write_bytes(out)
+    run = _damaged_run(runs, ops, work)
     runner = CliRunner()
     store = work / "store"
     for args in (["collect", str(run), "-o", str(store)], ["analyze", str(store), "--format", "json"],
