@@ -557,7 +557,7 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
     verdict.flag(bad_dur & rec_x, "dur")
     verdict.flag(np.isnan(dur_us) & rec_x, "dur?")
     verdict.flag((dur_us < 0) & rec_x, "dur<0")
-    dur_fits = dur_us < MAX_NS / 1000.0
+    dur_fits = np.abs(dur_us) < MAX_NS / 1000.0  # False for NaN and inf: masked before the cast
     dur_ns = _us_to_ns(np.where(dur_fits, dur_us, 0.0))
     verdict.flag((~dur_fits | (dur_ns >= MAX_NS)) & ~np.isnan(dur_us) & rec_x, "dur>")
 

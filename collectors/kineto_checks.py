@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from sohuprof.schema import QUARANTINE
+
 __all__ = ["MAX_NS", "MAX_ID", "MAX_NELEMS", "REASONS", "Verdict", "objects", "blank",
            "wrong_type", "float_column", "int_column", "id_check", "quarantine_rows"]
 
@@ -170,10 +172,10 @@ def float_column(values: Sequence[Any], *, lenient: bool) -> tuple[np.ndarray, n
     try:
         return pa.array(clean, pa.float64()).to_numpy(zero_copy_only=False), bad
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        pass
-    # Ints beyond int64 (JSON allows any; Arrow takes int64 only): their sign times inf.
+        pass  # Arrow refuses ints above 2**53 as floats; numpy rounds them (None gives NaN)
     big, positive = _big_ints(clean, _INT64)
-    out = pa.array(blank(clean, big), pa.float64()).to_numpy(zero_copy_only=False)
+    # Ints beyond int64 (JSON allows any; float() overflows past 1e308): their sign times inf.
+    out = np.array(blank(clean, big), dtype=np.float64)
     out[big] = np.where(positive[big], np.inf, -np.inf)
     return out, bad
 
@@ -285,11 +287,11 @@ def quarantine_rows(source: str, text: bytes, rows: np.ndarray, codes: np.ndarra
     samples = [bytes(entries[int(rows[i])]) for i in first.tolist()]
     # The sample's own bytes, found in the text: the first event with exactly that JSON.
     offsets = [text.find(s) for s in samples]
-    return pa.table({
+    return QUARANTINE.conform(pa.table({
         "source": pa.array([source] * len(uniq), pa.string()),
         "offset": pa.array(offsets, pa.int64()),
         "length": pa.array([len(s) for s in samples], pa.int64()),
         "records": pa.array(counts, pa.int64()),
         "reason": pa.array([prefix + REASONS[c - 1] for c in uniq.tolist()], pa.string()),
         "raw": pa.array([s[:SAMPLE_BYTES] for s in samples], pa.binary()),
-    })
+    }))
