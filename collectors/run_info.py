@@ -20,7 +20,7 @@ import numpy as np
 
 from sohuprof.collectors.strace_reader import Slot
 from sohuprof.errors import SohuprofError, TraceFormatError
-from sohuprof.strace import FORMAT_NAME, FORMAT_VERSION, RUN_ID_BYTES, chip_path, host_path
+from sohuprof.strace import FORMAT_NAME, FORMAT_VERSION, RECORD_DTYPE, RUN_ID_BYTES, chip_path, host_path
 
 __all__ = ["RUN_FILE", "RunInfo", "HostEvent", "read_run_info", "decode_host_line", "MAX_RANKS", "MAX_TS_NS"]
 
@@ -170,8 +170,6 @@ def read_run_info(root: Path) -> RunInfo:
 
 
 def _check(root: Path, path: Path, meta: dict[str, Any], run: _RunJson) -> RunInfo:
-    from sohuprof.strace import RECORD_DTYPE
-
     if run.record.size != RECORD_DTYPE.itemsize:
         raise _fail(path, f"'record.size' is {run.record.size}; this sohuprof reads {RECORD_DTYPE.itemsize}-byte records")
     run_id = None

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -337,7 +337,7 @@ class ChipFile:
             shares = [held * b // max(sum(nbytes), 1) for b in nbytes]
             shares[int(np.argmax(nbytes))] += held - sum(shares)
             for p, share in zip(gap.pieces, shares):
-                self.pieces[p] = Piece(**{**self.pieces[p].__dict__, "records": share})
+                self.pieces[p] = replace(self.pieces[p], records=share)
         acc.lost = acc.expected - acc.kept - acc.quarantined
 
     # -- pass 2 ---------------------------------------------------------------------------
