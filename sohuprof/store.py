@@ -8,7 +8,12 @@ Layout (see DESIGN.md, "The trace store")::
       collectives.parquet  counters.parquet  requests.parquet  quarantine.parquet
 
 :class:`StoreWriter` writes one into a temporary sibling directory and renames it into place on
-success, so a crash never leaves half a store. :func:`open_store` reads one back.
+success, so a crash never leaves half a store, recording each file's size and CRC-32 (and its
+footer's) in the manifest and a CRC in every Parquet page. :func:`open_store` reads one back
+after cheap checks (manifest field types, layout, sizes, footers, schemas, row-group statistics,
+row counts: milliseconds, no page decoded); every read verifies page CRCs, and a read that fails
+inside pyarrow is a :class:`StoreError` naming the file. :func:`sohuprof.check.check_store`
+(``sohuprof check``) verifies every byte.
 """
 
 from __future__ import annotations
