@@ -442,3 +442,23 @@ def test_cli_collect_partly_bad_trace_warns_and_keeps_the_rest(tmp_path: Path) -
     assert len(result.stderr.strip().splitlines()) == 1
     counts = open_store(tmp_path / "store").manifest["counts"]
     assert counts["quarantined_records"] == 1 and counts["records_expected"] == counts["events"] + 1
+
+
+def test_directory_accounting_per_file(tmp_path: Path) -> None:
+    """Each rank's file balances on its own; a damaged file's bad events are named by file."""
+    clean, damaged = tiny_kineto(), tiny_kineto()
+    clean["distributedInfo"]["rank"] = 0
+    damaged["traceEvents"][1]["dur"] = -1.0
+    damaged["traceEvents"][2]["args"] = "oops"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rank0.json").write_bytes(serialize(clean))
+    (tmp_path / "in" / "rank1.json.gz").write_bytes(gzip.compress(serialize(damaged)))
+    summary = collect_kineto(tmp_path / "in", tmp_path / "store")
+    files = {f["file"]: f for f in summary["file_counts"]}
+    assert files["rank0.json"]["quarantined"] == 0 and files["rank0.json"]["rank"] == 0
+    assert files["rank1.json.gz"]["quarantined"] == 2 and files["rank1.json.gz"]["rank"] == 1
+    assert files["rank1.json.gz"]["kept"] == files["rank0.json"]["kept"] - 2
+    assert summary["files"] == 2 and summary["quarantined_records"] == 2
+    quarantine = open_store(tmp_path / "store").read("quarantine").to_pylist()
+    assert {(r["source"], r["reason"].split(" is ")[0]) for r in quarantine} == {
+        ("rank1.json.gz", "'dur'"), ("rank1.json.gz", "'args'")}
