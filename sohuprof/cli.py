@@ -132,7 +132,7 @@ Example:
               help="Fault: straggler:rank=R,slowdown=F or slow-link:node=N,factor=F (repeatable).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--allow-large", is_flag=True,
-              help="Run even past the size ceiling (1e9 records or 100 GB) or the free disk space.")
+              help="Run even past the size ceiling (1e9 records, 100 GB or an hour) or the free disk space.")
 @pass_cli
 def emulate(obj: CliContext, out: Path, model: str, hw_name: str, chips_per_node: int | None,
             inject: tuple, allow_large: bool, **options: Any) -> None:

@@ -25,15 +25,17 @@ from sohuprof.errors import SpecError
 from sohuprof.strace import CHUNK_HEADER, FILE_HEADER, RECORD_DTYPE
 
 __all__ = ["RunEstimate", "estimate_run", "check_run", "check_memory", "LARGE_RECORDS", "LARGE_BYTES", "MAX_RECORDS",
-           "MAX_BYTES"]
+           "MAX_BYTES", "MAX_SECONDS"]
 
 #: A run at least this big says so on stderr before it starts (about a minute of emulation).
 LARGE_RECORDS = 10_000_000
 LARGE_BYTES = 1_000_000_000
-#: A run estimated past either ceiling is refused unless asked for explicitly (``--allow-large``):
-#: 1e9 records is 72 GB of raw trace and hours of emulation, collection and analysis.
+#: A run estimated past any ceiling is refused unless asked for explicitly (``--allow-large``):
+#: 1e9 records is 72 GB of raw trace and hours of emulation, collection and analysis; an hour of
+#: emulation is a mistyped flag far more often than a plan.
 MAX_RECORDS = 1_000_000_000
 MAX_BYTES = 100_000_000_000
+MAX_SECONDS = 3600.0
 
 # Working-memory coefficients, measured with tracemalloc on the emulator (see RunEstimate):
 #: bytes per (rank, program position) of one step's [R, K] arrays (durations, start/end, masks...)
@@ -192,8 +194,8 @@ def check_run(est: RunEstimate, out_dir: str | os.PathLike[str], *, allow_large:
     out_dir : path-like
         The run directory to be written; free space is read on its nearest existing parent.
     allow_large : bool, default False
-        Run past ``MAX_RECORDS``/``MAX_BYTES`` and the free disk space (the estimate may be
-        pessimistic). Memory and open-file limits always hold: past them the run cannot finish.
+        Run past ``MAX_RECORDS``, ``MAX_BYTES``, ``MAX_SECONDS`` and the free disk space (the
+        estimate may be pessimistic). Memory and open-file limits always hold: past them the run cannot finish.
 
     Raises
     ------
@@ -208,10 +210,10 @@ def check_run(est: RunEstimate, out_dir: str | os.PathLike[str], *, allow_large:
                         "this process may hold; raise it (ulimit -n) or use fewer --nodes/--chips-per-node")
     if allow_large:
         return
-    if est.records > MAX_RECORDS or est.disk_bytes > MAX_BYTES:
-        raise SpecError(f"this run would write {what}, past the {_count(MAX_RECORDS)}-record / "
-                        f"{_size(MAX_BYTES)} ceiling; lower --requests, --output-len or --prompt-len, "
-                        "or pass --allow-large")
+    if est.records > MAX_RECORDS or est.disk_bytes > MAX_BYTES or est.seconds > MAX_SECONDS:
+        raise SpecError(f"this run would write {what}, past the ceiling of {_count(MAX_RECORDS)} records, "
+                        f"{_size(MAX_BYTES)} or {_wall(MAX_SECONDS)} of emulation; lower --requests, "
+                        "--output-len or --prompt-len, or pass --allow-large")
     free = _free_bytes(Path(out_dir))
     if free is not None and est.disk_bytes > free:
         raise SpecError(f"this run would write {_size(est.disk_bytes)} but only {_size(free)} is free "
