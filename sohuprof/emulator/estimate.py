@@ -17,6 +17,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from sohuprof.emulator.config import EmulatorConfig
 from sohuprof.emulator.lowering import stage_positions
 from sohuprof.emulator.plan import split_layers
@@ -46,8 +48,10 @@ _BYTES_PER_STEP_RECORD = 160
 _BYTES_PER_REQUEST = 200
 #: bytes per (step, replica) of the host events kept in memory until they are written
 _BYTES_PER_HOST_EVENT = 700
-#: wall time per record written, per replica-step, and per request a replica-step scans
-_SECONDS_PER_RECORD, _SECONDS_PER_STEP, _SECONDS_PER_STEP_REQUEST = 5e-7, 2e-4, 3e-8
+#: wall time per record written, per step, per replica's scheduling in a step, and per request
+#: that scheduling scans (its state arrays span every request routed to the replica)
+_SECONDS_PER_RECORD, _SECONDS_PER_STEP = 5e-7, 2e-4
+_SECONDS_PER_REPLICA_STEP, _SECONDS_PER_STEP_REQUEST = 5e-5, 3e-8
 #: bytes of one host.jsonl line: a step event, and a request's arrival/first-token/finish
 _STEP_LINE_BYTES, _REQUEST_LINES_BYTES = 190, 200
 #: bytes of one clock-sync snapshot in run.json, taken every 100 ms of the run on every node
@@ -135,7 +139,7 @@ def estimate_run(cfg: EmulatorConfig) -> RunEstimate:
     (4, False)
     """
     cfg.validate()
-    hw, m = cfg.hardware, cfg.model
+    m = cfg.model
     stage_layers = split_layers(m.layers, cfg.pp)
     cap = kv_capacity_tokens(cfg, stage_layers)
     dp, tp = cfg.dp, cfg.tp
@@ -150,11 +154,10 @@ def estimate_run(cfg: EmulatorConfig) -> RunEstimate:
 
     # Requests are routed round-robin: the first ``requests % dp`` replicas get one more.
     hi, n_hi = -(-cfg.requests // dp), cfg.requests % dp or dp
-    lo, n_lo = cfg.requests // dp, dp - (cfg.requests % dp or dp)
+    lo = cfg.requests // dp
     sets_hi = -(-n_hi // span)
     classes = [(sets_hi, hi), (dp // span - sets_hi, lo)]
-    records = steps_max = 0
-    replica_steps = 0
+    records = steps_max = replica_steps = 0     # replica_steps: host step events, one per replica-step
     for sets, load in classes:
         if sets <= 0 or load <= 0:
             continue
@@ -177,9 +180,9 @@ def estimate_run(cfg: EmulatorConfig) -> RunEstimate:
     memory = int(cells * _BYTES_PER_CELL + dp * per_tbo_step * _BYTES_PER_STEP_RECORD
                  # up to a chunk pending per chip, copied once more when it is framed
                  + 2 * world * min(records / world, cfg.chunk_records) * RECORD_DTYPE.itemsize
-                 + cfg.requests * _BYTES_PER_REQUEST + replica_steps / tp / cfg.pp * _BYTES_PER_HOST_EVENT)
-    seconds = records * _SECONDS_PER_RECORD + replica_steps / tp / cfg.pp * (
-        _SECONDS_PER_STEP + hi * _SECONDS_PER_STEP_REQUEST)
+                 + cfg.requests * _BYTES_PER_REQUEST + replica_steps * _BYTES_PER_HOST_EVENT)
+    seconds = (records * _SECONDS_PER_RECORD + steps_max * _SECONDS_PER_STEP
+               + replica_steps * (_SECONDS_PER_REPLICA_STEP + hi * _SECONDS_PER_STEP_REQUEST))
     return RunEstimate(steps=int(steps_max), records=int(records), raw_bytes=raw, host_bytes=host,
                        memory_bytes=memory, files=world, duration_ns=float(duration), seconds=float(seconds))
 
@@ -195,7 +198,8 @@ def check_run(est: RunEstimate, out_dir: str | os.PathLike[str], *, allow_large:
         The run directory to be written; free space is read on its nearest existing parent.
     allow_large : bool, default False
         Run past ``MAX_RECORDS``, ``MAX_BYTES``, ``MAX_SECONDS`` and the free disk space (the
-        estimate may be pessimistic). Memory and open-file limits always hold: past them the run cannot finish.
+        estimate may be pessimistic). Memory and open-file limits always hold: past them the run
+        cannot finish.
 
     Raises
     ------
@@ -266,7 +270,7 @@ def _steps(cfg: EmulatorConfig, load: int, span: int, cap: int, step_ns: float) 
     return int(math.ceil(steps)), int(min(full_prefill, steps))
 
 
-def _decode_step_ns(cfg: EmulatorConfig, stage_layers, positions) -> float:
+def _decode_step_ns(cfg: EmulatorConfig, stage_layers: np.ndarray, positions: np.ndarray) -> float:
     """Time of a small decode step: every stage streams its weights from HBM, plus latencies."""
     hw = cfg.hardware
     weights = weights_per_chip(cfg, stage_layers)
