@@ -236,7 +236,7 @@ def check_memory(est: RunEstimate) -> None:
     mem = _available_memory()
     if mem is not None and est.memory_bytes > mem:
         raise SpecError(f"this run needs {_size(est.memory_bytes)} of memory, more than the {_size(mem)} "
-                        f"available ({est.describe()}); use fewer --nodes/--chips-per-node or a smaller model")
+                        f"available ({est.describe()}); lower --requests, --nodes or --chips-per-node")
 
 
 # ------------------------------------------------------------------------------------ the model
