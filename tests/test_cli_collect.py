@@ -42,8 +42,9 @@ def test_damaged_chunk_warns_once_and_keeps_the_rest(tmp_path: Path) -> None:
     result = run("collect", str(raw), "-o", str(tmp_path / "store"))
     assert result.exit_code == 0, result.output
     warnings = [l for l in result.stderr.splitlines() if l.strip()]
-    assert len(warnings) == 1 and warnings[0].startswith("warning: 1 damaged piece")
-    assert "quarantine.parquet" in warnings[0]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: kept ")
+    assert "quarantined" in warnings[0] and "node0/chip2.strace" in warnings[0]
+    assert "1 piece(s) set aside" in warnings[0] and "quarantine.parquet" in warnings[0]
 
 
 def _one_line_error(result) -> str:
