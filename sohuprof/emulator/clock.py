@@ -6,7 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["NodeClocks"]
+__all__ = ["NodeClocks", "MAX_CLOCK_SYNC"]
+
+#: Clock-sync snapshots a run lists per node at most (every 100 ms would give a day-long run
+#: 864k; a line fit needs far fewer).
+MAX_CLOCK_SYNC = 4096
 
 BOOT_NS = 1_000_000_000.0  # counters start well above zero, so a negative offset stays positive
 

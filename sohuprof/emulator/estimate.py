@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sohuprof.emulator.clock import MAX_CLOCK_SYNC
 from sohuprof.emulator.config import EmulatorConfig
 from sohuprof.emulator.lowering import stage_positions
 from sohuprof.emulator.plan import split_layers
@@ -173,7 +174,7 @@ def estimate_run(cfg: EmulatorConfig) -> RunEstimate:
     raw = int(records * RECORD_DTYPE.itemsize + chunks * CHUNK_HEADER.size + world * FILE_HEADER.size)
     arrival_ns = cfg.requests / cfg.rate * 1e9 if cfg.rate else 0.0
     duration = max(arrival_ns, steps_max * step_ns)
-    snapshots = max(8, int(duration / _SNAPSHOT_EVERY_NS) + 1) * cfg.nodes
+    snapshots = min(max(8, int(duration / _SNAPSHOT_EVERY_NS) + 1), MAX_CLOCK_SYNC) * cfg.nodes
     host = int(replica_steps * _STEP_LINE_BYTES + cfg.requests * _REQUEST_LINES_BYTES
                + snapshots * _SNAPSHOT_BYTES + 200 * world)
     cells = world * int(positions.sum()) * (2 if tbo else 1)

@@ -12,6 +12,7 @@ import orjson
 
 import sohuprof
 from sohuprof.atomic import atomic_directory
+from sohuprof.emulator.clock import MAX_CLOCK_SYNC
 from sohuprof.emulator.config import EmulatorConfig
 from sohuprof.emulator.runtime import Emulation
 from sohuprof.emulator.writer import RawTraceWriter
@@ -61,15 +62,17 @@ def emulate(cfg: EmulatorConfig, out_dir: str | os.PathLike[str], *, force: bool
         host_events: list[dict] = []
         steps = 0
         try:
-            with progress("emulating", cfg.requests, enabled=show_progress, unit="requests") as advance:
-                done = 0
+            # Progress in tokens processed (every prompt token once, every output token but the
+            # first, which prefill yields): it moves every step, where finished requests would
+            # sit at 0 through a long generation.
+            total = cfg.requests * (cfg.prompt_len + cfg.output_len - 1)
+            with progress("emulating", total, enabled=show_progress, unit="tokens") as advance:
                 for trace, events in em.steps():
                     writer.add(trace)
                     host_events += events
                     steps += 1
-                    now_done = sum(int(s.done.sum()) for s in em.schedulers)
-                    advance(now_done - done)
-                    done = now_done
+                    advance(sum(ev.get("prefill_tokens", 0) + ev.get("decode_tokens", 0)
+                                for ev in events if ev["type"] == "step"))   # per replica
         except BaseException:
             writer.abort()
             raise
@@ -150,9 +153,9 @@ def _run_json(em: Emulation, writer: RawTraceWriter, steps: int, run_id: bytes) 
         t = ops.get(name) or next(t for t in prog.templates if t.peer_name == name)
         op = "recv" if t.peer_name == name else t.op
         op_names.append({"id": i, "name": name, "op": op, "category": t.category, "engine": Engine(t.engine).name.lower()})
-    # A clock-sync daemon's readings every 100 ms of the run (at least 8).
+    # A clock-sync daemon's readings every 100 ms of the run (at least 8, at most MAX_CLOCK_SYNC).
     last = max(float(np.nanmax(em.request_table()["finish"])), 1.0)
-    span = np.linspace(0.0, last, max(8, int(last / 1e8) + 1))
+    span = np.linspace(0.0, last, min(max(8, int(last / 1e8) + 1), MAX_CLOCK_SYNC))
     return {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
