@@ -139,6 +139,14 @@ class _NodePartition:
     index: list[np.ndarray] = field(default_factory=list)   # per write: rank, chip, rows, start, end
 
 
+def _is_store(path: Path) -> bool:
+    """Is ``path`` a trace store (what ``--force`` may replace)? Its manifest says so."""
+    try:
+        return json.loads((path / MANIFEST_NAME).read_bytes()).get("format") == STORE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class StoreWriter:
     """Write a trace store atomically; use as a context manager.
 
@@ -190,7 +198,7 @@ class StoreWriter:
     # -- context manager ------------------------------------------------------------------
 
     def __enter__(self) -> StoreWriter:
-        self._atomic = atomic_directory(self.path, force=self.force)
+        self._atomic = atomic_directory(self.path, force=self.force, replaces=_is_store)
         self._tmp = self._atomic.__enter__()
         (self._tmp / EVENTS.path).mkdir()
         return self
@@ -939,11 +947,16 @@ class TraceStore:
         want = None if columns is None else [c for c in columns if c != "node"]
         for path in self.dataset().files:
             node = int(Path(path).parent.name.split("=", 1)[1])
-            pages = pq.ParquetFile(path, page_checksum_verification=True)
-            for batch in pages.iter_batches(batch_size=ROW_GROUP_ROWS, columns=want, use_threads=True):
-                if columns is None or "node" in columns:
-                    batch = batch.append_column("node", pa.array(np.full(batch.num_rows, node, np.int32)))
-                yield batch if columns is None else batch.select(columns)
+            try:
+                pages = pq.ParquetFile(path, page_checksum_verification=True)
+                batches = pages.iter_batches(batch_size=ROW_GROUP_ROWS, columns=want, use_threads=True)
+                for batch in batches:
+                    if columns is None or "node" in columns:
+                        batch = batch.append_column("node", pa.array(np.full(batch.num_rows, node, np.int32)))
+                    yield batch if columns is None else batch.select(columns)
+            except (pa.ArrowException, OSError) as exc:   # this file, by name, without a search
+                rel = f"{EVENTS.path}/{Path(path).parent.name}/{Path(path).name}"
+                raise StoreError(Finding(rel, f"cannot be read ({_short(exc)})").message(self.path)) from None
 
     # A read that fails inside pyarrow (a page that does not decode, a file cut short since the
     # store was opened) becomes a StoreError naming the file, here rather than in every analysis.
