@@ -127,7 +127,9 @@ def create_app(store: PathLike | TraceStore, *, title: str = "sohuprof") -> dash
     Raises
     ------
     StoreError
-        ``store`` is missing, not a trace store, or of an unsupported version.
+        ``store`` is missing, not a trace store, of an unsupported version, or damaged (the
+        checks of :func:`sohuprof.store.open_store`): the dashboard refuses to start, with the
+        one line naming the damaged file, rather than fail at the first page.
     """
     data = DashboardData(_ensure_store(store))
     app = dash.Dash(__name__, use_pages=True, pages_folder="", title=title, suppress_callback_exceptions=True,
