@@ -42,7 +42,7 @@ import shutil
 import stat
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -297,7 +297,8 @@ def _swap_in(tmp: Path, shown: Path, target: Path, token: str) -> None:
 
 
 @contextmanager
-def atomic_directory(path: str | os.PathLike[str], *, force: bool = False) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike[str], *, force: bool = False,
+                     replaces: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` in one rename.
 
     What an interrupted earlier run left beside ``path`` is recovered first (:func:`recover`).
@@ -312,6 +313,10 @@ def atomic_directory(path: str | os.PathLike[str], *, force: bool = False) -> It
     force : bool, default False
         Replace an existing directory: the old one is moved aside, the new one renamed into place
         and only then the old one deleted; a run killed in between is finished by the next one.
+    replaces : callable, optional
+        Says whether an existing directory is a previous output of this kind (a trace store, a
+        raw run). With it, ``force`` replaces only such a directory or an empty one: a mistyped
+        ``-o ~ --force`` must not delete a home directory.
 
     Raises
     ------
@@ -323,6 +328,10 @@ def atomic_directory(path: str | os.PathLike[str], *, force: bool = False) -> It
     target = _follow(shown)
     recover(target)
     _check_target(shown, target, force, "directory")
+    if (replaces is not None and target.is_dir() and any(target.iterdir())
+            and not replaces(target)):
+        raise OutputError(f"{str(shown)!r} holds other files, not a previous output of this kind; "
+                          f"--force replaces only that (or an empty directory): choose another path")
     tmp, token = _mkdir_tmp(shown, target)
     try:
         yield tmp

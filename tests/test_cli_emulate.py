@@ -229,9 +229,14 @@ def test_existing_output_needs_force_and_force_replaces(tmp_path: Path) -> None:
     assert_one_line_error(result, "already exists", "--force")
     assert (out / "old.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    # --force replaces a previous run, never a directory of other files (`-o ~ --force`).
+    result = invoke("emulate", *SMALL, "--force", "-o", str(out))
+    assert_one_line_error(result, "holds other files")
+    assert (out / "old.txt").read_text() == "old"
+    (out / "run.json").write_text("{}")
     result = invoke("emulate", *SMALL, "--force", "-o", str(out))
     assert result.exit_code == 0, result.output
-    assert not (out / "old.txt").exists() and (out / "run.json").is_file()
+    assert not (out / "old.txt").exists() and (out / "run.json").stat().st_size > 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 

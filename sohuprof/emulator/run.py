@@ -57,7 +57,7 @@ def emulate(cfg: EmulatorConfig, out_dir: str | os.PathLike[str], *, force: bool
     """
     em = Emulation(cfg)   # validates before anything touches the disk
     run_id = _run_id(em)
-    with atomic_directory(out_dir, force=force) as tmp:
+    with atomic_directory(out_dir, force=force, replaces=lambda p: (p / RUN_FILE).is_file()) as tmp:
         writer = RawTraceWriter(tmp, em.plan, cfg.chunk_records, run_id)
         host_events: list[dict] = []
         steps = 0
