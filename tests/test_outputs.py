@@ -458,3 +458,18 @@ def test_block_device_needs_force(tmp_path: Path) -> None:
     for kind in sorted(WRITERS):
         one_line_error(WRITERS[kind](node), "block device", "--force")
     assert stat.S_ISBLK(os.lstat(node).st_mode) and os.listdir(tmp_path) == ["disk"]
+
+
+def test_force_collect_replaces_a_store_but_never_a_directory_of_other_files(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    one_line_error(run("collect", str(SAMPLE / "raw"), "-o", str(home), "--force"), "holds other files")
+    assert (home / "thesis.tex").read_text() == "years of work"
+    store = tmp_path / "store"
+    ok(run("collect", str(SAMPLE / "raw"), "-o", str(store)))
+    ok(run("collect", str(SAMPLE / "raw"), "-o", str(store), "--force"))   # a previous store: replaced
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ok(run("collect", str(SAMPLE / "raw"), "-o", str(empty), "--force"))
+    assert open_store(empty).manifest["format"] == "sohuprof-trace"
