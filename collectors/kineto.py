@@ -589,8 +589,7 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
     nccl_rows = np.flatnonzero(nccl)
     nccl_args = _take(args_l, nccl_rows)
     nccl_fields = {}
-    for key, label in (("collective", "Collective name"), ("group", "Process Group Name"),
-                       ("dtype", "dtype")):  # three columns, not events
+    for key in ("collective", "group", "dtype"):  # three columns, not a loop over events
         values = _field(nccl_args, key)
         if loose:
             bad = wrong_type(values, (str,))
@@ -608,12 +607,11 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
     x = rec[keep]
     if x.size == 0:
         _refuse_empty(path, ph, rec_x, verdict)
-    if not keep.all():
+    if not keep.all():  # narrow every per-record column to the kept events
         sel = np.flatnonzero(keep)
         nccl_keep = keep[nccl_rows]
         nccl_fields = {k: v.filter(pa.array(nccl_keep)) for k, v in nccl_fields.items()}
         nelems = nelems.filter(pa.array(nccl_keep))
-        nccl_args = list(compress(nccl_args, nccl_keep))
         names, kind, nccl = names.take(pa.array(sel)), kind[sel], nccl[sel]
         name_enc = names.dictionary_encode()
         dur_ns, correlation, flops = dur_ns[sel], correlation.take(pa.array(sel)), flops.take(pa.array(sel))

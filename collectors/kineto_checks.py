@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from sohuprof.schema import QUARANTINE
 
-__all__ = ["MAX_NS", "MAX_ID", "MAX_NELEMS", "REASONS", "Verdict", "objects", "blank",
+__all__ = ["MAX_NS", "MAX_ID", "MAX_NELEMS", "SAMPLE_BYTES", "REASONS", "Verdict", "objects", "blank",
            "wrong_type", "float_column", "int_column", "id_check", "quarantine_rows"]
 
 #: Bound on ``|ts|`` and ``dur`` in ns: sums and differences of two times stay within int64.
