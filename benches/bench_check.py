@@ -11,6 +11,9 @@ inside the process after its imports.
     python benches/bench_check.py --rebuild         # rebuild the cached store
 
 The cached store lives in ``$SOHUPROF_BENCH_CACHE`` (default ``/tmp/sohuprof-bench-cache``).
+
+Measured (2 shared cores, quiet machine; 10,036,704 events, 6 files, 60 MB): bare read 0.81 s,
+check 1.17 s per process: 1.45x. Under load from other jobs the two swing by up to 2x each.
 """
 
 from __future__ import annotations
