@@ -57,8 +57,9 @@ Records and their accounting (the manifest's ``counts``, per file in ``counts.fi
   a JSON nested deeper than Python can decode, or a file-level field out of range
   (``baseTimeNanoseconds``, ``distributedInfo.rank``) is refused with a
   :class:`~sohuprof.errors.TraceFormatError` naming the file and the field.
-- Decoding is typed first (msgspec checks every field's type in C); only when that finds a
-  wrongly typed field is the file decoded again loosely and the columns checked one by one.
+- Decoding is typed first (msgspec checks every field's type, and the id and ``dur`` ranges,
+  in C); only when that finds a bad field is the file decoded again loosely and the columns
+  checked one by one, so a sound trace pays for none of the checks.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 import numpy as np
@@ -157,17 +158,26 @@ _TS_TOKEN = re.compile(rb'"ts"\s*:\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)(?=\s*[,}
 # ``Any``), whose columns kineto_checks then checks. Decoded JSON has no reference cycles,
 # hence ``gc=False``.
 
+# Ranges the typed decoder enforces itself (kineto_checks has the reasons): a value outside
+# one fails the typed decode, and the loose path then finds and sets aside its event.
+_I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_DEVICE = Annotated[int, msgspec.Meta(ge=-MAX_ID, lt=MAX_ID)]
+_NELEMS = Annotated[int, msgspec.Meta(lt=MAX_NELEMS)]
+_FLOPS = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | Annotated[float, msgspec.Meta(ge=0, lt=2.0**63)]
+_DUR_US = Annotated[float, msgspec.Meta(ge=0, lt=MAX_NS / 1000)]
+
+
 class _Args(msgspec.Struct, frozen=True, gc=False):
     """The ``args`` keys sohuprof reads."""
 
-    correlation: int | None = None
-    stream: int | str | None = None
-    device: int | None = None
-    flops: int | float | None = None
+    correlation: _I64 | None = None
+    stream: _I64 | str | None = None
+    device: _DEVICE | None = None
+    flops: _FLOPS | None = None
     name: Any = None  # of thread_name / process_name metadata
     collective: str | None = msgspec.field(default=None, name="Collective name")
     group: str | None = msgspec.field(default=None, name="Process Group Name")
-    nelems: int | None = msgspec.field(default=None, name="In msg nelems")
+    nelems: _NELEMS | None = msgspec.field(default=None, name="In msg nelems")
     dtype: str | None = None
 
 
@@ -178,10 +188,10 @@ class _Event(msgspec.Struct, gc=False):
     ph: str | None = None
     cat: str | None = None
     name: str | None = None
-    pid: int | str | None = None
-    tid: int | str | None = None
+    pid: _I64 | str | None = None
+    tid: _I64 | str | None = None
     ts: float | None = None  # ints are read as floats (exact below 2**53)
-    dur: float | None = None
+    dur: _DUR_US | None = None
     args: _Args | None = _NO_ARGS
 
 
@@ -561,16 +571,19 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
     dur_ns = _us_to_ns(np.where(dur_fits, dur_us, 0.0))
     verdict.flag((~dur_fits | (dur_ns >= MAX_NS)) & ~np.isnan(dur_us) & rec_x, "dur>")
 
-    # Ids: types and ranges checked on the column (or its distinct values), never indexed by.
-    pid_l, bad = id_check(_field(rev, "pid"), lenient=loose, strings=True)
-    verdict.flag(bad & rec_x, "pid")
-    tid_l, bad = id_check(_field(rev, "tid"), lenient=loose, strings=True)
-    verdict.flag(bad & rec_x, "tid")
-    dev_l, bad = id_check(_field(args_l, "device"), lenient=loose, strings=False,
-                          low=-MAX_ID, high=MAX_ID)
-    verdict.flag(bad & rec_x, "device")
-    stream_l, bad = id_check(_field(args_l, "stream"), lenient=loose, strings=True)
-    verdict.flag(bad & rec_x, "stream")
+    # Ids: types and ranges checked on the column (or its distinct values), never indexed by;
+    # the typed decoder has checked both already.
+    pid_l, tid_l = _field(rev, "pid"), _field(rev, "tid")
+    dev_l, stream_l = _field(args_l, "device"), _field(args_l, "stream")
+    if loose:
+        pid_l, bad = id_check(pid_l, lenient=True, strings=True)
+        verdict.flag(bad & rec_x, "pid")
+        tid_l, bad = id_check(tid_l, lenient=True, strings=True)
+        verdict.flag(bad & rec_x, "tid")
+        dev_l, bad = id_check(dev_l, lenient=True, strings=False, low=-MAX_ID, high=MAX_ID)
+        verdict.flag(bad & rec_x, "device")
+        stream_l, bad = id_check(stream_l, lenient=True, strings=True)
+        verdict.flag(bad & rec_x, "stream")
     correlation, bad = int_column(_field(args_l, "correlation"), lenient=loose)
     verdict.flag(bad & rec_x, "correlation")
     flops, bad = int_column(_field(args_l, "flops"), lenient=loose, low=0, floats=True)
