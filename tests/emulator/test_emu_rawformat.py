@@ -224,9 +224,13 @@ def test_existing_output_is_refused_then_replaced_with_force(tmp_path: Path) -> 
     with pytest.raises(OutputError, match="already exists"):
         emulate(cfg, out, show_progress=False)
     assert (out / "keep.txt").read_text() == "precious"
-    emulate(cfg, out, force=True, show_progress=False)
-    assert not (out / "keep.txt").exists() and (out / "run.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    with pytest.raises(OutputError, match="holds other files"):   # force replaces a run, not anything
+        emulate(cfg, out, force=True, show_progress=False)
+    assert (out / "keep.txt").read_text() == "precious"
+    emulate(cfg, tmp_path / "run2", show_progress=False)
+    emulate(cfg, tmp_path / "run2", force=True, show_progress=False)
+    assert (tmp_path / "run2" / "run.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run2"]
 
 
 # ------------------------------------------------------------------ the writer on its own
