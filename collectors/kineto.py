@@ -521,6 +521,8 @@ def _parse_file(path: Path) -> _RankTrace:
 
 def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _LooseEvent],
            raw: bytes, loose: bool) -> _RankTrace:
+    """One file's tables: check every record (first reason wins), keep the sound ones, build
+    the columns from those. ``loose``: the file needed the loose decoder (types unchecked)."""
     ph_l = _field(trace_events, "ph")
     bad_ph = wrong_type(ph_l, (str,)) if loose else np.zeros(len(ph_l), dtype=bool)
     ph = pa.array(blank(ph_l, bad_ph), pa.string())
@@ -600,17 +602,7 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
         zero_copy_only=False)
     nccl = (kind == _KINDS.index("kernel")) & is_nccl[_codes(name_enc)] & rec_x
     nccl_rows = np.flatnonzero(nccl)
-    nccl_args = _take(args_l, nccl_rows)
-    nccl_fields = {}
-    for key in ("collective", "group", "dtype"):  # three columns, not a loop over events
-        values = _field(nccl_args, key)
-        if loose:
-            bad = wrong_type(values, (str,))
-            verdict.flag(_scatter(bad, nccl_rows, rec.size), key)
-            values = blank(values, bad)
-        nccl_fields[key] = pa.array(values, pa.string())
-    nelems, bad = int_column(_field(nccl_args, "nelems"), lenient=loose, high=MAX_NELEMS)
-    verdict.flag(_scatter(bad, nccl_rows, rec.size), "nelems")
+    nccl_fields = _nccl_args(_take(args_l, nccl_rows), nccl_rows, verdict, loose)
 
     # What is kept: sound complete events, and sound counter events (their samples).
     counters, bad_counter = _counters(rank, trace_events, rec[verdict.ok & ~rec_x & is_c[rec]],
@@ -624,7 +616,6 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
         sel = np.flatnonzero(keep)
         nccl_keep = keep[nccl_rows]
         nccl_fields = {k: v.filter(pa.array(nccl_keep)) for k, v in nccl_fields.items()}
-        nelems = nelems.filter(pa.array(nccl_keep))
         names, kind, nccl = names.take(pa.array(sel)), kind[sel], nccl[sel]
         name_enc = names.dictionary_encode()
         dur_ns, correlation, flops = dur_ns[sel], correlation.take(pa.array(sel)), flops.take(pa.array(sel))
@@ -670,7 +661,8 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
 
     step = _steps(uniq_names, name_codes, ts_ns, dur_ns)
     coll_id, collectives = _collectives(rank, nccl_rows, ts_ns, dur_ns, coll_kind,
-                                        nccl_fields["group"], nelems, nccl_fields["dtype"])
+                                        nccl_fields["group"], nccl_fields["nelems"],
+                                        nccl_fields["dtype"])
 
     events = EVENTS.conform(pa.table({
         "ts": ts_ns, "dur": dur_ns,
@@ -680,31 +672,57 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
         "op": _dict_from_codes(op, OP_CLASSES), "category": _dict_from_codes(category, CATEGORIES),
         "step": step, "flops": flops, "coll_id": coll_id, "correlation": correlation,
     }))
-    # Accounting: complete events (and damaged-ph entries) are the records; counter events
-    # are counted on their own (they become samples, not events).
-    rec_c = is_c[rec]
+    quarantine, info = _account(path, raw, rank, rec, is_c[rec], verdict, int(x.size))
+    info.update({
+        "format": fmt, "skipped": _value_counts(ph.filter(pa.array(~is_rec)).fill_null("")),
+        "base_time_ns": base, "ts_exact": ts_exact, "distributed": top.get("distributedInfo"),
+        "devices": _device_names(top.get("deviceProperties")),
+    })
+    return _RankTrace(path, fmt, rank, events, collectives, counters, quarantine, info)
+
+
+def _nccl_args(args: Sequence[_Args | _LooseArgs], rows: np.ndarray, verdict: Verdict,
+               loose: bool) -> dict[str, pa.Array]:
+    """The NCCL kernels' collective args (``rows``: their record indices), checked when the
+    file was decoded loosely; a bad one sets its kernel aside."""
+    out = {}
+    for key in ("collective", "group", "dtype"):  # three columns, not a loop over events
+        values = _field(args, key)
+        if loose:
+            bad = wrong_type(values, (str,))
+            verdict.flag(_scatter(bad, rows, verdict.code.size), key)
+            values = blank(values, bad)
+        out[key] = pa.array(values, pa.string())
+    out["nelems"], bad = int_column(_field(args, "nelems"), lenient=loose, high=MAX_NELEMS)
+    verdict.flag(_scatter(bad, rows, verdict.code.size), "nelems")
+    return out
+
+
+def _account(path: Path, raw: bytes, rank: int, rec: np.ndarray, rec_c: np.ndarray,
+             verdict: Verdict, kept: int) -> tuple[pa.Table, dict[str, Any]]:
+    """The file's quarantine rows and counts.
+
+    Complete events (and damaged-ph entries) are the records; counter events (``rec_c``) are
+    counted on their own, as they become samples, not events.
+    """
     set_aside = ~verdict.ok
     parts = [quarantine_rows(path.name, raw, rec[bad], verdict.code[bad], prefix=prefix)
              for bad, prefix in ((set_aside & ~rec_c, ""), (set_aside & rec_c, "counter event: "))
              if bad.any()]
     quarantine = pa.concat_tables(parts) if parts else QUARANTINE.empty()
-    skipped = _value_counts(ph.filter(pa.array(~is_rec)).fill_null(""))
-    n_rec = int(rec.size - rec_c.sum())
-    n_bad = int((set_aside & ~rec_c).sum())
-    bad_c = int((set_aside & rec_c).sum())
-    info = {
-        "file": str(path), "rank": rank, "format": fmt,
-        "accounting": {"file": path.name, "rank": rank, "expected": n_rec, "kept": int(x.size),
-                       "quarantined": n_bad, "lost": 0, "duplicates_dropped": 0},
-        "counter_events": int(rec_c.sum()) - bad_c, "counter_events_quarantined": bad_c,
-        "skipped": skipped, "base_time_ns": base, "ts_exact": ts_exact,
-        "distributed": top.get("distributedInfo"),
-        "devices": _device_names(top.get("deviceProperties")),
+    records = int(rec.size - rec_c.sum())
+    bad_records = int((set_aside & ~rec_c).sum())
+    bad_counters = int((set_aside & rec_c).sum())
+    if records != kept + bad_records:  # a bug, not bad input: the counts would not add up
+        raise RuntimeError(f"'{path}': accounting mismatch: {records} records, {kept} kept, "
+                           f"{bad_records} set aside")
+    return quarantine, {
+        "file": str(path), "rank": rank,
+        "accounting": {"file": path.name, "rank": rank, "expected": records, "kept": kept,
+                       "quarantined": bad_records, "lost": 0, "duplicates_dropped": 0},
+        "counter_events": int(rec_c.sum()) - bad_counters,
+        "counter_events_quarantined": bad_counters,
     }
-    if n_rec != x.size + n_bad:  # a bug, not bad input: the counts would not add up
-        raise RuntimeError(f"'{path}': accounting mismatch: {n_rec} records, {x.size} kept, "
-                           f"{n_bad} set aside")
-    return _RankTrace(path, fmt, rank, events, collectives, counters, quarantine, info)
 
 
 def _refuse_empty(path: Path, ph: pa.Array, rec_x: np.ndarray, verdict: Verdict) -> NoReturn:
