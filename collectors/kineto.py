@@ -42,9 +42,11 @@ Records and their accounting (the manifest's ``counts``, per file in ``counts.fi
 - A *record* is a ``traceEvents`` entry that would become an event: a complete event (``X``,
   except Kineto's ``Trace`` span), or an entry whose ``ph`` is present but not a string (it
   may have been one). ``expected`` counts every record read, ``kept`` those stored as events,
-  ``quarantined`` those set aside, and ``lost`` is always 0 for JSON (a file that cannot be
-  decoded is refused whole), so ``kept + quarantined + lost == expected`` for every file and
-  in total (``records_expected == events + quarantined_records + records_lost``). Counter
+  ``quarantined`` those set aside, and ``lost`` the complete event a JSON Array Format file
+  ends inside, when it was cut off mid-entry (the whole entries before it are read; its
+  surviving text must show ``"ph": "X"`` to count). Any other file that cannot be decoded is
+  refused whole. So ``kept + quarantined + lost == expected`` for every file and in total
+  (``records_expected == events + quarantined_records + records_lost``). Counter
   events (``C``) become samples, not events: they are counted apart (``counter_events``,
   ``counter_events_quarantined``), their set-aside ones in the same quarantine table under
   a reason starting "counter event:". Flow, metadata (``M``), instant and other phases are
@@ -145,6 +147,8 @@ _DTYPE_BYTES = {"Float": 4, "Half": 2, "BFloat16": 2, "Double": 8, "Int": 4, "Lo
                 "Float8_e4m3fnuz": 1, "Float8_e5m2fnuz": 1, "UInt16": 2, "UInt32": 4,
                 "UInt64": 8}
 _STEP_RE = r"^ProfilerStep#(?P<step>\d+)$"
+#: A cut-off entry's text that says it was a complete event.
+_CUT_X = re.compile(rb'"ph"\s*:\s*"X"')
 # Exponents are matched too (so the tokens still pair one for one with the events), though only
 # plain decimals are re-read exactly.
 _TS_TOKEN = re.compile(rb'"ts"\s*:\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)(?=\s*[,}])')
@@ -426,11 +430,12 @@ def _iter_rank_traces(path: PathLike) -> Iterator[_RankTrace]:
 _Doc = _Trace | list[_Event] | _LooseTrace | list[_LooseEvent]
 
 
-def _load(path: Path) -> tuple[_Doc, bytes, bool]:
+def _load(path: Path) -> tuple[_Doc, bytes, bool, bytes]:
     """Decode a (possibly gzipped) trace.
 
-    Returns the document, the JSON text it came from, and whether it was decoded loosely
-    (some field has a type a sound trace never writes; see :func:`_decode`).
+    Returns the document, the JSON text it came from, whether it was decoded loosely (some
+    field has a type a sound trace never writes; see :func:`_decode`), and the cut-off tail
+    of a JSON Array Format file that ends inside an entry (``b""`` for a whole file).
     """
     try:
         raw = path.read_bytes()
@@ -443,18 +448,45 @@ def _load(path: Path) -> tuple[_Doc, bytes, bool]:
             raise TraceFormatError(f"'{path}' is a damaged gzip file ({exc}); {_EXPECTED}") from None
     try:
         doc, loose = _decode(path, raw)
-        return doc, raw, loose
+        return doc, raw, loose, b""
     except msgspec.DecodeError as exc:
         # The Chrome JSON Array Format allows leaving off the closing bracket.
         body = raw.rstrip().rstrip(b",")
         if body.lstrip()[:1] == b"[" and not body.endswith(b"]"):
-            body += b"]"
             try:
-                doc, loose = _decode(path, body)
-                return doc, body, loose
+                doc, loose = _decode(path, body + b"]")
+                return doc, body + b"]", loose, b""
             except msgspec.DecodeError:
                 pass
+            # A writer that died mid-entry (why the format allows the missing bracket): keep
+            # the whole entries, and the cut one's tail to count. Only for a cut, never for
+            # damage inside the text, which would drop sound entries after it.
+            if "truncated" in str(exc):
+                cut = _cut_entries(path, body)
+                if cut is not None:
+                    return cut
         raise TraceFormatError(f"'{path}' is not JSON ({exc}); {_EXPECTED}") from None
+
+
+def _cut_entries(path: Path, body: bytes, attempts: int = 16) -> tuple[_Doc, bytes, bool, bytes] | None:
+    """Decode the whole entries of an Array Format text cut inside its last entry.
+
+    The last entry that closes is found by trying the last few ``}`` (the cut entry holds at
+    most a few nested objects); None if none gives valid JSON.
+    """
+    end = len(body)
+    for _ in range(attempts):
+        brace = body.rfind(b"}", 0, end)
+        if brace < 0:
+            return None
+        head = body[:brace + 1] + b"]"
+        try:
+            doc, loose = _decode(path, head)
+        except msgspec.DecodeError:
+            end = brace
+            continue
+        return doc, head, loose, body[brace + 1:].lstrip().lstrip(b",").lstrip()
+    return None
 
 
 def _decode(path: Path, text: bytes) -> tuple[_Doc, bool]:
@@ -501,14 +533,14 @@ def _parse_file(path: Path) -> _RankTrace:
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        doc, raw, loose = _load(path)
+        doc, raw, loose, cut = _load(path)
         if isinstance(doc, list):
-            return _build(path, {}, doc, raw, loose)
+            return _build(path, {}, doc, raw, loose, cut)
         if doc.traceEvents is None:
             raise TraceFormatError(f"'{path}' is JSON but not a trace: an object without a "
                                    f"'traceEvents' list; {_EXPECTED}")
         top = {k: getattr(doc, k) for k in _KINETO_KEYS if getattr(doc, k) is not msgspec.UNSET}
-        return _build(path, top, doc.traceEvents, raw, loose)
+        return _build(path, top, doc.traceEvents, raw, loose, cut)
     except RecursionError:
         # msgspec recurses per nesting level; no trace nests more than a few levels.
         raise TraceFormatError(f"'{path}' nests JSON deeper than Python can decode (no trace "
@@ -520,9 +552,10 @@ def _parse_file(path: Path) -> _RankTrace:
 
 
 def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _LooseEvent],
-           raw: bytes, loose: bool) -> _RankTrace:
+           raw: bytes, loose: bool, cut: bytes = b"") -> _RankTrace:
     """One file's tables: check every record (first reason wins), keep the sound ones, build
-    the columns from those. ``loose``: the file needed the loose decoder (types unchecked)."""
+    the columns from those. ``loose``: the file needed the loose decoder (types unchecked);
+    ``cut``: the tail of an entry the file ends inside (see :func:`_load`)."""
     ph_l = _field(trace_events, "ph")
     bad_ph = wrong_type(ph_l, (str,)) if loose else np.zeros(len(ph_l), dtype=bool)
     ph = pa.array(blank(ph_l, bad_ph), pa.string())
@@ -672,7 +705,9 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
         "op": _dict_from_codes(op, OP_CLASSES), "category": _dict_from_codes(category, CATEGORIES),
         "step": step, "flops": flops, "coll_id": coll_id, "correlation": correlation,
     }))
-    quarantine, info = _account(path, raw, rank, rec, is_c[rec], verdict, int(x.size))
+    # A cut-off entry is a lost record when what survives of it says it was a complete event.
+    lost = int(_CUT_X.search(cut) is not None)
+    quarantine, info = _account(path, raw, rank, rec, is_c[rec], verdict, int(x.size), lost)
     info.update({
         "format": fmt, "skipped": _value_counts(ph.filter(pa.array(~is_rec)).fill_null("")),
         "base_time_ns": base, "ts_exact": ts_exact, "distributed": top.get("distributedInfo"),
@@ -699,7 +734,7 @@ def _nccl_args(args: Sequence[_Args | _LooseArgs], rows: np.ndarray, verdict: Ve
 
 
 def _account(path: Path, raw: bytes, rank: int, rec: np.ndarray, rec_c: np.ndarray,
-             verdict: Verdict, kept: int) -> tuple[pa.Table, dict[str, Any]]:
+             verdict: Verdict, kept: int, lost: int) -> tuple[pa.Table, dict[str, Any]]:
     """The file's quarantine rows and counts.
 
     Complete events (and damaged-ph entries) are the records; counter events (``rec_c``) are
@@ -710,16 +745,16 @@ def _account(path: Path, raw: bytes, rank: int, rec: np.ndarray, rec_c: np.ndarr
              for bad, prefix in ((set_aside & ~rec_c, ""), (set_aside & rec_c, "counter event: "))
              if bad.any()]
     quarantine = pa.concat_tables(parts) if parts else QUARANTINE.empty()
-    records = int(rec.size - rec_c.sum())
+    records = int(rec.size - rec_c.sum()) + lost
     bad_records = int((set_aside & ~rec_c).sum())
     bad_counters = int((set_aside & rec_c).sum())
-    if records != kept + bad_records:  # a bug, not bad input: the counts would not add up
+    if records != kept + bad_records + lost:  # a bug, not bad input: the counts would not add up
         raise RuntimeError(f"'{path}': accounting mismatch: {records} records, {kept} kept, "
                            f"{bad_records} set aside")
     return quarantine, {
         "file": str(path), "rank": rank,
         "accounting": {"file": path.name, "rank": rank, "expected": records, "kept": kept,
-                       "quarantined": bad_records, "lost": 0, "duplicates_dropped": 0},
+                       "quarantined": bad_records, "lost": lost, "duplicates_dropped": 0},
         "counter_events": int(rec_c.sum()) - bad_counters,
         "counter_events_quarantined": bad_counters,
     }
@@ -1134,7 +1169,7 @@ def _counts(parts: list[_RankTrace], written: int, skipped: dict[str, int]) -> d
         "records_expected": sum(f["expected"] for f in files),
         "events": written,
         "quarantined_records": sum(f["quarantined"] for f in files),
-        "records_lost": 0,
+        "records_lost": sum(f["lost"] for f in files),
         "duplicates_dropped": 0,
         "quarantined_pieces": sum(p.quarantine.num_rows for p in parts),
         "counter_events": sum(p.info["counter_events"] for p in parts),

@@ -444,6 +444,33 @@ def test_cli_collect_partly_bad_trace_warns_and_keeps_the_rest(tmp_path: Path) -
     assert counts["quarantined_records"] == 1 and counts["records_expected"] == counts["events"] + 1
 
 
+@pytest.mark.parametrize("cut", ["dur", "args", "name", "ph"])
+def test_chrome_trace_cut_mid_event_keeps_the_whole_ones(tmp_path: Path, cut: str) -> None:
+    """A writer that died mid-entry: every whole entry kept, the cut complete event lost."""
+    events = [{"ph": "X", "name": f"op{i}", "cat": "app", "pid": 1, "tid": 2, "ts": 10.0 * i,
+               "dur": 5.0, "args": {"flops": i}} for i in range(6)]
+    text = serialize(events)
+    last = text.rindex(b'{"ph"')
+    text = text[:text.index(f'"{cut}"'.encode(), last) + 3]  # inside the last event
+    path = write(tmp_path, text, gz=False)
+    trace = read_kineto(path)
+    files = trace.metadata["counts"]["files"]
+    lost = 0 if cut == "ph" else 1  # cut inside its "ph": nothing says it was a complete event
+    assert files == [{"file": "trace.json", "rank": 0, "expected": 5 + lost, "kept": 5,
+                      "quarantined": 0, "lost": lost, "duplicates_dropped": 0}]
+    assert trace.metadata["counts"]["records_lost"] == lost
+    assert trace.events.column("name").to_pylist() == [f"op{i}" for i in range(5)]
+    check_outcome(path)
+
+
+def test_damage_inside_a_chrome_trace_is_refused_not_cut(tmp_path: Path) -> None:
+    """Only a cut is recovered: a bad byte mid-file would drop the sound entries after it."""
+    text = bytearray(serialize(tiny_chrome()))
+    text[len(text) // 2] = ord("\x01")
+    with pytest.raises(SohuprofError, match="is not JSON"):
+        read_kineto(write(tmp_path, bytes(text)[:-1], gz=False))
+
+
 def test_directory_accounting_per_file(tmp_path: Path) -> None:
     """Each rank's file balances on its own; a damaged file's bad events are named by file."""
     clean, damaged = tiny_kineto(), tiny_kineto()
