@@ -49,7 +49,7 @@ class AnalysisContext:
     ranks : pandas.DataFrame
         ``rank, node, chip`` of every rank in the store.
     hta_compatible : bool
-        Select events as Holistic Trace Analysis does (see :mod:`sohuprof.analyzers.temporal`).
+        Select events as Holistic Trace Analysis does (see :mod:`sohuprof.analyzers.reports.temporal`).
     """
 
     store: TraceStore

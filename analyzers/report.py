@@ -20,14 +20,14 @@ __all__ = ["REPORTS", "Reports", "load_analysis", "run_reports"]
 
 #: Report name -> "module:attribute" of its Analysis, in the order reports are shown.
 REPORTS: dict[str, str] = {
-    "summary": "sohuprof.analyzers.summary:SUMMARY",
-    "roofline": "sohuprof.analyzers.roofline:ROOFLINE",
-    "stalls": "sohuprof.analyzers.stalls:STALLS",
-    "comm": "sohuprof.analyzers.comm:COMM",
-    "serving": "sohuprof.analyzers.serving:SERVING",
-    "temporal": "sohuprof.analyzers.temporal:TEMPORAL",
+    "summary": "sohuprof.analyzers.reports.summary:SUMMARY",
+    "roofline": "sohuprof.analyzers.reports.roofline:ROOFLINE",
+    "stalls": "sohuprof.analyzers.reports.stalls:STALLS",
+    "comm": "sohuprof.analyzers.reports.comm:COMM",
+    "serving": "sohuprof.analyzers.reports.serving:SERVING",
+    "temporal": "sohuprof.analyzers.reports.temporal:TEMPORAL",
 }
-_OVERLAP = "sohuprof.analyzers.temporal:OVERLAP"
+_OVERLAP = "sohuprof.analyzers.reports.temporal:OVERLAP"
 
 
 def load_analysis(spec: str) -> Analysis:

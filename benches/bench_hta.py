@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from sohuprof.analyzers.hta_selection import hta_select
-from sohuprof.analyzers.temporal import comm_comp_overlap, temporal_breakdown
+from sohuprof.analyzers.reports.temporal import comm_comp_overlap, temporal_breakdown
 from sohuprof.collectors.kineto import read_kineto
 
 TRACE = Path(__file__).resolve().parent.parent / "tests" / "data" / "kineto" / "nccl_data.json.gz"

@@ -3,7 +3,7 @@
 Arrays go in as numpy so plotly packs them as base64 typed arrays (``bdata``), never as long
 JSON number lists; every figure uses :data:`TEMPLATE`, a few hundred bytes, instead of plotly's
 default template. The roofline, stall and traffic figures of the HTML report are reused from
-:mod:`sohuprof.analyzers.figures` and restyled here.
+:mod:`sohuprof.analyzers.render.figures` and restyled here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from sohuprof.analyzers import figures as report_figures
+from sohuprof.analyzers.render import figures as report_figures
 
 __all__ = ["TEMPLATE", "CATEGORY_COLORS", "lane_labels", "timeline_figure", "roofline_figure",
            "stalls_figure", "traffic_figure", "busbw_figure", "stragglers_figure", "latency_figure",

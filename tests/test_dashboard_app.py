@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from sohuprof.cli import cli
 from sohuprof.dashboards import components, figures
 from sohuprof.dashboards.app import PAGES, check_port, create_app, current_data, host_warning, window_text
-from sohuprof.analyzers.serving import throughput_series
+from sohuprof.analyzers.reports.serving import throughput_series
 from sohuprof.dashboards.data import NotAvailable, Selection, ensure_selection
 from sohuprof.dashboards.pages import comm, overview, roofline, serving, stalls, timeline
 from sohuprof.errors import StoreError

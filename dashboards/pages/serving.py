@@ -9,7 +9,7 @@ from dash import Input, Output, html
 
 from sohuprof.dashboards import figures
 from sohuprof.dashboards.components import graph, kpi, unavailable
-from sohuprof.analyzers.serving import throughput_series
+from sohuprof.analyzers.reports.serving import throughput_series
 from sohuprof.dashboards.data import DashboardData, NotAvailable, ensure_selection
 
 __all__ = ["PATH", "NAME", "layout", "register_callbacks", "latency", "throughput"]

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pytest
 
 from analyzers_ref import timeline
-from sohuprof.analyzers.comm import COMM, busbw_factor
+from sohuprof.analyzers.reports.comm import COMM, busbw_factor
 from sohuprof.analyzers.engine import build_context, rank_partitions, run_analyses
-from sohuprof.analyzers.stalls import STALLS
+from sohuprof.analyzers.reports.stalls import STALLS
 from sohuprof.collectors import collect
 
 from sohuprof.emulator import EmulatorConfig, emulate, parse_fault

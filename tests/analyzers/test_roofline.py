@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from sohuprof.analyzers.engine import build_context, rank_partitions, run_analyses
-from sohuprof.analyzers.roofline import ROOFLINE, SAMPLE_SIZE, _quota
+from sohuprof.analyzers.reports.roofline import ROOFLINE, SAMPLE_SIZE, _quota
 from sohuprof.collectors import collect
 
 from sohuprof.emulator import EmulatorConfig, emulate
@@ -144,7 +144,7 @@ def test_json_contract() -> None:
 
 def test_totals_past_int64_neither_round_nor_wrap() -> None:
     """A long run's FLOPs pass 2**63 per op: summed exactly (Python ints), never wrapped."""
-    from sohuprof.analyzers.roofline import _SUMS, _finish_ops
+    from sohuprof.analyzers.reports.roofline import _SUMS, _finish_ops
     from sohuprof.hardware import load_hardware
 
     big = 6 * 10**18 + 7                       # two partials: 1.2e19 + 14 > 2**63
@@ -159,7 +159,7 @@ def test_totals_past_int64_neither_round_nor_wrap() -> None:
 
 
 def test_partition_sums_switch_to_float_before_int64_could_wrap() -> None:
-    from sohuprof.analyzers.roofline import _summable
+    from sohuprof.analyzers.reports.roofline import _summable
 
     small = pa.chunked_array([pa.array([1, 2, None], pa.int64())])
     huge = pa.chunked_array([pa.array([2**62, 2**62, 5], pa.int64())])   # their sum passes 2**63

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pytest
 from sohuprof.analyzers.engine import build_context, rank_partitions, run_analyses
-from sohuprof.analyzers.serving import SERVING
+from sohuprof.analyzers.reports.serving import SERVING
 from sohuprof.collectors import collect
 
 from sohuprof.emulator import EmulatorConfig, RunSummary, emulate
@@ -86,7 +86,7 @@ def test_combine_in_any_order(run) -> None:
 
 
 def test_unfinished_requests_are_left_out() -> None:
-    from sohuprof.analyzers.serving import serving_metrics
+    from sohuprof.analyzers.reports.serving import serving_metrics
     req = pd.DataFrame({"request_id": [0, 1, 2], "arrival": [0, 10, 20],
                         "first_token": pd.array([5, 30, None], dtype="Int64"),
                         "finish": pd.array([105, None, None], dtype="Int64"),

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from sohuprof.analyzers.engine import build_context, rank_partitions, run_analyses
-from sohuprof.analyzers.stalls import PARTS, STALLS
+from sohuprof.analyzers.reports.stalls import PARTS, STALLS
 from sohuprof.collectors import collect
 from sohuprof.emulator import EmulatorConfig, emulate
 from sohuprof.hardware import load_hardware

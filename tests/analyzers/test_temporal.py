@@ -16,7 +16,7 @@ from analyzers_ref import timeline
 
 from sohuprof.analyzers.engine import build_context, run_analyses
 from sohuprof.analyzers.hta_selection import hta_round_us, hta_select, hta_selection_mask
-from sohuprof.analyzers.temporal import (OVERLAP, OVERLAP_COLUMNS, TEMPORAL, TEMPORAL_COLUMNS, comm_comp_overlap,
+from sohuprof.analyzers.reports.temporal import (OVERLAP, OVERLAP_COLUMNS, TEMPORAL, TEMPORAL_COLUMNS, comm_comp_overlap,
                                          temporal_breakdown)
 from sohuprof.collectors import collect
 from sohuprof.store import StoreWriter, open_store

@@ -11,7 +11,7 @@ import pytest
 
 from sohuprof.analyzers.engine import build_context, run_analyses
 from sohuprof.analyzers.report import run_reports
-from sohuprof.analyzers.stalls import PARTS, STALLS
+from sohuprof.analyzers.reports.stalls import PARTS, STALLS
 from sohuprof.collectors import collect
 from sohuprof.emulator import EmulatorConfig, emulate
 from sohuprof.emulator.estimate import RunEstimate, check_run, estimate_run

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.comm import busbw_factor, kind_is, records
+from sohuprof.analyzers.reports.comm import busbw_factor, kind_is, records
 from sohuprof.analyzers.partition import Partition, as_partition
 from sohuprof.hardware import HardwareSpec
 

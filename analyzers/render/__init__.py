@@ -145,7 +145,7 @@ def write_html(reports: Reports, out: Path, *, force: bool = False) -> Path:
     whole in one rename (a symlink's target is replaced, the link kept); an existing file is
     refused unless ``force`` (see :func:`sohuprof.atomic.open_output`).
     """
-    from sohuprof.analyzers.figures import report_figures
+    from sohuprof.analyzers.render.figures import report_figures
 
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>sohuprof report</title>",
              "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"

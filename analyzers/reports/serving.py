@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.partition import Partition
-from sohuprof.analyzers.roofline import model_peak
+from sohuprof.analyzers.reports.roofline import model_peak
 
 __all__ = ["PERCENTILES", "SERVING", "ServingResult", "throughput_series"]
 

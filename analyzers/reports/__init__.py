@@ -1,0 +1,1 @@
+"""The reports: one module per analysis (roofline, stalls, comm, serving, temporal, summary)."""
