@@ -117,6 +117,15 @@ class _Gap:
     pieces: list[int] = field(default_factory=list)   # indices into ChipFile.pieces
 
 
+def _subtract(span: tuple[int, int], taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of the half-open ``span`` that no range in ``taken`` covers (a loop over the
+    few ranges damage made, not over slots)."""
+    parts = [span]
+    for a, b in taken:
+        parts = [piece for lo, hi in parts for piece in ((lo, min(hi, a)), (max(lo, b), hi)) if piece[0] < piece[1]]
+    return [p for p in parts if p[0] < p[1]]
+
+
 class ChipFile:
     """One chip's trace file checked against its slot; use as a context manager.
 
@@ -320,19 +329,27 @@ class ChipFile:
 
     def _attribute(self, gaps: list[_Gap]) -> None:
         """Split the slot's missing records into quarantined (damaged bytes where they belong
-        could hold them) and lost, and give each damaged piece its share."""
+        could hold them) and lost, and give each damaged piece its share.
+
+        Slots are counted by arithmetic on ranges, never enumerated: run.json may claim 2**33
+        chunks for a file cut to its header, and all of them are lost at once."""
         slot, k, acc = self.slot, self.chunk_records, self.account
-        claimed: set[int] = set()
+        kept = np.array(sorted(self._kept), dtype=np.int64)
+        last = slot.chunks - 1
+        claimed: list[tuple[int, int]] = []   # half-open ranges of slots a gap already took
         for i, gap in enumerate(gaps):
             if not gap.pieces:
                 continue
             after = gaps[i + 1].before if i + 1 < len(gaps) else slot.chunks
             lo, hi = sorted((gap.before, after))
-            missing = [s for s in range(lo + 1, hi) if s not in self._kept and s not in claimed]  # per chunk
-            claimed.update(missing)
+            spans = _subtract((lo + 1, hi), claimed)
+            claimed += spans
+            missing = sum(b - a - int(np.searchsorted(kept, b) - np.searchsorted(kept, a)) for a, b in spans)
+            last_missing = last not in self._kept and any(a <= last < b for a, b in spans)
+            expected = missing * k - ((k - slot.expected_count(last, k)) if last_missing else 0)
             nbytes = [self.pieces[p].length for p in gap.pieces]
-            room = max(sum(nbytes) - len(missing) * _HDR, 0) // _REC
-            held = min(sum(slot.expected_count(s, k) for s in missing), room)
+            room = max(sum(nbytes) - missing * _HDR, 0) // _REC
+            held = min(expected, room)
             acc.quarantined += held
             shares = [held * b // max(sum(nbytes), 1) for b in nbytes]
             shares[int(np.argmax(nbytes))] += held - sum(shares)

@@ -402,3 +402,16 @@ def test_stores_of_damaged_runs_analyze_and_export(ops, runs, tmp_path_factory) 
             assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
             if args[0] == "collect":
                 return
+
+
+def test_a_file_far_shorter_than_run_json_claims_is_lost_at_once(runs, tmp_path: Path) -> None:
+    """run.json may claim 2**40 records (2**33 chunks): they are counted as lost by arithmetic,
+    never enumerated or allocated for."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["run"], run)
+    huge = 2**40
+    _edit_run_json(run, lambda m: m["chips"][2].update(records=huge, chunks=-(-huge // CHUNK)))
+    summary = collect(run, tmp_path / "store", show_progress=False)
+    f = {x["file"]: x for x in summary["file_counts"]}[json.loads((run / "run.json").read_text())["chips"][2]["file"]]
+    assert f["expected"] == huge and f["kept"] + f["quarantined"] + f["lost"] == huge
+    assert f["lost"] > huge - 10_000 and f["kept"] > 0
