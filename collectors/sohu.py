@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from sohuprof.collectors.alignment import ClockMap, causality_violations, fit_clocks
 from sohuprof.collectors.run_info import MAX_TS_NS, RUN_FILE, RunInfo, decode_host_line, read_run_info
-from sohuprof.collectors.strace_reader import ChipFile, FileAccount, Piece
+from sohuprof.collectors.strace_reader import ChipFile, FileAccount, Piece, RawBudget
 from sohuprof.errors import TraceFormatError
 from sohuprof.progress import progress
 from sohuprof.schema import COLLECTIVES, COUNTERS, EVENTS, QUARANTINE, REQUESTS
@@ -381,6 +381,7 @@ def _open_files(info: RunInfo) -> tuple[list[tuple[ChipFile, dict]], list[FileAc
     files: list[tuple[ChipFile, dict]] = []
     missing: list[FileAccount] = []
     pieces: list[Piece] = []
+    budget = RawBudget()   # shared: bounds the damaged bytes held over the whole collect
     try:
         for slot, chip in zip(info.slots, info.chips):
             path = info.root / slot.source
@@ -389,7 +390,7 @@ def _open_files(info: RunInfo) -> tuple[list[tuple[ChipFile, dict]], list[FileAc
                                            refused="chip trace file missing"))
                 pieces.append(Piece(slot.source, 0, 0, 0, "chip trace file missing", b""))
                 continue
-            files.append((ChipFile(path, slot), chip))
+            files.append((ChipFile(path, slot, budget), chip))
     except BaseException:
         for f, _ in files:
             f.close()

@@ -36,12 +36,14 @@ from sohuprof.errors import TraceFormatError
 from sohuprof.strace import (CHUNK_HEADER, CHUNK_MAGIC, FILE_HEADER, FILE_HEADER_CRC_SPAN, FILE_HEADER_V1,
                              FILE_MAGIC, FORMAT_VERSION, RECORD_DTYPE, chunk_crc_seed)
 
-__all__ = ["Piece", "Slot", "FileAccount", "ChipFile", "RAW_LIMIT"]
+__all__ = ["Piece", "Slot", "FileAccount", "ChipFile", "RawBudget", "RAW_LIMIT", "RAW_BUDGET"]
 
 _REC = RECORD_DTYPE.itemsize
 _HDR = CHUNK_HEADER.size
 #: Bytes of a damaged piece kept in quarantine.parquet (``length`` gives the whole extent).
 RAW_LIMIT = 16 << 20
+#: Bytes of damaged pieces kept over a whole collect (held in memory until the store is written).
+RAW_BUDGET = 256 << 20
 #: Bytes read at a time while searching for the next chunk after damage.
 _WINDOW = 1 << 20
 
@@ -56,6 +58,19 @@ class Piece:
     records: int
     reason: str
     raw: bytes
+
+
+class RawBudget:
+    """How many damaged bytes a collect still keeps raw: past it, pieces are counted and located
+    but their bytes are left in the source file (a run of zeroed files must not fill memory)."""
+
+    def __init__(self, total: int = RAW_BUDGET) -> None:
+        self.left = total
+
+    def take(self, length: int) -> int:
+        n = max(min(length, RAW_LIMIT, self.left), 0)
+        self.left -= n
+        return n
 
 
 @dataclass(frozen=True)
@@ -134,8 +149,9 @@ class ChipFile:
     (pass 2) reads the kept chunks again, in sequence order, re-checking their CRC32.
     """
 
-    def __init__(self, path: Path, slot: Slot) -> None:
+    def __init__(self, path: Path, slot: Slot, budget: RawBudget | None = None) -> None:
         self.path, self.slot = path, slot
+        self._budget = budget if budget is not None else RawBudget()
         self.source = slot.source
         self.pieces: list[Piece] = []
         self.account = FileAccount(slot.source, slot.rank, slot.records)
@@ -242,7 +258,7 @@ class ChipFile:
         if damaged:
             framing = self.header_size + slot.chunks * _HDR
             held = min(slot.records, max(self.size - framing, 0) // _REC)
-            raw = self._read(0, min(self.size, RAW_LIMIT))
+            raw = self._read(0, self._budget.take(self.size))
         else:
             held, raw = 0, self._read(0, min(self.size, self.header_size))
         acc.quarantined, acc.lost = held, slot.records - held
@@ -324,7 +340,7 @@ class ChipFile:
         self._scanned = True
 
     def _set_aside(self, start: int, end: int, reason: str) -> None:
-        raw = self._read(start, min(end - start, RAW_LIMIT))
+        raw = self._read(start, self._budget.take(end - start))
         self.pieces.append(Piece(self.source, start, end - start, 0, reason, raw))
 
     def _attribute(self, gaps: list[_Gap]) -> None:

@@ -165,9 +165,12 @@ QUARANTINE = TableSpec(
         _c("source", pa.string(), "", "input file, relative to the collected input", False),
         _c("offset", pa.int64(), "bytes", "byte offset of the damaged piece in the file", False),
         _c("length", pa.int64(), "bytes", "length of the damaged piece", False),
-        _c("records", pa.int64(), "", "records the piece claimed to hold (0 if unknown)", False),
+        _c("records", pa.int64(), "", "records of the input counted as quarantined in this piece (its share of "
+           "the missing records its bytes could hold; 0 for garbage, duplicates and foreign data); the column "
+           "sums to the manifest's counts.quarantined_records (+ host_events.quarantined)", False),
         _c("reason", pa.string(), "", "why it was set aside", False),
-        _c("raw", pa.binary(), "", "the bytes themselves", False),
+        _c("raw", pa.binary(), "", "the bytes themselves: at most 16 MiB a piece and 256 MiB a collect "
+           "(shorter than 'length' past that; the rest stays in the source file at 'offset')", False),
     ),
 )
 
