@@ -12,6 +12,7 @@ not apply to the store or is missing.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
+from sohuprof.errors import SohuprofError
 from sohuprof.store import TraceStore
 
 __all__ = ["DashboardData", "Selection", "ensure_selection", "NotAvailable"]
+
+log = logging.getLogger("sohuprof.dashboard")
 
 
 class NotAvailable(Exception):
@@ -174,12 +178,17 @@ class DashboardData:
             return self._requests
 
     def warm(self) -> None:
-        """Build the index and every analysis now (run in a background thread at start)."""
-        self.index
+        """Build the index and every analysis now (run in a background thread at start).
+
+        A store that fails to read (damaged after the server started) is one line in the log,
+        not a thread's traceback; the pages meet the same error when they ask."""
         try:
+            self.index
             self.result("summary")
         except NotAvailable:
             pass
+        except SohuprofError as exc:
+            log.error("%s", exc)
 
     # -- small facts ----------------------------------------------------------------------
 

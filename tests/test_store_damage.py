@@ -380,3 +380,13 @@ def test_store_error_names_the_file_for_a_read_that_fails(clean_store: Path, tmp
     report = check_store(store)
     assert [f.file for f in report.findings] == ["events/node=0/part-0.parquet"]
     assert "does not decode" in report.findings[0].problem
+
+
+def test_cli_dashboard_refuses_a_store_damaged_inside_a_page(clean_store: Path, tmp_path: Path) -> None:
+    """Damage that passes open (checksums rehashed) is found by the page check before serving."""
+    store = fresh_copy(clean_store, tmp_path)
+    _damage_zero(store)
+    rehash(store, "events/node=0/part-0.parquet")
+    result = CliRunner().invoke(cli, ["dashboard", str(store), "--port", "8981"])
+    line = _one_clear_line(result)
+    assert "events/node=0/part-0.parquet" in line and "does not decode" in line
