@@ -216,15 +216,16 @@ def collect(obj: CliContext, source: Path, out: Path, force: bool) -> None:
     from sohuprof.collectors import collect as run_collect
 
     summary = run_collect(source, out, force=force, show_progress=obj.show_progress)
-    warning = _damage_warning(summary, out)
+    warning = _damage_warning(summary, f"in {out}/quarantine.parquet")
     if warning:
         click.echo(warning, err=True)
     if not obj.quiet:
         click.echo(f"wrote {out}: {summary['events']:,} events from {summary['files']} file(s) ({summary['format']})")
 
 
-def _damage_warning(summary: dict[str, Any], out: Path) -> str | None:
-    """One line saying where every record not kept went (None when all were kept)."""
+def _damage_warning(summary: dict[str, Any], kept_where: str) -> str | None:
+    """One line saying where every record not kept went (None when all were kept); the pieces
+    set aside are ``kept_where``."""
     expected = summary.get("records_expected", summary["events"])
     q, lost = summary.get("quarantined_records", 0), summary.get("records_lost", 0)
     dups, pieces = summary.get("duplicates_dropped", 0), summary.get("quarantined_pieces", 0)
@@ -236,7 +237,7 @@ def _damage_warning(summary: dict[str, Any], out: Path) -> str | None:
                       for f in hurt[:3]) + (f" and {len(hurt) - 3} more" if len(hurt) > 3 else "")
     line = (f"warning: kept {summary['events']:,} of {expected:,} records: {q:,} quarantined, {lost:,} lost"
             + (f", {dups:,} duplicate records dropped" if dups else "")
-            + (f" in {named}" if named else "") + f"; {pieces} piece(s) set aside in {out}/quarantine.parquet")
+            + (f" in {named}" if named else "") + f"; {pieces} piece(s) set aside {kept_where}")
     return line
 
 
@@ -300,6 +301,13 @@ def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, ou
     elif out is not None:
         atomic.check_file_output(out, force=force, inputs=[source])
     with open_store_or_collect(source, show_progress=obj.show_progress) as store:
+        if store.path != source:   # collected on the fly: say what was not kept, as collect would
+            counts = store.manifest.get("counts") or {}
+            warning = _damage_warning({**counts, "file_counts": counts.get("files") or []},
+                                      "(`sohuprof collect` keeps them in quarantine.parquet)") \
+                if "events" in counts else None
+            if warning:
+                click.echo(warning, err=True)
         reports = run_reports(store, names, hta_compatible=hta_compatible, engine=engine, scheduler=scheduler)
     if fmt == "csv":
         render.write_csv(reports, out, force=force)  # type: ignore[arg-type]

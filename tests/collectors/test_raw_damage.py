@@ -415,3 +415,14 @@ def test_a_file_far_shorter_than_run_json_claims_is_lost_at_once(runs, tmp_path:
     f = {x["file"]: x for x in summary["file_counts"]}[json.loads((run / "run.json").read_text())["chips"][2]["file"]]
     assert f["expected"] == huge and f["kept"] + f["quarantined"] + f["lost"] == huge
     assert f["lost"] > huge - 10_000 and f["kept"] > 0
+
+
+def test_analyze_of_a_damaged_raw_run_warns_as_collect_does(runs, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(runs["run"], run)
+    (run / "node1/chip0.strace").unlink()
+    result = CliRunner().invoke(cli, ["analyze", str(run), "--report", "summary", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning")]
+    assert len(warning) == 1 and "node1/chip0.strace (chip trace file missing)" in warning[0]
+    assert json.loads(result.stdout)["summary"]
