@@ -20,9 +20,11 @@ import numpy as np
 
 from sohuprof.collectors.strace_reader import Slot
 from sohuprof.errors import SohuprofError, TraceFormatError
-from sohuprof.strace import FORMAT_NAME, FORMAT_VERSION, RECORD_DTYPE, RUN_ID_BYTES, chip_path, host_path
+from sohuprof.strace import (FORMAT_NAME, FORMAT_VERSION, MAX_CHUNK_RECORDS, RECORD_DTYPE, RUN_ID_BYTES, chip_path,
+                             host_path)
 
-__all__ = ["RUN_FILE", "RunInfo", "HostEvent", "read_run_info", "decode_host_line", "MAX_RANKS", "MAX_TS_NS"]
+__all__ = ["RUN_FILE", "RunInfo", "HostEvent", "read_run_info", "decode_host_line", "MAX_RANKS", "MAX_TS_NS",
+           "MAX_CHUNK_RECORDS"]
 
 RUN_FILE = "run.json"
 #: Chips a run may have (far above any cluster; bounds every per-rank allocation).
@@ -34,6 +36,8 @@ MAX_RECORDS = 1 << 40
 #: Largest |timestamp| in ns a store keeps (about 146 years): ts + dur never overflows int64.
 MAX_TS_NS = 1 << 62
 _MIN_CLOCK_HZ, _MAX_CLOCK_HZ = 1e3, 1e12
+#: Largest run.json read (a million chips' entries are ~200 MB).
+MAX_RUN_JSON_BYTES = 1 << 30
 
 _Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_RECORDS)]
 _Id = Annotated[int, msgspec.Meta(ge=0, lt=MAX_RANKS)]
@@ -74,7 +78,7 @@ class _Snapshot(msgspec.Struct):
 
 class _Record(msgspec.Struct):
     size: int
-    chunk_records: Annotated[int, msgspec.Meta(ge=1, lt=1 << 31)] | None = None
+    chunk_records: Annotated[int, msgspec.Meta(ge=1, le=MAX_CHUNK_RECORDS)] | None = None
 
 
 class _Parallel(msgspec.Struct):
@@ -122,6 +126,7 @@ class RunInfo:
     groups: int                   # collective group ids are below this
     tp: int
     clock_sync: list[dict[str, Any]] | None
+    hardware: dict[str, Any] | None   # validated (HardwareSpec.to_dict), for the manifest
 
 
 def _codes(values: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -146,6 +151,10 @@ def read_run_info(root: Path) -> RunInfo:
     """
     path = root / RUN_FILE
     try:
+        size = path.stat().st_size
+        if size > MAX_RUN_JSON_BYTES:
+            raise TraceFormatError(f"{path}: {size:,} bytes is far more than any run.json holds; "
+                                   f"the run directory is damaged")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise TraceFormatError(f"{root}: no {RUN_FILE}; a Sohu run directory has one beside node*/") from None
@@ -208,13 +217,15 @@ def _check(root: Path, path: Path, meta: dict[str, Any], run: _RunJson) -> RunIn
         if k is not None and c.chunks != -(-c.records // k):
             raise _fail(path, f"{where}: {c.records:,} records cannot fill {c.chunks} chunks of {k}")
     for s in run.clock_sync or []:
-        if not (math.isfinite(s.reference_ns) and math.isfinite(s.local_ns)) or s.node >= len(nodes):
-            raise _fail(path, f"'clock_sync' has an entry for node {s.node} with non-finite or unknown values")
+        if not (abs(s.reference_ns) < MAX_TS_NS and abs(s.local_ns) < MAX_TS_NS) or s.node >= len(nodes):
+            raise _fail(path, f"'clock_sync' has an entry for node {s.node} with times beyond 2**62 ns, "
+                              f"non-finite or of an unknown node")
+    hardware = None
     if run.hardware is not None:
         from sohuprof.hardware import HardwareSpec
-        try:
-            HardwareSpec.from_dict(run.hardware, source=f"{path} 'hardware'")
-        except (SohuprofError, TypeError, ValueError, KeyError) as exc:
+        try:   # the manifest gets the validated spec, numbers as numbers
+            hardware = HardwareSpec.from_dict(run.hardware, source=f"{path} 'hardware'").to_dict()
+        except (SohuprofError, TypeError, ValueError, KeyError, OverflowError) as exc:
             raise _fail(path, f"'hardware' is not a valid hardware spec ({exc})") from None
     op_codes, ops = _codes([e.op for e in table])
     cat_codes, cats = _codes([e.category for e in table])
@@ -226,7 +237,8 @@ def _check(root: Path, path: Path, meta: dict[str, Any], run: _RunJson) -> RunIn
                    engines=list(run.engines), phases=list(run.phases),
                    chips=[msgspec.structs.asdict(c) for c in chips], slots=slots, nodes=len(nodes),
                    groups=max((g.id for g in run.groups), default=-1) + 1, tp=run.parallel.tp,
-                   clock_sync=[msgspec.structs.asdict(s) for s in run.clock_sync] if run.clock_sync else None)
+                   clock_sync=[msgspec.structs.asdict(s) for s in run.clock_sync] if run.clock_sync else None,
+                   hardware=hardware)
 
 
 # ------------------------------------------------------------------------------ host events

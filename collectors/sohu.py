@@ -11,7 +11,7 @@ ending before it starts, an op-name id run.json does not list) are quarantined p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ from sohuprof.collectors.strace_reader import ChipFile, FileAccount, Piece, RawB
 from sohuprof.errors import TraceFormatError
 from sohuprof.progress import progress
 from sohuprof.schema import COLLECTIVES, COUNTERS, EVENTS, QUARANTINE, REQUESTS
-from sohuprof.store import PathLike, StoreWriter
+from sohuprof.schema import STORE_FORMAT, STORE_VERSION
+from sohuprof.store import PathLike, StoreWriter, manifest_problem
 from sohuprof.strace import FORMAT_NAME, NO_GROUP, NO_LAYER, RECORD_DTYPE
 
 __all__ = ["RunInfo", "read_run_info", "collect_sohu", "RUN_FILE", "RECORD_CHECKS"]
@@ -56,7 +57,7 @@ RECORD_CHECKS = (
     "engine code not in run.json's engines",
     "phase code not in run.json's phases",
     "ends before it starts",
-    "time past 2**62 ns on the chip's clock",
+    "time past 2**60 ns on the chip's clock",
     "collective group not in run.json's groups",
     "layer below -1",
     "a FLOP or byte count of 2**63 or more",
@@ -78,9 +79,15 @@ def _gather(chunks: list[np.ndarray], field: str, dtype: type) -> np.ndarray:
     return out
 
 
+#: Largest chip-local time a record may carry (about 36 years of a chip's counter). With clock
+#: offsets bounded the same way, aligned times relative to the trace's start stay within the
+#: store's +-2**62 ns, so ts + dur never overflows.
+MAX_LOCAL_NS = 1 << 60
+
+
 def _end_limit(chip: dict[str, Any]) -> float:
-    """Largest end cycle whose time in ns stays below MAX_TS_NS."""
-    return MAX_TS_NS / (1e9 / float(chip["clock_hz"]))
+    """Largest end cycle whose local time in ns stays below MAX_LOCAL_NS."""
+    return MAX_LOCAL_NS / (1e9 / float(chip["clock_hz"]))
 
 
 def _invalid(cols: dict[str, np.ndarray], info: RunInfo, end_limit: float) -> np.ndarray | None:
@@ -317,13 +324,14 @@ def _host_tables(info: RunInfo, clock: ClockMap, origin: float) -> tuple[pa.Tabl
         if not path.is_file():
             damaged.append(Piece(rel, 0, 0, 0, "host event file missing", b""))
             continue
-        offset = 0
-        for line in path.read_bytes().split(b"\n"):   # a loop over lines: the JSON parser's unit
-            start, offset = offset, offset + len(line) + 1
+        if path.stat().st_size > MAX_HOST_FILE:
+            raise TraceFormatError(f"{path}: {path.stat().st_size:,} bytes is far more than any run's host "
+                                   f"events; the run directory is damaged")
+        for start, line in _host_lines(path, rel):   # a loop over lines: the JSON parser's unit
             if not line.strip():
                 continue
             lines += 1
-            ev = decode_host_line(line)
+            ev = decode_host_line(line) if len(line) <= MAX_HOST_LINE else "host event line longer than 64 KiB"
             if not isinstance(ev, str) and ev.replica is not None and ev.replica * info.tp >= world:
                 ev = f"invalid host event (replica {ev.replica} has no chips in this run)"
             if isinstance(ev, str):
@@ -331,10 +339,18 @@ def _host_tables(info: RunInfo, clock: ClockMap, origin: float) -> tuple[pa.Tabl
                 continue
             rows.append({"ts": ev.ts, "type": ev.type, "node": node, "request": ev.request, "replica": ev.replica,
                          "prompt_tokens": ev.prompt_tokens, "output_tokens": ev.output_tokens,
-                         "prefill_tokens": ev.prefill_tokens, "decode_tokens": ev.decode_tokens})
+                         "prefill_tokens": ev.prefill_tokens, "decode_tokens": ev.decode_tokens,
+                         "_source": rel, "_offset": start, "_line": line[:4096]})
     frame = pd.DataFrame(rows, columns=["ts", "type", "node", "request", "replica", "prompt_tokens",
-                                        "output_tokens", "prefill_tokens", "decode_tokens"])
+                                        "output_tokens", "prefill_tokens", "decode_tokens", "_source", "_offset",
+                                        "_line"])
     frame["t"] = np.rint(clock.apply(frame["ts"].to_numpy(float), frame["node"].to_numpy(int)) - origin)
+    # A time the store cannot hold once aligned (the line said 2**62 - 1 on a skewed node) is set
+    # aside like any other bad line.
+    far = ~(np.abs(frame["t"].to_numpy(float)) < MAX_TS_NS)
+    for src, off, line in zip(frame["_source"][far], frame["_offset"][far], frame["_line"][far]):   # rare rows
+        damaged.append(Piece(src, int(off), len(line), 1, "host event time beyond 2**62 ns once aligned", line))
+    frame = frame[~far]
     steps = frame[frame["type"] == "step"]
     counters = pd.concat([pd.DataFrame({"ts": steps["t"].astype("int64"),
                                         "rank": (steps["replica"].astype("int64") * info.tp).astype("int32"),
@@ -363,6 +379,32 @@ def _host_tables(info: RunInfo, clock: ClockMap, origin: float) -> tuple[pa.Tabl
                               "value": counters["value"].to_numpy()})
     bad = sum(d.records for d in damaged)
     return requests, counter_table, damaged, {"lines": lines, "kept": lines - bad, "quarantined": bad}
+
+
+#: Longest host event line decoded (a real one is ~100 bytes); longer is set aside unread.
+MAX_HOST_LINE = 64 << 10
+#: Largest host.jsonl read (10 M requests' lifecycle and step events are ~4 GB).
+MAX_HOST_FILE = 16 << 30
+
+
+def _host_lines(path: Path, rel: str) -> Iterator[tuple[int, bytes]]:
+    """``(offset, line)`` of each line, read a bounded line at a time: a file of one endless
+    line (or a sparse 100 GB one) costs a read, never its size in memory."""
+    with open(path, "rb") as f:
+        offset = 0
+        while True:
+            line = f.readline(MAX_HOST_LINE + 1)
+            if not line:
+                return
+            start = offset
+            offset += len(line)
+            if len(line) > MAX_HOST_LINE and not line.endswith(b"\n"):
+                while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):   # skip the rest of it
+                    offset += len(rest)
+                offset += len(rest)
+                yield start, line + b"..."   # longer than the limit: set aside by the caller
+                continue
+            yield start, line.rstrip(b"\n")
 
 
 def _quarantine_table(damaged: list[Piece]) -> pa.Table:
@@ -401,7 +443,7 @@ def _open_files(info: RunInfo) -> tuple[list[tuple[ChipFile, dict]], list[FileAc
 def _check_clock(clock: ClockMap, root: Path) -> None:
     """A fitted clock must be physical: drift far below 1 %, offsets well inside int64 ns."""
     if not (np.all(np.isfinite(clock.scale)) and np.all(np.abs(clock.scale - 1) < 0.01)
-            and np.all(np.isfinite(clock.offset)) and np.all(np.abs(clock.offset) < MAX_TS_NS / 2)):
+            and np.all(np.isfinite(clock.offset)) and np.all(np.abs(clock.offset) < MAX_LOCAL_NS)):
         raise TraceFormatError(f"{root}: aligning the nodes' clocks gave a drift or offset no real clock has "
                                f"(scales {np.round(clock.scale, 6).tolist()}); its collectives or clock_sync "
                                f"snapshots are damaged")
@@ -424,6 +466,8 @@ def collect_sohu(root: PathLike, store_path: PathLike, *, force: bool = False,
         ``store_path`` exists (without ``force``) or cannot be written.
     """
     info = read_run_info(Path(root))
+    _check_copied(info, {"hardware": info.hardware, "model": info.meta.get("model"),
+                         "parallel": info.meta.get("parallel")})   # before any work
     files, missing, missing_pieces = _open_files(info)
     try:
         if not files:
@@ -464,17 +508,33 @@ def _collect(info: RunInfo, files: list[tuple[ChipFile, dict]], missing: list[Fi
             writer.write_table(QUARANTINE, _quarantine_table(damaged) if damaged else QUARANTINE.empty())
             alignment = dict(clock.to_dict(), causality_violations=violations, worst_violation_ns=worst)
             counts = _counts(accounts, damaged, host_counts, events)
-            meta = info.meta
-            writer.write_manifest({
-                "source": {"format": FORMAT_NAME, "version": meta.get("version"), "path": str(info.root),
-                           "generator": meta.get("generator"), "run_id": meta.get("run_id")},
-                "hardware": meta.get("hardware"), "model": meta.get("model"), "parallel": meta.get("parallel"),
-                "workload": meta.get("workload"),
-                "ranks": [{"rank": c["rank"], "node": c["node"], "chip": c["chip"]} for c in info.chips],
-                "time_origin": {"node": clock.reference, "local_ns": origin},
-                "clock_alignment": alignment, "counts": counts})
+            writer.write_manifest(_manifest(info, clock, origin, alignment, counts))
     return {"store": str(store_path), "format": FORMAT_NAME, "clock_alignment": alignment, **counts,
             "files": len(files), "file_counts": counts["files"]}
+
+
+def _manifest(info: RunInfo, clock: ClockMap, origin: float, alignment: dict[str, Any],
+              counts: dict[str, Any]) -> dict[str, Any]:
+    """The store's manifest; what it copies from run.json must pass the checks the store's
+    reader makes, or the store written would refuse to open."""
+    meta = info.meta
+    manifest = {
+        "source": {"format": FORMAT_NAME, "version": meta.get("version"), "path": str(info.root),
+                   "generator": meta.get("generator"), "run_id": meta.get("run_id")},
+        "hardware": info.hardware, "model": meta.get("model"), "parallel": meta.get("parallel"),
+        "workload": meta.get("workload"),
+        "ranks": [{"rank": c["rank"], "node": c["node"], "chip": c["chip"]} for c in info.chips],
+        "time_origin": {"node": clock.reference, "local_ns": origin},
+        "clock_alignment": alignment, "counts": counts}
+    _check_copied(info, manifest)
+    return manifest
+
+
+def _check_copied(info: RunInfo, fields: dict[str, Any]) -> None:
+    problem = manifest_problem({"format": STORE_FORMAT, "version": STORE_VERSION, **fields})
+    if problem is not None:
+        raise TraceFormatError(f"{info.root / RUN_FILE}: {problem.replace('field', 'run.json field', 1)}; "
+                               f"the run directory is damaged")
 
 
 def _counts(accounts: list[FileAccount], damaged: list[Piece], host: dict, events: int) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from isal import isal_zlib
 
 from sohuprof.errors import TraceFormatError
 from sohuprof.strace import (CHUNK_HEADER, CHUNK_MAGIC, FILE_HEADER, FILE_HEADER_CRC_SPAN, FILE_HEADER_V1,
-                             FILE_MAGIC, FORMAT_VERSION, RECORD_DTYPE, chunk_crc_seed)
+                             FILE_MAGIC, FORMAT_VERSION, MAX_CHUNK_RECORDS, RECORD_DTYPE, chunk_crc_seed)
 
 __all__ = ["Piece", "Slot", "FileAccount", "ChipFile", "RawBudget", "RAW_LIMIT", "RAW_BUDGET"]
 
@@ -164,7 +164,12 @@ class ChipFile:
         self._crc_seed = chunk_crc_seed(slot.run_id, slot.node, slot.chip)
         self._scanned = False
         self._buf = bytearray(0)
-        self._check_header()
+        self._search_budget = 4 * self.size + (64 << 20)
+        try:
+            self._check_header()
+        except BaseException:
+            self.close()
+            raise
 
     # -- file access ----------------------------------------------------------------------
 
@@ -210,13 +215,14 @@ class ChipFile:
             self.header_size = FILE_HEADER_V1.size
             if slot.run_id is not None:
                 self._refuse(f"a version 1 file carries no run id; this run's files carry {slot.run_id.hex()}")
-            elif rec_size != _REC or not 0 < chunk_records < 1 << 31:
+            elif rec_size != _REC or not 0 < chunk_records <= MAX_CHUNK_RECORDS:
                 self._refuse(f"record size {rec_size} / chunk size {chunk_records} in the header; "
                              f"this sohuprof reads {_REC}-byte records", damaged=True)
             elif (node, chip) != (slot.node, slot.chip):
                 self._refuse(f"its header says node {node} chip {chip}: another chip's file")
             else:
                 self.chunk_records = slot.chunk_records or chunk_records
+                self._check_slot()
             return
         if len(head) < FILE_HEADER.size:
             self._refuse(f"{len(head)} bytes: too short for a version {FORMAT_VERSION} file header", damaged=True)
@@ -227,19 +233,21 @@ class ChipFile:
             raise TraceFormatError(f"{self.source}: format version {version} is newer than this sohuprof reads "
                                    f"({FORMAT_VERSION}); upgrade sohuprof")
         want_k = slot.chunk_records if slot.chunk_records is not None else chunk_records
-        if not 0 < want_k < 1 << 31:
+        if not 0 < want_k <= MAX_CHUNK_RECORDS:
             self._refuse(f"chunk size {chunk_records} in the header", damaged=True)
             return
         self.chunk_records = want_k
-        belongs = (run_id == slot.run_id and (node, chip) == (slot.node, slot.chip)
-                   and rec_size == _REC and chunk_records == want_k)
+        self._check_slot()
+        # The identity fields alone say whose file this is; every chunk's CRC is seeded with
+        # them, so a damaged size field elsewhere in the header costs the header, not the chunks.
+        belongs = run_id == slot.run_id and (node, chip) == (slot.node, slot.chip)
         if intact and version == FORMAT_VERSION:
             if run_id != slot.run_id:
                 theirs = slot.run_id.hex() if slot.run_id else "none"
                 self._refuse(f"from another run (run id {run_id.hex()}, this run's is {theirs})")
             elif (node, chip) != (slot.node, slot.chip):
                 self._refuse(f"its header says node {node} chip {chip}: another chip's file")
-            elif not belongs:
+            elif rec_size != _REC or chunk_records != want_k:
                 self._refuse(f"record size {rec_size} / chunk size {chunk_records} in the header disagree "
                              f"with run.json ({_REC} / {want_k})", damaged=True)
         elif belongs:
@@ -249,6 +257,14 @@ class ChipFile:
                                      "damaged file header (its run id, node and chip match; chunks kept)", head))
         else:
             self._refuse("damaged file header: which run and chip it belongs to cannot be read", damaged=True)
+
+    def _check_slot(self) -> None:
+        """run.json's records must fill its chunks (a version 1 run.json leaves this to here,
+        where the chunk size is known)."""
+        slot, k = self.slot, self.chunk_records
+        if slot.chunks != -(-slot.records // k):
+            raise TraceFormatError(f"run.json: chip rank {slot.rank}'s {slot.records:,} records cannot fill "
+                                   f"{slot.chunks} chunks of {k}; the run directory is damaged")
 
     def _refuse(self, why: str, *, damaged: bool = False) -> None:
         """Set the whole file aside. A damaged file's bytes may hold the slot's records (counted
@@ -267,9 +283,10 @@ class ChipFile:
 
     # -- pass 1 ---------------------------------------------------------------------------
 
-    def _chunk_at(self, pos: int) -> tuple[int, int, int, memoryview] | str:
+    def _chunk_at(self, pos: int, *, fitting: bool = False) -> tuple[int, int, int, memoryview] | str:
         """``(seq, count, crc, payload)`` of a sound chunk at ``pos``, else why it is not one
-        (the payload is a view of a buffer the next call reuses)."""
+        (the payload is a view of a buffer the next call reuses). ``fitting``: only a chunk whose
+        sequence number and count fit the slot is worth its payload's CRC (the resync's search)."""
         if pos + _HDR > self.size:
             return "truncated chunk header"
         magic, seq, count, crc = CHUNK_HEADER.unpack(self._read(pos, _HDR))
@@ -277,8 +294,14 @@ class ChipFile:
             return "bad chunk magic"
         if not 0 < count <= self.chunk_records:
             return f"bad chunk header (record count {count})"
+        if fitting and not (0 <= seq < self.slot.chunks and count == self.slot.expected_count(seq, self.chunk_records)):
+            return "chunk header does not fit this file"
         if pos + _HDR + count * _REC > self.size:
             return f"truncated chunk: {self.size - pos - _HDR:,} of {count * _REC:,} payload bytes"
+        if fitting:
+            if self._search_budget < count * _REC:
+                return "search budget spent"
+            self._search_budget -= count * _REC
         if len(self._buf) < count * _REC:
             self._buf = bytearray(count * _REC)
         payload = self._read_into(pos + _HDR, memoryview(self._buf)[:count * _REC])
@@ -287,14 +310,20 @@ class ChipFile:
         return seq, count, crc, payload
 
     def _resync(self, start: int) -> int:
-        """Offset of the next sound chunk at or after ``start`` (the file size if none)."""
+        """Offset of the next sound chunk at or after ``start`` (the file size if none).
+
+        Each candidate that fits the slot costs a payload CRC; crafted garbage full of fitting
+        headers would make that quadratic, so the search checks at most ``4 x`` the file's bytes
+        (plus 64 MiB) of payloads, then gives up: the rest of the file is one damaged piece."""
         pos = start
         while pos < self.size:
             window = self._read(pos, min(_WINDOW, self.size - pos))
             hit = window.find(CHUNK_MAGIC)
             while hit >= 0:
-                if not isinstance(self._chunk_at(pos + hit), str):
+                if not isinstance(self._chunk_at(pos + hit, fitting=True), str):
                     return pos + hit
+                if self._search_budget <= 0:
+                    return self.size
                 hit = window.find(CHUNK_MAGIC, hit + 1)
             if len(window) <= len(CHUNK_MAGIC):
                 break
@@ -386,7 +415,11 @@ class ChipFile:
         if not self._scanned:
             self.scan()
         order = sorted(self._kept)
-        buf = memoryview(bytearray((batch_records + self.chunk_records) * _REC))
+        if not order:
+            return
+        # Sized by what is kept, never by a header's claim.
+        biggest = max(chunk.count for chunk in self._kept.values())
+        buf = memoryview(bytearray((batch_records + biggest) * _REC))
         batch: list[tuple[int, np.ndarray]] = []
         used = 0
         for seq in order:

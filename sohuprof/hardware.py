@@ -7,6 +7,7 @@ accepted wherever a preset name is.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,9 @@ class HardwareSpec:
         values: dict[str, Any] = {}
         for name, typ in fields.items():
             raw = data[name]
+            if typ != "str" and (isinstance(raw, (str, bool)) or raw is None):
+                # float("inf") and int(True) would pass: a number must arrive as a number
+                raise SpecError(f"hardware spec {source}: '{name}' must be a number, got {raw!r}")
             try:
                 if typ == "str":
                     values[name] = str(raw)
@@ -113,8 +117,8 @@ class HardwareSpec:
                     values[name] = int(raw)
                 else:
                     values[name] = float(raw)
-            except (TypeError, ValueError):
-                raise SpecError(f"hardware spec {source}: '{name}' must be a number, got {raw!r}") from None
+            except (TypeError, ValueError, OverflowError):
+                raise SpecError(f"hardware spec {source}: '{name}' must be a finite number, got {raw!r}") from None
         spec = cls(**values)
         spec._validate(source)
         return spec
@@ -123,6 +127,11 @@ class HardwareSpec:
         positive = [f.name for f in dataclasses.fields(self) if f.type in ("int", "float")
                     and f.name not in ("launch_overhead_ns", "step_overhead_ns", "jitter",
                                        "intra_node_latency_ns", "inter_node_latency_ns")]
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            # Finite, and counts within int32: a spec of 1e400 or 10**30 links is damage, not hardware.
+            if f.type == "float" and not math.isfinite(value) or f.type == "int" and not -2**31 < value < 2**31:
+                raise SpecError(f"hardware spec {source}: '{f.name}' is {value!r}, not a value hardware has")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise SpecError(f"hardware spec {source}: '{name}' must be > 0, got {getattr(self, name)}")

@@ -695,6 +695,14 @@ def _manifest_problem(manifest: dict[str, Any]) -> Finding | None:
     return None
 
 
+def manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What :func:`open_store` would find wrong with these manifest fields (their types and
+    ranges), as the rest of a sentence; None when they are sound. Collectors check what they copy
+    from an input into the manifest with it, so a store they write always opens."""
+    finding = _manifest_problem(manifest)
+    return finding.problem if finding is not None else None
+
+
 _NODE_DIR = re.compile(r"node=\d+")
 _PART_FILE = re.compile(r"part-\d+\.parquet")
 _UNEXPECTED = "is not part of a trace store (an unexpected file inside it: remove it)"

@@ -31,7 +31,7 @@ from isal import isal_zlib
 
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "FILE_MAGIC", "CHUNK_MAGIC", "FILE_HEADER", "FILE_HEADER_CRC_SPAN",
-    "FILE_HEADER_V1", "RUN_ID_BYTES", "CHUNK_HEADER", "RECORD_DTYPE", "NO_LAYER", "NO_GROUP", "Engine", "Phase",
+    "FILE_HEADER_V1", "RUN_ID_BYTES", "MAX_CHUNK_RECORDS", "CHUNK_HEADER", "RECORD_DTYPE", "NO_LAYER", "NO_GROUP", "Engine", "Phase",
     "chip_path", "host_path", "pack_file_header", "chunk_crc_seed",
 ]
 
@@ -47,6 +47,9 @@ FILE_HEADER_CRC_SPAN = FILE_HEADER.size - 4
 #: Version 1's header: magic, version, node, chip, record size, records per full chunk, reserved.
 FILE_HEADER_V1 = struct.Struct("<8sHHHHI12x")
 RUN_ID_BYTES = 16
+#: Records a chunk may hold at most (16 Mi records, 1.2 GB: far above any trace unit's buffer);
+#: bounds every buffer a reader sizes from a header.
+MAX_CHUNK_RECORDS = 1 << 24
 #: magic, sequence number, record count, CRC32 of the payload
 CHUNK_HEADER = struct.Struct("<4sIII")
 

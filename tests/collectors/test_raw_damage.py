@@ -324,6 +324,12 @@ _BAD_RUN_JSON = {
     "hardware_wrong": lambda m: m.update(hardware={"name": 3}),
     "version_newer": lambda m: m.update(version=99),
     "not_an_object": lambda m: m.clear(),
+    "model_name_int": lambda m: m["model"].update(name=5),
+    "hardware_number_as_string": lambda m: m["hardware"].update(peak_flops_bf16="inf"),
+    "hardware_huge_int": lambda m: m["hardware"].update(intra_node_links=10**30),
+    "hardware_infinite": lambda m: m["hardware"].update(hbm_bandwidth=1e400),
+    "clock_sync_absurd": lambda m: m["clock_sync"][0].update(local_ns=1e300),
+    "chunk_records_huge": lambda m: m["record"].update(chunk_records=2**31 - 1),
 }
 
 
@@ -426,3 +432,42 @@ def test_analyze_of_a_damaged_raw_run_warns_as_collect_does(runs, tmp_path: Path
     warning = [line for line in result.stderr.splitlines() if line.startswith("warning")]
     assert len(warning) == 1 and "node1/chip0.strace (chip trace file missing)" in warning[0]
     assert json.loads(result.stdout)["summary"]
+
+
+def test_a_damaged_size_field_in_the_header_keeps_the_chunks(runs, tmp_path: Path) -> None:
+    """Run id, node and chip intact: the chunks (their CRCs seeded with that identity) are this
+    file's, whatever the header's record-size or chunk-size bytes say."""
+    for at in (14, 16):   # record size, records per chunk
+        run = tmp_path / f"run{at}"
+        shutil.copytree(runs["run"], run)
+        path = run / "node0/chip1.strace"
+        data = bytearray(path.read_bytes())
+        data[at] ^= 1
+        path.write_bytes(bytes(data))
+        summary = collect(run, tmp_path / f"store{at}", show_progress=False)
+        assert summary["events"] == summary["records_expected"] and summary["quarantined_pieces"] == 1
+
+
+def test_garbage_of_fitting_chunk_headers_is_searched_within_a_budget(runs, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(runs["run"], run)
+    path = run / "node0/chip0.strace"
+    data = path.read_bytes()
+    junk = struct.pack("<4sIII", b"CHNK", 0, CHUNK, 0) * 20_000   # each fits slot 0; none checks out
+    path.write_bytes(data[:FILE_HEADER.size] + junk + data[FILE_HEADER.size:])
+    summary = collect(run, tmp_path / "store", show_progress=False)
+    f = {x["file"]: x for x in summary["file_counts"]}["node0/chip0.strace"]
+    assert f["kept"] + f["quarantined"] + f["lost"] == f["expected"]
+
+
+def test_host_lines_too_long_or_out_of_time_are_set_aside(runs, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(runs["run"], run)
+    host = run / "node0/host.jsonl"
+    extra = [b'{"type":"arrival","ts":-4.611686018e18,"request":77}', b"x" * (200 << 10)]
+    host.write_bytes(host.read_bytes() + b"\n".join(extra) + b"\n")
+    summary = collect(run, tmp_path / "store", show_progress=False)
+    assert summary["host_events"]["quarantined"] == 2
+    reasons = {r["reason"] for r in pq.read_table(tmp_path / "store" / "quarantine.parquet").to_pylist()}
+    assert {"host event time beyond 2**62 ns once aligned", "host event line longer than 64 KiB"} <= reasons
+    open_store(tmp_path / "store")   # what collect writes, the store opens
