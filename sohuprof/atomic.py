@@ -155,6 +155,27 @@ def _is_fd_alias(path: str | os.PathLike[str]) -> bool:
     return False
 
 
+def _own_descriptor(path: str | os.PathLike[str]) -> int | None:
+    """The number of this process's open descriptor that ``path`` names (``/dev/stdout`` is 1,
+    ``/proc/self/fd/5`` is 5), else None. Reopening such a name starts a new file position at 0
+    without the descriptor's O_APPEND: ``-o /dev/stdout >> log`` would overwrite the log's start."""
+    name = os.path.abspath(path)
+    for _ in range(8):
+        m = re.fullmatch(r"/dev/(stdout|stderr)|/dev/fd/([0-9]+)|/proc/(self|[0-9]+)/fd/([0-9]+)", name)
+        if m:
+            if m.group(1):
+                return 1 if m.group(1) == "stdout" else 2
+            if m.group(2):
+                return int(m.group(2))
+            if m.group(3) == "self" or int(m.group(3)) == os.getpid():
+                return int(m.group(4))
+            return None
+        if not os.path.islink(name):
+            return None
+        name = os.path.join(os.path.dirname(name), os.readlink(name))
+    return None
+
+
 def output_kind(path: str | os.PathLike[str]) -> Literal["stdout", "stream", "path"]:
     """How ``path`` is written: ``stdout`` (``-``), ``stream`` (an existing character or block
     device, a FIFO or a name of an open descriptor such as ``/dev/stdout``: opened and written
@@ -424,9 +445,15 @@ def open_output(path: str | os.PathLike[str], *, force: bool = False) -> Iterato
         return
     if kind == "stream":
         _check_stream(path, force)
+        own = _own_descriptor(path)
         try:
-            # no O_CREAT or O_TRUNC: if the node vanished we fail rather than create a file
-            fd = os.open(path, os.O_WRONLY)
+            if own is not None:   # write where the descriptor is (its offset, its O_APPEND)
+                if own in (1, 2):
+                    (sys.stdout if own == 1 else sys.stderr).flush()
+                fd = os.dup(own)
+            else:
+                # no O_CREAT or O_TRUNC: if the node vanished we fail rather than create a file
+                fd = os.open(path, os.O_WRONLY)
         except OSError as exc:
             raise OutputError(f"cannot write {os.fspath(path)!r}: {exc.strerror}") from None
         with open(fd, "wb") as fh:

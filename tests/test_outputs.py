@@ -473,3 +473,19 @@ def test_force_collect_replaces_a_store_but_never_a_directory_of_other_files(tmp
     empty.mkdir()
     ok(run("collect", str(SAMPLE / "raw"), "-o", str(empty), "--force"))
     assert open_store(empty).manifest["format"] == "sohuprof-trace"
+
+
+def test_dev_stdout_appended_to_a_file_keeps_what_the_file_held(tmp_path: Path) -> None:
+    """`-o /dev/stdout >> log` writes where the shell's descriptor is (O_APPEND): reopening the
+    name would start at byte 0 and overwrite the log's beginning."""
+    log = tmp_path / "log.txt"
+    log.write_text("IMPORTANT LOG LINE 1\n" * 50)
+    for args in (["analyze", str(STORE), "--report", "summary", "--format", "json", "-o", "/dev/stdout"],
+                 ["export", "chrome", str(STORE), "-o", "/dev/stdout", "--ranks", "0"]):
+        before = log.read_bytes()
+        with open(log, "ab") as out:
+            done = subprocess.run([sys.executable, "-m", "sohuprof.cli", "-q", *args], stdout=out,
+                                  stderr=subprocess.PIPE, timeout=120)
+        assert done.returncode == 0, done.stderr
+        after = log.read_bytes()
+        assert after.startswith(before) and len(after) > len(before)
