@@ -4,6 +4,7 @@ by library calls (no logic lives here)."""
 from __future__ import annotations
 
 import logging
+import os
 import math
 import sys
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ class SohuprofGroup(click.Group):
 
 
 pass_cli = click.make_pass_decorator(CliContext)
+
+#: Marks a directory whose run/ and store/ `sohuprof demo` wrote (so a re-run may replace them).
+DEMO_MARKER = ".sohuprof-demo"
 
 
 class FiniteFloat(click.FloatRange):
@@ -170,11 +174,19 @@ Example:
               help="Directory for the demo's run.")
 @click.option("--serve", is_flag=True, help="Then serve the dashboard on the demo's store (127.0.0.1).")
 @click.option("--port", default=8050, show_default=True, type=click.IntRange(1, 65535), help="Port for --serve.")
+@click.option("--force", is_flag=True, help="Replace a run/ or store/ in the directory that an earlier demo did not write.")
 @click.pass_context
-def demo(ctx: click.Context, out: Path, serve: bool, port: int) -> None:
+def demo(ctx: click.Context, out: Path, serve: bool, port: int, force: bool) -> None:
     """Emulate a small 2-node Llama-3-8B run with an injected straggler, collect and analyze it,
     and say where to look."""
     run_dir, store = out / "run", out / "store"
+    # A re-run replaces the demo's own run and store (the marker says they are its); anything
+    # else under those names is the user's, replaced only with --force.
+    marker = out / DEMO_MARKER
+    theirs = [p.name for p in (run_dir, store) if os.path.lexists(p)]
+    if theirs and not marker.is_file() and not force:
+        raise click.ClickException(f"{str(out)!r} already holds {' and '.join(theirs)} that sohuprof demo did not "
+                                   f"write; pass --force to replace them, or choose another -o")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -187,6 +199,7 @@ def demo(ctx: click.Context, out: Path, serve: bool, port: int) -> None:
     if not obj.quiet:
         click.echo(f"raw traces: {run_dir}/node*/chip*.strace, run metadata: {run_dir}/run.json")
     ctx.invoke(collect, source=run_dir, out=store, force=True)
+    marker.write_text("run/ and store/ here were written by `sohuprof demo`, which replaces them when run again\n")
     ctx.invoke(analyze, source=store, names=["summary", "stalls", "serving"], fmt="table", out=None,
                hta_compatible=False, engine="local", scheduler=None)
     if not obj.quiet:

@@ -489,3 +489,15 @@ def test_dev_stdout_appended_to_a_file_keeps_what_the_file_held(tmp_path: Path) 
         assert done.returncode == 0, done.stderr
         after = log.read_bytes()
         assert after.startswith(before) and len(after) > len(before)
+
+
+def test_demo_replaces_only_its_own_run_and_store(tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    (proj / "run").mkdir(parents=True)
+    (proj / "run" / "NOTES.txt").write_text("mine")
+    one_line_error(run("-q", "demo", "-o", str(proj)), "did not write", "--force")
+    assert (proj / "run" / "NOTES.txt").read_text() == "mine"
+    demo = tmp_path / "demo"
+    ok(run("-q", "demo", "-o", str(demo)))
+    ok(run("-q", "demo", "-o", str(demo)))   # its own output: replaced without --force
+    assert (demo / ".sohuprof-demo").is_file() and open_store(demo / "store").manifest["counts"]["events"] > 0
