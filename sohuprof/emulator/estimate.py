@@ -45,14 +45,18 @@ MAX_SECONDS = 3600.0
 _BYTES_PER_CELL = 200
 #: bytes per record of one step while it is built (the record itself and its index arrays)
 _BYTES_PER_STEP_RECORD = 160
-#: bytes per request of the schedulers' state arrays and the request table
-_BYTES_PER_REQUEST = 200
+#: bytes per request: the schedulers' state arrays and the request table, and above all its three
+#: lifecycle host events held as dicts and encoded lines until they are written (peak RSS measured
+#: at 1.40 GB for 100k one-token requests and 13.6 GB for 1M: ~14 KB a request)
+_BYTES_PER_REQUEST = 16_000
 #: bytes per (step, replica) of the host events kept in memory until they are written
 _BYTES_PER_HOST_EVENT = 700
 #: wall time per record written, per step, per replica's scheduling in a step, and per request
 #: that scheduling scans (its state arrays span every request routed to the replica)
 _SECONDS_PER_RECORD, _SECONDS_PER_STEP = 5e-7, 2e-4
 _SECONDS_PER_REPLICA_STEP, _SECONDS_PER_STEP_REQUEST = 5e-5, 3e-8
+#: wall time per request of its host events (made, sorted, encoded): 90 s for 1M requests
+_SECONDS_PER_REQUEST = 9e-5
 #: bytes of one host.jsonl line: a step event, and a request's arrival/first-token/finish
 _STEP_LINE_BYTES, _REQUEST_LINES_BYTES = 190, 200
 #: bytes of one clock-sync snapshot in run.json, taken every 100 ms of the run on every node
@@ -182,7 +186,7 @@ def estimate_run(cfg: EmulatorConfig) -> RunEstimate:
                  # up to a chunk pending per chip, copied once more when it is framed
                  + 2 * world * min(records / world, cfg.chunk_records) * RECORD_DTYPE.itemsize
                  + cfg.requests * _BYTES_PER_REQUEST + replica_steps * _BYTES_PER_HOST_EVENT)
-    seconds = (records * _SECONDS_PER_RECORD + steps_max * _SECONDS_PER_STEP
+    seconds = (records * _SECONDS_PER_RECORD + steps_max * _SECONDS_PER_STEP + cfg.requests * _SECONDS_PER_REQUEST
                + replica_steps * (_SECONDS_PER_REPLICA_STEP + hi * _SECONDS_PER_STEP_REQUEST))
     return RunEstimate(steps=int(steps_max), records=int(records), raw_bytes=raw, host_bytes=host,
                        memory_bytes=memory, files=world, duration_ns=float(duration), seconds=float(seconds))
