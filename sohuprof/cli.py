@@ -248,9 +248,12 @@ def _damage_warning(summary: dict[str, Any], kept_where: str) -> str | None:
             or f.get("duplicates_dropped")]
     named = ", ".join(f"{f['file']} ({f.get('refused') or format(f['kept'], ',') + ' of ' + format(f['expected'], ',') + ' kept'})"
                       for f in hurt[:3]) + (f" and {len(hurt) - 3} more" if len(hurt) > 3 else "")
+    host = (summary.get("host_events") or {}).get("quarantined", 0)
     line = (f"warning: kept {summary['events']:,} of {expected:,} records: {q:,} quarantined, {lost:,} lost"
             + (f", {dups:,} duplicate records dropped" if dups else "")
-            + (f" in {named}" if named else "") + f"; {pieces} piece(s) set aside {kept_where}")
+            + (f" in {named}" if named else "")
+            + (f"; {host:,} host event line(s) unreadable" if host else "")
+            + f"; {pieces} piece(s) set aside {kept_where}")
     return line
 
 
