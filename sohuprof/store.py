@@ -703,7 +703,8 @@ def manifest_problem(manifest: dict[str, Any]) -> str | None:
     return finding.problem if finding is not None else None
 
 
-_NODE_DIR = re.compile(r"node=\d+")
+# A node fits int32 (the partition column's type): up to 9 digits, no leading zeros but "0".
+_NODE_DIR = re.compile(r"node=(0|[1-9][0-9]{0,8})")
 _PART_FILE = re.compile(r"part-\d+\.parquet")
 _UNEXPECTED = "is not part of a trace store (an unexpected file inside it: remove it)"
 
