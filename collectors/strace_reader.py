@@ -216,8 +216,8 @@ class ChipFile:
             if slot.run_id is not None:
                 self._refuse(f"a version 1 file carries no run id; this run's files carry {slot.run_id.hex()}")
             elif rec_size != _REC or not 0 < chunk_records <= MAX_CHUNK_RECORDS:
-                self._refuse(f"record size {rec_size} / chunk size {chunk_records} in the header; "
-                             f"this sohuprof reads {_REC}-byte records", damaged=True)
+                self._refuse(f"record size {rec_size} / chunk size {chunk_records} in the header (this sohuprof "
+                             f"reads {_REC}-byte records, at most {MAX_CHUNK_RECORDS:,} a chunk)", damaged=True)
             elif (node, chip) != (slot.node, slot.chip):
                 self._refuse(f"its header says node {node} chip {chip}: another chip's file")
             else:
