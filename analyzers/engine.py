@@ -23,10 +23,15 @@ import pyarrow.compute as pc
 
 from sohuprof.analyzers.analysis import Analysis, AnalysisContext, ReportError
 from sohuprof.analyzers.partition import Partition
+from sohuprof.errors import StoreError
 from sohuprof.hardware import HardwareSpec
 from sohuprof.store import TraceStore
 
-__all__ = ["build_context", "plan_columns", "rank_partitions", "read_rank", "run_analyses"]
+__all__ = ["build_context", "plan_columns", "rank_partitions", "read_rank", "run_analyses", "MAX_SPAN_NS"]
+
+#: Longest trace window the interval kernels take: their sweep packs times with a 5-bit tag into
+#: int64 (``intervals.chain_sweep``), with a bit to spare.
+MAX_SPAN_NS = 1 << 57
 
 
 def build_context(store: TraceStore, *, hta_compatible: bool = False, options: dict | None = None) -> AnalysisContext:
@@ -42,6 +47,10 @@ def build_context(store: TraceStore, *, hta_compatible: bool = False, options: d
         ranks, lo, hi = _from_index(index)
     else:
         ranks, lo, hi = _scan_window(store)
+    if hi < lo or hi - lo >= MAX_SPAN_NS:
+        raise StoreError(f"trace store '{store.path}': its events span {hi - lo:,} ns, which no trace does "
+                         f"(the analyses take up to 2**57 ns, 4.5 years): a damaged timestamp, or ranks "
+                         f"recorded on different clock bases; `sohuprof check {store.path}` says more")
     return AnalysisContext(store=store, source=source, hardware=hardware,
                            requests=store.read("requests").to_pandas(),
                            counters=store.read("counters").to_pandas(),
@@ -101,6 +110,7 @@ def rank_partitions(ctx: AnalysisContext, columns: list[str]) -> Iterator[pa.Tab
         return
     pending: list[pa.RecordBatch] = []
     current = None
+    done: set[int] = set()
     for batch in ctx.store.stream_events(columns):
         if not batch.num_rows:
             continue
@@ -108,6 +118,20 @@ def rank_partitions(ctx: AnalysisContext, columns: list[str]) -> Iterator[pa.Tab
         cuts = np.flatnonzero(rank[1:] != rank[:-1]) + 1
         if current is not None and rank[0] != current:
             cuts = np.r_[0, cuts]
+        # Each rank's rows come in one run (the layout sorts by rank, ts): a rank met again means
+        # rows out of order, which would split it into partial ranks with wrong numbers.
+        runs = rank[np.r_[0, np.flatnonzero(rank[1:] != rank[:-1]) + 1]].tolist()   # one per rank run
+        if current is not None and runs[0] == current:
+            runs = runs[1:]                      # continues the previous batch's run
+        if runs:
+            if current is not None:
+                done.add(int(current))
+            again = done.intersection(runs) or (set() if len(set(runs)) == len(runs) else set(runs))
+            if again:
+                raise StoreError(f"trace store '{ctx.store.path}': its events are not sorted by (rank, ts) "
+                                 f"(rank {min(again)} comes back after other ranks); re-run `sohuprof "
+                                 f"collect` to rebuild the store")
+            done.update(runs[:-1])
         start = 0
         for cut in cuts.tolist():       # a loop over rank changes (one per rank), not events
             if cut > start:

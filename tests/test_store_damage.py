@@ -390,3 +390,28 @@ def test_cli_dashboard_refuses_a_store_damaged_inside_a_page(clean_store: Path, 
     result = CliRunner().invoke(cli, ["dashboard", str(store), "--port", "8981"])
     line = _one_clear_line(result)
     assert "events/node=0/part-0.parquet" in line and "does not decode" in line
+
+
+def test_analyze_refuses_events_out_of_rank_order(clean_store: Path, tmp_path: Path) -> None:
+    """Rows not sorted by (rank, ts) pass the byte checks (rehashed), but would split ranks into
+    partial ones with wrong numbers: analyze says so in one line."""
+    store = fresh_copy(clean_store, tmp_path)
+    rel = "events/node=0/part-0.parquet"
+    table = pq.read_table(store / rel)
+    first = int(np.searchsorted(table.column("rank").to_numpy(), table.column("rank")[0].as_py(), "right"))
+    cut = first // 2   # inside the first rank's rows: that rank comes back after the others
+    pq.write_table(pa.concat_tables([table.slice(cut), table.slice(0, cut)]), store / rel,
+                   row_group_size=20_000, write_page_checksum=True)
+    rehash(store, rel)
+    result = CliRunner().invoke(cli, ["analyze", str(store), "--format", "json"])
+    line = _one_clear_line(result)
+    assert "not sorted by (rank, ts)" in line
+
+
+def test_analyze_refuses_a_window_no_trace_has(clean_store: Path, tmp_path: Path) -> None:
+    store = fresh_copy(clean_store, tmp_path)
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["rank_index"][0]["start_ns"] = -(2**61)
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["analyze", str(store), "--format", "json"])
+    assert "span" in _one_clear_line(result)
