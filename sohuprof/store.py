@@ -686,6 +686,17 @@ def _manifest_problem(manifest: dict[str, Any]) -> Finding | None:
             key = next((k for k, v in files.items() if not _converts(v, _FileEntry)), None)
             field_name = field_name.replace("files[...]", f"files[{key!r}]", 1) if key else field_name
         return Finding(MANIFEST_NAME, f"field '{field_name}' is invalid: {what[0].lower()}{what[1:]}")
+    index = manifest.get("rank_index") or []
+    if index:   # the analyses take their window and ranks from it: it must agree with itself
+        ranks = [e["rank"] for e in index]
+        events = (manifest.get("tables") or {}).get("events")
+        if any(e["start_ns"] > e["end_ns"] for e in index):
+            return Finding(MANIFEST_NAME, "field 'rank_index' has a rank whose window ends before it starts")
+        if len(set(ranks)) != len(ranks):
+            return Finding(MANIFEST_NAME, "field 'rank_index' lists a rank twice")
+        if isinstance(events, int) and sum(e["events"] for e in index) != events:
+            return Finding(MANIFEST_NAME, f"field 'rank_index' counts {sum(e['events'] for e in index):,} "
+                                          f"events where 'tables.events' says {events:,}")
     hardware = manifest.get("hardware") or {}
     for key, value in hardware.items():   # a handful of keys; roofs must be numbers
         if (key.startswith("peak_flops") or key == "hbm_bandwidth") and value is not None and (
