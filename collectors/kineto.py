@@ -87,8 +87,9 @@ from sohuprof.collectors.kineto_checks import (MAX_ID, MAX_NELEMS, MAX_NS, REASO
                                                blank, float_column, id_check, int_column, objects,
                                                quarantine_rows, wrong_type)
 from sohuprof.errors import TraceFormatError
-from sohuprof.schema import CATEGORIES, COLLECTIVES, COUNTERS, EVENTS, OP_CLASSES, QUARANTINE
-from sohuprof.store import PathLike, StoreWriter
+from sohuprof.schema import (CATEGORIES, COLLECTIVES, COUNTERS, EVENTS, OP_CLASSES, QUARANTINE, STORE_FORMAT,
+                             STORE_VERSION)
+from sohuprof.store import PathLike, StoreWriter, manifest_problem
 
 __all__ = ["KinetoTrace", "read_kineto", "collect_kineto"]
 
@@ -384,6 +385,11 @@ def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False)
         writer.write_table(COLLECTIVES, collectives)
         writer.write_table(COUNTERS, counters)
         metadata = _metadata(path, parts, written)
+        # What came from the traces must pass the store reader's own checks, or the store
+        # written would refuse to open (and "re-run collect" would rebuild the same one).
+        problem = manifest_problem({"format": STORE_FORMAT, "version": STORE_VERSION, **metadata})
+        if problem is not None:
+            raise TraceFormatError(f"{path}: {problem.replace('field', 'the trace field for the manifest', 1)}")
         writer.write_manifest(metadata)
     counts = metadata["counts"]
     # As the Sohu collector's summary: ``files`` is a count there, the list is ``file_counts``.
@@ -1141,6 +1147,10 @@ def _metadata(path: PathLike, parts: list[_RankTrace], written: int) -> dict[str
     devices = sorted({d for p in parts for d in p.info["devices"] if d})
     dist = next((p.info["distributed"] for p in parts if p.info["distributed"]), None)
     bases = {str(p.rank): p.info["base_time_ns"] for p in parts}
+    if any(bases.values()) and not all(bases.values()):
+        missing = sorted((p for p in parts if not p.info["base_time_ns"]), key=lambda p: p.rank)
+        raise TraceFormatError(f"{missing[0].file}: no baseTimeNanoseconds while the other ranks' traces have one, "
+                               f"so its times cannot be put on their clock; collect it apart from them")
     skipped: dict[str, int] = {}
     for p in parts:
         for k, v in p.info["skipped"].items():
@@ -1150,8 +1160,7 @@ def _metadata(path: PathLike, parts: list[_RankTrace], written: int) -> dict[str
                    "files": {str(p.rank): Path(p.file).name for p in parts}},
         "hardware": {"devices": devices} if devices else None,
         "model": None,
-        "parallel": ({"world_size": dist.get("world_size"), "backend": dist.get("backend"),
-                      "process_groups": dist.get("pg_config")} if isinstance(dist, dict) else None),
+        "parallel": _parallel(dist) if isinstance(dist, dict) else None,
         "ranks": ranks,
         "clock_alignment": {
             "method": "baseTimeNanoseconds" if any(bases.values()) else "none",
@@ -1160,6 +1169,33 @@ def _metadata(path: PathLike, parts: list[_RankTrace], written: int) -> dict[str
         },
         "counts": _counts(parts, written, skipped),
     }
+
+
+#: A world or group larger than this is damage, not a job (bounds every per-group allocation).
+_MAX_WORLD = 1 << 20
+
+
+def _parallel(dist: dict[str, Any]) -> dict[str, Any]:
+    """``distributedInfo`` as the manifest keeps it: a world size and process groups whose sizes
+    make sense (1 to the world size), the rest left out and counted (a group of size 0 would give
+    a bus bandwidth of 0, one of 2**63 a nonsense factor)."""
+    world = dist.get("world_size")
+    world = world if isinstance(world, int) and not isinstance(world, bool) and 1 <= world <= _MAX_WORLD else None
+    groups = dist.get("pg_config")
+    kept: list[dict[str, Any]] = []
+    dropped = 0
+    for g in groups if isinstance(groups, list) else []:   # a loop over process groups
+        size = g.get("pg_size") if isinstance(g, dict) else None
+        if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= (world or _MAX_WORLD):
+            kept.append(g)
+        else:
+            dropped += 1
+    backend = dist.get("backend")
+    out: dict[str, Any] = {"world_size": world, "backend": backend if isinstance(backend, str) else None,
+                           "process_groups": kept if isinstance(groups, list) else None}
+    if dropped or (groups is not None and not isinstance(groups, list)):
+        out["process_groups_dropped"] = dropped or 1
+    return out
 
 
 def _counts(parts: list[_RankTrace], written: int, skipped: dict[str, int]) -> dict[str, Any]:

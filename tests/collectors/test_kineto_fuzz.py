@@ -28,7 +28,9 @@ from hypothesis import strategies as st
 from sohuprof.cli import cli
 from sohuprof.collectors.kineto import collect_kineto, read_kineto
 from sohuprof.collectors.kineto_checks import MAX_ID, MAX_NS, REASONS
-from sohuprof.errors import SohuprofError
+from sohuprof.collectors import collect
+from sohuprof.errors import SohuprofError, TraceFormatError
+from sohuprof.store import open_store
 from sohuprof.schema import EVENTS, QUARANTINE
 from sohuprof.store import open_store
 
@@ -489,3 +491,32 @@ def test_directory_accounting_per_file(tmp_path: Path) -> None:
     quarantine = open_store(tmp_path / "store").read("quarantine").to_pylist()
     assert {(r["source"], r["reason"].split(" is ")[0]) for r in quarantine} == {
         ("rank1.json.gz", "'dur'"), ("rank1.json.gz", "'args'")}
+
+
+_A100 = Path(__file__).resolve().parents[1] / "data" / "kineto" / "nccl_data.json.gz"
+
+
+@pytest.mark.parametrize("pg_config", [[{"pg_name": "0", "pg_size": 0}], [{"pg_name": "0", "pg_size": 2**63 - 1}],
+                                       [{"pg_name": "0", "pg_size": "2"}], "not a list", [5, "x"]])
+def test_process_groups_that_make_no_sense_are_left_out_and_the_store_opens(pg_config, tmp_path: Path) -> None:
+    trace = json.loads(gzip.decompress(_A100.read_bytes()))
+    trace["distributedInfo"]["pg_config"] = pg_config
+    src = tmp_path / "t.json"
+    src.write_text(json.dumps(trace))
+    collect(src, tmp_path / "store")
+    parallel = open_store(tmp_path / "store").manifest["parallel"]   # opens: nothing it refuses was copied
+    assert parallel["process_groups_dropped"] >= 1
+    assert all(1 <= g["pg_size"] <= parallel["world_size"] for g in parallel["process_groups"] or [])
+
+
+def test_ranks_on_different_clock_bases_are_refused(tmp_path: Path) -> None:
+    trace = json.loads(gzip.decompress(_A100.read_bytes()))
+    (tmp_path / "in").mkdir()
+    for rank, base in ((0, trace.get("baseTimeNanoseconds") or 1_700_000_000_000_000_000), (1, None)):
+        t = dict(trace, distributedInfo=dict(trace["distributedInfo"], rank=rank))
+        t.pop("baseTimeNanoseconds", None)
+        if base:
+            t["baseTimeNanoseconds"] = base
+        (tmp_path / "in" / f"rank{rank}.json").write_text(json.dumps(t))
+    with pytest.raises(TraceFormatError, match="no baseTimeNanoseconds while the other ranks"):
+        collect(tmp_path / "in", tmp_path / "store")
