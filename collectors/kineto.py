@@ -66,6 +66,8 @@ Records and their accounting (the manifest's ``counts``, per file in ``counts.fi
 
 from __future__ import annotations
 
+import io
+
 import gc
 import re
 import zlib
@@ -436,6 +438,10 @@ def _iter_rank_traces(path: PathLike) -> Iterator[_RankTrace]:
 _Doc = _Trace | list[_Event] | _LooseTrace | list[_LooseEvent]
 
 
+#: Bytes a .json.gz may always inflate to; past that, 64x its compressed size.
+GZIP_MIN_CAP = 1 << 30
+
+
 def _load(path: Path) -> tuple[_Doc, bytes, bool, bytes]:
     """Decode a (possibly gzipped) trace.
 
@@ -448,10 +454,18 @@ def _load(path: Path) -> tuple[_Doc, bytes, bool, bytes]:
     except OSError as exc:
         raise TraceFormatError(f"cannot read '{path}': {exc.strerror or exc}") from None
     if raw[:2] == b"\x1f\x8b":
+        # JSON compresses 10-30x; a file that inflates past 64x (at least 1 GiB) is a bomb or
+        # damage, refused before it can take the machine's memory.
+        cap = max(GZIP_MIN_CAP, 64 * len(raw))
         try:
-            raw = igzip.decompress(raw)
+            with igzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
+                text = gz.read(cap + 1)
         except (OSError, EOFError, zlib.error, isal_zlib.error) as exc:
             raise TraceFormatError(f"'{path}' is a damaged gzip file ({exc}); {_EXPECTED}") from None
+        if len(text) > cap:
+            raise TraceFormatError(f"'{path}' inflates to more than {cap:,} bytes ({cap // len(raw)}x its size), "
+                                   f"which no trace does: a damaged or hostile gzip file")
+        raw = text
     try:
         doc, loose = _decode(path, raw)
         return doc, raw, loose, b""

@@ -520,3 +520,13 @@ def test_ranks_on_different_clock_bases_are_refused(tmp_path: Path) -> None:
         (tmp_path / "in" / f"rank{rank}.json").write_text(json.dumps(t))
     with pytest.raises(TraceFormatError, match="no baseTimeNanoseconds while the other ranks"):
         collect(tmp_path / "in", tmp_path / "store")
+
+
+def test_a_gzip_bomb_is_refused_before_it_inflates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sohuprof.collectors.kineto as kineto
+
+    monkeypatch.setattr(kineto, "GZIP_MIN_CAP", 1 << 20)   # the real floor is 1 GiB
+    bomb = tmp_path / "trace.json.gz"
+    bomb.write_bytes(gzip.compress(b'{"traceEvents": [' + b" " * (16 << 20) + b"]}"))
+    with pytest.raises(TraceFormatError, match="inflates to more than"):
+        collect(bomb, tmp_path / "store")
