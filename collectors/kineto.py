@@ -373,9 +373,10 @@ def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False)
         The store exists and ``force`` is not set, or cannot be written.
     """
     parts: list[_RankTrace] = []
+    refused: list[tuple[Path, str]] = []
     written = 0
     with StoreWriter(store_path, force=force) as writer:
-        for part in _iter_rank_traces(path):
+        for part in _iter_rank_traces(path, refused):
             writer.write_events(part.events)
             writer.write_table(QUARANTINE, part.quarantine)
             written += part.events.num_rows
@@ -386,7 +387,9 @@ def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False)
         counters = pa.concat_tables([p.counters for p in parts]).unify_dictionaries()
         writer.write_table(COLLECTIVES, collectives)
         writer.write_table(COUNTERS, counters)
-        metadata = _metadata(path, parts, written)
+        if refused:
+            writer.write_table(QUARANTINE, _refused_rows(refused))
+        metadata = _metadata(path, parts, written, refused)
         # What came from the traces must pass the store reader's own checks, or the store
         # written would refuse to open (and "re-run collect" would rebuild the same one).
         problem = manifest_problem({"format": STORE_FORMAT, "version": STORE_VERSION, **metadata})
@@ -417,13 +420,28 @@ def _trace_files(path: Path) -> list[Path]:
     raise TraceFormatError(f"'{path}' does not exist; {_EXPECTED}, or a directory of per-rank ones")
 
 
-def _iter_rank_traces(path: PathLike) -> Iterator[_RankTrace]:
-    """Parse each file, checking that formats agree and each rank appears once."""
+def _iter_rank_traces(path: PathLike, refused: list[tuple[Path, str]] | None = None) -> Iterator[_RankTrace]:
+    """Parse each file, checking that formats agree and each rank appears once.
+
+    With ``refused``, a directory's file that cannot be read at all is noted there (file,
+    reason) and the other ranks are still collected, as the raw collector does with a damaged
+    chip file; if no file can be read, the first one's error is raised."""
     root = Path(path)
     seen: dict[int, Path] = {}
     first: _RankTrace | None = None
-    for file in _trace_files(root):
-        part = _parse_file(file)
+    files = _trace_files(root)
+    errors: list[TraceFormatError] = []
+    for file in files:
+        try:
+            part = _parse_file(file)
+        except TraceFormatError as exc:
+            if refused is None or len(files) == 1:
+                raise
+            refused.append((file, str(exc)))
+            errors.append(exc)
+            if len(errors) == len(files):
+                raise errors[0] from None
+            continue
         if first is not None and part.format != first.format:
             raise TraceFormatError(f"'{root}' mixes a {first.format} trace ({first.file.name}) and a "
                                    f"{part.format} trace ({file.name}); collect them separately")
@@ -1156,7 +1174,23 @@ def _counters(rank: int, trace_events: Sequence[_Event | _LooseEvent], c_rows: n
 
 # -- manifest -----------------------------------------------------------------------------------
 
-def _metadata(path: PathLike, parts: list[_RankTrace], written: int) -> dict[str, Any]:
+def _refused_rows(refused: list[tuple[Path, str]]) -> pa.Table:
+    """One quarantine row per file that could not be read at all (its first 4 KiB kept)."""
+    def head(f: Path) -> bytes:
+        try:
+            with open(f, "rb") as fh:
+                return fh.read(4096)
+        except OSError:
+            return b""
+    return QUARANTINE.conform(pa.table({
+        "source": [f.name for f, _ in refused], "offset": pa.array([0] * len(refused), pa.int64()),
+        "length": pa.array([f.stat().st_size if f.exists() else 0 for f, _ in refused], pa.int64()),
+        "records": pa.array([0] * len(refused), pa.int64()),
+        "reason": [f"file refused: {why}" for _, why in refused], "raw": pa.array([head(f) for f, _ in refused], pa.binary())}))
+
+
+def _metadata(path: PathLike, parts: list[_RankTrace], written: int,
+              refused: list[tuple[Path, str]] | None = None) -> dict[str, Any]:
     ranks = sorted(p.rank for p in parts)
     devices = sorted({d for p in parts for d in p.info["devices"] if d})
     dist = next((p.info["distributed"] for p in parts if p.info["distributed"]), None)
@@ -1181,7 +1215,7 @@ def _metadata(path: PathLike, parts: list[_RankTrace], written: int) -> dict[str
             "base_time_ns": bases,
             "ts_exact_ns": all(p.info["ts_exact"] for p in parts),
         },
-        "counts": _counts(parts, written, skipped),
+        "counts": _counts(parts, written, skipped, refused or []),
     }
 
 
@@ -1212,18 +1246,23 @@ def _parallel(dist: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _counts(parts: list[_RankTrace], written: int, skipped: dict[str, int]) -> dict[str, Any]:
-    """The manifest's counts; what a record is: see the module docstring."""
+def _counts(parts: list[_RankTrace], written: int, skipped: dict[str, int],
+            refused: list[tuple[Path, str]]) -> dict[str, Any]:
+    """The manifest's counts; what a record is: see the module docstring. A file refused whole
+    is listed with its reason: how many records it held cannot be known."""
     files = [p.info["accounting"] for p in parts]
+    unread = [{"file": f.name, "rank": None, "expected": 0, "kept": 0, "quarantined": 0, "lost": 0,
+               "duplicates_dropped": 0, "refused": why} for f, why in refused]
     return {
         "records_expected": sum(f["expected"] for f in files),
         "events": written,
         "quarantined_records": sum(f["quarantined"] for f in files),
         "records_lost": sum(f["lost"] for f in files),
         "duplicates_dropped": 0,
-        "quarantined_pieces": sum(p.quarantine.num_rows for p in parts),
+        "quarantined_pieces": sum(p.quarantine.num_rows for p in parts) + len(refused),
         "counter_events": sum(p.info["counter_events"] for p in parts),
         "counter_events_quarantined": sum(p.info["counter_events_quarantined"] for p in parts),
-        "files": files,
+        "refused_files": [{"file": f.name, "reason": why} for f, why in refused],
+        "files": files + unread,
         "skipped_by_ph": skipped,
     }

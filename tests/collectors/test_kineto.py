@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from sohuprof.collectors.kineto import collect_kineto, read_kineto
@@ -296,8 +297,19 @@ def test_duplicate_rank(tmp_path: Path, doc: dict) -> None:
 
 def test_failed_collect_writes_nothing(tmp_path: Path, doc: dict) -> None:
     (tmp_path / "in").mkdir()
-    rewrite(doc, tmp_path / "in" / "a.json", rank=0)
+    (tmp_path / "in" / "a.json").write_text("[{broken")
     (tmp_path / "in" / "b.json").write_text("{broken")
     with pytest.raises(TraceFormatError):
         collect_kineto(tmp_path / "in", tmp_path / "store")
     assert [p.name for p in tmp_path.iterdir()] == ["in"]
+
+
+def test_an_unreadable_rank_file_is_refused_and_the_others_kept(tmp_path: Path, doc: dict) -> None:
+    (tmp_path / "in").mkdir()
+    rewrite(doc, tmp_path / "in" / "a.json", rank=0)
+    (tmp_path / "in" / "b.json").write_text("{broken")
+    summary = collect_kineto(tmp_path / "in", tmp_path / "store")
+    assert summary["events"] > 0 and [f["file"] for f in summary["refused_files"]] == ["b.json"]
+    assert summary["events"] + summary["quarantined_records"] + summary["records_lost"] == summary["records_expected"]
+    q = pq.read_table(tmp_path / "store" / "quarantine.parquet").to_pylist()
+    assert any(row["source"] == "b.json" and row["reason"].startswith("file refused") for row in q)
