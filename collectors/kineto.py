@@ -66,9 +66,9 @@ Records and their accounting (the manifest's ``counts``, per file in ``counts.fi
 
 from __future__ import annotations
 
-import io
-
 import gc
+import io
+import logging
 import re
 import zlib
 from collections.abc import Iterator, Sequence
@@ -94,6 +94,8 @@ from sohuprof.schema import (CATEGORIES, COLLECTIVES, COUNTERS, EVENTS, OP_CLASS
 from sohuprof.store import PathLike, StoreWriter, manifest_problem
 
 __all__ = ["KinetoTrace", "read_kineto", "collect_kineto"]
+
+log = logging.getLogger("sohuprof.collectors.kineto")
 
 _EXPECTED = "expected a PyTorch profiler (Kineto) or Chrome trace JSON (.json or .json.gz)"
 #: Top-level keys only Kineto writes.
@@ -488,6 +490,9 @@ def _load(path: Path) -> tuple[_Doc, bytes, bool, bytes]:
         doc, loose = _decode(path, raw)
         return doc, raw, loose, b""
     except msgspec.DecodeError as exc:
+        repaired = _repair_text(path, raw, exc)
+        if repaired is not None:   # one bad name must not cost the file its sound events
+            return _load_text(path, repaired)
         # The Chrome JSON Array Format allows leaving off the closing bracket.
         body = raw.rstrip().rstrip(b",")
         if body.lstrip()[:1] == b"[" and not body.endswith(b"]"):
@@ -504,6 +509,36 @@ def _load(path: Path) -> tuple[_Doc, bytes, bool, bytes]:
                 if cut is not None:
                     return cut
         raise TraceFormatError(f"'{path}' is not JSON ({exc}); {_EXPECTED}") from None
+
+
+#: A lone UTF-16 surrogate escape (JSON allows writing one; no UTF-8 decoder takes it).
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                             rb"|(?<![dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+#: Control bytes JSON forbids inside strings (tab, newline and carriage return are whitespace).
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def _repair_text(path: Path, raw: bytes, exc: msgspec.DecodeError) -> bytes | None:
+    """The text with invalid UTF-8, lone surrogate escapes and raw control bytes replaced (by
+    U+FFFD and spaces), when that is what failed to decode; else None. Said in one log line."""
+    if not any(word in str(exc) for word in ("UTF-8", "surrogate", "control character", "invalid character")):
+        return None
+    text = raw.decode("utf-8", errors="replace").encode()
+    text = _LONE_SURROGATE.sub(rb"\\ufffd", text)
+    text = _CONTROL.sub(b" ", text)
+    if text == raw:
+        return None
+    log.warning("%s: replaced invalid text (bad UTF-8, lone surrogates, control bytes) in names with "
+                "U+FFFD; the events are kept", path)
+    return text
+
+
+def _load_text(path: Path, raw: bytes) -> tuple[_Doc, bytes, bool, bytes]:
+    try:
+        doc, loose = _decode(path, raw)
+    except msgspec.DecodeError as exc:
+        raise TraceFormatError(f"'{path}' is not JSON ({exc}); {_EXPECTED}") from None
+    return doc, raw, loose, b""
 
 
 def _cut_entries(path: Path, body: bytes, attempts: int = 16) -> tuple[_Doc, bytes, bool, bytes] | None:

@@ -530,3 +530,17 @@ def test_a_gzip_bomb_is_refused_before_it_inflates(tmp_path: Path, monkeypatch: 
     bomb.write_bytes(gzip.compress(b'{"traceEvents": [' + b" " * (16 << 20) + b"]}"))
     with pytest.raises(TraceFormatError, match="inflates to more than"):
         collect(bomb, tmp_path / "store")
+
+
+@pytest.mark.parametrize("bad", [b"\xff\xfe", b"\\ud800", b"\x01"])
+def test_one_bad_name_does_not_cost_the_file_its_events(bad: bytes, tmp_path: Path) -> None:
+    text = gzip.decompress(_A100.read_bytes())
+    clean = collect(_write(tmp_path / "clean.json", text), tmp_path / "clean")["events"]
+    at = text.index(b'"name": "') + len(b'"name": "')
+    damaged = collect(_write(tmp_path / "bad.json", text[:at] + bad + text[at:]), tmp_path / "bad")
+    assert damaged["events"] == clean
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
