@@ -544,19 +544,24 @@ def _load_text(path: Path, raw: bytes) -> tuple[_Doc, bytes, bool, bytes]:
 def _cut_entries(path: Path, body: bytes, attempts: int = 16) -> tuple[_Doc, bytes, bool, bytes] | None:
     """Decode the whole entries of an Array Format text cut inside its last entry.
 
-    The last entry that closes is found by trying the last few ``}`` (the cut entry holds at
-    most a few nested objects); None if none gives valid JSON.
+    The last entry that closes is found by trying the last few ``}`` that a comma follows (an
+    entry's end, or an object inside one; braces inside names such as ``{lambda()#1}`` are
+    never followed by one), then the last few ``}`` of any kind; None if none gives valid JSON.
     """
+    start = max(0, len(body) - (1 << 20))   # no entry is a megabyte long
+    ends = [start + m.start() for m in re.finditer(rb"\}\s*,", body[start:])][::-1][:attempts]
     end = len(body)
     for _ in range(attempts):
         brace = body.rfind(b"}", 0, end)
         if brace < 0:
-            return None
+            break
+        ends.append(brace)
+        end = brace
+    for brace in dict.fromkeys(ends):   # each candidate once, commas first
         head = body[:brace + 1] + b"]"
         try:
             doc, loose = _decode(path, head)
         except msgspec.DecodeError:
-            end = brace
             continue
         return doc, head, loose, body[brace + 1:].lstrip().lstrip(b",").lstrip()
     return None

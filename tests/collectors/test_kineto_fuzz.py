@@ -544,3 +544,14 @@ def test_one_bad_name_does_not_cost_the_file_its_events(bad: bytes, tmp_path: Pa
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_a_chrome_trace_cut_inside_an_entry_full_of_braces_keeps_the_whole_ones(tmp_path: Path) -> None:
+    name = "void at::{lambda(int)#1}" * 10   # 20 braces in each name, none followed by a comma
+    entries = [json.dumps({"name": name, "ph": "X", "ts": i, "dur": 1, "pid": 1, "tid": 1,
+                           "args": {"k": {"x": 1}}}) for i in range(50)]
+    text = ("[" + ",\n".join(entries)).encode()
+    cut = tmp_path / "t.json"
+    cut.write_bytes(text[:len(text) - 12])   # inside the last entry's args
+    summary = collect(cut, tmp_path / "store")
+    assert summary["events"] == 49 and summary["records_lost"] == 1
