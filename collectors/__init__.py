@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["collect"]
+__all__ = ["collect", "losses_line"]
 
 
 def collect(source: str | os.PathLike[str], store: str | os.PathLike[str], *, force: bool = False,
@@ -18,7 +18,8 @@ def collect(source: str | os.PathLike[str], store: str | os.PathLike[str], *, fo
     """Collect whatever trace ``source`` holds into a trace store at ``store``.
 
     The kind is detected from the contents (see :func:`sohuprof.collectors.detect.detect_source`).
-    Returns a summary with at least ``format``, ``store``, ``files``, ``events``,
+    Returns a summary with at least ``format``, ``store``, ``files``, ``events``, ``counts`` (the
+    manifest's, as :func:`losses_line` reads them),
     ``quarantined_pieces`` and ``quarantined_records``.
 
     Raises
@@ -44,3 +45,30 @@ def collect(source: str | os.PathLike[str], store: str | os.PathLike[str], *, fo
     summary.setdefault("quarantined_pieces", summary.get("quarantined", 0))
     summary.setdefault("quarantined_records", summary.get("quarantined", 0))
     return summary
+
+
+def losses_line(counts: dict[str, Any], kept_where: str) -> str | None:
+    """One line saying where every record not kept went, from a store manifest's ``counts``
+    (kept, quarantined, lost, duplicates, refused files, unreadable host lines, the worst files
+    by name); None when every record was kept. ``kept_where`` ends it: where the pieces set aside
+    are (``"in STORE/quarantine.parquet"``)."""
+    events = counts.get("events", 0)
+    expected = counts.get("records_expected", events)
+    q, lost = counts.get("quarantined_records", 0), counts.get("records_lost", 0)
+    dups, pieces = counts.get("duplicates_dropped", 0), counts.get("quarantined_pieces", 0)
+    if not (q or lost or dups or pieces):
+        return None
+    files = counts.get("files") if isinstance(counts.get("files"), list) else []
+    hurt = [f for f in files if f["kept"] != f["expected"] or f.get("refused") or f.get("duplicates_dropped")]
+    named = ", ".join(f"{f['file']} ({f.get('refused') or _kept_of(f)})" for f in hurt[:3]) \
+        + (f" and {len(hurt) - 3} more" if len(hurt) > 3 else "")
+    host = (counts.get("host_events") or {}).get("quarantined", 0)
+    return (f"warning: kept {events:,} of {expected:,} records: {q:,} quarantined, {lost:,} lost"
+            + (f", {dups:,} duplicate records dropped" if dups else "")
+            + (f" in {named}" if named else "")
+            + (f"; {host:,} host event line(s) unreadable" if host else "")
+            + f"; {pieces} piece(s) set aside {kept_where}")
+
+
+def _kept_of(entry: dict[str, Any]) -> str:
+    return f"{entry['kept']:,} of {entry['expected']:,} kept"

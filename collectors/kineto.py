@@ -403,7 +403,7 @@ def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False)
     return {"store": str(store_path), "format": metadata["source"]["format"],
             "ranks": metadata["ranks"], "collectives": collectives.num_rows,
             "counters": counters.num_rows, **counts, "files": len(parts),
-            "file_counts": counts["files"]}
+            "file_counts": counts["files"], "counts": counts}
 
 
 # -- files --------------------------------------------------------------------------------------

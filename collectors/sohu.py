@@ -510,7 +510,7 @@ def _collect(info: RunInfo, files: list[tuple[ChipFile, dict]], missing: list[Fi
             counts = _counts(accounts, damaged, host_counts, events)
             writer.write_manifest(_manifest(info, clock, origin, alignment, counts))
     return {"store": str(store_path), "format": FORMAT_NAME, "clock_alignment": alignment, **counts,
-            "files": len(files), "file_counts": counts["files"]}
+            "files": len(files), "file_counts": counts["files"], "counts": counts}
 
 
 def _manifest(info: RunInfo, clock: ClockMap, origin: float, alignment: dict[str, Any],

@@ -226,35 +226,14 @@ def collect(obj: CliContext, source: Path, out: Path, force: bool) -> None:
     (Kineto) traces, or one Kineto or Chrome trace file. Damaged parts of a raw trace are set
     aside in quarantine.parquet and counted; the rest is kept.
     """
-    from sohuprof.collectors import collect as run_collect
+    from sohuprof.collectors import collect as run_collect, losses_line
 
     summary = run_collect(source, out, force=force, show_progress=obj.show_progress)
-    warning = _damage_warning(summary, f"in {out}/quarantine.parquet")
+    warning = losses_line(summary["counts"], f"in {out}/quarantine.parquet")
     if warning:
         click.echo(warning, err=True)
     if not obj.quiet:
         click.echo(f"wrote {out}: {summary['events']:,} events from {summary['files']} file(s) ({summary['format']})")
-
-
-def _damage_warning(summary: dict[str, Any], kept_where: str) -> str | None:
-    """One line saying where every record not kept went (None when all were kept); the pieces
-    set aside are ``kept_where``."""
-    expected = summary.get("records_expected", summary["events"])
-    q, lost = summary.get("quarantined_records", 0), summary.get("records_lost", 0)
-    dups, pieces = summary.get("duplicates_dropped", 0), summary.get("quarantined_pieces", 0)
-    if not (q or lost or dups or pieces):
-        return None
-    hurt = [f for f in summary.get("file_counts", []) if f["kept"] != f["expected"] or f.get("refused")
-            or f.get("duplicates_dropped")]
-    named = ", ".join(f"{f['file']} ({f.get('refused') or format(f['kept'], ',') + ' of ' + format(f['expected'], ',') + ' kept'})"
-                      for f in hurt[:3]) + (f" and {len(hurt) - 3} more" if len(hurt) > 3 else "")
-    host = (summary.get("host_events") or {}).get("quarantined", 0)
-    line = (f"warning: kept {summary['events']:,} of {expected:,} records: {q:,} quarantined, {lost:,} lost"
-            + (f", {dups:,} duplicate records dropped" if dups else "")
-            + (f" in {named}" if named else "")
-            + (f"; {host:,} host event line(s) unreadable" if host else "")
-            + f"; {pieces} piece(s) set aside {kept_where}")
-    return line
 
 
 def _scheduler(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -318,10 +297,9 @@ def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, ou
         atomic.check_file_output(out, force=force, inputs=[source])
     with open_store_or_collect(source, show_progress=obj.show_progress) as store:
         if store.path != source:   # collected on the fly: say what was not kept, as collect would
-            counts = store.manifest.get("counts") or {}
-            warning = _damage_warning({**counts, "file_counts": counts.get("files") or []},
-                                      "(`sohuprof collect` keeps them in quarantine.parquet)") \
-                if "events" in counts else None
+            from sohuprof.collectors import losses_line
+            warning = losses_line(store.manifest.get("counts") or {},
+                                  "(`sohuprof collect` keeps them in quarantine.parquet)")
             if warning:
                 click.echo(warning, err=True)
         reports = run_reports(store, names, hta_compatible=hta_compatible, engine=engine, scheduler=scheduler)
