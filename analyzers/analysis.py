@@ -62,6 +62,8 @@ class AnalysisContext:
     ranks: pd.DataFrame
     hta_compatible: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    #: What combine-side work several reports share (the dependency graph and its replay).
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
     def collective_index(self) -> CollectiveIndex:

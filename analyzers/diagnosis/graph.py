@@ -1,0 +1,391 @@
+"""The dependency graph of a run (happens-before), as whole arrays.
+
+A rank's events run in program order; what ties ranks together are its **anchors**, the points
+where it waits for others:
+
+- every collective it takes part in (collectives.parquet): it arrives at the event's start, the
+  transfer starts when the last member arrives (the table's ``start``), and it leaves at the
+  event's end. Pipeline send/recv pairs are two-member collectives, so send -> recv is one;
+- on a Sohu run, every scheduler step (the host record that opens it): a replica's step starts
+  when the last of its ranks finished the previous one (a barrier with no transfer).
+
+Between two anchors a rank does its own **segment** of work. Segment ``j`` of a rank is the work
+before its anchor ``j`` (the last segment, after its last anchor, is its tail). Each segment is
+summarised by the time it took and what that time was made of (compute, memory stall, DMA, host,
+idle gap) and, sparsely, by op class and phase; that is all the replay, the critical path and
+the root causes need, so a rank's events are read once (:func:`rank_graph`, a chunk) and the
+run's graph is the concatenation (:class:`Graph`, in combine).
+
+A collective during which the rank kept working (an overlapped all-to-all, a two-batch-overlap
+all-reduce) is **asynchronous**: the rank goes on from its arrival, and its next anchor waits
+for the transfer to end (one collective engine, in order); an op that starts just as it ends,
+after an idle gap, is the join that waited for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from sohuprof.analyzers.activity import collective_rows
+from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.partition import Partition, as_partition
+
+__all__ = ["GRAPH_COLUMNS", "KINDS", "RankGraph", "Graph", "rank_graph", "graph_of", "BARRIER_BASE",
+           "replica_of_rank"]
+
+#: Event columns the graph is built from.
+GRAPH_COLUMNS = ("rank", "ts", "dur", "category", "op", "phase", "step", "coll_id", "stall_mem_ns", "flops",
+                 "hbm_bytes", "track", "layer")
+#: What a segment's time is made of (columns of :attr:`RankGraph.kinds`).
+KINDS = ("compute", "memory_stall", "memory", "host", "idle")
+_COMPUTE, _STALL, _MEMORY, _HOST, _IDLE = range(5)
+#: Instance keys of step barriers are below this (collective ids are >= 0).
+BARRIER_BASE = -1
+_STEP_STRIDE = 1 << 20     # barrier key = BARRIER_BASE - (step * _STEP_STRIDE + replica)
+
+
+def replica_of_rank(ctx: AnalysisContext) -> dict[int, int] | None:
+    """Each rank's data-parallel replica on a Sohu run (from the manifest's plan), else None."""
+    plan = ctx.store.manifest.get("parallel") or {}
+    if not ctx.is_sohu or not all(isinstance(plan.get(k), int) and plan.get(k) > 0 for k in ("tp", "dp")):
+        return None
+    tp, dp = int(plan["tp"]), int(plan["dp"])
+    ranks = ctx.ranks["rank"].to_numpy(np.int64)
+    return dict(zip(ranks.tolist(), ((ranks % (dp * tp)) // tp).tolist()))
+
+
+@dataclass(frozen=True)
+class RankGraph:
+    """One rank's anchors and segments (what :func:`rank_graph` derives from its events).
+
+    Per anchor ``j`` (in time order): ``key`` (coll_id, or a step barrier's key below
+    :data:`BARRIER_BASE`), ``arrive``, ``release`` (when the last member arrived, as recorded),
+    ``leave``, ``asynchronous``, ``joined`` (an op waited for its end), ``step``. Per segment
+    ``j`` (``len(key) + 1`` of them, the last the tail): ``kinds`` [J+1, 5] exposed time by
+    :data:`KINDS`, and sparse ``op_rows`` (segment, op code, phase code, exposed time, exposed
+    time at the roof) over ``op_names`` x ``phase_names``. ``first`` and ``last`` are the rank's
+    first event start and last event end.
+    """
+
+    rank: int
+    key: np.ndarray
+    arrive: np.ndarray
+    release: np.ndarray
+    leave: np.ndarray
+    asynchronous: np.ndarray
+    joined: np.ndarray
+    step: np.ndarray
+    kinds: np.ndarray
+    op_seg: np.ndarray
+    op_code: np.ndarray
+    phase_code: np.ndarray
+    op_time: np.ndarray
+    op_roof: np.ndarray
+    op_names: list
+    phase_names: list
+    first: int
+    last: int
+    deltas: np.ndarray          # [S, J+1] change of each segment's time under the chunk-time scenarios
+
+    @property
+    def anchors(self) -> int:
+        return len(self.key)
+
+
+def _roof_ns(part: Partition, ctx: AnalysisContext, rows: np.ndarray) -> np.ndarray:
+    """Time of each given event at its roofline roof (ns): max(flops / peak, bytes / bandwidth);
+    NaN where the store has no FLOP or byte counts or no hardware spec."""
+    hw = ctx.hardware
+    if hw is None or not (part.has("flops") and part.has("hbm_bytes")):
+        return np.full(len(rows), np.nan)
+    from sohuprof.analyzers.reports.roofline import model_peak
+
+    flops = part.ints("flops")[rows].astype(float)
+    hbm = part.ints("hbm_bytes")[rows].astype(float)
+    peak = np.full(len(rows), model_peak(ctx))
+    if part.has("track"):
+        peak = np.where(part.equals("track", "vector")[rows], hw.vector_flops, peak)
+    return np.maximum(flops / peak, hbm / hw.hbm_bandwidth) * 1e9
+
+
+def retime(part: Partition, ctx: AnalysisContext, rows: np.ndarray, *, peak: float = 1.0,
+           hbm: float = 1.0) -> np.ndarray:
+    """Durations of the given (compute or memory) events on hardware with ``peak`` x the FLOP/s
+    and ``hbm`` x the HBM bandwidth, re-timed from their roofline terms as the timing model
+    does: ``max(compute, memory) + launch`` with the op's own efficiency and jitter kept (its
+    compute part is ``dur - stall - launch``; its memory part is that plus the stall when memory
+    bound, else its bytes at the spec's bandwidth, scaled like its compute)."""
+    hw = ctx.hardware
+    dur = part.ints("dur")[rows].astype(float)
+    if hw is None:
+        return dur
+    launch = np.where(dur > 0, hw.launch_overhead_ns, 0.0)
+    busy = np.maximum(dur - launch, 0.0)
+    stall = np.clip(part.ints("stall_mem_ns")[rows].astype(float), 0, busy) if part.has("stall_mem_ns") else 0 * busy
+    is_memory = part.equals("category", "memory")[rows]
+    flops = part.ints("flops")[rows].astype(float) if part.has("flops") else np.zeros(len(rows))
+    bytes_ = part.ints("hbm_bytes")[rows].astype(float) if part.has("hbm_bytes") else np.zeros(len(rows))
+    compute = np.where(is_memory | (flops <= 0), 0.0, busy - stall)
+    from sohuprof.analyzers.reports.roofline import model_peak
+
+    rate = np.full(len(rows), model_peak(ctx) * hw.matmul_efficiency)
+    if part.has("track"):
+        rate = np.where(part.equals("track", "vector")[rows], hw.vector_flops * hw.vector_efficiency, rate)
+    nominal = flops / rate * 1e9
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(nominal > 0, compute / nominal, 1.0)
+    at_spec = bytes_ / (hw.hbm_bandwidth * hw.memory_efficiency) * 1e9 * scale
+    memory = np.where(is_memory | (flops <= 0), busy, np.where(stall > 0, busy, np.minimum(at_spec, busy)))
+    return np.maximum(compute / peak, memory / hbm) + launch
+
+
+def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -> RankGraph:
+    """One rank's :class:`RankGraph` (cached on the partition: several reports share it).
+
+    ``scenarios`` are the chunk-time what-ifs (re-timing from roofline terms, ``("hw", peak,
+    hbm)``) whose per-segment changes go into :attr:`RankGraph.deltas`.
+    """
+    part = as_partition(events)
+    key_ = ("rank_graph", scenarios)
+    cached = part.cache.get(key_)
+    if cached is not None:
+        return cached
+    n = part.num_rows
+    rank = part.rank
+    ts, end = part.ts, part.end
+    order, where = part.grouped("category")
+    comm_rows = order[where.get("communication", slice(0, 0))]
+    cid, mine, pos, found = collective_rows(part, ctx)
+    is_anchor_comm = found & (cid >= 0)
+    a_rows = comm_rows[is_anchor_comm]
+    a_release = mine["start"][pos[is_anchor_comm]] if len(mine["start"]) else np.zeros(0, np.int64)
+    a_key = cid[is_anchor_comm]
+    # Step barriers: a Sohu run's host record opens each of a replica's steps.
+    replicas = replica_of_rank(ctx)
+    host_rows = order[where.get("host", slice(0, 0))]
+    if replicas is not None and len(host_rows) and part.has("step"):
+        replica = replicas.get(rank, 0)
+        step = part.ints("step", -1)[host_rows]
+        b_key = BARRIER_BASE - (np.maximum(step, 0) * _STEP_STRIDE + replica)
+        b_rows = host_rows
+    else:
+        b_rows, b_key = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows = np.concatenate([b_rows, a_rows])
+    keys = np.concatenate([b_key, a_key])
+    by_time = np.lexsort((np.r_[np.zeros(len(b_rows)), np.ones(len(a_rows))], ts[rows]))
+    rows, keys = rows[by_time], keys[by_time]
+    is_barrier = keys <= BARRIER_BASE
+    # Work: every event that is not an anchor, in time order (the store sorts a rank by ts).
+    work = np.ones(n, bool)
+    work[rows] = False
+    if len(comm_rows):
+        work[comm_rows] = False           # unmatched communication is transfer, not the rank's work
+    w = np.flatnonzero(work)
+    w_ts, w_end = ts[w], end[w]
+    # Each event's exposed time: what it adds to the union of the rank's work (a sequential
+    # stream's ops count whole; an op running under another counts only what sticks out).
+    prev_end = np.maximum.accumulate(np.r_[np.iinfo(np.int64).min, w_end])[:-1] if len(w) else w_end
+    exposed = np.clip(w_end - np.maximum(w_ts, prev_end), 0, None).astype(float)
+    gap_before = np.clip(w_ts - prev_end, 0, None)
+    all_prev_end = np.maximum.accumulate(np.r_[ts[0] if n else 0, end])[:-1] if n else end
+    a_ts = ts[rows]
+    # A barrier's arrival is the end of the rank's previous work (at its first event: its start).
+    arrive = np.where(is_barrier & (rows > 0), np.minimum(all_prev_end[rows], a_ts), a_ts)
+    release = np.zeros(len(rows), np.int64)
+    release[~is_barrier] = a_release[by_time[~is_barrier] - len(b_rows)] if len(a_rows) else 0
+    release[is_barrier] = a_ts[is_barrier]
+    leave = end[rows]      # a barrier's "transfer" is the host's scheduling work that opens the step
+    # A rank works during an asynchronous collective: some work starts strictly inside it.
+    seg = np.searchsorted(arrive, w_ts, side="right")      # segment of each work event
+    inside = np.zeros(len(rows), bool)
+    if len(w) and len(rows):
+        j = seg - 1                                         # the anchor before each work event
+        at = np.maximum(j, 0)
+        hit = (j >= 0) & (w_ts > arrive[at]) & (w_ts < leave[at])
+        inside[np.unique(j[hit])] = True
+    asynchronous = inside & ~is_barrier
+    # Joined: after an asynchronous anchor, a work event that starts, after an idle gap, just as
+    # the transfer ends (it waited for it).
+    tol = 2 if ctx.is_sohu else 10_000
+    joined = np.zeros(len(rows), bool)
+    if len(w) and asynchronous.any():
+        j = np.maximum(seg - 1, 0)
+        wait_end = (seg > 0) & asynchronous[j] & (gap_before > 0) & (np.abs(w_ts - leave[j]) <= tol)
+        joined[np.unique(j[wait_end])] = True
+    # Segment composition.
+    J = len(rows) + 1
+    cat_codes, cat_values = part.codes("category")
+    cat_of = np.array([{"compute": 0, "memory": 2, "host": 3}.get(v, 0) for v in cat_values] + [0])[cat_codes[w]]
+    stall = part.ints("stall_mem_ns")[w].astype(float) if part.has("stall_mem_ns") else np.zeros(len(w))
+    dur_w = (w_end - w_ts).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stall_share = np.where((cat_of == 0) & (dur_w > 0), np.clip(stall / dur_w, 0, 1), 0.0)
+    kinds = np.zeros((J, len(KINDS)))
+    kinds[:, _COMPUTE] = np.bincount(seg, weights=exposed * (cat_of == 0) * (1 - stall_share), minlength=J)
+    kinds[:, _STALL] = np.bincount(seg, weights=exposed * (cat_of == 0) * stall_share, minlength=J)
+    kinds[:, _MEMORY] = np.bincount(seg, weights=exposed * (cat_of == 2), minlength=J)
+    kinds[:, _HOST] = np.bincount(seg, weights=exposed * (cat_of == 3), minlength=J)
+    first = int(ts[0]) if n else 0
+    last = int(end.max()) if n else 0
+    seg_start = np.r_[first, leave]
+    seg_end = np.r_[arrive, last]
+    span = np.clip(seg_end - seg_start, 0, None).astype(float)
+    # After an asynchronous anchor the segment runs from its arrival.
+    span[1:] = np.where(asynchronous, np.clip(seg_end[1:] - arrive, 0, None), span[1:])
+    kinds[:, _IDLE] = np.clip(span - kinds[:, :_IDLE].sum(axis=1), 0, None)
+    # Sparse composition by (op class, phase) with the time at the roof.
+    op_codes, op_names = part.codes("op") if part.has("op") else (np.zeros(n, np.int64), [None])
+    if part.has("phase"):
+        ph_codes, ph_names = part.codes("phase")
+    else:
+        ph_codes, ph_names = np.zeros(n, np.int64), [None]
+    n_ph = len(ph_names) + 1
+    n_op = len(op_names) + 1
+    combo = (seg.astype(np.int64) * n_op + op_codes[w]) * n_ph + ph_codes[w]
+    uniq, inv = np.unique(combo, return_inverse=True)
+    roof = _roof_ns(part, ctx, w)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        roof_exposed = np.where(dur_w > 0, exposed * np.clip(roof / dur_w, 0, 1), 0.0)
+    op_time = np.bincount(inv, weights=exposed, minlength=len(uniq))
+    op_roof = np.bincount(inv, weights=np.nan_to_num(roof_exposed, nan=0.0), minlength=len(uniq))
+    has_roof = np.bincount(inv, weights=~np.isnan(roof_exposed), minlength=len(uniq)) > 0
+    op_roof = np.where(has_roof, op_roof, np.nan)
+    # Chunk-time scenarios: the change of each segment's time.
+    deltas = np.zeros((len(scenarios), J))
+    if scenarios:
+        is_work_compute = (cat_of == 0) | (cat_of == 2)
+        for s, (kind, peak, hbm) in enumerate(scenarios):     # a loop over scenarios, not events
+            new = retime(part, ctx, w, peak=peak, hbm=hbm)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                factor = np.where(dur_w > 0, new / dur_w, 1.0)
+            deltas[s] = np.bincount(seg, weights=np.where(is_work_compute, exposed * (factor - 1), 0.0), minlength=J)
+    step_col = part.ints("step", -1)[rows] if part.has("step") else np.full(len(rows), -1)
+    out = RankGraph(rank=rank, key=keys.astype(np.int64), arrive=arrive.astype(np.int64), release=release,
+                    leave=leave.astype(np.int64), asynchronous=asynchronous, joined=joined, step=step_col,
+                    kinds=kinds, op_seg=(uniq // n_ph // n_op).astype(np.int64),
+                    op_code=((uniq // n_ph) % n_op).astype(np.int32), phase_code=(uniq % n_ph).astype(np.int32),
+                    op_time=op_time, op_roof=op_roof, op_names=[*op_names, None], phase_names=[*ph_names, None],
+                    first=first, last=last, deltas=deltas)
+    part.cache[key_] = out
+    return out
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The run's dependency graph: every rank's anchors, concatenated rank by rank.
+
+    Anchor arrays are indexed ``0..A-1`` (rank-major, time order within a rank); ``inst`` maps
+    each to a dense instance index ``0..I-1`` whose members are listed (CSR) by ``members`` and
+    ``offsets``. Segment arrays have one row per anchor (the work before it) plus one tail row
+    per rank, at ``A + rank position``.
+    """
+
+    ranks: np.ndarray            # [R] rank numbers, in order
+    rank_of: np.ndarray          # [A] position of each anchor's rank in ``ranks``
+    start_of_rank: np.ndarray    # [R + 1] first anchor of each rank
+    key: np.ndarray
+    inst: np.ndarray
+    arrive: np.ndarray
+    release: np.ndarray
+    leave: np.ndarray
+    asynchronous: np.ndarray
+    joined: np.ndarray
+    step: np.ndarray
+    members: np.ndarray          # anchors sorted by instance
+    offsets: np.ndarray          # [I + 1]
+    inst_key: np.ndarray         # [I]
+    kinds: np.ndarray            # [A + R, 5]
+    first: np.ndarray            # [R]
+    last: np.ndarray             # [R]
+    deltas: np.ndarray           # [S, A + R]
+    op_seg: np.ndarray           # sparse composition rows: global segment index
+    op_key: np.ndarray           #   code into ``op_keys``
+    op_time: np.ndarray
+    op_roof: np.ndarray
+    op_keys: list                # (op, phase) per code
+
+    @classmethod
+    def from_ranks(cls, parts: list[RankGraph]) -> Graph:
+        """Concatenate per-rank graphs (in any order: sorted by rank here)."""
+        parts = sorted(parts, key=lambda p: p.rank)
+        counts = np.array([p.anchors for p in parts], dtype=np.int64)
+        start = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        A, R = int(start[-1]), len(parts)
+        cat = lambda name: np.concatenate([getattr(p, name) for p in parts]) if parts else np.zeros(0)  # noqa: E731
+        key = cat("key").astype(np.int64)
+        keys, by_key = np.unique(key, return_inverse=True)
+        # Instances are numbered in the order they were released (a topological order of the
+        # graph when the clocks are sound: the replay's batches are then runs of that order).
+        release = cat("release").astype(np.int64)
+        rec = np.full(len(keys), np.iinfo(np.int64).min)
+        np.maximum.at(rec, by_key, release)
+        order = np.lexsort((keys, rec))
+        rank_in_order = np.empty(len(keys), np.int64)
+        rank_in_order[order] = np.arange(len(keys))
+        inst_key, inst = keys[order], rank_in_order[by_key]
+        members = np.argsort(inst, kind="stable")
+        offsets = np.searchsorted(inst[members], np.arange(len(inst_key) + 1))
+        kinds = np.zeros((A + R, len(KINDS)))
+        deltas = np.zeros((parts[0].deltas.shape[0] if parts else 0, A + R))
+        op_keys: dict[tuple, int] = {}
+        segs, codes, times, roofs = [], [], [], []
+        for i, p in enumerate(parts):     # a loop over ranks, not events
+            rows = np.r_[np.arange(start[i], start[i + 1]), A + i]
+            kinds[rows] = p.kinds
+            if deltas.shape[0]:
+                deltas[:, rows] = p.deltas
+            local = [(p.op_names[o], p.phase_names[f]) for o in range(len(p.op_names)) for f in range(len(p.phase_names))]
+            remap = np.array([op_keys.setdefault(k, len(op_keys)) for k in local], dtype=np.int32)
+            segs.append(rows[p.op_seg])
+            codes.append(remap[p.op_code.astype(np.int64) * len(p.phase_names) + p.phase_code])
+            times.append(p.op_time)
+            roofs.append(p.op_roof)
+        empty = np.zeros(0)
+        return cls(ranks=np.array([p.rank for p in parts], dtype=np.int64),
+                   rank_of=np.repeat(np.arange(R), counts), start_of_rank=start, key=key,
+                   inst=inst.astype(np.int64), arrive=cat("arrive").astype(np.int64),
+                   release=release, leave=cat("leave").astype(np.int64),
+                   asynchronous=cat("asynchronous").astype(bool), joined=cat("joined").astype(bool),
+                   step=cat("step").astype(np.int64), members=members.astype(np.int64),
+                   offsets=offsets.astype(np.int64), inst_key=inst_key, kinds=kinds,
+                   first=np.array([p.first for p in parts], dtype=np.int64),
+                   last=np.array([p.last for p in parts], dtype=np.int64), deltas=deltas,
+                   op_seg=np.concatenate(segs).astype(np.int64) if segs else empty.astype(np.int64),
+                   op_key=np.concatenate(codes) if codes else empty.astype(np.int32),
+                   op_time=np.concatenate(times) if times else empty,
+                   op_roof=np.concatenate(roofs) if roofs else empty, op_keys=list(op_keys))
+
+    @property
+    def anchors(self) -> int:
+        return len(self.key)
+
+    @cached_property
+    def memo(self) -> dict:
+        """What is derived from the structure alone and reused (the replay's schedule)."""
+        return {}
+
+    @cached_property
+    def is_barrier(self) -> np.ndarray:
+        return self.key <= BARRIER_BASE
+
+    @cached_property
+    def first_of_rank(self) -> np.ndarray:
+        """[A] is the anchor its rank's first?"""
+        out = np.zeros(self.anchors, bool)
+        heads = self.start_of_rank[:-1][np.diff(self.start_of_rank) > 0]
+        out[heads] = True
+        return out
+
+
+def graph_of(partials: list[RankGraph], ctx: AnalysisContext) -> Graph:
+    """The run's :class:`Graph` from every rank's partial, built once per context and shared by
+    the reports that read it (critical path, findings, what-if)."""
+    memo = ctx.memo
+    key = ("graph", tuple(id(p) for p in partials))
+    graph = memo.get(key)
+    if graph is None:
+        graph = memo[key] = Graph.from_ranks([p for p in partials if p is not None])
+    return graph

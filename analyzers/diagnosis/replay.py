@@ -1,0 +1,243 @@
+"""Replay the dependency graph with changed durations: when would everything have happened?
+
+The run is a max-plus system: a rank arrives at an anchor when its previous anchor let it go
+plus the work between them; an instance is released when its last member arrives (or when
+something outside the trace released it, such as a request arriving); every member leaves at
+the release plus its transfer. :func:`replay` solves it as a wavefront over the graph: each
+round releases every instance whose members have all arrived, then moves each of their members
+on to its next anchor. Every round is a handful of whole-array operations over the instances it
+releases (vectorized over ranks and over every scenario at once); the rounds are the graph's
+depth, the number of synchronisation points one after another, as in the emulator itself.
+
+Replaying the unchanged graph gives back the measured times to the nanosecond (a test holds it
+to that), so a changed replay's difference from the measured run is the change's effect alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sohuprof.analyzers.diagnosis.graph import Graph
+from sohuprof.errors import SohuprofError
+
+__all__ = ["Replay", "Schedule", "replay", "schedule", "ReplayError", "chain_offsets"]
+
+
+class ReplayError(SohuprofError):
+    """The graph cannot be replayed (its collectives wait on each other in a cycle)."""
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Replayed times, one column per scenario (``[A, S]`` per anchor, ``[I, S]`` per instance).
+
+    ``last`` is each instance's last arriver (an anchor index) and ``external`` whether its
+    release came from outside the trace rather than its last member; ``via_leave`` whether each
+    anchor's arrival was set by its predecessor's leave (else by its arrival: asynchronous);
+    those three are of the first scenario (the baseline, for the critical path).
+    """
+
+    arrive: np.ndarray
+    release: np.ndarray
+    leave: np.ndarray
+    end: np.ndarray          # [R, S] each rank's last end
+    rounds: int
+    last: np.ndarray
+    external: np.ndarray
+    via_leave: np.ndarray
+    tail_via_leave: np.ndarray   # [R]
+
+    @property
+    def wall_end(self) -> np.ndarray:
+        """[S] the last end over ranks."""
+        return self.end.max(axis=0) if len(self.end) else np.zeros(self.end.shape[1])
+
+    def sync_wait(self, graph: Graph) -> np.ndarray:
+        """[S] the members' total wait at collectives (release - arrival; barriers excluded)."""
+        coll = ~graph.is_barrier
+        return np.clip(self.release[graph.inst[coll]] - self.arrive[coll], 0, None).sum(axis=0)
+
+
+def chain_offsets(g: Graph) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per anchor: the offset of its arrival from its predecessor's leave (``EL``) and from its
+    predecessor's arrival (``EA``, -inf unless the predecessor is asynchronous); per rank the
+    same for its tail (its last end)."""
+    A = g.anchors
+    first = g.first_of_rank
+    prev = np.arange(A) - 1
+    p = np.maximum(prev, 0)
+    blocking = ~g.asynchronous[p] | g.joined[p]
+    gap = g.arrive - g.leave[p]
+    el = np.where(first, 0, np.where(blocking, gap, np.minimum(gap, 0))).astype(float)
+    ea = np.where(first | ~g.asynchronous[p], -np.inf, g.arrive - g.arrive[p]).astype(float)
+    counts = np.diff(g.start_of_rank)
+    lastp = np.maximum(g.start_of_rank[1:] - 1, 0)
+    has = counts > 0
+    tail_gap = g.last - (g.leave[lastp] if A else 0)
+    tail_block = ~g.asynchronous[lastp] | g.joined[lastp] if A else np.ones(len(counts), bool)
+    tel = np.where(has, np.where(tail_block, tail_gap, np.minimum(tail_gap, 0)), g.last).astype(float)
+    tea = np.where(has & ~(g.asynchronous[lastp] if A else has), -np.inf,
+                   np.where(has, g.last - (g.arrive[lastp] if A else 0), -np.inf)).astype(float)
+    return el, ea, tel, tea
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The replay's batches: runs of instances (in release order) none of which waits on another
+    of its run, with every member's index (``members[offsets[b]:offsets[e]]`` of the graph).
+    The structure alone decides it, so it is computed once per graph and serves every scenario."""
+
+    bounds: np.ndarray        # [B + 1] first instance of each batch
+    ordered: bool             # release order is a topological order (else: the wavefront)
+
+
+def schedule(g: Graph) -> Schedule:
+    """Cut the release order into batches greedily: a batch ends before the first instance that
+    depends on one inside it. ``dep[c]`` is the latest instance ``c`` depends on (its members'
+    previous anchors'); the batch from ``s`` ends at ``M(s) = min{c : dep[c] >= s}``, a suffix
+    minimum, so the cuts are a chain of lookups (one per batch)."""
+    memo = g.memo
+    out = memo.get("schedule")
+    if out is not None:
+        return out
+    I, A = len(g.inst_key), g.anchors
+    dep = np.full(I, -1, np.int64)
+    if A:
+        prev_inst = np.where(g.first_of_rank, -1, g.inst[np.maximum(np.arange(A) - 1, 0)])
+        np.maximum.at(dep, g.inst, prev_inst)
+    ordered = bool((dep < np.arange(I)).all())
+    if not ordered:
+        out = memo["schedule"] = Schedule(np.zeros(0, np.int64), False)
+        return out
+    best = np.full(I + 1, I, np.int64)          # best[v]: the first instance depending on v
+    has = dep >= 0
+    np.minimum.at(best, dep[has], np.flatnonzero(has))
+    cut = np.minimum.accumulate(best[::-1])[::-1]   # cut[s] = min{c : dep[c] >= s}
+    bounds = [0]
+    s = 0
+    while s < I:                 # one lookup per batch: the graph's depth, as the replay's rounds
+        e = int(cut[s])
+        e = e if e > s else s + 1
+        bounds.append(min(e, I))
+        s = bounds[-1]
+    out = memo["schedule"] = Schedule(np.asarray(bounds, np.int64), True)
+    return out
+
+
+def _baseline_links(g: Graph, arr: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each instance's last arriver (lowest anchor on ties) and whether its release came from
+    outside (later than its last member), from the first scenario's times."""
+    I = len(g.inst_key)
+    if not I:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    m = g.members
+    am = arr[m, 0]
+    starts = g.offsets[:-1]
+    top = np.maximum.reduceat(am, starts)
+    inst_of = g.inst[m]
+    pos = np.where(am == top[inst_of], np.arange(len(m)), len(m))
+    first_top = np.minimum.reduceat(pos, starts).clip(max=len(m) - 1)
+    return m[first_top], rel[:, 0] > top
+
+
+def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None = None) -> Replay:
+    """Replay ``g`` under scenarios.
+
+    Parameters
+    ----------
+    delta : array [A + R, S], optional
+        Change of each segment's time (ns; the anchors' segments, then each rank's tail).
+    tscale : array [A, S], optional
+        Factor on each member's transfer (release to leave).
+
+    Raises
+    ------
+    ReplayError
+        The instances wait on each other in a cycle (ranks' clocks disagree with their order).
+    """
+    A, I, R = g.anchors, len(g.inst_key), len(g.ranks)
+    if delta is None:
+        delta = np.zeros((A + R, 1))
+    S = delta.shape[1]
+    if tscale is None:
+        tscale = np.ones((A, S))
+    el, ea, tel, tea = chain_offsets(g)
+    n = np.diff(g.offsets)
+    rec_release = np.full(I, np.iinfo(np.int64).min)
+    max_arrive = np.full(I, np.iinfo(np.int64).min)
+    if A:
+        np.maximum.at(rec_release, g.inst, g.release)
+        np.maximum.at(max_arrive, g.inst, g.arrive)
+    offset = rec_release - max_arrive
+    low = np.minimum(offset, 0).astype(float)
+    ext = np.where(offset > 0, rec_release, -np.inf).astype(float)
+    transfer = (g.leave - rec_release[g.inst]).astype(float) if A else np.zeros(0)
+    arr = np.full((A, S), np.nan)
+    lv = np.full((A, S), np.nan)
+    rel = np.full((I, S), np.nan)
+    heads = np.flatnonzero(g.first_of_rank)
+    arr[heads] = g.arrive[heads, None] + delta[heads]
+    nxt_same = np.r_[~g.first_of_rank[1:], False] if A else np.zeros(0, bool)
+    plan = schedule(g)
+
+    def release_batch(frontier: np.ndarray | slice, m: np.ndarray, grp: np.ndarray, starts: np.ndarray) -> None:
+        top = np.maximum.reduceat(arr[m], starts, axis=0)
+        r = np.maximum(top + low[frontier, None], ext[frontier, None])
+        rel[frontier] = r
+        lv[m] = r[grp] + transfer[m, None] * tscale[m]
+        go = nxt_same[m]
+        p = m[go]
+        a = p + 1
+        arr[a] = np.maximum(lv[p] + el[a, None], arr[p] + ea[a, None]) + delta[a]
+
+    rounds = 0
+    if plan.ordered:
+        inst_of_member = g.inst[g.members]
+        bounds = plan.bounds
+        for b in range(len(bounds) - 1):      # a loop over the graph's depth, not its events
+            s, e = int(bounds[b]), int(bounds[b + 1])
+            lo, hi = int(g.offsets[s]), int(g.offsets[e])
+            m = g.members[lo:hi]
+            grp = inst_of_member[lo:hi] - s
+            release_batch(slice(s, e), m, grp, g.offsets[s:e] - lo)
+        rounds = len(bounds) - 1
+    else:
+        count = np.zeros(I, np.int64)
+        touched, arrived = np.unique(g.inst[heads], return_counts=True)
+        count[touched] += arrived
+        frontier = touched[count[touched] == n[touched]]
+        done = 0
+        while len(frontier):                  # the wavefront: a loop over the graph's depth
+            rounds += 1
+            k = n[frontier]
+            total = int(k.sum())
+            starts = np.r_[0, np.cumsum(k)[:-1]]
+            m = g.members[np.repeat(g.offsets[frontier] - starts, k) + np.arange(total)]
+            grp = np.repeat(np.arange(len(frontier)), k)
+            release_batch(frontier, m, grp, starts)
+            done += len(frontier)
+            a = m[nxt_same[m]] + 1
+            touched, arrived = np.unique(g.inst[a], return_counts=True)
+            count[touched] += arrived
+            frontier = touched[count[touched] == n[touched]]
+        if done < I:
+            raise ReplayError(f"the collectives wait on each other in a cycle ({I - done:,} of {I:,} instances "
+                              "never released): the ranks' clocks disagree with the order they ran in")
+    last, external = _baseline_links(g, arr, rel)
+    prev = np.maximum(np.arange(A) - 1, 0)
+    via_leave = ~g.first_of_rank & ((lv[prev, 0] + el) >= (arr[prev, 0] + ea)) if A else np.zeros(0, bool)
+    # Each rank's end: its tail after its last anchor.
+    counts = np.diff(g.start_of_rank)
+    has = counts > 0
+    lastp = np.maximum(g.start_of_rank[1:] - 1, 0)
+    tails = delta[A + np.arange(R)]
+    if A:
+        from_leave = np.where(has[:, None], lv[lastp], 0.0) + tel[:, None]
+        from_arrive = np.where(has[:, None], arr[lastp], 0.0) + tea[:, None]
+    else:
+        from_leave, from_arrive = np.zeros((R, S)) + tel[:, None], np.full((R, S), -np.inf)
+    end = np.maximum(from_leave, from_arrive) + tails
+    return Replay(arrive=arr, release=rel, leave=lv, end=end, rounds=rounds, last=last, external=external,
+                  via_leave=via_leave, tail_via_leave=from_leave[:, 0] >= from_arrive[:, 0])
