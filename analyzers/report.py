@@ -20,12 +20,15 @@ __all__ = ["REPORTS", "Reports", "load_analysis", "run_reports"]
 
 #: Report name -> "module:attribute" of its Analysis, in the order reports are shown.
 REPORTS: dict[str, str] = {
+    "findings": "sohuprof.analyzers.diagnosis.findings:FINDINGS",
     "summary": "sohuprof.analyzers.reports.summary:SUMMARY",
     "roofline": "sohuprof.analyzers.reports.roofline:ROOFLINE",
     "stalls": "sohuprof.analyzers.reports.stalls:STALLS",
     "comm": "sohuprof.analyzers.reports.comm:COMM",
     "serving": "sohuprof.analyzers.reports.serving:SERVING",
     "temporal": "sohuprof.analyzers.reports.temporal:TEMPORAL",
+    "critical_path": "sohuprof.analyzers.diagnosis.critical_path:CRITICAL_PATH",
+    "whatif": "sohuprof.analyzers.diagnosis.whatif:WHATIF",
 }
 _OVERLAP = "sohuprof.analyzers.reports.temporal:OVERLAP"
 
@@ -62,7 +65,7 @@ def _choose(names: Sequence[str] | None, ctx: AnalysisContext) -> list[str]:
 
 def run_reports(store: TraceStore, names: Sequence[str] | None = None, *, hta_compatible: bool = False,
                 engine: str = "local", scheduler: str | None = None,
-                advance: Callable[[float], None] | None = None) -> Reports:
+                advance: Callable[[float], None] | None = None, what_if: Sequence[str] = ()) -> Reports:
     """Compute the named reports (default: all that apply) over ``store``.
 
     ``engine`` is ``local`` (in-process, a rank at a time) or ``dask`` (the same chunk functions
@@ -74,7 +77,7 @@ def run_reports(store: TraceStore, names: Sequence[str] | None = None, *, hta_co
     ReportError
         A name is unknown, or a named report does not apply to this store.
     """
-    ctx = build_context(store, hta_compatible=hta_compatible)
+    ctx = build_context(store, hta_compatible=hta_compatible, options={"what_if": list(what_if)})
     chosen = _choose(names, ctx)
     analyses = [load_analysis(REPORTS[n]) for n in chosen]
     overlap = load_analysis(_OVERLAP) if "comm" in chosen else None

@@ -25,6 +25,11 @@ from sohuprof.errors import SohuprofError
 __all__ = ["Replay", "Schedule", "replay", "schedule", "ReplayError", "chain_offsets"]
 
 
+#: A release this much later than its last member's arrival was set from outside the trace
+#: (shorter gaps are the aligned clocks' rounding).
+EXTERNAL_NS = 1_000
+
+
 class ReplayError(SohuprofError):
     """The graph cannot be replayed (its collectives wait on each other in a cycle)."""
 
@@ -139,7 +144,7 @@ def _baseline_links(g: Graph, arr: np.ndarray, rel: np.ndarray) -> tuple[np.ndar
     inst_of = g.inst[m]
     pos = np.where(am == top[inst_of], np.arange(len(m)), len(m))
     first_top = np.minimum.reduceat(pos, starts).clip(max=len(m) - 1)
-    return m[first_top], rel[:, 0] > top
+    return m[first_top], rel[:, 0] > top + EXTERNAL_NS
 
 
 def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None = None) -> Replay:
@@ -170,9 +175,12 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
     if A:
         np.maximum.at(rec_release, g.inst, g.release)
         np.maximum.at(max_arrive, g.inst, g.arrive)
+    # A release later than the last arrival by more than clock rounding came from outside the
+    # trace (a request arriving, a step gated on the host); within it, the gap is kept as is.
     offset = rec_release - max_arrive
-    low = np.minimum(offset, 0).astype(float)
-    ext = np.where(offset > 0, rec_release, -np.inf).astype(float)
+    outside = offset > EXTERNAL_NS
+    low = np.where(outside, 0, offset).astype(float)
+    ext = np.where(outside, rec_release, -np.inf).astype(float)
     transfer = (g.leave - rec_release[g.inst]).astype(float) if A else np.zeros(0)
     arr = np.full((A, S), np.nan)
     lv = np.full((A, S), np.nan)

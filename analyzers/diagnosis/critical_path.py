@@ -1,0 +1,200 @@
+"""The critical path: the chain through the dependency graph that sets the run's wall time.
+
+Walking back from the rank that finished last: its tail; at each anchor, the work of the segment
+before it; where the rank arrived only once its previous anchor let it go, that transfer, and
+then the chain of whichever member arrived last there (that is who everyone waited for). Waiting
+is never on the path: at every wait the path jumps to the one being waited for. A release from
+outside the trace (a request arriving) ends the walk as idle time.
+
+The path is marked with pointer doubling over each anchor's predecessor (``log2`` rounds of one
+gather each), then summed by kind, by op class and phase (the graph's sparse composition), by rank
+and by step, so no loop runs along it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.diagnosis.graph import GRAPH_COLUMNS, KINDS, Graph, graph_of, rank_graph
+from sohuprof.analyzers.diagnosis.replay import Replay, replay
+from sohuprof.analyzers.partition import Partition
+
+__all__ = ["CRITICAL_PATH", "CriticalPath", "critical_path", "baseline", "diagnosis_chunk", "PATH_KINDS"]
+
+#: What the path's time is made of.
+PATH_KINDS = ("compute", "memory", "transfer", "host", "idle")
+
+
+@dataclass(frozen=True)
+class CriticalPath:
+    """The path's composition (each table's ``share`` is of ``path_ns``)."""
+
+    wall_ns: int
+    path_ns: int
+    by_kind: pd.DataFrame
+    by_op: pd.DataFrame
+    by_rank: pd.DataFrame
+    steps: pd.DataFrame
+    on_path: np.ndarray = None       # [A + R] nodes on the path (for the findings)
+
+    def to_json(self) -> dict[str, Any]:
+        from sohuprof.analyzers.reports.comm import records
+
+        return {"wall_ns": self.wall_ns, "path_ns": self.path_ns,
+                "by_kind": records(self.by_kind, ["kind", "time_ns", "share"]),
+                "by_op": records(self.by_op, ["op", "phase", "time_ns", "share"]),
+                "by_rank": records(self.by_rank, ["rank", "time_ns", "share"]),
+                "steps": records(self.steps, ["step", "start_ns", "end_ns", "top_op"])}
+
+
+def diagnosis_chunk(part: Partition, ctx: AnalysisContext):
+    """What every diagnosis report takes from a rank: its graph (shared through the partition)."""
+    from sohuprof.analyzers.diagnosis.whatif import hw_scenarios, requested
+
+    if not part.num_rows:
+        return None
+    return rank_graph(part, ctx, hw_scenarios(requested(ctx)))
+
+
+def baseline(partials: list, ctx: AnalysisContext) -> tuple[Graph, Replay]:
+    """The graph and its unchanged replay (shared by the reports of one run)."""
+    g = graph_of(partials, ctx)
+    rep = ctx.memo.get(("baseline", id(g)))
+    if rep is None:
+        rep = ctx.memo[("baseline", id(g))] = replay(g)
+    return g, rep
+
+
+def _mark(pred: np.ndarray, start: int) -> np.ndarray:
+    """Nodes reachable from ``start`` by following ``pred`` (``-1`` ends), by pointer doubling."""
+    N = len(pred)
+    jump = np.where(pred < 0, N, pred)
+    jump = np.r_[jump, N]
+    on = np.zeros(N + 1, bool)
+    on[start] = True
+    frontier = np.array([start])
+    while len(frontier):          # log2(path length) rounds
+        reach = jump[frontier]
+        frontier = np.unique(np.r_[frontier, reach])
+        frontier = frontier[frontier != N]
+        fresh = frontier[~on[frontier]]
+        on[fresh] = True
+        if not len(fresh):
+            break
+        frontier = np.flatnonzero(on[:N])
+        jump = jump[jump]
+    return on[:N]
+
+
+def critical_path(g: Graph, rep: Replay, ctx: AnalysisContext) -> CriticalPath:
+    """The baseline replay's critical path and its composition."""
+    A, R = g.anchors, len(g.ranks)
+    wall_start = ctx.wall_start
+    if not R:
+        empty = pd.DataFrame({"kind": [], "time_ns": [], "share": []})
+        return CriticalPath(ctx.wall_ns, 0, empty, pd.DataFrame(columns=["op", "phase", "time_ns", "share"]),
+                            pd.DataFrame(columns=["rank", "time_ns", "share"]),
+                            pd.DataFrame(columns=["step", "start_ns", "end_ns", "top_op"]), np.zeros(0, bool))
+    arr, lv, rel = rep.arrive[:, 0], rep.leave[:, 0], rep.release[:, 0]
+    # Predecessor of every node (anchors 0..A-1, then each rank's tail) and its pieces.
+    prev = np.arange(A) - 1
+    counts = np.diff(g.start_of_rank)
+    lastp = g.start_of_rank[1:] - 1
+    has = counts > 0
+    node_prev = np.r_[np.where(g.first_of_rank, -1, prev), np.where(has, lastp, -1)]
+    via = np.r_[rep.via_leave, rep.tail_via_leave & has]
+    p = np.maximum(node_prev, 0)
+    inst_p = g.inst[p] if A else np.zeros(A + R, np.int64)
+    ext = rep.external[inst_p] if A else np.zeros(A + R, bool)
+    pred = np.where(node_prev < 0, -1, np.where(via, np.where(ext, -1, rep.last[inst_p] if A else -1), node_prev))
+    node_time = np.r_[arr, rep.end[:, 0]]
+    rank_first = g.first[np.r_[g.rank_of, np.arange(R)]]
+    seg_start = np.where(node_prev < 0, rank_first, np.where(via, lv[p] if A else 0, arr[p] if A else 0))
+    transfer = np.where((node_prev >= 0) & via, lv[p] - rel[inst_p], 0.0) if A else np.zeros(A + R)
+    terminal = A + int(np.argmax(rep.end[:, 0]))
+    on = _mark(pred, terminal)
+    idx = np.flatnonzero(on)
+    seg_len = np.clip(node_time[idx] - seg_start[idx], 0, None)
+    kinds = g.kinds[idx]
+    busy = kinds[:, :4].sum(axis=1)
+    scale = np.where(busy > seg_len, seg_len / np.maximum(busy, 1), 1.0)
+    compute = (kinds[:, 0] * scale).sum()
+    memory = ((kinds[:, 1] + kinds[:, 2]) * scale).sum()
+    host = (kinds[:, 3] * scale).sum()
+    barrier_t = np.where(g.is_barrier[p[idx]] & (node_prev[idx] >= 0), transfer[idx], 0.0) if A else 0 * seg_len
+    coll_t = transfer[idx] - barrier_t
+    # Before the walk's first piece: the rank's start, or a release from outside the trace
+    # (everything earlier did not delay the end), counted as idle.
+    h = idx[pred[idx] < 0]
+    began = np.where(node_prev[h] < 0, rank_first[h], rel[inst_p[h]] if A else rank_first[h])
+    idle = (seg_len - busy * scale).sum() + float(np.clip(began - wall_start, 0, None).sum())
+    host += barrier_t.sum()
+    totals = {"compute": compute, "memory": memory, "transfer": coll_t.sum(), "host": host, "idle": idle}
+    path_ns = int(round(sum(totals.values())))
+    share = lambda t: float(t) / path_ns if path_ns else 0.0   # noqa: E731
+    by_kind = pd.DataFrame({"kind": list(PATH_KINDS), "time_ns": [int(round(totals[k])) for k in PATH_KINDS]})
+    by_kind["share"] = by_kind["time_ns"] / max(path_ns, 1)
+    # By op class and phase: the sparse composition of the segments on the path.
+    rows = on[g.op_seg] if len(g.op_seg) else np.zeros(0, bool)
+    op_t = pd.DataFrame({"key": g.op_key[rows], "time_ns": g.op_time[rows],
+                         "seg": g.op_seg[rows]})
+    by_op = op_t.groupby("key", as_index=False)["time_ns"].sum()
+    by_op["op"] = [g.op_keys[k][0] for k in by_op["key"]]
+    by_op["phase"] = [g.op_keys[k][1] for k in by_op["key"]]
+    by_op["time_ns"] = by_op["time_ns"].round().astype("int64")
+    by_op["share"] = by_op["time_ns"] / max(path_ns, 1)
+    by_op = by_op.sort_values(["time_ns", "op"], ascending=[False, True])[["op", "phase", "time_ns", "share"]]
+    # By rank: segments to their rank, transfers to the rank whose chain went on.
+    node_rank = np.r_[g.rank_of, np.arange(R)]
+    rank_t = np.bincount(node_rank[idx], weights=seg_len + transfer[idx], minlength=R)
+    by_rank = pd.DataFrame({"rank": g.ranks, "time_ns": rank_t.round().astype("int64")})
+    by_rank = by_rank[by_rank["time_ns"] > 0].sort_values(["time_ns", "rank"], ascending=[False, True])
+    by_rank["share"] = by_rank["time_ns"] / max(path_ns, 1)
+    # By step: the pieces of each step (a barrier's segment is the previous step's end).
+    node_step = np.r_[np.where(g.is_barrier, g.step - 1, g.step), g.step[np.maximum(lastp, 0)] if A else
+                      np.full(R, -1)]
+    st = node_step[idx]
+    frame = pd.DataFrame({"step": st, "start": seg_start[idx] - transfer[idx], "end": node_time[idx]})
+    frame = frame[frame["step"] >= 0]
+    steps = frame.groupby("step", as_index=False).agg(start_ns=("start", "min"), end_ns=("end", "max"))
+    if len(op_t) and len(steps):
+        seg_step = np.full(A + R, -1)
+        seg_step[idx] = st
+        op_t["step"] = seg_step[op_t["seg"].to_numpy()]
+        top = op_t[op_t["step"] >= 0].groupby(["step", "key"], as_index=False)["time_ns"].sum()
+        top = top.sort_values(["step", "time_ns"], ascending=[True, False]).drop_duplicates("step")
+        names = {int(s): f"{g.op_keys[k][0]}" + (f" ({g.op_keys[k][1]})" if g.op_keys[k][1] else "")
+                 for s, k in zip(top["step"], top["key"])}
+        steps["top_op"] = steps["step"].map(names)
+    else:
+        steps["top_op"] = None
+    for c in ("start_ns", "end_ns"):
+        steps[c] = steps[c].round().astype("int64")
+    return CriticalPath(wall_ns=ctx.wall_ns, path_ns=path_ns, by_kind=by_kind, by_op=by_op.reset_index(drop=True),
+                        by_rank=by_rank.reset_index(drop=True), steps=steps.reset_index(drop=True), on_path=on)
+
+
+class _CriticalPath:
+    name = "critical_path"
+    columns = GRAPH_COLUMNS
+
+    def applies(self, ctx: AnalysisContext) -> str | None:
+        return None if ctx.wall_ns > 0 else "the store has no events"
+
+    def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext):
+        from sohuprof.analyzers.partition import as_partition
+
+        return diagnosis_chunk(as_partition(events), ctx)
+
+    def combine(self, partials: list, ctx: AnalysisContext) -> CriticalPath:
+        g, rep = baseline(partials, ctx)
+        return critical_path(g, rep, ctx)
+
+
+CRITICAL_PATH = _CriticalPath()
