@@ -1,1 +1,261 @@
-"""Findings: placeholder replaced below."""
+"""Findings: what is wrong, ranked by what fixing it would buy.
+
+Each candidate is a change the what-if engine can replay (a straggler brought to its peers'
+speed, a slow NIC to its peers' rate, ops at their roof, free communication, no host gaps), so
+its ``saving_ns`` is the replayed wall time's drop, not a sum of local times. All candidates are
+replayed together, one scenario column each, in a single replay of the graph.
+
+Candidates are admitted only above noise: a straggler computes at least :data:`STRAGGLER_RATIO`
+x its peers' median (the emulator's per-op jitter moves a rank's totals by well under 1 %; a
+test holds fault-free runs below it), a slow NIC sends below ``SLOW_RATIO`` x its peers, and every
+finding saves at least :data:`MIN_SAVING_PCT` % of the wall.
+
+A rank's speed against its peers is the median over op classes of its time in the class over the
+peers' median: a slow chip is slow in every class, while a rank that got more MoE tokens is slow
+only in its expert matmuls (load imbalance, not a straggler). Peers are the ranks of the same
+pipeline stage (they run the same program).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.diagnosis.critical_path import baseline, critical_path, diagnosis_chunk
+from sohuprof.analyzers.diagnosis.graph import GRAPH_COLUMNS, Graph
+from sohuprof.analyzers.diagnosis.replay import replay
+from sohuprof.analyzers.diagnosis.whatif import Change, Scenario, node_rates, scenario_inputs
+from sohuprof.analyzers.partition import Partition, as_partition
+
+__all__ = ["FINDINGS", "Findings", "STRAGGLER_RATIO", "MIN_SAVING_PCT", "rank_speed", "roles"]
+
+#: A rank is a straggler candidate at this many times its peers' median time per op class.
+STRAGGLER_RATIO = 1.05
+#: A finding must save at least this share of the wall (percent).
+MIN_SAVING_PCT = 1.0
+_COLUMNS = ["kind", "title", "saving_ns", "saving_pct", "ranks", "nodes", "ops", "evidence", "next"]
+
+
+@dataclass(frozen=True)
+class Findings:
+    """The ranked findings (one row each, ``evidence`` a dict)."""
+
+    table: pd.DataFrame
+    wall_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        rows = []
+        for row in self.table[_COLUMNS].to_dict(orient="records"):   # one per finding
+            rows.append({k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()})
+        return {"wall_ns": self.wall_ns, "findings": rows}
+
+
+def roles(ctx: AnalysisContext, ranks: np.ndarray) -> np.ndarray:
+    """Each rank's role (ranks of one role run the same program): its pipeline stage on a Sohu
+    run, else one role for all."""
+    plan = ctx.store.manifest.get("parallel") or {}
+    tp, dp = plan.get("tp"), plan.get("dp")
+    if ctx.is_sohu and isinstance(tp, int) and isinstance(dp, int) and tp > 0 and dp > 0:
+        return ranks // (tp * dp)
+    return np.zeros(len(ranks), np.int64)
+
+
+def rank_speed(g: Graph, role: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per rank: its time over its peers' median, the median over op classes that make at least
+    1 % of its compute (see the module docstring); its compute time; its peers' count."""
+    R = len(g.ranks)
+    K = max(len(g.op_keys), 1)
+    seg_rank = np.r_[g.rank_of, np.arange(R)]
+    compute_keys = np.array([op not in (None, "host", "memcpy") for op, _ in g.op_keys] + [False])
+    rows = compute_keys[g.op_key] if len(g.op_key) else np.zeros(0, bool)
+    T = np.bincount(seg_rank[g.op_seg[rows]] * K + g.op_key[rows], weights=g.op_time[rows],
+                    minlength=R * K).reshape(R, K)
+    ratio = np.ones(R)
+    peers = np.zeros(R, np.int64)
+    for r in np.unique(role):          # a loop over pipeline stages
+        mine = np.flatnonzero(role == r)
+        peers[mine] = len(mine) - 1
+        if len(mine) < 2:
+            continue
+        med = np.median(T[mine], axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = T[mine] / med
+        big = (T[mine] >= 0.01 * T[mine].sum(axis=1, keepdims=True)) & (med > 0)
+        rel = np.where(big, rel, np.nan)
+        ok = big.any(axis=1)
+        ratio[mine[ok]] = np.nanmedian(rel[ok], axis=1)
+    return ratio, T.sum(axis=1), peers
+
+
+def _fmt_ms(ns: float) -> str:
+    return f"{ns / 1e6:,.1f} ms" if ns >= 1e5 else f"{ns / 1e3:,.0f} us"
+
+
+def _candidates(g: Graph, ctx: AnalysisContext, cp: Any) -> list[dict]:
+    """Every finding worth replaying, with the scenario that prices it."""
+    out: list[dict] = []
+    ranks = g.ranks
+    info = ctx.ranks.set_index("rank")
+    role = roles(ctx, ranks)
+    ratio, compute, peers = rank_speed(g, role)
+    for pos in np.flatnonzero(ratio >= STRAGGLER_RATIO):    # a few slow ranks
+        r = int(ranks[pos])
+        node, chip = (int(info.at[r, "node"]), int(info.at[r, "chip"])) if r in info.index else (-1, -1)
+        out.append({"kind": "straggler", "ranks": [r], "nodes": [node], "ops": [],
+                    "scenario": Scenario(f"rank={r}:compute={1 / ratio[pos]:.4f}",
+                                         (Change("rank", rank=r, what="compute", factor=float(1 / ratio[pos])),)),
+                    "evidence": {"compute_ratio": round(float(ratio[pos]), 3), "peers": int(peers[pos]),
+                                 "role": int(role[pos]), "chip": chip},
+                    "next": f"sohuprof dashboard {ctx.store.path}  (Stalls page, rank {r})"})
+    # Slow NICs: the port counters against the other nodes'.
+    try:
+        from sohuprof.analyzers.reports.comm import nic_table
+        nics = nic_table(ctx)
+    except ImportError:   # pragma: no cover
+        nics = pd.DataFrame()
+    if len(nics) and "slow" in nics.columns:
+        rates = node_rates(ctx)
+        typical = float(np.median(nics["rate"])) if len(nics) else 1.0
+        for row in nics[nics["slow"]].itertuples():     # a few nodes
+            k = int(row.node)
+            factor = max(typical / max(float(row.rate), 1.0), 1.0)
+            out.append({"kind": "slow_link", "ranks": [], "nodes": [k], "ops": [],
+                        "scenario": Scenario(f"link=node{k}:bandwidth={factor:.3f}",
+                                             (Change("link", node=k, what="bandwidth", factor=factor),)),
+                        "evidence": {"rate": float(row.rate), "peers_rate": typical,
+                                     "ratio": float(row.ratio), "expected_rate": getattr(row, "expected_rate", None)},
+                        "next": f"sohuprof analyze {ctx.store.path} --report comm"})
+        del rates
+    # Communication on the wall: what free transfers would buy.
+    out.append({"kind": "exposed_comm", "ranks": [], "nodes": [], "ops": [],
+                "scenario": Scenario("comm=free", (Change("comm", what="free", factor=0.0),)),
+                "evidence": {"transfer_on_path_ns": int(cp.by_kind.set_index("kind").at["transfer", "time_ns"])},
+                "next": f"sohuprof analyze {ctx.store.path} --report comm,critical_path"})
+    # Ops below their roof: the op classes with the most time above their roof on the path.
+    if ctx.hardware is not None and len(g.op_roof):
+        ok = ~np.isnan(g.op_roof)
+        head = pd.DataFrame({"key": g.op_key[ok], "excess": g.op_time[ok] - g.op_roof[ok]})
+        top = head.groupby("key")["excess"].sum().sort_values(ascending=False).head(3)
+        for key, excess in top.items():     # three op classes
+            op, phase = g.op_keys[int(key)]
+            if op in (None, "host") or excess <= 0:
+                continue
+            spec = f"op={op}" + (f",phase={phase}" if phase else "") + ":roof"
+            out.append({"kind": "memory_bound", "ranks": [], "nodes": [], "ops": [f"{op}/{phase}" if phase else op],
+                        "scenario": Scenario(spec, (Change("op", op=op, phase=phase, what="roof"),)),
+                        "evidence": {"above_roof_ns": int(excess)},
+                        "next": f"sohuprof analyze {ctx.store.path} --report roofline"})
+    # A pipeline whose stages run one after another: what overlapping them would buy at most
+    # (every rank busy all the time: the wall falls to the busiest rank's own work).
+    plan = ctx.store.manifest.get("parallel") or {}
+    if isinstance(plan.get("pp"), int) and plan["pp"] > 1:
+        R = len(g.ranks)
+        seg_rank = np.r_[g.rank_of, np.arange(R)]
+        busy = np.bincount(seg_rank, weights=g.kinds[:, :4].sum(axis=1), minlength=R)
+        busy += np.bincount(g.rank_of, weights=np.clip(g.leave - g.release, 0, None), minlength=R)
+        bound = float(busy.max()) if R else 0.0
+        out.append({"kind": "pipeline_bubble", "ranks": [], "nodes": [], "ops": [], "scenario": None,
+                    "bound_saving_ns": max(float(ctx.wall_ns) - bound, 0.0),
+                    "evidence": {"pp": int(plan["pp"]), "busiest_rank_busy_ns": int(bound),
+                                 "mean_busy_share": round(float(busy.mean()) / max(ctx.wall_ns, 1), 3)},
+                    "next": f"sohuprof analyze {ctx.store.path} --report stalls,critical_path"})
+    # Host work that opens every step.
+    if g.is_barrier.any():
+        out.append({"kind": "host_overhead", "ranks": [], "nodes": [], "ops": ["host"],
+                    "scenario": Scenario("host=free", (Change("host", what="free", factor=0.0),)),
+                    "evidence": {"steps": int(len(np.unique(g.inst[g.is_barrier])))},
+                    "next": f"sohuprof analyze {ctx.store.path} --report critical_path"})
+    return out
+
+
+def _title(c: dict, saving_ns: float, pct: float, wall: float, wait_saved: float, ctx: AnalysisContext) -> str:
+    ev = c["evidence"]
+    if c["kind"] == "straggler":
+        r = c["ranks"][0]
+        peers = ev["peers"]
+        where = f"node {c['nodes'][0]}, chip {ev['chip']}"
+        return (f"rank {r} ({where}) computes {ev['compute_ratio']:.2f}x slower than its {peers} peers; "
+                f"they wait {_fmt_ms(wait_saved)} for it ({100 * wait_saved / wall:.0f} % of wall summed over "
+                f"ranks); fixing it saves ~{pct:.1f} %")
+    if c["kind"] == "slow_link":
+        k = c["nodes"][0]
+        return (f"node {k}'s NIC sends at {ev['ratio']:.2f}x its peers' rate ({ev['rate'] / 1e9:,.1f} vs "
+                f"{ev['peers_rate'] / 1e9:,.1f} GB/s); bringing it to theirs saves ~{pct:.1f} %")
+    if c["kind"] == "exposed_comm":
+        return (f"communication not hidden under compute sets {100 * ev['transfer_on_path_ns'] / wall:.0f} % of the "
+                f"critical path; hiding it all would save ~{pct:.1f} %")
+    if c["kind"] == "memory_bound":
+        return f"{c['ops'][0]} runs below its roof; at the roof the run would be ~{pct:.1f} % shorter"
+    if c["kind"] == "pipeline_bubble":
+        return (f"the {ev['pp']} pipeline stages mostly run one after another (ranks busy "
+                f"{100 * ev['mean_busy_share']:.0f} % of the wall on average); keeping every stage busy "
+                f"(micro-batches in flight) would save up to ~{pct:.0f} %")
+    if c["kind"] == "host_overhead":
+        return f"host scheduling work opens each of {ev['steps']} steps; without it the run saves ~{pct:.1f} %"
+    return f"{c['kind']}: saves ~{pct:.1f} %"
+
+
+def findings(g: Graph, ctx: AnalysisContext) -> Findings:
+    """Rank the candidates by their replayed saving (see the module docstring)."""
+    wall = float(ctx.wall_ns)
+    _, base = baseline_of(g, ctx)
+    cp = critical_path(g, base, ctx)
+    cands = _candidates(g, ctx, cp)
+    if not cands or wall <= 0:
+        return Findings(pd.DataFrame(columns=_COLUMNS), int(wall))
+    nodes = dict(zip(ctx.ranks["rank"].astype(int).tolist(), ctx.ranks["node"].astype(int).tolist()))
+    scenarios = [c["scenario"] or Scenario("none") for c in cands]
+    delta, tscale = scenario_inputs(g, scenarios, ctx, nodes)
+    for s, sc in enumerate(scenarios, start=1):      # the changes scenario_inputs leaves to us
+        if any(ch.target == "host" for ch in sc.changes):
+            tscale[g.is_barrier, s] = 0.0
+    rep = replay(g, delta, tscale)
+    walls = rep.wall_end - ctx.wall_start
+    waits = rep.sync_wait(g)
+    rows = []
+    for s, c in enumerate(cands, start=1):           # one per candidate
+        saving = float(walls[0] - walls[s]) if c["scenario"] is not None else c["bound_saving_ns"]
+        pct = 100.0 * saving / wall
+        if pct < MIN_SAVING_PCT:
+            continue
+        wait_saved = float(waits[0] - waits[s])
+        evidence = dict(c["evidence"], what_if=c["scenario"].spec if c["scenario"] else None,
+                        wait_saved_ns=int(round(wait_saved)) if c["scenario"] else None)
+        rows.append({"kind": c["kind"], "title": _title(c, saving, pct, wall, wait_saved, ctx),
+                     "saving_ns": int(round(saving)), "saving_pct": round(pct, 2), "ranks": c["ranks"],
+                     "nodes": c["nodes"], "ops": c["ops"], "evidence": evidence, "next": c["next"]})
+    table = pd.DataFrame(rows, columns=_COLUMNS)
+    table = table.sort_values("saving_ns", ascending=False, kind="stable").reset_index(drop=True)
+    return Findings(table, int(wall))
+
+
+def baseline_of(g: Graph, ctx: AnalysisContext):
+    """The graph's unchanged replay (shared with the other reports through the context)."""
+    rep = ctx.memo.get(("baseline", id(g)))
+    if rep is None:
+        rep = ctx.memo[("baseline", id(g))] = replay(g)
+    return g, rep
+
+
+class _Findings:
+    name = "findings"
+    columns = GRAPH_COLUMNS
+
+    def applies(self, ctx: AnalysisContext) -> str | None:
+        return None if ctx.wall_ns > 0 else "the store has no events"
+
+    def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext):
+        return diagnosis_chunk(as_partition(events), ctx)
+
+    def combine(self, partials: list, ctx: AnalysisContext) -> Findings:
+        g, _ = baseline(partials, ctx)
+        return findings(g, ctx)
+
+
+FINDINGS = _Findings()
+
