@@ -73,7 +73,7 @@ def rank_speed(g: Graph, role: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     seg_rank = np.r_[g.rank_of, np.arange(R)]
     compute_keys = np.array([op not in (None, "host", "memcpy") for op, _ in g.op_keys] + [False])
     rows = compute_keys[g.op_key] if len(g.op_key) else np.zeros(0, bool)
-    T = np.bincount(seg_rank[g.op_seg[rows]] * K + g.op_key[rows], weights=g.op_time[rows],
+    T = np.bincount(seg_rank[g.op_seg[rows]] * K + g.op_key[rows], weights=g.op_dur[rows],
                     minlength=R * K).reshape(R, K)
     ratio = np.ones(R)
     peers = np.zeros(R, np.int64)
@@ -82,7 +82,7 @@ def rank_speed(g: Graph, role: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
         peers[mine] = len(mine) - 1
         if len(mine) < 2:
             continue
-        med = np.median(T[mine], axis=0)
+        med = _median_of_others(T[mine])
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = T[mine] / med
         big = (T[mine] >= 0.01 * T[mine].sum(axis=1, keepdims=True)) & (med > 0)
@@ -90,6 +90,20 @@ def rank_speed(g: Graph, role: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
         ok = big.any(axis=1)
         ratio[mine[ok]] = np.nanmedian(rel[ok], axis=1)
     return ratio, T.sum(axis=1), peers
+
+
+def _median_of_others(values: np.ndarray) -> np.ndarray:
+    """[n, K]: for each row, the column-wise median of the other rows (a slow rank does not pull
+    its own reference up: with two peers the median of all would sit halfway)."""
+    n = len(values)
+    order = np.argsort(values, axis=0, kind="stable")
+    ranked = np.take_along_axis(values, order, axis=0)
+    where = np.empty_like(order)
+    np.put_along_axis(where, order, np.arange(n)[:, None].repeat(values.shape[1], axis=1), axis=0)
+    lo, hi = (n - 2) // 2, (n - 1) // 2          # the middle of the n - 1 others
+    pick = lambda j: np.take_along_axis(ranked, j + (j >= where), axis=0)   # noqa: E731 - skip self
+    j_lo, j_hi = np.full_like(where, lo), np.full_like(where, hi)
+    return (pick(j_lo) + pick(j_hi)) / 2
 
 
 def _fmt_ms(ns: float) -> str:

@@ -83,6 +83,7 @@ class RankGraph:
     op_code: np.ndarray
     phase_code: np.ndarray
     op_time: np.ndarray
+    op_dur: np.ndarray          # the ops' own durations (exposed or not)
     op_roof: np.ndarray
     op_names: list
     phase_names: list
@@ -250,6 +251,7 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     with np.errstate(divide="ignore", invalid="ignore"):
         roof_exposed = np.where(dur_w > 0, exposed * np.clip(roof / dur_w, 0, 1), 0.0)
     op_time = np.bincount(inv, weights=exposed, minlength=len(uniq))
+    op_dur = np.bincount(inv, weights=dur_w, minlength=len(uniq))
     op_roof = np.bincount(inv, weights=np.nan_to_num(roof_exposed, nan=0.0), minlength=len(uniq))
     has_roof = np.bincount(inv, weights=~np.isnan(roof_exposed), minlength=len(uniq)) > 0
     op_roof = np.where(has_roof, op_roof, np.nan)
@@ -267,7 +269,7 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
                     leave=leave.astype(np.int64), asynchronous=asynchronous, joined=joined, step=step_col,
                     kinds=kinds, op_seg=(uniq // n_ph // n_op).astype(np.int64),
                     op_code=((uniq // n_ph) % n_op).astype(np.int32), phase_code=(uniq % n_ph).astype(np.int32),
-                    op_time=op_time, op_roof=op_roof, op_names=[*op_names, None], phase_names=[*ph_names, None],
+                    op_time=op_time, op_dur=op_dur, op_roof=op_roof, op_names=[*op_names, None], phase_names=[*ph_names, None],
                     first=first, last=last, deltas=deltas)
     part.cache[key_] = out
     return out
@@ -304,6 +306,7 @@ class Graph:
     op_seg: np.ndarray           # sparse composition rows: global segment index
     op_key: np.ndarray           #   code into ``op_keys``
     op_time: np.ndarray
+    op_dur: np.ndarray
     op_roof: np.ndarray
     op_keys: list                # (op, phase) per code
 
@@ -331,7 +334,7 @@ class Graph:
         kinds = np.zeros((A + R, len(KINDS)))
         deltas = np.zeros((parts[0].deltas.shape[0] if parts else 0, A + R))
         op_keys: dict[tuple, int] = {}
-        segs, codes, times, roofs = [], [], [], []
+        segs, codes, times, durs, roofs = [], [], [], [], []
         for i, p in enumerate(parts):     # a loop over ranks, not events
             rows = np.r_[np.arange(start[i], start[i + 1]), A + i]
             kinds[rows] = p.kinds
@@ -342,6 +345,7 @@ class Graph:
             segs.append(rows[p.op_seg])
             codes.append(remap[p.op_code.astype(np.int64) * len(p.phase_names) + p.phase_code])
             times.append(p.op_time)
+            durs.append(p.op_dur)
             roofs.append(p.op_roof)
         empty = np.zeros(0)
         return cls(ranks=np.array([p.rank for p in parts], dtype=np.int64),
@@ -356,6 +360,7 @@ class Graph:
                    op_seg=np.concatenate(segs).astype(np.int64) if segs else empty.astype(np.int64),
                    op_key=np.concatenate(codes) if codes else empty.astype(np.int32),
                    op_time=np.concatenate(times) if times else empty,
+                   op_dur=np.concatenate(durs) if durs else empty,
                    op_roof=np.concatenate(roofs) if roofs else empty, op_keys=list(op_keys))
 
     @property

@@ -1,0 +1,163 @@
+"""The diagnosis layer against the emulator as ground truth: faults drawn at random inside the
+tests must be found, fault-free runs must show none, and what-ifs must predict re-emulated runs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sohuprof.analyzers.diagnosis.critical_path import baseline
+from sohuprof.analyzers.diagnosis.graph import GRAPH_COLUMNS, Graph, rank_graph
+from sohuprof.analyzers.diagnosis.replay import replay
+from sohuprof.analyzers.engine import build_context, run_analyses
+from sohuprof.analyzers.report import run_reports
+from sohuprof.collectors import collect
+from sohuprof.emulator import EmulatorConfig
+from sohuprof.emulator.config import parse_fault
+from sohuprof.emulator.run import emulate
+from sohuprof.hardware import load_hardware
+from sohuprof.models import load_model
+from sohuprof.store import open_store
+
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_traces" / "mixtral-2node" / "store"
+
+#: Plans the findings must hold on: (model, nodes, chips per node, tp, ep, pp).
+PLANS = {
+    "tp+pp": lambda nodes: dict(model="llama3-8b", nodes=nodes, chips_per_node=2, tp=2, pp=nodes, requests=4,
+                                prompt_len=128, output_len=8),
+    "ep": lambda nodes: dict(model="mixtral-8x7b", nodes=nodes, chips_per_node=2, tp=2, ep=2 * nodes, requests=8,
+                             prompt_len=64, output_len=4),
+    "tp+dp": lambda nodes: dict(model="llama3-8b", nodes=nodes, chips_per_node=2, tp=2, requests=8,
+                                prompt_len=128, output_len=8),
+}
+
+
+def _store(tmp: Path, name: str, faults: list[str], hw: str = "sohu", seed: int = 3, **kw) -> Path:
+    spec = dict(kw)
+    model = spec.pop("model")
+    cfg = EmulatorConfig(model=load_model(model), hardware=load_hardware(hw), seed=seed,
+                         faults=tuple(parse_fault(f) for f in faults), **spec)
+    run = tmp / f"{name}.run"
+    emulate(cfg, run)
+    store = tmp / f"{name}.store"
+    collect(run, store)
+    return store
+
+
+def _findings(store: Path) -> list[dict]:
+    return run_reports(open_store(store), ["findings"]).to_json()["findings"]["findings"]
+
+
+def _graph(store: Path):
+    ctx = build_context(open_store(store))
+
+    class _G:
+        name, columns = "g", GRAPH_COLUMNS
+
+        def applies(self, ctx):
+            return None
+
+        def chunk(self, part, ctx):
+            return rank_graph(part, ctx)
+
+        def combine(self, parts, ctx):
+            return Graph.from_ranks(parts)
+
+    return ctx, run_analyses(ctx, [_G()])["g"]
+
+
+def test_unchanged_replay_reproduces_the_measured_run() -> None:
+    ctx, g = _graph(SAMPLE)
+    rep = replay(g)
+    assert np.array_equal(rep.arrive[:, 0], g.arrive)
+    assert np.array_equal(rep.leave[:, 0], g.leave)
+    assert np.array_equal(rep.end[:, 0], g.last)
+    assert rep.wall_end[0] == ctx.wall_end
+
+
+def test_critical_path_covers_the_wall_and_never_waits() -> None:
+    cp = run_reports(open_store(SAMPLE), ["critical_path"]).to_json()["critical_path"]
+    assert abs(cp["path_ns"] - cp["wall_ns"]) <= 1e-4 * cp["wall_ns"]
+    kinds = {k["kind"]: k for k in cp["by_kind"]}
+    assert set(kinds) == {"compute", "memory", "transfer", "host", "idle"}     # no "wait" kind
+    assert sum(k["time_ns"] for k in cp["by_kind"]) == pytest.approx(cp["path_ns"], abs=len(kinds))
+    assert sum(r["time_ns"] for r in cp["by_rank"]) == pytest.approx(cp["path_ns"], rel=1e-3)
+    assert all(o["time_ns"] <= kinds["compute"]["time_ns"] + kinds["memory"]["time_ns"] + kinds["host"]["time_ns"]
+               for o in cp["by_op"])
+    assert cp["steps"] and all(s["start_ns"] <= s["end_ns"] for s in cp["steps"])
+
+
+@pytest.mark.parametrize("plan,nodes,seed", [("tp+pp", 2, 11), ("tp+pp", 4, 12), ("ep", 2, 13), ("ep", 4, 14),
+                                             ("tp+dp", 2, 15)])
+def test_findings_name_a_random_straggler_and_nothing_on_a_clean_run(tmp_path: Path, plan: str, nodes: int,
+                                                                     seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    kw = PLANS[plan](nodes)
+    world = nodes * kw["chips_per_node"]
+    rank = int(rng.integers(world))
+    slowdown = float(rng.uniform(1.3, 1.5))
+    faulty = _findings(_store(tmp_path, "fault", [f"straggler:rank={rank},slowdown={slowdown:.2f}"], seed=seed, **kw))
+    stragglers = [f for f in faulty if f["kind"] == "straggler"]
+    assert [f["ranks"] for f in stragglers] == [[rank]], (rank, slowdown, faulty)
+    ratio = stragglers[0]["evidence"]["compute_ratio"]
+    assert ratio == pytest.approx(slowdown, rel=0.05)
+    assert re.search(rf"rank {rank} \(node {rank // 2}, chip {rank % 2}\) computes", stragglers[0]["title"])
+    clean = _findings(_store(tmp_path, "clean", [], seed=seed, **kw))
+    assert not [f for f in clean if f["kind"] in ("straggler", "slow_link")], clean
+    for f in faulty + clean:
+        assert f["saving_pct"] >= 1.0 and f["saving_ns"] > 0 and f["title"] and f["next"]
+    assert [f["saving_ns"] for f in faulty] == sorted((f["saving_ns"] for f in faulty), reverse=True)
+
+
+def test_whatif_removing_a_straggler_predicts_the_clean_run(tmp_path: Path) -> None:
+    rng = np.random.default_rng(21)
+    kw = PLANS["tp+pp"](3)
+    rank = int(rng.integers(6))
+    slowdown = 1.4
+    slow = _store(tmp_path, "slow", [f"straggler:rank={rank},slowdown={slowdown}"], seed=5, **kw)
+    clean = _store(tmp_path, "clean", [], seed=5, **kw)
+    spec = f"rank={rank}:compute={1 / slowdown:.6f}"
+    out = run_reports(open_store(slow), ["whatif"], what_if=[spec]).to_json()["whatif"]
+    predicted = out["scenarios"][0]["wall_ns"]
+    measured_clean = open_store(clean).manifest["rank_index"]
+    wall_clean = max(r["end_ns"] for r in measured_clean) - min(r["start_ns"] for r in measured_clean)
+    assert out["measured"]["wall_ns"] > wall_clean          # the straggler cost something
+    assert predicted == pytest.approx(wall_clean, rel=0.05)
+
+
+def test_whatif_twice_the_hbm_bandwidth_predicts_a_re_emulation(tmp_path: Path) -> None:
+    preset = Path(__file__).resolve().parents[2] / "sohuprof" / "presets" / "hardware" / "sohu.toml"
+    text = preset.read_text()
+    bw = float(re.search(r"^hbm_bandwidth\s*=\s*([0-9.eE+]+)", text, re.M).group(1))
+    fast = tmp_path / "sohu-2x-hbm.toml"
+    fast.write_text(re.sub(r"^hbm_bandwidth\s*=\s*[0-9.eE+]+", f"hbm_bandwidth = {2 * bw!r}", text, flags=re.M))
+    kw = PLANS["tp+pp"](2)
+    base = _store(tmp_path, "base", [], seed=9, **kw)
+    twice = _store(tmp_path, "twice", [], hw=str(fast), seed=9, **kw)
+    out = run_reports(open_store(base), ["whatif"], what_if=["hw:hbm_bandwidth=2"]).to_json()["whatif"]
+    index = open_store(twice).manifest["rank_index"]
+    wall_twice = max(r["end_ns"] for r in index) - min(r["start_ns"] for r in index)
+    assert out["scenarios"][0]["wall_ns"] < out["measured"]["wall_ns"]
+    assert out["scenarios"][0]["wall_ns"] == pytest.approx(wall_twice, rel=0.10)
+
+
+def test_dask_and_local_give_the_same_diagnosis() -> None:
+    names = ["findings", "critical_path"]
+    local = run_reports(open_store(SAMPLE), names).to_json()
+    dask = run_reports(open_store(SAMPLE), names, engine="dask").to_json()
+    assert json.dumps(local, sort_keys=True) == json.dumps(dask, sort_keys=True)
+
+
+def test_median_of_others_matches_the_direct_median() -> None:
+    from sohuprof.analyzers.diagnosis.findings import _median_of_others
+
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 4, 5, 8, 33):
+        values = rng.random((n, 4))
+        values[0, 0] = values[1, 0]            # ties
+        direct = np.array([np.median(np.delete(values, i, axis=0), axis=0) for i in range(n)])
+        assert np.allclose(_median_of_others(values), direct)
