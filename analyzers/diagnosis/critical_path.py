@@ -25,7 +25,7 @@ from sohuprof.analyzers.diagnosis.graph import GRAPH_COLUMNS, KINDS, Graph, grap
 from sohuprof.analyzers.diagnosis.replay import Replay, replay
 from sohuprof.analyzers.partition import Partition
 
-__all__ = ["CRITICAL_PATH", "CriticalPath", "critical_path", "baseline", "diagnosis_chunk", "PATH_KINDS"]
+__all__ = ["CRITICAL_PATH", "Chain", "CriticalPath", "chain", "critical_path", "baseline", "diagnosis_chunk", "PATH_KINDS"]
 
 #: What the path's time is made of.
 PATH_KINDS = ("compute", "memory", "transfer", "host", "idle")
@@ -92,17 +92,33 @@ def _mark(pred: np.ndarray, start: int) -> np.ndarray:
     return on[:N]
 
 
-def critical_path(g: Graph, rep: Replay, ctx: AnalysisContext) -> CriticalPath:
-    """The baseline replay's critical path and its composition."""
+@dataclass(frozen=True)
+class Chain:
+    """How every node of the graph (each anchor's arrival, then each rank's end) was reached in
+    the baseline replay: its predecessor node (-1: none, or released from outside), the segment
+    of work before it (``seg_start`` to ``node_time``) and the transfer before that
+    (``transfer`` ns ending at ``seg_start``, when it waited for its previous anchor's leave)."""
+
+    pred: np.ndarray
+    node_prev: np.ndarray      # the same rank's previous anchor (-1 for its first)
+    via: np.ndarray            # reached from the previous anchor's leave (else its arrival)
+    p: np.ndarray              # max(node_prev, 0)
+    inst_p: np.ndarray         # instance of the previous anchor
+    external: np.ndarray       # that instance was released from outside the trace
+    node_time: np.ndarray
+    seg_start: np.ndarray
+    transfer: np.ndarray
+    rank_first: np.ndarray
+    release: np.ndarray        # [I] baseline releases
+
+
+def chain(g: Graph, rep: Replay) -> Chain:
+    """The :class:`Chain` of ``g``'s baseline replay (vectorized; cached on the graph)."""
+    out = g.memo.get("chain")
+    if out is not None:
+        return out
     A, R = g.anchors, len(g.ranks)
-    wall_start = ctx.wall_start
-    if not R:
-        empty = pd.DataFrame({"kind": [], "time_ns": [], "share": []})
-        return CriticalPath(ctx.wall_ns, 0, empty, pd.DataFrame(columns=["op", "phase", "time_ns", "share"]),
-                            pd.DataFrame(columns=["rank", "time_ns", "share"]),
-                            pd.DataFrame(columns=["step", "start_ns", "end_ns", "top_op"]), np.zeros(0, bool))
     arr, lv, rel = rep.arrive[:, 0], rep.leave[:, 0], rep.release[:, 0]
-    # Predecessor of every node (anchors 0..A-1, then each rank's tail) and its pieces.
     prev = np.arange(A) - 1
     counts = np.diff(g.start_of_rank)
     lastp = g.start_of_rank[1:] - 1
@@ -117,6 +133,25 @@ def critical_path(g: Graph, rep: Replay, ctx: AnalysisContext) -> CriticalPath:
     rank_first = g.first[np.r_[g.rank_of, np.arange(R)]]
     seg_start = np.where(node_prev < 0, rank_first, np.where(via, lv[p] if A else 0, arr[p] if A else 0))
     transfer = np.where((node_prev >= 0) & via, lv[p] - rel[inst_p], 0.0) if A else np.zeros(A + R)
+    out = g.memo["chain"] = Chain(pred=pred, node_prev=node_prev, via=via, p=p, inst_p=inst_p, external=ext,
+                                  node_time=node_time, seg_start=seg_start, transfer=transfer,
+                                  rank_first=rank_first, release=rel)
+    return out
+
+
+def critical_path(g: Graph, rep: Replay, ctx: AnalysisContext) -> CriticalPath:
+    """The baseline replay's critical path and its composition."""
+    A, R = g.anchors, len(g.ranks)
+    wall_start = ctx.wall_start
+    if not R:
+        empty = pd.DataFrame({"kind": [], "time_ns": [], "share": []})
+        return CriticalPath(ctx.wall_ns, 0, empty, pd.DataFrame(columns=["op", "phase", "time_ns", "share"]),
+                            pd.DataFrame(columns=["rank", "time_ns", "share"]),
+                            pd.DataFrame(columns=["step", "start_ns", "end_ns", "top_op"]), np.zeros(0, bool))
+    ch = chain(g, rep)
+    lastp = g.start_of_rank[1:] - 1
+    rel, node_prev, via, p, inst_p, pred = ch.release, ch.node_prev, ch.via, ch.p, ch.inst_p, ch.pred
+    node_time, rank_first, seg_start, transfer = ch.node_time, ch.rank_first, ch.seg_start, ch.transfer
     terminal = A + int(np.argmax(rep.end[:, 0]))
     on = _mark(pred, terminal)
     idx = np.flatnonzero(on)

@@ -29,6 +29,7 @@ from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.diagnosis.critical_path import baseline, critical_path, diagnosis_chunk
 from sohuprof.analyzers.diagnosis.graph import GRAPH_COLUMNS, Graph
 from sohuprof.analyzers.diagnosis.replay import replay
+from sohuprof.analyzers.diagnosis.root_causes import root_causes
 from sohuprof.analyzers.diagnosis.whatif import Change, Scenario, node_rates, scenario_inputs
 from sohuprof.analyzers.partition import Partition, as_partition
 
@@ -194,8 +195,8 @@ def _title(c: dict, saving_ns: float, pct: float, wall: float, wait_saved: float
         peers = ev["peers"]
         where = f"node {c['nodes'][0]}, chip {ev['chip']}"
         return (f"rank {r} ({where}) computes {ev['compute_ratio']:.2f}x slower than its {peers} peers; "
-                f"they wait {_fmt_ms(wait_saved)} for it ({100 * wait_saved / wall:.0f} % of wall summed over "
-                f"ranks); fixing it saves ~{pct:.1f} %")
+                f"the waiting it causes, directly and through others, sums to {_fmt_ms(wait_saved)} over the "
+                f"ranks; fixing it saves ~{pct:.1f} % of the wall")
     if c["kind"] == "slow_link":
         k = c["nodes"][0]
         return (f"node {k}'s NIC sends at {ev['ratio']:.2f}x its peers' rate ({ev['rate'] / 1e9:,.1f} vs "
@@ -231,6 +232,8 @@ def findings(g: Graph, ctx: AnalysisContext) -> Findings:
     rep = replay(g, delta, tscale)
     walls = rep.wall_end - ctx.wall_start
     waits = rep.sync_wait(g)
+    rc = root_causes(g, base, ctx)
+    root = dict(zip(rc.by_rank["rank"].astype(int).tolist(), rc.by_rank["root_cost_ns"].astype(float).tolist()))
     rows = []
     for s, c in enumerate(cands, start=1):           # one per candidate
         saving = float(walls[0] - walls[s]) if c["scenario"] is not None else c["bound_saving_ns"]
@@ -240,6 +243,14 @@ def findings(g: Graph, ctx: AnalysisContext) -> Findings:
         wait_saved = float(waits[0] - waits[s])
         evidence = dict(c["evidence"], what_if=c["scenario"].spec if c["scenario"] else None,
                         wait_saved_ns=int(round(wait_saved)) if c["scenario"] else None)
+        if c["kind"] == "straggler":
+            evidence["root_cost_ns"] = int(round(root.get(c["ranks"][0], 0.0)))
+            wait_saved = evidence["root_cost_ns"]
+        if c["kind"] == "slow_link":
+            link = rc.causes[(rc.causes["kind"] == "link") & (rc.causes["node"] == c["nodes"][0])]
+            evidence["root_cost_ns"] = int(link["cost_ns"].sum())
+        if c["kind"] == "pipeline_bubble":
+            evidence["structural_wait_ns"] = rc.structural["pipeline_bubble"]
         rows.append({"kind": c["kind"], "title": _title(c, saving, pct, wall, wait_saved, ctx),
                      "saving_ns": int(round(saving)), "saving_pct": round(pct, 2), "ranks": c["ranks"],
                      "nodes": c["nodes"], "ops": c["ops"], "evidence": evidence, "next": c["next"]})

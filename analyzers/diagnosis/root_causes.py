@@ -1,0 +1,238 @@
+"""Root causes of waiting: every nanosecond of sync wait charged to what caused it.
+
+After Scalasca's root-cause analysis (Böhme et al., ACM TOPC 2016): a member waits at a
+collective because the last member arrived later; that lateness is the last member's *delay*,
+and a delay that was itself waiting propagates to whatever caused that wait. Here the
+propagation follows the dependency graph directly: member ``i``'s wait, the window
+``[arrive_i, release]``, is laid over the chain of work and transfers that led to the release
+(the critical chain into that collective: at every earlier wait it jumps to whoever was waited
+for, so waiting itself is never charged). Each piece of the chain that the window covers is
+split into
+
+- its **excess** over its peers (the same segment of the other ranks of its pipeline stage, at
+  the same place in the program; for a transfer also the part a slow NIC added: its bottleneck
+  node's port rate against the other nodes'), charged as a root cause: the piece's rank, op
+  class and phase, and kind (compute, memory, host, idle gap), or the slow NIC's node;
+- the rest, the work its peers do too: **structural** waiting (a pipeline's stages waiting for
+  each other, or imbalance of the work itself), charged to ``pipeline_bubble`` when the wait is
+  at a pipeline send/recv and to ``imbalance`` otherwise.
+
+The excess of a piece sits at its end (the time a peer would already be done), so a window that
+covers only a piece's tail takes its excess first. The charges of every wait sum to the wait:
+root causes + structural = total sync wait, exactly (a test holds it). A rank that is late only
+because it waited elsewhere has no excess of its own and is charged nothing.
+
+The walk is vectorized over all waits at once, one hop up the chains per round (the rounds are
+the longest chain a window spans, not the number of waits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.diagnosis.critical_path import chain
+from sohuprof.analyzers.diagnosis.graph import Graph
+from sohuprof.analyzers.diagnosis.replay import Replay
+
+__all__ = ["RootCauses", "root_causes", "CAUSE_KINDS"]
+
+#: Kinds a rank's own excess is charged to (a slow NIC's is ``link``).
+CAUSE_KINDS = ("compute", "memory", "host", "idle", "transfer", "link")
+_MAX_HOPS = 1 << 20
+
+
+@dataclass(frozen=True)
+class RootCauses:
+    """Waiting charged to causes.
+
+    Attributes
+    ----------
+    causes : pandas.DataFrame
+        ``rank`` (-1 for a NIC), ``node``, ``kind``, ``op``, ``phase``, ``cost_ns``: one row per
+        cause, largest first.
+    by_rank : pandas.DataFrame
+        ``rank, root_cost_ns``: each rank's own excess's cost, directly and through propagation.
+    structural : dict
+        ``{"pipeline_bubble": ns, "imbalance": ns}``: waiting no rank's excess explains.
+    total_wait_ns : int
+        The waiting charged (Scalasca's ``min(release, leave) - arrive`` of every member).
+    """
+
+    causes: pd.DataFrame
+    by_rank: pd.DataFrame
+    structural: dict
+    total_wait_ns: int
+
+
+def _peer_reference(values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Per element: the median of the other elements of its group (the other one's value in a
+    pair; a group of one is its own reference)."""
+    frame = pd.DataFrame({"g": group, "v": values})
+    grouped = frame.groupby("g")["v"]
+    size = grouped.transform("size").to_numpy()
+    total = grouped.transform("sum").to_numpy()
+    median = grouped.transform("median").to_numpy()
+    return np.where(size == 1, values, np.where(size == 2, total - values, median))
+
+
+def _nic_excess(g: Graph, ctx: AnalysisContext, transfer: np.ndarray, inst_p: np.ndarray,
+                has_transfer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per node: the part of its transfer a slow NIC added (the instance's bottleneck node's port
+    rate against the median node's) and that node (-1: none)."""
+    from sohuprof.analyzers.diagnosis.whatif import node_rates
+
+    N = len(transfer)
+    try:
+        from sohuprof.analyzers.reports.comm import nic_table
+        nics = nic_table(ctx)
+    except ImportError:   # pragma: no cover
+        nics = pd.DataFrame()
+    if not len(nics) or not g.anchors:
+        return np.zeros(N), np.full(N, -1)
+    rates = node_rates(ctx)
+    typical = float(np.median(nics["rate"].to_numpy(float)))
+    node_of = ctx.ranks.set_index("rank")["node"]
+    member_node = node_of.reindex(g.ranks).fillna(-1).to_numpy(np.int64)[g.rank_of]
+    keys = np.array(sorted(rates))
+    rate = np.array([rates[k] for k in keys])[np.clip(np.searchsorted(keys, member_node), 0, len(keys) - 1)]
+    I = len(g.inst_key)
+    slowest = np.full(I, np.inf)
+    np.minimum.at(slowest, g.inst, rate)
+    first_node = np.full(I, np.iinfo(np.int64).max)
+    np.minimum.at(first_node, g.inst, member_node)
+    last_node = np.full(I, -1)
+    np.maximum.at(last_node, g.inst, member_node)
+    spans = first_node != last_node
+    # The bottleneck node of each instance: its member on the slowest NIC.
+    at_slowest = rate <= slowest[g.inst]
+    who = np.full(I, -1)
+    np.maximum.at(who, g.inst[at_slowest], member_node[at_slowest])
+    frac = np.where(spans & (slowest < typical), 1 - slowest / typical, 0.0)
+    ex = np.where(has_transfer, transfer * frac[inst_p], 0.0)
+    return ex, np.where(ex > 0, who[inst_p], -1)
+
+
+def root_causes(g: Graph, rep: Replay, ctx: AnalysisContext) -> RootCauses:
+    """Charge every member's wait at every collective to root causes (see the module docstring)."""
+    from sohuprof.analyzers.diagnosis.findings import roles
+
+    A, R = g.anchors, len(g.ranks)
+    ch = chain(g, rep)
+    N = A + R
+    t, s = ch.node_time, ch.seg_start
+    q = s - ch.transfer
+    node_rank = np.r_[g.rank_of, np.arange(R)]
+    ordinal = np.r_[np.arange(A) - g.start_of_rank[g.rank_of] if A else np.zeros(0, np.int64), np.full(R, -1)]
+    role = roles(ctx, g.ranks)[node_rank]
+    group = role.astype(np.int64) * (1 << 32) + (ordinal + 1)
+    seg_len = np.clip(t - s, 0, None)
+    ex_seg = np.clip(seg_len - _peer_reference(seg_len, group), 0, None)
+    has_tr = (ch.node_prev >= 0) & ch.via
+    tr = np.where(has_tr, ch.transfer, 0.0)
+    ex_tr_peer = np.clip(tr - _peer_reference(tr, group), 0, None)
+    ex_nic, nic_node = _nic_excess(g, ctx, tr, ch.inst_p, has_tr)
+    ex_tr = np.maximum(ex_tr_peer, ex_nic)
+    by_nic = ex_nic >= ex_tr_peer
+    # The waits: every collective member's Scalasca wait.
+    coll = np.flatnonzero(~g.is_barrier)
+    rel = ch.release
+    wait = np.clip(np.minimum(rel[g.inst[coll]], rep.leave[coll, 0]) - rep.arrive[coll, 0], 0, None)
+    keep = wait > 0
+    w_anchor = coll[keep]
+    w = wait[keep]
+    lo = rep.arrive[w_anchor, 0]
+    hi = rel[g.inst[w_anchor]]
+    x = rep.last[g.inst[w_anchor]]
+    hits_node, hits_seg, hits_tr, hits_wait = [], [], [], []
+    active = np.arange(len(w))
+    hops = 0
+    while len(active) and hops < _MAX_HOPS:   # one hop up every chain per round
+        hops += 1
+        xa, a, b = x[active], lo[active], hi[active]
+        cov_seg = np.clip(np.minimum(b, t[xa]) - np.maximum(a, s[xa]), 0, None)
+        cov_tr = np.clip(np.minimum(b, s[xa]) - np.maximum(a, q[xa]), 0, None)
+        hits_node.append(xa)
+        hits_wait.append(active)
+        hits_seg.append(np.minimum(cov_seg, ex_seg[xa]))
+        hits_tr.append(np.minimum(cov_tr, ex_tr[xa]))
+        nxt = ch.pred[xa]
+        go = (a < q[xa]) & (nxt >= 0)
+        x[active[go]] = nxt[go]
+        active = active[go]
+    hit = np.concatenate(hits_node) if hits_node else np.zeros(0, np.int64)
+    seg_charge = np.bincount(hit, weights=np.concatenate(hits_seg) if hits_seg else None, minlength=N)
+    tr_charge = np.bincount(hit, weights=np.concatenate(hits_tr) if hits_tr else None, minlength=N)
+    total = float(w.sum())
+    own = float(seg_charge.sum() + tr_charge.sum())
+    # Structural: what no excess explains, by where the waiting happened.
+    kinds = _instance_kinds(g, ctx)
+    wait_kind = kinds[g.inst[w_anchor]] if len(w_anchor) else np.zeros(0, object)
+    # Each wait's own share, to split the structural rest by the wait's instance kind.
+    own_per_wait = np.bincount(np.concatenate(hits_wait), minlength=len(w),
+                               weights=np.concatenate(hits_seg) + np.concatenate(hits_tr)) if hits_wait else np.zeros(len(w))
+    rest = np.clip(w - own_per_wait, 0, None)
+    pipeline = np.isin(wait_kind.astype(str), ["send", "send_recv", "recv"]) if len(wait_kind) else np.zeros(0, bool)
+    structural = {"pipeline_bubble": int(round(rest[pipeline].sum())),
+                  "imbalance": int(round(total - own - rest[pipeline].sum()))}
+    causes = _cause_table(g, ctx, seg_charge, tr_charge, by_nic, nic_node, node_rank)
+    by_rank = (causes[causes["rank"] >= 0].groupby("rank", as_index=False)["cost_ns"].sum()
+               .rename(columns={"cost_ns": "root_cost_ns"}))
+    return RootCauses(causes=causes, by_rank=by_rank, structural=structural, total_wait_ns=int(round(total)))
+
+
+def _instance_kinds(g: Graph, ctx: AnalysisContext) -> np.ndarray:
+    """Each instance's collective kind (``barrier`` for step barriers)."""
+    inst = ctx.instances
+    kind = pd.Series(inst["kind"].astype(str).to_numpy(), index=inst["coll_id"].to_numpy())
+    out = kind.reindex(g.inst_key).to_numpy(object)
+    out[g.inst_key < 0] = "barrier"
+    return np.where(pd.isna(out), "unknown", out)
+
+
+def _cause_table(g: Graph, ctx: AnalysisContext, seg_charge: np.ndarray, tr_charge: np.ndarray,
+                 by_nic: np.ndarray, nic_node: np.ndarray, node_rank: np.ndarray) -> pd.DataFrame:
+    """Charges by (rank, node, kind, op, phase): a segment's charge split over its ops by their
+    exposed time, the rest of it (gaps) idle; a transfer's to its rank or its slow NIC's node."""
+    node_of = ctx.ranks.set_index("rank")["node"]
+    rank_node = node_of.reindex(g.ranks).fillna(-1).to_numpy(np.int64)
+    rows = []
+    # Segments: over their op rows, by exposed time.
+    busy = np.bincount(g.op_seg, weights=g.op_time, minlength=len(seg_charge)) if len(g.op_seg) else np.zeros(len(seg_charge))
+    span = g.kinds.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share_busy = np.where(span > 0, np.minimum(busy / span, 1.0), 0.0)
+        per_op = np.where(busy[g.op_seg] > 0, seg_charge[g.op_seg] * share_busy[g.op_seg] * g.op_time / busy[g.op_seg], 0.0) \
+            if len(g.op_seg) else np.zeros(0)
+    idle_charge = seg_charge * (1 - share_busy)
+    if len(g.op_seg):
+        frame = pd.DataFrame({"rank_pos": node_rank[g.op_seg], "key": g.op_key, "cost_ns": per_op})
+        frame = frame[frame["cost_ns"] > 0].groupby(["rank_pos", "key"], as_index=False)["cost_ns"].sum()
+        ops = [g.op_keys[k] for k in frame["key"]]
+        op = [o for o, _ in ops]
+        frame = frame.assign(op=op, phase=[f for _, f in ops],
+                             kind=["memory" if o == "memcpy" else "host" if o == "host" else "compute" for o in op])
+        rows.append(frame.drop(columns="key"))
+    idle = pd.DataFrame({"rank_pos": node_rank, "cost_ns": idle_charge})
+    idle = idle[idle["cost_ns"] > 0].groupby("rank_pos", as_index=False)["cost_ns"].sum().assign(
+        op=None, phase=None, kind="idle")
+    rows.append(idle)
+    own_tr = ~by_nic | (nic_node < 0)
+    tr_rank = pd.DataFrame({"rank_pos": node_rank[own_tr], "cost_ns": tr_charge[own_tr]})
+    tr_rank = tr_rank[tr_rank["cost_ns"] > 0].groupby("rank_pos", as_index=False)["cost_ns"].sum().assign(
+        op=None, phase=None, kind="transfer")
+    rows.append(tr_rank)
+    table = pd.concat(rows, ignore_index=True)
+    table["rank"] = g.ranks[table["rank_pos"].to_numpy(np.int64)] if len(table) else []
+    table["node"] = rank_node[table["rank_pos"].to_numpy(np.int64)] if len(table) else []
+    nic = pd.DataFrame({"node": nic_node[~own_tr], "cost_ns": tr_charge[~own_tr]})
+    nic = nic[(nic["cost_ns"] > 0) & (nic["node"] >= 0)].groupby("node", as_index=False)["cost_ns"].sum().assign(
+        rank=-1, op=None, phase=None, kind="link")
+    table = pd.concat([table.drop(columns="rank_pos"), nic], ignore_index=True)
+    table["cost_ns"] = table["cost_ns"].round().astype("int64")
+    table = table[table["cost_ns"] > 0]
+    cols = ["rank", "node", "kind", "op", "phase", "cost_ns"]
+    return table.sort_values(["cost_ns", "rank"], ascending=[False, True])[cols].reset_index(drop=True)
