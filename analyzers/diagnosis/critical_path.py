@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.diagnosis.graph import GRAPH_COLUMNS, KINDS, Graph, graph_of, rank_graph
+from sohuprof.analyzers.diagnosis.graph import GRAPH_COLUMNS, Graph, graph_of, incomplete_collectives, rank_graph
 from sohuprof.analyzers.diagnosis.replay import Replay, replay
 from sohuprof.analyzers.partition import Partition
 
@@ -42,6 +42,7 @@ class CriticalPath:
     by_rank: pd.DataFrame
     steps: pd.DataFrame
     on_path: np.ndarray = None       # [A + R] nodes on the path (for the findings)
+    notes: tuple = ()                # what the path could not follow, and why
 
     def to_json(self) -> dict[str, Any]:
         from sohuprof.analyzers.reports.comm import records
@@ -50,7 +51,7 @@ class CriticalPath:
                 "by_kind": records(self.by_kind, ["kind", "time_ns", "share"]),
                 "by_op": records(self.by_op, ["op", "phase", "time_ns", "share"]),
                 "by_rank": records(self.by_rank, ["rank", "time_ns", "share"]),
-                "steps": records(self.steps, ["step", "start_ns", "end_ns", "top_op"])}
+                "steps": records(self.steps, ["step", "start_ns", "end_ns", "top_op"]), "notes": list(self.notes)}
 
 
 def diagnosis_chunk(part: Partition, ctx: AnalysisContext):
@@ -177,7 +178,9 @@ def critical_path(g: Graph, rep: Replay, ctx: AnalysisContext) -> CriticalPath:
     by_kind["share"] = by_kind["time_ns"] / max(path_ns, 1)
     # By op class and phase: the sparse composition of the segments on the path.
     rows = on[g.op_seg] if len(g.op_seg) else np.zeros(0, bool)
-    op_t = pd.DataFrame({"key": g.op_key[rows], "time_ns": g.op_time[rows],
+    seg_scale = np.ones(A + R)
+    seg_scale[idx] = scale          # a segment's ops, like its kinds, fit in its piece of the path
+    op_t = pd.DataFrame({"key": g.op_key[rows], "time_ns": g.op_time[rows] * seg_scale[g.op_seg[rows]],
                          "seg": g.op_seg[rows]})
     by_op = op_t.groupby("key", as_index=False)["time_ns"].sum()
     by_op["op"] = [g.op_keys[k][0] for k in by_op["key"]]
@@ -212,7 +215,8 @@ def critical_path(g: Graph, rep: Replay, ctx: AnalysisContext) -> CriticalPath:
     for c in ("start_ns", "end_ns"):
         steps[c] = steps[c].round().astype("int64")
     return CriticalPath(wall_ns=ctx.wall_ns, path_ns=path_ns, by_kind=by_kind, by_op=by_op.reset_index(drop=True),
-                        by_rank=by_rank.reset_index(drop=True), steps=steps.reset_index(drop=True), on_path=on)
+                        by_rank=by_rank.reset_index(drop=True), steps=steps.reset_index(drop=True), on_path=on,
+                        notes=tuple(incomplete_collectives(ctx)[1]))
 
 
 class _CriticalPath:

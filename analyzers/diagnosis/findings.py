@@ -48,12 +48,13 @@ class Findings:
 
     table: pd.DataFrame
     wall_ns: int
+    notes: tuple = ()
 
     def to_json(self) -> dict[str, Any]:
         rows = []
         for row in self.table[_COLUMNS].to_dict(orient="records"):   # one per finding
             rows.append({k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()})
-        return {"wall_ns": self.wall_ns, "findings": rows}
+        return {"wall_ns": self.wall_ns, "findings": rows, "notes": list(self.notes)}
 
 
 def roles(ctx: AnalysisContext, ranks: np.ndarray) -> np.ndarray:
@@ -179,12 +180,51 @@ def _candidates(g: Graph, ctx: AnalysisContext, cp: Any) -> list[dict]:
                     "evidence": {"pp": int(plan["pp"]), "busiest_rank_busy_ns": int(bound),
                                  "mean_busy_share": round(float(busy.mean()) / max(ctx.wall_ns, 1), 3)},
                     "next": f"sohuprof analyze {ctx.store.path} --report stalls,critical_path"})
-    # Host work that opens every step.
-    if g.is_barrier.any():
+    # Host work on the path: what opens every step, and CPU time with no device work under it.
+    host_path = float(cp.by_kind.set_index("kind").at["host", "time_ns"])
+    if g.is_barrier.any() or host_path > 0:
         out.append({"kind": "host_overhead", "ranks": [], "nodes": [], "ops": ["host"],
                     "scenario": Scenario("host=free", (Change("host", what="free", factor=0.0),)),
-                    "evidence": {"steps": int(len(np.unique(g.inst[g.is_barrier])))},
+                    "evidence": {"steps": int(len(np.unique(g.inst[g.is_barrier]))), "host_on_path_ns": int(host_path)},
                     "next": f"sohuprof analyze {ctx.store.path} --report critical_path"})
+    # Gaps on the path that no op fills (launch and dependency latency, waiting for input).
+    idle_path = float(cp.by_kind.set_index("kind").at["idle", "time_ns"])
+    out.append({"kind": "idle", "ranks": [], "nodes": [], "ops": [], "scenario": None,
+                "bound_saving_ns": idle_path, "evidence": {"idle_on_path_ns": int(idle_path)},
+                "next": f"sohuprof analyze {ctx.store.path} --report critical_path,stalls"})
+    out += _imbalance(g, ctx, role, ratio)
+    return out
+
+
+def _imbalance(g: Graph, ctx: AnalysisContext, role: np.ndarray, ratio: np.ndarray) -> list[dict]:
+    """Load imbalance: an op class whose time differs between the ranks of one stage though the
+    ranks themselves run at their peers' speed (MoE experts receiving unequal tokens, replicas with
+    unequal batches). Priced by replaying every rank's time in that class at its stage's mean."""
+    R, K = len(g.ranks), max(len(g.op_keys), 1)
+    seg_rank = np.r_[g.rank_of, np.arange(R)]
+    if not len(g.op_seg) or R < 2:
+        return []
+    row_rank = seg_rank[g.op_seg]
+    T = np.bincount(row_rank * K + g.op_key, weights=g.op_dur, minlength=R * K).reshape(R, K)
+    out = []
+    for r in np.unique(role):                       # a loop over stages
+        mine = np.flatnonzero((role == r) & (ratio < STRAGGLER_RATIO))
+        if len(mine) < 2:
+            continue
+        mean = T[mine].mean(axis=0)
+        spread = np.where(mean > 0, T[mine].max(axis=0) / np.maximum(mean, 1e-9), 1.0)
+        for k in np.flatnonzero((spread >= 1.10) & (mean >= 0.02 * T[mine].sum(axis=1).mean())):   # a few classes
+            op, phase = g.op_keys[int(k)]
+            if op in (None, "host"):
+                continue
+            factor = np.ones(R)
+            factor[mine] = np.where(T[mine, k] > 0, mean[k] / np.maximum(T[mine, k], 1e-9), 1.0)
+            out.append({"kind": "load_imbalance", "ranks": g.ranks[mine[np.argsort(-T[mine, k])[:3]]].tolist(),
+                        "nodes": [], "ops": [f"{op}/{phase}" if phase else op], "scenario": None,
+                        "row_factor": (int(k), factor),
+                        "evidence": {"max_over_mean": round(float(spread[k]), 3), "stage": int(r),
+                                     "ranks_in_stage": int(len(mine))},
+                        "next": f"sohuprof analyze {ctx.store.path} --report roofline,stalls"})
     return out
 
 
@@ -210,8 +250,17 @@ def _title(c: dict, saving_ns: float, pct: float, wall: float, wait_saved: float
         return (f"the {ev['pp']} pipeline stages mostly run one after another (ranks busy "
                 f"{100 * ev['mean_busy_share']:.0f} % of the wall on average); keeping every stage busy "
                 f"(micro-batches in flight) would save up to ~{pct:.0f} %")
+    if c["kind"] == "idle":
+        return (f"the critical path is idle {100 * ev['idle_on_path_ns'] / wall:.0f} % of the wall (gaps no op "
+                f"fills: launch or dependency latency, waiting for input); closing them would save up to ~{pct:.0f} %")
+    if c["kind"] == "load_imbalance":
+        return (f"{c['ops'][0]} takes up to {ev['max_over_mean']:.2f}x the mean time on the {ev['ranks_in_stage']} "
+                f"ranks of stage {ev['stage']} (most on rank {c['ranks'][0]}); balancing it saves ~{pct:.1f} %")
     if c["kind"] == "host_overhead":
-        return f"host scheduling work opens each of {ev['steps']} steps; without it the run saves ~{pct:.1f} %"
+        if ev["steps"]:
+            return f"host scheduling work opens each of {ev['steps']} steps; without it the run saves ~{pct:.1f} %"
+        return (f"the host (CPU) is on the critical path for {_fmt_ms(ev['host_on_path_ns'])} with no device work "
+                f"under it (launch-bound); hiding it would save ~{pct:.1f} %")
     return f"{c['kind']}: saves ~{pct:.1f} %"
 
 
@@ -226,9 +275,18 @@ def findings(g: Graph, ctx: AnalysisContext) -> Findings:
     nodes = dict(zip(ctx.ranks["rank"].astype(int).tolist(), ctx.ranks["node"].astype(int).tolist()))
     scenarios = [c["scenario"] or Scenario("none") for c in cands]
     delta, tscale = scenario_inputs(g, scenarios, ctx, nodes)
-    for s, sc in enumerate(scenarios, start=1):      # the changes scenario_inputs leaves to us
+    for s, (sc, c) in enumerate(zip(scenarios, cands), start=1):      # what scenario_inputs leaves to us
         if any(ch.target == "host" for ch in sc.changes):
             tscale[g.is_barrier, s] = 0.0
+            delta[:, s] -= g.kinds[:, 3]
+        if "row_factor" in c:
+            k, factor = c["row_factor"]
+            rows = g.op_key == k
+            seg_rank = np.r_[g.rank_of, np.arange(len(g.ranks))]
+            f = factor[seg_rank[g.op_seg[rows]]]
+            delta[:, s] += np.bincount(g.op_seg[rows], weights=(f - 1) * g.op_time[rows], minlength=len(delta))
+            c["scenario"] = None
+            c["replayed"] = True
     rep = replay(g, delta, tscale)
     walls = rep.wall_end - ctx.wall_start
     waits = rep.sync_wait(g)
@@ -236,7 +294,8 @@ def findings(g: Graph, ctx: AnalysisContext) -> Findings:
     root = dict(zip(rc.by_rank["rank"].astype(int).tolist(), rc.by_rank["root_cost_ns"].astype(float).tolist()))
     rows = []
     for s, c in enumerate(cands, start=1):           # one per candidate
-        saving = float(walls[0] - walls[s]) if c["scenario"] is not None else c["bound_saving_ns"]
+        replayed = c["scenario"] is not None or c.get("replayed", False)
+        saving = float(walls[0] - walls[s]) if replayed else c["bound_saving_ns"]
         pct = 100.0 * saving / wall
         if pct < MIN_SAVING_PCT:
             continue
@@ -256,7 +315,10 @@ def findings(g: Graph, ctx: AnalysisContext) -> Findings:
                      "nodes": c["nodes"], "ops": c["ops"], "evidence": evidence, "next": c["next"]})
     table = pd.DataFrame(rows, columns=_COLUMNS)
     table = table.sort_values("saving_ns", ascending=False, kind="stable").reset_index(drop=True)
-    return Findings(table, int(wall))
+    notes = list(cp.notes)
+    if ctx.hardware is None:
+        notes.append("no roofline findings: the trace has no hardware roofs and no FLOP or byte counts")
+    return Findings(table, int(wall), tuple(notes))
 
 
 def baseline_of(g: Graph, ctx: AnalysisContext):

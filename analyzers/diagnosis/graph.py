@@ -31,10 +31,11 @@ import numpy as np
 
 from sohuprof.analyzers.activity import collective_rows
 from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.intervals import covered_before_sequential, merge
 from sohuprof.analyzers.partition import Partition, as_partition
 
 __all__ = ["GRAPH_COLUMNS", "KINDS", "RankGraph", "Graph", "rank_graph", "graph_of", "BARRIER_BASE",
-           "replica_of_rank"]
+           "incomplete_collectives", "replica_of_rank"]
 
 #: Event columns the graph is built from.
 GRAPH_COLUMNS = ("rank", "ts", "dur", "category", "op", "phase", "step", "coll_id", "stall_mem_ns", "flops",
@@ -94,6 +95,49 @@ class RankGraph:
     @property
     def anchors(self) -> int:
         return len(self.key)
+
+
+def incomplete_collectives(ctx: AnalysisContext) -> tuple[np.ndarray, list[str]]:
+    """Collective instances some of whose members are not in the trace (sorted coll_ids) and
+    why: they are transfers here, not synchronisation, since who was waited for is unknown.
+
+    A Sohu run records every member. A profiler trace declares its process groups' sizes (or
+    only its world size): an instance with fewer members than its group, or any instance of a
+    trace holding fewer ranks than its world when group sizes are not declared, is incomplete.
+    """
+    memo = ctx.memo
+    out = memo.get("incomplete")
+    if out is not None:
+        return out
+    if ctx.is_sohu or not ctx.has_collectives:
+        out = memo["incomplete"] = (np.zeros(0, np.int64), [])
+        return out
+    from sohuprof.analyzers.reports.comm import _group_sizes
+
+    inst = ctx.instances
+    declared = _group_sizes(ctx)
+    world = (ctx.store.manifest.get("parallel") or {}).get("world_size")
+    present = len(ctx.ranks)
+    size = inst["group"].map(declared).to_numpy(dtype=float, na_value=np.nan)
+    unknown = np.isnan(size)
+    short = np.where(unknown, isinstance(world, int) and present < world, inst["n"].to_numpy() < np.nan_to_num(size))
+    ids = np.sort(inst["coll_id"].to_numpy(np.int64)[short])
+    notes = []
+    if len(ids):
+        groups = sorted(set(inst["group"].to_numpy()[short].tolist()))
+        what = (f"the trace holds {present} of {world} ranks and declares no group sizes" if unknown[short].any()
+                and isinstance(world, int) else "some groups' members are missing from the trace")
+        notes.append(f"{len(ids):,} collectives of group(s) {', '.join(map(str, groups[:5]))}"
+                     f"{' ...' if len(groups) > 5 else ''} lack members ({what}): they count as transfers, "
+                     "not synchronisation; waits and root causes need every member")
+    out = memo["incomplete"] = (ids, notes)
+    return out
+
+
+def _busy_union(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The union of intervals (sorted by start) as disjoint sorted intervals."""
+    m = merge(start, end)
+    return m.start, m.end
 
 
 def _roof_ns(part: Partition, ctx: AnalysisContext, rows: np.ndarray) -> np.ndarray:
@@ -161,6 +205,9 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     comm_rows = order[where.get("communication", slice(0, 0))]
     cid, mine, pos, found = collective_rows(part, ctx)
     is_anchor_comm = found & (cid >= 0)
+    missing, _ = incomplete_collectives(ctx)
+    if len(missing):
+        is_anchor_comm &= ~np.isin(cid, missing)
     a_rows = comm_rows[is_anchor_comm]
     a_release = mine["start"][pos[is_anchor_comm]] if len(mine["start"]) else np.zeros(0, np.int64)
     a_key = cid[is_anchor_comm]
@@ -188,9 +235,28 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     w_ts, w_end = ts[w], end[w]
     # Each event's exposed time: what it adds to the union of the rank's work (a sequential
     # stream's ops count whole; an op running under another counts only what sticks out).
-    prev_end = np.maximum.accumulate(np.r_[np.iinfo(np.int64).min, w_end])[:-1] if len(w) else w_end
-    exposed = np.clip(w_end - np.maximum(w_ts, prev_end), 0, None).astype(float)
-    gap_before = np.clip(w_ts - prev_end, 0, None)
+    # Device work comes first: host (CPU) ops count only where no device op runs, as a
+    # profiler trace's CPU thread runs ahead of the GPU streams it feeds.
+    cat_codes, cat_values = part.codes("category")
+    is_host_w = np.array([v == "host" for v in cat_values] + [False])[cat_codes[w]]
+    dev = ~is_host_w
+    exposed = np.zeros(len(w))
+    prev_end = np.full(len(w), np.iinfo(np.int64).min, np.int64)
+    for mask in (dev, is_host_w):      # two streams of events: device, then host
+        if not mask.any():
+            continue
+        s_ts, s_end = w_ts[mask], w_end[mask]
+        before = np.maximum.accumulate(np.r_[np.iinfo(np.int64).min, s_end])[:-1]
+        exposed[mask] = np.clip(s_end - np.maximum(s_ts, before), 0, None)
+        prev_end[mask] = before
+    if dev.any() and is_host_w.any():
+        busy = _busy_union(w_ts[dev], w_end[dev])
+        h_lo = np.maximum(w_ts[is_host_w], prev_end[is_host_w])
+        h_hi = np.maximum(w_end[is_host_w], h_lo)
+        under = covered_before_sequential(busy[0], busy[1], h_hi) - covered_before_sequential(busy[0], busy[1], h_lo)
+        exposed[is_host_w] = np.clip(exposed[is_host_w] - under, 0, None)
+    dev_before = np.maximum.accumulate(np.r_[np.iinfo(np.int64).min, w_end])[:-1] if len(w) else w_end
+    gap_before = np.clip(w_ts - dev_before, 0, None)
     all_prev_end = np.maximum.accumulate(np.r_[ts[0] if n else 0, end])[:-1] if n else end
     a_ts = ts[rows]
     # A barrier's arrival is the end of the rank's previous work (at its first event: its start).
@@ -218,7 +284,6 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
         joined[np.unique(j[wait_end])] = True
     # Segment composition.
     J = len(rows) + 1
-    cat_codes, cat_values = part.codes("category")
     cat_of = np.array([{"compute": 0, "memory": 2, "host": 3}.get(v, 0) for v in cat_values] + [0])[cat_codes[w]]
     stall = part.ints("stall_mem_ns")[w].astype(float) if part.has("stall_mem_ns") else np.zeros(len(w))
     dur_w = (w_end - w_ts).astype(float)

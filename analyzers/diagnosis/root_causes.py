@@ -188,7 +188,7 @@ def _instance_kinds(g: Graph, ctx: AnalysisContext) -> np.ndarray:
     """Each instance's collective kind (``barrier`` for step barriers)."""
     inst = ctx.instances
     kind = pd.Series(inst["kind"].astype(str).to_numpy(), index=inst["coll_id"].to_numpy())
-    out = kind.reindex(g.inst_key).to_numpy(object)
+    out = kind.reindex(g.inst_key).to_numpy(object).copy()
     out[g.inst_key < 0] = "barrier"
     return np.where(pd.isna(out), "unknown", out)
 
