@@ -161,3 +161,46 @@ def test_median_of_others_matches_the_direct_median() -> None:
         values[0, 0] = values[1, 0]            # ties
         direct = np.array([np.median(np.delete(values, i, axis=0), axis=0) for i in range(n)])
         assert np.allclose(_median_of_others(values), direct)
+
+
+def _root_causes(store: Path):
+    from sohuprof.analyzers.diagnosis.critical_path import CRITICAL_PATH
+    from sohuprof.analyzers.diagnosis.root_causes import root_causes
+
+    ctx = build_context(open_store(store))
+
+    class _Base(type(CRITICAL_PATH)):
+        name = "base"
+
+        def combine(self, partials, ctx):
+            return baseline(partials, ctx)
+
+    g, rep = run_analyses(ctx, [_Base()])["base"]
+    return root_causes(g, rep, ctx)
+
+
+def test_root_causes_charge_every_nanosecond_of_waiting_and_blame_the_straggler(tmp_path: Path) -> None:
+    rng = np.random.default_rng(31)
+    kw = PLANS["tp+pp"](3)
+    rank = int(rng.integers(6))
+    rc = _root_causes(_store(tmp_path, "s", [f"straggler:rank={rank},slowdown=1.4"], seed=8, **kw))
+    charged = int(rc.causes["cost_ns"].sum()) + sum(rc.structural.values())
+    assert abs(charged - rc.total_wait_ns) <= len(rc.causes) + 2      # per-row rounding only
+    assert rc.total_wait_ns > 0
+    top = rc.by_rank.sort_values("root_cost_ns", ascending=False)
+    assert int(top["rank"].iloc[0]) == rank
+    # The straggler's peers wait for it but are not its cause: each is charged far less.
+    rest = top[top["rank"] != rank]["root_cost_ns"]
+    assert rest.empty or rest.max() < 0.2 * top["root_cost_ns"].iloc[0]
+    # Its own cause is compute, in the op classes it runs.
+    mine = rc.causes[rc.causes["rank"] == rank]
+    assert mine.groupby("kind")["cost_ns"].sum().idxmax() == "compute"
+
+
+def test_root_causes_of_a_clean_run_are_structural(tmp_path: Path) -> None:
+    rc = _root_causes(_store(tmp_path, "c", [], seed=8, **PLANS["tp+pp"](3)))
+    assert rc.total_wait_ns > 0
+    own = int(rc.causes["cost_ns"].sum())
+    # Jitter makes every rank a little late now and then; no rank's share is more than noise.
+    assert own < 0.1 * rc.total_wait_ns
+    assert rc.structural["pipeline_bubble"] > 0.5 * rc.total_wait_ns
