@@ -251,50 +251,24 @@ def _report_names(ctx: click.Context, param: click.Parameter, value: str | None)
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-@cli.command(epilog="""\b
-Examples:
-  sohuprof analyze store/                                  # every report that applies, as tables
-  sohuprof analyze run/ --report roofline,stalls           # a raw run is collected on the fly
-  sohuprof analyze store/ --format json > report.json
-  sohuprof analyze store/ --format html -o report.html     # figures + tables, readable offline
-  sohuprof analyze trace.json.gz --report temporal,comm --hta-compatible
-  sohuprof analyze store/ --engine dask --scheduler tcp://10.0.0.5:8786""")
-@click.argument("source", type=click.Path(path_type=Path))
-@click.option("--report", "names", callback=_report_names,
-              help="Comma-separated: summary,roofline,stalls,comm,serving,temporal [default: all that apply].")
-@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json", "csv", "html"]))
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
-              help="Output file (json, html, table; - for stdout) or directory (csv). Default: stdout.")
-@click.option("--force", is_flag=True,
-              help="Replace an existing output file; for csv, write into a directory that is not an "
-                   "earlier csv output (its other files are kept).")
-@click.option("--hta-compatible", is_flag=True,
-              help="Select events as Holistic Trace Analysis does (drops unlaunched kernels and the last step).")
-@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "dask"]),
-              help="local: in-process, a rank at a time; dask: the same kernels as Dask tasks.")
-@click.option("--scheduler", metavar="tcp://HOST:PORT", callback=_scheduler,
-              help="Dask scheduler to use with --engine dask [default: start a LocalCluster].")
-@pass_cli
-def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, out: Path | None,
-            force: bool, hta_compatible: bool, engine: str, scheduler: str | None) -> None:
-    """Compute roofline, stall, communication, serving and temporal reports.
-
-    SOURCE is a trace store, or anything `collect` accepts (collected on the fly).
-    """
-    from sohuprof.analyzers import render
-    from sohuprof.analyzers.report import run_reports
-    from sohuprof.store import open_store_or_collect
-
+def _check_report_output(fmt: str, out: Path | None, force: bool, source: Path) -> None:
+    """Refuse an output before anything is read or computed (csv and html write files)."""
     from sohuprof import atomic
+    from sohuprof.analyzers import render
 
     if (fmt == "csv" and str(out) == atomic.STDOUT) or (fmt in ("csv", "html") and out is None):
         raise click.UsageError(f"--format {fmt} writes files: give -o {'DIR' if fmt == 'csv' else 'FILE.html'}")
-    if scheduler and engine != "dask":   # before a store is read or collected
-        raise click.UsageError("--scheduler needs --engine dask")
-    if fmt == "csv":   # refused before the analysis rather than after it
+    if fmt == "csv":
         atomic.check_marked_directory(out, marker=render.CSV_MARKER, force=force, inputs=[source])  # type: ignore[arg-type]
     elif out is not None:
         atomic.check_file_output(out, force=force, inputs=[source])
+
+
+def _compute_reports(obj: CliContext, source: Path, names: list[str] | None, **options: Any) -> Any:
+    """Open SOURCE (collecting it on the fly if it is not a store) and run the reports."""
+    from sohuprof.analyzers.report import run_reports
+    from sohuprof.store import open_store_or_collect
+
     with open_store_or_collect(source, show_progress=obj.show_progress) as store:
         if store.path != source:   # collected on the fly: say what was not kept, as collect would
             from sohuprof.collectors import losses_line
@@ -302,7 +276,14 @@ def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, ou
                                   "(`sohuprof collect` keeps them in quarantine.parquet)")
             if warning:
                 click.echo(warning, err=True)
-        reports = run_reports(store, names, hta_compatible=hta_compatible, engine=engine, scheduler=scheduler)
+        return run_reports(store, names, **options)
+
+
+def _write_reports(obj: CliContext, reports: Any, fmt: str, out: Path | None, force: bool) -> None:
+    """Print or write the reports in ``fmt`` (checked by :func:`_check_report_output`)."""
+    from sohuprof import atomic
+    from sohuprof.analyzers import render
+
     if fmt == "csv":
         render.write_csv(reports, out, force=force)  # type: ignore[arg-type]
     elif fmt == "html":
@@ -316,6 +297,105 @@ def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, ou
                 fh.write(text)
     if out is not None and atomic.output_kind(out) == "path" and not obj.quiet:
         click.echo(f"wrote {out}", err=True)
+
+
+def _check_specs(specs: tuple[str, ...] | list[str]) -> None:
+    """Read every what-if SPEC before the store is (a malformed one is one line, at once)."""
+    from sohuprof.analyzers.diagnosis.whatif import parse_scenario
+
+    for spec in specs:
+        parse_scenario(spec)
+
+
+@cli.command(epilog="""\b
+Examples:
+  sohuprof analyze store/                                  # every report that applies, as tables
+  sohuprof analyze run/ --report roofline,stalls           # a raw run is collected on the fly
+  sohuprof analyze store/ --report critical_path           # the chain that set the wall time
+  sohuprof analyze store/ --what-if comm=free --what-if rank=5:compute=0.77
+  sohuprof analyze store/ --format json > report.json
+  sohuprof analyze store/ --format html -o report.html     # figures + tables, readable offline
+  sohuprof analyze trace.json.gz --report temporal,comm --hta-compatible
+  sohuprof analyze store/ --engine dask --scheduler tcp://10.0.0.5:8786""")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--report", "names", callback=_report_names,
+              help="Comma-separated, from findings, summary, roofline, stalls, comm, serving, temporal, "
+                   "critical_path, whatif [default: all that apply].")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json", "csv", "html"]))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+              help="Output file (json, html, table; - for stdout) or directory (csv). Default: stdout.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing output file; for csv, write into a directory that is not an "
+                   "earlier csv output (its other files are kept).")
+@click.option("--what-if", "what_if", multiple=True, metavar="SPEC",
+              help="A change to predict, e.g. rank=5:compute=0.77 or comm=free (repeatable; adds the whatif "
+                   "report; `sohuprof whatif -h` lists the SPECs).")
+@click.option("--hta-compatible", is_flag=True,
+              help="Select events as Holistic Trace Analysis does (drops unlaunched kernels and the last step).")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "dask"]),
+              help="local: in-process, a rank at a time; dask: the same kernels as Dask tasks.")
+@click.option("--scheduler", metavar="tcp://HOST:PORT", callback=_scheduler,
+              help="Dask scheduler to use with --engine dask [default: start a LocalCluster].")
+@pass_cli
+def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, out: Path | None,
+            force: bool, what_if: tuple[str, ...], hta_compatible: bool, engine: str, scheduler: str | None) -> None:
+    """Compute roofline, stall, communication, serving, temporal and diagnosis reports.
+
+    SOURCE is a trace store, or anything `collect` accepts (collected on the fly).
+    """
+    if scheduler and engine != "dask":   # before a store is read or collected
+        raise click.UsageError("--scheduler needs --engine dask")
+    if names and "whatif" in names and not what_if:
+        raise click.ClickException("--report whatif needs a change to predict: add --what-if SPEC "
+                                   "(or run `sohuprof whatif STORE SPEC...`)")
+    _check_specs(what_if)
+    if names and what_if and "whatif" not in names:
+        names = [*names, "whatif"]
+    _check_report_output(fmt, out, force, source)   # refused before the analysis rather than after it
+    reports = _compute_reports(obj, source, names, hta_compatible=hta_compatible, engine=engine,
+                               scheduler=scheduler, what_if=what_if)
+    _write_reports(obj, reports, fmt, out, force)
+
+
+@cli.command(epilog="""\b
+Examples:
+  sohuprof whatif store/ rank=5:compute=0.77          # rank 5's compute in 77 % of its time
+  sohuprof whatif store/ comm=free link=node1:bandwidth=3 hw:hbm_bandwidth=2
+  sohuprof whatif run/ op=gemm,phase=decode:roof+comm=free --format json
+  sohuprof whatif store/ rank=5:compute=0.77 --format csv -o whatif/""")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("specs", nargs=-1, metavar="SPEC...")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json", "csv"]))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+              help="Output file (json, table; - for stdout) or directory (csv). Default: stdout.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing output file; for csv, write into a directory that is not an "
+                   "earlier csv output (its other files are kept).")
+@pass_cli
+def whatif(obj: CliContext, source: Path, specs: tuple[str, ...], fmt: str, out: Path | None, force: bool) -> None:
+    """Predict the wall time and tokens/s of a run after a change, by replaying its dependency graph.
+
+    SOURCE is a trace store, or anything `collect` accepts (collected on the fly). Each SPEC is
+    one scenario, several changes joined by '+' replayed together:
+
+    \b
+      rank=R:compute=F        rank R's compute ops (and their memory stalls) F times as long
+      rank=R:memory=F         rank R's DMA copies F times as long
+      op=OP[,phase=P]:roof    those ops at their roofline roof
+      op=OP[,phase=P]:scale=F those ops F times as long
+      link=nodeN:bandwidth=F  node N's NIC F times as fast
+      hw:hbm_bandwidth=F      every op re-timed with F times the HBM bandwidth (hw:peak_flops=F: FLOP/s)
+      comm=free               transfers cost nothing (waiting for the last member still happens)
+
+    The run is replayed whole: a change that shortens work others did not wait on buys nothing.
+    """
+    if not specs:
+        raise click.ClickException("whatif needs at least one SPEC, such as rank=5:compute=0.77 "
+                                   "(`sohuprof whatif -h` lists them)")
+    _check_specs(specs)
+    _check_report_output(fmt, out, force, source)
+    reports = _compute_reports(obj, source, ["whatif"], what_if=specs)
+    _write_reports(obj, reports, fmt, out, force)
 
 
 class RankList(click.ParamType):

@@ -18,7 +18,8 @@ import pandas as pd
 from sohuprof.analyzers.report import Reports
 from sohuprof.atomic import marked_directory, open_output
 
-__all__ = ["report_tables", "render_json", "render_table", "write_csv", "write_html", "FORMATS", "CSV_MARKER"]
+__all__ = ["report_tables", "reading_tables", "render_json", "render_table", "write_csv", "write_html", "FORMATS",
+           "CSV_MARKER"]
 
 FORMATS = ("table", "json", "csv", "html")
 
@@ -35,7 +36,12 @@ def _flatten(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def report_tables(name: str, data: dict[str, Any]) -> list[tuple[str, pd.DataFrame]]:
-    """A report's JSON as titled tables: scalars in one overview row, each list its own table."""
+    """A report's JSON as titled tables (what CSV writes): scalars in one overview row, each list
+    its own table; the what-if's scenarios and their steps as two tidy tables."""
+    if name == "whatif":
+        from sohuprof.analyzers.render.diagnosis import whatif_tables
+
+        return whatif_tables(data)
     tables: list[tuple[str, pd.DataFrame]] = []
     scalars = {k: v for k, v in data.items() if not isinstance(v, list)}
     if scalars:
@@ -47,18 +53,40 @@ def report_tables(name: str, data: dict[str, Any]) -> list[tuple[str, pd.DataFra
     return tables
 
 
+def reading_tables(name: str, data: dict[str, Any], *,
+                   max_rows: int | None = 20) -> list[tuple[str, pd.DataFrame, str | None]]:
+    """A report's tables for a person (table and HTML): (title, table, caption), lists cut to
+    ``max_rows`` (None: whole), the diagnosis reports shaped for reading."""
+    from sohuprof.analyzers.render.diagnosis import critical_path_view, whatif_view
+
+    if name == "whatif":
+        return whatif_view(data, edge_steps=3 if max_rows is not None else None)
+    if name == "critical_path":
+        return critical_path_view(data, max_rows=max_rows)
+    out = []
+    for title, df in report_tables(name, data):
+        caption = None
+        if max_rows is not None and len(df) > max_rows:   # rendering a bounded table, not events
+            caption = f"{len(df) - max_rows} more rows: use --format csv or json for all"
+            df = df.head(max_rows)
+        out.append((title, df, caption))
+    return out
+
+
 def render_json(reports: Reports) -> bytes:
     return orjson.dumps(reports.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
                         | orjson.OPT_NON_STR_KEYS) + b"\n"
 
 
 def _readable(df: pd.DataFrame) -> pd.DataFrame:
+    """``*_ns`` columns as ``*_ms``, in place (the columns keep their order)."""
     out = df.copy()
+    names = {}
     for col in df.columns:
-        if col.endswith("_ns") and pd.api.types.is_numeric_dtype(df[col]):
-            out[col[:-3] + "_ms"] = df[col] / 1e6
-            out = out.drop(columns=col)
-    return out
+        if isinstance(col, str) and col.endswith("_ns") and pd.api.types.is_numeric_dtype(df[col]):
+            out[col] = df[col] / 1e6
+            names[col] = col[:-3] + "_ms"
+    return out.rename(columns=names)
 
 
 def _cell(value: Any) -> str:
@@ -81,15 +109,13 @@ def render_table(reports: Reports, *, max_rows: int = 20) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, width=160, force_terminal=False, color_system=None)
     for name, data in reports.to_json().items():
-        for title, df in report_tables(name, data):
+        for title, df, caption in reading_tables(name, data, max_rows=max_rows):
             df = _readable(df)
-            table = Table(title=title, title_justify="left", show_lines=False)
+            table = Table(title=title, title_justify="left", show_lines=False, caption=caption)
             for col in df.columns:
                 table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(df[col]) else "left")
-            for row in df.head(max_rows).itertuples(index=False):   # rendering a bounded table, not events
+            for row in df.itertuples(index=False):   # at most max_rows
                 table.add_row(*(_cell(v) for v in row))
-            if len(df) > max_rows:
-                table.caption = f"{len(df) - max_rows} more rows: use --format csv or json for all"
             console.print(table)
     return buffer.getvalue()
 
@@ -158,7 +184,7 @@ def write_html(reports: Reports, out: Path, *, force: bool = False) -> Path:
         parts.append(fig.to_html(full_html=False, include_plotlyjs=first))
         first = False
     for name, data in reports.to_json().items():
-        for title, df in report_tables(name, data):
+        for title, df, _ in reading_tables(name, data, max_rows=None):
             parts.append(f"<h2>{html.escape(title)}</h2>")
             parts.append(_readable(df).to_html(index=False, float_format=lambda v: f"{v:,.3f}", border=0))
     parts.append("</body></html>")

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-__all__ = ["roofline_figure", "stalls_figure", "traffic_figure", "report_figures"]
+__all__ = ["roofline_figure", "stalls_figure", "traffic_figure", "critical_path_figure", "whatif_figure",
+           "report_figures"]
 
 _STALL_COLORS = {"compute_ns": "#2a9d8f", "memory_stall_ns": "#e9c46a", "comm_transfer_ns": "#457b9d",
                  "sync_wait_ns": "#e76f51", "idle_ns": "#d3d3d3"}
@@ -68,6 +69,32 @@ def traffic_figure(links: pd.DataFrame, nodes: int) -> go.Figure:
     return fig
 
 
+_PATH_COLORS = {"compute": "#2a9d8f", "memory": "#e9c46a", "transfer": "#457b9d", "host": "#8d99ae",
+                "idle": "#d3d3d3"}
+
+
+def critical_path_figure(by_kind: pd.DataFrame) -> go.Figure:
+    """One stacked bar: what the critical path's time is made of (ms)."""
+    fig = go.Figure()
+    for kind, t in zip(by_kind["kind"], by_kind["time_ns"]):
+        fig.add_trace(go.Bar(y=["critical path"], x=[t / 1e6], name=str(kind), orientation="h",
+                             marker_color=_PATH_COLORS.get(str(kind), "#999")))
+    fig.update_layout(barmode="stack", xaxis_title="ms", height=220, title="what the critical path is made of")
+    return fig
+
+
+def whatif_figure(measured_ns: float, scenarios: pd.DataFrame) -> go.Figure:
+    """Measured and predicted wall time of each what-if scenario (ms), each bar labelled with its change."""
+    labels = ["measured", *scenarios["spec"].astype(str)]
+    walls = np.r_[measured_ns, scenarios["wall_ns"].to_numpy(float)] / 1e6
+    text = ["", *(f"{p:+.1f} %" for p in -scenarios["saving_pct"].to_numpy(float))]
+    fig = go.Figure(go.Bar(y=labels, x=walls, orientation="h", text=text, textposition="auto",
+                           marker_color=["#6c757d", *["#2a9d8f"] * len(scenarios)]))
+    fig.update_layout(xaxis_title="wall time (ms)", yaxis=dict(autorange="reversed"),
+                      height=160 + 40 * len(labels), title="what-if: predicted wall time")
+    return fig
+
+
 def report_figures(reports: Any) -> Iterator[tuple[str, go.Figure]]:
     """The figures worth looking at for whichever reports were computed."""
     results = reports.results
@@ -82,3 +109,9 @@ def report_figures(reports: Any) -> Iterator[tuple[str, go.Figure]]:
     links = getattr(comm, "links", None) if comm is not None else None
     if links is not None and len(links):
         yield "Node-to-node traffic", traffic_figure(links, int(reports.ctx.ranks["node"].max()) + 1)
+    path = results.get("critical_path")
+    if path is not None and len(path.by_kind) and path.path_ns:
+        yield "Critical path", critical_path_figure(path.by_kind)
+    whatif = results.get("whatif")
+    if whatif is not None and len(whatif.scenarios):
+        yield "What-if", whatif_figure(whatif.wall_ns, whatif.scenarios)
