@@ -59,6 +59,9 @@ _SECONDS_PER_REPLICA_STEP, _SECONDS_PER_STEP_REQUEST = 5e-5, 3e-8
 _SECONDS_PER_REQUEST = 9e-5
 #: bytes of one host.jsonl line: a step event, and a request's arrival/first-token/finish
 _STEP_LINE_BYTES, _REQUEST_LINES_BYTES = 190, 200
+#: a chip's NIC counters of one step: its host.jsonl line, the memory it holds until written (a
+#: compact row through the run, an event while its node's file is made) and the time to make it
+_NIC_LINE_BYTES, _BYTES_PER_NIC_LINE, _SECONDS_PER_NIC_LINE = 150, 200, 3e-6
 #: bytes of one clock-sync snapshot in run.json, taken every 100 ms of the run on every node
 _SNAPSHOT_BYTES, _SNAPSHOT_EVERY_NS = 90, 1e8
 
@@ -174,19 +177,22 @@ def estimate_run(cfg: EmulatorConfig) -> RunEstimate:
         replica_steps += sets * span * steps
         steps_max = max(steps_max, steps)
     world = cfg.world
+    nic_lines = replica_steps * _nic_chips(cfg)
     chunks = records / cfg.chunk_records + world
     raw = int(records * RECORD_DTYPE.itemsize + chunks * CHUNK_HEADER.size + world * FILE_HEADER.size)
     arrival_ns = cfg.requests / cfg.rate * 1e9 if cfg.rate else 0.0
     duration = max(arrival_ns, steps_max * step_ns)
     snapshots = min(max(8, int(duration / _SNAPSHOT_EVERY_NS) + 1), MAX_CLOCK_SYNC) * cfg.nodes
     host = int(replica_steps * _STEP_LINE_BYTES + cfg.requests * _REQUEST_LINES_BYTES
-               + snapshots * _SNAPSHOT_BYTES + 200 * world)
+               + nic_lines * _NIC_LINE_BYTES + snapshots * _SNAPSHOT_BYTES + 200 * world)
     cells = world * int(positions.sum()) * (2 if tbo else 1)
     memory = int(cells * _BYTES_PER_CELL + dp * per_tbo_step * _BYTES_PER_STEP_RECORD
                  # up to a chunk pending per chip, copied once more when it is framed
                  + 2 * world * min(records / world, cfg.chunk_records) * RECORD_DTYPE.itemsize
-                 + cfg.requests * _BYTES_PER_REQUEST + replica_steps * _BYTES_PER_HOST_EVENT)
+                 + cfg.requests * _BYTES_PER_REQUEST + replica_steps * _BYTES_PER_HOST_EVENT
+                 + nic_lines * _BYTES_PER_NIC_LINE)
     seconds = (records * _SECONDS_PER_RECORD + steps_max * _SECONDS_PER_STEP + cfg.requests * _SECONDS_PER_REQUEST
+               + nic_lines * _SECONDS_PER_NIC_LINE
                + replica_steps * (_SECONDS_PER_REPLICA_STEP + hi * _SECONDS_PER_STEP_REQUEST))
     return RunEstimate(steps=int(steps_max), records=int(records), raw_bytes=raw, host_bytes=host,
                        memory_bytes=memory, files=world, duration_ns=float(duration), seconds=float(seconds))
@@ -245,6 +251,15 @@ def check_memory(est: RunEstimate) -> None:
 
 
 # ------------------------------------------------------------------------------------ the model
+
+def _nic_chips(cfg: EmulatorConfig) -> int:
+    """Chips of a replica that may move bytes across nodes in a step (each writes a line of NIC
+    counters): all of them when a TP or EP group can span nodes or a pipeline boundary can, else
+    none (groups of consecutive ranks that divide a node stay inside it)."""
+    cpn = cfg.chips_per_node
+    spans = cfg.tp > cpn or cfg.ep > cpn or cpn % cfg.ep != 0 or cfg.pp > 1
+    return cfg.tp * cfg.pp if cfg.nodes > 1 and spans else 0
+
 
 def _steps(cfg: EmulatorConfig, load: int, span: int, cap: int, step_ns: float) -> tuple[int, int]:
     """Scheduler steps of a set of ``span`` coupled replicas with ``load`` requests each, and how

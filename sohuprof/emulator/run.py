@@ -14,7 +14,7 @@ import sohuprof
 from sohuprof.atomic import atomic_directory
 from sohuprof.emulator.clock import MAX_CLOCK_SYNC
 from sohuprof.emulator.config import EmulatorConfig
-from sohuprof.emulator.runtime import Emulation
+from sohuprof.emulator.runtime import NIC_COUNTERS, Emulation, NicCounters
 from sohuprof.emulator.writer import RawTraceWriter
 from sohuprof.progress import progress
 from sohuprof.strace import FORMAT_NAME, FORMAT_VERSION, RECORD_DTYPE, Engine, chip_path, host_path
@@ -22,8 +22,9 @@ from sohuprof.strace import FORMAT_NAME, FORMAT_VERSION, RECORD_DTYPE, Engine, c
 __all__ = ["RunSummary", "emulate", "RUN_FILE"]
 
 RUN_FILE = "run.json"
-#: Order of host events that share a timestamp.
-_LIFECYCLE = {"arrival": 0, "first_token": 1, "finish": 2, "step": 3}
+#: Order of host events that share a timestamp (a step's NIC counters, read at its end, come
+#: before the next step starting then).
+_LIFECYCLE = {"arrival": 0, "first_token": 1, "finish": 2, "nic": 3, "step": 4}
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ def emulate(cfg: EmulatorConfig, out_dir: str | os.PathLike[str], *, force: bool
     with atomic_directory(out_dir, force=force, replaces=lambda p: (p / RUN_FILE).is_file()) as tmp:
         writer = RawTraceWriter(tmp, em.plan, cfg.chunk_records, run_id)
         host_events: list[dict] = []
+        nic: list[tuple[int, NicCounters]] = []   # kept compact (arrays) until written
         steps = 0
         try:
             # Progress in tokens processed (every prompt token once, every output token but the
@@ -70,6 +72,8 @@ def emulate(cfg: EmulatorConfig, out_dir: str | os.PathLike[str], *, force: bool
                 for trace, events in em.steps():
                     writer.add(trace)
                     host_events += events
+                    if len(trace.nic):
+                        nic.append((trace.step, trace.nic))
                     steps += 1
                     advance(sum(ev.get("prefill_tokens", 0) + ev.get("decode_tokens", 0)
                                 for ev in events if ev["type"] == "step"))   # per replica
@@ -79,7 +83,7 @@ def emulate(cfg: EmulatorConfig, out_dir: str | os.PathLike[str], *, force: bool
         writer.close()
         requests = em.request_table()
         duration = float(np.nanmax(requests["finish"]) - requests["arrival"].min())
-        _write_host_events(tmp, em, host_events, requests)
+        _write_host_events(tmp, em, host_events, requests, nic)
         (tmp / RUN_FILE).write_bytes(orjson.dumps(_run_json(em, writer, steps, run_id),
                                                   option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
                                                   | orjson.OPT_SERIALIZE_NUMPY))
@@ -88,9 +92,12 @@ def emulate(cfg: EmulatorConfig, out_dir: str | os.PathLike[str], *, force: bool
                       output_tokens=int(requests["output_tokens"].sum()))
 
 
-def _write_host_events(root: Path, em: Emulation, steps: list[dict], requests: dict[str, np.ndarray]) -> None:
-    """``node<N>/host.jsonl``: scheduler steps and request lifecycle events, local-clock ns, by time."""
+def _write_host_events(root: Path, em: Emulation, steps: list[dict], requests: dict[str, np.ndarray],
+                       nic: list[tuple[int, NicCounters]]) -> None:
+    """``node<N>/host.jsonl``: scheduler steps, request lifecycle events and each chip's NIC port
+    counters per step (on the chip's node), local-clock ns, by time."""
     per_node: dict[int, list[tuple[float, dict]]] = {n: [] for n in range(em.cfg.nodes)}
+    nic_rows = _nic_rows(em, nic)
 
     def local(t: float, node: int) -> int:
         return int(round(float(em.clocks.local_ns(np.array([t]), np.array([node]))[0])))
@@ -111,11 +118,35 @@ def _write_host_events(root: Path, em: Emulation, steps: list[dict], requests: d
             per_node[node].append((local(requests["finish"][i], node), dict(
                 base, type="finish", output_tokens=int(requests["output_tokens"][i]))))
     for node, events in per_node.items():
+        events += _nic_lines(nic_rows, node)
         events.sort(key=lambda e: (e[0], _LIFECYCLE.get(e[1]["type"], 3)))
         lines = [orjson.dumps(dict(ev, ts=ts) if "ts" not in ev else ev, option=orjson.OPT_SORT_KEYS) for ts, ev in events]
         path = root / host_path(node)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"\n".join(lines) + (b"\n" if lines else b""))
+
+
+def _nic_rows(em: Emulation, nic: list[tuple[int, NicCounters]]) -> dict[str, np.ndarray]:
+    """Every step's NIC counters as columns: ``step, rank, node, ts`` (the node's local ns) and
+    the counters."""
+    if not nic:
+        return {k: np.zeros(0, np.int64) for k in ("step", "rank", "node", "ts", *NIC_COUNTERS)}
+    rank = np.concatenate([c.rank for _, c in nic])
+    node = em.plan.node[rank]
+    true_ns = np.concatenate([c.end_ns for _, c in nic])
+    values = np.concatenate([c.values for _, c in nic], axis=1)
+    return {"step": np.concatenate([np.full(len(c), s, np.int64) for s, c in nic]), "rank": rank, "node": node,
+            "ts": np.rint(em.clocks.local_ns(true_ns, node)).astype(np.int64),
+            **{name: values[i] for i, name in enumerate(NIC_COUNTERS)}}
+
+
+def _nic_lines(rows: dict[str, np.ndarray], node: int) -> list[tuple[float, dict]]:
+    """One node's ``nic`` host events, ``(ts, event)`` as the other host events (made one node at a
+    time: a JSON line per chip and step is what the file holds)."""
+    mine = rows["node"] == node
+    keys = ("ts", "rank", "step", *NIC_COUNTERS)
+    return [(line[0], {"type": "nic", **dict(zip(keys, line))})
+            for line in zip(*(rows[k][mine].tolist() for k in keys))]
 
 
 def _workload(cfg: EmulatorConfig) -> dict:

@@ -4,7 +4,9 @@ Every step, each replica's scheduler forms a batch; the lowered program's FLOPs 
 from the batch features in one matrix product; op durations come from the timing model; and a
 short loop over the step's collectives (vectorized over every rank and group) resolves the
 synchronisation: each rank arrives at its own time, the transfer starts when the last member
-arrives and all members leave together. Nothing loops per op or per record.
+arrives and all members leave together. The trace unit also counts, per chip and step, what its
+share of the node's NIC sent and received across nodes (:class:`NicCounters`). Nothing loops per
+op or per record.
 """
 
 from __future__ import annotations
@@ -19,13 +21,52 @@ from sohuprof.emulator.config import EmulatorConfig
 from sohuprof.emulator.lowering import ACT_BYTES, Feature, Program, lower
 from sohuprof.emulator.plan import GroupSet, ParallelPlan
 from sohuprof.emulator.scheduler import Batch, ReplicaScheduler
-from sohuprof.emulator.timing import LinkModel, collective_time, op_times
+from sohuprof.emulator.timing import LinkModel, collective_time, nic_bandwidth, op_times
 from sohuprof.errors import SpecError
 from sohuprof.strace import NO_GROUP, NO_LAYER, RECORD_DTYPE, Engine, Phase
 
-__all__ = ["StepTrace", "Emulation", "weights_per_chip", "kv_capacity_tokens"]
+__all__ = ["StepTrace", "NicCounters", "NIC_COUNTERS", "Emulation", "weights_per_chip", "kv_capacity_tokens"]
 
 _LAYER_FEATURES = (Feature.EXPERT_PAIRS, Feature.ACTIVE_EXPERTS)
+
+
+#: The NIC port counters a chip's trace unit keeps, in the order of :attr:`NicCounters.values`.
+NIC_COUNTERS = ("tx_bytes", "tx_ns", "wait_ns", "rx_bytes", "rx_ns")
+
+
+@dataclass(frozen=True)
+class NicCounters:
+    """One step's NIC port counters, for every chip whose NIC share moved bytes across nodes.
+
+    Per chip, over the step's collectives (bytes by nccl's conventions: a ring all-reduce sends
+    ``2(n-1)/n x S`` and a ring all-gather ``(n-1)/n x S`` to the ring neighbour, an all-to-all
+    ``S/n`` to every peer, a pipeline send ``S`` from the sender; only what goes to another node
+    counts): ``tx_bytes`` sent, ``tx_ns`` the time the port spent sending them at its own line
+    rate (its node's NIC share per chip x ``comm_efficiency``), ``wait_ns`` the rest of each
+    transfer it sent in (the far end or the group's slowest NIC holding it back), ``rx_bytes``
+    received and ``rx_ns`` the time the port spent receiving them at its own line rate.
+
+    Attributes
+    ----------
+    rank : numpy.ndarray
+        ``[M]`` int64, the chips.
+    end_ns : numpy.ndarray
+        ``[M]`` float64, the end of the step on each chip's replica (true ns): when the counters
+        are read.
+    values : numpy.ndarray
+        ``[len(NIC_COUNTERS), M]`` int64, rounded to whole bytes and ns.
+    """
+
+    rank: np.ndarray
+    end_ns: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def empty(cls) -> NicCounters:
+        return cls(np.zeros(0, np.int64), np.zeros(0), np.zeros((len(NIC_COUNTERS), 0), np.int64))
+
+    def __len__(self) -> int:
+        return len(self.rank)
 
 
 @dataclass(frozen=True)
@@ -33,13 +74,39 @@ class StepTrace:
     """The records of one step: ``records[i]`` ran on ``rank[i]``.
 
     ``records`` hold start/end in the chip's local cycles, as written; ``start_ns``/``end_ns``
-    are the same instants in true (cluster) ns, for in-memory use."""
+    are the same instants in true (cluster) ns, for in-memory use. ``nic`` holds the step's NIC
+    port counters."""
 
     step: int
     rank: np.ndarray
     records: np.ndarray   # RECORD_DTYPE
     start_ns: np.ndarray  # [N] float64 true start
     end_ns: np.ndarray    # [N]
+    nic: NicCounters = field(default_factory=NicCounters.empty)
+
+
+@dataclass(frozen=True)
+class _NicRoutes:
+    """Where a group set's members send across nodes (only sets with a group spanning nodes)."""
+
+    ring_out: np.ndarray      # [G, n] bool: the ring neighbour (next member, wrapping) is on another node
+    p2p_out: np.ndarray       # [G, n] bool: a pipeline sender (member 0) whose receiver is on another node
+    remote_peers: np.ndarray  # [G, n] members on other nodes
+    code: np.ndarray          # [G, n] index of the member's (group, node) among the set's
+    codes: int
+
+    @classmethod
+    def build(cls, groups: GroupSet, links: LinkModel, rank_node: np.ndarray) -> _NicRoutes:
+        node = rank_node[groups.members]
+        ring_out = np.roll(node, -1, axis=1) != node
+        p2p_out = np.zeros_like(ring_out)
+        if groups.size == 2:
+            p2p_out[:, 0] = node[:, 1] != node[:, 0]
+        key = np.arange(len(node))[:, None] * (int(node.max()) + 1) + node
+        _, code = np.unique(key, return_inverse=True)
+        code = code.reshape(node.shape)
+        return cls(ring_out=ring_out, p2p_out=p2p_out, remote_peers=links.remote_peers, code=code,
+                   codes=int(code.max()) + 1)
 
 
 @dataclass
@@ -79,6 +146,7 @@ class _Compiled:
     sequence_plan: list[tuple[GroupSet, list[int], np.ndarray]]
     coll_pos: np.ndarray    # [C] position of each collective
     coll_member: np.ndarray  # [C, R]
+    nic_routes: dict[int, _NicRoutes]  # by id of the group set, for sets with a group spanning nodes
 
     @classmethod
     def build(cls, prog: Program, em: Emulation) -> _Compiled:
@@ -134,7 +202,8 @@ class _Compiled:
                    # bool even when the plan has no collective (one chip, pure DP): an empty
                    # np.array([]) would be float64 and fail the ``& running`` mask later.
                    coll_member=np.array([c.member for c in collectives],
-                                        dtype=bool).reshape(len(collectives), plan.world))
+                                        dtype=bool).reshape(len(collectives), plan.world),
+                   nic_routes={id(gs): _NicRoutes.build(gs, lm, plan.node) for gs, lm in links if lm.spans.any()})
 
 
 @dataclass
@@ -183,6 +252,8 @@ class Emulation:
         self.n_groups = sum(len(gs.ids) for gs in self.plan.all_groups())
         self.seq = np.zeros(self.n_groups, np.int64)
         self.slowdown = np.ones(self.plan.world)
+        # Each chip's NIC share, bytes/ns at the efficiency collectives reach (the port's line rate).
+        self.nic_rate = (nic_bandwidth(self.cfg) * self.cfg.hardware.comm_efficiency / 1e9)[self.plan.node]
         for f in self.cfg.faults:
             if f.kind == "straggler":
                 self.slowdown[f.rank] *= f.slowdown
@@ -300,6 +371,45 @@ class Emulation:
                 out[i] = t[j * G:(j + 1) * G]
         return out
 
+    def _nic(self, cp: _Compiled, net: np.ndarray, transfers: list[np.ndarray], running: np.ndarray) -> np.ndarray:
+        """Each chip's NIC port counters over the step, ``[len(NIC_COUNTERS), R]`` (see
+        :class:`NicCounters`): one pass per set of collectives sharing a kind and group set that
+        spans nodes, vectorized over its positions, groups and members."""
+        out = np.zeros((len(NIC_COUNTERS), self.plan.world))
+        for (kind, gs_id), idx in cp.collective_batches.items():
+            routes = cp.nic_routes.get(gs_id)
+            if routes is None:
+                continue
+            members = cp.collectives[idx[0]].groups.members                     # [G, n]
+            n = members.shape[1]
+            pos = cp.coll_pos[idx]
+            take = cp.active[:, pos][members] & running[members][:, :, None]    # [G, n, P]
+            size = np.where(take, net[:, pos][members], 0.0).transpose(2, 0, 1)  # [P, G, n]
+            if kind in ("all_reduce", "all_gather"):
+                factor = 2 * (n - 1) / n if kind == "all_reduce" else (n - 1) / n
+                sent = size * (factor * routes.ring_out)
+                got = np.roll(sent, 1, axis=2)                                   # from the previous member
+            elif kind == "send":
+                sent = size * routes.p2p_out
+                got = np.roll(sent, 1, axis=2)                                   # member 1 from member 0
+            elif kind == "all_to_all":
+                sent = size * (routes.remote_peers / n)
+                # Received: S/n from every member on another node (all, less those on its own node).
+                P = len(pos)
+                key = (np.arange(P)[:, None, None] * routes.codes + routes.code[None]).reshape(-1)
+                per_node = np.bincount(key, weights=size.reshape(-1), minlength=P * routes.codes)
+                same = per_node.reshape(P, routes.codes)[:, routes.code]          # [P, G, n]
+                got = (size.sum(axis=2, keepdims=True) - same) / n
+            else:
+                raise ValueError(f"unknown collective kind {kind!r}")
+            rate = self.nic_rate[members]                                         # [G, n] bytes/ns
+            dur = np.stack([transfers[i] for i in idx])[:, :, None]               # [P, G, 1]
+            sending = sent / rate
+            waiting = np.where(sent > 0, np.maximum(dur - sending, 0.0), 0.0)
+            for row, value in enumerate((sent, sending, waiting, got, got / rate)):   # the five counters
+                out[row, members] += value.sum(axis=0)     # a rank is in one group of a set
+        return out
+
     def _simulate(self, cp: _Compiled, start: np.ndarray, running: np.ndarray, flops: np.ndarray,
                   hbm: np.ndarray, net: np.ndarray) -> dict[str, np.ndarray]:
         """Resolve one step's times. ``start`` [R] is each rank's first-op time (true ns).
@@ -365,7 +475,8 @@ class Emulation:
                 seqno[:, c.pos] = numbers[j][c.rank_group]
             self.seq[gs.ids] += part.sum(axis=0)
         emit = active & (((dur > 0) & ~cp.is_coll) | is_coll_ok)
-        return {"start": op_start, "end": op_end, "stall": stall, "emit": emit, "group": group, "seq": seqno}
+        return {"start": op_start, "end": op_end, "stall": stall, "emit": emit, "group": group, "seq": seqno,
+                "nic": self._nic(cp, net, transfers, running)}
 
     def _batches(self, now: np.ndarray, finished: np.ndarray) -> tuple[list[Batch], np.ndarray]:
         """Form every replica's batch; coupled replicas (one EP group) step together."""
@@ -410,7 +521,12 @@ class Emulation:
             step_end = np.full(cfg.dp, -np.inf)
             np.maximum.at(step_end, plan.replica[running], end_rank[running])
             host_events = self._host_events(step, batches, running_rep, now, step_end)
-            yield self._records(cp, step, sim, running, t0, compute_start, batches, flops, hbm, net), host_events
+            nic = sim["nic"]
+            moved = np.flatnonzero(running & ((nic[0] > 0) | (nic[3] > 0)))
+            counters = NicCounters(rank=moved, end_ns=step_end[plan.replica[moved]],
+                                   values=np.rint(nic[:, moved]).astype(np.int64))
+            yield self._records(cp, step, sim, running, t0, compute_start, batches, flops, hbm, net,
+                                counters), host_events
             for r in np.flatnonzero(running_rep):
                 sch = self.schedulers[r]
                 sch.complete(batches[r], step_end[r])
@@ -420,7 +536,7 @@ class Emulation:
 
     def _records(self, cp: _Compiled, step: int, sim: dict, running: np.ndarray, t0: np.ndarray,
                  compute_start: np.ndarray, batches: list[Batch], flops: np.ndarray, hbm: np.ndarray,
-                 net: np.ndarray) -> StepTrace:
+                 net: np.ndarray, nic: NicCounters) -> StepTrace:
         plan, hw, prog = self.plan, self.cfg.hardware, cp.program
         phase = np.array([int(b.phase) for b in batches], dtype=np.uint8)[plan.replica]
         # One host record per running rank, ahead of its ops: the host's scheduling work.
@@ -451,7 +567,7 @@ class Emulation:
         # The counter stamps start, end and stall apart, each rounded to a cycle: a stall never
         # outlasts its op (the collector refuses a record whose stall does).
         rec["stall_cycles"] = np.minimum(rec["stall_cycles"], rec["end"] - rec["start"])
-        return StepTrace(step=step, rank=rr, records=rec, start_ns=start, end_ns=end)
+        return StepTrace(step=step, rank=rr, records=rec, start_ns=start, end_ns=end, nic=nic)
 
     def _host_events(self, step: int, batches: list[Batch], running: np.ndarray, now: np.ndarray,
                      step_end: np.ndarray) -> list[dict]:

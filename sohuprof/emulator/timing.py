@@ -17,7 +17,7 @@ from sohuprof.emulator.plan import GroupSet
 from sohuprof.hardware import HardwareSpec
 from sohuprof.strace import Engine
 
-__all__ = ["LinkModel", "engine_rates", "op_times", "collective_time"]
+__all__ = ["LinkModel", "engine_rates", "op_times", "collective_time", "nic_bandwidth"]
 
 
 def engine_rates(hw: HardwareSpec, dtype: str) -> np.ndarray:
@@ -43,6 +43,16 @@ def op_times(flops: np.ndarray, hbm: np.ndarray, engine: np.ndarray, hw: Hardwar
     return busy + hw.launch_overhead_ns * (busy > 0), stall
 
 
+def nic_bandwidth(cfg: EmulatorConfig) -> np.ndarray:
+    """B/s per direction of one chip's share of each node's NIC (``[nodes]``), faults applied:
+    a ``slow-link`` fault multiplies its node's by ``factor``."""
+    nic = np.full(cfg.nodes, cfg.hardware.inter_node_bandwidth)
+    for f in cfg.faults:
+        if f.kind == "slow-link":
+            nic[f.node] *= f.factor
+    return nic
+
+
 @dataclass(frozen=True)
 class LinkModel:
     """Bandwidth (bytes/ns, efficiency applied) and latency (ns) seen by each group of a set."""
@@ -58,10 +68,7 @@ class LinkModel:
     @classmethod
     def build(cls, groups: GroupSet, cfg: EmulatorConfig) -> LinkModel:
         hw = cfg.hardware
-        nic = np.full(cfg.nodes, hw.inter_node_bandwidth)
-        for f in cfg.faults:
-            if f.kind == "slow-link":
-                nic[f.node] *= f.factor
+        nic = nic_bandwidth(cfg)
         node = groups.members // cfg.chips_per_node
         spans = (node != node[:, :1]).any(axis=1)
         eff = hw.comm_efficiency / 1e9

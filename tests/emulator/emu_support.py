@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from sohuprof.emulator import EmulatorConfig
-from sohuprof.emulator.runtime import Emulation
+from sohuprof.emulator.runtime import Emulation, NicCounters
 from sohuprof.hardware import HardwareSpec, load_hardware
 from sohuprof.models import load_model
 from sohuprof.strace import RECORD_DTYPE
@@ -69,6 +69,7 @@ class MemRun:
     host: list[dict]         # host events of every step, in order
     steps: int
     names: list[str] = field(default_factory=list)
+    nic: list[NicCounters] = field(default_factory=list)   # every step's NIC port counters
 
     @property
     def cfg(self) -> EmulatorConfig:
@@ -92,7 +93,7 @@ class MemRun:
 def run_in_memory(cfg: EmulatorConfig) -> MemRun:
     """Iterate ``Emulation(cfg).steps()`` and keep everything."""
     em = Emulation(cfg)
-    ranks, recs, starts, ends, host = [], [], [], [], []
+    ranks, recs, starts, ends, host, nic = [], [], [], [], [], []
     steps = 0
     for trace, events in em.steps():
         ranks.append(trace.rank)
@@ -100,10 +101,11 @@ def run_in_memory(cfg: EmulatorConfig) -> MemRun:
         starts.append(trace.start_ns)
         ends.append(trace.end_ns)
         host += events
+        nic.append(trace.nic)
         steps += 1
     return MemRun(em=em, rank=np.concatenate(ranks), rec=np.concatenate(recs),
                   start_ns=np.concatenate(starts), end_ns=np.concatenate(ends), host=host,
-                  steps=steps, names=list(em.names))
+                  steps=steps, names=list(em.names), nic=nic)
 
 
 # ------------------------------------------------------------------------- reference raw reader
