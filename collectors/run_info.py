@@ -23,8 +23,8 @@ from sohuprof.errors import SohuprofError, TraceFormatError
 from sohuprof.strace import (FORMAT_NAME, FORMAT_VERSION, MAX_CHUNK_RECORDS, RECORD_DTYPE, RUN_ID_BYTES, chip_path,
                              host_path)
 
-__all__ = ["RUN_FILE", "RunInfo", "HostEvent", "read_run_info", "decode_host_line", "MAX_RANKS", "MAX_TS_NS",
-           "MAX_CHUNK_RECORDS"]
+__all__ = ["RUN_FILE", "RunInfo", "HostEvent", "NIC_FIELDS", "read_run_info", "decode_host_line", "MAX_RANKS",
+           "MAX_TS_NS", "MAX_CHUNK_RECORDS"]
 
 RUN_FILE = "run.json"
 #: Chips a run may have (far above any cluster; bounds every per-rank allocation).
@@ -244,10 +244,16 @@ def _check(root: Path, path: Path, meta: dict[str, Any], run: _RunJson) -> RunIn
 # ------------------------------------------------------------------------------ host events
 
 _Tokens = Annotated[int, msgspec.Meta(ge=0, le=MAX_RECORDS)]
+#: A NIC port counter of one step (bytes or ns): exact in a float64 counter value.
+_PortCount = Annotated[int, msgspec.Meta(ge=0, le=1 << 53)]
+#: The NIC port counters a ``nic`` line may carry, each stored as counter ``nic_<name>``.
+NIC_FIELDS = ("tx_bytes", "tx_ns", "wait_ns", "rx_bytes", "rx_ns")
 
 
 class HostEvent(msgspec.Struct):
-    """One line of ``host.jsonl``: a scheduler step or a request's arrival, first token or finish."""
+    """One line of ``host.jsonl``: a scheduler step, a request's arrival, first token or finish,
+    or a chip's NIC port counters over a step (``nic``: ``rank``, ``step`` and the counters of
+    :data:`NIC_FIELDS`, read at the step's end)."""
 
     type: Annotated[str, msgspec.Meta(max_length=64)]
     ts: Annotated[float, msgspec.Meta(gt=-MAX_TS_NS, lt=MAX_TS_NS)]
@@ -257,6 +263,12 @@ class HostEvent(msgspec.Struct):
     output_tokens: _Tokens | None = None
     prefill_tokens: _Tokens | None = None
     decode_tokens: _Tokens | None = None
+    rank: _Id | None = None
+    tx_bytes: _PortCount | None = None
+    tx_ns: _PortCount | None = None
+    wait_ns: _PortCount | None = None
+    rx_bytes: _PortCount | None = None
+    rx_ns: _PortCount | None = None
 
 
 _HOST_DECODER = msgspec.json.Decoder(HostEvent)
@@ -274,4 +286,6 @@ def decode_host_line(line: bytes) -> HostEvent | str:
         return "invalid host event (a step without 'replica')"
     if ev.type in ("arrival", "first_token", "finish") and ev.request is None:
         return f"invalid host event (a {ev.type} without 'request')"
+    if ev.type == "nic" and ev.rank is None:
+        return "invalid host event (a nic without 'rank')"
     return ev

@@ -21,7 +21,8 @@ import pandas as pd
 import pyarrow as pa
 
 from sohuprof.collectors.alignment import ClockMap, causality_violations, fit_clocks
-from sohuprof.collectors.run_info import MAX_TS_NS, RUN_FILE, RunInfo, decode_host_line, read_run_info
+from sohuprof.collectors.run_info import (MAX_TS_NS, NIC_FIELDS, RUN_FILE, RunInfo, decode_host_line,
+                                          read_run_info)
 from sohuprof.collectors.strace_reader import ChipFile, FileAccount, Piece, RawBudget
 from sohuprof.errors import TraceFormatError
 from sohuprof.progress import progress
@@ -308,9 +309,14 @@ def _write_events(info: RunInfo, files: list[tuple[ChipFile, dict]], clock: Cloc
 
 # ------------------------------------------------------------------------------ host events
 
+#: Host event fields kept per line, beside its time, type and node.
+_HOST_FIELDS = ("request", "replica", "prompt_tokens", "output_tokens", "prefill_tokens", "decode_tokens", "rank",
+                *NIC_FIELDS)
+
+
 def _host_tables(info: RunInfo, clock: ClockMap, origin: float) -> tuple[pa.Table, pa.Table, list[Piece], dict]:
-    """requests.parquet from request lifecycle events, counters.parquet from scheduler steps,
-    what was set aside, and the lines' accounting.
+    """requests.parquet from request lifecycle events, counters.parquet from scheduler steps and
+    NIC port counters, what was set aside, and the lines' accounting.
 
     Lines are decoded one by one by a typed decoder (the parser's minimum; a line that is not a
     valid host event is quarantined with why, the rest kept); everything after that is columnar."""
@@ -318,6 +324,7 @@ def _host_tables(info: RunInfo, clock: ClockMap, origin: float) -> tuple[pa.Tabl
     damaged: list[Piece] = []
     lines = 0
     world = len(info.chips)
+    chip_node = {c["rank"]: c["node"] for c in info.chips}   # a loop over chips
     for entry in info.meta["nodes"]:
         node, rel = int(entry["node"]), entry["host_events"]
         path = info.root / rel
@@ -334,16 +341,15 @@ def _host_tables(info: RunInfo, clock: ClockMap, origin: float) -> tuple[pa.Tabl
             ev = decode_host_line(line) if len(line) <= MAX_HOST_LINE else "host event line longer than 64 KiB"
             if not isinstance(ev, str) and ev.replica is not None and ev.replica * info.tp >= world:
                 ev = f"invalid host event (replica {ev.replica} has no chips in this run)"
+            if not isinstance(ev, str) and ev.type == "nic" and chip_node.get(ev.rank) != node:
+                # A host reads its own chips' NIC counters, on its own clock.
+                ev = f"invalid host event (rank {ev.rank} is not a chip of node {node})"
             if isinstance(ev, str):
                 damaged.append(Piece(rel, start, len(line), 1, ev, line[:4096]))
                 continue
-            rows.append({"ts": ev.ts, "type": ev.type, "node": node, "request": ev.request, "replica": ev.replica,
-                         "prompt_tokens": ev.prompt_tokens, "output_tokens": ev.output_tokens,
-                         "prefill_tokens": ev.prefill_tokens, "decode_tokens": ev.decode_tokens,
+            rows.append({"ts": ev.ts, "type": ev.type, "node": node, **{k: getattr(ev, k) for k in _HOST_FIELDS},
                          "_source": rel, "_offset": start, "_line": line[:4096]})
-    frame = pd.DataFrame(rows, columns=["ts", "type", "node", "request", "replica", "prompt_tokens",
-                                        "output_tokens", "prefill_tokens", "decode_tokens", "_source", "_offset",
-                                        "_line"])
+    frame = pd.DataFrame(rows, columns=["ts", "type", "node", *_HOST_FIELDS, "_source", "_offset", "_line"])
     frame["t"] = np.rint(clock.apply(frame["ts"].to_numpy(float), frame["node"].to_numpy(int)) - origin)
     # A time the store cannot hold once aligned (the line said 2**62 - 1 on a skewed node) is set
     # aside like any other bad line.
@@ -352,10 +358,15 @@ def _host_tables(info: RunInfo, clock: ClockMap, origin: float) -> tuple[pa.Tabl
         damaged.append(Piece(src, int(off), len(line), 1, "host event time beyond 2**62 ns once aligned", line))
     frame = frame[~far]
     steps = frame[frame["type"] == "step"]
+    nic = frame[frame["type"] == "nic"]
     counters = pd.concat([pd.DataFrame({"ts": steps["t"].astype("int64"),
                                         "rank": (steps["replica"].astype("int64") * info.tp).astype("int32"),
                                         "counter": name, "value": steps[name].astype(float).fillna(0)})
-                          for name in ("prefill_tokens", "decode_tokens")], ignore_index=True)
+                          for name in ("prefill_tokens", "decode_tokens")]
+                         # A counter a nic line lacks is not recorded, never taken as 0.
+                         + [pd.DataFrame({"ts": nic["t"].astype("int64"), "rank": nic["rank"].astype("int32"),
+                                          "counter": f"nic_{name}", "value": nic[name].astype(float)})
+                            .dropna(subset=["value"]) for name in NIC_FIELDS], ignore_index=True)
     life = frame[frame["type"].isin(["arrival", "first_token", "finish"]) & frame["request"].notna()]
     times = life.pivot_table(index="request", columns="type", values="t", aggfunc="first")
     arrived = times.index[times["arrival"].notna()] if "arrival" in times else times.index[:0]

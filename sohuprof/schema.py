@@ -138,10 +138,18 @@ COUNTERS = TableSpec(
     name="counters", path="counters.parquet", row="counter sample",
     sort_by=("rank", "ts"),
     columns=(
-        _c("ts", pa.int64(), "ns", "sample time", False),
-        _c("rank", pa.int32(), "", "rank the counter belongs to", False),
-        _c("counter", _DICT_STR, "", "counter name", False),
-        _c("value", pa.float64(), "", "sample value (unit in the counter name)", False),
+        _c("ts", pa.int64(), "ns", "sample time: a scheduler step's start for prefill_tokens and decode_tokens, "
+           "its end for the nic_* counters", False),
+        _c("rank", pa.int32(), "", "rank the counter belongs to (a step's token counts: its replica's first rank)", False),
+        _c("counter", _DICT_STR, "", "counter name: prefill_tokens, decode_tokens (tokens of a scheduler step's "
+           "batch); per Sohu chip and step, its NIC port counters (its share of the node's NIC; bytes by nccl's "
+           "conventions, only what crosses nodes): nic_tx_bytes (bytes it sent to other nodes), nic_tx_ns (time "
+           "its port spent sending them at its own line rate), nic_wait_ns (the rest of the transfers it sent "
+           "in: the far end or the group's slowest NIC holding it back), nic_rx_bytes (bytes it received from "
+           "other nodes), nic_rx_ns (time its port spent receiving them at its own line rate); a chip that "
+           "moved nothing across nodes in a step has no nic_* samples for it", False),
+        _c("value", pa.float64(), "", "sample value: tokens, bytes or ns as the counter name says (the nic_* "
+           "counters count over one step, not since boot)", False),
     ),
 )
 

@@ -121,6 +121,63 @@ def test_requests_from_host_events(store: Path) -> None:
     assert req["finish"].max() <= (events["ts"] + events["dur"]).max() + 1
 
 
+def _nic_lines(run_dir: Path) -> list[dict]:
+    return [dict(ev, node=n) for n in (0, 1) for ev in map(json.loads, (run_dir / f"node{n}/host.jsonl")
+                                                            .read_text().splitlines()) if ev["type"] == "nic"]
+
+
+def test_nic_counters_from_host_events(run_dir: Path, store: Path) -> None:
+    """Every nic line is five counter samples of its rank, read at its step's end on the aligned clock."""
+    lines = pd.DataFrame(_nic_lines(run_dir))
+    assert len(lines) and set(lines["rank"] // 4) == {0, 1} and (lines["rank"] // 4 == lines["node"]).all()
+    st = open_store(store)
+    counters = st.read("counters").to_pandas()
+    nic = counters[counters["counter"].astype(str).str.startswith("nic_")]
+    assert len(nic) == 5 * len(lines)
+    for name in ("tx_bytes", "tx_ns", "wait_ns", "rx_bytes", "rx_ns"):
+        mine = nic[nic["counter"] == f"nic_{name}"]
+        got = mine.groupby("rank")["value"].sum()
+        assert got.to_dict() == lines.groupby("rank")[name].sum().astype(float).to_dict()
+    # ts: the step's end, after every op the rank ran in that step (the line and the records are
+    # on the same node clock, aligned alike).
+    events = st.read("events", columns=["rank", "step", "ts", "dur"]).to_pandas()
+    last = (events["ts"] + events["dur"]).groupby([events["rank"], events["step"]]).max()
+    tx = nic[nic["counter"] == "nic_tx_bytes"].sort_values(["rank", "ts"])
+    steps = lines.sort_values(["rank", "step"])
+    ends = last.reindex(pd.MultiIndex.from_arrays([steps["rank"], steps["step"]])).to_numpy()
+    assert (tx["ts"].to_numpy() >= ends - 1).all()
+
+
+def test_damaged_nic_lines_are_quarantined_and_counted(run_dir: Path, tmp_path: Path) -> None:
+    copy = _damaged_copy(run_dir, tmp_path)
+    host = copy / "node1/host.jsonl"
+    good = host.read_bytes().splitlines()
+    nic = next(ln for ln in good if b'"nic"' in ln)
+    ev = json.loads(nic)
+    bad = [json.dumps({k: v for k, v in ev.items() if k != "rank"}),          # no rank
+           json.dumps(dict(ev, rank=1)),                                      # a chip of node 0, in node 1's file
+           json.dumps(dict(ev, rank=99)),                                     # no such chip
+           json.dumps(dict(ev, tx_bytes=-5)),                                 # a counter below 0
+           json.dumps(dict(ev, wait_ns="long")),                              # not a number
+           json.dumps(dict(ev, rx_ns=2**60))]                                 # past what a counter holds exactly
+    host.write_bytes(b"\n".join(good[:2] + [b.encode() for b in bad] + good[2:]) + b"\n")
+    clean = collect(run_dir, tmp_path / "clean", show_progress=False)
+    summary = collect(copy, tmp_path / "store", show_progress=False)
+    h = summary["host_events"]
+    assert h["lines"] == clean["host_events"]["lines"] + len(bad)
+    assert h["quarantined"] == len(bad) and h["kept"] == clean["host_events"]["kept"]
+    q = open_store(tmp_path / "store").read("quarantine").to_pandas()
+    reasons = q.loc[q["source"] == "node1/host.jsonl", "reason"].tolist()
+    assert len(reasons) == len(bad)
+    assert "invalid host event (a nic without 'rank')" in reasons
+    assert "invalid host event (rank 1 is not a chip of node 1)" in reasons
+    assert "invalid host event (rank 99 is not a chip of node 1)" in reasons
+    # The counters kept are exactly the undamaged run's.
+    before = open_store(tmp_path / "clean").read("counters").to_pandas()
+    after = open_store(tmp_path / "store").read("counters").to_pandas()
+    pd.testing.assert_frame_equal(after, before)
+
+
 def _damaged_copy(run_dir: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
