@@ -131,6 +131,151 @@ def schedule(g: Graph) -> Schedule:
     return out
 
 
+@dataclass(frozen=True)
+class Lockstep:
+    """The graph's lockstep structure: an instance all of whose members come, blocking, straight
+    from one earlier instance (a TP group's next all-reduce; most instances) is released a fixed
+    offset after it: ``release = parent's release + max over members (transfer + work)``. Only
+    the others (merges: step barriers, pipeline send/recv, anything after an asynchronous
+    collective) take a maximum over several predecessors. Chains of lockstep instances are summed
+    by pointer jumping, and only merges are replayed in order, in batches like :class:`Schedule`'s."""
+
+    lockstep: np.ndarray      # [I]
+    parent: np.ndarray        # [I] the one predecessor instance of a lockstep instance, else -1
+    merges: np.ndarray        # instance indices of the merges, in release order
+    merge_pos: np.ndarray     # [I] position of each merge in ``merges`` (-1 for lockstep)
+    bounds: np.ndarray        # batches of ``merges``
+
+
+def lockstep(g: Graph) -> Lockstep:
+    """The :class:`Lockstep` structure of ``g`` (cached on the graph)."""
+    out = g.memo.get("lockstep")
+    if out is not None:
+        return out
+    A, I = g.anchors, len(g.inst_key)
+    first = g.first_of_rank
+    p = np.maximum(np.arange(A) - 1, 0)
+    prev_inst = np.where(first, -1, g.inst[p])
+    blocking = ~first & (~g.asynchronous[p] | g.joined[p])
+    m = g.members
+    starts = g.offsets[:-1]
+    if I:
+        lo = np.minimum.reduceat(prev_inst[m], starts)
+        hi = np.maximum.reduceat(prev_inst[m], starts)
+        all_blocking = np.minimum.reduceat(blocking[m].astype(np.int8), starts) > 0
+    else:
+        lo = hi = np.zeros(0, np.int64)
+        all_blocking = np.zeros(0, bool)
+    rec_release = np.full(I, np.iinfo(np.int64).min)
+    max_arrive = np.full(I, np.iinfo(np.int64).min)
+    if A:
+        np.maximum.at(rec_release, g.inst, g.release)
+        np.maximum.at(max_arrive, g.inst, g.arrive)
+    inside = rec_release - max_arrive <= EXTERNAL_NS
+    step = lo == hi
+    is_lock = step & (lo >= 0) & all_blocking & inside
+    parent = np.where(is_lock, lo, -1)
+    # Each instance's root: the first merge up its lockstep chain (pointer jumping).
+    root = np.where(is_lock, parent, np.arange(I))
+    while True:            # log2(longest lockstep chain) rounds
+        up = is_lock[root]
+        if not up.any():
+            break
+        root = np.where(up, root[root], root)
+    merges = np.flatnonzero(~is_lock)
+    merge_pos = np.full(I, -1, np.int64)
+    merge_pos[merges] = np.arange(len(merges))
+    # A merge depends on the roots of its members' previous instances.
+    dep_of_member = np.where(prev_inst[m] >= 0, merge_pos[root[np.maximum(prev_inst[m], 0)]], -1)
+    dep = np.maximum.reduceat(dep_of_member, starts) if I else np.zeros(0, np.int64)
+    dep_m = dep[merges]
+    M = len(merges)
+    ordered = bool((dep_m < np.arange(M)).all())
+    if not ordered:
+        raise ReplayError("the collectives wait on each other in a cycle: the ranks' clocks disagree with "
+                          "the order they ran in")
+    best = np.full(M + 1, M, np.int64)
+    has = dep_m >= 0
+    np.minimum.at(best, dep_m[has], np.flatnonzero(has))
+    cut = np.minimum.accumulate(best[::-1])[::-1]
+    bounds = [0]
+    s = 0
+    while s < M:          # one lookup per batch of merges
+        e = int(cut[s])
+        bounds.append(min(e if e > s else s + 1, M))
+        s = bounds[-1]
+    out = g.memo["lockstep"] = Lockstep(is_lock, parent, merges, merge_pos, np.asarray(bounds, np.int64))
+    return out
+
+
+def _compressed(g: Graph, el: np.ndarray, ea: np.ndarray, low: np.ndarray, ext: np.ndarray, transfer: np.ndarray,
+                delta: np.ndarray, tscale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The replay over the :class:`Lockstep` structure: lockstep offsets for every instance at once,
+    then the merges batch by batch, then every anchor's arrival and leave from the releases."""
+    A, I = g.anchors, len(g.inst_key)
+    S = delta.shape[1]
+    ls = lockstep(g)
+    m = g.members
+    starts = g.offsets[:-1]
+    first = g.first_of_rank
+    p = np.maximum(np.arange(A) - 1, 0)
+    tr = transfer[:, None] * tscale                     # [A, S] each member's transfer
+    # Lockstep offsets: from the parent's release to this release.
+    if I:
+        step_m = tr[p[m]] + el[m, None] + delta[m]
+        w = np.maximum.reduceat(step_m, starts, axis=0) + low[:, None]
+    else:
+        w = np.zeros((0, S))
+    off = np.where(ls.lockstep[:, None], w, 0.0)
+    anc = ls.parent.copy()
+    while True:            # pointer jumping: sum each lockstep chain up to its merge
+        up = (anc >= 0) & ls.lockstep[np.maximum(anc, 0)]
+        if not up.any():
+            break
+        a = np.maximum(anc, 0)
+        off = np.where(up[:, None], off + off[a], off)
+        anc = np.where(up, anc[a], anc)
+    root = np.where(ls.lockstep, anc, np.arange(I))
+    rel = np.full((I, S), np.nan)
+    arr_merge = np.full((A, S), np.nan)
+
+    def release_of(q: np.ndarray) -> np.ndarray:
+        r = root[q]
+        return rel[r] + off[q]
+
+    inst_of = g.inst
+    sizes = np.diff(g.offsets)
+    bounds = ls.bounds
+    for b in range(len(bounds) - 1):       # a loop over the merges' depth, not the events
+        c = ls.merges[bounds[b]:bounds[b + 1]]
+        k = sizes[c]
+        total = int(k.sum())
+        mstart = np.r_[0, np.cumsum(k)[:-1]]
+        mm = m[np.repeat(g.offsets[c] - mstart, k) + np.arange(total)]
+        is_first = first[mm]
+        pp = p[mm]
+        q = inst_of[pp]
+        from_leave = release_of(q) + tr[pp] + el[mm, None]
+        # An asynchronous predecessor: the chain goes on from its arrival.
+        need = ~is_first & np.isfinite(ea[mm])
+        from_arrive = np.full((total, S), -np.inf)
+        if need.any():
+            pa = pp[need]
+            stored = ~ls.lockstep[inst_of[pa]]
+            arr_p = np.where(stored[:, None], arr_merge[pa],
+                             release_of(inst_of[p[pa]]) + tr[p[pa]] + el[pa, None] + delta[pa])
+            from_arrive[need] = arr_p + ea[mm[need], None]
+        arrive = np.where(is_first[:, None], g.arrive[mm, None].astype(float), np.maximum(from_leave, from_arrive)) + delta[mm]
+        arr_merge[mm] = arrive
+        top = np.maximum.reduceat(arrive, mstart, axis=0)
+        rel[c] = np.maximum(top + low[c, None], ext[c, None])
+    rel_all = np.where(ls.lockstep[:, None], rel[root] + off, rel)
+    lockstep_member = ls.lockstep[inst_of]
+    arr = np.where(lockstep_member[:, None], rel_all[inst_of[p]] + tr[p] + el[:, None] + delta[:A], arr_merge)
+    lv = rel_all[inst_of] + tr
+    return arr, lv, rel_all, len(bounds) - 1
+
+
 def _baseline_links(g: Graph, arr: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each instance's last arriver (lowest anchor on ties) and whether its release came from
     outside (later than its last member), from the first scenario's times."""
@@ -202,6 +347,8 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
 
     rounds = 0
     if plan.ordered:
+        arr, lv, rel, rounds = _compressed(g, el, ea, low, ext, transfer, delta, tscale)
+    elif False:
         inst_of_member = g.inst[g.members]
         bounds = plan.bounds
         for b in range(len(bounds) - 1):      # a loop over the graph's depth, not its events
@@ -211,7 +358,7 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
             grp = inst_of_member[lo:hi] - s
             release_batch(slice(s, e), m, grp, g.offsets[s:e] - lo)
         rounds = len(bounds) - 1
-    else:
+    if not plan.ordered:
         count = np.zeros(I, np.int64)
         touched, arrived = np.unique(g.inst[heads], return_counts=True)
         count[touched] += arrived

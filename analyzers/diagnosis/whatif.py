@@ -259,7 +259,7 @@ class WhatIfResult:
         for row in rows:   # one per scenario
             g = by_spec.get(row["spec"])
             row["steps"] = records(g, ["step", "measured_ns", "predicted_ns"]) if g is not None else []
-        measured = self.tokens / (self.wall_ns / 1e9) if self.wall_ns else None
+        measured = self.tokens / (self.wall_ns / 1e9) if self.wall_ns and self.tokens else None
         return {"measured": {"wall_ns": self.wall_ns, "tokens_per_s": measured}, "scenarios": rows}
 
 
@@ -297,6 +297,8 @@ def step_times(g: Graph, rep: Any, column: int) -> pd.DataFrame:
     frame = pd.DataFrame({"step": step, "replica": replica, "measured": rep.release[inst, 0],
                           "predicted": rep.release[inst, column]}).sort_values(["replica", "step"])
     nxt = frame.groupby("replica")[["measured", "predicted"]].shift(-1)
+    # The last step ends with the run (its replica's last end is not kept apart: the run's).
+    nxt = nxt.fillna({"measured": float(rep.wall_end[0]), "predicted": float(rep.wall_end[column])})
     frame["measured_ns"] = nxt["measured"] - frame["measured"]
     frame["predicted_ns"] = nxt["predicted"] - frame["predicted"]
     out = frame.dropna().groupby("step", as_index=False)[["measured_ns", "predicted_ns"]].mean()
