@@ -18,16 +18,24 @@ Built on ``collectives.parquet`` (one row per instance x member) and each rank's
   all-gather ``(n-1)/n x S`` to the ring neighbour, all-to-all ``S/n`` to every peer, send
   ``S``). An instance's transfer time is split over each sending chip's NIC share in proportion
   to the bytes it sends each way, so ``bandwidth = bytes / time`` is per chip and compares with
-  ``expected_bandwidth`` (the spec's per-chip NIC share x ``comm_efficiency``). A link is ``slow``
-  when its latency-corrected bandwidth is below 0.6 x the median of the other cross-node links
-  (or, with fewer than two others, of the expected bandwidth).
+  ``expected_bandwidth`` (the spec's per-chip NIC share x ``comm_efficiency``). Where the trace
+  has NIC port counters (``nics``), a link is ``slow`` when either end's NIC is. Without them (a
+  profiler trace) a link is ``slow`` when its latency-corrected bandwidth is below 0.6 x the
+  median of the other cross-node links (or, with fewer than two others, of the expected
+  bandwidth).
+- ``nics`` (:func:`nic_table`): per node, what its chips' NIC shares moved across nodes, from the
+  ``nic_*`` counters of counters.parquet. Collective timing alone cannot name a slow NIC (a
+  two-node pipeline has one link, and an all-to-all's members all leave when the slowest NIC is
+  done); the port counters can: ``rate`` is the bytes moved over the time the ports were busy
+  moving them at their own line rate, ``ratio`` that rate over the median of the other nodes'
+  (over ``expected_rate`` when no other node moved anything), ``slow`` a ratio below 0.6.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,6 +58,7 @@ __all__ = [
     "CommResult",
     "busbw_factor",
     "kind_is",
+    "nic_table",
     "records",
 ]
 
@@ -59,6 +68,10 @@ _COLL_COLS = ["kind", "group", "count", "bytes", "time_ns", "algbw", "busbw", "e
               "wait_ns"]
 _STRAG_COLS = ["rank", "node", "chip", "delay_cost_ns", "late_count"]
 _LINK_COLS = ["src_node", "dst_node", "bytes", "time_ns", "bandwidth", "expected_bandwidth", "slow"]
+_NIC_COLS = ["node", "tx_bytes", "tx_ns", "wait_ns", "rx_bytes", "rx_ns", "rate", "expected_rate", "ratio", "slow"]
+#: counters.parquet's NIC port counters, by the ``nics`` column each sums into.
+_NIC_COUNTERS = {"nic_tx_bytes": "tx_bytes", "nic_tx_ns": "tx_ns", "nic_wait_ns": "wait_ns",
+                 "nic_rx_bytes": "rx_bytes", "nic_rx_ns": "rx_ns"}
 _RING = {"all_reduce": 2.0, "all_gather": 1.0, "reduce_scatter": 1.0, "broadcast": 1.0, "send_recv": 1.0,
          "send": 1.0}
 
@@ -109,16 +122,116 @@ def _group_sizes(ctx: AnalysisContext) -> dict[int, int]:
 
 @dataclass(frozen=True)
 class CommResult:
-    """Per (kind, group) collective statistics, stragglers by delay cost, node-to-node links."""
+    """Per (kind, group) collective statistics, stragglers by delay cost, node-to-node links,
+    and per node its NIC's traffic from the port counters (empty without them)."""
 
     collectives: pd.DataFrame
     stragglers: pd.DataFrame
     links: pd.DataFrame
+    nics: pd.DataFrame = field(default_factory=lambda: _empty_nics())
 
     def to_json(self) -> dict:
         return {"collectives": records(self.collectives, _COLL_COLS),
                 "stragglers": records(self.stragglers, _STRAG_COLS),
-                "links": records(self.links, _LINK_COLS)}
+                "links": records(self.links, _LINK_COLS),
+                "nics": records(self.nics, _NIC_COLS)}
+
+
+def _empty_nics() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=float if c in ("rate", "expected_rate", "ratio") else
+                                      bool if c == "slow" else "int64") for c in _NIC_COLS})
+
+
+def _rank_nodes(ctx: AnalysisContext) -> pd.Series:
+    """Node of every rank: the manifest's list (every chip of a Sohu run, even one whose events
+    were lost), else the ranks with events."""
+    listed = ctx.store.manifest.get("ranks")
+    frame = pd.DataFrame(listed) if isinstance(listed, list) and listed else ctx.ranks
+    if not len(frame) or not {"rank", "node"} <= set(frame.columns):
+        frame = ctx.ranks
+    return pd.Series(frame["node"].to_numpy(np.int64), index=frame["rank"].to_numpy(np.int64)).groupby(level=0).first()
+
+
+def _median_of_others(x: np.ndarray) -> np.ndarray:
+    """For each element, the median of all the others (NaN where there are none): from one sort,
+    the median of the sorted values with that element's slot left out."""
+    n = len(x)
+    if n < 2:
+        return np.full(n, np.nan)
+    order = np.argsort(x, kind="stable")
+    srt = x[order]
+    slot = np.empty(n, np.int64)
+    slot[order] = np.arange(n)
+    m = n - 1                                                # values left
+
+    def kth(k: int) -> np.ndarray:                           # k-th of the rest, per element
+        return np.where(k < slot, srt[k], srt[min(k + 1, n - 1)])
+
+    return kth(m // 2) if m % 2 else (kth(m // 2 - 1) + kth(m // 2)) / 2
+
+
+def nic_table(ctx: AnalysisContext) -> pd.DataFrame:
+    """Per node, what its chips' NIC shares moved across nodes, and whether its NIC is slow.
+
+    Sums counters.parquet's ``nic_*`` port counters over the node's chips and the whole trace.
+    One row per node that sent or received anything across nodes; empty (the same columns) when
+    the trace has no NIC counters, as profiler traces do not.
+
+    Parameters
+    ----------
+    ctx : AnalysisContext
+        Its ``counters`` are read (and its hardware spec, for ``expected_rate``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``node``; ``tx_bytes``, ``tx_ns``, ``wait_ns``, ``rx_bytes``, ``rx_ns``: the counters'
+        sums (bytes sent, time the ports spent sending them at their own line rate, transfer
+        time beyond that the far end or the slowest NIC held them back, bytes received, time
+        spent receiving them); ``rate``: bytes moved per second the ports were busy moving
+        them, ``(tx_bytes + rx_bytes) / (tx_ns + rx_ns) x 1e9``, which is a chip's NIC share's
+        line rate (a node that only receives, as a pipeline's last stage, is measured by what
+        it received); ``expected_rate``: the spec's ``inter_node_bandwidth`` (per chip's share)
+        x ``comm_efficiency``, NaN without a spec; ``ratio``: ``rate`` over the median rate of
+        the other nodes in the table, over ``expected_rate`` when there is no other; ``slow``:
+        ``ratio`` below :data:`SLOW_RATIO`. Sorted by node.
+    """
+    counters = ctx.counters
+    if not len(counters):
+        return _empty_nics()
+    name = counters["counter"]
+    mine = name.isin(list(_NIC_COUNTERS)).to_numpy(bool)
+    if not mine.any():
+        return _empty_nics()
+    nic = counters[mine]
+    node = _rank_nodes(ctx).reindex(nic["rank"].to_numpy(np.int64)).to_numpy(float)
+    known = ~np.isnan(node)                                  # a rank the store does not list is left out
+    sums = (pd.DataFrame({"node": node[known].astype(np.int64), "counter": nic["counter"].to_numpy()[known],
+                          "value": nic["value"].to_numpy(float)[known]})
+            .groupby(["node", "counter"], observed=True)["value"].sum().unstack("counter")
+            .reindex(columns=list(_NIC_COUNTERS)).fillna(0.0).rename(columns=_NIC_COUNTERS))
+    sums = sums[(sums["tx_bytes"] > 0) | (sums["rx_bytes"] > 0)]
+    if not len(sums):
+        return _empty_nics()
+    out = pd.DataFrame({"node": sums.index.to_numpy(np.int64)})
+    for col in _NIC_COUNTERS.values():
+        out[col] = np.rint(sums[col].to_numpy(float)).astype(np.int64)
+    hw = ctx.hardware
+    moved = sums["tx_bytes"].to_numpy(float) + sums["rx_bytes"].to_numpy(float)
+    busy = sums["tx_ns"].to_numpy(float) + sums["rx_ns"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(busy > 0, moved / busy * 1e9, np.nan)
+    expected = hw.inter_node_bandwidth * hw.comm_efficiency if hw is not None else np.nan
+    out["rate"] = rate
+    out["expected_rate"] = float(expected)
+    finite = np.isfinite(rate)
+    ref = np.full(len(rate), np.nan)
+    ref[finite] = _median_of_others(rate[finite])
+    ref = np.where(np.isnan(ref), expected, ref)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["ratio"] = np.where(ref > 0, rate / ref, np.nan)
+    out["slow"] = (out["ratio"] < SLOW_RATIO).to_numpy(bool)     # NaN compares False
+    return out.sort_values("node").reset_index(drop=True)[_NIC_COLS]
 
 
 _PART_COLS = ["kind", "group", "union_ns", "overlapped_ns"]
@@ -320,8 +433,14 @@ class _Comm:
             table[c] = table[c].round().astype("int64")
         table["group"] = table["group"].astype("int64")
         table = table.sort_values(["kind", "group"]).reset_index(drop=True)[_COLL_COLS]
+        nics = nic_table(ctx)
+        links = _links(ctx.store, inst, senders, ctx.hardware)
+        if len(nics) and len(links):
+            # The port counters name the slow NIC; a link is slow when either end's is.
+            slow = nics.loc[nics["slow"], "node"].to_numpy()
+            links = links.assign(slow=np.isin(links["src_node"], slow) | np.isin(links["dst_node"], slow))
         return CommResult(collectives=table, stragglers=_stragglers(ctx.collective_index, ctx.ranks),
-                          links=_links(ctx.store, inst, senders, ctx.hardware))
+                          links=links, nics=nics)
 
 
 COMM = _Comm()

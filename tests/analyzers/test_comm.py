@@ -169,13 +169,17 @@ def test_kineto_single_rank(kineto: Path) -> None:
 
 def test_json_contract(faulty: Path) -> None:
     out = _run(faulty)["comm"].to_json()
-    assert set(out) == {"collectives", "stragglers", "links"}
+    assert set(out) == {"collectives", "stragglers", "links", "nics"}
     assert set(out["collectives"][0]) == {"kind", "group", "count", "bytes", "time_ns", "algbw", "busbw",
                                           "exposed_ns", "overlapped_ns", "wait_ns"}
     assert set(out["stragglers"][0]) == {"rank", "node", "chip", "delay_cost_ns", "late_count"}
     assert set(out["links"][0]) == {"src_node", "dst_node", "bytes", "time_ns", "bandwidth",
                                     "expected_bandwidth", "slow"}
     assert isinstance(out["links"][0]["slow"], bool) and isinstance(out["stragglers"][0]["rank"], int)
+    assert set(out["nics"][0]) == {"node", "tx_bytes", "tx_ns", "wait_ns", "rx_bytes", "rx_ns", "rate",
+                                   "expected_rate", "ratio", "slow"}
+    assert [n["node"] for n in out["nics"] if n["slow"]] == [2]            # the injected slow NIC
+    assert isinstance(out["nics"][0]["slow"], bool) and isinstance(out["nics"][0]["tx_bytes"], int)
 
 
 @pytest.mark.parametrize("overlapping", [False, True])
