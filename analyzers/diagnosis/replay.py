@@ -236,39 +236,51 @@ def _compressed(g: Graph, el: np.ndarray, ea: np.ndarray, low: np.ndarray, ext: 
         off = np.where(up[:, None], off + off[a], off)
         anc = np.where(up, anc[a], anc)
     root = np.where(ls.lockstep, anc, np.arange(I))
-    rel = np.full((I, S), np.nan)
-    arr_merge = np.full((A, S), np.nan)
-
-    def release_of(q: np.ndarray) -> np.ndarray:
-        r = root[q]
-        return rel[r] + off[q]
-
-    inst_of = g.inst
+    # Every merge member ("slot"), in merge order: a batch of merges is a run of slots.
     sizes = np.diff(g.offsets)
+    k = sizes[ls.merges]
+    slot_start = np.r_[0, np.cumsum(k)].astype(np.int64)
+    J = int(slot_start[-1])
+    mm = m[np.repeat(g.offsets[ls.merges] - slot_start[:-1], k) + np.arange(J)]
+    is_first = first[mm]
+    pp = p[mm]
+    q = g.inst[pp]
+    dummy = I                                           # rel[dummy] = 0: a first anchor's fixed start
+    rq = np.where(is_first, dummy, root[q])
+    rel = np.zeros((I + 1, S))
+    off_q = off[q]
+    base = np.where(is_first[:, None], g.arrive[mm, None].astype(float), off_q + tr[pp] + el[mm, None]) + delta[mm]
+    # Slots whose predecessor is asynchronous: the chain may go on from its arrival instead.
+    need = np.flatnonzero(~is_first & np.isfinite(ea[mm]))
+    slot_of = np.full(A, -1, np.int64)
+    slot_of[mm] = np.arange(J)
+    pa = pp[need]
+    sp = slot_of[pa]                                    # the predecessor's own slot, if a merge member
+    q2 = g.inst[p[pa]]
+    rq2 = np.where(sp >= 0, dummy, root[q2])
+    base2 = np.where((sp >= 0)[:, None], 0.0, off[q2] + tr[p[pa]] + el[pa, None] + delta[pa]) + ea[mm[need], None] + delta[mm[need]]
+    need_cut = np.searchsorted(need, slot_start[ls.bounds])
+    arr_slot = np.full((J, S), np.nan)
     bounds = ls.bounds
+    merges = ls.merges
     for b in range(len(bounds) - 1):       # a loop over the merges' depth, not the events
-        c = ls.merges[bounds[b]:bounds[b + 1]]
-        k = sizes[c]
-        total = int(k.sum())
-        mstart = np.r_[0, np.cumsum(k)[:-1]]
-        mm = m[np.repeat(g.offsets[c] - mstart, k) + np.arange(total)]
-        is_first = first[mm]
-        pp = p[mm]
-        q = inst_of[pp]
-        from_leave = release_of(q) + tr[pp] + el[mm, None]
-        # An asynchronous predecessor: the chain goes on from its arrival.
-        need = ~is_first & np.isfinite(ea[mm])
-        from_arrive = np.full((total, S), -np.inf)
-        if need.any():
-            pa = pp[need]
-            stored = ~ls.lockstep[inst_of[pa]]
-            arr_p = np.where(stored[:, None], arr_merge[pa],
-                             release_of(inst_of[p[pa]]) + tr[p[pa]] + el[pa, None] + delta[pa])
-            from_arrive[need] = arr_p + ea[mm[need], None]
-        arrive = np.where(is_first[:, None], g.arrive[mm, None].astype(float), np.maximum(from_leave, from_arrive)) + delta[mm]
-        arr_merge[mm] = arrive
-        top = np.maximum.reduceat(arrive, mstart, axis=0)
+        s0, e0 = int(bounds[b]), int(bounds[b + 1])
+        lo, hi = int(slot_start[s0]), int(slot_start[e0])
+        v = rel[rq[lo:hi]] + base[lo:hi]
+        n0, n1 = int(need_cut[b]), int(need_cut[b + 1])
+        if n1 > n0:
+            own = sp[n0:n1]
+            prior = np.where((own >= 0)[:, None], arr_slot[np.maximum(own, 0)], rel[rq2[n0:n1]])
+            at = need[n0:n1] - lo
+            v[at] = np.maximum(v[at], prior + base2[n0:n1])
+        arr_slot[lo:hi] = v
+        c = merges[s0:e0]
+        top = np.maximum.reduceat(v, slot_start[s0:e0] - lo, axis=0)
         rel[c] = np.maximum(top + low[c, None], ext[c, None])
+    rel = rel[:I]
+    arr_merge = np.full((A, S), np.nan)
+    arr_merge[mm] = arr_slot
+    inst_of = g.inst
     rel_all = np.where(ls.lockstep[:, None], rel[root] + off, rel)
     lockstep_member = ls.lockstep[inst_of]
     arr = np.where(lockstep_member[:, None], rel_all[inst_of[p]] + tr[p] + el[:, None] + delta[:A], arr_merge)
