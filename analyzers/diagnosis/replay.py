@@ -20,6 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from sohuprof.analyzers.diagnosis.graph import Graph
+
+try:      # the compiled merge loop (setup.py builds it); without it the numpy loop runs
+    from sohuprof.analyzers import kernels
+except ImportError:      # pragma: no cover - a source tree that was never built
+    kernels = None
 from sohuprof.errors import SohuprofError
 
 __all__ = ["Replay", "Schedule", "replay", "schedule", "ReplayError", "chain_offsets"]
@@ -209,7 +214,7 @@ def lockstep(g: Graph) -> Lockstep:
 
 
 def _compressed(g: Graph, el: np.ndarray, ea: np.ndarray, low: np.ndarray, ext: np.ndarray, transfer: np.ndarray,
-                delta: np.ndarray, tscale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                delta: np.ndarray, tscale: np.ndarray, use_kernels: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The replay over the :class:`Lockstep` structure: lockstep offsets for every instance at once,
     then the merges batch by batch, then every anchor's arrival and leave from the releases."""
     A, I = g.anchors, len(g.inst_key)
@@ -263,6 +268,14 @@ def _compressed(g: Graph, el: np.ndarray, ea: np.ndarray, low: np.ndarray, ext: 
     arr_slot = np.full((J, S), np.nan)
     bounds = ls.bounds
     merges = ls.merges
+    if kernels is not None and use_kernels:
+        need_of_slot = np.full(J, -1, np.int64)
+        need_of_slot[need] = np.arange(len(need))
+        kernels.replay_merges(rel, np.ascontiguousarray(base), np.ascontiguousarray(rq, np.int64), slot_start,
+                              np.ascontiguousarray(merges, np.int64), np.ascontiguousarray(low),
+                              np.ascontiguousarray(ext), need_of_slot, np.ascontiguousarray(sp, np.int64),
+                              np.ascontiguousarray(rq2, np.int64), np.ascontiguousarray(base2), arr_slot)
+        bounds = bounds[:1]              # done: skip the numpy loop below (its oracle)
     for b in range(len(bounds) - 1):       # a loop over the merges' depth, not the events
         s0, e0 = int(bounds[b]), int(bounds[b + 1])
         lo, hi = int(slot_start[s0]), int(slot_start[e0])
@@ -304,7 +317,8 @@ def _baseline_links(g: Graph, arr: np.ndarray, rel: np.ndarray) -> tuple[np.ndar
     return m[first_top], rel[:, 0] > top + EXTERNAL_NS
 
 
-def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None = None) -> Replay:
+def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None = None, *,
+           use_kernels: bool = True) -> Replay:
     """Replay ``g`` under scenarios.
 
     Parameters
@@ -359,7 +373,7 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
 
     rounds = 0
     if plan.ordered:
-        arr, lv, rel, rounds = _compressed(g, el, ea, low, ext, transfer, delta, tscale)
+        arr, lv, rel, rounds = _compressed(g, el, ea, low, ext, transfer, delta, tscale, use_kernels)
     elif False:
         inst_of_member = g.inst[g.members]
         bounds = plan.bounds

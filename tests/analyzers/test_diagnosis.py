@@ -204,3 +204,25 @@ def test_root_causes_of_a_clean_run_are_structural(tmp_path: Path) -> None:
     # Jitter makes every rank a little late now and then; no rank's share is more than noise.
     assert own < 0.1 * rc.total_wait_ns
     assert rc.structural["pipeline_bubble"] > 0.5 * rc.total_wait_ns
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compiled_replay_matches_its_numpy_oracle(tmp_path: Path, seed: int) -> None:
+    from sohuprof.analyzers.diagnosis import replay as replay_module
+
+    if replay_module.kernels is None:
+        pytest.skip("the compiled kernels are not built (pip install -e .)")
+    rng = np.random.default_rng(seed)
+    # Two-batch overlap (asynchronous all-reduces), pipeline merges and step barriers.
+    store = _store(tmp_path, "tbo", [], seed=seed, model="llama3-8b", nodes=2, chips_per_node=2, tp=2, pp=2,
+                   requests=3, prompt_len=2500, output_len=4, max_batch_tokens=8192)
+    for path in (SAMPLE, store):
+        _, g = _graph(path)
+        A, R = g.anchors, len(g.ranks)
+        S = 4
+        delta = rng.normal(0, 2000, (A + R, S)) * (rng.random((A + R, S)) < 0.3)
+        tscale = rng.uniform(0, 2, (A, S))
+        fast = replay(g, delta, tscale)
+        slow = replay(g, delta, tscale, use_kernels=False)
+        for name in ("arrive", "leave", "release", "end"):
+            assert np.allclose(getattr(fast, name), getattr(slow, name), rtol=0, atol=1e-6), name
