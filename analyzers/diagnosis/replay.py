@@ -41,7 +41,9 @@ class ReplayError(SohuprofError):
 
 @dataclass(frozen=True)
 class Replay:
-    """Replayed times, one column per scenario (``[A, S]`` per anchor, ``[I, S]`` per instance).
+    """Replayed times: per anchor (``arrive``, ``leave``) of the first scenario (the baseline),
+    ``[A, 1]``; per instance (``release``, ``[I, S]``), per rank (``end``) and in sum (``wait``)
+    of every scenario.
 
     ``last`` is each instance's last arriver (an anchor index) and ``external`` whether its
     release came from outside the trace rather than its last member; ``via_leave`` whether each
@@ -58,6 +60,7 @@ class Replay:
     external: np.ndarray
     via_leave: np.ndarray
     tail_via_leave: np.ndarray   # [R]
+    wait: np.ndarray = None      # [S] total sync wait at collectives
 
     @property
     def wall_end(self) -> np.ndarray:
@@ -66,8 +69,7 @@ class Replay:
 
     def sync_wait(self, graph: Graph) -> np.ndarray:
         """[S] the members' total wait at collectives (release - arrival; barriers excluded)."""
-        coll = ~graph.is_barrier
-        return np.clip(self.release[graph.inst[coll]] - self.arrive[coll], 0, None).sum(axis=0)
+        return self.wait
 
 
 def chain_offsets(g: Graph) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -296,9 +298,24 @@ def _compressed(g: Graph, el: np.ndarray, ea: np.ndarray, low: np.ndarray, ext: 
     inst_of = g.inst
     rel_all = np.where(ls.lockstep[:, None], rel[root] + off, rel)
     lockstep_member = ls.lockstep[inst_of]
-    arr = np.where(lockstep_member[:, None], rel_all[inst_of[p]] + tr[p] + el[:, None] + delta[:A], arr_merge)
-    lv = rel_all[inst_of] + tr
-    return arr, lv, rel_all, len(bounds) - 1
+
+    def arrival(a: np.ndarray) -> np.ndarray:
+        return np.where(lockstep_member[a, None], rel_all[inst_of[p[a]]] + tr[p[a]] + el[a, None] + delta[a],
+                        arr_merge[a])
+
+    # Per-anchor times for the baseline only; for every scenario the sums the reports need.
+    everyone = np.arange(A)
+    arr0 = np.where(lockstep_member, rel_all[inst_of[p], 0] + tr[p, 0] + el + delta[:A, 0], arr_merge[:, 0])[:, None]
+    lv0 = (rel_all[inst_of, 0] + tr[:, 0])[:, None]
+    lastp = np.maximum(g.start_of_rank[1:] - 1, 0)
+    ends = (arrival(lastp), rel_all[inst_of[lastp]] + tr[lastp]) if A else (np.zeros((0, S)), np.zeros((0, S)))
+    coll = ~g.is_barrier
+    lock_c = everyone[coll & lockstep_member]
+    merge_c = everyone[coll & ~lockstep_member]
+    released = np.bincount(inst_of[coll], minlength=I) @ rel_all if A else np.zeros(S)
+    arrived = (np.bincount(inst_of[p[lock_c]], minlength=I) @ rel_all + tr[p[lock_c]].sum(axis=0)
+               + el[lock_c].sum() + delta[lock_c].sum(axis=0) + arr_merge[merge_c].sum(axis=0)) if A else np.zeros(S)
+    return arr0, lv0, rel_all, len(bounds) - 1, ends, released - arrived
 
 
 def _baseline_links(g: Graph, arr: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -373,7 +390,7 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
 
     rounds = 0
     if plan.ordered:
-        arr, lv, rel, rounds = _compressed(g, el, ea, low, ext, transfer, delta, tscale, use_kernels)
+        arr, lv, rel, rounds, ends, wait = _compressed(g, el, ea, low, ext, transfer, delta, tscale, use_kernels)
     elif False:
         inst_of_member = g.inst[g.members]
         bounds = plan.bounds
@@ -406,6 +423,12 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
         if done < I:
             raise ReplayError(f"the collectives wait on each other in a cycle ({I - done:,} of {I:,} instances "
                               "never released): the ranks' clocks disagree with the order they ran in")
+    if not plan.ordered:
+        coll = ~g.is_barrier
+        wait = (rel[g.inst[coll]] - arr[coll]).sum(axis=0)
+        lastp = np.maximum(g.start_of_rank[1:] - 1, 0)
+        ends = (arr[lastp], lv[lastp]) if A else (np.zeros((0, S)), np.zeros((0, S)))
+        arr, lv = arr[:, :1], lv[:, :1]
     last, external = _baseline_links(g, arr, rel)
     prev = np.maximum(np.arange(A) - 1, 0)
     via_leave = ~g.first_of_rank & ((lv[prev, 0] + el) >= (arr[prev, 0] + ea)) if A else np.zeros(0, bool)
@@ -415,10 +438,10 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
     lastp = np.maximum(g.start_of_rank[1:] - 1, 0)
     tails = delta[A + np.arange(R)]
     if A:
-        from_leave = np.where(has[:, None], lv[lastp], 0.0) + tel[:, None]
-        from_arrive = np.where(has[:, None], arr[lastp], 0.0) + tea[:, None]
+        from_leave = np.where(has[:, None], ends[1], 0.0) + tel[:, None]
+        from_arrive = np.where(has[:, None], ends[0], 0.0) + tea[:, None]
     else:
         from_leave, from_arrive = np.zeros((R, S)) + tel[:, None], np.full((R, S), -np.inf)
     end = np.maximum(from_leave, from_arrive) + tails
     return Replay(arrive=arr, release=rel, leave=lv, end=end, rounds=rounds, last=last, external=external,
-                  via_leave=via_leave, tail_via_leave=from_leave[:, 0] >= from_arrive[:, 0])
+                  via_leave=via_leave, tail_via_leave=from_leave[:, 0] >= from_arrive[:, 0], wait=wait)

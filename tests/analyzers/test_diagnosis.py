@@ -77,6 +77,10 @@ def test_unchanged_replay_reproduces_the_measured_run() -> None:
     assert np.array_equal(rep.leave[:, 0], g.leave)
     assert np.array_equal(rep.end[:, 0], g.last)
     assert rep.wall_end[0] == ctx.wall_end
+    coll = ~g.is_barrier
+    direct = (rep.release[g.inst[coll], 0] - rep.arrive[coll, 0]).sum()
+    assert rep.sync_wait(g)[0] == pytest.approx(direct, rel=1e-12)
+    assert direct == pytest.approx((g.release[coll] - g.arrive[coll]).sum(), abs=coll.sum() * 2)
 
 
 def test_critical_path_covers_the_wall_and_never_waits() -> None:
