@@ -215,8 +215,30 @@ def lockstep(g: Graph) -> Lockstep:
     return out
 
 
+def _ordered(g: Graph, el: np.ndarray, ea: np.ndarray, low: np.ndarray, ext: np.ndarray, transfer: np.ndarray,
+             delta: np.ndarray, tscale: np.ndarray) -> tuple:
+    """The replay as one compiled pass over the instances in release order (``kernels.replay_ordered``);
+    the same results as :func:`_compressed`."""
+    A, I, S = g.anchors, len(g.inst_key), delta.shape[1]
+    arr = np.empty((A, S))
+    rel = np.empty((I, S))
+    wait = np.zeros(S)
+    f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)   # noqa: E731
+    kernels.replay_ordered(np.ascontiguousarray(g.offsets, np.int64), np.ascontiguousarray(g.members, np.int64),
+                           g.first_of_rank.view(np.uint8), np.ascontiguousarray(g.inst, np.int64), f64(el), f64(ea),
+                           f64(transfer), f64(tscale), f64(delta), f64(g.arrive), f64(low), f64(ext),
+                           np.ascontiguousarray(~g.is_barrier).view(np.uint8), arr, rel, wait)
+    p = np.maximum(np.arange(A) - 1, 0)
+    lv0 = (rel[g.inst, 0] + transfer * tscale[:, 0])[:, None]
+    lastp = np.maximum(g.start_of_rank[1:] - 1, 0)
+    ends = ((arr[lastp], rel[g.inst[lastp]] + transfer[lastp, None] * tscale[lastp]) if A
+            else (np.zeros((0, S)), np.zeros((0, S))))
+    del p
+    return arr[:, :1].copy(), lv0, rel, 0, ends, wait
+
+
 def _compressed(g: Graph, el: np.ndarray, ea: np.ndarray, low: np.ndarray, ext: np.ndarray, transfer: np.ndarray,
-                delta: np.ndarray, tscale: np.ndarray, use_kernels: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                delta: np.ndarray, tscale: np.ndarray) -> tuple:
     """The replay over the :class:`Lockstep` structure: lockstep offsets for every instance at once,
     then the merges batch by batch, then every anchor's arrival and leave from the releases."""
     A, I = g.anchors, len(g.inst_key)
@@ -270,14 +292,6 @@ def _compressed(g: Graph, el: np.ndarray, ea: np.ndarray, low: np.ndarray, ext: 
     arr_slot = np.full((J, S), np.nan)
     bounds = ls.bounds
     merges = ls.merges
-    if kernels is not None and use_kernels:
-        need_of_slot = np.full(J, -1, np.int64)
-        need_of_slot[need] = np.arange(len(need))
-        kernels.replay_merges(rel, np.ascontiguousarray(base), np.ascontiguousarray(rq, np.int64), slot_start,
-                              np.ascontiguousarray(merges, np.int64), np.ascontiguousarray(low),
-                              np.ascontiguousarray(ext), need_of_slot, np.ascontiguousarray(sp, np.int64),
-                              np.ascontiguousarray(rq2, np.int64), np.ascontiguousarray(base2), arr_slot)
-        bounds = bounds[:1]              # done: skip the numpy loop below (its oracle)
     for b in range(len(bounds) - 1):       # a loop over the merges' depth, not the events
         s0, e0 = int(bounds[b]), int(bounds[b + 1])
         lo, hi = int(slot_start[s0]), int(slot_start[e0])
@@ -389,8 +403,10 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
         arr[a] = np.maximum(lv[p] + el[a, None], arr[p] + ea[a, None]) + delta[a]
 
     rounds = 0
-    if plan.ordered:
-        arr, lv, rel, rounds, ends, wait = _compressed(g, el, ea, low, ext, transfer, delta, tscale, use_kernels)
+    if plan.ordered and kernels is not None and use_kernels:
+        arr, lv, rel, rounds, ends, wait = _ordered(g, el, ea, low, ext, transfer, delta, tscale)
+    elif plan.ordered:
+        arr, lv, rel, rounds, ends, wait = _compressed(g, el, ea, low, ext, transfer, delta, tscale)
     elif False:
         inst_of_member = g.inst[g.members]
         bounds = plan.bounds
