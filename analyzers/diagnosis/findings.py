@@ -155,9 +155,10 @@ def _candidates(g: Graph, ctx: AnalysisContext, cp: Any) -> list[dict]:
     # Ops below their roof: the op classes with the most time above their roof on the path.
     if ctx.hardware is not None and len(g.op_roof):
         ok = ~np.isnan(g.op_roof)
-        head = pd.DataFrame({"key": g.op_key[ok], "excess": g.op_time[ok] - g.op_roof[ok]})
-        top = head.groupby("key")["excess"].sum().sort_values(ascending=False).head(3)
-        for key, excess in top.items():     # three op classes
+        excess_by_key = np.bincount(g.op_key[ok], weights=(g.op_time[ok] - g.op_roof[ok]).astype(float),
+                                    minlength=len(g.op_keys))
+        best = np.argsort(-excess_by_key)[:3]
+        for key, excess in zip(best.tolist(), excess_by_key[best].tolist()):     # three op classes
             op, phase = g.op_keys[int(key)]
             if op in (None, "host") or excess <= 0:
                 continue

@@ -332,9 +332,10 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     step_col = part.ints("step", -1)[rows] if part.has("step") else np.full(len(rows), -1)
     out = RankGraph(rank=rank, key=keys.astype(np.int64), arrive=arrive.astype(np.int64), release=release,
                     leave=leave.astype(np.int64), asynchronous=asynchronous, joined=joined, step=step_col,
-                    kinds=kinds, op_seg=(uniq // n_ph // n_op).astype(np.int64),
+                    kinds=kinds, op_seg=(uniq // n_ph // n_op).astype(np.int32),
                     op_code=((uniq // n_ph) % n_op).astype(np.int32), phase_code=(uniq % n_ph).astype(np.int32),
-                    op_time=op_time, op_dur=op_dur, op_roof=op_roof, op_names=[*op_names, None], phase_names=[*ph_names, None],
+                    op_time=op_time.astype(np.float32), op_dur=op_dur.astype(np.float32),
+                    op_roof=op_roof.astype(np.float32), op_names=[*op_names, None], phase_names=[*ph_names, None],
                     first=first, last=last, deltas=deltas)
     part.cache[key_] = out
     return out
@@ -396,22 +397,28 @@ class Graph:
         inst_key, inst = keys[order], rank_in_order[by_key]
         members = np.argsort(inst, kind="stable")
         offsets = np.searchsorted(inst[members], np.arange(len(inst_key) + 1))
-        kinds = np.zeros((A + R, len(KINDS)))
-        deltas = np.zeros((parts[0].deltas.shape[0] if parts else 0, A + R))
+        # Segments: every rank's anchors' rows first (in rank order), then one tail row per rank.
+        kinds = np.concatenate([p.kinds[:-1] for p in parts] + [p.kinds[-1:] for p in parts]) if parts \
+            else np.zeros((0, len(KINDS)))
+        n_s = parts[0].deltas.shape[0] if parts else 0
+        deltas = (np.concatenate([p.deltas[:, :-1] for p in parts] + [p.deltas[:, -1:] for p in parts], axis=1)
+                  if parts else np.zeros((0, 0)))
+        # Sparse op rows: local segment -> global row; per-rank dictionary codes -> one table.
         op_keys: dict[tuple, int] = {}
-        segs, codes, times, durs, roofs = [], [], [], [], []
-        for i, p in enumerate(parts):     # a loop over ranks, not events
-            rows = np.r_[np.arange(start[i], start[i + 1]), A + i]
-            kinds[rows] = p.kinds
-            if deltas.shape[0]:
-                deltas[:, rows] = p.deltas
+        remaps, bases = [], [0]
+        for p in parts:     # a loop over ranks (their small op and phase vocabularies), not events
             local = [(p.op_names[o], p.phase_names[f]) for o in range(len(p.op_names)) for f in range(len(p.phase_names))]
-            remap = np.array([op_keys.setdefault(k, len(op_keys)) for k in local], dtype=np.int32)
-            segs.append(rows[p.op_seg])
-            codes.append(remap[p.op_code.astype(np.int64) * len(p.phase_names) + p.phase_code])
-            times.append(p.op_time)
-            durs.append(p.op_dur)
-            roofs.append(p.op_roof)
+            remaps.append(np.array([op_keys.setdefault(k, len(op_keys)) for k in local], dtype=np.int32))
+            bases.append(bases[-1] + len(local))
+        rows_per = np.array([len(p.op_seg) for p in parts], dtype=np.int64)
+        pos = np.repeat(np.arange(R), rows_per)
+        local_seg = cat("op_seg")
+        seg_global = np.where(local_seg == counts[pos], A + pos, start[pos] + local_seg) if len(local_seg) else local_seg
+        n_ph = np.array([len(p.phase_names) for p in parts], dtype=np.int64)[pos]
+        code_local = cat("op_code") * n_ph + cat("phase_code")
+        remap = np.concatenate(remaps) if remaps else np.zeros(0, np.int32)
+        op_code = remap[np.asarray(bases[:-1], np.int64)[pos] + code_local] if len(code_local) else np.zeros(0, np.int32)
+        del n_s
         empty = np.zeros(0)
         return cls(ranks=np.array([p.rank for p in parts], dtype=np.int64),
                    rank_of=np.repeat(np.arange(R), counts), start_of_rank=start, key=key,
@@ -422,11 +429,10 @@ class Graph:
                    offsets=offsets.astype(np.int64), inst_key=inst_key, kinds=kinds,
                    first=np.array([p.first for p in parts], dtype=np.int64),
                    last=np.array([p.last for p in parts], dtype=np.int64), deltas=deltas,
-                   op_seg=np.concatenate(segs).astype(np.int64) if segs else empty.astype(np.int64),
-                   op_key=np.concatenate(codes) if codes else empty.astype(np.int32),
-                   op_time=np.concatenate(times) if times else empty,
-                   op_dur=np.concatenate(durs) if durs else empty,
-                   op_roof=np.concatenate(roofs) if roofs else empty, op_keys=list(op_keys))
+                   op_seg=seg_global, op_key=op_code,
+                   op_time=cat("op_time") if parts else empty.astype(np.float32),
+                   op_dur=cat("op_dur") if parts else empty.astype(np.float32),
+                   op_roof=cat("op_roof") if parts else empty.astype(np.float32), op_keys=list(op_keys))
 
     @property
     def anchors(self) -> int:

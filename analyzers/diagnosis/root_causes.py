@@ -209,8 +209,10 @@ def _cause_table(g: Graph, ctx: AnalysisContext, seg_charge: np.ndarray, tr_char
             if len(g.op_seg) else np.zeros(0)
     idle_charge = seg_charge * (1 - share_busy)
     if len(g.op_seg):
-        frame = pd.DataFrame({"rank_pos": node_rank[g.op_seg], "key": g.op_key, "cost_ns": per_op})
-        frame = frame[frame["cost_ns"] > 0].groupby(["rank_pos", "key"], as_index=False)["cost_ns"].sum()
+        K = max(len(g.op_keys), 1)
+        sums = np.bincount(node_rank[g.op_seg] * K + g.op_key, weights=per_op, minlength=len(g.ranks) * K)
+        hit = np.flatnonzero(sums > 0)
+        frame = pd.DataFrame({"rank_pos": hit // K, "key": hit % K, "cost_ns": sums[hit]})
         ops = [g.op_keys[k] for k in frame["key"]]
         op = [o for o, _ in ops]
         frame = frame.assign(op=op, phase=[f for _, f in ops],

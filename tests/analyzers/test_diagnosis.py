@@ -29,8 +29,9 @@ SAMPLE = Path(__file__).resolve().parents[2] / "sample_traces" / "mixtral-2node"
 PLANS = {
     "tp+pp": lambda nodes: dict(model="llama3-8b", nodes=nodes, chips_per_node=2, tp=2, pp=nodes, requests=4,
                                 prompt_len=128, output_len=8),
-    "ep": lambda nodes: dict(model="mixtral-8x7b", nodes=nodes, chips_per_node=2, tp=2, ep=2 * nodes, requests=8,
-                             prompt_len=64, output_len=4),
+    # Mixtral has 8 experts: up to 4 nodes of 2 chips (TP 2 in a node), 8 nodes of 1 chip.
+    "ep": lambda nodes: dict(model="mixtral-8x7b", nodes=nodes, chips_per_node=2 if nodes <= 4 else 1,
+                             tp=2 if nodes <= 4 else 1, ep=min(2 * nodes, 8), requests=8, prompt_len=64, output_len=4),
     "tp+dp": lambda nodes: dict(model="llama3-8b", nodes=nodes, chips_per_node=2, tp=2, requests=8,
                                 prompt_len=128, output_len=8),
 }
@@ -95,21 +96,29 @@ def test_critical_path_covers_the_wall_and_never_waits() -> None:
     assert cp["steps"] and all(s["start_ns"] <= s["end_ns"] for s in cp["steps"])
 
 
-@pytest.mark.parametrize("plan,nodes,seed", [("tp+pp", 2, 11), ("tp+pp", 4, 12), ("ep", 2, 13), ("ep", 4, 14),
-                                             ("tp+dp", 2, 15)])
-def test_findings_name_a_random_straggler_and_nothing_on_a_clean_run(tmp_path: Path, plan: str, nodes: int,
+@pytest.mark.parametrize("plan,nodes,seed", [("tp+pp", 2, 11), ("tp+pp", 3, 16), ("tp+pp", 4, 12), ("ep", 2, 13),
+                                             ("ep", 4, 14), ("ep", 8, 18), ("tp+pp", 8, 19), ("tp+dp", 2, 15),
+                                             ("tp+dp", 8, 17)])
+def test_findings_name_a_random_straggler_and_slow_nic_and_nothing_on_a_clean_run(tmp_path: Path, plan: str, nodes: int,
                                                                      seed: int) -> None:
     rng = np.random.default_rng(seed)
     kw = PLANS[plan](nodes)
     world = nodes * kw["chips_per_node"]
     rank = int(rng.integers(world))
     slowdown = float(rng.uniform(1.3, 1.5))
-    faulty = _findings(_store(tmp_path, "fault", [f"straggler:rank={rank},slowdown={slowdown:.2f}"], seed=seed, **kw))
+    node = int(rng.integers(nodes))
+    factor = float(rng.uniform(0.2, 0.4))
+    faults = [f"straggler:rank={rank},slowdown={slowdown:.2f}", f"slow-link:node={node},factor={factor:.2f}"]
+    faulty = _findings(_store(tmp_path, "fault", faults, seed=seed, **kw))
     stragglers = [f for f in faulty if f["kind"] == "straggler"]
-    assert [f["ranks"] for f in stragglers] == [[rank]], (rank, slowdown, faulty)
+    assert [f["ranks"] for f in stragglers] == [[rank]], (faults, faulty)
+    links = [f["nodes"] for f in faulty if f["kind"] == "slow_link"]
+    # A TP-only plan whose replicas never talk across nodes: a slow NIC costs nothing.
+    assert links == ([] if plan == "tp+dp" else [[node]]), (faults, faulty)
     ratio = stragglers[0]["evidence"]["compute_ratio"]
     assert ratio == pytest.approx(slowdown, rel=0.05)
-    assert re.search(rf"rank {rank} \(node {rank // 2}, chip {rank % 2}\) computes", stragglers[0]["title"])
+    cpn = kw["chips_per_node"]
+    assert re.search(rf"rank {rank} \(node {rank // cpn}, chip {rank % cpn}\) computes", stragglers[0]["title"])
     clean = _findings(_store(tmp_path, "clean", [], seed=seed, **kw))
     assert not [f for f in clean if f["kind"] in ("straggler", "slow_link")], clean
     for f in faulty + clean:
