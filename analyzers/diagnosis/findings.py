@@ -29,7 +29,7 @@ from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.diagnosis.critical_path import baseline, critical_path, diagnosis_chunk
 from sohuprof.analyzers.diagnosis.graph import GRAPH_COLUMNS, Graph
 from sohuprof.analyzers.diagnosis.replay import replay
-from sohuprof.analyzers.diagnosis.root_causes import root_causes
+from sohuprof.analyzers.diagnosis.root_causes import root_causes_of
 from sohuprof.analyzers.diagnosis.whatif import Change, Scenario, node_rates, scenario_inputs
 from sohuprof.analyzers.partition import Partition, as_partition
 
@@ -291,7 +291,7 @@ def findings(g: Graph, ctx: AnalysisContext) -> Findings:
     rep = replay(g, delta, tscale)
     walls = rep.wall_end - ctx.wall_start
     waits = rep.sync_wait(g)
-    rc = root_causes(g, base, ctx)
+    rc = root_causes_of(g, base, ctx)
     root = dict(zip(rc.by_rank["rank"].astype(int).tolist(), rc.by_rank["root_cost_ns"].astype(float).tolist()))
     rows = []
     for s, c in enumerate(cands, start=1):           # one per candidate

@@ -38,7 +38,7 @@ from sohuprof.analyzers.diagnosis.critical_path import chain
 from sohuprof.analyzers.diagnosis.graph import Graph
 from sohuprof.analyzers.diagnosis.replay import Replay
 
-__all__ = ["RootCauses", "root_causes", "CAUSE_KINDS"]
+__all__ = ["RootCauses", "root_causes", "root_causes_of", "CAUSE_KINDS"]
 
 #: Kinds a rank's own excess is charged to (a slow NIC's is ``link``).
 CAUSE_KINDS = ("compute", "memory", "host", "idle", "transfer", "link")
@@ -66,6 +66,15 @@ class RootCauses:
     by_rank: pd.DataFrame
     structural: dict
     total_wait_ns: int
+
+
+def root_causes_of(g: Graph, rep: Replay, ctx: AnalysisContext) -> "RootCauses":
+    """:func:`root_causes`, computed once per graph and context (comm and findings share it)."""
+    key = ("root_causes", id(g))
+    out = ctx.memo.get(key)
+    if out is None:
+        out = ctx.memo[key] = root_causes(g, rep, ctx)
+    return out
 
 
 def _peer_reference(values: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -179,8 +188,13 @@ def root_causes(g: Graph, rep: Replay, ctx: AnalysisContext) -> RootCauses:
     structural = {"pipeline_bubble": int(round(rest[pipeline].sum())),
                   "imbalance": int(round(total - own - rest[pipeline].sum()))}
     causes = _cause_table(g, ctx, seg_charge, tr_charge, by_nic, nic_node, node_rank)
-    by_rank = (causes[causes["rank"] >= 0].groupby("rank", as_index=False)["cost_ns"].sum()
-               .rename(columns={"cost_ns": "root_cost_ns"}))
+    # Each rank's cost straight from its pieces' charges (not the rounded, op-split rows): the
+    # same integers however the store's files split the ranks.
+    own_tr = ~by_nic | (nic_node < 0)
+    per_rank = (np.bincount(node_rank, weights=seg_charge, minlength=R)
+                + np.bincount(node_rank, weights=np.where(own_tr, tr_charge, 0.0), minlength=R))
+    by_rank = pd.DataFrame({"rank": g.ranks, "root_cost_ns": per_rank.round().astype("int64")})
+    by_rank = by_rank[by_rank["root_cost_ns"] > 0].reset_index(drop=True)
     return RootCauses(causes=causes, by_rank=by_rank, structural=structural, total_wait_ns=int(round(total)))
 
 

@@ -67,6 +67,8 @@ SLOW_RATIO = 0.6
 _COLL_COLS = ["kind", "group", "count", "bytes", "time_ns", "algbw", "busbw", "exposed_ns", "overlapped_ns",
               "wait_ns"]
 _STRAG_COLS = ["rank", "node", "chip", "delay_cost_ns", "late_count"]
+#: With the dependency graph (every store the comm report reads it on): root causes beside.
+_ROOT_COLS = ["root_cost_ns", "cause", "peer_ratio", "peers"]
 _LINK_COLS = ["src_node", "dst_node", "bytes", "time_ns", "bandwidth", "expected_bandwidth", "slow"]
 _NIC_COLS = ["node", "tx_bytes", "tx_ns", "wait_ns", "rx_bytes", "rx_ns", "rate", "expected_rate", "ratio", "slow"]
 #: counters.parquet's NIC port counters, by the ``nics`` column each sums into.
@@ -132,7 +134,8 @@ class CommResult:
 
     def to_json(self) -> dict:
         return {"collectives": records(self.collectives, _COLL_COLS),
-                "stragglers": records(self.stragglers, _STRAG_COLS),
+                "stragglers": records(self.stragglers, _STRAG_COLS + [c for c in _ROOT_COLS
+                                                                      if c in self.stragglers.columns]),
                 "links": records(self.links, _LINK_COLS),
                 "nics": records(self.nics, _NIC_COLS)}
 
@@ -312,6 +315,37 @@ def _stragglers(index: CollectiveIndex, ranks: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["delay_cost_ns", "rank"], ascending=[False, True])[_STRAG_COLS].reset_index(drop=True)
 
 
+def _with_root_causes(stragglers: pd.DataFrame, graphs: list, ctx: AnalysisContext) -> pd.DataFrame:
+    """Stragglers with ``root_cost_ns`` (the waiting this rank's own excess caused, directly and
+    through propagation: :mod:`sohuprof.analyzers.diagnosis.root_causes`), its main ``cause`` and
+    how far it sits from its peers (``peer_ratio``: its time per op class over its stage peers'
+    median), ranked by root cost; a rank others waited for only because it waited is not a cause."""
+    from sohuprof.analyzers.diagnosis.critical_path import baseline
+    from sohuprof.analyzers.diagnosis.findings import rank_speed, roles
+    from sohuprof.analyzers.diagnosis.root_causes import root_causes_of
+
+    g, rep = baseline(graphs, ctx)
+    rc = root_causes_of(g, rep, ctx)
+    ratio, _, peers = rank_speed(g, roles(ctx, g.ranks))
+    mine = rc.causes[rc.causes["rank"] >= 0]
+    top = (mine.groupby(["rank", "kind", "op"], dropna=False, as_index=False)["cost_ns"].sum()
+           .sort_values(["rank", "cost_ns"], ascending=[True, False]).drop_duplicates("rank"))
+    cause = {int(r): (k if o is None or (isinstance(o, float) and np.isnan(o)) else f"{k}: {o}")
+             for r, k, o in zip(top["rank"], top["kind"], top["op"])}
+    extra = pd.DataFrame({"rank": g.ranks.astype("int64"), "peer_ratio": np.round(ratio, 3),
+                          "peers": peers.astype("int64")})
+    extra = extra.merge(rc.by_rank.astype({"rank": "int64"}), on="rank", how="left")
+    out = stragglers.merge(extra, on="rank", how="outer")
+    info = ctx.ranks[["rank", "node", "chip"]].astype("int64").set_index("rank")
+    for c in ("node", "chip"):
+        out[c] = out[c].fillna(out["rank"].map(info[c])).fillna(-1).astype("int64")
+    for c in ("delay_cost_ns", "late_count", "root_cost_ns"):
+        out[c] = out[c].fillna(0).round().astype("int64")
+    out["cause"] = out["rank"].map(cause)
+    out = out[(out["delay_cost_ns"] > 0) | (out["root_cost_ns"] > 0) | (out["late_count"] > 0)]
+    return out.sort_values(["root_cost_ns", "delay_cost_ns", "rank"], ascending=[False, False, True]).reset_index(drop=True)
+
+
 def _latency(inst: pd.DataFrame, hw: HardwareSpec | None) -> np.ndarray:
     """Alpha-beta latency part of each spanning instance (ns): the algorithm nccl would pick."""
     if hw is None:
@@ -393,7 +427,9 @@ class _Comm:
     """The ``comm`` report (see the module docstring)."""
 
     name = "comm"
-    columns = (*ACTIVITY_COLUMNS, "op")
+    # The dependency graph's columns too: stragglers are ranked by the root causes of waiting.
+    columns = tuple(dict.fromkeys((*ACTIVITY_COLUMNS, "op", "rank", "ts", "dur", "category", "phase", "step", "coll_id",
+                                   "stall_mem_ns", "flops", "hbm_bytes", "track", "layer")))
 
     def applies(self, ctx: AnalysisContext) -> str | None:
         return None if ctx.has_collectives else "the trace has no collectives (no communication was recorded)"
@@ -405,8 +441,12 @@ class _Comm:
     def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Per (kind, group): the rank's communication time and the part under compute; its sends."""
         if not events.num_rows:
-            return _empty_partial()
-        return _rank_comm(events, ctx)
+            return (*_empty_partial(), None)
+        # Imported here: the diagnosis layer builds on this report (its NIC table, its records).
+        from sohuprof.analyzers.diagnosis.critical_path import diagnosis_chunk
+
+        part = as_partition(events)
+        return (*_rank_comm(part, ctx), diagnosis_chunk(part, ctx))
 
     def combine(self, partials: list[tuple[pd.DataFrame, pd.DataFrame]], ctx: AnalysisContext) -> CommResult:
         """Collective statistics, stragglers and links from every rank's partial and the collectives."""
@@ -439,8 +479,11 @@ class _Comm:
             # The port counters name the slow NIC; a link is slow when either end's is.
             slow = nics.loc[nics["slow"], "node"].to_numpy()
             links = links.assign(slow=np.isin(links["src_node"], slow) | np.isin(links["dst_node"], slow))
-        return CommResult(collectives=table, stragglers=_stragglers(ctx.collective_index, ctx.ranks),
-                          links=links, nics=nics)
+        stragglers = _stragglers(ctx.collective_index, ctx.ranks)
+        graphs = [p[2] for p in partials if len(p) > 2 and p[2] is not None]
+        if graphs:
+            stragglers = _with_root_causes(stragglers, graphs, ctx)
+        return CommResult(collectives=table, stragglers=stragglers, links=links, nics=nics)
 
 
 COMM = _Comm()

@@ -172,7 +172,8 @@ def test_json_contract(faulty: Path) -> None:
     assert set(out) == {"collectives", "stragglers", "links", "nics"}
     assert set(out["collectives"][0]) == {"kind", "group", "count", "bytes", "time_ns", "algbw", "busbw",
                                           "exposed_ns", "overlapped_ns", "wait_ns"}
-    assert set(out["stragglers"][0]) == {"rank", "node", "chip", "delay_cost_ns", "late_count"}
+    assert set(out["stragglers"][0]) == {"rank", "node", "chip", "delay_cost_ns", "late_count", "root_cost_ns", "cause",
+                                         "peer_ratio", "peers"}
     assert set(out["links"][0]) == {"src_node", "dst_node", "bytes", "time_ns", "bandwidth",
                                     "expected_bandwidth", "slow"}
     assert isinstance(out["links"][0]["slow"], bool) and isinstance(out["stragglers"][0]["rank"], int)
@@ -204,7 +205,7 @@ def test_rank_union_and_hidden_match_a_timeline(tmp_path: Path, overlapping: boo
         w.write_manifest({"source": {"format": "kineto"}})
     ctx = build_context(open_store(tmp_path / "s"))
     events = ctx.store.read("events", columns=list(COMM.columns))
-    per_key, _ = COMM.chunk(events, ctx)
+    per_key, _, _ = COMM.chunk(events, ctx)
     size = int(max(comp_ts.max() + 50, comm_ts.max() + 70))
     compute = timeline(comp_ts, comp_ts + comp_dur, size) > 0
     for kind in ("all_reduce", "all_gather"):

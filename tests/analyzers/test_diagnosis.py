@@ -239,3 +239,16 @@ def test_compiled_replay_matches_its_numpy_oracle(tmp_path: Path, seed: int) -> 
         slow = replay(g, delta, tscale, use_kernels=False)
         for name in ("arrive", "leave", "release", "end"):
             assert np.allclose(getattr(fast, name), getattr(slow, name), rtol=0, atol=1e-6), name
+
+
+def test_comm_stragglers_rank_the_root_cause_not_the_victims_of_a_slow_link(tmp_path: Path) -> None:
+    # The victims of a slow NIC arrive last at their pipeline transfers (the largest delay
+    # cost); the straggler is the one whose own excess caused the waiting.
+    rng = np.random.default_rng(41)
+    kw = PLANS["tp+pp"](4)
+    rank = int(rng.integers(2))                       # in the first stage
+    store = _store(tmp_path, "v", [f"straggler:rank={rank},slowdown=1.3", "slow-link:node=2,factor=0.3"], seed=4, **kw)
+    rows = run_reports(open_store(store), ["comm"]).to_json()["comm"]["stragglers"]
+    assert rows[0]["rank"] == rank and rows[0]["cause"].startswith("compute")
+    assert rows[0]["peer_ratio"] == pytest.approx(1.3, rel=0.03)
+    assert rows == sorted(rows, key=lambda r: (-r["root_cost_ns"], -r["delay_cost_ns"], r["rank"]))
