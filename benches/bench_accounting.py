@@ -43,14 +43,30 @@ def unpack(rev: str, dest: Path) -> Path:
     return pkg
 
 
-def run(code: str, path: Path | None) -> tuple[float, float]:
-    """Wall and CPU seconds of ``python -c code`` (PYTHONPATH=path when given)."""
+def python(path: Path | None) -> tuple[list[str], dict[str, str], str | None]:
+    """The interpreter command, environment and working directory that import the package from
+    ``path`` (an :func:`unpack`ed tree), or this tree's install when None.
+
+    An editable install's import hook (a ``.pth`` processed by ``site``) comes before
+    PYTHONPATH, so a PYTHONPATH alone still imports this tree: the other tree runs with ``-S`` (no
+    site hooks), its dependencies from site-packages put after it by hand, and away from this
+    checkout (``-c`` puts the working directory first on ``sys.path``).
+    """
     env = dict(os.environ)
-    if path is not None:
-        env["PYTHONPATH"] = str(path)
+    if path is None:
+        return [sys.executable], env, None
+    import site
+
+    env["PYTHONPATH"] = os.pathsep.join([str(path), *site.getsitepackages()])
+    return [sys.executable, "-S"], env, str(path)
+
+
+def run(code: str, path: Path | None) -> tuple[float, float]:
+    """Wall and CPU seconds of ``python -c code`` (the tree at ``path`` when given)."""
+    argv, env, cwd = python(path)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    subprocess.run([*argv, "-c", code], check=True, env=env, cwd=cwd)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

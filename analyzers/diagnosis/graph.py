@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from sohuprof.analyzers.activity import collective_rows
 from sohuprof.analyzers.analysis import AnalysisContext
@@ -216,7 +218,7 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     host_rows = order[where.get("host", slice(0, 0))]
     if replicas is not None and len(host_rows) and part.has("step"):
         replica = replicas.get(rank, 0)
-        step = part.ints("step", -1)[host_rows]
+        step = np.asarray(pc.take(part.column("step"), pa.array(host_rows)).fill_null(-1).to_numpy(), np.int64)
         b_key = BARRIER_BASE - (np.maximum(step, 0) * _STEP_STRIDE + replica)
         b_rows = host_rows
     else:
@@ -272,7 +274,7 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
         j = seg - 1                                         # the anchor before each work event
         at = np.maximum(j, 0)
         hit = (j >= 0) & (w_ts > arrive[at]) & (w_ts < leave[at])
-        inside[np.unique(j[hit])] = True
+        inside[j[hit]] = True
     asynchronous = inside & ~is_barrier
     # Joined: after an asynchronous anchor, a work event that starts, after an idle gap, just as
     # the transfer ends (it waited for it).
@@ -281,7 +283,7 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     if len(w) and asynchronous.any():
         j = np.maximum(seg - 1, 0)
         wait_end = (seg > 0) & asynchronous[j] & (gap_before > 0) & (np.abs(w_ts - leave[j]) <= tol)
-        joined[np.unique(j[wait_end])] = True
+        joined[j[wait_end]] = True
     # Segment composition.
     J = len(rows) + 1
     cat_of = np.array([{"compute": 0, "memory": 2, "host": 3}.get(v, 0) for v in cat_values] + [0])[cat_codes[w]]
@@ -311,7 +313,13 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     n_ph = len(ph_names) + 1
     n_op = len(op_names) + 1
     combo = (seg.astype(np.int64) * n_op + op_codes[w]) * n_ph + ph_codes[w]
-    uniq, inv = np.unique(combo, return_inverse=True)
+    # Segments come in time order, so the keys are nearly sorted: a stable (run-merging) sort.
+    by = np.argsort(combo, kind="stable")
+    sorted_combo = combo[by]
+    head = np.r_[True, sorted_combo[1:] != sorted_combo[:-1]] if len(combo) else np.zeros(0, bool)
+    uniq = sorted_combo[head]
+    inv = np.empty(len(combo), np.int64)
+    inv[by] = np.cumsum(head) - 1
     roof = _roof_ns(part, ctx, w)
     with np.errstate(divide="ignore", invalid="ignore"):
         roof_exposed = np.where(dur_w > 0, exposed * np.clip(roof / dur_w, 0, 1), 0.0)
@@ -329,7 +337,8 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
             with np.errstate(divide="ignore", invalid="ignore"):
                 factor = np.where(dur_w > 0, new / dur_w, 1.0)
             deltas[s] = np.bincount(seg, weights=np.where(is_work_compute, exposed * (factor - 1), 0.0), minlength=J)
-    step_col = part.ints("step", -1)[rows] if part.has("step") else np.full(len(rows), -1)
+    step_col = (np.asarray(pc.take(part.column("step"), pa.array(rows)).fill_null(-1).to_numpy(), np.int64)
+                if part.has("step") and len(rows) else np.full(len(rows), -1, np.int64))
     out = RankGraph(rank=rank, key=keys.astype(np.int64), arrive=arrive.astype(np.int64), release=release,
                     leave=leave.astype(np.int64), asynchronous=asynchronous, joined=joined, step=step_col,
                     kinds=kinds, op_seg=(uniq // n_ph // n_op).astype(np.int32),

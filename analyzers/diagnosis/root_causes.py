@@ -77,15 +77,20 @@ def root_causes_of(g: Graph, rep: Replay, ctx: AnalysisContext) -> "RootCauses":
     return out
 
 
-def _peer_reference(values: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """Per element: the median of the other elements of its group (the other one's value in a
-    pair; a group of one is its own reference)."""
-    frame = pd.DataFrame({"g": group, "v": values})
-    grouped = frame.groupby("g")["v"]
-    size = grouped.transform("size").to_numpy()
-    total = grouped.transform("sum").to_numpy()
-    median = grouped.transform("median").to_numpy()
-    return np.where(size == 1, values, np.where(size == 2, total - values, median))
+def _peer_reference(values: np.ndarray, row: np.ndarray, col: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Per element: the median of the other elements of its group, the groups laid out as the
+    rows of a dense ``rows x cols`` table (``row``, ``col`` per element): the other one's value in
+    a pair, itself alone, and in larger groups the median of all (one outlier barely moves it)."""
+    if not len(values):
+        return values
+    table = np.full((rows, cols), np.nan)
+    table[row, col] = values
+    size = np.sum(~np.isnan(table), axis=1)
+    total = np.nansum(table, axis=1)
+    with np.errstate(all="ignore"):
+        median = np.nanmedian(table, axis=1) if cols > 2 else total / np.maximum(size, 1)
+    n = size[row]
+    return np.where(n == 1, values, np.where(n == 2, total[row] - values, median[row]))
 
 
 def _nic_excess(g: Graph, ctx: AnalysisContext, transfer: np.ndarray, inst_p: np.ndarray,
@@ -136,13 +141,24 @@ def root_causes(g: Graph, rep: Replay, ctx: AnalysisContext) -> RootCauses:
     q = s - ch.transfer
     node_rank = np.r_[g.rank_of, np.arange(R)]
     ordinal = np.r_[np.arange(A) - g.start_of_rank[g.rank_of] if A else np.zeros(0, np.int64), np.full(R, -1)]
-    role = roles(ctx, g.ranks)[node_rank]
-    group = role.astype(np.int64) * (1 << 32) + (ordinal + 1)
-    seg_len = np.clip(t - s, 0, None)
-    ex_seg = np.clip(seg_len - _peer_reference(seg_len, group), 0, None)
+    # Peers: the same place in the program (ordinal, the tail last) on the ranks of one stage.
+    rank_role = roles(ctx, g.ranks)
+    stages, stage_of_rank = np.unique(rank_role, return_inverse=True)
+    col_of_rank = np.zeros(R, np.int64)
+    for k in range(len(stages)):                      # a loop over pipeline stages
+        mine = np.flatnonzero(stage_of_rank == k)
+        col_of_rank[mine] = np.arange(len(mine))
+    width = np.zeros(len(stages), np.int64)
+    np.maximum.at(width, stage_of_rank[node_rank], ordinal + 2)
+    base = np.r_[0, np.cumsum(width)[:-1]]
+    row = base[stage_of_rank[node_rank]] + ordinal + 1
+    n_rows, n_cols = int(width.sum()), int(np.bincount(stage_of_rank).max(initial=1))
+    col = col_of_rank[node_rank]
+    seg_len = np.clip(t - s, 0, None).astype(float)
+    ex_seg = np.clip(seg_len - _peer_reference(seg_len, row, col, n_rows, n_cols), 0, None)
     has_tr = (ch.node_prev >= 0) & ch.via
     tr = np.where(has_tr, ch.transfer, 0.0)
-    ex_tr_peer = np.clip(tr - _peer_reference(tr, group), 0, None)
+    ex_tr_peer = np.clip(tr - _peer_reference(tr, row, col, n_rows, n_cols), 0, None)
     ex_nic, nic_node = _nic_excess(g, ctx, tr, ch.inst_p, has_tr)
     ex_tr = np.maximum(ex_tr_peer, ex_nic)
     by_nic = ex_nic >= ex_tr_peer
@@ -178,13 +194,12 @@ def root_causes(g: Graph, rep: Replay, ctx: AnalysisContext) -> RootCauses:
     total = float(w.sum())
     own = float(seg_charge.sum() + tr_charge.sum())
     # Structural: what no excess explains, by where the waiting happened.
-    kinds = _instance_kinds(g, ctx)
-    wait_kind = kinds[g.inst[w_anchor]] if len(w_anchor) else np.zeros(0, object)
+    pipe = _pipeline_instances(g, ctx)
     # Each wait's own share, to split the structural rest by the wait's instance kind.
     own_per_wait = np.bincount(np.concatenate(hits_wait), minlength=len(w),
                                weights=np.concatenate(hits_seg) + np.concatenate(hits_tr)) if hits_wait else np.zeros(len(w))
     rest = np.clip(w - own_per_wait, 0, None)
-    pipeline = np.isin(wait_kind.astype(str), ["send", "send_recv", "recv"]) if len(wait_kind) else np.zeros(0, bool)
+    pipeline = pipe[g.inst[w_anchor]] if len(w_anchor) else np.zeros(0, bool)
     structural = {"pipeline_bubble": int(round(rest[pipeline].sum())),
                   "imbalance": int(round(total - own - rest[pipeline].sum()))}
     causes = _cause_table(g, ctx, seg_charge, tr_charge, by_nic, nic_node, node_rank)
@@ -198,13 +213,16 @@ def root_causes(g: Graph, rep: Replay, ctx: AnalysisContext) -> RootCauses:
     return RootCauses(causes=causes, by_rank=by_rank, structural=structural, total_wait_ns=int(round(total)))
 
 
-def _instance_kinds(g: Graph, ctx: AnalysisContext) -> np.ndarray:
-    """Each instance's collective kind (``barrier`` for step barriers)."""
+def _pipeline_instances(g: Graph, ctx: AnalysisContext) -> np.ndarray:
+    """[I] is each instance a pipeline send/recv? (decided once per kind, not per instance)"""
     inst = ctx.instances
-    kind = pd.Series(inst["kind"].astype(str).to_numpy(), index=inst["coll_id"].to_numpy())
-    out = kind.reindex(g.inst_key).to_numpy(object).copy()
-    out[g.inst_key < 0] = "barrier"
-    return np.where(pd.isna(out), "unknown", out)
+    kind = inst["kind"].array
+    hit = np.r_[np.isin(np.asarray(kind.categories, dtype=object), ["send", "send_recv", "recv"]), False]
+    is_pipe = hit[np.asarray(kind.codes)]
+    ids = inst["coll_id"].to_numpy(np.int64)
+    pos = np.clip(np.searchsorted(ids, g.inst_key), 0, max(len(ids) - 1, 0))
+    found = (g.inst_key >= 0) & (ids[pos] == g.inst_key) if len(ids) else np.zeros(len(g.inst_key), bool)
+    return np.where(found, is_pipe[pos] if len(ids) else False, False)
 
 
 def _cause_table(g: Graph, ctx: AnalysisContext, seg_charge: np.ndarray, tr_charge: np.ndarray,
@@ -219,12 +237,14 @@ def _cause_table(g: Graph, ctx: AnalysisContext, seg_charge: np.ndarray, tr_char
     span = g.kinds.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         share_busy = np.where(span > 0, np.minimum(busy / span, 1.0), 0.0)
-        per_op = np.where(busy[g.op_seg] > 0, seg_charge[g.op_seg] * share_busy[g.op_seg] * g.op_time / busy[g.op_seg], 0.0) \
-            if len(g.op_seg) else np.zeros(0)
+        # Only the rows of charged segments (most segments are charged nothing).
+        charged = np.flatnonzero((seg_charge > 0)[g.op_seg]) if len(g.op_seg) else np.zeros(0, np.int64)
+        seg = g.op_seg[charged]
+        per_op = np.where(busy[seg] > 0, seg_charge[seg] * share_busy[seg] * g.op_time[charged] / busy[seg], 0.0)
     idle_charge = seg_charge * (1 - share_busy)
-    if len(g.op_seg):
+    if len(charged):
         K = max(len(g.op_keys), 1)
-        sums = np.bincount(node_rank[g.op_seg] * K + g.op_key, weights=per_op, minlength=len(g.ranks) * K)
+        sums = np.bincount(node_rank[seg] * K + g.op_key[charged], weights=per_op, minlength=len(g.ranks) * K)
         hit = np.flatnonzero(sums > 0)
         frame = pd.DataFrame({"rank_pos": hit // K, "key": hit % K, "cost_ns": sums[hit]})
         ops = [g.op_keys[k] for k in frame["key"]]
