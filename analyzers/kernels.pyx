@@ -17,7 +17,7 @@ def replay_ordered(const long long[::1] offsets, const long long[::1] members, c
     ``s``: each member ``a`` of instance ``c`` arrives at::
 
         first[a]:  arrive0[a] + delta[a, s]
-        else:      max(rel[inst[a-1], s] + transfer[a-1] * tscale[a-1, s] + el[a],
+        else:      max(rel[inst[a-1], s] + transfer[a-1] * tscale[inst[a-1], s] + el[a],
                        arr[a-1, s] + ea[a]) + delta[a, s]
 
     and ``rel[c, s] = max(max over members of arr + low[c], ext[c])``; ``wait[s]`` sums
@@ -39,7 +39,7 @@ def replay_ordered(const long long[::1] offsets, const long long[::1] members, c
                         x = arrive0[a]
                     else:
                         p = a - 1
-                        x = rel[inst[p], s] + transfer[p] * tscale[p, s] + el[a]
+                        x = rel[inst[p], s] + transfer[p] * tscale[inst[p], s] + el[a]
                         if ea[a] > -INFINITY:
                             y = arr[p, s] + ea[a]
                             if y > x:

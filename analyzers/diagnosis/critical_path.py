@@ -141,7 +141,15 @@ def chain(g: Graph, rep: Replay) -> Chain:
 
 
 def critical_path(g: Graph, rep: Replay, ctx: AnalysisContext) -> CriticalPath:
-    """The baseline replay's critical path and its composition."""
+    """The baseline replay's critical path and its composition (once per graph and context)."""
+    key = ("critical_path", id(g))
+    out = ctx.memo.get(key)
+    if out is None:
+        out = ctx.memo[key] = _critical_path(g, rep, ctx)
+    return out
+
+
+def _critical_path(g: Graph, rep: Replay, ctx: AnalysisContext) -> CriticalPath:
     A, R = g.anchors, len(g.ranks)
     wall_start = ctx.wall_start
     if not R:

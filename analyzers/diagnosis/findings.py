@@ -71,12 +71,8 @@ def rank_speed(g: Graph, role: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     """Per rank: its time over its peers' median, the median over op classes that make at least
     1 % of its compute (see the module docstring); its compute time; its peers' count."""
     R = len(g.ranks)
-    K = max(len(g.op_keys), 1)
-    seg_rank = np.r_[g.rank_of, np.arange(R)]
     compute_keys = np.array([op not in (None, "host", "memcpy") for op, _ in g.op_keys] + [False])
-    rows = compute_keys[g.op_key] if len(g.op_key) else np.zeros(0, bool)
-    T = np.bincount(seg_rank[g.op_seg[rows]] * K + g.op_key[rows], weights=g.op_dur[rows],
-                    minlength=R * K).reshape(R, K)
+    T = np.where(compute_keys[:g.key_dur.shape[1]][None, :], g.key_dur, 0.0)
     ratio = np.ones(R)
     peers = np.zeros(R, np.int64)
     for r in np.unique(role):          # a loop over pipeline stages
@@ -201,12 +197,10 @@ def _imbalance(g: Graph, ctx: AnalysisContext, role: np.ndarray, ratio: np.ndarr
     """Load imbalance: an op class whose time differs between the ranks of one stage though the
     ranks themselves run at their peers' speed (MoE experts receiving unequal tokens, replicas with
     unequal batches). Priced by replaying every rank's time in that class at its stage's mean."""
-    R, K = len(g.ranks), max(len(g.op_keys), 1)
-    seg_rank = np.r_[g.rank_of, np.arange(R)]
+    R = len(g.ranks)
     if not len(g.op_seg) or R < 2:
         return []
-    row_rank = seg_rank[g.op_seg]
-    T = np.bincount(row_rank * K + g.op_key, weights=g.op_dur, minlength=R * K).reshape(R, K)
+    T = g.key_dur
     out = []
     for r in np.unique(role):                       # a loop over stages
         mine = np.flatnonzero((role == r) & (ratio < STRAGGLER_RATIO))
@@ -278,7 +272,7 @@ def findings(g: Graph, ctx: AnalysisContext) -> Findings:
     delta, tscale = scenario_inputs(g, scenarios, ctx, nodes)
     for s, (sc, c) in enumerate(zip(scenarios, cands), start=1):      # what scenario_inputs leaves to us
         if any(ch.target == "host" for ch in sc.changes):
-            tscale[g.is_barrier, s] = 0.0
+            tscale[g.inst_key < 0, s] = 0.0
             delta[:, s] -= g.kinds[:, 3]
         if "row_factor" in c:
             k, factor = c["row_factor"]

@@ -88,6 +88,7 @@ class RankGraph:
     op_time: np.ndarray
     op_dur: np.ndarray          # the ops' own durations (exposed or not)
     op_roof: np.ndarray
+    key_dur: np.ndarray         # [op x phase codes] the rank's total op durations
     op_names: list
     phase_names: list
     first: int
@@ -325,6 +326,8 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
         roof_exposed = np.where(dur_w > 0, exposed * np.clip(roof / dur_w, 0, 1), 0.0)
     op_time = np.bincount(inv, weights=exposed, minlength=len(uniq))
     op_dur = np.bincount(inv, weights=dur_w, minlength=len(uniq))
+    # The rank's own time per (op, phase) code: what its speed against its peers is judged by.
+    key_dur = np.bincount(op_codes[w] * n_ph + ph_codes[w], weights=dur_w, minlength=n_op * n_ph)
     op_roof = np.bincount(inv, weights=np.nan_to_num(roof_exposed, nan=0.0), minlength=len(uniq))
     has_roof = np.bincount(inv, weights=~np.isnan(roof_exposed), minlength=len(uniq)) > 0
     op_roof = np.where(has_roof, op_roof, np.nan)
@@ -344,7 +347,7 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
                     kinds=kinds, op_seg=(uniq // n_ph // n_op).astype(np.int32),
                     op_code=((uniq // n_ph) % n_op).astype(np.int32), phase_code=(uniq % n_ph).astype(np.int32),
                     op_time=op_time.astype(np.float32), op_dur=op_dur.astype(np.float32),
-                    op_roof=op_roof.astype(np.float32), op_names=[*op_names, None], phase_names=[*ph_names, None],
+                    op_roof=op_roof.astype(np.float32), key_dur=key_dur, op_names=[*op_names, None], phase_names=[*ph_names, None],
                     first=first, last=last, deltas=deltas)
     part.cache[key_] = out
     return out
@@ -384,6 +387,7 @@ class Graph:
     op_dur: np.ndarray
     op_roof: np.ndarray
     op_keys: list                # (op, phase) per code
+    key_dur: np.ndarray = None   # [R, len(op_keys)] each rank's op durations per code
 
     @classmethod
     def from_ranks(cls, parts: list[RankGraph]) -> Graph:
@@ -427,6 +431,9 @@ class Graph:
         code_local = cat("op_code") * n_ph + cat("phase_code")
         remap = np.concatenate(remaps) if remaps else np.zeros(0, np.int32)
         op_code = remap[np.asarray(bases[:-1], np.int64)[pos] + code_local] if len(code_local) else np.zeros(0, np.int32)
+        key_dur = np.zeros((R, max(len(op_keys), 1)))
+        for i, (p, rm) in enumerate(zip(parts, remaps)):     # a loop over ranks
+            np.add.at(key_dur[i], rm, p.key_dur)
         del n_s
         empty = np.zeros(0)
         return cls(ranks=np.array([p.rank for p in parts], dtype=np.int64),
@@ -441,7 +448,8 @@ class Graph:
                    op_seg=seg_global, op_key=op_code,
                    op_time=cat("op_time") if parts else empty.astype(np.float32),
                    op_dur=cat("op_dur") if parts else empty.astype(np.float32),
-                   op_roof=cat("op_roof") if parts else empty.astype(np.float32), op_keys=list(op_keys))
+                   op_roof=cat("op_roof") if parts else empty.astype(np.float32), op_keys=list(op_keys),
+                   key_dur=key_dur if parts else np.zeros((0, 1)))
 
     @property
     def anchors(self) -> int:

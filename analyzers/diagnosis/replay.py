@@ -229,9 +229,9 @@ def _ordered(g: Graph, el: np.ndarray, ea: np.ndarray, low: np.ndarray, ext: np.
                            f64(transfer), f64(tscale), f64(delta), f64(g.arrive), f64(low), f64(ext),
                            np.ascontiguousarray(~g.is_barrier).view(np.uint8), arr, rel, wait)
     p = np.maximum(np.arange(A) - 1, 0)
-    lv0 = (rel[g.inst, 0] + transfer * tscale[:, 0])[:, None]
+    lv0 = (rel[g.inst, 0] + transfer * tscale[g.inst, 0])[:, None]
     lastp = np.maximum(g.start_of_rank[1:] - 1, 0)
-    ends = ((arr[lastp], rel[g.inst[lastp]] + transfer[lastp, None] * tscale[lastp]) if A
+    ends = ((arr[lastp], rel[g.inst[lastp]] + transfer[lastp, None] * tscale[g.inst[lastp]]) if A
             else (np.zeros((0, S)), np.zeros((0, S))))
     del p
     return arr[:, :1].copy(), lv0, rel, 0, ends, wait
@@ -356,8 +356,8 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
     ----------
     delta : array [A + R, S], optional
         Change of each segment's time (ns; the anchors' segments, then each rank's tail).
-    tscale : array [A, S], optional
-        Factor on each member's transfer (release to leave).
+    tscale : array [I, S], optional
+        Factor on each instance's transfers (every member's release to leave).
 
     Raises
     ------
@@ -369,7 +369,7 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
         delta = np.zeros((A + R, 1))
     S = delta.shape[1]
     if tscale is None:
-        tscale = np.ones((A, S))
+        tscale = np.ones((I, S))
     el, ea, tel, tea = chain_offsets(g)
     n = np.diff(g.offsets)
     rec_release = np.full(I, np.iinfo(np.int64).min)
@@ -396,7 +396,7 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
         top = np.maximum.reduceat(arr[m], starts, axis=0)
         r = np.maximum(top + low[frontier, None], ext[frontier, None])
         rel[frontier] = r
-        lv[m] = r[grp] + transfer[m, None] * tscale[m]
+        lv[m] = r[grp] + transfer[m, None] * tscale_a[m]
         go = nxt_same[m]
         p = m[go]
         a = p + 1
@@ -406,7 +406,7 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
     if plan.ordered and kernels is not None and use_kernels:
         arr, lv, rel, rounds, ends, wait = _ordered(g, el, ea, low, ext, transfer, delta, tscale)
     elif plan.ordered:
-        arr, lv, rel, rounds, ends, wait = _compressed(g, el, ea, low, ext, transfer, delta, tscale)
+        arr, lv, rel, rounds, ends, wait = _compressed(g, el, ea, low, ext, transfer, delta, tscale[g.inst])
     elif False:
         inst_of_member = g.inst[g.members]
         bounds = plan.bounds
@@ -418,6 +418,7 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
             release_batch(slice(s, e), m, grp, g.offsets[s:e] - lo)
         rounds = len(bounds) - 1
     if not plan.ordered:
+        tscale_a = tscale[g.inst]
         count = np.zeros(I, np.int64)
         touched, arrived = np.unique(g.inst[heads], return_counts=True)
         count[touched] += arrived

@@ -168,13 +168,13 @@ def node_rates(ctx: AnalysisContext) -> dict[int, float]:
 
 def scenario_inputs(g: Graph, scenarios: list[Scenario], ctx: AnalysisContext,
                     node_of_rank: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``delta`` [A + R, S] and ``tscale`` [A, S] for the replay (the baseline first, column 0)."""
+    """``delta`` [A + R, S] and ``tscale`` [I, S] for the replay (the baseline first, column 0)."""
     A, R = g.anchors, len(g.ranks)
     S = len(scenarios) + 1
     delta = np.zeros((A + R, S))
-    tscale = np.ones((A, S))
+    tscale = np.ones((len(g.inst_key), S))
     seg_rank = np.r_[g.rank_of, np.arange(R)]
-    is_coll = ~g.is_barrier
+    is_coll = g.inst_key >= 0                      # per instance: collectives (barriers are below 0)
     hw_col = 0
     inst_nodes = None
     for s, sc in enumerate(scenarios, start=1):     # a loop over scenarios and their changes
@@ -206,7 +206,7 @@ def scenario_inputs(g: Graph, scenarios: list[Scenario], ctx: AnalysisContext,
                 new[c.node] = rates.get(c.node, 1.0) * c.factor
                 lo_old, lo_new, spans = _bottleneck(inst_nodes, rates, new)
                 f = np.where(spans, lo_old / lo_new, 1.0)
-                tscale[:, s] *= np.where(is_coll, f[g.inst], 1.0)
+                tscale[:, s] *= np.where(is_coll, f, 1.0)
     return delta, tscale
 
 

@@ -42,6 +42,10 @@ def report_tables(name: str, data: dict[str, Any]) -> list[tuple[str, pd.DataFra
         from sohuprof.analyzers.render.diagnosis import whatif_tables
 
         return whatif_tables(data)
+    if name == "findings":
+        from sohuprof.analyzers.render.diagnosis import findings_tables
+
+        return findings_tables(data)
     tables: list[tuple[str, pd.DataFrame]] = []
     scalars = {k: v for k, v in data.items() if not isinstance(v, list)}
     if scalars:
@@ -57,8 +61,10 @@ def reading_tables(name: str, data: dict[str, Any], *,
                    max_rows: int | None = 20) -> list[tuple[str, pd.DataFrame, str | None]]:
     """A report's tables for a person (table and HTML): (title, table, caption), lists cut to
     ``max_rows`` (None: whole), the diagnosis reports shaped for reading."""
-    from sohuprof.analyzers.render.diagnosis import critical_path_view, whatif_view
+    from sohuprof.analyzers.render.diagnosis import critical_path_view, findings_view, whatif_view
 
+    if name == "findings":
+        return findings_view(data, max_rows=max_rows)
     if name == "whatif":
         return whatif_view(data, edge_steps=3 if max_rows is not None else None)
     if name == "critical_path":
@@ -102,13 +108,19 @@ def _cell(value: Any) -> str:
 
 
 def render_table(reports: Reports, *, max_rows: int = 20) -> str:
-    """Rich tables, as text (the longest lists are cut to ``max_rows``, with a note)."""
+    """Rich tables, as text (the longest lists are cut to ``max_rows``, with a note); the findings
+    first, as numbered sentences with their saving rather than a table."""
     from rich.console import Console
     from rich.table import Table
+
+    from sohuprof.analyzers.render.diagnosis import findings_text
 
     buffer = io.StringIO()
     console = Console(file=buffer, width=160, force_terminal=False, color_system=None)
     for name, data in reports.to_json().items():
+        if name == "findings":
+            console.file.write(findings_text(data, top=max_rows, width=min(console.width, 120)) + "\n")
+            continue
         for title, df, caption in reading_tables(name, data, max_rows=max_rows):
             df = _readable(df)
             table = Table(title=title, title_justify="left", show_lines=False, caption=caption)
@@ -165,25 +177,32 @@ def write_csv(reports: Reports, out_dir: Path, *, force: bool = False) -> list[P
 
 
 def write_html(reports: Reports, out: Path, *, force: bool = False) -> Path:
-    """One self-contained page: plotly.js inlined once, the figures, then every table.
+    """One self-contained page: the findings, plotly.js inlined once, the figures, then every table.
 
     ``out`` may be ``-`` (stdout), a device or FIFO (written through) or a file, which appears
     whole in one rename (a symlink's target is replaced, the link kept); an existing file is
     refused unless ``force`` (see :func:`sohuprof.atomic.open_output`).
     """
+    from sohuprof.analyzers.render.diagnosis import findings_html
     from sohuprof.analyzers.render.figures import report_figures
 
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>sohuprof report</title>",
              "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
              "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}"
              "td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4f4}"
-             "h2{margin-top:1.6em}</style></head><body><h1>sohuprof report</h1>"]
+             "h2{margin-top:1.6em}ol.findings li{margin:0.5em 0}.note{color:#666}"
+             "details{color:#555;font-size:13px}</style></head><body><h1>sohuprof report</h1>"]
+    results = reports.to_json()
+    if "findings" in results:
+        parts.append(findings_html(results["findings"]))
     first = True
     for title, fig in report_figures(reports):
         parts.append(f"<h2>{html.escape(title)}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=first))
         first = False
-    for name, data in reports.to_json().items():
+    for name, data in results.items():
+        if name == "findings":   # shown at the top
+            continue
         for title, df, _ in reading_tables(name, data, max_rows=None):
             parts.append(f"<h2>{html.escape(title)}</h2>")
             parts.append(_readable(df).to_html(index=False, float_format=lambda v: f"{v:,.3f}", border=0))

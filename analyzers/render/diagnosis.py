@@ -1,18 +1,24 @@
-"""Tables of the diagnosis reports (critical path, what-if), built from their JSON form.
+"""Tables and text of the diagnosis reports (findings, critical path, what-if), built from their
+JSON form.
 
 Two shapes of each: the *data* tables (tidy, one row per record, what CSV writes) and the
-*reading* tables (what a table or the HTML page shows): the what-if's measured run as the first
-row of its scenarios, and its steps side by side, one column per scenario, cut to the first and
-last few steps for a terminal. Nothing here computes an analysis.
+*reading* form (what a table or the HTML page shows): the findings as numbered sentences with
+their saving, the what-if's measured run as the first row of its scenarios, and its steps side by
+side, one column per scenario, cut to the first and last few steps for a terminal. Nothing here
+computes an analysis.
 """
 
 from __future__ import annotations
 
+import html
+import textwrap
 from typing import Any
 
+import orjson
 import pandas as pd
 
-__all__ = ["whatif_tables", "whatif_view", "critical_path_view", "Table"]
+__all__ = ["whatif_tables", "whatif_view", "critical_path_view", "findings_tables", "findings_view",
+           "findings_text", "findings_html", "finding_naming", "Table", "FINDINGS_COLUMNS"]
 
 #: (title, table, caption or None)
 Table = tuple[str, pd.DataFrame, str | None]
@@ -102,3 +108,116 @@ def critical_path_view(data: dict[str, Any], *, max_rows: int | None = 20) -> li
             df = df.head(max_rows)
         out.append((f"critical_path · {key}", df, caption))
     return out
+
+
+#: The columns of ``findings.csv`` (lists joined by spaces, ``evidence`` a JSON object).
+FINDINGS_COLUMNS = ["kind", "title", "saving_ns", "saving_pct", "ranks", "nodes", "ops", "next", "evidence"]
+
+
+def _joined(value: Any) -> str:
+    return " ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else ("" if value is None else str(value))
+
+
+def findings_tables(data: dict[str, Any]) -> list[tuple[str, pd.DataFrame]]:
+    """The findings' data tables: one row per finding (:data:`FINDINGS_COLUMNS`), and the notes."""
+    rows = [{"kind": f.get("kind"), "title": f.get("title"), "saving_ns": f.get("saving_ns"),
+             "saving_pct": f.get("saving_pct"), "ranks": _joined(f.get("ranks")), "nodes": _joined(f.get("nodes")),
+             "ops": _joined(f.get("ops")), "next": f.get("next"),
+             "evidence": orjson.dumps(f.get("evidence") or {}, option=orjson.OPT_SORT_KEYS
+                                      | orjson.OPT_SERIALIZE_NUMPY).decode()}
+            for f in data.get("findings") or []]
+    return [("findings", pd.DataFrame(rows, columns=FINDINGS_COLUMNS)),
+            ("findings · notes", pd.DataFrame({"note": list(data.get("notes") or [])}, columns=["note"]))]
+
+
+def findings_view(data: dict[str, Any], *, max_rows: int | None = 20) -> list[Table]:
+    """The findings as one reading table: saving (ms and %), the sentence, where to look."""
+    rows = [{"saving_ns": f.get("saving_ns"), "saving_pct": f.get("saving_pct"), "finding": f.get("title"),
+             "next": f.get("next")} for f in data.get("findings") or []]
+    df = pd.DataFrame(rows, columns=["saving_ns", "saving_pct", "finding", "next"])
+    caption = None
+    if max_rows is not None and len(df) > max_rows:
+        caption = f"{len(df) - max_rows} more rows: use --format csv or json for all"
+        df = df.head(max_rows)
+    return [("findings", df, caption)]
+
+
+def _saving(f: dict[str, Any]) -> str:
+    ns, pct = f.get("saving_ns") or 0, f.get("saving_pct") or 0.0
+    return f"{ns / 1e6:,.2f} ms ({pct:.1f} %)"
+
+
+def _no_findings_line() -> str:
+    from sohuprof.analyzers.diagnosis.findings import MIN_SAVING_PCT, STRAGGLER_RATIO
+
+    return (f"  none above noise: no change the what-if engine tried saves >= {MIN_SAVING_PCT:g} % of the wall "
+            f"(and no rank computes >= {STRAGGLER_RATIO:g}x its stage peers' median)")
+
+
+def findings_text(data: dict[str, Any], *, top: int | None = None, width: int = 120,
+                  more_hint: str = "--format json or csv for all") -> str:
+    """The findings as numbered sentences for a terminal, largest saving first: each its saving
+    (ms and % of the wall), its title wrapped under it, and the command to look further.
+
+    ``top`` keeps the first that many (None: all), saying how many were left out and where they
+    are (``more_hint``).
+    """
+    found = list(data.get("findings") or [])
+    wall = data.get("wall_ns")
+    head = "findings: what fixing each would save"
+    if wall:
+        head += f" of the {wall / 1e6:,.1f} ms wall"
+    lines = [head + " (replayed on the run's dependency graph), largest first"]
+    if not found:
+        lines.append(_no_findings_line())
+    shown = found if top is None else found[:top]
+    savings = [_saving(f) for f in shown]
+    pad = max((len(s) for s in savings), default=0)
+    for i, (f, saving) in enumerate(zip(shown, savings), start=1):
+        lead = f"{i:>3}. {saving:<{pad}}  "
+        indent = " " * len(lead)
+        lines += textwrap.wrap(str(f.get("title") or f.get("kind")), width=max(width, len(lead) + 40),
+                               initial_indent=lead, subsequent_indent=indent, break_long_words=False,
+                               break_on_hyphens=False)
+        if f.get("next"):
+            lines.append(f"{indent}next: {f['next']}")
+    if len(shown) < len(found):
+        lines.append(f"  ... {len(found) - len(shown)} more: {more_hint}")
+    lines += [f"  note: {note}" for note in data.get("notes") or []]
+    return "\n".join(lines) + "\n"
+
+
+def finding_naming(data: dict[str, Any], *, rank: int | None = None, node: int | None = None,
+                   kind: str | None = None) -> int | None:
+    """The number (1-based, as :func:`findings_text` shows it) of the first finding that names
+    ``rank`` (or ``node``), of ``kind`` if given; None when none does."""
+    for i, f in enumerate(data.get("findings") or [], start=1):
+        if kind is not None and f.get("kind") != kind:
+            continue
+        if (rank is not None and rank in (f.get("ranks") or [])) or (node is not None and node in (f.get("nodes") or [])):
+            return i
+    return None
+
+
+def findings_html(data: dict[str, Any]) -> str:
+    """The findings section of the HTML report: an ordered list, each finding's saving, its
+    sentence, where to look and (folded) its evidence."""
+    found = list(data.get("findings") or [])
+    wall = data.get("wall_ns")
+    parts = ["<section id='findings'><h2>Findings</h2>",
+             f"<p>What fixing each would save{f' of the {wall / 1e6:,.1f} ms wall' if wall else ''}, "
+             "replayed on the run's dependency graph, largest first.</p>"]
+    if not found:
+        parts.append(f"<p>{html.escape(_no_findings_line().strip())}</p>")
+    else:
+        parts.append("<ol class='findings'>")
+        for f in found:
+            evidence = ", ".join(f"{k} = {v}" for k, v in (f.get("evidence") or {}).items() if v is not None)
+            parts.append(f"<li><b>{html.escape(_saving(f))}</b> {html.escape(str(f.get('title') or f.get('kind')))}"
+                         + (f"<br>next: <code>{html.escape(str(f['next']))}</code>" if f.get("next") else "")
+                         + (f"<details><summary>evidence</summary>{html.escape(evidence)}</details>"
+                            if evidence else "") + "</li>")
+        parts.append("</ol>")
+    parts += [f"<p class='note'>note: {html.escape(str(n))}</p>" for n in data.get("notes") or []]
+    parts.append("</section>")
+    return "\n".join(parts)

@@ -234,7 +234,7 @@ def test_compiled_replay_matches_its_numpy_oracle(tmp_path: Path, seed: int) -> 
         A, R = g.anchors, len(g.ranks)
         S = 4
         delta = rng.normal(0, 2000, (A + R, S)) * (rng.random((A + R, S)) < 0.3)
-        tscale = rng.uniform(0, 2, (A, S))
+        tscale = rng.uniform(0, 2, (len(g.inst_key), S))
         fast = replay(g, delta, tscale)
         slow = replay(g, delta, tscale, use_kernels=False)
         for name in ("arrive", "leave", "release", "end"):
