@@ -292,7 +292,7 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     dur_w = (w_end - w_ts).astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
         stall_share = np.where((cat_of == 0) & (dur_w > 0), np.clip(stall / dur_w, 0, 1), 0.0)
-    kinds = np.zeros((J, len(KINDS)))
+    kinds = np.zeros((J, len(KINDS)), np.float32)      # ns within a segment: float32 is ample
     kinds[:, _COMPUTE] = np.bincount(seg, weights=exposed * (cat_of == 0) * (1 - stall_share), minlength=J)
     kinds[:, _STALL] = np.bincount(seg, weights=exposed * (cat_of == 0) * stall_share, minlength=J)
     kinds[:, _MEMORY] = np.bincount(seg, weights=exposed * (cat_of == 2), minlength=J)
@@ -411,8 +411,8 @@ class Graph:
         members = np.argsort(inst, kind="stable")
         offsets = np.searchsorted(inst[members], np.arange(len(inst_key) + 1))
         # Segments: every rank's anchors' rows first (in rank order), then one tail row per rank.
-        kinds = np.concatenate([p.kinds[:-1] for p in parts] + [p.kinds[-1:] for p in parts]) if parts \
-            else np.zeros((0, len(KINDS)))
+        kinds = np.concatenate([p.kinds[:-1] for p in parts] + [p.kinds[-1:] for p in parts]).astype(np.float32) \
+            if parts else np.zeros((0, len(KINDS)), np.float32)
         n_s = parts[0].deltas.shape[0] if parts else 0
         deltas = (np.concatenate([p.deltas[:, :-1] for p in parts] + [p.deltas[:, -1:] for p in parts], axis=1)
                   if parts else np.zeros((0, 0)))
@@ -425,8 +425,12 @@ class Graph:
             bases.append(bases[-1] + len(local))
         rows_per = np.array([len(p.op_seg) for p in parts], dtype=np.int64)
         pos = np.repeat(np.arange(R), rows_per)
-        local_seg = cat("op_seg")
-        seg_global = np.where(local_seg == counts[pos], A + pos, start[pos] + local_seg) if len(local_seg) else local_seg
+        seg_global = np.repeat(start[:-1], rows_per) + cat("op_seg") if parts else np.zeros(0, np.int64)
+        # Each rank's rows are by segment, its tail's last: those few rows go to the tail's row.
+        row_start = np.r_[0, np.cumsum(rows_per)]
+        for i, p in enumerate(parts):       # a loop over ranks
+            tail = int(np.searchsorted(p.op_seg, counts[i]))
+            seg_global[row_start[i] + tail:row_start[i + 1]] = A + i
         n_ph = np.array([len(p.phase_names) for p in parts], dtype=np.int64)[pos]
         code_local = cat("op_code") * n_ph + cat("phase_code")
         remap = np.concatenate(remaps) if remaps else np.zeros(0, np.int32)
