@@ -83,10 +83,8 @@ class RankGraph:
     step: np.ndarray
     kinds: np.ndarray
     op_seg: np.ndarray
-    op_code: np.ndarray
-    phase_code: np.ndarray
+    op_code: np.ndarray         # op code x phases + phase code (into op_names x phase_names)
     op_time: np.ndarray
-    op_dur: np.ndarray          # the ops' own durations (exposed or not)
     op_roof: np.ndarray
     key_dur: np.ndarray         # [op x phase codes] the rank's total op durations
     op_names: list
@@ -325,7 +323,6 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     with np.errstate(divide="ignore", invalid="ignore"):
         roof_exposed = np.where(dur_w > 0, exposed * np.clip(roof / dur_w, 0, 1), 0.0)
     op_time = np.bincount(inv, weights=exposed, minlength=len(uniq))
-    op_dur = np.bincount(inv, weights=dur_w, minlength=len(uniq))
     # The rank's own time per (op, phase) code: what its speed against its peers is judged by.
     key_dur = np.bincount(op_codes[w] * n_ph + ph_codes[w], weights=dur_w, minlength=n_op * n_ph)
     op_roof = np.bincount(inv, weights=np.nan_to_num(roof_exposed, nan=0.0), minlength=len(uniq))
@@ -345,8 +342,8 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     out = RankGraph(rank=rank, key=keys.astype(np.int64), arrive=arrive.astype(np.int64), release=release,
                     leave=leave.astype(np.int64), asynchronous=asynchronous, joined=joined, step=step_col,
                     kinds=kinds, op_seg=(uniq // n_ph // n_op).astype(np.int32),
-                    op_code=((uniq // n_ph) % n_op).astype(np.int32), phase_code=(uniq % n_ph).astype(np.int32),
-                    op_time=op_time.astype(np.float32), op_dur=op_dur.astype(np.float32),
+                    op_code=(uniq % (n_op * n_ph)).astype(np.int32),
+                    op_time=op_time.astype(np.float32),
                     op_roof=op_roof.astype(np.float32), key_dur=key_dur, op_names=[*op_names, None], phase_names=[*ph_names, None],
                     first=first, last=last, deltas=deltas)
     part.cache[key_] = out
@@ -384,7 +381,6 @@ class Graph:
     op_seg: np.ndarray           # sparse composition rows: global segment index
     op_key: np.ndarray           #   code into ``op_keys``
     op_time: np.ndarray
-    op_dur: np.ndarray
     op_roof: np.ndarray
     op_keys: list                # (op, phase) per code
     key_dur: np.ndarray = None   # [R, len(op_keys)] each rank's op durations per code
@@ -424,17 +420,16 @@ class Graph:
             remaps.append(np.array([op_keys.setdefault(k, len(op_keys)) for k in local], dtype=np.int32))
             bases.append(bases[-1] + len(local))
         rows_per = np.array([len(p.op_seg) for p in parts], dtype=np.int64)
-        pos = np.repeat(np.arange(R), rows_per)
         seg_global = np.repeat(start[:-1], rows_per) + cat("op_seg") if parts else np.zeros(0, np.int64)
         # Each rank's rows are by segment, its tail's last: those few rows go to the tail's row.
         row_start = np.r_[0, np.cumsum(rows_per)]
         for i, p in enumerate(parts):       # a loop over ranks
             tail = int(np.searchsorted(p.op_seg, counts[i]))
             seg_global[row_start[i] + tail:row_start[i + 1]] = A + i
-        n_ph = np.array([len(p.phase_names) for p in parts], dtype=np.int64)[pos]
-        code_local = cat("op_code") * n_ph + cat("phase_code")
+        code_local = cat("op_code")
         remap = np.concatenate(remaps) if remaps else np.zeros(0, np.int32)
-        op_code = remap[np.asarray(bases[:-1], np.int64)[pos] + code_local] if len(code_local) else np.zeros(0, np.int32)
+        op_code = (remap[np.repeat(np.asarray(bases[:-1], np.int64), rows_per) + code_local] if len(code_local)
+                   else np.zeros(0, np.int32))
         key_dur = np.zeros((R, max(len(op_keys), 1)))
         for i, (p, rm) in enumerate(zip(parts, remaps)):     # a loop over ranks
             np.add.at(key_dur[i], rm, p.key_dur)
@@ -451,7 +446,6 @@ class Graph:
                    last=np.array([p.last for p in parts], dtype=np.int64), deltas=deltas,
                    op_seg=seg_global, op_key=op_code,
                    op_time=cat("op_time") if parts else empty.astype(np.float32),
-                   op_dur=cat("op_dur") if parts else empty.astype(np.float32),
                    op_roof=cat("op_roof") if parts else empty.astype(np.float32), op_keys=list(op_keys),
                    key_dur=key_dur if parts else np.zeros((0, 1)))
 
