@@ -28,9 +28,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from sohuprof.analyzers.activity import collective_rows
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.intervals import covered_before_sequential, merge
@@ -217,7 +214,7 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     host_rows = order[where.get("host", slice(0, 0))]
     if replicas is not None and len(host_rows) and part.has("step"):
         replica = replicas.get(rank, 0)
-        step = np.asarray(pc.take(part.column("step"), pa.array(host_rows)).fill_null(-1).to_numpy(), np.int64)
+        step = part.ints("step", -1)[host_rows]
         b_key = BARRIER_BASE - (np.maximum(step, 0) * _STEP_STRIDE + replica)
         b_rows = host_rows
     else:
@@ -258,10 +255,10 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
         exposed[is_host_w] = np.clip(exposed[is_host_w] - under, 0, None)
     dev_before = np.maximum.accumulate(np.r_[np.iinfo(np.int64).min, w_end])[:-1] if len(w) else w_end
     gap_before = np.clip(w_ts - dev_before, 0, None)
-    all_prev_end = np.maximum.accumulate(np.r_[ts[0] if n else 0, end])[:-1] if n else end
+    running_end = np.maximum.accumulate(end) if n else end
     a_ts = ts[rows]
     # A barrier's arrival is the end of the rank's previous work (at its first event: its start).
-    arrive = np.where(is_barrier & (rows > 0), np.minimum(all_prev_end[rows], a_ts), a_ts)
+    arrive = np.where(is_barrier & (rows > 0), np.minimum(running_end[np.maximum(rows - 1, 0)], a_ts), a_ts)
     release = np.zeros(len(rows), np.int64)
     release[~is_barrier] = a_release[by_time[~is_barrier] - len(b_rows)] if len(a_rows) else 0
     release[is_barrier] = a_ts[is_barrier]
@@ -337,8 +334,7 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
             with np.errstate(divide="ignore", invalid="ignore"):
                 factor = np.where(dur_w > 0, new / dur_w, 1.0)
             deltas[s] = np.bincount(seg, weights=np.where(is_work_compute, exposed * (factor - 1), 0.0), minlength=J)
-    step_col = (np.asarray(pc.take(part.column("step"), pa.array(rows)).fill_null(-1).to_numpy(), np.int64)
-                if part.has("step") and len(rows) else np.full(len(rows), -1, np.int64))
+    step_col = part.ints("step", -1)[rows] if part.has("step") else np.full(len(rows), -1, np.int64)
     out = RankGraph(rank=rank, key=keys.astype(np.int64), arrive=arrive.astype(np.int64), release=release,
                     leave=leave.astype(np.int64), asynchronous=asynchronous, joined=joined, step=step_col,
                     kinds=kinds, op_seg=(uniq // n_ph // n_op).astype(np.int32),
