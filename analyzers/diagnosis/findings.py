@@ -131,7 +131,6 @@ def _candidates(g: Graph, ctx: AnalysisContext, cp: Any) -> list[dict]:
     except ImportError:   # pragma: no cover
         nics = pd.DataFrame()
     if len(nics) and "slow" in nics.columns:
-        rates = node_rates(ctx)
         typical = float(np.median(nics["rate"])) if len(nics) else 1.0
         for row in nics[nics["slow"]].itertuples():     # a few nodes
             k = int(row.node)
@@ -142,7 +141,6 @@ def _candidates(g: Graph, ctx: AnalysisContext, cp: Any) -> list[dict]:
                         "evidence": {"rate": float(row.rate), "peers_rate": typical,
                                      "ratio": float(row.ratio), "expected_rate": getattr(row, "expected_rate", None)},
                         "next": f"sohuprof analyze {ctx.store.path} --report comm"})
-        del rates
     # Communication on the wall: what free transfers would buy.
     out.append({"kind": "exposed_comm", "ranks": [], "nodes": [], "ops": [],
                 "scenario": Scenario("comm=free", (Change("comm", what="free", factor=0.0),)),

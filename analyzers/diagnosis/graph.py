@@ -405,7 +405,6 @@ class Graph:
         # Segments: every rank's anchors' rows first (in rank order), then one tail row per rank.
         kinds = np.concatenate([p.kinds[:-1] for p in parts] + [p.kinds[-1:] for p in parts]).astype(np.float32) \
             if parts else np.zeros((0, len(KINDS)), np.float32)
-        n_s = parts[0].deltas.shape[0] if parts else 0
         deltas = (np.concatenate([p.deltas[:, :-1] for p in parts] + [p.deltas[:, -1:] for p in parts], axis=1)
                   if parts else np.zeros((0, 0)))
         # Sparse op rows: local segment -> global row; per-rank dictionary codes -> one table.
@@ -429,7 +428,6 @@ class Graph:
         key_dur = np.zeros((R, max(len(op_keys), 1)))
         for i, (p, rm) in enumerate(zip(parts, remaps)):     # a loop over ranks
             np.add.at(key_dur[i], rm, p.key_dur)
-        del n_s
         empty = np.zeros(0)
         return cls(ranks=np.array([p.rank for p in parts], dtype=np.int64),
                    rank_of=np.repeat(np.arange(R), counts), start_of_rank=start, key=key,

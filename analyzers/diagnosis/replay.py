@@ -97,44 +97,23 @@ def chain_offsets(g: Graph) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 
 @dataclass(frozen=True)
 class Schedule:
-    """The replay's batches: runs of instances (in release order) none of which waits on another
-    of its run, with every member's index (``members[offsets[b]:offsets[e]]`` of the graph).
-    The structure alone decides it, so it is computed once per graph and serves every scenario."""
+    """Whether the release order is a topological order of the graph (every instance waits only on
+    earlier ones): then one pass in that order replays it; else the wavefront does."""
 
-    bounds: np.ndarray        # [B + 1] first instance of each batch
-    ordered: bool             # release order is a topological order (else: the wavefront)
+    ordered: bool
 
 
 def schedule(g: Graph) -> Schedule:
-    """Cut the release order into batches greedily: a batch ends before the first instance that
-    depends on one inside it. ``dep[c]`` is the latest instance ``c`` depends on (its members'
-    previous anchors'); the batch from ``s`` ends at ``M(s) = min{c : dep[c] >= s}``, a suffix
-    minimum, so the cuts are a chain of lookups (one per batch)."""
-    memo = g.memo
-    out = memo.get("schedule")
-    if out is not None:
-        return out
-    I, A = len(g.inst_key), g.anchors
-    dep = np.full(I, -1, np.int64)
-    if A:
-        prev_inst = np.where(g.first_of_rank, -1, g.inst[np.maximum(np.arange(A) - 1, 0)])
-        np.maximum.at(dep, g.inst, prev_inst)
-    ordered = bool((dep < np.arange(I)).all())
-    if not ordered:
-        out = memo["schedule"] = Schedule(np.zeros(0, np.int64), False)
-        return out
-    best = np.full(I + 1, I, np.int64)          # best[v]: the first instance depending on v
-    has = dep >= 0
-    np.minimum.at(best, dep[has], np.flatnonzero(has))
-    cut = np.minimum.accumulate(best[::-1])[::-1]   # cut[s] = min{c : dep[c] >= s}
-    bounds = [0]
-    s = 0
-    while s < I:                 # one lookup per batch: the graph's depth, as the replay's rounds
-        e = int(cut[s])
-        e = e if e > s else s + 1
-        bounds.append(min(e, I))
-        s = bounds[-1]
-    out = memo["schedule"] = Schedule(np.asarray(bounds, np.int64), True)
+    """The :class:`Schedule` of ``g`` (cached on the graph): ``dep[c]``, the latest instance ``c``
+    waits on (its members' previous anchors'), must come before ``c``."""
+    out = g.memo.get("schedule")
+    if out is None:
+        I, A = len(g.inst_key), g.anchors
+        dep = np.full(I, -1, np.int64)
+        if A:
+            prev_inst = np.where(g.first_of_rank, -1, g.inst[np.maximum(np.arange(A) - 1, 0)])
+            np.maximum.at(dep, g.inst, prev_inst)
+        out = g.memo["schedule"] = Schedule(bool((dep < np.arange(I)).all()))
     return out
 
 
@@ -228,12 +207,10 @@ def _ordered(g: Graph, el: np.ndarray, ea: np.ndarray, low: np.ndarray, ext: np.
                            g.first_of_rank.view(np.uint8), np.ascontiguousarray(g.inst, np.int64), f64(el), f64(ea),
                            f64(transfer), f64(tscale), f64(delta), f64(g.arrive), f64(low), f64(ext),
                            np.ascontiguousarray(~g.is_barrier).view(np.uint8), arr, rel, wait)
-    p = np.maximum(np.arange(A) - 1, 0)
     lv0 = (rel[g.inst, 0] + transfer * tscale[g.inst, 0])[:, None]
     lastp = np.maximum(g.start_of_rank[1:] - 1, 0)
     ends = ((arr[lastp], rel[g.inst[lastp]] + transfer[lastp, None] * tscale[g.inst[lastp]]) if A
             else (np.zeros((0, S)), np.zeros((0, S))))
-    del p
     return arr[:, :1].copy(), lv0, rel, 0, ends, wait
 
 
@@ -407,16 +384,6 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
         arr, lv, rel, rounds, ends, wait = _ordered(g, el, ea, low, ext, transfer, delta, tscale)
     elif plan.ordered:
         arr, lv, rel, rounds, ends, wait = _compressed(g, el, ea, low, ext, transfer, delta, tscale[g.inst])
-    elif False:
-        inst_of_member = g.inst[g.members]
-        bounds = plan.bounds
-        for b in range(len(bounds) - 1):      # a loop over the graph's depth, not its events
-            s, e = int(bounds[b]), int(bounds[b + 1])
-            lo, hi = int(g.offsets[s]), int(g.offsets[e])
-            m = g.members[lo:hi]
-            grp = inst_of_member[lo:hi] - s
-            release_batch(slice(s, e), m, grp, g.offsets[s:e] - lo)
-        rounds = len(bounds) - 1
     if not plan.ordered:
         tscale_a = tscale[g.inst]
         count = np.zeros(I, np.int64)
