@@ -210,20 +210,42 @@ def busbw_figure(collectives: pd.DataFrame) -> go.Figure:
 
 
 def stragglers_figure(stragglers: pd.DataFrame, selected: Sequence[int] | None = None, *, top: int = 16) -> go.Figure:
-    """Ranks by the wait they cause others (delay cost, ms); click one to select it."""
+    """Ranks by the waiting their own excess caused (root cost, ms; ranks others waited for only
+    because they waited themselves cost nothing); click one to select it. Ranks at least
+    ``STRAGGLER_RATIO`` x their stage peers' median are drawn loud, the others grey. Without root
+    causes (no dependency graph) the bars are the delay cost: the wait each rank's late arrivals
+    caused, whatever made it late."""
+    from sohuprof.analyzers.diagnosis.findings import STRAGGLER_RATIO
+
     if not len(stragglers):
         return message_figure("no collectives, so no stragglers")
+    rooted = "root_cost_ns" in stragglers
+    if rooted:
+        stragglers = stragglers[stragglers["root_cost_ns"] > 0]
+        if not len(stragglers):
+            return message_figure("no rank's own excess made others wait")
     top_ranks = stragglers.head(top)
-    colors = ["#111" if selected and r in selected else "#e76f51" for r in top_ranks["rank"]]
+    value = top_ranks["root_cost_ns" if rooted else "delay_cost_ns"].to_numpy(float) / 1e6
+    ratio = (pd.to_numeric(top_ranks["peer_ratio"], errors="coerce").to_numpy(float)
+             if "peer_ratio" in top_ranks else np.full(len(top_ranks), np.nan))
+    slow = ratio >= STRAGGLER_RATIO
+    colors = ["#111" if selected and r in selected else ("#e76f51" if s or not rooted else "#b8b8b8")
+              for r, s in zip(top_ranks["rank"], slow)]
+    cause = (top_ranks["cause"].fillna("-").astype(str).to_numpy() if "cause" in top_ranks
+             else np.full(len(top_ranks), "-"))
     fig = go.Figure(go.Bar(
-        x=top_ranks["delay_cost_ns"].to_numpy(float) / 1e6, y=[f"r{r} (n{n}·c{c})" for r, n, c in
-                                                             zip(top_ranks["rank"], top_ranks["node"], top_ranks["chip"])],
+        x=value, y=[f"r{r} (n{n}·c{c})" for r, n, c in zip(top_ranks["rank"], top_ranks["node"], top_ranks["chip"])],
         orientation="h", marker_color=colors, customdata=top_ranks["rank"].to_numpy(),
-        text=[f"{v:,} late arrivals" for v in top_ranks["late_count"]], textposition="auto",
-        hovertemplate="%{y}: others waited %{x:.3f} ms for it<extra></extra>"))
-    return _style(fig, height=max(300, 26 * len(top_ranks) + 120), yaxis=dict(autorange="reversed"),
-                  title="stragglers: wait caused to others (click to select the rank)",
-                  xaxis=dict(title="delay cost (ms)"), margin=dict(l=120))
+        text=[f"{q:.2f}x peers" if q == q else "" for q in ratio] if rooted
+        else [f"{v:,} late arrivals" for v in top_ranks["late_count"]], textposition="auto",
+        hovertext=[f"cause: {c}; others waited {d / 1e6:,.3f} ms for it in all (delay cost)"
+                   for c, d in zip(cause, top_ranks["delay_cost_ns"].to_numpy(float))],
+        hovertemplate=("%{y}: its own excess made others wait %{x:.3f} ms<br>%{hovertext}<extra></extra>" if rooted
+                       else "%{y}: others waited %{x:.3f} ms for it<extra></extra>")))
+    title = ("stragglers: waiting each rank's own excess caused (click to select the rank)" if rooted
+             else "stragglers: wait caused to others (click to select the rank)")
+    return _style(fig, height=max(300, 26 * len(top_ranks) + 120), yaxis=dict(autorange="reversed"), title=title,
+                  xaxis=dict(title="root cost (ms)" if rooted else "delay cost (ms)"), margin=dict(l=120))
 
 
 def latency_figure(latencies: pd.DataFrame | None, percentiles: dict[str, dict[str, Any]]) -> go.Figure:

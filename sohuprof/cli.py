@@ -58,6 +58,8 @@ pass_cli = click.make_pass_decorator(CliContext)
 
 #: Marks a directory whose run/ and store/ `sohuprof demo` wrote (so a re-run may replace them).
 DEMO_MARKER = ".sohuprof-demo"
+#: The rank `sohuprof demo` makes a straggler, and how much slower, for the findings to name.
+DEMO_STRAGGLER, DEMO_SLOWDOWN = 5, 1.3
 
 
 class FiniteFloat(click.FloatRange):
@@ -177,8 +179,8 @@ Example:
 @click.option("--force", is_flag=True, help="Replace a run/ or store/ in the directory that an earlier demo did not write.")
 @click.pass_context
 def demo(ctx: click.Context, out: Path, serve: bool, port: int, force: bool) -> None:
-    """Emulate a small 2-node Llama-3-8B run with an injected straggler, collect and analyze it,
-    and say where to look."""
+    """Emulate a small 2-node Llama-3-8B run with an injected straggler, collect it, print its
+    findings (what is wrong, ranked by what fixing it would save) and say where to look."""
     run_dir, store = out / "run", out / "store"
     # A re-run replaces the demo's own run and store (the marker says they are its); anything
     # else under those names is the user's, replaced only with --force.
@@ -194,16 +196,23 @@ def demo(ctx: click.Context, out: Path, serve: bool, port: int, force: bool) -> 
     ctx.invoke(emulate, out=run_dir, model="llama3-8b", hw_name="sohu", nodes=2, chips_per_node=4, tp=4, ep=1,
                pp=1, requests=32, rate=None, prompt_len=1024, output_len=64, max_batch_tokens=8192, dtype="fp8",
                two_batch_overlap=True, seed=0, clock_skew_us=50.0,
-               inject=_fault(ctx, None, ("straggler:rank=5,slowdown=1.3",)), force=True)  # type: ignore[arg-type]
+               inject=_fault(ctx, None, (f"straggler:rank={DEMO_STRAGGLER},slowdown={DEMO_SLOWDOWN}",)),  # type: ignore[arg-type]
+               force=True)
     obj: CliContext = ctx.obj
     if not obj.quiet:
         click.echo(f"raw traces: {run_dir}/node*/chip*.strace, run metadata: {run_dir}/run.json")
     ctx.invoke(collect, source=run_dir, out=store, force=True)
     marker.write_text("run/ and store/ here were written by `sohuprof demo`, which replaces them when run again\n")
-    ctx.invoke(analyze, source=store, names=["summary", "stalls", "serving"], fmt="table", out=None,
-               hta_compatible=False, engine="local", scheduler=None)
+    from sohuprof.analyzers.render.diagnosis import finding_naming, findings_text
+
+    found = _compute_reports(obj, store, ["findings"]).to_json()["findings"]
+    click.echo("\n" + findings_text(found, top=5, more_hint=f"sohuprof analyze {store} --report findings"))
+    number = finding_naming(found, rank=DEMO_STRAGGLER, kind="straggler")
+    click.echo(f"the demo injected a straggler, rank {DEMO_STRAGGLER} computing {DEMO_SLOWDOWN}x as long as its peers: "
+               + (f"finding {number} names it\n" if number else "no finding names it (please report this)\n"))
     if not obj.quiet:
         click.echo(f"where to look: sohuprof dashboard {store}   (timelines, roofline, stalls, comm, serving)\n"
+                   f"               sohuprof analyze {store}   (every report: findings first, then the tables)\n"
                    f"               sohuprof analyze {store} --format html -o {out}/report.html\n"
                    f"               sohuprof export chrome {store} -o {out}/trace.json.gz   (Perfetto)")
     if serve:

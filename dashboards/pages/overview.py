@@ -1,4 +1,4 @@
-"""Overview page: the run at a glance (wall time, tokens/s, MFU, worst straggler, top headroom ops)."""
+"""Overview page: the run at a glance (wall time, tokens/s, MFU, worst straggler by root cost, top headroom ops)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dash import dcc, html
 from sohuprof.dashboards.components import fmt_ms, kpi, table
 from sohuprof.dashboards.data import DashboardData, NotAvailable
 
-__all__ = ["PATH", "NAME", "layout", "register_callbacks", "kpis", "headroom_rows"]
+__all__ = ["PATH", "NAME", "layout", "register_callbacks", "kpis", "straggler_kpi", "headroom_rows"]
 
 PATH = "/"
 NAME = "Overview"
@@ -40,14 +40,36 @@ def kpis(data: DashboardData) -> list[html.Div]:
                          f"p99 {(serving.get('ttft_ms') or {}).get('p99') or 0:,.2f} ms"))
     else:
         tiles.append(kpi("tokens/s", "n/a", "no served requests in this trace"))
-    worst = (comm or {}).get("stragglers") or []
-    if worst:
-        w = worst[0]
-        tiles.append(kpi("worst straggler", f"rank {w['rank']}",
-                         f"node {w['node']} chip {w['chip']}: others waited {fmt_ms(w['delay_cost_ns'])}"))
-    else:
-        tiles.append(kpi("worst straggler", "–", "no collectives" if comm is not None else "comm report n/a"))
+    tiles.append(straggler_kpi(comm))
     return tiles
+
+
+def straggler_kpi(comm: dict[str, Any] | None) -> html.Div:
+    """The worst straggler: the rank whose own excess caused the most waiting (its root cost, the
+    comm report's ranking), if it computes at least ``STRAGGLER_RATIO`` x its stage peers'
+    median; a rank others waited for only because it waited itself is never named."""
+    from sohuprof.analyzers.diagnosis.findings import STRAGGLER_RATIO
+
+    name, tile = "worst straggler", "kpi-worst-straggler"
+    rows = (comm or {}).get("stragglers") or []
+    if not rows:
+        return kpi(name, "–", "no collectives" if comm is not None else "comm report n/a", id=tile)
+    if "root_cost_ns" not in rows[0]:    # no dependency graph: only who arrived last
+        w = rows[0]
+        return kpi("most waited for", f"rank {w['rank']}",
+                   f"node {w['node']} chip {w['chip']}: others waited {fmt_ms(w['delay_cost_ns'])} for its late "
+                   "arrivals (no root causes: it may have been waiting itself)", id=tile)
+    causes = [r for r in rows if (r.get("root_cost_ns") or 0) > 0]     # ranked by root cost
+    slow = [r for r in causes if (r.get("peer_ratio") or 0) >= STRAGGLER_RATIO]
+    if slow:
+        w = slow[0]
+        return kpi(name, f"rank {w['rank']}",
+                   f"node {w['node']} chip {w['chip']}, {w['peer_ratio']:.2f}x its peers: its own excess made "
+                   f"others wait {fmt_ms(w['root_cost_ns'])}" + (f" ({w['cause']})" if w.get("cause") else ""), id=tile)
+    if causes:
+        return kpi(name, "none", f"no rank computes {STRAGGLER_RATIO:g}x its peers; the most waiting a rank's own "
+                                 f"excess caused: {fmt_ms(causes[0]['root_cost_ns'])} (rank {causes[0]['rank']})", id=tile)
+    return kpi(name, "none", "no rank's own excess made others wait", id=tile)
 
 
 def headroom_rows(data: DashboardData, top: int = 8) -> list[dict[str, Any]]:
