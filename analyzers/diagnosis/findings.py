@@ -71,8 +71,12 @@ def rank_speed(g: Graph, role: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     """Per rank: its time over its peers' median, the median over op classes that make at least
     1 % of its compute (see the module docstring); its compute time; its peers' count."""
     R = len(g.ranks)
-    compute_keys = np.array([op not in (None, "host", "memcpy") for op, _ in g.op_keys] + [False])
-    T = np.where(compute_keys[:g.key_dur.shape[1]][None, :], g.key_dur, 0.0)
+    if g.name_keys:
+        compute = np.array([c == 0 for _, _, c in g.name_keys] + [False])[:g.name_dur.shape[1]]
+        T = np.where(compute[None, :], g.name_dur, 0.0)
+    else:
+        compute_keys = np.array([op not in (None, "host", "memcpy") for op, _ in g.op_keys] + [False])
+        T = np.where(compute_keys[:g.key_dur.shape[1]][None, :], g.key_dur, 0.0)
     ratio = np.ones(R)
     peers = np.zeros(R, np.int64)
     for r in np.unique(role):          # a loop over pipeline stages

@@ -37,7 +37,7 @@ __all__ = ["GRAPH_COLUMNS", "KINDS", "RankGraph", "Graph", "rank_graph", "graph_
            "incomplete_collectives", "replica_of_rank"]
 
 #: Event columns the graph is built from.
-GRAPH_COLUMNS = ("rank", "ts", "dur", "category", "op", "phase", "step", "coll_id", "stall_mem_ns", "flops",
+GRAPH_COLUMNS = ("rank", "ts", "dur", "category", "name", "op", "phase", "step", "coll_id", "stall_mem_ns", "flops",
                  "hbm_bytes", "track", "layer")
 #: What a segment's time is made of (columns of :attr:`RankGraph.kinds`).
 KINDS = ("compute", "memory_stall", "memory", "host", "idle")
@@ -84,6 +84,8 @@ class RankGraph:
     op_time: np.ndarray
     op_roof: np.ndarray
     key_dur: np.ndarray         # [op x phase codes] the rank's total op durations
+    name_dur: dict              # (op name, phase) -> the rank's total duration of that op
+    name_cat: dict              # (op name, phase) -> its category code (0 compute, 2 memory, 3 host)
     op_names: list
     phase_names: list
     first: int
@@ -322,6 +324,18 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     op_time = np.bincount(inv, weights=exposed, minlength=len(uniq))
     # The rank's own time per (op, phase) code: what its speed against its peers is judged by.
     key_dur = np.bincount(op_codes[w] * n_ph + ph_codes[w], weights=dur_w, minlength=n_op * n_ph)
+    # ... and per op name and phase (a straggler is slow in every op; routing imbalance only in
+    # the experts', which an op class like gemm would mix with the dense matmuls).
+    if part.has("name"):
+        nm_codes, nm_values = part.codes("name")
+        nm_key = nm_codes[w] * n_ph + ph_codes[w]
+        nm_uniq, nm_first, nm_inv = np.unique(nm_key, return_index=True, return_inverse=True)
+        keys_nm = [(nm_values[k // n_ph] if k // n_ph < len(nm_values) else None,
+                    ph_names[k % n_ph] if k % n_ph < len(ph_names) else None) for k in nm_uniq.tolist()]
+        name_dur = dict(zip(keys_nm, np.bincount(nm_inv, weights=dur_w, minlength=len(nm_uniq)).tolist()))
+        name_cat = dict(zip(keys_nm, cat_of[nm_first].tolist()))
+    else:
+        name_dur, name_cat = {}, {}
     op_roof = np.bincount(inv, weights=np.nan_to_num(roof_exposed, nan=0.0), minlength=len(uniq))
     has_roof = np.bincount(inv, weights=~np.isnan(roof_exposed), minlength=len(uniq)) > 0
     op_roof = np.where(has_roof, op_roof, np.nan)
@@ -340,7 +354,7 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
                     kinds=kinds, op_seg=(uniq // n_ph // n_op).astype(np.int32),
                     op_code=(uniq % (n_op * n_ph)).astype(np.int32),
                     op_time=op_time.astype(np.float32),
-                    op_roof=op_roof.astype(np.float32), key_dur=key_dur, op_names=[*op_names, None], phase_names=[*ph_names, None],
+                    op_roof=op_roof.astype(np.float32), key_dur=key_dur, name_dur=name_dur, name_cat=name_cat, op_names=[*op_names, None], phase_names=[*ph_names, None],
                     first=first, last=last, deltas=deltas)
     part.cache[key_] = out
     return out
@@ -380,6 +394,8 @@ class Graph:
     op_roof: np.ndarray
     op_keys: list                # (op, phase) per code
     key_dur: np.ndarray = None   # [R, len(op_keys)] each rank's op durations per code
+    name_dur: np.ndarray = None  # [R, len(name_keys)] each rank's op durations per op name and phase
+    name_keys: list = None       # (name, phase, category code) per column of name_dur
 
     @classmethod
     def from_ranks(cls, parts: list[RankGraph]) -> Graph:
@@ -428,6 +444,14 @@ class Graph:
         key_dur = np.zeros((R, max(len(op_keys), 1)))
         for i, (p, rm) in enumerate(zip(parts, remaps)):     # a loop over ranks
             np.add.at(key_dur[i], rm, p.key_dur)
+        names = sorted({k for p in parts for k in p.name_dur}, key=str)
+        column = {k: j for j, k in enumerate(names)}
+        name_dur = np.zeros((R, max(len(names), 1)))
+        for i, p in enumerate(parts):                         # ranks x their op names (a few dozen)
+            for k, v in p.name_dur.items():
+                name_dur[i, column[k]] += v
+        name_cat = {k: c for p in parts for k, c in p.name_cat.items()}
+        name_keys = [(n, f, name_cat.get((n, f), 0)) for n, f in names]
         empty = np.zeros(0)
         return cls(ranks=np.array([p.rank for p in parts], dtype=np.int64),
                    rank_of=np.repeat(np.arange(R), counts), start_of_rank=start, key=key,
@@ -441,7 +465,8 @@ class Graph:
                    op_seg=seg_global, op_key=op_code,
                    op_time=cat("op_time") if parts else empty.astype(np.float32),
                    op_roof=cat("op_roof") if parts else empty.astype(np.float32), op_keys=list(op_keys),
-                   key_dur=key_dur if parts else np.zeros((0, 1)))
+                   key_dur=key_dur if parts else np.zeros((0, 1)),
+                   name_dur=name_dur if parts else np.zeros((0, 1)), name_keys=name_keys if parts else [])
 
     @property
     def anchors(self) -> int:

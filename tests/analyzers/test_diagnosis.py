@@ -257,3 +257,19 @@ def test_comm_stragglers_rank_the_root_cause_not_the_victims_of_a_slow_link(tmp_
     assert rows[0]["rank"] == rank and rows[0]["cause"].startswith("compute")
     assert rows[0]["peer_ratio"] == pytest.approx(1.3, rel=0.03)
     assert rows == sorted(rows, key=lambda r: (-r["root_cost_ns"], -r["delay_cost_ns"], r["rank"]))
+
+
+@pytest.mark.parametrize("plan,nodes", [("tp+pp", 4), ("ep", 4), ("tp+dp", 2)])
+def test_noise_thresholds_hold_on_fault_free_runs(tmp_path: Path, plan: str, nodes: int) -> None:
+    """Why the thresholds are where they are: on fault-free runs (per-op jitter only) no rank
+    strays from its peers by more than a fraction of STRAGGLER_RATIO's margin, and no NIC from
+    the others', so neither kind can appear by chance."""
+    from sohuprof.analyzers.diagnosis.findings import STRAGGLER_RATIO, rank_speed, roles
+    from sohuprof.analyzers.reports.comm import SLOW_RATIO
+
+    store = _store(tmp_path, "clean", [], seed=23, **PLANS[plan](nodes))
+    ctx, g = _graph(store)
+    ratio, _, _ = rank_speed(g, roles(ctx, g.ranks))
+    assert ratio.max() - 1 < 0.4 * (STRAGGLER_RATIO - 1), ratio.max()
+    nics = run_reports(open_store(store), ["comm"]).to_json()["comm"]["nics"]
+    assert all(n["ratio"] is None or n["ratio"] > 0.9 > SLOW_RATIO for n in nics)
