@@ -273,3 +273,17 @@ def test_noise_thresholds_hold_on_fault_free_runs(tmp_path: Path, plan: str, nod
     assert ratio.max() - 1 < 0.4 * (STRAGGLER_RATIO - 1), ratio.max()
     nics = run_reports(open_store(store), ["comm"]).to_json()["comm"]["nics"]
     assert all(n["ratio"] is None or n["ratio"] > 0.9 > SLOW_RATIO for n in nics)
+
+
+def test_whatif_mending_a_slow_nic_predicts_the_clean_run(tmp_path: Path) -> None:
+    rng = np.random.default_rng(51)
+    kw = PLANS["tp+pp"](3)
+    node = int(rng.integers(3))
+    factor = 0.3
+    slow = _store(tmp_path, "slow", [f"slow-link:node={node},factor={factor}"], seed=6, **kw)
+    clean = _store(tmp_path, "clean", [], seed=6, **kw)
+    out = run_reports(open_store(slow), ["whatif"], what_if=[f"link=node{node}:bandwidth={1 / factor:.6f}"]).to_json()
+    index = open_store(clean).manifest["rank_index"]
+    wall_clean = max(r["end_ns"] for r in index) - min(r["start_ns"] for r in index)
+    assert out["whatif"]["measured"]["wall_ns"] > wall_clean
+    assert out["whatif"]["scenarios"][0]["wall_ns"] == pytest.approx(wall_clean, rel=0.05)
