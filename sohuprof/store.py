@@ -892,11 +892,15 @@ class TraceStore:
         The store directory.
     manifest : dict
         The parsed ``manifest.json``.
+    origin : pathlib.Path
+        What the user named: the store itself, or the run or trace a temporary store was collected
+        from (what a hint to run another command should say).
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         self.path = path
         self.manifest = manifest
+        self.origin = path
         self._dataset: ds.Dataset | None = None
 
     def __repr__(self) -> str:
@@ -904,7 +908,7 @@ class TraceStore:
 
     def __getstate__(self) -> dict[str, Any]:
         # Travels to Dask workers as a path and a manifest; each process opens its own dataset.
-        return {"path": self.path, "manifest": self.manifest, "_dataset": None}
+        return {"path": self.path, "manifest": self.manifest, "origin": self.origin, "_dataset": None}
 
     def dataset(self) -> ds.Dataset:
         """The events as a lazy :class:`pyarrow.dataset.Dataset` (``node`` from the partitions)."""
@@ -1133,4 +1137,6 @@ def open_store_or_collect(source: PathLike, *, show_progress: bool | None = None
 
     with tempfile.TemporaryDirectory(prefix="sohuprof-") as tmp:
         collect(path, Path(tmp) / "store", show_progress=show_progress)
-        yield open_store(Path(tmp) / "store")
+        store = open_store(Path(tmp) / "store")
+        store.origin = path
+        yield store

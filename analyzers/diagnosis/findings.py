@@ -10,10 +10,10 @@ x its peers' median (the emulator's per-op jitter moves a rank's totals by well 
 test holds fault-free runs below it), a slow NIC sends below ``SLOW_RATIO`` x its peers, and every
 finding saves at least :data:`MIN_SAVING_PCT` % of the wall.
 
-A rank's speed against its peers is the median over op classes of its time in the class over the
-peers' median: a slow chip is slow in every class, while a rank that got more MoE tokens is slow
-only in its expert matmuls (load imbalance, not a straggler). Peers are the ranks of the same
-pipeline stage (they run the same program).
+A rank's speed against its peers is the median over its ops (by name and phase) of its time in
+the op over the peers' median: a slow chip is slow in every op, while a rank that got more MoE
+tokens is slow only in its expert matmuls (load imbalance, not a straggler). Peers are the ranks
+of the same pipeline stage (they run the same program).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def _candidates(g: Graph, ctx: AnalysisContext, cp: Any) -> list[dict]:
                                          (Change("rank", rank=r, what="compute", factor=float(1 / ratio[pos])),)),
                     "evidence": {"compute_ratio": round(float(ratio[pos]), 3), "peers": int(peers[pos]),
                                  "role": int(role[pos]), "chip": chip},
-                    "next": f"sohuprof dashboard {ctx.store.path}  (Stalls page, rank {r})"})
+                    "next": f"sohuprof dashboard {ctx.store.origin}  (Stalls page, rank {r})"})
     # Slow NICs: the port counters against the other nodes'.
     try:
         from sohuprof.analyzers.reports.comm import nic_table
@@ -144,12 +144,12 @@ def _candidates(g: Graph, ctx: AnalysisContext, cp: Any) -> list[dict]:
                                              (Change("link", node=k, what="bandwidth", factor=factor),)),
                         "evidence": {"rate": float(row.rate), "peers_rate": typical,
                                      "ratio": float(row.ratio), "expected_rate": getattr(row, "expected_rate", None)},
-                        "next": f"sohuprof analyze {ctx.store.path} --report comm"})
+                        "next": f"sohuprof analyze {ctx.store.origin} --report comm"})
     # Communication on the wall: what free transfers would buy.
     out.append({"kind": "exposed_comm", "ranks": [], "nodes": [], "ops": [],
                 "scenario": Scenario("comm=free", (Change("comm", what="free", factor=0.0),)),
                 "evidence": {"transfer_on_path_ns": int(cp.by_kind.set_index("kind").at["transfer", "time_ns"])},
-                "next": f"sohuprof analyze {ctx.store.path} --report comm,critical_path"})
+                "next": f"sohuprof analyze {ctx.store.origin} --report comm,critical_path"})
     # Ops below their roof: the op classes with the most time above their roof on the path.
     if ctx.hardware is not None and len(g.op_roof):
         ok = ~np.isnan(g.op_roof)
@@ -164,7 +164,7 @@ def _candidates(g: Graph, ctx: AnalysisContext, cp: Any) -> list[dict]:
             out.append({"kind": "memory_bound", "ranks": [], "nodes": [], "ops": [f"{op}/{phase}" if phase else op],
                         "scenario": Scenario(spec, (Change("op", op=op, phase=phase, what="roof"),)),
                         "evidence": {"above_roof_ns": int(excess)},
-                        "next": f"sohuprof analyze {ctx.store.path} --report roofline"})
+                        "next": f"sohuprof analyze {ctx.store.origin} --report roofline"})
     # A pipeline whose stages run one after another: what overlapping them would buy at most
     # (every rank busy all the time: the wall falls to the busiest rank's own work).
     plan = ctx.store.manifest.get("parallel") or {}
@@ -178,19 +178,19 @@ def _candidates(g: Graph, ctx: AnalysisContext, cp: Any) -> list[dict]:
                     "bound_saving_ns": max(float(ctx.wall_ns) - bound, 0.0),
                     "evidence": {"pp": int(plan["pp"]), "busiest_rank_busy_ns": int(bound),
                                  "mean_busy_share": round(float(busy.mean()) / max(ctx.wall_ns, 1), 3)},
-                    "next": f"sohuprof analyze {ctx.store.path} --report stalls,critical_path"})
+                    "next": f"sohuprof analyze {ctx.store.origin} --report stalls,critical_path"})
     # Host work on the path: what opens every step, and CPU time with no device work under it.
     host_path = float(cp.by_kind.set_index("kind").at["host", "time_ns"])
     if g.is_barrier.any() or host_path > 0:
         out.append({"kind": "host_overhead", "ranks": [], "nodes": [], "ops": ["host"],
                     "scenario": Scenario("host=free", (Change("host", what="free", factor=0.0),)),
                     "evidence": {"steps": int(len(np.unique(g.inst[g.is_barrier]))), "host_on_path_ns": int(host_path)},
-                    "next": f"sohuprof analyze {ctx.store.path} --report critical_path"})
+                    "next": f"sohuprof analyze {ctx.store.origin} --report critical_path"})
     # Gaps on the path that no op fills (launch and dependency latency, waiting for input).
     idle_path = float(cp.by_kind.set_index("kind").at["idle", "time_ns"])
     out.append({"kind": "idle", "ranks": [], "nodes": [], "ops": [], "scenario": None,
                 "bound_saving_ns": idle_path, "evidence": {"idle_on_path_ns": int(idle_path)},
-                "next": f"sohuprof analyze {ctx.store.path} --report critical_path,stalls"})
+                "next": f"sohuprof analyze {ctx.store.origin} --report critical_path,stalls"})
     out += _imbalance(g, ctx, role, ratio)
     return out
 
@@ -221,7 +221,7 @@ def _imbalance(g: Graph, ctx: AnalysisContext, role: np.ndarray, ratio: np.ndarr
                         "row_factor": (int(k), factor),
                         "evidence": {"max_over_mean": round(float(spread[k]), 3), "stage": int(r),
                                      "ranks_in_stage": int(len(mine))},
-                        "next": f"sohuprof analyze {ctx.store.path} --report roofline,stalls"})
+                        "next": f"sohuprof analyze {ctx.store.origin} --report roofline,stalls"})
     return out
 
 
@@ -255,7 +255,8 @@ def _title(c: dict, saving_ns: float, pct: float, wall: float, wait_saved: float
                 f"ranks of stage {ev['stage']} (most on rank {c['ranks'][0]}); balancing it saves ~{pct:.1f} %")
     if c["kind"] == "host_overhead":
         if ev["steps"]:
-            return f"host scheduling work opens each of {ev['steps']} steps; without it the run saves ~{pct:.1f} %"
+            return (f"host scheduling work opens each of {ev['steps']} replica steps; without it the run saves "
+                    f"~{pct:.1f} %")
         return (f"the host (CPU) is on the critical path for {_fmt_ms(ev['host_on_path_ns'])} with no device work "
                 f"under it (launch-bound); hiding it would save ~{pct:.1f} %")
     return f"{c['kind']}: saves ~{pct:.1f} %"

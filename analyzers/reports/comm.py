@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 from sohuprof.analyzers.activity import collective_rows, comm_under_compute, compute_covered_before
 from sohuprof.analyzers.activity import COLUMNS as ACTIVITY_COLUMNS
 from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.diagnosis.graph import GRAPH_COLUMNS
 from sohuprof.analyzers.instances import CollectiveIndex
 from sohuprof.analyzers.intervals import is_sequential, merge
 from sohuprof.analyzers.partition import Partition, as_partition
@@ -428,8 +429,7 @@ class _Comm:
 
     name = "comm"
     # The dependency graph's columns too: stragglers are ranked by the root causes of waiting.
-    columns = tuple(dict.fromkeys((*ACTIVITY_COLUMNS, "op", "rank", "ts", "dur", "category", "phase", "step", "coll_id",
-                                   "stall_mem_ns", "flops", "hbm_bytes", "track", "layer")))
+    columns = tuple(dict.fromkeys((*ACTIVITY_COLUMNS, "op", *GRAPH_COLUMNS)))
 
     def applies(self, ctx: AnalysisContext) -> str | None:
         return None if ctx.has_collectives else "the trace has no collectives (no communication was recorded)"
