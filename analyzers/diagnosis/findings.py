@@ -334,11 +334,6 @@ class _Findings:
     def applies(self, ctx: AnalysisContext) -> str | None:
         return None if ctx.wall_ns > 0 else "the store has no events"
 
-    def prepare(self, ctx: AnalysisContext) -> None:
-        """Build the collective instance table (the root causes read its kinds) beside the chunks."""
-        if ctx.has_collectives:
-            _ = ctx.instances
-
     def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext):
         return diagnosis_chunk(as_partition(events), ctx)
 

@@ -72,6 +72,7 @@ class RankGraph:
 
     rank: int
     key: np.ndarray
+    pipeline: np.ndarray        # the anchor is a pipeline send or recv
     arrive: np.ndarray
     release: np.ndarray
     leave: np.ndarray
@@ -211,6 +212,10 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     a_rows = comm_rows[is_anchor_comm]
     a_release = mine["start"][pos[is_anchor_comm]] if len(mine["start"]) else np.zeros(0, np.int64)
     a_key = cid[is_anchor_comm]
+    # Pipeline transfers (a send and its recv are one instance): what structural waiting is named by.
+    pipe_of_op = part.equals("op", "send") | part.equals("op", "recv") | part.equals("op", "send_recv") \
+        if part.has("op") else np.zeros(n, bool)
+    a_pipe = pipe_of_op[a_rows]
     # Step barriers: a Sohu run's host record opens each of a replica's steps.
     replicas = replica_of_rank(ctx)
     host_rows = order[where.get("host", slice(0, 0))]
@@ -223,8 +228,9 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
         b_rows, b_key = np.zeros(0, np.int64), np.zeros(0, np.int64)
     rows = np.concatenate([b_rows, a_rows])
     keys = np.concatenate([b_key, a_key])
+    pipe = np.concatenate([np.zeros(len(b_rows), bool), a_pipe])
     by_time = np.lexsort((np.r_[np.zeros(len(b_rows)), np.ones(len(a_rows))], ts[rows]))
-    rows, keys = rows[by_time], keys[by_time]
+    rows, keys, pipe = rows[by_time], keys[by_time], pipe[by_time]
     is_barrier = keys <= BARRIER_BASE
     # Work: every event that is not an anchor, in time order (the store sorts a rank by ts).
     work = np.ones(n, bool)
@@ -349,7 +355,7 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
                 factor = np.where(dur_w > 0, new / dur_w, 1.0)
             deltas[s] = np.bincount(seg, weights=np.where(is_work_compute, exposed * (factor - 1), 0.0), minlength=J)
     step_col = part.ints("step", -1)[rows] if part.has("step") else np.full(len(rows), -1, np.int64)
-    out = RankGraph(rank=rank, key=keys.astype(np.int64), arrive=arrive.astype(np.int64), release=release,
+    out = RankGraph(rank=rank, key=keys.astype(np.int64), pipeline=pipe, arrive=arrive.astype(np.int64), release=release,
                     leave=leave.astype(np.int64), asynchronous=asynchronous, joined=joined, step=step_col,
                     kinds=kinds, op_seg=(uniq // n_ph // n_op).astype(np.int32),
                     op_code=(uniq % (n_op * n_ph)).astype(np.int32),
@@ -374,6 +380,7 @@ class Graph:
     rank_of: np.ndarray          # [A] position of each anchor's rank in ``ranks``
     start_of_rank: np.ndarray    # [R + 1] first anchor of each rank
     key: np.ndarray
+    pipeline: np.ndarray         # [A] the anchor is a pipeline send or recv
     inst: np.ndarray
     arrive: np.ndarray
     release: np.ndarray
@@ -455,6 +462,7 @@ class Graph:
         empty = np.zeros(0)
         return cls(ranks=np.array([p.rank for p in parts], dtype=np.int64),
                    rank_of=np.repeat(np.arange(R), counts), start_of_rank=start, key=key,
+                   pipeline=cat("pipeline").astype(bool) if parts else np.zeros(0, bool),
                    inst=inst.astype(np.int64), arrive=cat("arrive").astype(np.int64),
                    release=release, leave=cat("leave").astype(np.int64),
                    asynchronous=cat("asynchronous").astype(bool), joined=cat("joined").astype(bool),

@@ -194,7 +194,7 @@ def root_causes(g: Graph, rep: Replay, ctx: AnalysisContext) -> RootCauses:
     total = float(w.sum())
     own = float(seg_charge.sum() + tr_charge.sum())
     # Structural: what no excess explains, by where the waiting happened.
-    pipe = _pipeline_instances(g, ctx)
+    pipe = _pipeline_instances(g)
     # Each wait's own share, to split the structural rest by the wait's instance kind.
     own_per_wait = np.bincount(np.concatenate(hits_wait), minlength=len(w),
                                weights=np.concatenate(hits_seg) + np.concatenate(hits_tr)) if hits_wait else np.zeros(len(w))
@@ -213,16 +213,11 @@ def root_causes(g: Graph, rep: Replay, ctx: AnalysisContext) -> RootCauses:
     return RootCauses(causes=causes, by_rank=by_rank, structural=structural, total_wait_ns=int(round(total)))
 
 
-def _pipeline_instances(g: Graph, ctx: AnalysisContext) -> np.ndarray:
-    """[I] is each instance a pipeline send/recv? (decided once per kind, not per instance)"""
-    inst = ctx.instances
-    kind = inst["kind"].array
-    hit = np.r_[np.isin(np.asarray(kind.categories, dtype=object), ["send", "send_recv", "recv"]), False]
-    is_pipe = hit[np.asarray(kind.codes)]
-    ids = inst["coll_id"].to_numpy(np.int64)
-    pos = np.clip(np.searchsorted(ids, g.inst_key), 0, max(len(ids) - 1, 0))
-    found = (g.inst_key >= 0) & (ids[pos] == g.inst_key) if len(ids) else np.zeros(len(g.inst_key), bool)
-    return np.where(found, is_pipe[pos] if len(ids) else False, False)
+def _pipeline_instances(g: Graph) -> np.ndarray:
+    """[I] is each instance a pipeline send/recv (any member's event is)?"""
+    out = np.zeros(len(g.inst_key), bool)
+    out[g.inst[g.pipeline]] = True
+    return out
 
 
 def _cause_table(g: Graph, ctx: AnalysisContext, seg_charge: np.ndarray, tr_charge: np.ndarray,
