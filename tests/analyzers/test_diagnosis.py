@@ -49,6 +49,12 @@ def _store(tmp: Path, name: str, faults: list[str], hw: str = "sohu", seed: int 
     return store
 
 
+def _wall(store: Path) -> int:
+    """The measured wall time of a store (ns), from its rank index."""
+    index = open_store(store).manifest["rank_index"]
+    return max(r["end_ns"] for r in index) - min(r["start_ns"] for r in index)
+
+
 def _findings(store: Path) -> list[dict]:
     return run_reports(open_store(store), ["findings"]).to_json()["findings"]["findings"]
 
@@ -136,8 +142,7 @@ def test_whatif_removing_a_straggler_predicts_the_clean_run(tmp_path: Path) -> N
     spec = f"rank={rank}:compute={1 / slowdown:.6f}"
     out = run_reports(open_store(slow), ["whatif"], what_if=[spec]).to_json()["whatif"]
     predicted = out["scenarios"][0]["wall_ns"]
-    measured_clean = open_store(clean).manifest["rank_index"]
-    wall_clean = max(r["end_ns"] for r in measured_clean) - min(r["start_ns"] for r in measured_clean)
+    wall_clean = _wall(clean)
     assert out["measured"]["wall_ns"] > wall_clean          # the straggler cost something
     assert predicted == pytest.approx(wall_clean, rel=0.05)
 
@@ -152,8 +157,7 @@ def test_whatif_twice_the_hbm_bandwidth_predicts_a_re_emulation(tmp_path: Path) 
     base = _store(tmp_path, "base", [], seed=9, **kw)
     twice = _store(tmp_path, "twice", [], hw=str(fast), seed=9, **kw)
     out = run_reports(open_store(base), ["whatif"], what_if=["hw:hbm_bandwidth=2"]).to_json()["whatif"]
-    index = open_store(twice).manifest["rank_index"]
-    wall_twice = max(r["end_ns"] for r in index) - min(r["start_ns"] for r in index)
+    wall_twice = _wall(twice)
     assert out["scenarios"][0]["wall_ns"] < out["measured"]["wall_ns"]
     assert out["scenarios"][0]["wall_ns"] == pytest.approx(wall_twice, rel=0.10)
 
@@ -283,7 +287,6 @@ def test_whatif_mending_a_slow_nic_predicts_the_clean_run(tmp_path: Path) -> Non
     slow = _store(tmp_path, "slow", [f"slow-link:node={node},factor={factor}"], seed=6, **kw)
     clean = _store(tmp_path, "clean", [], seed=6, **kw)
     out = run_reports(open_store(slow), ["whatif"], what_if=[f"link=node{node}:bandwidth={1 / factor:.6f}"]).to_json()
-    index = open_store(clean).manifest["rank_index"]
-    wall_clean = max(r["end_ns"] for r in index) - min(r["start_ns"] for r in index)
+    wall_clean = _wall(clean)
     assert out["whatif"]["measured"]["wall_ns"] > wall_clean
     assert out["whatif"]["scenarios"][0]["wall_ns"] == pytest.approx(wall_clean, rel=0.05)
