@@ -176,7 +176,7 @@ def scenario_inputs(g: Graph, scenarios: list[Scenario], ctx: AnalysisContext,
     seg_rank = np.r_[g.rank_of, np.arange(R)]
     is_coll = g.inst_key >= 0                      # per instance: collectives (barriers are below 0)
     hw_col = 0
-    inst_nodes = None
+    inst_nodes = latency = None
     for s, sc in enumerate(scenarios, start=1):     # a loop over scenarios and their changes
         if sc.hw is not None:
             delta[:, s] += g.deltas[hw_col]
@@ -206,8 +206,37 @@ def scenario_inputs(g: Graph, scenarios: list[Scenario], ctx: AnalysisContext,
                 new[c.node] = rates.get(c.node, 1.0) * c.factor
                 lo_old, lo_new, spans = _bottleneck(inst_nodes, rates, new)
                 f = np.where(spans, lo_old / lo_new, 1.0)
+                if latency is None:
+                    latency = _transfer_latency(g, ctx)
+                # Bandwidth scales the bytes' part of a transfer, not its per-hop latency.
+                time, lat = latency
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    f = np.where(time > 0, (lat + (time - lat) * f) / time, f)
                 tscale[:, s] *= np.where(is_coll, f, 1.0)
     return delta, tscale
+
+
+def _transfer_latency(g: Graph, ctx: AnalysisContext) -> tuple[np.ndarray, np.ndarray]:
+    """Per instance: its transfer time (release to the last member's leave) and the alpha-beta
+    latency part of it for a transfer across nodes (``comm``'s model of what nccl would pick)."""
+    from sohuprof.analyzers.reports.comm import _latency
+
+    I = len(g.inst_key)
+    time = np.zeros(I)
+    if g.anchors:
+        rec = np.full(I, np.iinfo(np.int64).min)
+        np.maximum.at(rec, g.inst, g.release)
+        np.maximum.at(time, g.inst, (g.leave - rec[g.inst]).astype(float))
+    lat = np.zeros(I)
+    if ctx.hardware is not None and ctx.has_collectives:
+        inst = ctx.instances
+        ids = inst["coll_id"].to_numpy(np.int64)
+        pos = np.clip(np.searchsorted(ids, g.inst_key), 0, max(len(ids) - 1, 0))
+        found = (g.inst_key >= 0) & (ids[pos] == g.inst_key) if len(ids) else np.zeros(I, bool)
+        spanning = inst["n_nodes"].to_numpy() > 1
+        per = np.where(spanning, _latency(inst, ctx.hardware), 0.0)
+        lat = np.where(found, per[pos] if len(ids) else 0.0, 0.0)
+    return time, np.clip(lat, 0, time)
 
 
 def _instance_nodes(g: Graph, node_of_rank: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
