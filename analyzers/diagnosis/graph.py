@@ -335,11 +335,15 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     if part.has("name"):
         nm_codes, nm_values = part.codes("name")
         nm_key = nm_codes[w] * n_ph + ph_codes[w]
-        nm_uniq, nm_first, nm_inv = np.unique(nm_key, return_index=True, return_inverse=True)
+        size = (len(nm_values) + 1) * n_ph
+        dur_of = np.bincount(nm_key, weights=dur_w, minlength=size)
+        cat_tab = np.zeros(size, np.int64)
+        cat_tab[nm_key] = cat_of                     # one category per op name
+        present = np.flatnonzero(np.bincount(nm_key, minlength=size))
         keys_nm = [(nm_values[k // n_ph] if k // n_ph < len(nm_values) else None,
-                    ph_names[k % n_ph] if k % n_ph < len(ph_names) else None) for k in nm_uniq.tolist()]
-        name_dur = dict(zip(keys_nm, np.bincount(nm_inv, weights=dur_w, minlength=len(nm_uniq)).tolist()))
-        name_cat = dict(zip(keys_nm, cat_of[nm_first].tolist()))
+                    ph_names[k % n_ph] if k % n_ph < len(ph_names) else None) for k in present.tolist()]
+        name_dur = dict(zip(keys_nm, dur_of[present].tolist()))
+        name_cat = dict(zip(keys_nm, cat_tab[present].tolist()))
     else:
         name_dur, name_cat = {}, {}
     op_roof = np.bincount(inv, weights=np.nan_to_num(roof_exposed, nan=0.0), minlength=len(uniq))
