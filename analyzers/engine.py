@@ -205,4 +205,6 @@ def run_analyses(ctx: AnalysisContext, analyses: Iterable[Analysis], *,
         drain(0)
         for done in prepared:
             done.result()
+    # The partitions are gone: hand the Arrow pool's cached pages back before combine allocates.
+    pa.default_memory_pool().release_unused()
     return {a.name: a.combine(partials[a.name], ctx) for a in analyses}

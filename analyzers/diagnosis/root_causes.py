@@ -172,32 +172,32 @@ def root_causes(g: Graph, rep: Replay, ctx: AnalysisContext) -> RootCauses:
     lo = rep.arrive[w_anchor, 0]
     hi = rel[g.inst[w_anchor]]
     x = rep.last[g.inst[w_anchor]]
-    hits_node, hits_seg, hits_tr, hits_wait = [], [], [], []
+    # Charges accumulate in place round by round (memory stays O(nodes + waits)). The first
+    # round, every wait's own last-arriver piece, is the big one: one bincount; the later rounds
+    # are the few waits whose window reaches further back.
+    seg_charge, tr_charge, own_per_wait = np.zeros(N), np.zeros(N), np.zeros(len(w))
     active = np.arange(len(w))
     hops = 0
     while len(active) and hops < _MAX_HOPS:   # one hop up every chain per round
         hops += 1
         xa, a, b = x[active], lo[active], hi[active]
-        cov_seg = np.clip(np.minimum(b, t[xa]) - np.maximum(a, s[xa]), 0, None)
-        cov_tr = np.clip(np.minimum(b, s[xa]) - np.maximum(a, q[xa]), 0, None)
-        hits_node.append(xa)
-        hits_wait.append(active)
-        hits_seg.append(np.minimum(cov_seg, ex_seg[xa]))
-        hits_tr.append(np.minimum(cov_tr, ex_tr[xa]))
+        on_seg = np.minimum(np.clip(np.minimum(b, t[xa]) - np.maximum(a, s[xa]), 0, None), ex_seg[xa])
+        on_tr = np.minimum(np.clip(np.minimum(b, s[xa]) - np.maximum(a, q[xa]), 0, None), ex_tr[xa])
+        if hops == 1:
+            seg_charge += np.bincount(xa, weights=on_seg, minlength=N)
+            tr_charge += np.bincount(xa, weights=on_tr, minlength=N)
+        else:
+            np.add.at(seg_charge, xa, on_seg)
+            np.add.at(tr_charge, xa, on_tr)
+        own_per_wait[active] += on_seg + on_tr
         nxt = ch.pred[xa]
         go = (a < q[xa]) & (nxt >= 0)
         x[active[go]] = nxt[go]
         active = active[go]
-    hit = np.concatenate(hits_node) if hits_node else np.zeros(0, np.int64)
-    seg_charge = np.bincount(hit, weights=np.concatenate(hits_seg) if hits_seg else None, minlength=N)
-    tr_charge = np.bincount(hit, weights=np.concatenate(hits_tr) if hits_tr else None, minlength=N)
     total = float(w.sum())
     own = float(seg_charge.sum() + tr_charge.sum())
     # Structural: what no excess explains, by where the waiting happened.
     pipe = _pipeline_instances(g)
-    # Each wait's own share, to split the structural rest by the wait's instance kind.
-    own_per_wait = np.bincount(np.concatenate(hits_wait), minlength=len(w),
-                               weights=np.concatenate(hits_seg) + np.concatenate(hits_tr)) if hits_wait else np.zeros(len(w))
     rest = np.clip(w - own_per_wait, 0, None)
     pipeline = pipe[g.inst[w_anchor]] if len(w_anchor) else np.zeros(0, bool)
     structural = {"pipeline_bubble": int(round(rest[pipeline].sum())),
