@@ -150,6 +150,7 @@ def critical_path(g: Graph, rep: Replay, ctx: AnalysisContext) -> CriticalPath:
 
 
 def _critical_path(g: Graph, rep: Replay, ctx: AnalysisContext) -> CriticalPath:
+    """:func:`critical_path`'s work (see the module docstring)."""
     A, R = g.anchors, len(g.ranks)
     wall_start = ctx.wall_start
     if not R:
@@ -159,7 +160,7 @@ def _critical_path(g: Graph, rep: Replay, ctx: AnalysisContext) -> CriticalPath:
                             pd.DataFrame(columns=["step", "start_ns", "end_ns", "top_op"]), np.zeros(0, bool))
     ch = chain(g, rep)
     lastp = g.start_of_rank[1:] - 1
-    rel, node_prev, via, p, inst_p, pred = ch.release, ch.node_prev, ch.via, ch.p, ch.inst_p, ch.pred
+    rel, node_prev, p, inst_p, pred = ch.release, ch.node_prev, ch.p, ch.inst_p, ch.pred
     node_time, rank_first, seg_start, transfer = ch.node_time, ch.rank_first, ch.seg_start, ch.transfer
     terminal = A + int(np.argmax(rep.end[:, 0]))
     on = _mark(pred, terminal)
@@ -171,7 +172,9 @@ def _critical_path(g: Graph, rep: Replay, ctx: AnalysisContext) -> CriticalPath:
     compute = (kinds[:, 0] * scale).sum()
     memory = ((kinds[:, 1] + kinds[:, 2]) * scale).sum()
     host = (kinds[:, 3] * scale).sum()
-    barrier_t = np.where(g.is_barrier[p[idx]] & (node_prev[idx] >= 0), transfer[idx], 0.0) if A else 0 * seg_len
+    # A step barrier's "transfer" is the host work that opens the step.
+    barrier_t = (np.where(g.is_barrier[p[idx]] & (node_prev[idx] >= 0), transfer[idx], 0.0) if A
+                 else np.zeros(len(idx)))
     coll_t = transfer[idx] - barrier_t
     # Before the walk's first piece: the rank's start, or a release from outside the trace
     # (everything earlier did not delay the end), counted as idle.
@@ -181,7 +184,6 @@ def _critical_path(g: Graph, rep: Replay, ctx: AnalysisContext) -> CriticalPath:
     host += barrier_t.sum()
     totals = {"compute": compute, "memory": memory, "transfer": coll_t.sum(), "host": host, "idle": idle}
     path_ns = int(round(sum(totals.values())))
-    share = lambda t: float(t) / path_ns if path_ns else 0.0   # noqa: E731
     by_kind = pd.DataFrame({"kind": list(PATH_KINDS), "time_ns": [int(round(totals[k])) for k in PATH_KINDS]})
     by_kind["share"] = by_kind["time_ns"] / max(path_ns, 1)
     # By op class and phase: the sparse composition of the segments on the path.

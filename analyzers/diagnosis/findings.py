@@ -30,7 +30,7 @@ from sohuprof.analyzers.diagnosis.critical_path import baseline, critical_path, 
 from sohuprof.analyzers.diagnosis.graph import GRAPH_COLUMNS, Graph
 from sohuprof.analyzers.diagnosis.replay import replay
 from sohuprof.analyzers.diagnosis.root_causes import root_causes_of
-from sohuprof.analyzers.diagnosis.whatif import Change, Scenario, node_rates, scenario_inputs
+from sohuprof.analyzers.diagnosis.whatif import Change, Scenario, scenario_inputs
 from sohuprof.analyzers.partition import Partition, as_partition
 
 __all__ = ["FINDINGS", "Findings", "STRAGGLER_RATIO", "MIN_SAVING_PCT", "rank_speed", "roles"]
