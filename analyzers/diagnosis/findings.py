@@ -181,7 +181,8 @@ def _candidates(g: Graph, ctx: AnalysisContext, cp: Any) -> list[dict]:
                     "next": f"sohuprof analyze {ctx.store.origin} --report stalls,critical_path"})
     # Host work on the path: what opens every step, and CPU time with no device work under it.
     host_path = float(cp.by_kind.set_index("kind").at["host", "time_ns"])
-    if g.is_barrier.any() or host_path > 0:
+    device = bool(g.kinds[:, :3].sum() > 0)
+    if g.is_barrier.any() or (host_path > 0 and device):
         out.append({"kind": "host_overhead", "ranks": [], "nodes": [], "ops": ["host"],
                     "scenario": Scenario("host=free", (Change("host", what="free", factor=0.0),)),
                     "evidence": {"steps": int(len(np.unique(g.inst[g.is_barrier]))), "host_on_path_ns": int(host_path)},
@@ -257,8 +258,9 @@ def _title(c: dict, saving_ns: float, pct: float, wall: float, wait_saved: float
         if ev["steps"]:
             return (f"host scheduling work opens each of {ev['steps']} replica steps; without it the run saves "
                     f"~{pct:.1f} %")
-        return (f"the host (CPU) is on the critical path for {_fmt_ms(ev['host_on_path_ns'])} with no device work "
-                f"under it (launch-bound); hiding it would save ~{pct:.1f} %")
+        return (f"kernels start only when the CPU launches them: the device waits {_fmt_ms(ev['host_on_path_ns'])} "
+                f"of the critical path for launches (launch-bound); launching ahead (CUDA graphs, fewer and larger "
+                f"kernels) would save ~{pct:.1f} %")
     return f"{c['kind']}: saves ~{pct:.1f} %"
 
 
@@ -316,6 +318,9 @@ def findings(g: Graph, ctx: AnalysisContext) -> Findings:
     notes = list(cp.notes)
     if ctx.hardware is None:
         notes.append("no roofline findings: the trace has no hardware roofs and no FLOP or byte counts")
+    if not g.kinds[:, :3].sum() > 0:
+        notes.append("the trace has only CPU work: the device findings (stragglers, links, roofline, launch "
+                     "overhead) do not apply")
     return Findings(table, int(wall), tuple(notes))
 
 

@@ -37,7 +37,7 @@ __all__ = ["GRAPH_COLUMNS", "KINDS", "RankGraph", "Graph", "rank_graph", "graph_
            "incomplete_collectives", "replica_of_rank"]
 
 #: Event columns the graph is built from.
-GRAPH_COLUMNS = ("rank", "ts", "dur", "category", "name", "op", "phase", "step", "coll_id", "stall_mem_ns", "flops",
+GRAPH_COLUMNS = ("rank", "ts", "dur", "category", "name", "op", "phase", "step", "coll_id", "correlation", "stall_mem_ns", "flops",
                  "hbm_bytes", "track", "layer")
 #: What a segment's time is made of (columns of :attr:`RankGraph.kinds`).
 KINDS = ("compute", "memory_stall", "memory", "host", "idle")
@@ -133,6 +133,39 @@ def incomplete_collectives(ctx: AnalysisContext) -> tuple[np.ndarray, list[str]]
                      "not synchronisation; waits and root causes need every member")
     out = memo["incomplete"] = (ids, notes)
     return out
+
+
+def _launch_links(part: Partition, ctx: AnalysisContext, w: np.ndarray, dev: np.ndarray, is_host: np.ndarray,
+                  w_ts: np.ndarray, w_end: np.ndarray, exposed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """On a profiler trace, the CPU launch -> kernel links (Kineto's ``correlation``): a kernel or
+    copy that starts after its device went idle waited for its launch where the launch (the
+    runtime call with its correlation id) ended inside that gap; that part of the gap becomes the
+    launch's exposed time (host: launch-bound), and other CPU work under an idle device is off the
+    device's chain. Edits ``exposed`` in place; returns the launches (positions in ``w``) and the
+    device events they launched, so a launch's time is counted in its kernel's segment."""
+    none = np.zeros(0, np.int64)
+    if ctx.is_sohu or not part.has("correlation") or not dev.any() or not is_host.any():
+        return none, none
+    corr = part.ints("correlation", -1)[w]
+    h_idx = np.flatnonzero(is_host & (corr >= 0))
+    d_idx = np.flatnonzero(dev & (corr >= 0))
+    if not len(h_idx) or not len(d_idx):
+        return none, none
+    by_corr = np.argsort(corr[h_idx], kind="stable")
+    keys = corr[h_idx][by_corr]
+    pos = np.searchsorted(keys, corr[d_idx], side="right") - 1
+    ok = (pos >= 0) & (keys[np.maximum(pos, 0)] == corr[d_idx])
+    launch, kernel = h_idx[by_corr[np.maximum(pos, 0)]][ok], d_idx[ok]
+    # The device's idle gap before each of its events: from the end of everything before it.
+    rank_in_dev = np.cumsum(dev) - 1
+    dev_end = w_end[dev]
+    before = np.maximum.accumulate(np.r_[np.iinfo(np.int64).min, dev_end])[:-1]
+    gap_start = before[rank_in_dev[kernel]]
+    gap = np.clip(w_ts[kernel] - gap_start, 0, None)
+    waited = np.clip(np.minimum(w_ts[kernel], w_end[launch]) - gap_start, 0, gap)
+    exposed[is_host] = 0.0
+    exposed[launch] = waited
+    return launch, kernel
 
 
 def _busy_union(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -261,6 +294,7 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
         h_hi = np.maximum(w_end[is_host_w], h_lo)
         under = covered_before_sequential(busy[0], busy[1], h_hi) - covered_before_sequential(busy[0], busy[1], h_lo)
         exposed[is_host_w] = np.clip(exposed[is_host_w] - under, 0, None)
+    launch_of, launch_for = _launch_links(part, ctx, w, dev, is_host_w, w_ts, w_end, exposed)
     dev_before = np.maximum.accumulate(np.r_[np.iinfo(np.int64).min, w_end])[:-1] if len(w) else w_end
     gap_before = np.clip(w_ts - dev_before, 0, None)
     running_end = np.maximum.accumulate(end) if n else end
@@ -273,6 +307,8 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     leave = end[rows]      # a barrier's "transfer" is the host's scheduling work that opens the step
     # A rank works during an asynchronous collective: some work starts strictly inside it.
     seg = np.searchsorted(arrive, w_ts, side="right")      # segment of each work event
+    if len(launch_of):
+        seg[launch_of] = seg[launch_for]     # a launch's wait is in its kernel's segment
     inside = np.zeros(len(rows), bool)
     if len(w) and len(rows):
         j = seg - 1                                         # the anchor before each work event

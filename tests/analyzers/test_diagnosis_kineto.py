@@ -57,4 +57,33 @@ def test_shared_profiler_traces(tmp_path: Path, name: str) -> None:
         assert "2 of 128 ranks" in notes
     if name == "v100-ddp-rank1of2":
         assert "1 of 2 ranks" in notes
+    if name in ("cpu-only-rank34", "own-cpu-gloo-ddp-2rank"):
+        assert "only CPU work" in notes and "host_overhead" not in {f["kind"] for f in out["findings"]["findings"]}
     assert not {f["kind"] for f in out["findings"]["findings"]} & {"straggler", "slow_link"}
+
+
+def test_a_kernel_that_waits_for_its_launch_is_launch_bound_time(tmp_path: Path) -> None:
+    """The CPU launch -> kernel link: kernel B starts when its launch (correlation 2) ends, 10 ns
+    after the GPU went idle: host time on the path; kernel C's launch ended long before its gap:
+    that gap is idle; CPU work with no kernel waiting on it is not on the device's chain."""
+    import pyarrow as pa
+
+    from sohuprof.store import StoreWriter
+
+    rows = [  # ts, dur, track, name, category, correlation
+        (0, 10, "stream 7", "A", "compute", 1), (20, 10, "stream 7", "B", "compute", 2),
+        (40, 10, "stream 7", "C", "compute", 3),
+        (0, 2, "thread 1", "cudaLaunchKernel", "host", 1), (5, 15, "thread 1", "cudaLaunchKernel", "host", 2),
+        (21, 4, "thread 1", "cudaLaunchKernel", "host", 3), (26, 24, "thread 1", "aten::something", "host", None)]
+    table = pa.table({"ts": [r[0] for r in rows], "dur": [r[1] for r in rows], "node": [0] * len(rows),
+                      "chip": [0] * len(rows), "rank": [0] * len(rows), "track": [r[2] for r in rows],
+                      "name": [r[3] for r in rows], "op": ["gemm" if r[4] == "compute" else "host" for r in rows],
+                      "category": [r[4] for r in rows],
+                      "correlation": pa.array([r[5] for r in rows], pa.int64())}).sort_by("ts")
+    with StoreWriter(tmp_path / "s") as w:
+        w.write_events(table)
+        w.write_manifest({"source": {"format": "kineto"}})
+    cp = run_reports(open_store(tmp_path / "s"), ["critical_path"]).to_json()["critical_path"]
+    kinds = {k["kind"]: k["time_ns"] for k in cp["by_kind"]}
+    assert cp["wall_ns"] == 50
+    assert kinds == {"compute": 30, "memory": 0, "transfer": 0, "host": 10, "idle": 10}
