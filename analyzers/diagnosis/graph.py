@@ -478,7 +478,8 @@ class Graph:
             remaps.append(np.array([op_keys.setdefault(k, len(op_keys)) for k in local], dtype=np.int32))
             bases.append(bases[-1] + len(local))
         rows_per = np.array([len(p.op_seg) for p in parts], dtype=np.int64)
-        seg_global = np.repeat(start[:-1], rows_per) + cat("op_seg") if parts else np.zeros(0, np.int64)
+        seg_global = (np.repeat(start[:-1], rows_per) + cat("op_seg")).astype(np.int32 if A + R < 2**31 else np.int64) \
+            if parts else np.zeros(0, np.int64)
         # Each rank's rows are by segment, its tail's last: those few rows go to the tail's row.
         row_start = np.r_[0, np.cumsum(rows_per)]
         for i, p in enumerate(parts):       # a loop over ranks
@@ -540,10 +541,25 @@ class Graph:
 
 def graph_of(partials: list[RankGraph], ctx: AnalysisContext) -> Graph:
     """The run's :class:`Graph` from every rank's partial, built once per context and shared by
-    the reports that read it (critical path, findings, what-if)."""
+    the reports that read it (comm, critical path, findings, what-if), in whatever order each hands
+    the partials over.
+
+    The partials' bulk arrays are released once the graph holds them (the engine keeps every
+    report's partials until all have combined: a 50M-event run's op rows would otherwise be held
+    twice), so a set of partials builds one graph, in the context it was built for.
+    """
     memo = ctx.memo
-    key = ("graph", tuple(id(p) for p in partials))
+    parts = [p for p in partials if p is not None]
+    key = ("graph", frozenset(id(p) for p in parts))
     graph = memo.get(key)
     if graph is None:
-        graph = memo[key] = Graph.from_ranks([p for p in partials if p is not None])
+        graph = memo[key] = Graph.from_ranks(parts)
+        for p in parts:                    # a loop over ranks
+            for name in _BULK:
+                object.__setattr__(p, name, None)
     return graph
+
+
+#: RankGraph arrays copied into the Graph, released from the partials once it is built.
+_BULK = ("arrive", "release", "leave", "asynchronous", "joined", "step", "kinds", "op_seg", "op_code", "op_time",
+         "op_roof", "deltas", "pipeline")
