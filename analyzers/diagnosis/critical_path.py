@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.diagnosis.graph import GRAPH_COLUMNS, Graph, graph_of, incomplete_collectives, rank_graph
-from sohuprof.analyzers.diagnosis.replay import Replay, replay
+from sohuprof.analyzers.diagnosis.replay import Replay, ReplayError, replay
 from sohuprof.analyzers.partition import Partition
 
 __all__ = ["CRITICAL_PATH", "Chain", "CriticalPath", "chain", "critical_path", "baseline", "diagnosis_chunk", "PATH_KINDS"]
@@ -242,8 +242,20 @@ class _CriticalPath:
         return diagnosis_chunk(as_partition(events), ctx)
 
     def combine(self, partials: list, ctx: AnalysisContext) -> CriticalPath:
-        g, rep = baseline(partials, ctx)
+        try:
+            g, rep = baseline(partials, ctx)
+        except ReplayError as exc:      # the other reports still stand: say why this one is empty
+            return _unreplayable(ctx, str(exc))
         return critical_path(g, rep, ctx)
+
+
+def _unreplayable(ctx: AnalysisContext, why: str) -> CriticalPath:
+    """An empty critical path whose note says why the graph could not be replayed."""
+    return CriticalPath(ctx.wall_ns, 0, pd.DataFrame({"kind": list(PATH_KINDS), "time_ns": 0, "share": 0.0}),
+                        pd.DataFrame(columns=["op", "phase", "time_ns", "share"]),
+                        pd.DataFrame(columns=["rank", "time_ns", "share"]),
+                        pd.DataFrame(columns=["step", "start_ns", "end_ns", "top_op"]), np.zeros(0, bool),
+                        notes=(f"no critical path: {why}",))
 
 
 CRITICAL_PATH = _CriticalPath()

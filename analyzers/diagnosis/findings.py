@@ -28,7 +28,7 @@ import pyarrow as pa
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.diagnosis.critical_path import baseline, critical_path, diagnosis_chunk
 from sohuprof.analyzers.diagnosis.graph import GRAPH_COLUMNS, Graph
-from sohuprof.analyzers.diagnosis.replay import replay
+from sohuprof.analyzers.diagnosis.replay import ReplayError, replay
 from sohuprof.analyzers.diagnosis.root_causes import root_causes_of
 from sohuprof.analyzers.diagnosis.whatif import Change, Scenario, scenario_inputs
 from sohuprof.analyzers.partition import Partition, as_partition
@@ -343,7 +343,10 @@ class _Findings:
         return diagnosis_chunk(as_partition(events), ctx)
 
     def combine(self, partials: list, ctx: AnalysisContext) -> Findings:
-        g, _ = baseline(partials, ctx)
+        try:
+            g, _ = baseline(partials, ctx)
+        except ReplayError as exc:      # the other reports still stand: say why this one is empty
+            return Findings(pd.DataFrame(columns=_COLUMNS), int(ctx.wall_ns), (f"no findings: {exc}",))
         return findings(g, ctx)
 
 

@@ -113,10 +113,10 @@ def incomplete_collectives(ctx: AnalysisContext) -> tuple[np.ndarray, list[str]]
     if ctx.is_sohu or not ctx.has_collectives:
         out = memo["incomplete"] = (np.zeros(0, np.int64), [])
         return out
-    from sohuprof.analyzers.reports.comm import _group_sizes
+    from sohuprof.analyzers.reports.comm import group_sizes
 
     inst = ctx.instances
-    declared = _group_sizes(ctx)
+    declared = group_sizes(ctx)
     world = (ctx.store.manifest.get("parallel") or {}).get("world_size")
     present = len(ctx.ranks)
     size = inst["group"].map(declared).to_numpy(dtype=float, na_value=np.nan)

@@ -219,7 +219,7 @@ def scenario_inputs(g: Graph, scenarios: list[Scenario], ctx: AnalysisContext,
 def _transfer_latency(g: Graph, ctx: AnalysisContext) -> tuple[np.ndarray, np.ndarray]:
     """Per instance: its transfer time (release to the last member's leave) and the alpha-beta
     latency part of it for a transfer across nodes (``comm``'s model of what nccl would pick)."""
-    from sohuprof.analyzers.reports.comm import _latency
+    from sohuprof.analyzers.reports.comm import transfer_latency
 
     I = len(g.inst_key)
     time = np.zeros(I)
@@ -234,7 +234,7 @@ def _transfer_latency(g: Graph, ctx: AnalysisContext) -> tuple[np.ndarray, np.nd
         pos = np.clip(np.searchsorted(ids, g.inst_key), 0, max(len(ids) - 1, 0))
         found = (g.inst_key >= 0) & (ids[pos] == g.inst_key) if len(ids) else np.zeros(I, bool)
         spanning = inst["n_nodes"].to_numpy() > 1
-        per = np.where(spanning, _latency(inst, ctx.hardware), 0.0)
+        per = np.where(spanning, transfer_latency(inst, ctx.hardware), 0.0)
         lat = np.where(found, per[pos] if len(ids) else 0.0, 0.0)
     return time, np.clip(lat, 0, time)
 

@@ -58,6 +58,8 @@ __all__ = [
     "SLOW_RATIO",
     "CommResult",
     "busbw_factor",
+    "group_sizes",
+    "transfer_latency",
     "kind_is",
     "nic_table",
     "records",
@@ -110,7 +112,7 @@ def records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _group_sizes(ctx: AnalysisContext) -> dict[int, int]:
+def group_sizes(ctx: AnalysisContext) -> dict[int, int]:
     """Declared process-group sizes from a profiler trace's manifest (keyed as its collector keys them)."""
     groups = ((ctx.store.manifest.get("parallel") or {}).get("process_groups")) or []
     out: dict[int, int] = {}
@@ -347,7 +349,7 @@ def _with_root_causes(stragglers: pd.DataFrame, graphs: list, ctx: AnalysisConte
     return out.sort_values(["root_cost_ns", "delay_cost_ns", "rank"], ascending=[False, False, True]).reset_index(drop=True)
 
 
-def _latency(inst: pd.DataFrame, hw: HardwareSpec | None) -> np.ndarray:
+def transfer_latency(inst: pd.DataFrame, hw: HardwareSpec | None) -> np.ndarray:
     """Alpha-beta latency part of each spanning instance (ns): the algorithm nccl would pick."""
     if hw is None:
         return np.zeros(len(inst))
@@ -366,7 +368,7 @@ def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: Har
     span = inst[inst["n_nodes"] > 1].set_index("coll_id")
     if not len(span):
         return empty
-    span = span.assign(latency=_latency(span, hw))
+    span = span.assign(latency=transfer_latency(span, hw))
     rows = store.read("collectives", columns=["coll_id", "rank", "node", "bytes"],
                       filters=pc.field("coll_id").isin(pa.array(span.index.to_numpy()))).to_pandas()
     rows = rows.sort_values(["coll_id", "rank"], kind="stable").reset_index(drop=True)
@@ -455,7 +457,7 @@ class _Comm:
         senders = pd.concat([empty[1], *(p[1] for p in partials)], ignore_index=True)
         hidden = per_rank.groupby(["kind", "group"], as_index=False)[["union_ns", "overlapped_ns"]].sum()
         inst = ctx.instances
-        declared = _group_sizes(ctx)
+        declared = group_sizes(ctx)
         if declared:
             inst = inst.assign(n=np.maximum(inst["n"].to_numpy(), inst["group"].map(declared).fillna(0).to_numpy(np.int64)))
         inst = inst.assign(busbytes=inst["size"] * busbw_factor(inst["kind"], inst["n"]))
@@ -482,7 +484,12 @@ class _Comm:
         stragglers = _stragglers(ctx.collective_index, ctx.ranks)
         graphs = [p[2] for p in partials if len(p) > 2 and p[2] is not None]
         if graphs:
-            stragglers = _with_root_causes(stragglers, graphs, ctx)
+            from sohuprof.analyzers.diagnosis.replay import ReplayError
+
+            try:
+                stragglers = _with_root_causes(stragglers, graphs, ctx)
+            except ReplayError:    # clocks that put the collectives in a cycle: delay cost only
+                pass
         return CommResult(collectives=table, stragglers=stragglers, links=links, nics=nics)
 
 

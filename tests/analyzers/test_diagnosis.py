@@ -293,3 +293,19 @@ def test_whatif_mending_a_slow_nic_predicts_the_clean_run(tmp_path: Path, plan: 
     wall_clean = _wall(clean)
     assert out["whatif"]["measured"]["wall_ns"] > wall_clean
     assert out["whatif"]["scenarios"][0]["wall_ns"] == pytest.approx(wall_clean, rel=0.05)
+
+
+def test_a_graph_that_cannot_be_replayed_leaves_the_other_reports_standing(monkeypatch) -> None:
+    """Clocks that put the collectives in a cycle: the diagnosis says so; the measurements stand."""
+    from sohuprof.analyzers.diagnosis import critical_path as cp_module
+    from sohuprof.analyzers.diagnosis.replay import ReplayError
+
+    def cycle(*args, **kwargs):
+        raise ReplayError("the collectives wait on each other in a cycle")
+
+    monkeypatch.setattr(cp_module, "replay", cycle)
+    out = run_reports(open_store(SAMPLE), ["findings", "critical_path", "comm", "stalls"]).to_json()
+    assert out["findings"]["findings"] == [] and "cycle" in out["findings"]["notes"][0]
+    assert out["critical_path"]["path_ns"] == 0 and "cycle" in out["critical_path"]["notes"][0]
+    assert out["comm"]["stragglers"] and "root_cost_ns" not in out["comm"]["stragglers"][0]
+    assert out["stalls"]["ranks"]
