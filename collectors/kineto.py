@@ -102,9 +102,12 @@ _EXPECTED = "expected a PyTorch profiler (Kineto) or Chrome trace JSON (.json or
 _KINETO_KEYS = ("schemaVersion", "distributedInfo", "deviceProperties", "baseTimeNanoseconds")
 #: Event categories only Kineto writes (for old Kineto files without the top-level keys).
 _KINETO_CATS = {"kernel", "gpu_memcpy", "gpu_memset", "cpu_op", "cuda_runtime", "cuda_driver",
-                "gpu_user_annotation", "python_function"}
-#: Device-side event categories: they sit on a stream track.
-_GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset", "gpu_user_annotation")
+                "gpu_user_annotation", "python_function", "mtia_ccp_events", "mtia_runtime"}
+#: Device-side event categories: they sit on a stream track (MTIA's device events are
+#: ``mtia_ccp_events``, its DMA transfers among them, named ``dma_*``).
+_GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset", "gpu_user_annotation", "mtia_ccp_events")
+#: Device kernels that are memory transfers by name (HTA's MemoryKernelGroupingPattern).
+_MEMORY_KERNEL_RE = r"^(hip)?Memcpy|^(hip)?Memset|^dma"
 #: Kineto's span over the whole profiling session: not an op.
 _SKIP_CATS = ("Trace",)
 #: Below this many microseconds a float64 has an ulp under 1 ns, so the ns are recoverable.
@@ -709,6 +712,10 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
     kind = kind_of_cat[_codes(cat_enc)]
     names = pa.array(names_l, pa.string()).fill_null("")
     name_enc = names.dictionary_encode()
+    # A device "kernel" that is a transfer by its name (MTIA's dma_*, HIP's hipMemcpy*) is memory.
+    is_copy = pc.match_substring_regex(name_enc.dictionary, _MEMORY_KERNEL_RE).to_numpy(zero_copy_only=False)
+    kind = np.where((kind == _KINDS.index("kernel")) & is_copy[_codes(name_enc)] if is_copy.size else False,
+                    np.int8(_KINDS.index("gpu_memcpy")), kind).astype(np.int8)
     is_nccl = pc.match_substring(name_enc.dictionary, "nccl", ignore_case=True).to_numpy(
         zero_copy_only=False)
     nccl = (kind == _KINDS.index("kernel")) & is_nccl[_codes(name_enc)] & rec_x
@@ -782,6 +789,8 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
         "track": track, "name": name_enc,
         "op": _dict_from_codes(op, OP_CLASSES), "category": _dict_from_codes(category, CATEGORIES),
         "step": step, "flops": flops, "coll_id": coll_id, "correlation": correlation,
+        "cat": cat.take(pa.array(x)).fill_null("").dictionary_encode(),
+        "stream": _stream_ids(stream_l, is_gpu),
     }))
     # A cut-off entry is a lost record when what survives of it says it was a complete event.
     lost = int(_CUT_X.search(cut) is not None)
@@ -894,7 +903,7 @@ def _rank(path: Path, top: dict[str, Any]) -> int:
 def _cat_kind(cat: str) -> str:
     """Where a Kineto category runs: one of the GPU kinds, or host."""
     return {"kernel": "kernel", "gpu_memcpy": "gpu_memcpy", "gpu_memset": "gpu_memset",
-            "gpu_user_annotation": "gpu_annotation"}.get(cat, "host")
+            "gpu_user_annotation": "gpu_annotation", "mtia_ccp_events": "kernel"}.get(cat, "host")
 
 
 # -- columns ------------------------------------------------------------------------------------
@@ -1145,6 +1154,15 @@ def _collectives(rank: int, rows: np.ndarray, ts: np.ndarray, dur: np.ndarray, k
         "arrive": ts[rows], "end": ts[rows] + dur[rows], "bytes": nbytes,
     })
     return pa.array(coll_id, pa.int64(), mask=mask), table
+
+
+def _stream_ids(stream: list[Any], is_gpu: np.ndarray) -> pa.Array:
+    """``args.stream`` of device events as int64 (a numeric string counts); null elsewhere."""
+    values = pd.to_numeric(pd.Series(_objects(stream), dtype=object), errors="coerce")
+    ok = values.notna().to_numpy() & is_gpu
+    out = np.where(ok, values.fillna(0).to_numpy(), 0)
+    ok &= np.abs(out) < 2.0**62
+    return pa.array(out.astype(np.int64), pa.int64(), mask=~ok)
 
 
 def _group_id(name: str) -> int:

@@ -38,6 +38,9 @@ class ColumnSpec:
     unit: str
     doc: str
     nullable: bool = True
+    #: Columns added after the first store layout are nullable and may be absent from older
+    #: stores' files, which then read them as null.
+    optional: bool = False
 
     def field(self) -> pa.Field:
         return pa.field(self.name, self.type, nullable=self.nullable,
@@ -89,8 +92,9 @@ class TableSpec:
         return self.schema.empty_table()
 
 
-def _c(name: str, type_: pa.DataType, unit: str, doc: str, nullable: bool = True) -> ColumnSpec:
-    return ColumnSpec(name, type_, unit, doc, nullable)
+def _c(name: str, type_: pa.DataType, unit: str, doc: str, nullable: bool = True,
+       optional: bool = False) -> ColumnSpec:
+    return ColumnSpec(name, type_, unit, doc, nullable, optional)
 
 
 EVENTS = TableSpec(
@@ -115,6 +119,10 @@ EVENTS = TableSpec(
         _c("stall_mem_ns", pa.int64(), "ns", "part of dur the compute units waited on memory; null where unknown"),
         _c("coll_id", pa.int64(), "", "collective instance (joins collectives.coll_id); null for non-collectives"),
         _c("correlation", pa.int64(), "", "links a GPU kernel to the CPU op that launched it (Kineto); null otherwise"),
+        _c("cat", _DICT_STR, "", "the source's own event category, as written (Kineto's cat: kernel, gpu_memcpy, "
+           "cuda_runtime, cpu_op, user_annotation, mtia_ccp_events, ...); null for Sohu runs", optional=True),
+        _c("stream", pa.int64(), "", "GPU stream (Kineto's args.stream) of a device event; null for CPU events and "
+           "Sohu runs", optional=True),
     ),
 )
 

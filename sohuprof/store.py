@@ -775,10 +775,16 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _spec_column(spec: TableSpec, name: str) -> Any:
+    return next(c for c in spec.columns if c.name == name)
+
+
 def _schema_problem(arrow: pa.Schema, spec: TableSpec) -> str | None:
     """Is every column of ``spec`` present with its Arrow type? (Extra columns are never read.)"""
     for want in _stored_schema(spec):   # a loop over columns
         at = arrow.get_all_field_indices(want.name)
+        if not at and _spec_column(spec, want.name).optional:
+            continue    # a later addition: an older store reads it as null
         if not at:
             return f"lacks column '{want.name}'"
         got = arrow.field(at[0]).type
