@@ -286,6 +286,7 @@ def _events_table(info: RunInfo, chunks: list[tuple[int, np.ndarray]], chip: dic
         "stall_mem_ns": np.rint(cols["stall_cycles"] * to_ns).astype(np.int64),
         "coll_id": pa.array((group << 32) | seq, pa.int64(), mask=group == NO_GROUP),
         "correlation": pa.nulls(n, pa.int64()),
+        "cat": pa.nulls(n, EVENTS.schema.field("cat").type), "stream": pa.nulls(n, pa.int64()),
     }
     return pa.table(columns, schema=EVENTS.schema)
 

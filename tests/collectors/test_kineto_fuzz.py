@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from sohuprof.cli import cli
 from sohuprof.collectors.kineto import collect_kineto, read_kineto
-from sohuprof.collectors.kineto_checks import MAX_ID, MAX_NS, REASONS
+from sohuprof.collectors.kineto.checks import MAX_ID, MAX_NS, REASONS
 from sohuprof.collectors import collect
 from sohuprof.errors import SohuprofError, TraceFormatError
 from sohuprof.store import open_store
@@ -523,7 +523,7 @@ def test_ranks_on_different_clock_bases_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_gzip_bomb_is_refused_before_it_inflates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sohuprof.collectors.kineto as kineto
+    import sohuprof.collectors.kineto.decode as kineto
 
     monkeypatch.setattr(kineto, "GZIP_MIN_CAP", 1 << 20)   # the real floor is 1 GiB
     bomb = tmp_path / "trace.json.gz"
