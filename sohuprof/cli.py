@@ -7,6 +7,8 @@ import logging
 import os
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -405,6 +407,69 @@ def whatif(obj: CliContext, source: Path, specs: tuple[str, ...], fmt: str, out:
     _check_report_output(fmt, out, force, source)
     reports = _compute_reports(obj, source, ["whatif"], what_if=specs)
     _write_reports(obj, reports, fmt, out, force)
+
+
+@contextmanager
+def _opened(obj: CliContext, source: Path) -> Iterator[Any]:
+    """SOURCE as a store, collected on the fly if it is not one (saying what was not kept)."""
+    from sohuprof.collectors import losses_line
+    from sohuprof.store import open_store_or_collect
+
+    with open_store_or_collect(source, show_progress=obj.show_progress) as store:
+        if store.path != source:
+            warning = losses_line(store.manifest.get("counts") or {},
+                                  "(`sohuprof collect` keeps them in quarantine.parquet)")
+            if warning:
+                click.echo(f"{source}: {warning}", err=True)
+        yield store
+
+
+@cli.command(epilog="""\b
+Examples:
+  sohuprof diff before/ after/                       # two stores, B against A
+  sohuprof diff run-a/ run-b/ --top 10               # raw runs or traces are collected on the fly
+  sohuprof diff a.json.gz b.json.gz --match-names short --format json -o diff.json
+  sohuprof diff before/ after/ --format html -o diff.html""")
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--top", default=20, show_default=True, type=_COUNT, help="Largest changes to list, per rank and name.")
+@click.option("--match-names", default="exact", show_default=True, type=click.Choice(["exact", "short"]),
+              help="short: names without template or function arguments and trailing numbers (HTA's short names).")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json", "html"]))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+              help="Output file (- for stdout). Default: stdout (html needs -o).")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@pass_cli
+def diff(obj: CliContext, a: Path, b: Path, top: int, match_names: str, fmt: str, out: Path | None,
+         force: bool) -> None:
+    """Compare two runs, B against A: per kernel or op name, per rank, per collective kind.
+
+    A and B are trace stores, or anything `collect` accepts (collected on the fly), of any source.
+    Deltas are B - A: names added and removed, count and time per name, the largest changes per
+    rank and name, each rank's busy time per category and its stalls (Sohu) or temporal (GPU)
+    breakdown, collectives per kind, the wall time. Ranks are matched by number.
+    """
+    from sohuprof import atomic
+    from sohuprof.analyzers.diff import diff_stores
+    from sohuprof.analyzers.render.diff import diff_json, diff_text, write_diff_html
+
+    if fmt == "html" and out is None:
+        raise click.UsageError("--format html writes a file: give -o FILE.html")
+    if out is not None:
+        atomic.check_file_output(out, force=force, inputs=[a, b])   # refused before anything is read
+    with _opened(obj, a) as store_a, _opened(obj, b) as store_b:
+        result = diff_stores(store_a, store_b, top=top, match_names=match_names)
+    if fmt == "html":
+        write_diff_html(result, out, force=force)  # type: ignore[arg-type]
+    else:
+        text = diff_json(result) if fmt == "json" else diff_text(result).encode()
+        if out is None:
+            click.echo(text.decode(), nl=False)
+        else:
+            with atomic.open_output(out, force=force) as fh:
+                fh.write(text)
+    if out is not None and atomic.output_kind(out) == "path" and not obj.quiet:
+        click.echo(f"wrote {out}", err=True)
 
 
 class RankList(click.ParamType):
