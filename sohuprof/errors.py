@@ -21,6 +21,11 @@ class TraceFormatError(SohuprofError):
     """A trace file is not in a format sohuprof reads, or is damaged beyond recovery."""
 
 
+class NotATraceError(TraceFormatError):
+    """A file is readable but holds no trace (a sidecar JSON beside the traces, say): in a
+    directory of traces it is skipped with a warning, on its own it is an error."""
+
+
 class SchemaError(SohuprofError):
     """A table does not match the trace-store schema."""
 

@@ -66,19 +66,24 @@ Records and their accounting (the manifest's ``counts``, per file in ``counts.fi
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+from sohuprof.collectors.kineto.clocks import (assign_ranks, causality, fit_nodes, host_of, node_of_hosts,
+                                               parse_hosts, with_place)
 from sohuprof.collectors.kineto.collectives import _finish_collectives
 from sohuprof.collectors.kineto.decode import _EXPECTED
 from sohuprof.collectors.kineto.events import _parse_file, _RankTrace
-from sohuprof.collectors.kineto.manifest import _metadata, _refused_rows
+from sohuprof.collectors.kineto.manifest import _metadata, _refused_rows, declared_group_sizes, world_size
 
-from sohuprof.errors import TraceFormatError
+from sohuprof.errors import NotATraceError, TraceFormatError
 from sohuprof.schema import (
     COLLECTIVES,
     COUNTERS,
@@ -121,7 +126,7 @@ class KinetoTrace:
     quarantine: pa.Table = field(default_factory=QUARANTINE.empty)
 
 
-def read_kineto(path: PathLike) -> KinetoTrace:
+def read_kineto(path: PathLike, *, hosts: str | None = None) -> KinetoTrace:
     """Read a PyTorch profiler (Kineto) or Chrome trace into store tables, in memory.
 
     Parameters
@@ -129,6 +134,9 @@ def read_kineto(path: PathLike) -> KinetoTrace:
     path : str or os.PathLike
         One ``.json`` / ``.json.gz`` trace (gzip is detected from the content), or a directory
         of per-rank Kineto files (``*.json``, ``*.json.gz``; not searched recursively).
+    hosts : str, optional
+        ``RANKS=HOST`` pieces joined by commas (``0-7=a,8-15=b``): which host each rank ran on,
+        where the traces do not say (see :mod:`~sohuprof.collectors.kineto.clocks`).
 
     Returns
     -------
@@ -142,20 +150,26 @@ def read_kineto(path: PathLike) -> KinetoTrace:
         has two files for one rank. Damaged events are not an error: they are set aside in
         ``quarantine`` and counted.
     """
-    parts = list(_iter_rank_traces(path))
+    job = _Job(path, hosts=parse_hosts(hosts), skipped=[])
+    for part in _iter_rank_traces(path, skipped=job.skipped):
+        job.hold(part)
+    parts = job.place()
     events = pa.concat_tables([p.events for p in parts]).unify_dictionaries()
     events = events.sort_by([("rank", "ascending"), ("ts", "ascending"), ("dur", "descending")])
     counters = pa.concat_tables([p.counters for p in parts]).unify_dictionaries()
-    collectives = _finish_collectives([p.collectives for p in parts])
+    collectives, matching = job.collectives(parts)
     return KinetoTrace(events.combine_chunks(), collectives, counters.combine_chunks(),
-                       _metadata(path, parts, events.num_rows),
+                       job.metadata(parts, events.num_rows, matching, collectives),
                        pa.concat_tables([p.quarantine for p in parts]))
 
 
-def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False) -> dict[str, Any]:
+def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False,
+                   hosts: str | None = None) -> dict[str, Any]:
     """Collect a PyTorch profiler (Kineto) or Chrome trace into a trace store.
 
-    Files are read and written one at a time, so memory is bounded by the largest file.
+    Files are read and written one at a time, so memory is bounded by the largest file, except
+    for ranks whose place or clock is known only once every file is read (ranks on hosts other
+    than the first file's, files naming no rank): those are held until then.
 
     Parameters
     ----------
@@ -165,6 +179,8 @@ def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False)
         The store directory to create.
     force : bool, default False
         Replace an existing store.
+    hosts : str, optional
+        Which host each rank ran on, as for :func:`read_kineto`.
 
     Returns
     -------
@@ -183,24 +199,34 @@ def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False)
     OutputError
         The store exists and ``force`` is not set, or cannot be written.
     """
-    parts: list[_RankTrace] = []
     refused: list[tuple[Path, str]] = []
+    job = _Job(path, hosts=parse_hosts(hosts), skipped=[])
+    parts: list[_RankTrace] = []
     written = 0
     with StoreWriter(store_path, force=force) as writer:
-        for part in _iter_rank_traces(path, refused):
+        def write(part: _RankTrace) -> None:
+            nonlocal written
             writer.write_events(part.events)
             writer.write_table(QUARANTINE, part.quarantine)
             written += part.events.num_rows
             # Keep the small tables and the metadata; let the events go.
-            parts.append(_RankTrace(part.file, part.format, part.rank, EVENTS.empty(),
-                                    part.collectives, part.counters, part.quarantine, part.info))
-        collectives = _finish_collectives([p.collectives for p in parts])
+            parts.append(dataclasses.replace(part, events=EVENTS.empty()))
+
+        for part in _iter_rank_traces(path, refused, skipped=job.skipped):
+            if job.streams(part):      # on node 0 with a known rank: its place and clock are final
+                write(part)
+            else:
+                job.hold(part)
+        for part in job.place(written=parts):
+            write(part)
+        parts.sort(key=lambda p: p.rank)
+        collectives, matching = job.collectives(parts)
         counters = pa.concat_tables([p.counters for p in parts]).unify_dictionaries()
         writer.write_table(COLLECTIVES, collectives)
         writer.write_table(COUNTERS, counters)
         if refused:
             writer.write_table(QUARANTINE, _refused_rows(refused))
-        metadata = _metadata(path, parts, written, refused)
+        metadata = job.metadata(parts, written, matching, collectives, refused)
         # What came from the traces must pass the store reader's own checks, or the store
         # written would refuse to open (and "re-run collect" would rebuild the same one).
         problem = manifest_problem({"format": STORE_FORMAT, "version": STORE_VERSION, **metadata})
@@ -229,34 +255,155 @@ def _trace_files(path: Path) -> list[Path]:
     raise TraceFormatError(f"'{path}' does not exist; {_EXPECTED}, or a directory of per-rank ones")
 
 
-def _iter_rank_traces(path: PathLike, refused: list[tuple[Path, str]] | None = None) -> Iterator[_RankTrace]:
-    """Parse each file, checking that formats agree and each rank appears once.
+def _iter_rank_traces(path: PathLike, refused: list[tuple[Path, str]] | None = None, *,
+                      skipped: list[tuple[Path, str]]) -> Iterator[_RankTrace]:
+    """Parse each file, checking that formats agree.
 
-    With ``refused``, a directory's file that cannot be read at all is noted there (file,
-    reason) and the other ranks are still collected, as the raw collector does with a damaged
-    chip file; if no file can be read, the first one's error is raised."""
+    In a directory, a file that is not a trace (JSON without ``traceEvents``, no complete event:
+    a sidecar file) is skipped with a warning and noted in ``skipped``, and so are plain Chrome
+    files beside Kineto ones; with ``refused``, a file that cannot be read at all is noted there
+    (file, reason) and the other ranks are still collected, as the raw collector does with a
+    damaged chip file. If no file can be read, the first one's error is raised."""
     root = Path(path)
-    seen: dict[int, Path] = {}
-    first: _RankTrace | None = None
     files = _trace_files(root)
     errors: list[TraceFormatError] = []
+    chrome: list[_RankTrace] = []
+    kineto = 0
     for file in files:
         try:
             part = _parse_file(file)
+        except NotATraceError as exc:
+            if len(files) == 1:
+                raise
+            log.warning("skipped %s: not a trace (%s)", file.name, str(exc).split(": ", 1)[-1][:120])
+            skipped.append((file, str(exc)))
+            errors.append(exc)
+            continue
         except TraceFormatError as exc:
             if refused is None or len(files) == 1:
                 raise
             refused.append((file, str(exc)))
             errors.append(exc)
-            if len(errors) == len(files):
-                raise errors[0] from None
             continue
-        if first is not None and part.format != first.format:
-            raise TraceFormatError(f"'{root}' mixes a {first.format} trace ({first.file.name}) and a "
-                                   f"{part.format} trace ({file.name}); collect them separately")
-        if part.rank in seen:
-            raise TraceFormatError(f"'{seen[part.rank].name}' and '{file.name}' in '{root}' are both "
-                                   f"rank {part.rank} (from distributedInfo); put one run per directory")
-        seen[part.rank] = file
-        first = first or part
+        if part.format == "chrome" and len(files) > 1:
+            chrome.append(part)     # beside Kineto files it is a sidecar: known only at the end
+            continue
+        kineto += 1
         yield part
+    if kineto:
+        for part in chrome:
+            log.warning("skipped %s: a plain Chrome trace beside PyTorch profiler traces", part.file.name)
+            skipped.append((part.file, "a plain Chrome trace beside PyTorch profiler traces"))
+    else:
+        yield from chrome
+    if not kineto and not chrome:
+        raise errors[0] if errors else TraceFormatError(f"'{root}' holds no traces; {_EXPECTED}")
+
+
+class _Job:
+    """The files of one job: where each rank goes (rank, node) and on which clock.
+
+    Parts on the first file's host with a rank of their own are final as read (``streams``);
+    the others are held (``hold``) until every file is read, then placed (``place``): ranks
+    for the files naming none, a node per host, and each node's clock fitted onto node 0's
+    from the collectives they share (:mod:`~sohuprof.collectors.kineto.clocks`)."""
+
+    def __init__(self, path: PathLike, *, hosts: dict[int, str], skipped: list[tuple[Path, str]]) -> None:
+        self.path, self.hosts, self.skipped = path, hosts, skipped
+        self.held: list[_RankTrace] = []
+        self.first_host: Any = _UNSET
+        self.host_table: list[dict[str, Any]] = []
+        self.clock: dict[str, Any] | None = None
+
+    def streams(self, part: _RankTrace) -> bool:
+        if part.rank < 0:
+            return False
+        host = host_of(part, self.hosts)[0]
+        if self.first_host is _UNSET:
+            self.first_host = host
+        return host == self.first_host
+
+    def hold(self, part: _RankTrace) -> None:
+        self.held.append(part)
+
+    def place(self, written: Sequence[_RankTrace] = ()) -> list[_RankTrace]:
+        """The held parts, placed; ``written`` are the parts already stored (node 0)."""
+        every = assign_ranks(list(written) + self.held)
+        nodes, self.host_table = node_of_hosts(every, self.hosts)
+        placed = [with_place(p, p.rank, n) for p, n in zip(every, nodes, strict=True)]
+        held = placed[len(written):]
+        if len(self.host_table) > 1:
+            # The clock fit reads every rank's collectives with its node set, on local clocks.
+            local = placed
+            sizes, world = self._declared()
+            table, _ = _finish_collectives([p.collectives for p in local], sizes, world, len(local))
+            complete = _complete_ids(table)
+            self.clock = fit_nodes(pa.concat_tables([p.collectives.select(["coll_id", "node", "end"])
+                                                     for p in local if p.collectives.num_rows]
+                                                    or [pa.table({"coll_id": pa.array([], pa.int64()),
+                                                                  "node": pa.array([], pa.int32()),
+                                                                  "end": pa.array([], pa.int64())})]),
+                                   complete, len(self.host_table))
+            shifts = self.clock.pop("_shifts")
+            held = [with_place(p, p.rank, n, shifts[n]) if shifts[n] is not None else p
+                    for p, n in zip(held, nodes[len(written):], strict=True)]
+        self.written = list(written)
+        return held
+
+    def _declared(self) -> tuple[dict[int, int], int | None]:
+        dist = next((p.info["distributed"] for p in self.held + getattr(self, "written", [])
+                     if isinstance(p.info.get("distributed"), dict)), None)
+        return declared_group_sizes(dist), world_size(dist)
+
+    def collectives(self, parts: list[_RankTrace]) -> tuple[pa.Table, dict[str, Any]]:
+        dist = next((p.info["distributed"] for p in parts if isinstance(p.info.get("distributed"), dict)), None)
+        return _finish_collectives([p.collectives for p in parts], declared_group_sizes(dist), world_size(dist),
+                                   len(parts))
+
+    def metadata(self, parts: list[_RankTrace], written: int, matching: dict[str, Any], collectives: pa.Table,
+                 refused: list[tuple[Path, str]] | None = None) -> dict[str, Any]:
+        meta = _metadata(self.path, parts, written, refused)
+        meta["collectives"] = matching
+        world = (meta.get("parallel") or {}).get("world_size")
+        ranks = sorted(p.rank for p in parts)
+        if isinstance(world, int):
+            missing = np.setdiff1d(np.arange(world), np.asarray(ranks))
+            meta["missing_ranks"] = rank_ranges(missing)
+        align = meta["clock_alignment"]
+        if not self.host_table:
+            _, self.host_table = node_of_hosts(parts, self.hosts)
+        align["hosts"] = self.host_table
+        if self.clock is not None:
+            align["method"] = "collectives"
+            align.update({k: v for k, v in self.clock.items()})
+            align.update(causality(collectives))
+        meta["counts"]["skipped_files"] = [{"file": f.name, "reason": why} for f, why in self.skipped]
+        return meta
+
+
+_UNSET = object()
+
+
+def _complete_ids(collectives: pa.Table) -> np.ndarray:
+    """Instances every member of which is in the input: their ``start`` is a shared last arrival,
+    so more than one member's start equals the maximum arrival (partial ones keep their own)."""
+    cid = collectives.column("coll_id").to_numpy()
+    arrive = collectives.column("arrive").to_numpy()
+    start = collectives.column("start").to_numpy()
+    uniq, inverse, members = np.unique(cid, return_inverse=True, return_counts=True)
+    last = np.full(uniq.size, np.iinfo(np.int64).min)
+    np.maximum.at(last, inverse, arrive)
+    whole = np.ones(uniq.size, bool)
+    np.logical_and.at(whole, inverse, start == last[inverse])
+    return uniq[whole & (members > 1)]
+
+
+def rank_ranges(ranks: np.ndarray) -> list[str]:
+    """Sorted ranks as ``["2-127", "130"]``: compact for a world of 10^5 ranks."""
+    if not len(ranks):
+        return []
+    ranks = np.asarray(ranks, np.int64)
+    breaks = np.flatnonzero(np.diff(ranks) != 1) + 1
+    lo = ranks[np.r_[0, breaks]]
+    hi = ranks[np.r_[breaks - 1, len(ranks) - 1]]
+    return [f"{a}-{b}" if b > a else f"{a}" for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]

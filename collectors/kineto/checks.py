@@ -71,6 +71,8 @@ _REASONS = {
     "group": "'args.Process Group Name' is not a string",
     "nelems": "'args.In msg nelems' is not an integer below 2**58",
     "dtype": "'args.dtype' is not a string",
+    "group_size": "'args.Group size' is not an integer in [-2**31, 2**31)",
+    "group_ranks": "'args.Process Group Ranks' is not a string",
     "counter": "a counter series value is not a finite number within int64",
 }
 #: The reasons, in order; a :class:`Verdict` code is an index into it plus one.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from sohuprof.collectors.kineto.checks import (
+    MAX_ID,
     MAX_NELEMS,
     Verdict,
     blank,
@@ -32,7 +35,7 @@ def _nccl_args(args: Sequence[_Args | _LooseArgs], rows: np.ndarray, verdict: Ve
     """The NCCL kernels' collective args (``rows``: their record indices), checked when the
     file was decoded loosely; a bad one sets its kernel aside."""
     out = {}
-    for key in ("collective", "group", "dtype"):  # three columns, not a loop over events
+    for key in ("collective", "group", "dtype", "group_ranks"):  # columns, not a loop over events
         values = _field(args, key)
         if loose:
             bad = wrong_type(values, (str,))
@@ -41,16 +44,21 @@ def _nccl_args(args: Sequence[_Args | _LooseArgs], rows: np.ndarray, verdict: Ve
         out[key] = pa.array(values, pa.string())
     out["nelems"], bad = int_column(_field(args, "nelems"), lenient=loose, high=MAX_NELEMS)
     verdict.flag(_scatter(bad, rows, verdict.code.size), "nelems")
+    out["group_size"], bad = int_column(_field(args, "group_size"), lenient=loose, low=-MAX_ID, high=MAX_ID - 1)
+    verdict.flag(_scatter(bad, rows, verdict.code.size), "group_size")
     return out
 
 
 def _collectives(rank: int, rows: np.ndarray, ts: np.ndarray, dur: np.ndarray, kind: np.ndarray,
-                 pg: pa.Array, nelems: pa.Array, dtype: pa.Array) -> tuple[pa.Array, pa.Table]:
+                 fields: dict[str, pa.Array]) -> tuple[pa.Array, pa.Table]:
     """``coll_id`` per event, and this rank's collective rows (``start`` still missing).
 
-    ``rows`` are the NCCL kernels' event indices; ``kind`` (their op codes), ``pg`` (process
-    group names), ``nelems`` and ``dtype`` hold what belongs to them, in the same order.
+    ``rows`` are the NCCL kernels' event indices; ``kind`` (their op codes) and ``fields`` (their
+    args: process group name, ``In msg nelems``, dtype, ``Group size``, ``Process Group Ranks``)
+    hold what belongs to them, in the same order. The rows carry ``group_size`` (the size the
+    kernel declares, -1 unknown) beside the store's columns, for :func:`_finish_collectives`.
     """
+    pg, nelems, dtype = fields["group"], fields["nelems"], fields["dtype"]
     n = len(ts)
     if rows.size == 0:
         return pa.nulls(n, pa.int64()), COLLECTIVES.empty().drop_columns(["start"])
@@ -81,8 +89,19 @@ def _collectives(rank: int, rows: np.ndarray, ts: np.ndarray, dur: np.ndarray, k
         "group": group, "rank": np.full(rows.size, rank, np.int32),
         "node": np.zeros(rows.size, np.int32),
         "arrive": ts[rows], "end": ts[rows] + dur[rows], "bytes": nbytes,
+        "group_size": _declared_sizes(fields["group_size"], fields["group_ranks"]),
     })
     return pa.array(coll_id, pa.int64(), mask=mask), table
+
+
+def _declared_sizes(size: pa.Array, ranks: pa.Array) -> np.ndarray:
+    """Each kernel's group size: ``Group size``, else the length of ``Process Group Ranks``
+    (``"[0, 1, ...]"``, counted once per distinct string), else -1."""
+    out = size.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    enc = ranks.dictionary_encode()
+    listed = np.array([len(re.findall(r"-?\d+", r)) or -1 for r in enc.dictionary.to_pylist()] + [-1], np.int64)
+    from_list = listed[_codes(enc, null_code=len(listed) - 1)]
+    return np.where(out >= 1, out, from_list)
 
 
 def _group_id(name: str) -> int:
@@ -92,17 +111,61 @@ def _group_id(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
-def _finish_collectives(parts: list[pa.Table]) -> pa.Table:
-    """Join every rank's collective rows and set ``start`` to each instance's last arrival."""
+def _finish_collectives(parts: list[pa.Table], declared: dict[int, int] | None = None,
+                        world: int | None = None, present: int | None = None) -> tuple[pa.Table, dict[str, Any]]:
+    """Join every rank's collective rows and set ``start`` to each instance's last arrival,
+    where every member of the instance's group is in the input.
+
+    An instance's group size is what its kernels declare (``Group size``, ``Process Group
+    Ranks``), else its process group's ``pg_size`` in ``distributedInfo`` (``declared``), else,
+    for the default group, the world size. An instance with fewer members than that is partial:
+    who was waited for is unknown, so each member's ``start`` is its own arrival (no wait is
+    invented) and the matching summary (the manifest's ``collectives``) says which groups lack
+    whom. With nothing declared every instance counts as whole, as before.
+    """
     parts = [p for p in parts if p.num_rows]
     if not parts:
-        return COLLECTIVES.empty()
+        return COLLECTIVES.empty(), {"instances": 0, "matched": 0, "partial": 0, "groups": []}
     table = pa.concat_tables(parts).unify_dictionaries().combine_chunks()
     ids = table.column("coll_id").to_numpy()
     arrive = table.column("arrive").to_numpy()
     uniq, inverse = np.unique(ids, return_inverse=True)
     last = np.full(uniq.size, np.iinfo(np.int64).min)
     np.maximum.at(last, inverse, arrive)
-    table = table.append_column("start", pa.array(last[inverse], pa.int64()))
+    members = np.bincount(inverse, minlength=uniq.size)
+    size = np.full(uniq.size, -1, np.int64)
+    if "group_size" in table.column_names:
+        np.maximum.at(size, inverse, table.column("group_size").to_numpy(zero_copy_only=False))
+    group_of = uniq // np.int64(2**32)
+    if declared:   # per instance, through its group's (few) distinct ids
+        groups, at = np.unique(group_of, return_inverse=True)
+        of_group = np.array([declared.get(int(g), -1) for g in groups], np.int64)
+        size = np.where(size < 1, of_group[at], size)
+    if world is not None:
+        size = np.where((size < 1) & (group_of == 0), world, size)
+    partial = (size >= 1) & (members < size)
+    start = np.where(partial[inverse], arrive, last[inverse])
+    table = table.append_column("start", pa.array(start, pa.int64()))
     table = COLLECTIVES.conform(table)
-    return table.sort_by([(c, "ascending") for c in COLLECTIVES.sort_by])
+    summary = _matching_summary(group_of, members, size, partial, present)
+    return table.sort_by([(c, "ascending") for c in COLLECTIVES.sort_by]), summary
+
+
+def _matching_summary(group: np.ndarray, members: np.ndarray, size: np.ndarray, partial: np.ndarray,
+                      present: int | None) -> dict[str, Any]:
+    """The manifest's ``collectives``: instances, how many were matched across every member,
+    and per group with partial instances its size and the members the input holds."""
+    groups = []
+    for g in np.unique(group[partial]).tolist():   # a loop over process groups
+        sel = partial & (group == g)
+        groups.append({"group": int(g), "size": int(size[sel].max()), "instances": int(sel.sum()),
+                       "members_present": int(members[sel].max())})
+    out: dict[str, Any] = {"instances": int(group.size), "matched": int((~partial).sum()),
+                           "partial": int(partial.sum()), "groups": groups}
+    if groups:
+        g = groups[0]
+        out["note"] = (f"{out['partial']:,} of {out['instances']:,} collectives lack members (group {g['group']}: "
+                       f"{g['members_present']} of its {g['size']} ranks are in the input"
+                       f"{'; and more groups' if len(groups) > 1 else ''}): their waits, stragglers and "
+                       f"root causes are not computed, per-rank times are")
+    return out

@@ -13,7 +13,7 @@ import msgspec
 from isal import igzip, isal_zlib
 from sohuprof.collectors.kineto.checks import MAX_ID, MAX_NELEMS, MAX_NS
 
-from sohuprof.errors import TraceFormatError
+from sohuprof.errors import NotATraceError, TraceFormatError
 
 log = logging.getLogger("sohuprof.collectors.kineto")
 
@@ -63,6 +63,11 @@ class _Args(msgspec.Struct, frozen=True, gc=False):
     group: str | None = msgspec.field(default=None, name="Process Group Name")
     nelems: _NELEMS | None = msgspec.field(default=None, name="In msg nelems")
     dtype: str | None = None
+    group_size: _DEVICE | None = msgspec.field(default=None, name="Group size")
+    group_ranks: str | None = msgspec.field(default=None, name="Process Group Ranks")
+    # A memcpy / memset's size; HIP runtime calls write it as a string, and it is never a reason
+    # to set an event aside (unreadable is unknown).
+    nbytes: Any = msgspec.field(default=None, name="bytes")
 
 
 _NO_ARGS = _Args()
@@ -87,6 +92,7 @@ class _Trace(msgspec.Struct, gc=False):
     distributedInfo: Any = msgspec.UNSET  # noqa: N815
     deviceProperties: Any = msgspec.UNSET  # noqa: N815
     baseTimeNanoseconds: Any = msgspec.UNSET  # noqa: N815
+    host_name: Any = msgspec.UNSET
 
 
 class _LooseArgs(msgspec.Struct, frozen=True, gc=False):
@@ -101,6 +107,9 @@ class _LooseArgs(msgspec.Struct, frozen=True, gc=False):
     group: Any = msgspec.field(default=None, name="Process Group Name")
     nelems: Any = msgspec.field(default=None, name="In msg nelems")
     dtype: Any = None
+    group_size: Any = msgspec.field(default=None, name="Group size")
+    group_ranks: Any = msgspec.field(default=None, name="Process Group Ranks")
+    nbytes: Any = msgspec.field(default=None, name="bytes")
 
 
 _NO_LOOSE_ARGS = _LooseArgs()
@@ -132,6 +141,7 @@ class _LooseTrace(msgspec.Struct, gc=False):
     distributedInfo: Any = msgspec.UNSET  # noqa: N815
     deviceProperties: Any = msgspec.UNSET  # noqa: N815
     baseTimeNanoseconds: Any = msgspec.UNSET  # noqa: N815
+    host_name: Any = msgspec.UNSET
 
 
 class _CounterEvent(msgspec.Struct, gc=False):
@@ -294,7 +304,7 @@ def _explain(path: Path, text: bytes, exc: msgspec.ValidationError) -> NoReturn:
                                f"damaged: re-export it from the profiler") from None
     if not (isinstance(doc, list) or isinstance(doc, dict) and isinstance(doc.get("traceEvents"), list)):
         kind = "an object without a 'traceEvents' list" if isinstance(doc, dict) else type(doc).__name__
-        raise TraceFormatError(f"'{path}' is JSON but not a trace: {kind}; {_EXPECTED}")
+        raise NotATraceError(f"'{path}' is JSON but not a trace: {kind}; {_EXPECTED}")
     try:
         msgspec.convert(doc["traceEvents"] if isinstance(doc, dict) else doc, list[dict])
     except msgspec.ValidationError:

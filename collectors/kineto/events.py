@@ -11,10 +11,12 @@ from typing import Any, NoReturn
 
 import msgspec
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from sohuprof.collectors.kineto.checks import (
     MAX_ID,
+    MAX_NELEMS,
     MAX_NS,
     REASONS,
     Verdict,
@@ -70,7 +72,7 @@ from sohuprof.collectors.kineto.decode import (
     _LooseEvent,
 )
 
-from sohuprof.errors import TraceFormatError
+from sohuprof.errors import NotATraceError, TraceFormatError
 from sohuprof.schema import CATEGORIES, COUNTERS, EVENTS, OP_CLASSES, QUARANTINE
 
 
@@ -98,9 +100,11 @@ def _parse_file(path: Path) -> _RankTrace:
         if isinstance(doc, list):
             return _build(path, {}, doc, raw, loose, cut)
         if doc.traceEvents is None:
-            raise TraceFormatError(f"'{path}' is JSON but not a trace: an object without a "
+            raise NotATraceError(f"'{path}' is JSON but not a trace: an object without a "
                                    f"'traceEvents' list; {_EXPECTED}")
         top = {k: getattr(doc, k) for k in _KINETO_KEYS if getattr(doc, k) is not msgspec.UNSET}
+        if isinstance(doc.host_name, str) and doc.host_name:
+            top["host_name"] = doc.host_name
         return _build(path, top, doc.traceEvents, raw, loose, cut)
     except RecursionError:
         # msgspec recurses per nesting level; no trace nests more than a few levels.
@@ -184,6 +188,7 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
     verdict.flag(bad & rec_x, "correlation")
     flops, bad = int_column(_field(args_l, "flops"), lenient=loose, low=0, floats=True)
     verdict.flag(bad & rec_x, "flops")
+    nbytes = _sizes(_field(args_l, "nbytes"))
 
     # Op, category and kind are small integer codes (OP_CLASSES / CATEGORIES / _KINDS indices).
     cat_enc = cat.take(pa.array(rec)).dictionary_encode()
@@ -217,6 +222,7 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
         names, kind, nccl = names.take(pa.array(sel)), kind[sel], nccl[sel]
         name_enc = names.dictionary_encode()
         dur_ns, correlation, flops = dur_ns[sel], correlation.take(pa.array(sel)), flops.take(pa.array(sel))
+        nbytes = nbytes.take(pa.array(sel))
         pid_l, tid_l, dev_l, stream_l = (list(compress(v, keep)) for v in (pid_l, tid_l, dev_l, stream_l))
     nccl_rows = np.flatnonzero(nccl)
     ts_ns = ts_all_ns[x]
@@ -258,9 +264,7 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
     track = _tracks(fmt, meta, is_gpu, chip, pid_l, tid_l, stream_l)
 
     step = _steps(uniq_names, name_codes, ts_ns, dur_ns)
-    coll_id, collectives = _collectives(rank, nccl_rows, ts_ns, dur_ns, coll_kind,
-                                        nccl_fields["group"], nccl_fields["nelems"],
-                                        nccl_fields["dtype"])
+    coll_id, collectives = _collectives(rank, nccl_rows, ts_ns, dur_ns, coll_kind, nccl_fields)
 
     events = EVENTS.conform(pa.table({
         "ts": ts_ns, "dur": dur_ns,
@@ -269,6 +273,8 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
         "track": track, "name": name_enc,
         "op": _dict_from_codes(op, OP_CLASSES), "category": _dict_from_codes(category, CATEGORIES),
         "step": step, "flops": flops, "coll_id": coll_id, "correlation": correlation,
+        # A memcpy / memset's bytes (args.bytes) are the device memory it moved.
+        "hbm_bytes": pc.if_else(pa.array(category == _CAT_INDEX["memory"]), nbytes, pa.nulls(len(nbytes), pa.int64())),
         "cat": cat.take(pa.array(x)).fill_null("").dictionary_encode(),
         "stream": _stream_ids(stream_l, is_gpu),
     }))
@@ -279,8 +285,16 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
         "format": fmt, "skipped": _value_counts(ph.filter(pa.array(~is_rec)).fill_null("")),
         "base_time_ns": base, "ts_exact": ts_exact, "distributed": top.get("distributedInfo"),
         "devices": _device_names(top.get("deviceProperties")),
+        "host": top.get("host_name"), "rank_known": rank >= 0,
     })
     return _RankTrace(path, fmt, rank, events, collectives, counters, quarantine, info)
+
+
+def _sizes(values: list[Any]) -> pa.Array:
+    """Byte counts as int64: integers (or numeric strings) in [0, 2**58); null otherwise."""
+    num = pd.to_numeric(pd.Series(_objects(values), dtype=object), errors="coerce").to_numpy(np.float64)
+    ok = np.isfinite(num) & (num >= 0) & (num < MAX_NELEMS)
+    return pa.array(np.where(ok, num, 0).astype(np.int64), pa.int64(), mask=~ok)
 
 
 def _account(path: Path, raw: bytes, rank: int, rec: np.ndarray, rec_c: np.ndarray,
@@ -323,7 +337,7 @@ def _refuse_empty(path: Path, ph: pa.Array, rec_x: np.ndarray, verdict: Verdict)
     has_be = pc.any(pc.is_in(ph, pa.array(["B", "E"]))).as_py()
     hint = ("it uses 'B'/'E' duration events, which sohuprof does not read; export complete "
             "('X') events" if has_be else _EXPECTED)
-    raise TraceFormatError(f"'{path}' holds no complete ('X') trace events; {hint}")
+    raise NotATraceError(f"'{path}' holds no complete ('X') trace events; {hint}")
 
 
 def _base_time(path: Path, top: dict[str, Any]) -> int:
@@ -346,9 +360,10 @@ def _device_names(props: Any) -> list[str]:
 
 
 def _rank(path: Path, top: dict[str, Any]) -> int:
+    """``distributedInfo.rank``; -1 when the trace does not say (its place is given later)."""
     info = top.get("distributedInfo")
-    if info is None:
-        return 0
+    if info is None or (isinstance(info, dict) and info.get("rank") is None):
+        return -1
     rank = info.get("rank") if isinstance(info, dict) else None
     if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < MAX_ID:
         raise TraceFormatError(f"'{path}': 'distributedInfo.rank' should be an integer in [0, 2**31), "

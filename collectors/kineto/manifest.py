@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from sohuprof.collectors.kineto.collectives import _group_id
 from sohuprof.collectors.kineto.events import _RankTrace
 
 from sohuprof.errors import TraceFormatError
@@ -83,6 +84,19 @@ def _parallel(dist: dict[str, Any]) -> dict[str, Any]:
     if dropped or (groups is not None and not isinstance(groups, list)):
         out["process_groups_dropped"] = dropped or 1
     return out
+
+
+def world_size(dist: Any) -> int | None:
+    """The job's world size from ``distributedInfo``, when it makes sense."""
+    return _parallel(dist)["world_size"] if isinstance(dist, dict) else None
+
+
+def declared_group_sizes(dist: Any) -> dict[int, int]:
+    """Process-group id (as :func:`_group_id` keys them) -> ``pg_size``, from ``distributedInfo``."""
+    if not isinstance(dist, dict):
+        return {}
+    return {_group_id(str(g.get("pg_name", ""))): int(g["pg_size"])
+            for g in _parallel(dist)["process_groups"] or []}   # a few process groups
 
 
 def _counts(parts: list[_RankTrace], written: int, skipped: dict[str, int],

@@ -281,11 +281,18 @@ def test_bad_input(tmp_path: Path, setup, message: str) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_mixed_directory(tmp_path: Path, doc: dict) -> None:
-    rewrite(doc, tmp_path / "a.json", rank=0)
-    (tmp_path / "b.json").write_text(CHROME)
-    with pytest.raises(TraceFormatError, match="mixes a kineto trace .* and a chrome trace"):
-        read_kineto(tmp_path)
+def test_mixed_directory(tmp_path: Path, doc: dict, caplog: pytest.LogCaptureFixture) -> None:
+    """A plain Chrome file and a sidecar JSON beside a Kineto trace are skipped, each named."""
+    (tmp_path / "in").mkdir()
+    rewrite(doc, tmp_path / "in" / "a.json", rank=0)
+    (tmp_path / "in" / "b.json").write_text(CHROME)
+    (tmp_path / "in" / "execution_details.json").write_text('{"gpu": "MI300X", "runs": 3}')
+    trace = read_kineto(tmp_path / "in")
+    assert trace.metadata["ranks"] == [0]
+    assert {s["file"] for s in trace.metadata["counts"]["skipped_files"]} == {"b.json", "execution_details.json"}
+    assert "skipped b.json" in caplog.text and "skipped execution_details.json" in caplog.text
+    summary = collect_kineto(tmp_path / "in", tmp_path / "store")
+    assert summary["events"] == trace.events.num_rows
 
 
 def test_duplicate_rank(tmp_path: Path, doc: dict) -> None:
