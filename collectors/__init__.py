@@ -14,7 +14,7 @@ __all__ = ["collect", "losses_line"]
 
 
 def collect(source: str | os.PathLike[str], store: str | os.PathLike[str], *, force: bool = False,
-            show_progress: bool | None = None) -> dict[str, Any]:
+            show_progress: bool | None = None, hosts: str | None = None) -> dict[str, Any]:
     """Collect whatever trace ``source`` holds into a trace store at ``store``.
 
     The kind is detected from the contents (see :func:`sohuprof.collectors.detect.detect_source`).
@@ -34,6 +34,10 @@ def collect(source: str | os.PathLike[str], store: str | os.PathLike[str], *, fo
     from sohuprof.collectors.detect import detect_source
 
     kind, path = detect_source(Path(source))
+    if hosts and kind == "sohu":
+        from sohuprof.errors import TraceFormatError
+
+        raise TraceFormatError("--hosts is for PyTorch profiler traces; a Sohu run's run.json names every chip's node")
     refuse_overlap(store, [source])   # `-o RUN --force` would delete the run being read
     if kind == "sohu":
         from sohuprof.collectors.sohu import collect_sohu
@@ -41,7 +45,7 @@ def collect(source: str | os.PathLike[str], store: str | os.PathLike[str], *, fo
         return collect_sohu(path, store, force=force, show_progress=show_progress)
     from sohuprof.collectors.kineto import collect_kineto
 
-    summary = collect_kineto(path, store, force=force)
+    summary = collect_kineto(path, store, force=force, hosts=hosts)
     summary.setdefault("quarantined_pieces", summary.get("quarantined", 0))
     summary.setdefault("quarantined_records", summary.get("quarantined", 0))
     return summary

@@ -63,7 +63,8 @@ def _line(x: np.ndarray, y: np.ndarray, min_span_ns: float) -> tuple[float, floa
 
 
 def fit_clocks(nodes: int, coll_id: np.ndarray, node: np.ndarray, end_local: np.ndarray,
-               snapshots: list[dict] | None = None, reference: int = 0) -> ClockMap:
+               snapshots: list[dict] | None = None, reference: int = 0,
+               min_span_ns: float = COLLECTIVE_MIN_SPAN_NS) -> ClockMap:
     """Fit every node's clock onto ``reference``'s.
 
     ``coll_id``, ``node``, ``end_local`` list collective records (one per member rank; the end in
@@ -92,7 +93,7 @@ def fit_clocks(nodes: int, coll_id: np.ndarray, node: np.ndarray, end_local: np.
         bounds = np.searchsorted(inv[sort], np.arange(len(uniq) + 1))
         for i, k in enumerate(uniq):          # one least-squares fit per node pair
             sel = sort[bounds[i]:bounds[i + 1]]
-            a, b, r = _line(b_end[sel], a_end[sel], COLLECTIVE_MIN_SPAN_NS)   # a's clock from b's
+            a, b, r = _line(b_end[sel], a_end[sel], min_span_ns)   # a's clock from b's
             edges[(int(k // nodes), int(k % nodes))] = (a, b, r, len(sel))
     adjacency: dict[int, list[tuple[int, float, float, float, int]]] = {n: [] for n in range(nodes)}
     for (u, v), (a, b, r, c) in edges.items():

@@ -229,8 +229,11 @@ Examples:
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Trace store to create.")
 @click.option("--force", is_flag=True, help="Replace an existing store.")
+@click.option("--hosts", default=None, metavar="RANKS=HOST,...",
+              help="Which host each rank of a PyTorch profiler job ran on, where the traces do not say "
+                   "(e.g. 0-7=hostA,8-15=hostB): a node per host, clocks aligned across them.")
 @pass_cli
-def collect(obj: CliContext, source: Path, out: Path, force: bool) -> None:
+def collect(obj: CliContext, source: Path, out: Path, force: bool, hosts: str | None) -> None:
     """Collect a trace into the Parquet trace store every analysis reads.
 
     SOURCE is detected: a raw Sohu run directory (run.json), a directory of PyTorch profiler
@@ -239,7 +242,7 @@ def collect(obj: CliContext, source: Path, out: Path, force: bool) -> None:
     """
     from sohuprof.collectors import collect as run_collect, losses_line
 
-    summary = run_collect(source, out, force=force, show_progress=obj.show_progress)
+    summary = run_collect(source, out, force=force, show_progress=obj.show_progress, hosts=hosts)
     warning = losses_line(summary["counts"], f"in {out}/quarantine.parquet")
     if warning:
         click.echo(warning, err=True)

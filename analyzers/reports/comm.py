@@ -134,9 +134,11 @@ class CommResult:
     stragglers: pd.DataFrame
     links: pd.DataFrame
     nics: pd.DataFrame = field(default_factory=lambda: _empty_nics())
+    #: Why cross-rank parts are missing or fields null (partial groups, unknown sizes).
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"collectives": records(self.collectives, _COLL_COLS),
+        return {"notes": list(self.notes), "collectives": records(self.collectives, _COLL_COLS),
                 "stragglers": records(self.stragglers, _STRAG_COLS + [c for c in _ROOT_COLS
                                                                       if c in self.stragglers.columns]),
                 "links": records(self.links, _LINK_COLS),
@@ -301,10 +303,13 @@ def _rank_comm(events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.D
             pd.DataFrame({"coll_id": sent.astype(np.int64), "rank": np.full(len(sent), rank, np.int64)}))
 
 
-def _stragglers(index: CollectiveIndex, ranks: pd.DataFrame) -> pd.DataFrame:
-    """Delay cost per rank (Scalasca wait at N x N, charged to each instance's last arriver)."""
+def _stragglers(index: CollectiveIndex, ranks: pd.DataFrame, partial: np.ndarray | None = None) -> pd.DataFrame:
+    """Delay cost per rank (Scalasca wait at N x N, charged to each instance's last arriver),
+    over the instances every member of which is present (``partial``: sorted ids of the others)."""
     inst = index.instances
     multi = inst["n"].to_numpy() > 1          # members recorded (``inst`` is before declared sizes)
+    if partial is not None and len(partial):
+        multi &= ~np.isin(inst["coll_id"].to_numpy(), partial)
     if not multi.any():
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in _STRAG_COLS})
     present = index.member_ranks
@@ -470,6 +475,11 @@ class _Comm:
         with np.errstate(divide="ignore", invalid="ignore"):
             table["algbw"] = np.where(table["time_ns"] > 0, table["bytes"] / table["time_ns"] * 1e9, np.nan)
             table["busbw"] = np.where(table["time_ns"] > 0, table["busbytes"] / table["time_ns"] * 1e9, np.nan)
+        if not ctx.is_sohu:
+            # NCCL kernels that carry no message size (older PyTorch) give no bytes: bandwidth
+            # unknown (null), not 0.
+            unknown = table["bytes"].to_numpy() <= 0
+            table.loc[unknown, ["algbw", "busbw"]] = np.nan
         table["exposed_ns"] = table["union_ns"] - table["overlapped_ns"]
         for c in ("count", "bytes", "time_ns", "exposed_ns", "overlapped_ns", "wait_ns"):
             table[c] = table[c].round().astype("int64")
@@ -481,7 +491,9 @@ class _Comm:
             # The port counters name the slow NIC; a link is slow when either end's is.
             slow = nics.loc[nics["slow"], "node"].to_numpy()
             links = links.assign(slow=np.isin(links["src_node"], slow) | np.isin(links["dst_node"], slow))
-        stragglers = _stragglers(ctx.collective_index, ctx.ranks)
+        from sohuprof.analyzers.diagnosis.graph import incomplete_collectives
+
+        stragglers = _stragglers(ctx.collective_index, ctx.ranks, incomplete_collectives(ctx)[0])
         graphs = [p[2] for p in partials if len(p) > 2 and p[2] is not None]
         if graphs:
             from sohuprof.analyzers.diagnosis.replay import ReplayError
@@ -490,7 +502,10 @@ class _Comm:
                 stragglers = _with_root_causes(stragglers, graphs, ctx)
             except ReplayError:    # clocks that put the collectives in a cycle: delay cost only
                 pass
-        return CommResult(collectives=table, stragglers=stragglers, links=links, nics=nics)
+        notes = [n for n in [(ctx.store.manifest.get("collectives") or {}).get("note")] if n]
+        if not ctx.is_sohu and (table["bytes"] <= 0).any():
+            notes.append("algbw/busbw are null where the NCCL kernels carry no message size (In msg nelems)")
+        return CommResult(collectives=table, stragglers=stragglers, links=links, nics=nics, notes=notes)
 
 
 COMM = _Comm()

@@ -240,6 +240,11 @@ def _has_communication(ctx: AnalysisContext) -> bool:
     return any(b.num_rows for b in batches)
 
 
+def _has_device_kernels(ctx: AnalysisContext) -> bool:
+    batches = ctx.store.scan(columns=["category"], filters=pc.field("category").isin(sorted(GPU_CATEGORIES)))
+    return any(b.num_rows for b in batches)
+
+
 class _PerRankNs:
     """Shared chunk/combine: exact ns totals per rank (after HTA's selection when asked), rounded
     and turned into the contract's columns only in ``combine``, so partition order never matters."""
@@ -281,7 +286,12 @@ class _Temporal(_PerRankNs):
             return "temporal is HTA's GPU breakdown; use `stalls` for Sohu runs"
         if ctx.source not in _GPU_SOURCES:
             return f"temporal needs a GPU profiler trace (kineto or chrome), this store's source is '{ctx.source}'"
-        return None if ctx.wall_ns > 0 else "the store has no events"
+        if ctx.wall_ns <= 0:
+            return "the store has no events"
+        if not _has_device_kernels(ctx):
+            return ("the trace has only CPU events (a CPU-only profile): temporal breaks down GPU time; "
+                    "use `stalls` and `critical_path` for the CPU side")
+        return None
 
     def _per_rank(self, events: pa.Table) -> pd.DataFrame:
         return _temporal_ns(events)

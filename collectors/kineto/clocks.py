@@ -34,6 +34,10 @@ from sohuprof.errors import TraceFormatError
 
 log = logging.getLogger("sohuprof.collectors.kineto")
 
+#: NCCL kernels of one collective end within microseconds of each other on their GPUs, not to
+#: the cycle as a Sohu chip's collective engine does: drift is fitted over 10 s of them or more.
+KERNEL_END_MIN_SPAN_NS = 1e10
+
 #: ``tensorboard_trace_handler``'s file name: worker name (``HOST_PID`` by default), time.
 _HANDLER_NAME = re.compile(r"^(?P<host>.+)_(?P<pid>\d+)\.\d+\.pt\.trace\.json(\.gz)?$")
 
@@ -154,7 +158,7 @@ def fit_nodes(collectives: pa.Table, complete: np.ndarray, nodes: int) -> dict[s
     end = collectives.column("end").to_numpy()[use]
     origin = int(end.min()) if end.size else 0
     # Ends relative to one origin: epoch ns as float64 would be quantised to 256 ns.
-    clock = fit_clocks(nodes, cid[use], node, (end - origin).astype(np.float64))
+    clock = fit_clocks(nodes, cid[use], node, (end - origin).astype(np.float64), min_span_ns=KERNEL_END_MIN_SPAN_NS)
     out = clock.to_dict()
     out["origin_ns"] = origin
     out["_shifts"] = [(float(clock.scale[n]), float(clock.offset[n]), origin) if clock.method[n] == "collectives"

@@ -1,0 +1,123 @@
+"""A profiled job's ranks, hosts and clocks (collectors/kineto/clocks.py), on real traces."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sohuprof.collectors.kineto import collect_kineto, read_kineto
+from sohuprof.collectors.kineto.clocks import parse_hosts
+from sohuprof.errors import TraceFormatError
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "kineto-sampled"
+
+
+def _docs() -> list[dict]:
+    return [json.loads(gzip.decompress((DATA / f"sampled_rank-{r}.json.gz").read_bytes())) for r in (0, 1)]
+
+
+def _job(tmp: Path, docs: list[dict], *, world: int | None = 2, hosts=("hostA", "hostB"),
+         shift_ns: int = 0) -> Path:
+    """Write the two ranks as one job: ``world`` ranks, each on its host, rank 1's clock
+    reading ``shift_ns`` later than it did."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    for rank, doc in enumerate(docs):
+        doc = dict(doc)
+        dist = dict(doc["distributedInfo"])
+        if world is not None:
+            dist["world_size"] = world
+        doc["distributedInfo"] = dist
+        if hosts:
+            doc["host_name"] = hosts[rank]
+        if rank == 1 and shift_ns:   # whole us: the traces' ts are integer us, kept exact
+            doc["traceEvents"] = [dict(e, ts=e["ts"] + shift_ns // 1000) if "ts" in e else e
+                                  for e in doc["traceEvents"]]
+        (tmp / f"rank{rank}.json").write_text(json.dumps(doc))
+    return tmp
+
+
+def _rank_ts(trace, rank: int) -> np.ndarray:
+    ev = trace.events.to_pandas()
+    return ev.loc[ev["rank"] == rank, "ts"].to_numpy()
+
+
+@pytest.mark.parametrize("shift_ns", [3_217_000, -48_000_000, 1_000])
+def test_a_known_clock_offset_between_hosts_is_recovered_within_a_microsecond(tmp_path: Path, shift_ns: int) -> None:
+    docs = _docs()
+    plain = read_kineto(_job(tmp_path / "plain", docs))
+    moved = read_kineto(_job(tmp_path / "moved", docs, shift_ns=shift_ns))
+    nodes = moved.metadata["clock_alignment"]["nodes"]
+    assert moved.metadata["clock_alignment"]["method"] == "collectives"
+    assert [n["method"] for n in nodes] == ["reference", "collectives"]
+    assert [h["host"] for h in moved.metadata["clock_alignment"]["hosts"]] == ["hostA", "hostB"]
+    offset_plain = plain.metadata["clock_alignment"]["nodes"][1]["offset_ns"]
+    assert abs((offset_plain - nodes[1]["offset_ns"]) - shift_ns) < 1_000
+    # Every event of rank 1 lands where it did without the shift, to within 1 us.
+    assert np.abs(_rank_ts(moved, 1) - _rank_ts(plain, 1)).max() < 1_000
+    assert np.array_equal(_rank_ts(moved, 0), _rank_ts(plain, 0))    # node 0 is the reference
+    ev = moved.events.to_pandas()
+    assert sorted(ev.groupby("rank")["node"].first().tolist()) == [0, 1]
+    # These two ranks' n-th SendRecv kernels are not one collective of a two-rank job, so some
+    # "members" leave before the other arrives; the check counts them, whatever the shift.
+    assert (moved.metadata["clock_alignment"]["causality_violations"]
+            == plain.metadata["clock_alignment"]["causality_violations"])
+
+
+def test_alignment_through_collect_matches_read(tmp_path: Path) -> None:
+    path = _job(tmp_path / "in", _docs(), shift_ns=5_000_000)
+    summary = collect_kineto(path, tmp_path / "store")
+    stored = pd.read_parquet(tmp_path / "store" / "events")
+    trace = read_kineto(path)
+    assert summary["events"] == len(stored) == trace.events.num_rows
+    for rank in (0, 1):
+        assert np.array_equal(np.sort(stored.loc[stored["rank"] == rank, "ts"].to_numpy()),
+                              np.sort(_rank_ts(trace, rank)))
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert manifest["clock_alignment"]["nodes"][1]["method"] == "collectives"
+
+
+def test_a_partial_job_matches_no_collective_and_lists_the_missing_ranks(tmp_path: Path) -> None:
+    trace = read_kineto(_job(tmp_path / "in", _docs(), world=None, hosts=()))   # world_size 128 as written
+    meta = trace.metadata
+    assert meta["missing_ranks"] == ["2-127"]
+    assert meta["collectives"]["matched"] == 0 and meta["collectives"]["partial"] == meta["collectives"]["instances"]
+    assert "2 of its 128 ranks" in meta["collectives"]["note"]
+    coll = trace.collectives.to_pandas()
+    assert (coll["start"] == coll["arrive"]).all()        # no member waits for an unknown one
+
+
+def test_hosts_mapping_and_file_names(tmp_path: Path) -> None:
+    assert parse_hosts("0-2=a,3=b") == {0: "a", 1: "a", 2: "a", 3: "b"}
+    for bad in ("0-=a", "x=b", "3-1=c"):
+        with pytest.raises(TraceFormatError, match="--hosts"):
+            parse_hosts(bad)
+    docs = _docs()
+    (tmp_path / "in").mkdir()
+    # tensorboard_trace_handler's names: HOST_PID.<time>.pt.trace.json
+    for rank, doc in enumerate(docs):
+        (tmp_path / "in" / f"node{rank}_4242.1700000000{rank}.pt.trace.json").write_text(json.dumps(doc))
+    hosts = read_kineto(tmp_path / "in").metadata["clock_alignment"]["hosts"]
+    assert [(h["host"], h["source"], h["ranks"]) for h in hosts] == [("node0", "file name", [0]),
+                                                                     ("node1", "file name", [1])]
+    one = read_kineto(tmp_path / "in", hosts="0-1=same").metadata["clock_alignment"]["hosts"]
+    assert [(h["host"], h["source"]) for h in one] == [("same", "--hosts")]
+
+
+def test_files_without_a_rank_take_the_ranks_after_the_declared_ones(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    docs = _docs()
+    (tmp_path / "in").mkdir()
+    for name, doc in (("b.json", docs[0]), ("a.json", docs[1])):
+        doc = dict(doc)
+        doc.pop("distributedInfo")
+        (tmp_path / "in" / name).write_text(json.dumps(doc))
+    declared = dict(docs[0], distributedInfo=dict(docs[0]["distributedInfo"], rank=5))
+    (tmp_path / "in" / "c.json").write_text(json.dumps(declared))
+    trace = read_kineto(tmp_path / "in")
+    assert trace.metadata["source"]["files"] == {"5": "c.json", "6": "a.json", "7": "b.json"}
+    assert "name no rank" in caplog.text and "a.json, b.json" in caplog.text
