@@ -210,6 +210,9 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
     # What is kept: sound complete events, and sound counter events (their samples).
     counters, bad_counter = _counters(rank, trace_events, rec[verdict.ok & ~rec_x & is_c[rec]],
                                       ts_all_ns, raw)
+    memory = _memory_samples(rank, trace_events, ph, ts_fits & ~np.isnan(ts_all) & ~bad_ts, ts_all_ns, raw)
+    if memory.num_rows:
+        counters = pa.concat_tables([counters, memory]).unify_dictionaries() if counters.num_rows else memory
     verdict.flag(np.isin(rec, bad_counter), "counter")
     keep = verdict.ok & rec_x
     x = rec[keep]
@@ -283,11 +286,66 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
     quarantine, info = _account(path, raw, rank, rec, is_c[rec], verdict, int(x.size), lost)
     info.update({
         "format": fmt, "skipped": _value_counts(ph.filter(pa.array(~is_rec)).fill_null("")),
+        "memory_events": memory.num_rows // len(_MEMORY_SERIES),
         "base_time_ns": base, "ts_exact": ts_exact, "distributed": top.get("distributedInfo"),
         "devices": _device_names(top.get("deviceProperties")),
         "host": top.get("host_name"), "rank_known": rank >= 0,
     })
     return _RankTrace(path, fmt, rank, events, collectives, counters, quarantine, info)
+
+
+#: The CUDA caching allocator's ``[memory]`` instant events: one sample per series and event, the
+#: series of one event adjacent and in this order (the store sorts counters stably), so a
+#: reader pairs an allocation's ``bytes`` (negative: a free) with its ``addr`` by position.
+_MEMORY_SERIES = (("allocated", "Total Allocated"), ("reserved", "Total Reserved"), ("bytes", "Bytes"),
+                  ("addr", "Addr"))
+
+
+class _MemoryArgs(msgspec.Struct, gc=False):
+    allocated: Any = msgspec.field(default=None, name="Total Allocated")
+    reserved: Any = msgspec.field(default=None, name="Total Reserved")
+    bytes: Any = msgspec.field(default=None, name="Bytes")
+    addr: Any = msgspec.field(default=None, name="Addr")
+    device_type: Any = msgspec.field(default=None, name="Device Type")
+
+
+_MEMORY_ARGS = msgspec.json.Decoder(list[_MemoryArgs | None])
+
+
+def _memory_samples(rank: int, trace_events: Sequence[_Event | _LooseEvent], ph: pa.Array, ts_ok: np.ndarray,
+                    ts_ns: np.ndarray, text: bytes) -> pa.Table:
+    """``[memory]`` instant events as counter samples: ``memory.allocated``, ``.reserved``,
+    ``.bytes`` and ``.addr`` for device memory, ``cpu_memory.*`` for the host's (Device Type 0).
+    An event whose values are not all numbers is not sampled (counted in ``skipped_by_ph``)."""
+    inst = np.flatnonzero(pc.equal(ph, "i").fill_null(False).to_numpy(zero_copy_only=False) & ts_ok)
+    if inst.size == 0:
+        return COUNTERS.empty()
+    names = _objects(_field(_take(trace_events, inst), "name"))
+    rows = inst[names == "[memory]"]
+    if rows.size == 0:
+        return COUNTERS.empty()
+    doc = _COUNTER_DECODER.decode(text)
+    raw_args = _field(_take(doc if isinstance(doc, list) else doc.traceEvents, rows), "args")
+    try:
+        args = _MEMORY_ARGS.decode(b"[" + b",".join(raw_args) + b"]")
+    except msgspec.DecodeError:
+        return COUNTERS.empty()
+    args = [a if a is not None else _MemoryArgs() for a in args]
+    cols = [pd.to_numeric(pd.Series(_objects(_field(args, key)), dtype=object), errors="coerce").to_numpy(np.float64)
+            for key, _ in _MEMORY_SERIES]
+    values = np.stack(cols, axis=1)
+    ok = np.isfinite(values).all(axis=1)
+    dev = pd.to_numeric(pd.Series(_objects(_field(args, "device_type")), dtype=object), errors="coerce").to_numpy()
+    values, host = values[ok], (dev[ok] == 0)
+    n = int(ok.sum())
+    series = np.array([f"memory.{k}" for k, _ in _MEMORY_SERIES] + [f"cpu_memory.{k}" for k, _ in _MEMORY_SERIES])
+    which = np.arange(len(_MEMORY_SERIES))[None, :] + np.where(host, len(_MEMORY_SERIES), 0)[:, None]
+    return COUNTERS.conform(pa.table({
+        "ts": np.repeat(ts_ns[rows[ok]], len(_MEMORY_SERIES)),
+        "rank": np.full(n * len(_MEMORY_SERIES), rank, np.int32),
+        "counter": pa.array(series[which.reshape(-1)]).dictionary_encode(),
+        "value": values.reshape(-1),
+    }))
 
 
 def _sizes(values: list[Any]) -> pa.Array:

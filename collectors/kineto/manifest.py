@@ -115,6 +115,8 @@ def _counts(parts: list[_RankTrace], written: int, skipped: dict[str, int],
         "quarantined_pieces": sum(p.quarantine.num_rows for p in parts) + len(refused),
         "counter_events": sum(p.info["counter_events"] for p in parts),
         "counter_events_quarantined": sum(p.info["counter_events_quarantined"] for p in parts),
+        # [memory] instant events sampled into counters (they stay counted in skipped_by_ph: not records)
+        "memory_events": sum(p.info.get("memory_events", 0) for p in parts),
         "refused_files": [{"file": f.name, "reason": why} for f, why in refused],
         "files": files + unread,
         "skipped_by_ph": skipped,
