@@ -315,6 +315,8 @@ def _write_reports(obj: CliContext, reports: Any, fmt: str, out: Path | None, fo
 
 def _check_specs(specs: tuple[str, ...] | list[str]) -> None:
     """Read every what-if SPEC before the store is (a malformed one is one line, at once)."""
+    if not specs:
+        return    # importing the what-if engine costs a fresh process ~0.1 s
     from sohuprof.analyzers.diagnosis.whatif import parse_scenario
 
     for spec in specs:
