@@ -138,3 +138,4 @@ class Analysis(Protocol):
     # Optional: ``prepare(ctx)``, context-level work ``combine`` will need that depends on no
     # partition (the collective instance table); the local engine runs it beside the chunks.
     # Optional: ``columns_for(ctx)``, the columns read when they depend on the options.
+    # Optional: ``on_request(ctx) -> bool``, True where it applies but runs only when named.

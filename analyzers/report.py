@@ -68,7 +68,16 @@ def _choose(names: Sequence[str] | None, ctx: AnalysisContext) -> list[str]:
         if unknown:
             raise ReportError(f"unknown report {', '.join(map(repr, unknown))}: choose from {', '.join(REPORTS)}")
         return list(dict.fromkeys(names))
-    return [n for n in REPORTS if load_analysis(REPORTS[n]).applies(ctx) is None]
+    return [n for n in REPORTS if _in_default(load_analysis(REPORTS[n]), ctx)]
+
+
+def _in_default(analysis: Analysis, ctx: AnalysisContext) -> bool:
+    """Does a plain ``analyze`` run it? When it applies, unless it asks to run only when named
+    (``on_request(ctx)``: a costly report with little to say on this kind of store)."""
+    if analysis.applies(ctx) is not None:
+        return False
+    on_request = getattr(analysis, "on_request", None)
+    return not (on_request is not None and on_request(ctx))
 
 
 def run_reports(store: TraceStore, names: Sequence[str] | None = None, *, hta_compatible: bool = False,

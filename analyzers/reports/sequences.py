@@ -284,6 +284,11 @@ class _Sequences:
                 return None
         return "no device kernels or ops in this trace (CPU events only): nothing runs on a stream"
 
+    def on_request(self, ctx: AnalysisContext) -> bool:
+        """On a Sohu run the op sequences per engine are the lowering's own program, the same in
+        every layer: shown when asked for (``--report sequences``), not in every ``analyze``."""
+        return ctx.is_sohu
+
     def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> SequencePartial:
         lengths = parse_lengths(ctx.options.get("sequence_lengths"))
         if not events.num_rows:
