@@ -336,7 +336,8 @@ Examples:
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--report", "names", callback=_report_names,
               help="Comma-separated, from findings, summary, roofline, stalls, comm, serving, temporal, "
-                   "critical_path, whatif [default: all that apply].")
+                   "sequences, kernels, annotations, idle, launches, queue, memory_bw, memory, critical_path, "
+                   "whatif [default: all that apply].")
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json", "csv", "html"]))
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path),
               help="Output file (json, html, table; - for stdout) or directory (csv). Default: stdout.")

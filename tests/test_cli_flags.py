@@ -182,3 +182,15 @@ def test_allow_large_lifts_the_ceiling(tmp_path: Path, monkeypatch: pytest.Monke
 def test_edge_values_that_are_valid_run(tmp_path: Path, args: list[str]) -> None:
     result = CliRunner().invoke(cli, [*EMULATE, "-o", str(tmp_path / "run"), *args])
     assert result.exit_code == 0, result.output
+
+
+def test_analyze_help_names_every_report() -> None:
+    """The --report help is written out (importing the reports costs a fresh process); it must
+    keep naming every report there is."""
+    from click.testing import CliRunner
+
+    from sohuprof.analyzers.report import REPORTS
+    from sohuprof.cli import cli
+
+    text = " ".join(CliRunner().invoke(cli, ["analyze", "--help"], terminal_width=400).output.split())
+    assert [name for name in REPORTS if name not in text] == []
