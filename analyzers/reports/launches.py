@@ -100,6 +100,8 @@ def _flags(delay: np.ndarray, runtime: np.ndarray, kernel: np.ndarray, cut: _Cut
 def _rank_launches(part: Partition, rank: int, cut: _Cutoffs, top: int) -> dict[str, pd.DataFrame]:
     """One rank's summary, by-runtime, outlier and graph-launch rows."""
     s = device_streams(part)
+    if not len(s):                                    # a CPU-only rank: no row (as in temporal)
+        return {key: pd.DataFrame(columns=list(columns)) for key, columns in _EMPTY.items()}
     ts, end = part.ts, part.end
     name_codes, values = part.codes("name")
     names = [*values, None]                           # a null name's code is len(values)

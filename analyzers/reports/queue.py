@@ -14,7 +14,8 @@ and ``get_time_spent_blocked_on_full_queue``), per rank and stream, on the devic
   ``std``, ``min``, quartiles, ``max``), plus ``time_mean``, the mean weighted by how long each
   value lasted, ``at_max_ns`` (time at the stream's own maximum) and ``full_queue_ns``: time with
   at least ``max_queue_length`` launches outstanding (HTA's ``CUDA_MAX_LAUNCH_QUEUE_PER_STREAM``,
-  1024, ``hta/common/constants.py``), when the CPU blocks on a full queue;
+  1024, ``hta/common/constants.py``), when the CPU blocks on a full queue (CUDA's depth: HIP
+  queues deeper, the MI300 trace reaches 1840, so there it is time beyond CUDA's bound);
   ``full_queue_pct`` is that over the rank's trace duration (HTA's
   ``relative_duration_at_max_queue_length``, x100; here the duration runs to the last event's end,
   HTA's to the last event's start);

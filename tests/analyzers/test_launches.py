@@ -45,6 +45,7 @@ def _worked() -> pd.DataFrame:
         (0, 600_000, 8, "hipExtLaunchKernel", "host", None, 6), (0, 600_010, 2, "k8", "compute", 7, 6),  # short
         (0, 700_000, 3, "cudaEventRecord", "host", None, 7),                                        # launches nothing
         (1, 0, 10, "cudaLaunchKernel", "host", None, 1), (1, 1_000, 10, "k", "compute", 7, 1),      # rank 1: 990
+        (2, 0, 10, "cudaLaunchKernel", "host", None, 1),                                            # no kernels: no row
     ]
     ev = pd.DataFrame(rows, columns=_COLUMNS)
     return ev.assign(ts=ev["ts"] + T0)
@@ -55,6 +56,7 @@ def test_worked_example() -> None:
     for key, cols in (("summary", SUMMARY_COLUMNS), ("by_runtime", BY_RUNTIME_COLUMNS), ("outliers", OUTLIER_COLUMNS),
                       ("graph_launches", GRAPH_COLUMNS)):
         assert list(out[key].columns) == list(cols), key
+    assert out["summary"]["rank"].tolist() == [0, 1]
     s = out["summary"].set_index("rank").loc[0]
     assert (s["device_events"], s["launches"], s["graph_kernels"], s["unlaunched"], s["graph_launches"]) == (8, 4, 3, 1, 1)
     # delays 20, 0, 300 000, 2; runtime calls 10, 60 000, 20, 8 ns
@@ -188,7 +190,7 @@ def test_chunk_combine_equals_whole(tmp_path) -> None:
     for key in whole:
         pd.testing.assert_frame_equal(getattr(res, key), whole[key], check_dtype=False)
     table = pa.Table.from_pandas(ev, preserve_index=False)
-    parts = [table.filter(pc.equal(table["rank"], r)) for r in (1, 0)]
+    parts = [table.filter(pc.equal(table["rank"], r)) for r in (2, 1, 0)]
     random.Random(0).shuffle(parts)
     shuffled = LAUNCHES.combine([LAUNCHES.chunk(p, ctx) for p in parts], ctx)
     for key in whole:
