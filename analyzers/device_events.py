@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.hta_selection import GPU_CATEGORIES, hta_select
 from sohuprof.analyzers.partition import Partition, as_partition
+from sohuprof.analyzers.spans import launch_calls
 
 __all__ = ["COLUMNS", "DeviceProfile", "Streams", "analysed", "check_applies", "device_profile", "device_streams",
            "quantiles", "rows"]
@@ -175,21 +176,10 @@ def _launches(part: Partition, device_rows: np.ndarray) -> np.ndarray:
     out = np.full(len(device_rows), _NO_LAUNCH, np.int64)
     if not part.has("correlation") or not len(device_rows):
         return out
-    corr_col = part.column("correlation")
-    if corr_col.null_count == len(corr_col):
-        return out
-    corr = part.ints("correlation", -1)
-    valid = pc.is_valid(corr_col).to_numpy(zero_copy_only=False)
-    host_rows = np.flatnonzero(part.equals("category", "host") & valid)
-    if not len(host_rows):
-        return out
-    by_corr = host_rows[np.argsort(corr[host_rows], kind="stable")]
-    keys = corr[by_corr]
-    want = corr[device_rows]
-    pos = np.searchsorted(keys, want, side="right") - 1
-    found = (pos >= 0) & valid[device_rows]
-    found[found] = keys[pos[found]] == want[found]
-    out[found] = by_corr[pos[found]]
+    corr = part.ints("correlation", -1)      # a missing id reads as -1: it matches nothing
+    host_rows = np.flatnonzero(part.equals("category", "host") & (corr >= 0))
+    found = launch_calls(corr[device_rows], corr[host_rows])
+    out[found >= 0] = host_rows[found[found >= 0]]
     return out
 
 

@@ -9,6 +9,10 @@ Built on ``collectives.parquet`` (one row per instance x member) and each rank's
   send/recv 1). ``exposed_ns`` / ``overlapped_ns`` split the members' communication time (their
   collective events, arrival to end, summed over ranks) into the part not hidden under the
   rank's compute and the part hidden; ``wait_ns`` is the members' total sync wait.
+- ``notes``: why parts are missing or null on a profiler trace: collectives of groups some
+  of whose members are not in the input (no wait, straggler or root cause is derived from
+  those: who was waited for is unknown), NCCL kernels without a message size (``algbw`` and
+  ``busbw`` null: unknown, not 0). Empty for a Sohu run.
 - ``stragglers``: Scalasca's wait at N x N: in every instance each member waits
   ``min(last_arrival, end) - arrive``; the whole instance's wait is charged to its last arriver
   (ties: the lowest rank), whose ``delay_cost_ns`` sums it; ``late_count`` counts the instances

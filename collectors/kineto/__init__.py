@@ -76,6 +76,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
 from sohuprof.collectors.kineto.clocks import (assign_ranks, causality, fit_nodes, host_of, node_of_hosts,
                                                parse_hosts, with_place)
 from sohuprof.collectors.kineto.collectives import _finish_collectives

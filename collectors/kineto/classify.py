@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from sohuprof.collectors.kineto.columns import _factorize, _objects
 from sohuprof.collectors.kineto.decode import _ARGS_TYPES, _SCALARS, _Event
 

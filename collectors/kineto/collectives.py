@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
 from sohuprof.collectors.kineto.checks import (
     MAX_ID,
     MAX_NELEMS,

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from sohuprof.collectors.kineto.checks import MAX_NS, objects
 from sohuprof.collectors.kineto.decode import _TS_TOKEN
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 
 import msgspec
 from isal import igzip, isal_zlib
+
 from sohuprof.collectors.kineto.checks import MAX_ID, MAX_NELEMS, MAX_NS
 
 from sohuprof.errors import NotATraceError, TraceFormatError

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from sohuprof.collectors.kineto.checks import (
     MAX_ID,
     MAX_NELEMS,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
 from sohuprof.collectors.kineto.collectives import _group_id
 from sohuprof.collectors.kineto.events import _RankTrace
 
