@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sohuprof.collectors.kineto.checks import (
     MAX_ID,
@@ -51,7 +52,7 @@ def _nccl_args(args: Sequence[_Args | _LooseArgs], rows: np.ndarray, verdict: Ve
 
 
 def _collectives(rank: int, rows: np.ndarray, ts: np.ndarray, dur: np.ndarray, kind: np.ndarray,
-                 fields: dict[str, pa.Array]) -> tuple[pa.Array, pa.Table]:
+                 fields: dict[str, pa.Array], world: int | None = None) -> tuple[pa.Array, pa.Table]:
     """``coll_id`` per event, and this rank's collective rows (``start`` still missing).
 
     ``rows`` are the NCCL kernels' event indices; ``kind`` (their op codes) and ``fields`` (their
@@ -63,9 +64,7 @@ def _collectives(rank: int, rows: np.ndarray, ts: np.ndarray, dur: np.ndarray, k
     n = len(ts)
     if rows.size == 0:
         return pa.nulls(n, pa.int64()), COLLECTIVES.empty().drop_columns(["start"])
-    pg_enc = pg.fill_null("0").dictionary_encode()
-    group_of = np.array([_group_id(g) for g in pg_enc.dictionary.to_pylist()], dtype=np.int64)
-    group = group_of[_codes(pg_enc)]
+    group = _group_ids(pg, fields["group_ranks"], world)
     # The n-th NCCL kernel of a group, by ts: a running count within each group.
     order = np.lexsort((ts[rows], group))
     g_sorted = group[order]
@@ -93,6 +92,24 @@ def _collectives(rank: int, rows: np.ndarray, ts: np.ndarray, dur: np.ndarray, k
         "group_size": _declared_sizes(fields["group_size"], fields["group_ranks"]),
     })
     return pa.array(coll_id, pa.int64(), mask=mask), table
+
+
+def _group_ids(pg: pa.Array, ranks: pa.Array, world: int | None) -> np.ndarray:
+    """Each NCCL kernel's group id, the same on every member. Process-group names are numbered
+    per rank (rank 0's group "1" may be ranks [0, 1] and rank 2's group "1" ranks [2, 3]), so a
+    group that is not the whole world is named by its members too (``Process Group Ranks``):
+    the name when numeric and whole, else a CRC32 of name and members."""
+    names = pg.fill_null("0")
+    members = pc.fill_null(ranks, "")
+    whole = "[" + ", ".join(map(str, range(world))) + "]" if world is not None and world <= 4096 else None
+    pairs = pc.binary_join_element_wise(names, members, "|").dictionary_encode()
+    ids = []
+    for key in pairs.dictionary.to_pylist():     # once per distinct (group, members)
+        name, _, listed = key.partition("|")
+        numbers = re.findall(r"-?\d+", listed)
+        normal = "[" + ", ".join(numbers) + "]"
+        ids.append(_group_id(name) if not numbers or normal == whole else _group_id(f"{name}|{','.join(numbers)}"))
+    return np.array(ids, dtype=np.int64)[_codes(pairs)]
 
 
 def _declared_sizes(size: pa.Array, ranks: pa.Array) -> np.ndarray:

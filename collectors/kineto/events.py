@@ -268,7 +268,10 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
     track = _tracks(fmt, meta, is_gpu, chip, pid_l, tid_l, stream_l)
 
     step = _steps(uniq_names, name_codes, ts_ns, dur_ns)
-    coll_id, collectives = _collectives(rank, nccl_rows, ts_ns, dur_ns, coll_kind, nccl_fields)
+    dist = top.get("distributedInfo")
+    world = dist.get("world_size") if isinstance(dist, dict) else None
+    world = world if isinstance(world, int) and not isinstance(world, bool) and world > 0 else None
+    coll_id, collectives = _collectives(rank, nccl_rows, ts_ns, dur_ns, coll_kind, nccl_fields, world)
 
     events = EVENTS.conform(pa.table({
         "ts": ts_ns, "dur": dur_ns,

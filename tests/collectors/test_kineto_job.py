@@ -121,3 +121,29 @@ def test_files_without_a_rank_take_the_ranks_after_the_declared_ones(tmp_path: P
     trace = read_kineto(tmp_path / "in")
     assert trace.metadata["source"]["files"] == {"5": "c.json", "6": "a.json", "7": "b.json"}
     assert "name no rank" in caplog.text and "a.json, b.json" in caplog.text
+
+
+def _nccl(ts: float, pg: str, ranks: str, size: int) -> dict:
+    return {"ph": "X", "cat": "kernel", "name": "ncclDevKernel_AllReduce_Sum_f32_RING_LL", "pid": 0, "tid": 7,
+            "ts": ts, "dur": 5.0, "args": {"device": 0, "stream": 7, "correlation": int(ts), "Collective name": "allreduce",
+                                           "In msg nelems": 1024, "dtype": "Float", "Group size": size,
+                                           "Process Group Name": pg, "Process Group Ranks": ranks}}
+
+
+def test_sub_groups_that_share_a_name_are_told_apart_by_their_members(tmp_path: Path) -> None:
+    """Process-group names are numbered per rank: ranks 0-1's group "1" and ranks 2-3's group "1"
+    are different groups; each instance matches its own two members, the world group all four."""
+    (tmp_path / "in").mkdir()
+    for rank in range(4):
+        tp = "[0, 1]" if rank < 2 else "[2, 3]"
+        events = [_nccl(100.0 + 10 * i + rank, "1", tp, 2) for i in range(3)]
+        events.append(_nccl(200.0 + rank, "0", "[0, 1, 2, 3]", 4))
+        doc = {"schemaVersion": 1, "distributedInfo": {"rank": rank, "world_size": 4, "backend": "nccl"},
+               "traceEvents": events}
+        (tmp_path / "in" / f"rank{rank}.json").write_text(json.dumps(doc))
+    trace = read_kineto(tmp_path / "in")
+    coll = trace.collectives.to_pandas()
+    members = coll.groupby("coll_id")["rank"].apply(lambda r: tuple(sorted(r)))
+    assert sorted(members.value_counts().to_dict().items()) == [((0, 1), 3), ((0, 1, 2, 3), 1), ((2, 3), 3)]
+    assert trace.metadata["collectives"]["partial"] == 0 and trace.metadata["missing_ranks"] == []
+    assert coll.groupby("coll_id")["start"].nunique().eq(1).all()      # one shared last arrival each
