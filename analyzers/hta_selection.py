@@ -45,6 +45,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sohuprof.analyzers.partition import require_columns
+
 __all__ = ["GPU_CATEGORIES", "hta_round_us", "hta_select", "hta_selection_mask"]
 
 #: Store categories of device-side events (HTA: ``stream > 0``); ``host`` is the CPU side.
@@ -56,10 +58,8 @@ _US = 1000
 def _check(events: pa.Table) -> None:
     if not isinstance(events, pa.Table):
         raise TypeError(f"'events' must be a pyarrow.Table, got {type(events).__name__}")
-    missing = [c for c in _REQUIRED if c not in events.column_names]
-    if missing:
-        raise ValueError(f"'events' lacks column(s) {', '.join(map(repr, missing))} needed for HTA's "
-                         f"selection; read them from the store (they are in every events table)")
+    require_columns(events, _REQUIRED, " needed for HTA's selection; read them from the store (they are in "
+                    "every events table)")
 
 
 def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:

@@ -4,7 +4,9 @@ The engines hand every analysis's ``chunk`` the same :class:`Partition` (one ran
 columns as numpy arrays, dictionary codes and category masks are computed on first use and kept,
 so stalls, comm and roofline, which read the same ``ts``/``dur``/``category`` columns, decode
 them once, and stalls and comm share one activity sweep (:mod:`sohuprof.analyzers.activity`).
-A ``chunk`` given a bare :class:`pyarrow.Table` wraps it (:func:`as_partition`).
+A ``chunk`` given a bare :class:`pyarrow.Table` wraps it (:func:`as_partition`); the reports'
+functions of a DataFrame check what they were given with :func:`events_table` and split a table
+of several ranks with :func:`rank_partitions`.
 
 Not thread-safe: one partition is processed by one thread (the engines' unit of work).
 """
@@ -15,10 +17,11 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["Partition", "as_partition", "dictionary_codes"]
+__all__ = ["Partition", "as_partition", "dictionary_codes", "events_table", "rank_partitions", "require_columns"]
 
 
 def dictionary_codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[Any]]:
@@ -96,9 +99,10 @@ class Partition:
         out = self._ints.get(key)
         if out is None:
             col = self.table.column(name)
-            if col.null_count:
-                col = col.fill_null(fill)
-            out = np.asarray(col.to_numpy(), dtype=np.int64)
+            if col.null_count == len(col):   # all null: pandas' all-None column is of null type, unfillable
+                out = np.full(len(col), fill, np.int64)
+            else:
+                out = np.asarray((col.fill_null(fill) if col.null_count else col).to_numpy(), dtype=np.int64)
             out.flags.writeable = False
             self._ints[key] = out
         return out
@@ -149,3 +153,44 @@ class Partition:
 def as_partition(events: pa.Table | Partition) -> Partition:
     """``events`` as a :class:`Partition` (a table is wrapped; a partition is returned as is)."""
     return events if isinstance(events, Partition) else Partition(events)
+
+
+def events_table(events: pd.DataFrame | pa.Table, need: tuple[str, ...]) -> pa.Table:
+    """``events`` as a :class:`pyarrow.Table` (a DataFrame is converted), checked to hold the
+    columns ``need``: what a report's function of an events table is given.
+
+    Raises
+    ------
+    TypeError
+        ``events`` is neither a DataFrame nor a Table.
+    ValueError
+        A column of ``need`` is missing.
+    """
+    if isinstance(events, pd.DataFrame):
+        events = pa.Table.from_pandas(events, preserve_index=False)
+    elif not isinstance(events, pa.Table):
+        raise TypeError(f"'events' must be a pandas.DataFrame or pyarrow.Table, got {type(events).__name__}")
+    require_columns(events, need, "; read them from the store's events table")
+    return events
+
+
+def require_columns(events: pa.Table, need: tuple[str, ...], hint: str) -> None:
+    """Raise :class:`ValueError` naming the columns of ``need`` that ``events`` lacks, then ``hint``."""
+    missing = [c for c in need if c not in events.column_names]
+    if missing:
+        raise ValueError(f"'events' lacks column(s) {', '.join(map(repr, missing))}{hint}")
+
+
+def rank_partitions(events: pa.Table | Partition) -> list[Partition]:
+    """``events`` split by rank, ranks ascending (none for no events): a partition of one rank
+    (what the engines hand over) is returned as is, its cache kept; a table of several (tests,
+    the reports' functions) gives a new partition per rank. No ``rank`` column: all rank 0."""
+    part = as_partition(events)
+    if not part.num_rows:
+        return []
+    if not part.has("rank"):
+        part = Partition(part.table.append_column("rank", pa.array(np.zeros(part.num_rows, np.int32))))
+    if part.single_rank is not None:
+        return [part]
+    rank = part.ints("rank")
+    return [Partition(part.table.filter(pa.array(rank == r))) for r in np.unique(rank).tolist()]   # a loop over ranks

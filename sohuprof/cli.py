@@ -293,6 +293,18 @@ def _compute_reports(obj: CliContext, source: Path, names: list[str] | None, **o
         return run_reports(store, names, **options)
 
 
+def _print_or_write(text: bytes, out: Path | None, force: bool) -> None:
+    """Print ``text`` on stdout (``out`` None), or write it to ``out`` (``-``: stdout; a file
+    appears whole, see :func:`sohuprof.atomic.open_output`)."""
+    from sohuprof import atomic
+
+    if out is None:
+        click.echo(text.decode(), nl=False)
+    else:
+        with atomic.open_output(out, force=force) as fh:
+            fh.write(text)
+
+
 def _write_reports(obj: CliContext, reports: Any, fmt: str, out: Path | None, force: bool) -> None:
     """Print or write the reports in ``fmt`` (checked by :func:`_check_report_output`)."""
     from sohuprof import atomic
@@ -304,11 +316,7 @@ def _write_reports(obj: CliContext, reports: Any, fmt: str, out: Path | None, fo
         render.write_html(reports, out, force=force)  # type: ignore[arg-type]
     else:
         text = render.render_json(reports) if fmt == "json" else render.render_table(reports).encode()
-        if out is None:
-            click.echo(text.decode(), nl=False)
-        else:
-            with atomic.open_output(out, force=force) as fh:
-                fh.write(text)
+        _print_or_write(text, out, force)
     if out is not None and atomic.output_kind(out) == "path" and not obj.quiet:
         click.echo(f"wrote {out}", err=True)
 
@@ -469,11 +477,7 @@ def diff(obj: CliContext, a: Path, b: Path, top: int, match_names: str, fmt: str
         write_diff_html(result, out, force=force)  # type: ignore[arg-type]
     else:
         text = diff_json(result) if fmt == "json" else diff_text(result).encode()
-        if out is None:
-            click.echo(text.decode(), nl=False)
-        else:
-            with atomic.open_output(out, force=force) as fh:
-                fh.write(text)
+        _print_or_write(text, out, force)
     if out is not None and atomic.output_kind(out) == "path" and not obj.quiet:
         click.echo(f"wrote {out}", err=True)
 

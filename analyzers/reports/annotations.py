@@ -48,9 +48,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.device_events import analysed
 from sohuprof.analyzers.intervals import merge, union_length
-from sohuprof.analyzers.partition import Partition
-from sohuprof.analyzers.reports.kernels import analysed, kernel_launches
+from sohuprof.analyzers.partition import Partition, rank_partitions
+from sohuprof.analyzers.reports.kernels import kernel_launches
 from sohuprof.analyzers.spans import enclosing, intersect
 
 __all__ = ["ANNOTATIONS", "ANNOTATION_COLUMNS", "AnnotationsResult"]
@@ -183,17 +184,9 @@ class _Annotations:
 
     def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> _Partial:
         out = _Partial()
-        if not events.num_rows:
-            return out
-        part = analysed(events, ctx)
-        if not part.num_rows:
-            return out
-        if part.single_rank is not None:
-            _rank_rows(part, ctx, out)
-        else:                                    # a table of several ranks (tests): one at a time
-            rank = part.ints("rank")
-            for r in np.unique(rank).tolist():   # a loop over ranks
-                _rank_rows(Partition(part.table.filter(pa.array(rank == r))), ctx, out)
+        if events.num_rows:
+            for part in rank_partitions(analysed(events, ctx)):   # one rank; a table of several in tests
+                _rank_rows(part, ctx, out)
         return out
 
     def combine(self, partials: list[_Partial], ctx: AnalysisContext) -> AnnotationsResult:

@@ -38,11 +38,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.device_events import COLUMNS, analysed, check_applies, device_streams, quantiles, rows
-from sohuprof.analyzers.partition import Partition, as_partition
+from sohuprof.analyzers.partition import Partition, as_partition, events_table, rank_partitions
 
 __all__ = ["IDLE", "IdleResult", "CATEGORIES", "CONSECUTIVE_KERNEL_DELAY_NS", "STREAM_COLUMNS", "INTERVAL_COLUMNS",
            "idle_breakdown"]
@@ -99,18 +98,6 @@ def _rank_idle(part: Partition, rank: int, delay_ns: int) -> tuple[pd.DataFrame,
             pd.DataFrame(interval_rows, columns=list(INTERVAL_COLUMNS)))
 
 
-def _ensure_table(events: pd.DataFrame | pa.Table) -> pa.Table:
-    if isinstance(events, pd.DataFrame):
-        events = pa.Table.from_pandas(events, preserve_index=False)
-    elif not isinstance(events, pa.Table):
-        raise TypeError(f"'events' must be a pandas.DataFrame or pyarrow.Table, got {type(events).__name__}")
-    missing = [c for c in ("ts", "dur", "category", "stream") if c not in events.column_names]
-    if missing:
-        raise ValueError(f"'events' lacks column(s) {', '.join(map(repr, missing))}; read them from the "
-                         f"store's events table")
-    return events
-
-
 def idle_breakdown(events: pd.DataFrame | pa.Table, *, consecutive_kernel_delay_ns: int = CONSECUTIVE_KERNEL_DELAY_NS
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """HTA's idle-time breakdown per rank and stream (see the module docstring).
@@ -141,16 +128,9 @@ def idle_breakdown(events: pd.DataFrame | pa.Table, *, consecutive_kernel_delay_
     >>> streams[["idle_ns", "host_wait_ns", "kernel_wait_ns", "other_ns"]].iloc[0].tolist()
     [99970, 0, 0, 99970]
     """
-    table = _ensure_table(events)
-    if "rank" not in table.column_names:
-        table = table.append_column("rank", pa.array(np.zeros(table.num_rows, np.int32)))
-    parts_s, parts_i = [], []
-    for rank in sorted(set(table.column("rank").to_pylist())):       # a loop over ranks
-        sub = table.filter(pc.equal(table.column("rank"), rank))
-        s, i = _rank_idle(as_partition(sub), int(rank), consecutive_kernel_delay_ns)
-        parts_s.append(s)
-        parts_i.append(i)
-    return _finish(parts_s, parts_i)
+    table = events_table(events, ("ts", "dur", "category", "stream"))
+    parts = [_rank_idle(p, p.rank, consecutive_kernel_delay_ns) for p in rank_partitions(table)]
+    return _finish([s for s, _ in parts], [i for _, i in parts])
 
 
 def _finish(streams: list[pd.DataFrame], intervals: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:

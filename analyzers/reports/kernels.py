@@ -85,13 +85,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.hta_selection import GPU_CATEGORIES, hta_select
+from sohuprof.analyzers.device_events import analysed
+from sohuprof.analyzers.hta_selection import GPU_CATEGORIES
 from sohuprof.analyzers.intervals import mask_coverage
-from sohuprof.analyzers.partition import Partition, as_partition
+from sohuprof.analyzers.partition import Partition, rank_partitions
 from sohuprof.analyzers.spans import enclosing, launch_calls
 
-__all__ = ["KERNELS", "KERNEL_TYPES", "KernelsResult", "analysed", "device_kernels", "kernel_launches",
-           "kernel_type"]
+__all__ = ["KERNELS", "KERNEL_TYPES", "KernelsResult", "device_kernels", "kernel_launches", "kernel_type"]
 
 #: HTA's kernel types in its naming order (a set is named in this order); OTHER is outside HTA's table.
 KERNEL_TYPES = ("COMPUTATION", "COMMUNICATION", "MEMORY", "OTHER")
@@ -135,21 +135,6 @@ def set_name(mask: int) -> str:
 
 
 # --- what a partition's events are -----------------------------------------------------------
-
-def analysed(events: pa.Table | Partition, ctx: AnalysisContext) -> Partition:
-    """The partition the GPU reports read: the events as given, or with ``--hta-compatible`` as HTA
-    selects them (the selected table cached as ``hta_selected``, shared with temporal)."""
-    part = as_partition(events)
-    if not ctx.hta_compatible:
-        return part
-    out = part.cache.get("hta_partition")
-    if out is None:
-        table = part.cache.get("hta_selected")
-        if table is None:
-            table = part.cache["hta_selected"] = hta_select(part.table)
-        out = part.cache["hta_partition"] = Partition(table)
-    return out
-
 
 def _by_value(part: Partition, column: str, predicate: Any) -> np.ndarray:
     """``predicate(value)`` of a string column per event, decided once per distinct value (null: False)."""
@@ -475,17 +460,9 @@ class _Kernels:
 
     def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> _Partial:
         out = _Partial()
-        if not events.num_rows:
-            return out
-        part = analysed(events, ctx)
-        if not part.num_rows:
-            return out
-        if part.single_rank is not None:
-            _rank_partial(part, ctx, out)
-        else:                                    # a table of several ranks (tests): one at a time
-            rank = part.ints("rank")
-            for r in np.unique(rank).tolist():   # a loop over ranks
-                _rank_partial(Partition(part.table.filter(pa.array(rank == r))), ctx, out)
+        if events.num_rows:
+            for part in rank_partitions(analysed(events, ctx)):   # one rank; a table of several in tests
+                _rank_partial(part, ctx, out)
         return out
 
     def combine(self, partials: list[_Partial], ctx: AnalysisContext) -> KernelsResult:

@@ -43,12 +43,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.device_events import COLUMNS, analysed, check_applies, device_streams, quantiles, rows
 from sohuprof.analyzers.intervals import union_length
-from sohuprof.analyzers.partition import Partition, as_partition
+from sohuprof.analyzers.partition import Partition, as_partition, events_table, rank_partitions
 
 __all__ = ["LAUNCHES", "LaunchesResult", "RUNTIME_CUTOFF_NS", "LAUNCH_DELAY_CUTOFF_NS", "TOP", "SUMMARY_COLUMNS",
            "BY_RUNTIME_COLUMNS", "OUTLIER_COLUMNS", "GRAPH_COLUMNS", "launch_stats"]
@@ -202,20 +201,9 @@ def launch_stats(events: pd.DataFrame | pa.Table, *, runtime_cutoff_ns: int = RU
     ValueError
         A needed column is missing.
     """
-    if isinstance(events, pd.DataFrame):
-        events = pa.Table.from_pandas(events, preserve_index=False)
-    elif not isinstance(events, pa.Table):
-        raise TypeError(f"'events' must be a pandas.DataFrame or pyarrow.Table, got {type(events).__name__}")
-    missing = [c for c in ("ts", "dur", "name", "category", "stream", "correlation") if c not in events.column_names]
-    if missing:
-        raise ValueError(f"'events' lacks column(s) {', '.join(map(repr, missing))}; read them from the "
-                         f"store's events table")
-    if "rank" not in events.column_names:
-        events = events.append_column("rank", pa.array(np.zeros(events.num_rows, np.int32)))
+    table = events_table(events, ("ts", "dur", "name", "category", "stream", "correlation"))
     cut = _Cutoffs(runtime_cutoff_ns, launch_delay_cutoff_ns)
-    partials = [_rank_launches(as_partition(events.filter(pc.equal(events.column("rank"), r))), int(r), cut, top)
-                for r in sorted(set(events.column("rank").to_pylist()))]      # a loop over ranks
-    return _finish(partials)
+    return _finish([_rank_launches(p, p.rank, cut, top) for p in rank_partitions(table)])
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from sohuprof.analyzers.device_events import COLUMNS as _DEVICE_COLUMNS
 from sohuprof.analyzers.device_events import analysed, check_applies, device_streams, quantiles, rows
 from sohuprof.analyzers.hta_selection import hta_selection_mask
 from sohuprof.analyzers.intervals import union_length
-from sohuprof.analyzers.partition import Partition, as_partition
+from sohuprof.analyzers.partition import Partition, as_partition, events_table, rank_partitions
 
 __all__ = ["MEMORY_BW", "MemoryBwResult", "COLUMNS", "DIRECTION_COLUMNS", "direction_of", "memory_bandwidth"]
 
@@ -162,18 +162,8 @@ def memory_bandwidth(events: pd.DataFrame | pa.Table, *, min_dur_ns: int = 1) ->
     >>> memory_bandwidth(ev)[["direction", "bytes", "busy_ns", "gbps", "peak_gbps"]].values.tolist()
     [['HtoD', 3000.0, 150, 20.0, 30.0], ['Memset', nan, 10, nan, nan]]
     """
-    if isinstance(events, pd.DataFrame):
-        events = pa.Table.from_pandas(events, preserve_index=False)
-    elif not isinstance(events, pa.Table):
-        raise TypeError(f"'events' must be a pandas.DataFrame or pyarrow.Table, got {type(events).__name__}")
-    missing = [c for c in ("ts", "dur", "name", "category", "stream") if c not in events.column_names]
-    if missing:
-        raise ValueError(f"'events' lacks column(s) {', '.join(map(repr, missing))}; read them from the "
-                         f"store's events table")
-    if "rank" not in events.column_names:
-        events = events.append_column("rank", pa.array(np.zeros(events.num_rows, np.int32)))
-    return _finish([_rank_memory(as_partition(events.filter(pc.equal(events.column("rank"), r))), int(r), min_dur_ns)
-                    for r in sorted(set(events.column("rank").to_pylist()))])    # a loop over ranks
+    table = events_table(events, ("ts", "dur", "name", "category", "stream"))
+    return _finish([_rank_memory(p, p.rank, min_dur_ns) for p in rank_partitions(table)])
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.device_events import COLUMNS, analysed, check_applies, device_streams, quantiles, rows
-from sohuprof.analyzers.partition import Partition, as_partition
+from sohuprof.analyzers.partition import Partition, as_partition, events_table, rank_partitions
 
 __all__ = ["QUEUE", "QueueResult", "MAX_QUEUE_LENGTH", "MAX_POINTS", "SUMMARY_COLUMNS", "SERIES_COLUMNS",
            "queue_length"]
@@ -143,19 +142,8 @@ def queue_length(events: pd.DataFrame | pa.Table, *, max_queue_length: int = MAX
     ValueError
         A needed column is missing.
     """
-    if isinstance(events, pd.DataFrame):
-        events = pa.Table.from_pandas(events, preserve_index=False)
-    elif not isinstance(events, pa.Table):
-        raise TypeError(f"'events' must be a pandas.DataFrame or pyarrow.Table, got {type(events).__name__}")
-    missing = [c for c in ("ts", "dur", "category", "stream", "correlation") if c not in events.column_names]
-    if missing:
-        raise ValueError(f"'events' lacks column(s) {', '.join(map(repr, missing))}; read them from the "
-                         f"store's events table")
-    if "rank" not in events.column_names:
-        events = events.append_column("rank", pa.array(np.zeros(events.num_rows, np.int32)))
-    return _finish([_rank_queue(as_partition(events.filter(pc.equal(events.column("rank"), r))), int(r),
-                                max_queue_length, max_points)
-                    for r in sorted(set(events.column("rank").to_pylist()))])    # a loop over ranks
+    table = events_table(events, ("ts", "dur", "category", "stream", "correlation"))
+    return _finish([_rank_queue(p, p.rank, max_queue_length, max_points) for p in rank_partitions(table)])
 
 
 @dataclass(frozen=True)

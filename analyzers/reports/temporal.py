@@ -45,9 +45,10 @@ import pyarrow.compute as pc
 from sohuprof.analyzers.activity import breakdown
 from sohuprof.analyzers.activity import COLUMNS as ACTIVITY_COLUMNS
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.partition import Partition, as_partition
+from sohuprof.analyzers.device_events import analysed
 from sohuprof.analyzers.hta_selection import GPU_CATEGORIES, _matches, hta_select
 from sohuprof.analyzers.intervals import intersection_length, union_length
+from sohuprof.analyzers.partition import Partition, as_partition, events_table
 
 __all__ = ["OVERLAP", "OVERLAP_COLUMNS", "TEMPORAL", "TEMPORAL_COLUMNS", "OverlapResult", "TemporalResult",
            "comm_comp_overlap", "temporal_breakdown"]
@@ -66,16 +67,12 @@ _EVENT_COLUMNS = ("rank", "ts", "dur", "name", "category", "correlation")
 
 # --- the kernels ---------------------------------------------------------------------------
 
+def _needed(hta_compatible: bool) -> tuple[str, ...]:
+    return ("ts", "dur", "category") + (("name", "correlation") if hta_compatible else ())
+
+
 def _ensure_table(events: pd.DataFrame | pa.Table, *, hta_compatible: bool) -> pa.Table:
-    if isinstance(events, pd.DataFrame):
-        events = pa.Table.from_pandas(events, preserve_index=False)
-    elif not isinstance(events, pa.Table):
-        raise TypeError(f"'events' must be a pandas.DataFrame or pyarrow.Table, got {type(events).__name__}")
-    need = ("ts", "dur", "category") + (("name", "correlation") if hta_compatible else ())
-    missing = [c for c in need if c not in events.column_names]
-    if missing:
-        raise ValueError(f"'events' lacks column(s) {', '.join(map(repr, missing))}; read them from the "
-                         f"store's events table")
+    events = events_table(events, _needed(hta_compatible))
     return hta_select(events) if hta_compatible else events
 
 
@@ -261,14 +258,9 @@ class _PerRankNs:
     def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext) -> pd.DataFrame:
         if not events.num_rows:
             return _empty(self._ns_columns)
-        part = as_partition(events)
-        # Temporal and overlap both read the selected events: select once per partition.
-        selected = part.cache.get("hta_selected") if ctx.hta_compatible else None
-        if selected is None:
-            selected = _ensure_table(part.table, hta_compatible=ctx.hta_compatible)
-            if ctx.hta_compatible:
-                part.cache["hta_selected"] = selected
-        return self._per_rank(selected)
+        events_table(as_partition(events).table, _needed(ctx.hta_compatible))   # a missing column named
+        # Temporal and overlap both read the selected events: selected once per partition.
+        return self._per_rank(analysed(events, ctx).table)
 
     def combine(self, partials: list[pd.DataFrame], ctx: AnalysisContext) -> Any:
         parts = [p for p in partials if len(p)]
