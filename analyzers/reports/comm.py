@@ -327,6 +327,15 @@ def _stragglers(index: CollectiveIndex, ranks: pd.DataFrame, partial: np.ndarray
     return out.sort_values(["delay_cost_ns", "rank"], ascending=[False, True])[_STRAG_COLS].reset_index(drop=True)
 
 
+def _any_complete(ctx: AnalysisContext) -> bool:
+    """Does some collective instance have every member in the store (so waits mean something)?"""
+    if ctx.is_sohu:
+        return True
+    from sohuprof.analyzers.diagnosis.graph import incomplete_collectives
+
+    return len(incomplete_collectives(ctx)[0]) < len(ctx.instances)
+
+
 def _with_root_causes(stragglers: pd.DataFrame, graphs: list, ctx: AnalysisContext) -> pd.DataFrame:
     """Stragglers with ``root_cost_ns`` (the waiting this rank's own excess caused, directly and
     through propagation: :mod:`sohuprof.analyzers.diagnosis.root_causes`), its main ``cause`` and
@@ -457,7 +466,9 @@ class _Comm:
         from sohuprof.analyzers.diagnosis.critical_path import diagnosis_chunk
 
         part = as_partition(events)
-        return (*_rank_comm(part, ctx), diagnosis_chunk(part, ctx))
+        # The graph is for the root causes of waiting; where no collective has every member in
+        # the trace (one rank of a profiled job) nobody waits for anybody known.
+        return (*_rank_comm(part, ctx), diagnosis_chunk(part, ctx) if _any_complete(ctx) else None)
 
     def combine(self, partials: list[tuple[pd.DataFrame, pd.DataFrame]], ctx: AnalysisContext) -> CommResult:
         """Collective statistics, stragglers and links from every rank's partial and the collectives."""
