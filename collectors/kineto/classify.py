@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sohuprof.collectors.kineto.columns import _factorize, _objects
+from sohuprof.collectors.kineto.columns import _factorize, _int_values, _objects
 from sohuprof.collectors.kineto.decode import _ARGS_TYPES, _SCALARS, _Event
 
 from sohuprof.schema import CATEGORIES, OP_CLASSES
@@ -178,8 +178,6 @@ def _steps(uniq_names: pa.Array, name_codes: np.ndarray, ts: np.ndarray, dur: np
 
 def _stream_ids(stream: list[Any], is_gpu: np.ndarray) -> pa.Array:
     """``args.stream`` of device events as int64 (a numeric string counts); null elsewhere."""
-    values = pd.to_numeric(pd.Series(_objects(stream), dtype=object), errors="coerce")
-    ok = values.notna().to_numpy() & is_gpu
-    out = np.where(ok, values.fillna(0).to_numpy(), 0)
-    ok &= np.abs(out) < 2.0**62
-    return pa.array(out.astype(np.int64), pa.int64(), mask=~ok)
+    out, ok = _int_values(stream)
+    ok &= is_gpu
+    return pa.array(out, pa.int64(), mask=~ok)

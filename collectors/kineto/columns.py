@@ -148,3 +148,15 @@ def _ts_from_text(raw: bytes, ts_all: np.ndarray, fits: np.ndarray) -> np.ndarra
     out = np.zeros(ts_all.shape, dtype=np.int64)
     out[np.flatnonzero(present)[use]] = np.where(negative, -magnitude, magnitude)
     return out
+
+
+def _int_values(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A column of loose values as int64 and where it is a number (a numeric string counts):
+    Arrow converts a list of ints (and None) at C speed; anything else takes pandas' parser."""
+    try:
+        arr = pa.array(values, pa.int64())
+        return arr.fill_null(0).to_numpy(zero_copy_only=False), arr.is_valid().to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        num = pd.to_numeric(pd.Series(_objects(values), dtype=object), errors="coerce").to_numpy(np.float64)
+        ok = np.isfinite(num) & (np.abs(num) < 2.0**62)
+        return np.where(ok, num, 0).astype(np.int64), ok

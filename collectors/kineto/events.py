@@ -50,6 +50,7 @@ from sohuprof.collectors.kineto.classify import (
 )
 from sohuprof.collectors.kineto.collectives import _collectives, _nccl_args
 from sohuprof.collectors.kineto.columns import (
+    _int_values,
     _all_ts_ns,
     _codes,
     _dict_from_codes,
@@ -189,7 +190,6 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
     verdict.flag(bad & rec_x, "correlation")
     flops, bad = int_column(_field(args_l, "flops"), lenient=loose, low=0, floats=True)
     verdict.flag(bad & rec_x, "flops")
-    nbytes = _sizes(_field(args_l, "nbytes"))
 
     # Op, category and kind are small integer codes (OP_CLASSES / CATEGORIES / _KINDS indices).
     cat_enc = cat.take(pa.array(rec)).dictionary_encode()
@@ -219,14 +219,14 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
     x = rec[keep]
     if x.size == 0:
         _refuse_empty(path, ph, rec_x, verdict)
+    sel = np.flatnonzero(keep)     # the kept events' positions among the records
+    cat_kept = cat_enc.take(pa.array(sel)) if sel.size < len(rec) else cat_enc
     if not keep.all():  # narrow every per-record column to the kept events
-        sel = np.flatnonzero(keep)
         nccl_keep = keep[nccl_rows]
         nccl_fields = {k: v.filter(pa.array(nccl_keep)) for k, v in nccl_fields.items()}
         names, kind, nccl = names.take(pa.array(sel)), kind[sel], nccl[sel]
         name_enc = names.dictionary_encode()
         dur_ns, correlation, flops = dur_ns[sel], correlation.take(pa.array(sel)), flops.take(pa.array(sel))
-        nbytes = nbytes.take(pa.array(sel))
         pid_l, tid_l, dev_l, stream_l = (list(compress(v, keep)) for v in (pid_l, tid_l, dev_l, stream_l))
     nccl_rows = np.flatnonzero(nccl)
     ts_ns = ts_all_ns[x]
@@ -281,8 +281,8 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
         "op": _dict_from_codes(op, OP_CLASSES), "category": _dict_from_codes(category, CATEGORIES),
         "step": step, "flops": flops, "coll_id": coll_id, "correlation": correlation,
         # A memcpy / memset's bytes (args.bytes) are the device memory it moved.
-        "hbm_bytes": pc.if_else(pa.array(category == _CAT_INDEX["memory"]), nbytes, pa.nulls(len(nbytes), pa.int64())),
-        "cat": cat.take(pa.array(x)).fill_null("").dictionary_encode(),
+        "hbm_bytes": _memory_bytes(args_l, sel, category == _CAT_INDEX["memory"]),
+        "cat": cat_kept.fill_null(""),
         "stream": _stream_ids(stream_l, is_gpu),
     }))
     # A cut-off entry is a lost record when what survives of it says it was a complete event.
@@ -352,11 +352,24 @@ def _memory_samples(rank: int, trace_events: Sequence[_Event | _LooseEvent], ph:
     }))
 
 
+def _memory_bytes(args: Sequence[Any], kept: np.ndarray, memory: np.ndarray) -> pa.Array:
+    """``args.bytes`` of the kept memcpy / memset events (``kept``: their record positions),
+    null elsewhere; read for those events only."""
+    rows = np.flatnonzero(memory)
+    out = np.zeros(len(kept), np.int64)
+    valid = np.zeros(len(kept), bool)
+    if rows.size:
+        sizes = _sizes(_field(_take(args, kept[rows]), "nbytes"))
+        out[rows] = sizes.fill_null(0).to_numpy(zero_copy_only=False)
+        valid[rows] = sizes.is_valid().to_numpy(zero_copy_only=False)
+    return pa.array(out, pa.int64(), mask=~valid)
+
+
 def _sizes(values: list[Any]) -> pa.Array:
     """Byte counts as int64: integers (or numeric strings) in [0, 2**58); null otherwise."""
-    num = pd.to_numeric(pd.Series(_objects(values), dtype=object), errors="coerce").to_numpy(np.float64)
-    ok = np.isfinite(num) & (num >= 0) & (num < MAX_NELEMS)
-    return pa.array(np.where(ok, num, 0).astype(np.int64), pa.int64(), mask=~ok)
+    num, ok = _int_values(values)
+    ok &= (num >= 0) & (num < MAX_NELEMS)
+    return pa.array(np.where(ok, num, 0), pa.int64(), mask=~ok)
 
 
 def _account(path: Path, raw: bytes, rank: int, rec: np.ndarray, rec_c: np.ndarray,
