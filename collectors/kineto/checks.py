@@ -73,6 +73,8 @@ _REASONS = {
     "dtype": "'args.dtype' is not a string",
     "group_size": "'args.Group size' is not an integer in [-2**31, 2**31)",
     "group_ranks": "'args.Process Group Ranks' is not a string",
+    "src": "'args.Src Rank' is not an integer in [-2**31, 2**31)",
+    "dst": "'args.Dst Rank' is not an integer in [-2**31, 2**31)",
     "counter": "a counter series value is not a finite number within int64",
 }
 #: The reasons, in order; a :class:`Verdict` code is an index into it plus one.

@@ -48,6 +48,9 @@ def _nccl_args(args: Sequence[_Args | _LooseArgs], rows: np.ndarray, verdict: Ve
     verdict.flag(_scatter(bad, rows, verdict.code.size), "nelems")
     out["group_size"], bad = int_column(_field(args, "group_size"), lenient=loose, low=-MAX_ID, high=MAX_ID - 1)
     verdict.flag(_scatter(bad, rows, verdict.code.size), "group_size")
+    for key in ("src", "dst"):
+        out[key], bad = int_column(_field(args, key), lenient=loose, low=-MAX_ID, high=MAX_ID - 1)
+        verdict.flag(_scatter(bad, rows, verdict.code.size), key)
     return out
 
 
@@ -65,6 +68,7 @@ def _collectives(rank: int, rows: np.ndarray, ts: np.ndarray, dur: np.ndarray, k
     if rows.size == 0:
         return pa.nulls(n, pa.int64()), COLLECTIVES.empty().drop_columns(["start"])
     group = _group_ids(pg, fields["group_ranks"], world)
+    group, p2p = _pairs(group, fields.get("src"), fields.get("dst"))
     # The n-th NCCL kernel of a group, by ts: a running count within each group.
     order = np.lexsort((ts[rows], group))
     g_sorted = group[order]
@@ -89,7 +93,7 @@ def _collectives(rank: int, rows: np.ndarray, ts: np.ndarray, dur: np.ndarray, k
         "group": group, "rank": np.full(rows.size, rank, np.int32),
         "node": np.zeros(rows.size, np.int32),
         "arrive": ts[rows], "end": ts[rows] + dur[rows], "bytes": nbytes,
-        "group_size": _declared_sizes(fields["group_size"], fields["group_ranks"]),
+        "group_size": np.where(p2p, 2, _declared_sizes(fields["group_size"], fields["group_ranks"])),
     })
     return pa.array(coll_id, pa.int64(), mask=mask), table
 
@@ -110,6 +114,26 @@ def _group_ids(pg: pa.Array, ranks: pa.Array, world: int | None) -> np.ndarray:
         normal = "[" + ", ".join(numbers) + "]"
         ids.append(_group_id(name) if not numbers or normal == whole else _group_id(f"{name}|{','.join(numbers)}"))
     return np.array(ids, dtype=np.int64)[_codes(pairs)]
+
+
+def _pairs(group: np.ndarray, src: pa.Array | None, dst: pa.Array | None) -> tuple[np.ndarray, np.ndarray]:
+    """A send / recv that names both ends (``Src Rank``, ``Dst Rank``) is an instance of its
+    pair within its group, numbered apart from the group's other traffic: rank 0 -> 1 and
+    rank 2 -> 3 in one pipeline group are different transfers. Returns the group ids with the
+    pairs' own ids, and which kernels are such pairs."""
+    if src is None or dst is None:
+        return group, np.zeros(len(group), bool)
+    s = src.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    d = dst.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    p2p = (s >= 0) & (d >= 0) & (s != d)
+    if not p2p.any():
+        return group, p2p
+    keys = np.stack([group[p2p], np.minimum(s, d)[p2p], np.maximum(s, d)[p2p]], axis=1)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    ids = np.array([_group_id(f"{g}|p2p {a}-{b}") for g, a, b in uniq.tolist()], np.int64)   # per pair
+    out = group.copy()
+    out[p2p] = ids[inverse.reshape(-1)]
+    return out, p2p
 
 
 def _declared_sizes(size: pa.Array, ranks: pa.Array) -> np.ndarray:

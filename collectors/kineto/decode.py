@@ -66,6 +66,8 @@ class _Args(msgspec.Struct, frozen=True, gc=False):
     dtype: str | None = None
     group_size: _DEVICE | None = msgspec.field(default=None, name="Group size")
     group_ranks: str | None = msgspec.field(default=None, name="Process Group Ranks")
+    src: _DEVICE | None = msgspec.field(default=None, name="Src Rank")     # of a send / recv
+    dst: _DEVICE | None = msgspec.field(default=None, name="Dst Rank")
     # A memcpy / memset's size; HIP runtime calls write it as a string, and it is never a reason
     # to set an event aside (unreadable is unknown).
     nbytes: Any = msgspec.field(default=None, name="bytes")
@@ -110,6 +112,8 @@ class _LooseArgs(msgspec.Struct, frozen=True, gc=False):
     dtype: Any = None
     group_size: Any = msgspec.field(default=None, name="Group size")
     group_ranks: Any = msgspec.field(default=None, name="Process Group Ranks")
+    src: Any = msgspec.field(default=None, name="Src Rank")
+    dst: Any = msgspec.field(default=None, name="Dst Rank")
     nbytes: Any = msgspec.field(default=None, name="bytes")
 
 

@@ -147,3 +147,27 @@ def test_sub_groups_that_share_a_name_are_told_apart_by_their_members(tmp_path: 
     assert sorted(members.value_counts().to_dict().items()) == [((0, 1), 3), ((0, 1, 2, 3), 1), ((2, 3), 3)]
     assert trace.metadata["collectives"]["partial"] == 0 and trace.metadata["missing_ranks"] == []
     assert coll.groupby("coll_id")["start"].nunique().eq(1).all()      # one shared last arrival each
+
+
+def test_sends_and_recvs_match_their_pair_not_the_group(tmp_path: Path) -> None:
+    """A four-stage pipeline: 0 -> 1, 1 -> 2, 2 -> 3 in one process group. Matched by the
+    group's n-th kernel, rank 1's recv from 0 and its send to 2 would be one 4-way instance;
+    by Src/Dst Rank each transfer is its own pair."""
+    (tmp_path / "in").mkdir()
+    for rank in range(4):
+        events = []
+        for step in range(2):
+            for peer, (src, dst) in ((rank - 1, (rank - 1, rank)), (rank + 1, (rank, rank + 1))):
+                if 0 <= peer < 4:
+                    e = _nccl(100.0 * step + 10 * min(src, dst) + rank, "0", "[0, 1, 2, 3]", 4)
+                    e["name"] = "ncclDevKernel_SendRecv"
+                    e["args"].update({"Collective name": "send" if src == rank else "recv", "Src Rank": src,
+                                      "Dst Rank": dst})
+                    events.append(e)
+        doc = {"schemaVersion": 1, "distributedInfo": {"rank": rank, "world_size": 4}, "traceEvents": events}
+        (tmp_path / "in" / f"rank{rank}.json").write_text(json.dumps(doc))
+    trace = read_kineto(tmp_path / "in")
+    coll = trace.collectives.to_pandas()
+    members = coll.groupby("coll_id")["rank"].apply(lambda r: tuple(sorted(r)))
+    assert sorted(members.value_counts().to_dict().items()) == [((0, 1), 2), ((1, 2), 2), ((2, 3), 2)]
+    assert trace.metadata["collectives"]["partial"] == 0
