@@ -62,9 +62,14 @@ def tiny_kineto() -> dict[str, Any]:
             _kernel(120.0, "ampere_sgemm_128x64_nn"),
             _kernel(130.0, "ncclKernel_AllReduce_RING_LL_Sum_float", **{
                 "Collective name": "allreduce", "Process Group Name": "0", "In msg nelems": 1024,
-                "dtype": "Float"}),
+                "dtype": "Float", "Group size": 2, "Process Group Ranks": "[0, 1]"}),
+            _kernel(135.0, "ncclDevKernel_SendRecv", **{
+                "Collective name": "send", "Process Group Name": "0", "Src Rank": 1, "Dst Rank": 0}),
             {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD", "pid": 0, "tid": 7,
-             "ts": 140.0, "dur": 1.0, "args": {"device": 0, "stream": 7}},
+             "ts": 140.0, "dur": 1.0, "args": {"device": 0, "stream": 7, "bytes": 4096}},
+            {"ph": "i", "cat": "cpu_instant_event", "s": "t", "name": "[memory]", "pid": 11, "tid": 11, "ts": 103.0,
+             "args": {"Device Type": 1, "Device Id": 0, "Addr": 139926520725504, "Bytes": 4096,
+                      "Total Allocated": 8192, "Total Reserved": 2**21}},
             {"ph": "s", "cat": "ac2g", "id": 120, "pid": 11, "tid": 11, "ts": 102.0},
             {"ph": "f", "cat": "ac2g", "id": 120, "pid": 0, "tid": 7, "ts": 120.0, "bp": "e"},
             {"ph": "M", "name": "thread_name", "pid": 11, "tid": 11, "args": {"name": "main"}},
@@ -108,8 +113,9 @@ def base_doc(which: str) -> Any:
 
 EVENT_KEYS = ("ph", "cat", "name", "pid", "tid", "ts", "dur", "args")
 ARG_KEYS = ("device", "stream", "correlation", "flops", "Collective name", "Process Group Name",
-            "In msg nelems", "dtype", "name")
-TOP_KEYS = ("baseTimeNanoseconds", "distributedInfo", "deviceProperties", "traceEvents")
+            "In msg nelems", "dtype", "name", "Group size", "Process Group Ranks", "Src Rank", "Dst Rank", "bytes",
+            "Bytes", "Addr", "Total Allocated", "Total Reserved", "Device Type")
+TOP_KEYS = ("baseTimeNanoseconds", "distributedInfo", "deviceProperties", "traceEvents", "host_name")
 
 HUGE_INTS = st.sampled_from([2**31, 2**40, 2**62, 2**63 - 1, 2**63, 2**64, -2**63 - 1, 10**30,
                              10**400, -1, -(2**40)])
