@@ -117,7 +117,11 @@ def incomplete_collectives(ctx: AnalysisContext) -> tuple[np.ndarray, list[str]]
 
     inst = ctx.instances
     declared = group_sizes(ctx)
-    world = (ctx.store.manifest.get("parallel") or {}).get("world_size")
+    # A store that kept the collector's group sizes was judged by them alone (the world size
+    # already stood in for the default group's); an older one falls back on the world size.
+    judged = isinstance((ctx.store.manifest.get("collectives") or {}).get("group_sizes"), dict)
+    job = (ctx.store.manifest.get("parallel") or {}).get("world_size")
+    world = None if judged else job
     present = len(ctx.ranks)
     size = inst["group"].map(declared).to_numpy(dtype=float, na_value=np.nan)
     unknown = np.isnan(size)
@@ -127,7 +131,8 @@ def incomplete_collectives(ctx: AnalysisContext) -> tuple[np.ndarray, list[str]]
     if len(ids):
         groups = sorted(set(inst["group"].to_numpy()[short].tolist()))
         what = (f"the trace holds {present} of {world} ranks and declares no group sizes" if unknown[short].any()
-                and isinstance(world, int) else "some groups' members are missing from the trace")
+                and isinstance(world, int) else f"the trace holds {present} of {job} ranks"
+                if isinstance(job, int) and present < job else "some groups' members are missing from the trace")
         notes.append(f"{len(ids):,} collectives of group(s) {', '.join(map(str, groups[:5]))}"
                      f"{' ...' if len(groups) > 5 else ''} lack members ({what}): they count as transfers, "
                      "not synchronisation; waits and root causes need every member")

@@ -117,7 +117,12 @@ def records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
 
 
 def group_sizes(ctx: AnalysisContext) -> dict[int, int]:
-    """Declared process-group sizes from a profiler trace's manifest (keyed as its collector keys them)."""
+    """Declared process-group sizes of a profiler trace, keyed by the store's group ids: what the
+    collector judged each group by (the manifest's ``collectives.group_sizes``), or for a store
+    written before it kept them, ``pg_config``'s sizes by process-group name."""
+    matched = (ctx.store.manifest.get("collectives") or {}).get("group_sizes")
+    if isinstance(matched, dict):
+        return {int(g): int(n) for g, n in matched.items()}
     groups = ((ctx.store.manifest.get("parallel") or {}).get("process_groups")) or []
     out: dict[int, int] = {}
     for pg in groups:   # a handful of process groups
@@ -480,16 +485,19 @@ class _Comm:
         declared = group_sizes(ctx)
         if declared:
             inst = inst.assign(n=np.maximum(inst["n"].to_numpy(), inst["group"].map(declared).fillna(0).to_numpy(np.int64)))
-        inst = inst.assign(busbytes=inst["size"] * busbw_factor(inst["kind"], inst["n"]))
+        # Bandwidth over the instances whose size is known (a trace may give some and not others).
+        inst = inst.assign(busbytes=inst["size"] * busbw_factor(inst["kind"], inst["n"]),
+                           sized_time=np.where(inst["size"].to_numpy() > 0, inst["time"].to_numpy(), 0))
         table = inst.groupby(["kind", "group"], as_index=False).agg(
             count=("coll_id", "size"), bytes=("size", "sum"), time_ns=("time", "sum"), busbytes=("busbytes", "sum"),
-            wait_ns=("wait", "sum"))
+            wait_ns=("wait", "sum"), sized_time=("sized_time", "sum"))
         table = table.merge(hidden, on=["kind", "group"], how="outer")
         table = table.fillna({"count": 0, "bytes": 0, "time_ns": 0, "busbytes": 0, "union_ns": 0,
                               "overlapped_ns": 0, "wait_ns": 0})
         with np.errstate(divide="ignore", invalid="ignore"):
-            table["algbw"] = np.where(table["time_ns"] > 0, table["bytes"] / table["time_ns"] * 1e9, np.nan)
-            table["busbw"] = np.where(table["time_ns"] > 0, table["busbytes"] / table["time_ns"] * 1e9, np.nan)
+            base = table["sized_time"].fillna(0).to_numpy() if not ctx.is_sohu else table["time_ns"].to_numpy()
+            table["algbw"] = np.where(base > 0, table["bytes"] / base * 1e9, np.nan)
+            table["busbw"] = np.where(base > 0, table["busbytes"] / base * 1e9, np.nan)
         if not ctx.is_sohu:
             # NCCL kernels that carry no message size (older PyTorch) give no bytes: bandwidth
             # unknown (null), not 0.

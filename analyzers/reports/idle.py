@@ -77,7 +77,7 @@ def _rank_idle(part: Partition, rank: int, delay_ns: int) -> tuple[pd.DataFrame,
         gap = np.maximum(ts[1:] - prev, 0)
         host = launch_ts[sl][1:] > prev    # no launch: int64 min, never after anything
         kind = np.where(host, 0, np.where(gap < delay_ns, 1, 2))
-        totals = np.bincount(kind, weights=gap, minlength=3).astype(np.int64)
+        totals = np.array([gap[kind == i].sum() for i in range(3)], np.int64)   # int64 sums: exact
         window = int(reach[-1] - ts[0])
         idle = int(totals.sum())
         stream_rows.append({"rank": rank, "stream": stream, "kernels": int(len(ts)), "window_ns": window,

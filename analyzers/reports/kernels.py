@@ -39,8 +39,8 @@ JSON contract (``to_json``; times int ns, percentages only because HTA has them)
   Types in order of their kernel time, names by ``sum_ns``. ``names_by_rank``: the same per rank
   (top names of each rank), with ``rank`` first.
 - ``launchers``: kernel time per launching CPU op ``{cpu_op, kernels, gpu_ns, count, pct}``: each
-  kernel's launching runtime call (``cuda_runtime``/``hip_runtime``/``mtia_runtime``/
-  ``cuda_driver`` event with its ``correlation``), then the innermost ``cpu_op`` on the call's
+  kernel's launching call (the host event with its ``correlation``: a ``cuda_runtime``,
+  ``hip_runtime``, ``mtia_runtime`` or ``cuda_driver`` call in Kineto's traces), then the innermost ``cpu_op`` on the call's
   thread enclosing it: the latest-starting one whose end reaches the call's end
   (:func:`~sohuprof.analyzers.spans.enclosing`). ``kernels`` counts kernels,
   ``gpu_ns`` sums their durations, ``count`` the op instances that launched them, ``pct`` is of

@@ -6,7 +6,8 @@ and ``Total Reserved`` after it); the collector keeps them as the counters ``mem
 ``memory.reserved``, ``memory.bytes`` and ``memory.addr`` (``cpu_memory.*`` for host memory), the
 four series of one event adjacent (:mod:`sohuprof.collectors.kineto.events`). What PyTorch's
 ``export_memory_timeline`` and HTA's ``MemoryAnalysis`` show from the same events, per rank and
-device kind (``memory`` for the GPU, ``cpu_memory`` for the host):
+memory (``memory`` for the rank's GPU, ``memory.devN`` for another GPU of the same process,
+``cpu_memory`` for the host):
 
 - ``ranks``: samples, allocations, frees, ``peak_allocated_bytes`` and when (``peak_ts``, store
   ns), ``peak_reserved_bytes``, the allocated bytes at the first and last sample, and
@@ -102,12 +103,21 @@ def memory_timeline(counters: pd.DataFrame, *, top: int = 20) -> MemoryResult:
     """The memory report from a store's counters (``ts, rank, counter, value``; see the module
     docstring). Ranks without ``[memory]`` samples have no rows."""
     rows, alive, lines = [], [], []
-    mem = counters[counters["counter"].astype(str).str.contains(r"^(?:cpu_)?memory\.", regex=True)]
-    for (rank, kind), frame in mem.groupby([mem["rank"], mem["counter"].astype(str).str.split(".").str[0]],
-                                           sort=True):   # a loop over ranks and the two kinds
+    # Counter names are a few categories: split them once, not per row.
+    names = counters["counter"].astype("category")
+    cats = pd.Index(names.cat.categories.astype(str))
+    kind_of = cats.str.rsplit(".", n=1).str[0]
+    series_of = cats.str.rsplit(".", n=1).str[-1]
+    is_memory = np.asarray(kind_of.str.fullmatch(r"(?:cpu_)?memory(?:\.dev\d+)?") & series_of.isin(_SERIES), bool)
+    codes = names.cat.codes.to_numpy()
+    take = (codes >= 0) & is_memory[np.maximum(codes, 0)]
+    mem = pd.DataFrame({"rank": counters["rank"].to_numpy()[take], "kind": np.asarray(kind_of)[codes[take]],
+                        "series": np.asarray(series_of)[codes[take]], "ts": counters["ts"].to_numpy()[take],
+                        "value": counters["value"].to_numpy()[take]})
+    for (rank, kind), frame in mem.groupby(["rank", "kind"], sort=True):   # a loop over ranks and memories
         series = {}
         for name in _SERIES:
-            sel = frame[frame["counter"].astype(str) == f"{kind}.{name}"]
+            sel = frame[frame["series"] == name]
             series[name] = sel["value"].to_numpy(np.float64)
             series["ts"] = sel["ts"].to_numpy(np.int64)
         if len({len(v) for v in series.values()}) != 1 or not len(series["ts"]):
@@ -135,7 +145,8 @@ class _Memory:
         if ctx.is_sohu:
             return "memory reads the profiler's [memory] events; a Sohu run's HBM use is in roofline and stalls"
         counters = ctx.counters
-        if not len(counters) or not counters["counter"].astype(str).str.startswith(("memory.", "cpu_memory.")).any():
+        names = pd.Index(counters["counter"].astype("category").cat.categories.astype(str)) if len(counters) else None
+        if names is None or not names.str.startswith(("memory.", "cpu_memory.")).any():
             return ("the trace has no [memory] events: record them with torch.profiler.profile(profile_memory=True)")
         return None
 

@@ -6,8 +6,9 @@ What is read, and how it maps onto the store (DESIGN.md, "The trace store"):
   ``ac2g`` and ``fwdbwd``), metadata (``M``), instants (``i``/``I``) and Kineto's whole-session
   ``Trace`` span are not events; they are counted in the metadata. Counter events (``C``) go to
   the counters table, one counter per series (``name.series``). ``B``/``E`` pairs are not read.
-- ``rank`` comes from ``distributedInfo.rank``; a trace without it is rank 0. Kineto does not
-  say which host a rank ran on, so ``node`` is 0 for every rank. ``chip`` is the GPU's device
+- ``rank`` comes from ``distributedInfo.rank``; files without one take the ranks after the
+  highest declared one, in file-name order (:mod:`~sohuprof.collectors.kineto.clocks`, which
+  also gives each host its ``node`` and puts every node on node 0's clock). ``chip`` is the GPU's device
   index (``args.device``); CPU events take the rank's GPU (the device most of its GPU events ran
   on), and a plain Chrome trace is chip 0.
 - ``track`` is ``stream N`` for GPU events (``args.stream``, else the tid) and ``thread T`` for
@@ -27,9 +28,12 @@ What is read, and how it maps onto the store (DESIGN.md, "The trace store"):
   (epoch-microsecond Chrome traces) are re-read from the JSON text (:func:`_ts_from_text`).
 - ``coll_id``: NCCL kernels of one process group run in the same order on every member rank,
   so the n-th NCCL kernel (by ts) of process group ``g`` on each rank is instance
-  ``g * 2**32 + n`` (``g`` = the ``Process Group Name`` when numeric, else its CRC32, and 0 when
-  absent). ``collectives.start`` is the last member's arrival among the ranks collected
-  together; ``bytes`` is the input message (``In msg nelems`` x dtype size).
+  ``g * 2**32 + n`` (:mod:`~sohuprof.collectors.kineto.collectives`: ``g`` is the ``Process
+  Group Name`` when numeric and the group is the whole world, else a CRC32 of the name and its
+  members, ``Process Group Ranks``; a send/recv is numbered within its pair of ranks).
+  ``collectives.start`` is the last member's arrival where every member of the group is in the
+  input, else each member's own arrival (a partial instance: no wait is invented); ``bytes``
+  is the input message (``In msg nelems`` x dtype size), null when the kernel does not say.
 - Decoding: msgspec decodes each event straight into a struct naming only the fields read
   (the other ``args`` keys are skipped unbuilt), and columns are built from those, never per
   event in Python. ``args`` must be an object or null wherever it appears.
@@ -79,7 +83,7 @@ import pyarrow as pa
 
 from sohuprof.collectors.kineto.clocks import (assign_ranks, causality, fit_nodes, host_of, node_of_hosts,
                                                parse_hosts, with_place)
-from sohuprof.collectors.kineto.collectives import _finish_collectives
+from sohuprof.collectors.kineto.collectives import Matching, _finish_collectives
 from sohuprof.collectors.kineto.decode import _EXPECTED
 from sohuprof.collectors.kineto.events import _parse_file, _RankTrace
 from sohuprof.collectors.kineto.manifest import _metadata, _refused_rows, declared_group_sizes, world_size
@@ -147,8 +151,9 @@ def read_kineto(path: PathLike, *, hosts: str | None = None) -> KinetoTrace:
     ------
     TraceFormatError
         A path is missing, a file is not a Kineto or Chrome trace (or none of its complete
-        events is sound), a directory holds no traces, mixes Kineto and plain Chrome files, or
-        has two files for one rank. Damaged events are not an error: they are set aside in
+        events is sound), a directory holds no traces, or has two files for one rank (files
+        that are not traces, and plain Chrome files beside Kineto ones, are skipped with a
+        warning and listed in the manifest). Damaged events are not an error: they are set aside in
         ``quarantine`` and counted.
     """
     job = _Job(path, hosts=parse_hosts(hosts), skipped=[])
@@ -158,7 +163,7 @@ def read_kineto(path: PathLike, *, hosts: str | None = None) -> KinetoTrace:
     events = pa.concat_tables([p.events for p in parts]).unify_dictionaries()
     events = events.sort_by([("rank", "ascending"), ("ts", "ascending"), ("dur", "descending")])
     counters = pa.concat_tables([p.counters for p in parts]).unify_dictionaries()
-    collectives, matching = job.collectives(parts)
+    collectives, matching, _ = job.collectives(parts)
     return KinetoTrace(events.combine_chunks(), collectives, counters.combine_chunks(),
                        job.metadata(parts, events.num_rows, matching, collectives),
                        pa.concat_tables([p.quarantine for p in parts]))
@@ -221,7 +226,7 @@ def collect_kineto(path: PathLike, store_path: PathLike, *, force: bool = False,
         for part in job.place(written=parts):
             write(part)
         parts.sort(key=lambda p: p.rank)
-        collectives, matching = job.collectives(parts)
+        collectives, matching, _ = job.collectives(parts)
         counters = pa.concat_tables([p.counters for p in parts]).unify_dictionaries()
         writer.write_table(COLLECTIVES, collectives)
         writer.write_table(COUNTERS, counters)
@@ -317,12 +322,10 @@ class _Job:
         self.clock: dict[str, Any] | None = None
 
     def streams(self, part: _RankTrace) -> bool:
-        if part.rank < 0:
-            return False
         host = host_of(part, self.hosts)[0]
-        if self.first_host is _UNSET:
+        if self.first_host is _UNSET:    # the first file's host is node 0, whatever its rank
             self.first_host = host
-        return host == self.first_host
+        return part.rank >= 0 and host == self.first_host
 
     def hold(self, part: _RankTrace) -> None:
         self.held.append(part)
@@ -335,31 +338,19 @@ class _Job:
         held = placed[len(written):]
         if len(self.host_table) > 1:
             # The clock fit reads every rank's collectives with its node set, on local clocks.
-            local = placed
-            sizes, world = self._declared()
-            table, _ = _finish_collectives([p.collectives for p in local], sizes, world, len(local))
-            complete = _complete_ids(table)
-            self.clock = fit_nodes(pa.concat_tables([p.collectives.select(["coll_id", "node", "end"])
-                                                     for p in local if p.collectives.num_rows]
-                                                    or [pa.table({"coll_id": pa.array([], pa.int64()),
-                                                                  "node": pa.array([], pa.int32()),
-                                                                  "end": pa.array([], pa.int64())})]),
-                                   complete, len(self.host_table))
+            matching = self.collectives(placed)
+            self.clock = fit_nodes(matching.table.select(["coll_id", "node", "end"]), matching.complete,
+                                   len(self.host_table))
             shifts = self.clock.pop("_shifts")
             held = [with_place(p, p.rank, n, shifts[n]) if shifts[n] is not None else p
                     for p, n in zip(held, nodes[len(written):], strict=True)]
-        self.written = list(written)
         return held
 
-    def _declared(self) -> tuple[dict[int, int], int | None]:
-        dist = next((p.info["distributed"] for p in self.held + getattr(self, "written", [])
+    def collectives(self, parts: list[_RankTrace]) -> Matching:
+        """Every rank's collectives matched, by the first ``distributedInfo`` in rank order."""
+        dist = next((p.info["distributed"] for p in sorted(parts, key=lambda p: p.rank)
                      if isinstance(p.info.get("distributed"), dict)), None)
-        return declared_group_sizes(dist), world_size(dist)
-
-    def collectives(self, parts: list[_RankTrace]) -> tuple[pa.Table, dict[str, Any]]:
-        dist = next((p.info["distributed"] for p in parts if isinstance(p.info.get("distributed"), dict)), None)
-        return _finish_collectives([p.collectives for p in parts], declared_group_sizes(dist), world_size(dist),
-                                   len(parts))
+        return _finish_collectives([p.collectives for p in parts], declared_group_sizes(dist), world_size(dist))
 
     def metadata(self, parts: list[_RankTrace], written: int, matching: dict[str, Any], collectives: pa.Table,
                  refused: list[tuple[Path, str]] | None = None) -> dict[str, Any]:
@@ -383,20 +374,6 @@ class _Job:
 
 
 _UNSET = object()
-
-
-def _complete_ids(collectives: pa.Table) -> np.ndarray:
-    """Instances every member of which is in the input: their ``start`` is a shared last arrival,
-    so more than one member's start equals the maximum arrival (partial ones keep their own)."""
-    cid = collectives.column("coll_id").to_numpy()
-    arrive = collectives.column("arrive").to_numpy()
-    start = collectives.column("start").to_numpy()
-    uniq, inverse, members = np.unique(cid, return_inverse=True, return_counts=True)
-    last = np.full(uniq.size, np.iinfo(np.int64).min)
-    np.maximum.at(last, inverse, arrive)
-    whole = np.ones(uniq.size, bool)
-    np.logical_and.at(whole, inverse, start == last[inverse])
-    return uniq[whole & (members > 1)]
 
 
 def rank_ranges(ranks: np.ndarray) -> list[str]:

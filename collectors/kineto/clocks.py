@@ -6,7 +6,8 @@ put on the first host's.
   them.
 - **Host**: ``--hosts`` (``collect --hosts 0-7=hostA,8-15=hostB``) first, else the trace's
   top-level ``host_name``, else the file name ``tensorboard_trace_handler`` writes
-  (``HOST_PID.<time>.pt.trace.json[.gz]``); a rank none of these name is on an unnamed host.
+  (``HOST_PID.<time>.pt.trace.json[.gz]``); the ranks none of these name share one unnamed
+  host (one node, one clock).
   Node ``N`` is the ``N``-th distinct host in file-name order (the first file's host is node 0).
 - **Clocks**: Kineto times are each host's wall clock (``baseTimeNanoseconds``), which NTP keeps
   only to within milliseconds. As the Sohu collector does (:mod:`sohuprof.collectors.alignment`),
@@ -29,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from sohuprof.collectors.alignment import causality_violations, fit_clocks
+from sohuprof.collectors.kineto.checks import MAX_ID
 from sohuprof.collectors.kineto.events import _RankTrace
 from sohuprof.errors import TraceFormatError
 
@@ -92,6 +94,9 @@ def assign_ranks(parts: list[_RankTrace]) -> list[_RankTrace]:
     if not rankless:
         return parts
     first = max(known) + 1 if known else 0
+    if first + len(rankless) > MAX_ID:
+        raise TraceFormatError(f"'{Path(rankless[0].file).name}' names no rank and the ranks after the highest "
+                               f"declared one ({first - 1}) run past 2**31: give its distributedInfo a rank")
     if len(parts) > 1:
         log.warning("%d file(s) name no rank (no distributedInfo.rank): given ranks %d-%d in file-name order: %s",
                     len(rankless), first, first + len(rankless) - 1,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -68,7 +69,7 @@ def _collectives(rank: int, rows: np.ndarray, ts: np.ndarray, dur: np.ndarray, k
     if rows.size == 0:
         return pa.nulls(n, pa.int64()), COLLECTIVES.empty().drop_columns(["start"])
     group = _group_ids(pg, fields["group_ranks"], world)
-    group, p2p = _pairs(group, fields.get("src"), fields.get("dst"))
+    group, p2p = _pairs(group, fields.get("src"), fields.get("dst"), _local_rank(rank, fields["group_ranks"]))
     # The n-th NCCL kernel of a group, by ts: a running count within each group.
     order = np.lexsort((ts[rows], group))
     g_sorted = group[order]
@@ -116,15 +117,30 @@ def _group_ids(pg: pa.Array, ranks: pa.Array, world: int | None) -> np.ndarray:
     return np.array(ids, dtype=np.int64)[_codes(pairs)]
 
 
-def _pairs(group: np.ndarray, src: pa.Array | None, dst: pa.Array | None) -> tuple[np.ndarray, np.ndarray]:
-    """A send / recv that names both ends (``Src Rank``, ``Dst Rank``) is an instance of its
-    pair within its group, numbered apart from the group's other traffic: rank 0 -> 1 and
-    rank 2 -> 3 in one pipeline group are different transfers. Returns the group ids with the
-    pairs' own ids, and which kernels are such pairs."""
+def _local_rank(rank: int, ranks: pa.Array) -> np.ndarray:
+    """This rank's number within each kernel's group: its place in ``Process Group Ranks``
+    (parsed once per distinct list), else its global rank (the world group)."""
+    enc = ranks.dictionary_encode()
+    place = []
+    for listed in enc.dictionary.to_pylist():     # a few distinct groups
+        members = [int(m) for m in re.findall(r"-?\d+", listed)]
+        place.append(members.index(rank) if rank in members else rank)
+    return np.array(place + [rank], np.int64)[_codes(enc, null_code=len(place))]
+
+
+def _pairs(group: np.ndarray, src: pa.Array | None, dst: pa.Array | None,
+           me: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A send / recv is an instance of its pair within its group, numbered apart from the
+    group's other traffic: rank 0 -> 1 and rank 2 -> 3 in one pipeline group are different
+    transfers. PyTorch writes the peer only (``Dst Rank`` on a send, ``Src Rank`` on a recv, in
+    the group's numbering); the other end is this rank (``me``, its number in the group).
+    Returns the group ids with the pairs' own ids, and which kernels are such pairs."""
     if src is None or dst is None:
         return group, np.zeros(len(group), bool)
     s = src.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     d = dst.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    s = np.where((s < 0) & (d >= 0), me, s)
+    d = np.where((d < 0) & (s >= 0), me, d)
     p2p = (s >= 0) & (d >= 0) & (s != d)
     if not p2p.any():
         return group, p2p
@@ -153,8 +169,17 @@ def _group_id(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
+class Matching(NamedTuple):
+    """Every rank's collectives joined: the store's table, the manifest's ``collectives``
+    summary, and the instances every member of which is in the input (sorted ids)."""
+
+    table: pa.Table
+    summary: dict[str, Any]
+    complete: np.ndarray
+
+
 def _finish_collectives(parts: list[pa.Table], declared: dict[int, int] | None = None,
-                        world: int | None = None, present: int | None = None) -> tuple[pa.Table, dict[str, Any]]:
+                        world: int | None = None) -> Matching:
     """Join every rank's collective rows and set ``start`` to each instance's last arrival,
     where every member of the instance's group is in the input.
 
@@ -163,11 +188,13 @@ def _finish_collectives(parts: list[pa.Table], declared: dict[int, int] | None =
     for the default group, the world size. An instance with fewer members than that is partial:
     who was waited for is unknown, so each member's ``start`` is its own arrival (no wait is
     invented) and the matching summary (the manifest's ``collectives``) says which groups lack
-    whom. With nothing declared every instance counts as whole, as before.
+    whom (its ``group_sizes`` are what the analyzers judge completeness by, the same way). With
+    nothing declared every instance counts as whole, as before.
     """
     parts = [p for p in parts if p.num_rows]
     if not parts:
-        return COLLECTIVES.empty(), {"instances": 0, "matched": 0, "partial": 0, "groups": []}
+        return Matching(COLLECTIVES.empty(), {"instances": 0, "matched": 0, "partial": 0, "groups": [],
+                                              "group_sizes": {}}, np.zeros(0, np.int64))
     table = pa.concat_tables(parts).unify_dictionaries().combine_chunks()
     ids = table.column("coll_id").to_numpy()
     arrive = table.column("arrive").to_numpy()
@@ -189,12 +216,13 @@ def _finish_collectives(parts: list[pa.Table], declared: dict[int, int] | None =
     start = np.where(partial[inverse], arrive, last[inverse])
     table = table.append_column("start", pa.array(start, pa.int64()))
     table = COLLECTIVES.conform(table)
-    summary = _matching_summary(group_of, members, size, partial, present)
-    return table.sort_by([(c, "ascending") for c in COLLECTIVES.sort_by]), summary
+    summary = _matching_summary(group_of, members, size, partial)
+    return Matching(table.sort_by([(c, "ascending") for c in COLLECTIVES.sort_by]), summary,
+                    uniq[~partial & (members > 1)])
 
 
-def _matching_summary(group: np.ndarray, members: np.ndarray, size: np.ndarray, partial: np.ndarray,
-                      present: int | None) -> dict[str, Any]:
+def _matching_summary(group: np.ndarray, members: np.ndarray, size: np.ndarray,
+                      partial: np.ndarray) -> dict[str, Any]:
     """The manifest's ``collectives``: instances, how many were matched across every member,
     and per group with partial instances its size and the members the input holds."""
     groups = []
@@ -202,8 +230,11 @@ def _matching_summary(group: np.ndarray, members: np.ndarray, size: np.ndarray, 
         sel = partial & (group == g)
         groups.append({"group": int(g), "size": int(size[sel].max()), "instances": int(sel.sum()),
                        "members_present": int(members[sel].max())})
+    known = size >= 1
+    sizes = pd.Series(size[known]).groupby(group[known]).max() if known.any() else pd.Series(dtype="int64")
     out: dict[str, Any] = {"instances": int(group.size), "matched": int((~partial).sum()),
-                           "partial": int(partial.sum()), "groups": groups}
+                           "partial": int(partial.sum()), "groups": groups,
+                           "group_sizes": {str(int(g)): int(v) for g, v in sizes.items()}}
     if groups:
         g = groups[0]
         out["note"] = (f"{out['partial']:,} of {out['instances']:,} collectives lack members (group {g['group']}: "

@@ -209,9 +209,10 @@ def _build(path: Path, top: dict[str, Any], trace_events: Sequence[_Event | _Loo
     nccl_fields = _nccl_args(_take(args_l, nccl_rows), nccl_rows, verdict, loose)
 
     # What is kept: sound complete events, and sound counter events (their samples).
+    raw_args = _RawArgs(raw)
     counters, bad_counter = _counters(rank, trace_events, rec[verdict.ok & ~rec_x & is_c[rec]],
-                                      ts_all_ns, raw)
-    memory = _memory_samples(rank, trace_events, ph, ts_fits & ~np.isnan(ts_all) & ~bad_ts, ts_all_ns, raw)
+                                      ts_all_ns, raw_args)
+    memory = _memory_samples(rank, trace_events, ph, ts_fits & ~np.isnan(ts_all) & ~bad_ts, ts_all_ns, raw_args)
     if memory.num_rows:
         counters = pa.concat_tables([counters, memory]).unify_dictionaries() if counters.num_rows else memory
     verdict.flag(np.isin(rec, bad_counter), "counter")
@@ -306,6 +307,7 @@ _MEMORY_SERIES = (("allocated", "Total Allocated"), ("reserved", "Total Reserved
 
 
 class _MemoryArgs(msgspec.Struct, gc=False):
+    device_id: Any = msgspec.field(default=None, name="Device Id")
     allocated: Any = msgspec.field(default=None, name="Total Allocated")
     reserved: Any = msgspec.field(default=None, name="Total Reserved")
     bytes: Any = msgspec.field(default=None, name="Bytes")
@@ -313,14 +315,18 @@ class _MemoryArgs(msgspec.Struct, gc=False):
     device_type: Any = msgspec.field(default=None, name="Device Type")
 
 
-_MEMORY_ARGS = msgspec.json.Decoder(list[_MemoryArgs | None])
+_NO_MEMORY_ARGS = _MemoryArgs()
+#: ``args`` of any JSON type: an object is read, anything else is not a sample.
+_MEMORY_ARGS = msgspec.json.Decoder(list[_MemoryArgs | None | bool | int | float | str | list[Any]])
 
 
 def _memory_samples(rank: int, trace_events: Sequence[_Event | _LooseEvent], ph: pa.Array, ts_ok: np.ndarray,
-                    ts_ns: np.ndarray, text: bytes) -> pa.Table:
+                    ts_ns: np.ndarray, raw: _RawArgs) -> pa.Table:
     """``[memory]`` instant events as counter samples: ``memory.allocated``, ``.reserved``,
-    ``.bytes`` and ``.addr`` for device memory, ``cpu_memory.*`` for the host's (Device Type 0).
-    An event whose values are not all numbers is not sampled (counted in ``skipped_by_ph``)."""
+    ``.bytes`` and ``.addr`` for the rank's device (the one with the most events),
+    ``memory.devN.*`` for another device of the same process, ``cpu_memory.*`` for the host's
+    (Device Type 0). An event whose values are not all numbers, or whose ``args`` is not an
+    object, is not sampled (it stays counted in ``skipped_by_ph``)."""
     inst = np.flatnonzero(pc.equal(ph, "i").fill_null(False).to_numpy(zero_copy_only=False) & ts_ok)
     if inst.size == 0:
         return COUNTERS.empty()
@@ -328,22 +334,24 @@ def _memory_samples(rank: int, trace_events: Sequence[_Event | _LooseEvent], ph:
     rows = inst[names == "[memory]"]
     if rows.size == 0:
         return COUNTERS.empty()
-    doc = _COUNTER_DECODER.decode(text)
-    raw_args = _field(_take(doc if isinstance(doc, list) else doc.traceEvents, rows), "args")
-    try:
-        args = _MEMORY_ARGS.decode(b"[" + b",".join(raw_args) + b"]")
-    except msgspec.DecodeError:
-        return COUNTERS.empty()
-    args = [a if a is not None else _MemoryArgs() for a in args]
+    decoded = _MEMORY_ARGS.decode(b"[" + b",".join(raw.of(rows)) + b"]")
+    args = [a if isinstance(a, _MemoryArgs) else _NO_MEMORY_ARGS for a in decoded]
     cols = [pd.to_numeric(pd.Series(_objects(_field(args, key)), dtype=object), errors="coerce").to_numpy(np.float64)
             for key, _ in _MEMORY_SERIES]
     values = np.stack(cols, axis=1)
     ok = np.isfinite(values).all(axis=1)
-    dev = pd.to_numeric(pd.Series(_objects(_field(args, "device_type")), dtype=object), errors="coerce").to_numpy()
-    values, host = values[ok], (dev[ok] == 0)
+    kind, _ = _int_values(_field(args, "device_type"))
+    device, _ = _int_values(_field(args, "device_id"))
+    values, host, device = values[ok], kind[ok] == 0, device[ok]
     n = int(ok.sum())
-    series = np.array([f"memory.{k}" for k, _ in _MEMORY_SERIES] + [f"cpu_memory.{k}" for k, _ in _MEMORY_SERIES])
-    which = np.arange(len(_MEMORY_SERIES))[None, :] + np.where(host, len(_MEMORY_SERIES), 0)[:, None]
+    # One series set per memory: the host's, then each device's (the busiest one plain "memory").
+    key = np.where(host, -1, device)
+    keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    gpu = keys >= 0
+    main = keys[gpu][np.argmax(counts[gpu])] if gpu.any() else None
+    prefix = ["cpu_memory" if k < 0 else "memory" if k == main else f"memory.dev{k}" for k in keys.tolist()]
+    series = np.array([f"{p}.{name}" for p in prefix for name, _ in _MEMORY_SERIES])
+    which = np.arange(len(_MEMORY_SERIES))[None, :] + (inverse.reshape(-1) * len(_MEMORY_SERIES))[:, None]
     return COUNTERS.conform(pa.table({
         "ts": np.repeat(ts_ns[rows[ok]], len(_MEMORY_SERIES)),
         "rank": np.full(n * len(_MEMORY_SERIES), rank, np.int32),
@@ -446,8 +454,23 @@ def _rank(path: Path, top: dict[str, Any]) -> int:
     return rank
 
 
+class _RawArgs:
+    """Every event's ``args`` as raw JSON, decoded from the file's text once and only when a
+    counter or ``[memory]`` event needs its arbitrary keys."""
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+        self.events: Sequence[Any] | None = None
+
+    def of(self, rows: np.ndarray) -> list[bytes]:
+        if self.events is None:
+            doc = _COUNTER_DECODER.decode(self.text)
+            self.events = doc if isinstance(doc, list) else doc.traceEvents
+        return _field(_take(self.events, rows), "args")
+
+
 def _counters(rank: int, trace_events: Sequence[_Event | _LooseEvent], c_rows: np.ndarray,
-              ts_ns: np.ndarray, text: bytes) -> tuple[pa.Table, np.ndarray]:
+              ts_ns: np.ndarray, raw: _RawArgs) -> tuple[pa.Table, np.ndarray]:
     """Chrome counter events (``c_rows``, sound so far): one sample per numeric series.
 
     Returns the samples and the events set aside: those with a series value beyond int64 or
@@ -456,9 +479,7 @@ def _counters(rank: int, trace_events: Sequence[_Event | _LooseEvent], c_rows: n
     none = np.zeros(0, dtype=np.int64)
     if c_rows.size == 0:
         return COUNTERS.empty(), none
-    doc = _COUNTER_DECODER.decode(text)
-    raw_args = _field(_take(doc if isinstance(doc, list) else doc.traceEvents, c_rows), "args")
-    args = msgspec.json.decode(b"[" + b",".join(raw_args) + b"]")
+    args = msgspec.json.decode(b"[" + b",".join(raw.of(c_rows)) + b"]")
     keep = np.fromiter(map(isinstance, args, repeat(dict)), bool, len(args))
     if not keep.any():
         return COUNTERS.empty(), none

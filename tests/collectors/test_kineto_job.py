@@ -163,8 +163,9 @@ def test_sends_and_recvs_match_their_pair_not_the_group(tmp_path: Path) -> None:
                 if 0 <= peer < 4:
                     e = _nccl(100.0 * step + 10 * min(src, dst) + rank, "0", "[0, 1, 2, 3]", 4)
                     e["name"] = "ncclDevKernel_SendRecv"
-                    e["args"].update({"Collective name": "send" if src == rank else "recv", "Src Rank": src,
-                                      "Dst Rank": dst})
+                    # As PyTorch writes them: the peer only (Dst Rank on a send, Src Rank on a recv).
+                    e["args"].update({"Collective name": "send", "Dst Rank": dst} if src == rank else
+                                     {"Collective name": "recv", "Src Rank": src})
                     events.append(e)
         doc = {"schemaVersion": 1, "distributedInfo": {"rank": rank, "world_size": 4}, "traceEvents": events}
         (tmp_path / "in" / f"rank{rank}.json").write_text(json.dumps(doc))
@@ -208,3 +209,83 @@ def test_random_jobs_get_every_host_clock_back(tmp_path_factory, hosts, offsets_
     if len(align["hosts"]) > 1:
         assert align["causality_violations"] == 0
     assert trace.metadata["counts"]["events"] == world * steps
+
+
+def test_a_first_file_without_a_rank_on_another_host_places_collect_and_read_alike(tmp_path: Path) -> None:
+    """The first file's host is node 0 even when that file names no rank, so what collect
+    streams before it has read every file agrees with read_kineto's placement."""
+    docs = _docs()
+    (tmp_path / "in").mkdir()
+    first = dict(docs[1], host_name="hostB")
+    first.pop("distributedInfo")
+    (tmp_path / "in" / "a.json").write_text(json.dumps(first))
+    (tmp_path / "in" / "b.json").write_text(json.dumps(dict(docs[0], host_name="hostA")))
+    trace = read_kineto(tmp_path / "in")
+    collect_kineto(tmp_path / "in", tmp_path / "store")
+    stored = pd.read_parquet(tmp_path / "store" / "events")
+    for rank in (0, 1):
+        mine = trace.events.to_pandas()
+        mine = mine[mine["rank"] == rank]
+        got = stored[stored["rank"] == rank]
+        assert sorted(got["ts"]) == sorted(mine["ts"]) and set(got["node"].astype(int)) == set(mine["node"])
+    assert [h["host"] for h in trace.metadata["clock_alignment"]["hosts"]] == ["hostB", "hostA"]
+
+
+def test_ranks_past_the_id_range_are_refused_in_one_line(tmp_path: Path) -> None:
+    docs = _docs()
+    (tmp_path / "in").mkdir()
+    top = dict(docs[0], distributedInfo=dict(docs[0]["distributedInfo"], rank=2**31 - 1))
+    (tmp_path / "in" / "a.json").write_text(json.dumps(top))
+    rankless = dict(docs[1])
+    rankless.pop("distributedInfo")
+    (tmp_path / "in" / "b.json").write_text(json.dumps(rankless))
+    with pytest.raises(TraceFormatError, match="run past 2\\*\\*31") as info:
+        read_kineto(tmp_path / "in")
+    assert "\n" not in str(info.value)
+
+
+def test_memory_of_two_devices_in_one_process_and_args_that_are_not_objects(tmp_path: Path) -> None:
+    def mem(ts: float, dev: int, nbytes: int, total: int, addr: int) -> dict:
+        return {"ph": "i", "cat": "cpu_instant_event", "s": "t", "name": "[memory]", "pid": 1, "tid": 1, "ts": ts,
+                "args": {"Device Type": 1, "Device Id": dev, "Addr": addr, "Bytes": nbytes,
+                         "Total Allocated": total, "Total Reserved": 1 << 20}}
+    events = [mem(1.0, 0, 100, 100, 1), mem(2.0, 0, 50, 150, 2), mem(3.0, 1, 400, 400, 3),
+              {"ph": "i", "cat": "cpu_instant_event", "name": "[memory]", "pid": 1, "tid": 1, "ts": 4.0, "args": [1]},
+              {"ph": "X", "cat": "cpu_op", "name": "aten::empty", "pid": 1, "tid": 1, "ts": 0.5, "dur": 5.0}]
+    (tmp_path / "t.json").write_text(json.dumps({"schemaVersion": 1, "traceEvents": events}))
+    trace = read_kineto(tmp_path / "t.json")
+    counters = trace.counters.to_pandas()
+    assert set(counters["counter"].astype(str)) == {f"{k}.{s}" for k in ("memory", "memory.dev1")
+                                                   for s in ("allocated", "reserved", "bytes", "addr")}
+    assert trace.metadata["counts"]["memory_events"] == 3
+    from sohuprof.analyzers.reports.memory import memory_timeline
+
+    rows = memory_timeline(counters).ranks.set_index("kind")
+    assert rows.loc["memory", "peak_allocated_bytes"] == 150 and rows.loc["memory.dev1", "peak_allocated_bytes"] == 400
+
+
+def test_a_whole_sub_group_of_a_partial_job_keeps_its_waits(tmp_path: Path) -> None:
+    """Ranks 0 and 1 of an 8-rank job with their two-rank group complete: the collector matches
+    its instances and the analyzers judge them by the same sizes, so rank 1's late arrivals are
+    its delay cost, while the world group's instances stay partial."""
+    from sohuprof.analyzers.diagnosis.graph import incomplete_collectives
+    from sohuprof.analyzers.report import run_reports
+    from sohuprof.store import open_store
+
+    (tmp_path / "in").mkdir()
+    for rank in range(2):
+        events = []
+        for i in range(4):
+            k = _nccl(1000.0 * i + 50.0 * rank, "1", "[0, 1]", 2)
+            k["dur"] = 100.0 - 50.0 * rank             # both end at 1000 i + 100
+            events.append(k)
+        events.append(_nccl(9000.0 + rank, "0", "[0, 1, 2, 3, 4, 5, 6, 7]", 8))
+        doc = {"schemaVersion": 1, "distributedInfo": {"rank": rank, "world_size": 8}, "traceEvents": events}
+        (tmp_path / "in" / f"rank{rank}.json").write_text(json.dumps(doc))
+    collect_kineto(tmp_path / "in", tmp_path / "store")
+    store = open_store(tmp_path / "store")
+    assert store.manifest["collectives"]["matched"] == 4 and store.manifest["collectives"]["partial"] == 1
+    reports = run_reports(store, ["comm"])
+    assert len(incomplete_collectives(reports.ctx)[0]) == 1
+    stragglers = reports.to_json()["comm"]["stragglers"]
+    assert stragglers[0]["rank"] == 1 and stragglers[0]["delay_cost_ns"] == 4 * 50_000
