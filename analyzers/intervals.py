@@ -39,8 +39,17 @@ def _shift(key: np.ndarray, *times: np.ndarray) -> tuple[np.ndarray, int, int]:
     lo = min(int(t.min()) for t in times)
     span = max(int(t.max()) for t in times) - lo + 1
     if int(key.max()) * span > np.iinfo(np.int64).max // 2:
-        raise ValueError("'key' x time span overflows int64; re-number the keys densely")
+        raise _Overflow
     return key.astype(np.int64) * span - lo, lo, span
+
+
+class _Overflow(Exception):
+    """Keys x time span beyond int64 (times centuries apart: damaged or mixed clocks). The
+    public functions then take one key at a time, each on its own axis."""
+
+
+def _keys_of(*keys: np.ndarray) -> list[int]:
+    return np.unique(np.concatenate([_as_int(k) for k in keys])).tolist()
 
 
 def merge(start: np.ndarray, end: np.ndarray, key: np.ndarray | None = None) -> Merged:
@@ -57,7 +66,12 @@ def merge(start: np.ndarray, end: np.ndarray, key: np.ndarray | None = None) -> 
     if not len(start):
         return Merged(keys, start, end)
     # One key needs no shifting; several are each moved onto their own stretch of the axis.
-    off = np.zeros(1, np.int64) if keys.min() == keys.max() else _shift(keys, start, end)[0]
+    try:
+        off = np.zeros(1, np.int64) if keys.min() == keys.max() else _shift(keys, start, end)[0]
+    except _Overflow:
+        parts = [(k, merge(start[keys == k], end[keys == k])) for k in _keys_of(keys)]   # a loop over keys
+        return Merged(np.concatenate([np.full(len(m.key), k, np.int64) for k, m in parts]),
+                      np.concatenate([m.start for _, m in parts]), np.concatenate([m.end for _, m in parts]))
     s, e = start + off, end + off
     if (np.diff(s) < 0).any():        # profiles mostly arrive sorted: sort only when they are not
         order = np.argsort(s, kind="stable")
@@ -93,7 +107,14 @@ def intersection_length(a_start: np.ndarray, a_end: np.ndarray, b_start: np.ndar
     # Within each merged set intervals are disjoint, so the level is 0..3 and 3 means both.
     delta = np.concatenate([np.full(len(a.key), 1), np.full(len(a.key), -1),
                             np.full(len(b.key), 2), np.full(len(b.key), -2)])
-    off, _, _ = _shift(key, t)
+    try:
+        off, _, _ = _shift(key, t)
+    except _Overflow:
+        out = np.zeros(size, np.int64)
+        for k in _keys_of(a.key, b.key):      # a loop over keys
+            sa, sb = a.key == k, b.key == k
+            out[k] = intersection_length(a.start[sa], a.end[sa], b.start[sb], b.end[sb])[0] if sa.any() and sb.any() else 0
+        return out
     ts = t + off
     order = np.lexsort((delta, ts))          # ends (negative) before starts at the same instant
     ts, delta, key = ts[order], delta[order], key[order]
@@ -133,8 +154,15 @@ def mask_coverage(start: np.ndarray, end: np.ndarray, cls: np.ndarray, key: np.n
         k = m.key // n_classes
         bit = np.left_shift(1, m.key % n_classes)
         if n_keys > 1:
-            off, _, _ = _shift(np.concatenate([k, np.arange(n_keys)]), np.concatenate([m.start, ws]),
-                               np.concatenate([m.end, we]))
+            try:
+                off, _, _ = _shift(np.concatenate([k, np.arange(n_keys)]), np.concatenate([m.start, ws]),
+                                   np.concatenate([m.end, we]))
+            except _Overflow:
+                for j in range(n_keys):     # a loop over keys, each on its own axis
+                    sel = key == j
+                    out[j] = mask_coverage(start[sel], end[sel], cls[sel], np.zeros(int(sel.sum()), np.int64),
+                                           n_classes, 1, ws[j:j + 1], we[j:j + 1])[0]
+                return out
             off = off[: len(k)]
         else:
             off = np.zeros(len(k), np.int64)
@@ -143,7 +171,10 @@ def mask_coverage(start: np.ndarray, end: np.ndarray, cls: np.ndarray, key: np.n
         d = np.concatenate([bit, -bit])
         # Merged intervals of one class may touch: at equal times the end sorts first, so a
         # class's bit is never counted twice.
-        order = np.argsort(2 * t + (d > 0), kind="stable")
+        if len(t) and max(int(t.max()), -int(t.min())) < 1 << 61:
+            order = np.argsort(2 * t + (d > 0), kind="stable")
+        else:                                   # 2 t would leave int64
+            order = np.lexsort((d > 0, t))
         t, kk, d = t[order], kk[order], d[order]
         mask = np.cumsum(d)[:-1]
         seg = np.diff(t)

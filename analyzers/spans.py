@@ -193,7 +193,13 @@ def intersect(a_start: np.ndarray, a_end: np.ndarray, b_start: np.ndarray, b_end
     lo = min(int(a.start.min()), int(b.start.min()))
     span = max(int(a.end.max()), int(b.end.max())) - lo + 1
     if max(int(a.key.max()), int(b.key.max())) * span >= 1 << 62:
-        raise ValueError("'key' x time span overflows int64; re-number the keys densely")
+        # Keys far apart or a window of centuries (damaged times): one key at a time instead
+        # (a loop over keys, a thread's or a stream's few).
+        keys = np.union1d(a.key, b.key)
+        parts = [intersect(a.start[a.key == k], a.end[a.key == k], b.start[b.key == k], b.end[b.key == k])
+                 for k in keys.tolist()]
+        return Merged(np.concatenate([np.full(len(m.key), k, np.int64) for k, m in zip(keys.tolist(), parts)]),
+                      np.concatenate([m.start for m in parts]), np.concatenate([m.end for m in parts]))
     a_s, a_e = a.start - lo + a.key * span, a.end - lo + a.key * span
     b_s, b_e = b.start - lo + b.key * span, b.end - lo + b.key * span
     first = np.searchsorted(b_e, a_s, side="right")      # first B ending after A starts

@@ -188,3 +188,22 @@ def test_chain_sweep_on_a_window_too_long_for_step_tags() -> None:
     long = chain_sweep(chains, 8, 0, 1 << 52).coverage()
     assert long[1:].tolist() == short[1:].tolist()
     assert long.sum() == 1 << 52 and short.tolist() == _exact_masks(chains, 8, 0, 5000).tolist()
+
+
+def test_keys_on_clocks_centuries_apart_take_the_per_key_path() -> None:
+    """Times ~2**61 ns apart with several keys overflow the one-axis trick; every function
+    still answers exactly, as it does for each key alone."""
+    from sohuprof.analyzers.intervals import intersection_length, mask_coverage, merge, union_length
+
+    big = 2**61
+    start = np.array([0, 5, big - 10, 3, big - 4])
+    end = np.array([10, 20, big, 8, big - 1])
+    key = np.array([0, 0, 0, 5, 5])
+    m = merge(start, end, key)
+    assert list(zip(m.key.tolist(), m.start.tolist(), m.end.tolist())) == [
+        (0, 0, 20), (0, big - 10, big), (5, 3, 8), (5, big - 4, big - 1)]
+    assert union_length(start, end, key).tolist() == [30, 0, 0, 0, 0, 8]
+    assert intersection_length(start, end, start + 1, end, key, key).tolist() == [28, 0, 0, 0, 0, 6]
+    cov = mask_coverage(start, end, np.array([0, 1, 0, 0, 1]), np.array([0, 0, 0, 1, 1]), 2, 2,
+                        np.array([0, 0]), np.array([big, big]))
+    assert cov.sum(axis=1).tolist() == [big, big] and cov[0, 3] == 5 and cov[1, 1] == 5 and cov[1, 2] == 3

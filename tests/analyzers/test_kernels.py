@@ -322,3 +322,14 @@ def test_cli(a100: Path) -> None:
     if SOHU.is_dir():
         sohu = runner.invoke(cli, ["analyze", str(SOHU), "--report", "kernels"])
         assert sohu.exit_code != 0 and "roofline" in sohu.output
+
+
+def test_sum_of_squares_is_exact_for_any_duration_the_store_holds() -> None:
+    from sohuprof.analyzers.reports.kernels import _exact_sumsq
+
+    rng = np.random.default_rng(1)
+    for high in (10**6, 2**48, 2**62):
+        v = rng.integers(0, high, 500)
+        starts = np.array([0, 3, 250])
+        want = [sum(int(x) ** 2 for x in v[a:b]) for a, b in zip(starts, [3, 250, 500])]
+        assert _exact_sumsq(v, starts) == want

@@ -110,3 +110,16 @@ def test_launch_calls() -> None:
     assert launch_calls(np.array([5, 6, -1, 8]), np.array([8, 5, -1, 5])).tolist() == [3, -1, -1, 0]
     assert launch_calls(np.array([1]), np.zeros(0, int)).tolist() == [-1]
     assert launch_calls(np.zeros(0, int), np.array([1])).tolist() == []
+
+
+def test_intersect_with_keys_too_far_apart_for_one_axis_is_still_exact() -> None:
+    """Damaged times (a window of ~2**61 ns) with several keys: key x span would overflow int64,
+    so the keys are met one at a time; the answer is the same as per key."""
+    from sohuprof.analyzers.spans import intersect
+
+    big = 2**61
+    a_s, a_e, a_k = np.array([0, big - 10, 5]), np.array([10, big, 15]), np.array([0, 0, 7])
+    b_s, b_e, b_k = np.array([5, big - 20, 0]), np.array([big - 15, big - 5, 8]), np.array([0, 0, 7])
+    got = intersect(a_s, a_e, b_s, b_e, a_k, b_k)
+    assert list(zip(got.key.tolist(), got.start.tolist(), got.end.tolist())) == [
+        (0, 5, 10), (0, big - 10, big - 5), (7, 5, 8)]
