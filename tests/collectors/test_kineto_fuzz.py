@@ -561,3 +561,28 @@ def test_a_chrome_trace_cut_inside_an_entry_full_of_braces_keeps_the_whole_ones(
     cut.write_bytes(text[:len(text) - 12])   # inside the last entry's args
     summary = collect(cut, tmp_path / "store")
     assert summary["events"] == 49 and summary["records_lost"] == 1
+
+
+@settings(FUZZ, max_examples=30)
+@given(changes=st.lists(mutation(), min_size=1, max_size=3), hta=st.booleans())
+def test_every_report_on_a_damaged_trace_answers_or_says_why_not(changes: list[tuple[str, Any]], hta: bool) -> None:
+    """What collect keeps of a damaged trace, every report reads: a result, or the one-line
+    reason it does not apply; never a traceback."""
+    from sohuprof.analyzers.analysis import ReportError
+    from sohuprof.analyzers.report import REPORTS, run_reports
+
+    doc = tiny_kineto()
+    for change in changes:
+        doc = apply(doc, change)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write(Path(tmp), serialize(doc), gz=False)
+        try:
+            collect_kineto(path, Path(tmp) / "store")
+        except SohuprofError:
+            return
+        store = open_store(Path(tmp) / "store")
+        for name in REPORTS:          # a loop over the reports
+            try:
+                run_reports(store, [name], hta_compatible=hta, what_if=["comm=free"] if name == "whatif" else ())
+            except ReportError as exc:
+                assert "\n" not in str(exc)
