@@ -164,3 +164,40 @@ def test_cli(a100: Path) -> None:
     if SOHU.is_dir():
         sohu = runner.invoke(cli, ["analyze", str(SOHU), "--report", "annotations"])
         assert sohu.exit_code != 0 and "record_function" in sohu.output
+
+
+def test_spans_side_counting_matches_the_per_name_search_on_random_traces() -> None:
+    """_launched_inside (from the spans' side, any number of names) against the per-name
+    enclosing search it replaces, on random nested ranges and sequential calls per thread."""
+    from sohuprof.analyzers.intervals import merge
+    from sohuprof.analyzers.reports.annotations import _launched_inside
+    from sohuprof.analyzers.spans import enclosing
+
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        threads = int(rng.integers(1, 4))
+        n_calls = int(rng.integers(1, 300))
+        track = rng.integers(0, threads, n_calls)
+        start = np.zeros(n_calls, np.int64)
+        for t in range(threads):                     # sequential calls on each thread
+            sel = np.flatnonzero(track == t)
+            gaps = rng.integers(1, 50, len(sel))
+            start[sel] = np.cumsum(gaps) * 10
+        end = start + rng.integers(0, 9, n_calls)
+        n_spans = int(rng.integers(1, 60))
+        s_track = rng.integers(0, threads, n_spans)
+        s_start = rng.integers(0, int(start.max()) + 10, n_spans)
+        s_end = s_start + rng.integers(0, 2000, n_spans)
+        names = rng.integers(0, 5, n_spans)
+        ts = np.r_[start, s_start]
+        en = np.r_[end, s_end]
+        tr = np.r_[track, s_track]
+        calls = np.arange(n_calls)
+        dur = rng.integers(1, 100, n_calls)
+        groups = [n_calls + np.flatnonzero(names == k) for k in range(5) if (names == k).any()]
+        got = _launched_inside(groups, ts, en, tr, calls, dur)
+        assert got is not None
+        for i, spans in enumerate(groups):
+            m = merge(ts[spans], en[spans], tr[spans])
+            hit = enclosing(m.start, m.end, m.key, ts[calls], en[calls], tr[calls], outermost=True) >= 0
+            assert (got[0][i], got[1][i]) == (int(hit.sum()), int(dur[hit].sum()))
