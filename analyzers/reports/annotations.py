@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.device_events import analysed
-from sohuprof.analyzers.intervals import merge, union_length
+from sohuprof.analyzers.intervals import Merged, merge, union_length
 from sohuprof.analyzers.partition import Partition, rank_partitions
 from sohuprof.analyzers.reports.kernels import kernel_launches
 from sohuprof.analyzers.spans import enclosing, intersect
@@ -92,12 +92,64 @@ def _gpu_side(part: Partition, kernels: np.ndarray) -> pd.DataFrame:
     ts, end = part.ts, part.end
     # Kernels merged per stream once: each name's intersection then meets disjoint sorted runs.
     k = merge(ts[kernels], end[kernels], track[kernels])
+    groups = _spans_by_name(part, "gpu_user_annotation")
+    covered = _covered_inside(list(groups.values()), ts, end, track, k)
     rows = []
-    for name, spans in _spans_by_name(part, "gpu_user_annotation").items():   # a loop over names
-        inside = intersect(ts[spans], end[spans], k.start, k.end, track[spans], k.key)
-        rows.append((name, len(spans), int(union_length(ts[spans], end[spans], n_keys=1)[0]),
-                     int(union_length(inside.start, inside.end, n_keys=1)[0])))
+    for i, (name, spans) in enumerate(groups.items()):   # a loop over names
+        wall = int(union_length(ts[spans], end[spans], n_keys=1)[0])
+        if covered is not None and covered[1][i]:
+            kernel_ns = int(covered[0][i])
+        else:
+            inside = intersect(ts[spans], end[spans], k.start, k.end, track[spans], k.key)
+            kernel_ns = int(union_length(inside.start, inside.end, n_keys=1)[0])
+        rows.append((name, len(spans), wall, kernel_ns))
     return pd.DataFrame(rows, columns=["name", "gpu_count", "wall_ns", "kernel_ns"])
+
+
+def _covered_inside(groups: list[np.ndarray], ts: np.ndarray, end: np.ndarray, track: np.ndarray,
+                    k: Merged) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per group of device spans (one name's), the kernel time on each span's own stream inside
+    it, and whether that is exact (else None overall, or False for a group).
+
+    From the spans' side: the name's spans merged per stream, and the busy time of the stream's
+    merged kernels inside ``[s, e)`` is ``G(e) - G(s)``, ``G`` the stream's cumulative busy time
+    (a ``searchsorted`` and a prefix sum). A name whose spans on different streams overlap in
+    time could count a moment twice that the union counts once: that name is exact only when its
+    per-stream spans add up to their union over streams (the caller asks again for the others)."""
+    n = len(groups)
+    if not n:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    idx = np.concatenate(groups)
+    code = np.repeat(np.arange(n, dtype=np.int64), [len(g) for g in groups])
+    tracks = int(max(track.max(initial=0), k.key.max(initial=0), 0)) + 1
+    m = merge(ts[idx], end[idx], code * tracks + track[idx])
+    whole = merge(ts[idx], end[idx], code)
+    per_stream = np.zeros(n, np.int64)
+    union = np.zeros(n, np.int64)
+    np.add.at(per_stream, m.key // tracks, m.end - m.start)
+    np.add.at(union, whole.key, whole.end - whole.start)
+    exact = per_stream == union
+    if not len(m.key) or not len(k.key):
+        return np.zeros(n, np.int64), exact
+    lo = min(int(m.start.min()), int(k.start.min()))
+    span = max(int(m.end.max()), int(k.end.max())) - lo + 1
+    if tracks * span >= 1 << 62:
+        return None
+    k_start = k.key * span + (k.start - lo)      # merged per stream: disjoint and in order
+    k_end = k.key * span + (k.end - lo)
+    busy = np.r_[0, np.cumsum(k.end - k.start)]
+
+    def cumulative(x: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(k_start, x, side="right")          # kernels starting at or before x
+        last = np.maximum(i - 1, 0)
+        part = np.where(i > 0, np.minimum(x, k_end[last]) - k_start[last], 0)
+        return busy[last] + np.maximum(part, 0) if len(k_start) else np.zeros(len(x), np.int64)
+
+    m_track = m.key % tracks
+    inside = cumulative(m_track * span + (m.end - lo)) - cumulative(m_track * span + (m.start - lo))
+    total = np.zeros(n, np.int64)
+    np.add.at(total, m.key // tracks, inside)
+    return total, exact
 
 
 def _cpu_side(part: Partition, kernels: np.ndarray, calls: np.ndarray) -> pd.DataFrame:

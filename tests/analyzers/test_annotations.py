@@ -201,3 +201,33 @@ def test_spans_side_counting_matches_the_per_name_search_on_random_traces() -> N
             m = merge(ts[spans], en[spans], tr[spans])
             hit = enclosing(m.start, m.end, m.key, ts[calls], en[calls], tr[calls], outermost=True) >= 0
             assert (got[0][i], got[1][i]) == (int(hit.sum()), int(dur[hit].sum()))
+
+
+def test_device_spans_side_coverage_matches_the_per_name_intersection_on_random_traces() -> None:
+    from sohuprof.analyzers.intervals import merge, union_length
+    from sohuprof.analyzers.reports.annotations import _covered_inside
+    from sohuprof.analyzers.spans import intersect
+
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        streams = int(rng.integers(1, 4))
+        n_k = int(rng.integers(1, 200))
+        k_track = rng.integers(0, streams, n_k)
+        k_start = rng.integers(0, 5000, n_k)
+        k_end = k_start + rng.integers(0, 300, n_k)
+        n_s = int(rng.integers(1, 40))
+        s_track = rng.integers(0, streams, n_s)
+        s_start = rng.integers(0, 5000, n_s)
+        s_end = s_start + rng.integers(0, 800, n_s)
+        names = rng.integers(0, 4, n_s)
+        ts, en, tr = np.r_[k_start, s_start], np.r_[k_end, s_end], np.r_[k_track, s_track]
+        k = merge(k_start, k_end, k_track)
+        groups = [n_k + np.flatnonzero(names == j) for j in range(4) if (names == j).any()]
+        total, exact = _covered_inside(groups, ts, en, tr, k)
+        for i, spans in enumerate(groups):
+            inside = intersect(ts[spans], en[spans], k.start, k.end, tr[spans], k.key)
+            want = int(union_length(inside.start, inside.end, n_keys=1)[0])
+            if exact[i]:
+                assert total[i] == want
+            else:
+                assert total[i] >= want       # a moment on two streams counted on each
