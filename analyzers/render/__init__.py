@@ -171,42 +171,25 @@ def write_csv(reports: Reports, out_dir: Path, *, force: bool = False) -> list[P
         for name, data in reports.to_json().items():
             for title, df in report_tables(name, data):
                 fname = title.replace(" · ", "_") + ".csv"
+                if df.columns.empty:   # an empty list: a header-only file pandas can read back
+                    df = pd.DataFrame(columns=["value"])
                 df.to_csv(tmp / fname, index=False)
                 written.append(out_dir / fname)
     return written
 
 
 def write_html(reports: Reports, out: Path, *, force: bool = False) -> Path:
-    """One self-contained page: the findings, plotly.js inlined once, the figures, then every table.
+    """One self-contained page: a title block (model, hardware, plan, workload, faults, source,
+    store, version, time), contents, the findings, then each report's figure and tables (numbers
+    in SI units); plotly.js inlined once (see :mod:`sohuprof.analyzers.render.html_report`).
 
     ``out`` may be ``-`` (stdout), a device or FIFO (written through) or a file, which appears
     whole in one rename (a symlink's target is replaced, the link kept); an existing file is
     refused unless ``force`` (see :func:`sohuprof.atomic.open_output`).
     """
-    from sohuprof.analyzers.render.diagnosis import findings_html
-    from sohuprof.analyzers.render.figures import report_figures
+    from sohuprof.analyzers.render.html_report import report_html
 
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>sohuprof report</title>",
-             "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
-             "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}"
-             "td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4f4}"
-             "h2{margin-top:1.6em}ol.findings li{margin:0.5em 0}.note{color:#666}"
-             "details{color:#555;font-size:13px}</style></head><body><h1>sohuprof report</h1>"]
-    results = reports.to_json()
-    if "findings" in results:
-        parts.append(findings_html(results["findings"]))
-    first = True
-    for title, fig in report_figures(reports):
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=first))
-        first = False
-    for name, data in results.items():
-        if name == "findings":   # shown at the top
-            continue
-        for title, df, _ in reading_tables(name, data, max_rows=None):
-            parts.append(f"<h2>{html.escape(title)}</h2>")
-            parts.append(_readable(df).to_html(index=False, float_format=lambda v: f"{v:,.3f}", border=0))
-    parts.append("</body></html>")
+    page = report_html(reports)
     with open_output(out, force=force) as fh:
-        fh.write("\n".join(parts).encode("utf-8"))
+        fh.write(page.encode("utf-8"))
     return out

@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-__all__ = ["roofline_figure", "stalls_figure", "traffic_figure", "critical_path_figure", "whatif_figure",
-           "report_figures"]
+from sohuprof.analyzers.render.units import scaled, si
+
+__all__ = ["roofline_figure", "stalls_figure", "stalls_by_node_figure", "traffic_figure", "link_ratio_figure",
+           "critical_path_figure", "whatif_figure", "figures_by_report", "report_figures"]
 
 _STALL_COLORS = {"compute_ns": "#2a9d8f", "memory_stall_ns": "#e9c46a", "comm_transfer_ns": "#457b9d",
                  "sync_wait_ns": "#e76f51", "idle_ns": "#d3d3d3"}
@@ -95,23 +97,85 @@ def whatif_figure(measured_ns: float, scenarios: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def report_figures(reports: Any) -> Iterator[tuple[str, go.Figure]]:
-    """The figures worth looking at for whichever reports were computed."""
+def stalls_by_node_figure(ranks: pd.DataFrame) -> go.Figure:
+    """Stacked bars of the stall partition, ranks grouped under their node (a two-level axis),
+    in the unit that reads best (ms for a run of milliseconds)."""
+    order = ranks.sort_values([c for c in ("node", "rank") if c in ranks.columns], kind="stable")
+    nodes = order["node"].to_numpy() if "node" in order else np.zeros(len(order), int)
+    x = [[f"node {n}" for n in nodes], [f"r{r}" for r in order["rank"]]]
+    _, label = scaled(order[list(_STALL_COLORS)].to_numpy().ravel(), "ns")
+    div = {"s": 1e9, "ms": 1e6, "µs": 1e3}.get(label or "ns", 1.0)
+    fig = go.Figure()
+    for col, color in _STALL_COLORS.items():
+        fig.add_trace(go.Bar(x=x, y=order[col].to_numpy(float) / div, name=col.removesuffix("_ns"), marker_color=color,
+                             hovertemplate=f"%{{x}}: %{{y:.3g}} {label} {col.removesuffix('_ns')}<extra></extra>"))
+    fig.update_layout(barmode="stack", yaxis_title=f"time ({label})", xaxis_title="rank, by node", height=440,
+                      title="where each rank's wall time went, by node (parts sum to the wall time)",
+                      legend=dict(title_text="stall class "))
+    return fig
+
+
+def link_ratio_figure(links: pd.DataFrame, nodes: int) -> go.Figure:
+    """Node-to-node heatmap of each link's measured bandwidth over what the hardware should give
+    (1 = as expected), slow links marked; the cell text says both bandwidths."""
+    ratio = np.full((nodes, nodes), np.nan)
+    text = np.full((nodes, nodes), "", dtype=object)
+    if len(links):
+        src, dst = links["src_node"].to_numpy(int), links["dst_node"].to_numpy(int)
+        measured = links["bandwidth"].to_numpy(float)
+        expected = links["expected_bandwidth"].to_numpy(float) if "expected_bandwidth" in links else np.full(len(links), np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio[src, dst] = np.where(expected > 0, measured / expected, np.nan)
+        slow = links["slow"].to_numpy(bool) if "slow" in links else np.zeros(len(links), bool)
+        text[src, dst] = [f"{'⚠ SLOW<br>' if s else ''}{r:.2f}×<br>{si(m, 'B/s')} of {si(e, 'B/s')}"
+                          for r, m, e, s in zip(ratio[src, dst], measured, expected, slow)]
+    labels = [f"node {i}" for i in range(nodes)]
+    top = max(1.0, float(np.nanmax(ratio))) if np.isfinite(ratio).any() else 1.0
+    fig = go.Figure(go.Heatmap(z=ratio, x=labels, y=labels, text=text, texttemplate="%{text}", zmin=0, zmax=top,
+                               colorscale="RdYlGn", colorbar=dict(title="measured ÷ expected", ticksuffix="×"),
+                               hovertemplate="%{y} → %{x}: %{z:.2f}× expected<extra></extra>", hoverongaps=False))
+    fig.update_layout(xaxis=dict(title="to", side="bottom"), yaxis=dict(title="from", autorange="reversed"), height=420,
+                      title="node-to-node link bandwidth, measured ÷ expected (1× = the hardware's rate)")
+    return fig
+
+
+def _roofline_for_report(fig: go.Figure) -> go.Figure:
+    """The roofline with SI ticks that name their unit (``100TFLOP/s``, never plotly's ``100B``)."""
+    for trace in fig.data:
+        if trace.mode == "markers":
+            trace.hovertemplate = (f"<b>{trace.name}</b> %{{text}}<br>intensity %{{x:.3g}} FLOP/B"
+                                   "<br>attained %{y:.3s}FLOP/s<extra></extra>")
+    fig.update_layout(yaxis=dict(exponentformat="SI", ticksuffix="FLOP/s", title="attained"),
+                      xaxis=dict(exponentformat="SI", ticksuffix=" FLOP/B", title="arithmetic intensity (FLOP per HBM byte)"))
+    return fig
+
+
+def figures_by_report(reports: Any) -> dict[str, list[tuple[str, go.Figure]]]:
+    """The figures of the HTML report, by the report they illustrate (only reports with one)."""
     results = reports.results
+    out: dict[str, list[tuple[str, go.Figure]]] = {}
     roof = results.get("roofline")
     if roof is not None and getattr(roof, "sample", None) is not None:
         hw = roof.to_json()["hardware"]
-        yield "Roofline", roofline_figure(roof.sample, hw["peak_flops"], hw["hbm_bandwidth"])
+        out["roofline"] = [("Roofline", _roofline_for_report(roofline_figure(roof.sample, hw["peak_flops"],
+                                                                              hw["hbm_bandwidth"])))]
     stalls = results.get("stalls")
     if stalls is not None and len(stalls.ranks):
-        yield "Stalls per rank", stalls_figure(stalls.ranks)
+        out["stalls"] = [("Stalls per rank, by node", stalls_by_node_figure(stalls.ranks))]
     comm = results.get("comm")
     links = getattr(comm, "links", None) if comm is not None else None
-    if links is not None and len(links):
-        yield "Node-to-node traffic", traffic_figure(links, int(reports.ctx.ranks["node"].max()) + 1)
+    if links is not None and len(links) and "bandwidth" in links:
+        out["comm"] = [("Node-to-node link bandwidth", link_ratio_figure(links, int(reports.ctx.ranks["node"].max()) + 1))]
     path = results.get("critical_path")
     if path is not None and len(path.by_kind) and path.path_ns:
-        yield "Critical path", critical_path_figure(path.by_kind)
+        out["critical_path"] = [("Critical path", critical_path_figure(path.by_kind))]
     whatif = results.get("whatif")
     if whatif is not None and len(whatif.scenarios):
-        yield "What-if", whatif_figure(whatif.wall_ns, whatif.scenarios)
+        out["whatif"] = [("What-if", whatif_figure(whatif.wall_ns, whatif.scenarios))]
+    return out
+
+
+def report_figures(reports: Any) -> Iterator[tuple[str, go.Figure]]:
+    """The figures worth looking at for whichever reports were computed, in report order."""
+    for figures in figures_by_report(reports).values():
+        yield from figures

@@ -165,7 +165,7 @@ _NAME_RULES: tuple[tuple[Any, str], ...] = (
     (lambda n: n == "bytes" or n.endswith("_bytes") or n.startswith("bytes_"), "B"),
     (lambda n: n == "flops" or n.endswith("_flop_count"), "FLOP"),
     (lambda n: "flops" in n, "FLOP/s"),
-    (lambda n: n == "intensity" or n.endswith("_intensity"), "FLOP/B"),
+    (lambda n: n in ("intensity", "ridge") or n.endswith("_intensity") or n.endswith("_ridge"), "FLOP/B"),
     (lambda n: n in ("share", "efficiency", "mfu", "fraction") or n.endswith("_share") or n.endswith("_efficiency")
      or n.endswith("_fraction"), "fraction"),
     (lambda n: n in ("ratio", "speedup") or n.endswith("_ratio") or n.endswith("_speedup"), "×"),
