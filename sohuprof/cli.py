@@ -599,6 +599,38 @@ def check(obj: CliContext, store: Path) -> None:
                    f"{report.bytes / 1e6:,.1f} MB; {what}, row counts and rank index verified")
 
 
+@cli.command(epilog="""\b
+Examples:
+  sohuprof query store/ 'DESCRIBE events'
+  sohuprof query store/ 'SELECT name, count(*) AS n, sum(dur) / 1e6 AS total_ms FROM events GROUP BY name ORDER BY total_ms DESC LIMIT 10'
+  sohuprof query store/ @waits.sql --format csv -o waits.csv""")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("sql", metavar="SQL")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "csv", "json"]))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+              help="Output file (- for stdout). Default: stdout.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@pass_cli
+def query(obj: CliContext, store: Path, sql: str, fmt: str, out: Path | None, force: bool) -> None:
+    """Run one SQL query (DuckDB) over a trace store; SQL may be @FILE.sql to read it from a file.
+
+    \b
+    Views: events (node from its partition), collectives, requests, counters, quarantine,
+    ranks (rank, node, chip). Times are ns. Only queries run (SELECT, WITH, DESCRIBE, SHOW,
+    SUMMARIZE, EXPLAIN): the store is read-only. The table format shows the first 100 rows.
+    """
+    from sohuprof import atomic
+    from sohuprof.analyzers.render.query import render_query
+    from sohuprof.query import load_sql, run_query
+
+    if out is not None:
+        atomic.check_file_output(out, force=force, inputs=[store])   # refused before the query runs
+    result = run_query(store, load_sql(sql))
+    _print_or_write(render_query(result, fmt), out, force)
+    if out is not None and atomic.output_kind(out) == "path" and not obj.quiet:
+        click.echo(f"wrote {out} ({result.num_rows:,} row{'' if result.num_rows == 1 else 's'})", err=True)
+
+
 def main() -> None:
     """Entry point of the ``sohuprof`` console script."""
     cli(prog_name="sohuprof")

@@ -6,7 +6,7 @@ else is a bug and keeps its traceback (shown with ``-v``).
 
 from __future__ import annotations
 
-__all__ = ["SohuprofError", "SpecError", "TraceFormatError", "SchemaError", "StoreError", "OutputError"]
+__all__ = ["SohuprofError", "SpecError", "TraceFormatError", "SchemaError", "StoreError", "OutputError", "QueryError"]
 
 
 class SohuprofError(Exception):
@@ -36,3 +36,7 @@ class StoreError(SohuprofError):
 
 class OutputError(SohuprofError):
     """An output path cannot be written (exists, not writable, not a directory)."""
+
+
+class QueryError(SohuprofError):
+    """A ``sohuprof query`` statement is not a read-only query, or DuckDB rejects it."""

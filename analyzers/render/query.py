@@ -1,0 +1,97 @@
+"""Render a ``sohuprof query`` result (a pyarrow Table) as a rich table, CSV or JSON.
+
+Values keep the units the query gave them (times in the store are ns); nulls are ``-`` in the
+table, empty in CSV and ``null`` in JSON. Binary cells (``quarantine.raw``) are base64 in CSV and
+JSON and their size in the table.
+"""
+
+from __future__ import annotations
+
+import base64
+import decimal
+import io
+from typing import Any
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+
+# _cell: the number formatting analyze's tables use (thousands separators, 3 decimals)
+from sohuprof.analyzers.render import _cell
+
+__all__ = ["render_query", "render_frame", "QUERY_FORMATS"]
+
+QUERY_FORMATS = ("table", "csv", "json")
+
+
+def _binary_as(table: pa.Table, how: str) -> pa.Table:
+    """Binary columns as text: ``base64`` of the bytes or their ``size``."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            values = table.column(i).to_pylist()   # only binary columns, which are rare and small in rows
+            text = [None if v is None else base64.b64encode(v).decode() if how == "base64" else f"<{len(v):,} bytes>"
+                    for v in values]
+            table = table.set_column(i, field.name, pa.array(text, pa.string()))
+    return table
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """The result as a DataFrame whose integer columns stay integers where they hold nulls (numpy
+    would make them floats, and a ts like 1.2e12 would print rounded)."""
+    return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_integer(t) else None)
+
+
+def render_frame(df: pd.DataFrame, *, max_rows: int | None = 100, width: int = 160) -> str:
+    """A DataFrame as one rich table, as text: its columns as the query named them (no ns -> ms
+    renaming), numbers right-aligned, nulls ``-``, cut to ``max_rows`` with a note."""
+    from rich.console import Console
+    from rich.table import Table
+
+    caption = None
+    if max_rows is not None and len(df) > max_rows:   # rendering a bounded table, not events
+        caption = f"{len(df) - max_rows:,} more rows: use --format csv or json for all"
+        df = df.head(max_rows)
+    table = Table(show_lines=False, caption=caption)
+    for col in df.columns:
+        table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(df[col]) else "left")
+    for row in df.itertuples(index=False):   # at most max_rows
+        table.add_row(*("-" if v is None or v is pd.NA else _cell(v) for v in row))
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, force_terminal=False, color_system=None).print(table)
+    return buffer.getvalue()
+
+
+def _json_default(value: Any) -> Any:
+    """What orjson cannot write itself: DuckDB decimals, intervals and the like."""
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
+
+
+def render_query(table: pa.Table, fmt: str, *, max_rows: int | None = 100) -> bytes:
+    """A query result as bytes to print or write.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        What :func:`sohuprof.query.run_query` returned.
+    fmt : str
+        ``table`` (rich text, cut to ``max_rows`` with a note), ``csv`` (a header line, then
+        every row) or ``json`` (a list of row objects).
+    max_rows : int or None, default 100
+        Rows the ``table`` format shows; None: all.
+    """
+    if fmt == "table":
+        shown = _binary_as(table, "size")
+        for i, field in enumerate(shown.schema):   # DECIMAL(2,1) reads as a number, right-aligned
+            if pa.types.is_decimal(field.type):
+                shown = shown.set_column(i, field.name, shown.column(i).cast(pa.float64()))
+        df = _frame(shown)
+        return render_frame(df, max_rows=max_rows).encode()
+    plain = _binary_as(table, "base64")
+    if fmt == "csv":
+        return _frame(plain).to_csv(index=False).encode()
+    if fmt == "json":
+        return orjson.dumps(plain.to_pylist(), default=_json_default,
+                            option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n"
+    raise ValueError(f"'fmt' must be one of {', '.join(QUERY_FORMATS)}; got {fmt!r}")
