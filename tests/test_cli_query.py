@@ -210,3 +210,30 @@ def test_missing_query_file_and_bad_store(tmp_path: Path) -> None:
 def test_run_query_raises_query_error() -> None:
     with pytest.raises(QueryError, match=r"^Parser Error: .*the views are"):
         run_query(STORE, "SELCT 1")
+
+
+# -- other stores --------------------------------------------------------------------------------
+
+
+def test_store_without_events_has_empty_views(tmp_path: Path) -> None:
+    from sohuprof.schema import EVENTS
+    from sohuprof.store import StoreWriter
+
+    with StoreWriter(tmp_path / "store") as writer:
+        writer.write_manifest({"source": {"format": "test"}})
+    assert run_query(tmp_path / "store", "SELECT count(*) AS n FROM events").to_pylist() == [{"n": 0}]
+    columns = run_query(tmp_path / "store", "DESCRIBE events").column("column_name").to_pylist()
+    assert columns == EVENTS.schema.names
+    assert run_query(tmp_path / "store", "SELECT * FROM ranks").num_rows == 0
+
+
+def test_kineto_store_has_its_optional_columns(tmp_path: Path) -> None:
+    result = run("collect", str(ROOT / "tests" / "data" / "kineto" / "nccl_data.json.gz"), "-o", str(tmp_path / "store"))
+    assert result.exit_code == 0, result.output
+    rows = run_query(tmp_path / "store", "SELECT cat, count(*) AS n, count(stream) AS on_streams FROM events "
+                                         "GROUP BY cat ORDER BY n DESC").to_pylist()
+    events = open_store(tmp_path / "store").read("events", columns=["cat", "stream"]).to_pandas()
+    assert sum(r["n"] for r in rows) == len(events) and {r["cat"] for r in rows} == set(events["cat"].dropna())
+    assert sum(r["on_streams"] for r in rows) == events["stream"].notna().sum()
+    # a Sohu store has neither column in its files: the views still have them, as nulls
+    assert run_query(STORE, "SELECT count(cat) AS c, count(stream) AS s FROM events").to_pylist() == [{"c": 0, "s": 0}]
