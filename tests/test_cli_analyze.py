@@ -45,7 +45,7 @@ def test_raw_run_is_collected_on_the_fly() -> None:
 
 def test_table_csv_html(tmp_path: Path) -> None:
     table = run("analyze", str(SAMPLE / "store"), "--report", "summary,stalls")
-    assert table.exit_code == 0 and "stalls · ranks" in table.stdout and "compute_ms" in table.stdout
+    assert table.exit_code == 0 and "stalls · ranks" in table.stdout and "compute (ms)" in table.stdout
     csv = run("analyze", str(SAMPLE / "store"), "--report", "stalls", "--format", "csv", "-o", str(tmp_path / "csv"))
     assert csv.exit_code == 0, csv.output
     assert (tmp_path / "csv" / "stalls_ranks.csv").read_text().startswith("rank,node,chip,wall_ns")

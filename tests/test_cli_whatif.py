@@ -79,7 +79,8 @@ def test_whatif_collects_a_raw_run_on_the_fly(whatif_json: dict) -> None:
 def test_whatif_table_and_csv(tmp_path: Path) -> None:
     text = ok("whatif", STORE, "comm=free", "rank=5:compute=0.77")
     assert "whatif · predicted wall time" in text and "whatif · steps (ms)" in text
-    for word in ("measured", "comm=free", "rank=5:compute=0.77", "wall_ms", "saving_ms", "speedup", "tokens_per_s"):
+    for word in ("measured", "comm=free", "rank=5:compute=0.77", "wall (ms)", "saving (ms)", "speedup",
+                 "tokens/s"):
         assert word in text
     assert "first and last 3 of" in text      # a short per-step comparison, not every step
     out = tmp_path / "csv"
@@ -121,7 +122,7 @@ def test_diagnosis_reports_in_every_format(tmp_path: Path, fmt: str) -> None:
         for title in ("critical_path · by_kind", "critical_path · by_op", "critical_path · by_rank",
                       "critical_path · steps", "whatif · predicted wall time"):
             assert title in text
-        assert "share_pct" in text and "time_ms" in text
+        assert ("share (%)" in text and "time (ms)" in text) if fmt == "table" else "share" in text
     if fmt == "html":
         assert "what the critical path is made of" in text and "what-if: predicted wall time" in text
 

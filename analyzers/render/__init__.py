@@ -57,11 +57,15 @@ def report_tables(name: str, data: dict[str, Any]) -> list[tuple[str, pd.DataFra
     return tables
 
 
-def reading_tables(name: str, data: dict[str, Any], *,
-                   max_rows: int | None = 20) -> list[tuple[str, pd.DataFrame, str | None]]:
+def reading_tables(name: str, data: dict[str, Any], *, max_rows: int | None = 20,
+                   sort: str | None = None) -> list[tuple[str, pd.DataFrame, str | None]]:
     """A report's tables for a person (table and HTML): (title, table, caption), lists cut to
-    ``max_rows`` (None: whole), the diagnosis reports shaped for reading."""
+    ``max_rows`` (None: whole), the diagnosis reports shaped for reading. A cut table keeps its
+    worst rows by the table's own ranking; ``sort`` (default: the enclosing
+    :func:`~sohuprof.analyzers.render.order.table_sort`) orders every table that has that column
+    (see :mod:`sohuprof.analyzers.render.order`)."""
     from sohuprof.analyzers.render.diagnosis import critical_path_view, findings_view, whatif_view
+    from sohuprof.analyzers.render.order import order_table
 
     if name == "findings":
         return findings_view(data, max_rows=max_rows)
@@ -72,6 +76,7 @@ def reading_tables(name: str, data: dict[str, Any], *,
     out = []
     for title, df in report_tables(name, data):
         caption = None
+        df = order_table(title, df, cut=max_rows is not None and len(df) > max_rows, sort=sort)
         if max_rows is not None and len(df) > max_rows:   # rendering a bounded table, not events
             caption = f"{len(df) - max_rows} more rows: use --format csv or json for all"
             df = df.head(max_rows)
@@ -107,29 +112,28 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def render_table(reports: Reports, *, max_rows: int = 20) -> str:
+def render_table(reports: Reports, *, max_rows: int = 20, width: int | None = None) -> str:
     """Rich tables, as text (the longest lists are cut to ``max_rows``, with a note); the findings
-    first, as numbered sentences with their saving rather than a table."""
+    first, as numbered sentences with their saving rather than a table. Each column in one unit
+    named in its header, numbers with SI prefixes, laid out to ``width`` (default: the
+    terminal's) without cutting a number (:mod:`sohuprof.analyzers.render.tables`)."""
     from rich.console import Console
-    from rich.table import Table
 
     from sohuprof.analyzers.render.diagnosis import findings_text
+    from sohuprof.analyzers.render.tables import print_table, terminal_width
+    from sohuprof.analyzers.render.units import format_frame
 
+    width = width or terminal_width()
     buffer = io.StringIO()
-    console = Console(file=buffer, width=160, force_terminal=False, color_system=None)
+    console = Console(file=buffer, width=width, force_terminal=False, color_system=None)
     for name, data in reports.to_json().items():
         if name == "findings":
             console.file.write(findings_text(data, top=max_rows, width=min(console.width, 120)) + "\n")
             continue
         for title, df, caption in reading_tables(name, data, max_rows=max_rows):
-            df = _readable(df)
-            table = Table(title=title, title_justify="left", show_lines=False, caption=caption)
-            for col in df.columns:
-                table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(df[col]) else "left")
-            for row in df.itertuples(index=False):   # at most max_rows
-                table.add_row(*(_cell(v) for v in row))
-            console.print(table)
+            print_table(console, title, format_frame(df), caption, width)   # at most max_rows
     return buffer.getvalue()
+
 
 
 #: Marker file of a CSV report directory: lists the files a run wrote, so a re-run may replace

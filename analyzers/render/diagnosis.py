@@ -167,9 +167,9 @@ def findings_text(data: dict[str, Any], *, top: int | None = None, width: int = 
     head = "findings: what fixing each would save"
     if wall:
         head += f" of the {wall / 1e6:,.1f} ms wall"
-    lines = [head + " (replayed on the run's dependency graph), largest first"]
+    lines = textwrap.wrap(head + " (replayed on the run's dependency graph), largest first", width=width)
     if not found:
-        lines.append(_no_findings_line())
+        lines += textwrap.wrap(_no_findings_line().strip(), width=width, initial_indent="  ", subsequent_indent="  ")
     shown = found if top is None else found[:top]
     savings = [_saving(f) for f in shown]
     pad = max((len(s) for s in savings), default=0)
@@ -180,10 +180,13 @@ def findings_text(data: dict[str, Any], *, top: int | None = None, width: int = 
                                initial_indent=lead, subsequent_indent=indent, break_long_words=False,
                                break_on_hyphens=False)
         if f.get("next"):
-            lines.append(f"{indent}next: {f['next']}")
+            # A command is never broken; where it does not fit beside the numbers it starts left.
+            nxt = f"next: {f['next']}"
+            lines.append(indent + nxt if len(indent) + len(nxt) <= width else "     " + nxt)
     if len(shown) < len(found):
         lines.append(f"  ... {len(found) - len(shown)} more: {more_hint}")
-    lines += [f"  note: {note}" for note in data.get("notes") or []]
+    for note in data.get("notes") or []:
+        lines += textwrap.wrap(f"note: {note}", width=width, initial_indent="  ", subsequent_indent="        ")
     return "\n".join(lines) + "\n"
 
 

@@ -229,6 +229,8 @@ def header(name: Any, label: str | None) -> str:
     """A column header with its unit: ``header('time_ns', 'ms')`` is ``'time (ms)'``,
     ``header('bytes', 'GB')`` is ``'bytes (GB)'``, no label leaves the name as it is."""
     text = str(name)
+    if text.endswith("_per_s"):          # tokens_per_s: the name says its unit already
+        return text[: -len("_per_s")] + "/s"
     if label is None:
         return text
     for suffix in _SUFFIXES:
