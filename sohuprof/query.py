@@ -78,17 +78,19 @@ def _register_views(con: "duckdb.DuckDBPyConnection", store: TraceStore) -> None
         cols += "".join(f', "{c}"' for c in present if c not in EVENTS.column_names)
         con.execute(f"CREATE VIEW events AS SELECT {cols} FROM {source}")
     else:   # a store with no events: the view still has every column, and no rows
-        con.register("_events_empty", EVENTS.schema.empty_table())
-        con.execute("CREATE VIEW events AS SELECT * FROM _events_empty")
+        cols = ", ".join(f'NULL::{_duck_type(f.type)} AS "{f.name}"' for f in EVENTS.schema)
+        con.execute(f"CREATE VIEW events AS SELECT {cols} WHERE false")
     for spec in ALL_TABLES:
         if spec.name != EVENTS.name:
             path = _sql_string(os.fspath(Path(store.path) / spec.path))
             con.execute(f'CREATE VIEW "{spec.name}" AS SELECT * FROM read_parquet({path})')
     entries = store.manifest.get("ranks") or []
     if entries and all(isinstance(r, dict) and {"rank", "node", "chip"} <= r.keys() for r in entries):
-        ranks = pa.table({k: pa.array([int(r[k]) for r in entries], pa.int32()) for k in ("rank", "node", "chip")})
-        con.register("_ranks_manifest", ranks.sort_by("rank"))
-        con.execute("CREATE VIEW ranks AS SELECT * FROM _ranks_manifest")
+        # ints (open_store checked them), written out as values: nothing else shows in SHOW TABLES
+        rows = ", ".join(f"({int(r['rank'])}, {int(r['node'])}, {int(r['chip'])})"
+                         for r in sorted(entries, key=lambda r: int(r["rank"])))
+        con.execute(f"CREATE VIEW ranks AS SELECT rank::INTEGER AS rank, node::INTEGER AS node, "
+                    f"chip::INTEGER AS chip FROM (VALUES {rows}) AS t(rank, node, chip)")
     else:   # an older manifest lists bare rank numbers: the events say where each one ran
         con.execute("CREATE VIEW ranks AS SELECT DISTINCT rank, node, chip FROM events ORDER BY rank")
 
@@ -107,7 +109,8 @@ def _check_read_only(con: "duckdb.DuckDBPyConnection", sql: str) -> None:  # noq
         raise QueryError(f"the query holds {len(statements)} statements; give one at a time")
     kind = statements[0].type.name
     if kind not in _READ_ONLY:
-        word = sql.split(None, 1)[0].upper() if sql.split() else kind
+        first = sql.split(None, 1)[0].upper()
+        word = first if first.isalpha() else kind   # "-- note" or "(" first: the parser's name
         raise QueryError(f"{word} statements are refused: the store is read-only and a query may only "
                          f"SELECT (also WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) from the views")
 

@@ -124,6 +124,10 @@ def test_every_view_exists_with_its_rows(view: str) -> None:
     assert columns == expected
 
 
+def test_show_tables_lists_the_views_and_nothing_else() -> None:
+    assert sorted(run_query(STORE, "SHOW TABLES").column("name").to_pylist()) == sorted(VIEWS)
+
+
 def test_events_node_comes_from_the_partitions() -> None:
     got = run_query(STORE, "SELECT DISTINCT rank, node, chip FROM events ORDER BY rank").to_pylist()
     assert got == run_query(STORE, "SELECT * FROM ranks ORDER BY rank").to_pylist()
@@ -195,6 +199,11 @@ def test_writing_statements_are_refused(sql: str, tmp_path: Path, monkeypatch: p
     line = _error(run("query", str(STORE), sql))
     assert "refused" in line and "read-only" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_after_a_comment_is_refused_by_name() -> None:
+    with pytest.raises(QueryError, match=r"^COPY statements are refused"):
+        run_query(STORE, "-- keep a copy\nCOPY events TO 'out.parquet'")
 
 
 def test_several_statements_and_empty_query_are_refused() -> None:
