@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,15 +28,40 @@ from sohuprof.errors import StoreError
 from sohuprof.hardware import HardwareSpec
 from sohuprof.store import TraceStore
 
-__all__ = ["build_context", "plan_columns", "rank_partitions", "read_rank", "run_analyses", "MAX_SPAN_NS"]
+__all__ = ["Selection", "build_context", "plan_columns", "rank_partitions", "read_rank", "run_analyses", "MAX_SPAN_NS"]
 
 #: Longest trace window the interval kernels take: their sweep packs times with a 5-bit tag into
 #: int64 (``intervals.chain_sweep``), with a bit to spare.
 MAX_SPAN_NS = 1 << 57
 
 
-def build_context(store: TraceStore, *, hta_compatible: bool = False, options: dict | None = None) -> AnalysisContext:
-    """The context of ``store``: small tables, hardware, trace window and ranks (streamed)."""
+@dataclass(frozen=True)
+class Selection:
+    """The events every report computes on: some ranks, and those starting in ``[start_ms, end_ms)``
+    ms from the trace start (its first event or counter sample), as ``export chrome`` selects.
+
+    None is everything. Resolved by :func:`build_context` into ``ctx.options["window_ns"]``
+    (absolute ns, or None) and ``ctx.ranks`` (only the selected ranks); ``options["selected"]``
+    says whether anything was left out.
+    """
+
+    ranks: Sequence[int] | None = None
+    start_ms: float | None = None
+    end_ms: float | None = None
+
+
+def build_context(store: TraceStore, *, hta_compatible: bool = False, options: dict | None = None,
+                  selection: Selection | None = None) -> AnalysisContext:
+    """The context of ``store``: small tables, hardware, trace window and ranks (streamed).
+
+    With a ``selection``, ``ranks`` holds the selected ones and a time window becomes the wall
+    (the selected events' extent); partitions then hold only the selected events.
+
+    Raises
+    ------
+    ReportError
+        The selection names ranks the store lacks, or a window outside the trace.
+    """
     manifest = store.manifest
     source = manifest.get("source", {}).get("format", "unknown")
     hw = manifest.get("hardware")
@@ -51,11 +77,60 @@ def build_context(store: TraceStore, *, hta_compatible: bool = False, options: d
         raise StoreError(f"trace store '{store.path}': its events span {hi - lo:,} ns, which no trace does "
                          f"(the analyses take up to 2**57 ns, 4.5 years): a damaged timestamp, or ranks "
                          f"recorded on different clock bases; `sohuprof check {store.path}` says more")
+    counters = store.read("counters").to_pandas()
+    chosen = _select(store, selection, ranks, int(lo), int(hi), counters)
+    window = chosen.pop("window_ns", None)
     return AnalysisContext(store=store, source=source, hardware=hardware,
-                           requests=store.read("requests").to_pandas(),
-                           counters=store.read("counters").to_pandas(),
-                           wall_start=int(lo), wall_end=int(hi), ranks=ranks,
-                           hta_compatible=hta_compatible, options=dict(options or {}))
+                           requests=store.read("requests").to_pandas(), counters=counters, **chosen,
+                           hta_compatible=hta_compatible,
+                           options={**(options or {}), "window_ns": window, "selected": chosen["ranks"] is not ranks
+                                    or window is not None})
+
+
+def _select(store: TraceStore, selection: Selection | None, ranks: pd.DataFrame, lo: int, hi: int,
+            counters: pd.DataFrame) -> dict[str, Any]:
+    """``wall_start``, ``wall_end`` and ``ranks`` of the context, for ``selection`` (checked as
+    ``export chrome`` checks it); the resolved window goes into ``options`` by the caller."""
+    if selection is None or (selection.ranks is None and selection.start_ms is None and selection.end_ms is None):
+        return {"wall_start": lo, "wall_end": hi, "ranks": ranks}
+    start_ms, end_ms = selection.start_ms, selection.end_ms
+    if start_ms is not None and start_ms < 0:
+        raise ReportError(f"'start_ms' must be >= 0 (ms from the trace start); got {start_ms:g}")
+    if start_ms is not None and end_ms is not None and end_ms <= start_ms:
+        raise ReportError(f"'end_ms' ({end_ms:g}) must be greater than 'start_ms' ({start_ms:g})")
+    if selection.ranks is not None:
+        wanted = np.unique(np.asarray(selection.ranks, dtype=np.int64))
+        have = ranks["rank"].to_numpy(np.int64)
+        missing = np.setdiff1d(wanted, have)
+        if len(missing) or not len(wanted):
+            from sohuprof.chrome_export import _fmt_ranks
+            raise ReportError(f"ranks {_fmt_ranks(missing.tolist()) or '(none)'} are not in the store, which has "
+                              f"ranks {_fmt_ranks(have.tolist())}")
+        ranks = ranks[np.isin(have, wanted)].reset_index(drop=True)
+    if start_ms is None and end_ms is None:
+        return {"wall_start": lo, "wall_end": hi, "ranks": ranks}
+    # The trace start as export takes it, so one window names the same events in both.
+    t0 = min(lo, int(counters["ts"].min())) if len(counters) else lo
+    start_ns = t0 + int(round((start_ms or 0.0) * 1e6))
+    end_ns = t0 + int(round(end_ms * 1e6)) if end_ms is not None else hi + 1
+    # The wall: the extent of the selected events (those starting in the window), one filtered pass.
+    first, last = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    for batch in store.scan(columns=["ts", "dur"], filters=_window_filter(start_ns, end_ns, ranks)):
+        if batch.num_rows:
+            first = min(first, pc.min(batch.column("ts")).as_py())
+            last = max(last, pc.max(pc.add(batch.column("ts"), batch.column("dur"))).as_py())
+    if last < first:
+        span = (hi - t0) / 1e6
+        shown = f"{start_ms or 0:g}-{end_ms:g} ms" if end_ms is not None else f"from {start_ms:g} ms"
+        raise ReportError(f"window {shown} holds no events of the selected ranks (the trace spans "
+                          f"0-{span:,.3f} ms); pick --start-ms/--end-ms inside it")
+    return {"wall_start": int(first), "wall_end": int(last), "ranks": ranks, "window_ns": (start_ns, end_ns)}
+
+
+def _window_filter(start_ns: int, end_ns: int, ranks: pd.DataFrame) -> pc.Expression:
+    """Events of ``ranks`` starting in ``[start_ns, end_ns)`` (export's selection)."""
+    return ((pc.field("ts") >= start_ns) & (pc.field("ts") < end_ns)
+            & pc.field("rank").isin(pa.array(ranks["rank"].to_numpy(np.int32))))
 
 
 def _empty_ranks() -> pd.DataFrame:
@@ -91,8 +166,13 @@ def _scan_window(store: TraceStore) -> tuple[pd.DataFrame, int, int]:
 
 
 def read_rank(ctx: AnalysisContext, columns: list[str], rank: int, node: int) -> pa.Table:
-    """One rank's events (the given columns): a filtered read (Parquet statistics prune the rest)."""
-    return ctx.store.read("events", columns=columns, filters=(pc.field("node") == node) & (pc.field("rank") == rank))
+    """One rank's events (the given columns; only those in the selection's window if any): a
+    filtered read (Parquet statistics prune the rest)."""
+    where = (pc.field("node") == node) & (pc.field("rank") == rank)
+    window = ctx.options.get("window_ns")
+    if window is not None:
+        where = where & (pc.field("ts") >= window[0]) & (pc.field("ts") < window[1])
+    return ctx.store.read("events", columns=columns, filters=where)
 
 
 def rank_partitions(ctx: AnalysisContext, columns: list[str]) -> Iterator[pa.Table]:
@@ -100,11 +180,13 @@ def rank_partitions(ctx: AnalysisContext, columns: list[str]) -> Iterator[pa.Tab
 
     With one file per node partition (what the store writer makes unless a collector handed it
     rows out of order), each rank's rows are contiguous: the events are streamed once and cut
-    where the rank changes, with no filter to evaluate. Otherwise each rank is a filtered read.
+    where the rank changes, with no filter to evaluate. Otherwise (or with a selection: some
+    ranks, a time window) each rank is a filtered read.
     """
     columns = list(dict.fromkeys([*columns, "rank"]))
     files = ctx.store.dataset().files
-    if len(files) != len({Path(f).parent for f in files}):
+    # A selection reads only its ranks (and window): filtered reads skip the rest unread.
+    if ctx.options.get("selected") or len(files) != len({Path(f).parent for f in files}):
         for rank, node in zip(ctx.ranks["rank"].tolist(), ctx.ranks["node"].tolist()):
             yield read_rank(ctx, columns, rank, node)
         return

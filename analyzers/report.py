@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sohuprof.analyzers.analysis import Analysis, AnalysisContext, ReportError
-from sohuprof.analyzers.engine import build_context, run_analyses
+from sohuprof.analyzers.engine import Selection, build_context, run_analyses
 from sohuprof.store import TraceStore
 
 __all__ = ["REPORTS", "Reports", "load_analysis", "run_reports"]
@@ -82,19 +82,26 @@ def _in_default(analysis: Analysis, ctx: AnalysisContext) -> bool:
 
 def run_reports(store: TraceStore, names: Sequence[str] | None = None, *, hta_compatible: bool = False,
                 engine: str = "local", scheduler: str | None = None,
-                advance: Callable[[float], None] | None = None, what_if: Sequence[str] = ()) -> Reports:
+                advance: Callable[[float], None] | None = None, what_if: Sequence[str] = (),
+                by: str = "op", selection: Selection | None = None) -> Reports:
     """Compute the named reports (default: all that apply) over ``store``.
 
     ``engine`` is ``local`` (in-process, a rank at a time) or ``dask`` (the same chunk functions
     as Dask tasks on ``scheduler``, or on a LocalCluster started for the run); both give the same
-    results.
+    results. ``by`` groups the roofline's rows by op class (``op``) or op name too (``name``).
+    ``selection`` (ranks, a time window) limits every report to those events.
 
     Raises
     ------
     ReportError
         A name is unknown, or a named report does not apply to this store.
     """
-    ctx = build_context(store, hta_compatible=hta_compatible, options={"what_if": list(what_if)})
+    from sohuprof.analyzers.reports.roofline import GROUPINGS
+
+    if by not in GROUPINGS:
+        raise ReportError(f"'by' must be one of {', '.join(map(repr, GROUPINGS))}; got {by!r}")
+    ctx = build_context(store, hta_compatible=hta_compatible, options={"what_if": list(what_if), "by": by},
+                        selection=selection)
     chosen = _choose(names, ctx)
     analyses = [load_analysis(REPORTS[n]) for n in chosen]
     overlap = load_analysis(_OVERLAP) if "comm" in chosen else None

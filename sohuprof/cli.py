@@ -305,18 +305,25 @@ def _print_or_write(text: bytes, out: Path | None, force: bool) -> None:
             fh.write(text)
 
 
-def _write_reports(obj: CliContext, reports: Any, fmt: str, out: Path | None, force: bool) -> None:
-    """Print or write the reports in ``fmt`` (checked by :func:`_check_report_output`)."""
+def _write_reports(obj: CliContext, reports: Any, fmt: str, out: Path | None, force: bool, *,
+                   top: int = 20, sort: str | None = None) -> None:
+    """Print or write the reports in ``fmt`` (checked by :func:`_check_report_output`); tables
+    cut to ``top`` rows, ordered by ``sort`` where they have it (table and html only)."""
     from sohuprof import atomic
     from sohuprof.analyzers import render
+    from sohuprof.analyzers.render.order import check_sort, table_sort
 
-    if fmt == "csv":
-        render.write_csv(reports, out, force=force)  # type: ignore[arg-type]
-    elif fmt == "html":
-        render.write_html(reports, out, force=force)  # type: ignore[arg-type]
-    else:
-        text = render.render_json(reports) if fmt == "json" else render.render_table(reports).encode()
-        _print_or_write(text, out, force)
+    if sort is not None:   # one line naming the columns there are, before anything is written
+        check_sort(sort, ((t, df) for name, data in reports.to_json().items()
+                          for t, df, _ in render.reading_tables(name, data, max_rows=None)))
+    with table_sort(sort):
+        if fmt == "csv":
+            render.write_csv(reports, out, force=force)  # type: ignore[arg-type]
+        elif fmt == "html":
+            render.write_html(reports, out, force=force)  # type: ignore[arg-type]
+        else:
+            text = render.render_json(reports) if fmt == "json" else render.render_table(reports, max_rows=top).encode()
+            _print_or_write(text, out, force)
     if out is not None and atomic.output_kind(out) == "path" and not obj.quiet:
         click.echo(f"wrote {out}", err=True)
 
@@ -361,9 +368,23 @@ Examples:
               help="local: in-process, a rank at a time; dask: the same kernels as Dask tasks.")
 @click.option("--scheduler", metavar="tcp://HOST:PORT", callback=_scheduler,
               help="Dask scheduler to use with --engine dask [default: start a LocalCluster].")
+@click.option("--by", default="op", show_default=True, type=click.Choice(["op", "name"]),
+              help="Roofline rows per op class and phase (op), or per op class, op name and phase (name).")
+@click.option("--ranks", callback=lambda c, p, v: None if v is None else RankList().convert(v, p, c),
+              metavar="RANKS", help="Only these ranks, e.g. 0,3,8-15 [default: all].")
+@click.option("--start-ms", type=FiniteFloat(0, _MAX_WINDOW_MS),
+              help="Only events starting at or after this, in ms from the trace start (as export chrome).")
+@click.option("--end-ms", type=FiniteFloat(0, _MAX_WINDOW_MS, min_open=True),
+              help="Only events starting before this, in ms from the trace start.")
+@click.option("--top", default=20, show_default=True, type=_COUNT,
+              help="Rows per table (--format table), the worst by each table's ranking or --sort.")
+@click.option("--sort", metavar="COLUMN",
+              help="Order tables having COLUMN by it, largest first (e.g. delay_cost_ms) [default: each table's ranking].")
 @pass_cli
 def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, out: Path | None,
-            force: bool, what_if: tuple[str, ...], hta_compatible: bool, engine: str, scheduler: str | None) -> None:
+            force: bool, what_if: tuple[str, ...], hta_compatible: bool, engine: str, scheduler: str | None,
+            by: str, ranks: list[int] | None, start_ms: float | None, end_ms: float | None, top: int,
+            sort: str | None) -> None:
     """Compute roofline, stall, communication, serving, temporal and diagnosis reports.
 
     SOURCE is a trace store, or anything `collect` accepts (collected on the fly).
@@ -376,10 +397,15 @@ def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, ou
     _check_specs(what_if)
     if names and what_if and "whatif" not in names:
         names = [*names, "whatif"]
+    if start_ms is not None and end_ms is not None and end_ms <= start_ms:
+        raise click.UsageError(f"--end-ms ({end_ms:g}) must be greater than --start-ms ({start_ms:g})")
     _check_report_output(fmt, out, force, source)   # refused before the analysis rather than after it
+    from sohuprof.analyzers.engine import Selection
+
     reports = _compute_reports(obj, source, names, hta_compatible=hta_compatible, engine=engine,
-                               scheduler=scheduler, what_if=what_if)
-    _write_reports(obj, reports, fmt, out, force)
+                               scheduler=scheduler, what_if=what_if, by=by,
+                               selection=Selection(ranks=ranks, start_ms=start_ms, end_ms=end_ms))
+    _write_reports(obj, reports, fmt, out, force, top=top, sort=sort)
 
 
 @cli.command(epilog="""\b

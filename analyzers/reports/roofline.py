@@ -1,7 +1,9 @@
 """The roofline (Williams et al. 2009): how far each op class sits below its roof, and collectives
 against their link roof.
 
-Compute events (``category == "compute"``) are grouped by op class and phase. For a group,
+Compute events (``category == "compute"``) are grouped by op class and phase (with the analysis
+option ``by="name"``, ``analyze --by name``: by op class, op name and phase; the rows then carry a
+``name`` and sum, per op class, to the op-class rows). For a group,
 ``intensity = flops / hbm_bytes``, attained FLOP/s and B/s are its totals over its time, and its
 roof is ``min(peak, hbm_bandwidth x intensity)``; ``peak`` is the dense matrix peak for the
 model's dtype, or the vector units' FLOP/s for events on the ``vector`` track (a group mixing
@@ -33,7 +35,7 @@ from sohuprof.analyzers.reports.comm import busbw_factor, kind_is, records
 from sohuprof.analyzers.partition import Partition, as_partition
 from sohuprof.hardware import HardwareSpec
 
-__all__ = ["ROOFLINE", "SAMPLE_SIZE", "RooflineResult", "model_peak"]
+__all__ = ["GROUPINGS", "ROOFLINE", "SAMPLE_SIZE", "group_keys", "RooflineResult", "model_peak"]
 
 #: Events kept for the scatter plot, stratified by op class.
 SAMPLE_SIZE = 20_000
@@ -43,6 +45,24 @@ _COLL_COLS = ["op", "count", "time_ns", "bytes", "algbw", "busbw", "link_bandwid
 _SUMS = ["count", "time_ns", "flops", "hbm_bytes", "vector_count", "vector_flops", "headroom_ns", "sampleable",
          "timed_flops", "timed_bytes"]
 _SAMPLE_COLS = ["op", "phase", "rank", "ts", "dur", "intensity", "attained_flops", "attained_bandwidth", "key"]
+
+
+#: Values of the ``by`` option: the group keys of the ``ops`` rows.
+GROUPINGS: dict[str, tuple[str, ...]] = {"op": ("op", "phase"), "name": ("op", "name", "phase")}
+
+
+def group_keys(ctx: AnalysisContext) -> tuple[str, ...]:
+    """The ``ops`` rows' keys for ``ctx.options["by"]`` (default ``"op"``).
+
+    Raises
+    ------
+    ValueError
+        ``by`` is not one of :data:`GROUPINGS`.
+    """
+    by = ctx.options.get("by") or "op"
+    if by not in GROUPINGS:
+        raise ValueError(f"'by' must be one of {', '.join(map(repr, GROUPINGS))}; got {by!r}")
+    return GROUPINGS[by]
 
 
 def model_peak(ctx: AnalysisContext) -> float:
@@ -56,7 +76,8 @@ def model_peak(ctx: AnalysisContext) -> float:
 
 @dataclass(frozen=True)
 class RooflineResult:
-    """Per (op, phase) roofline rows, collectives against their link roof, and an event sample.
+    """Per (op, phase) roofline rows (per (op, name, phase) where ``by == "name"``), collectives
+    against their link roof, and an event sample.
 
     ``sample`` (at most :data:`SAMPLE_SIZE` events, the same whatever the partitioning) feeds the
     scatter plot and is not part of the JSON.
@@ -67,6 +88,7 @@ class RooflineResult:
     ops: pd.DataFrame
     collectives: pd.DataFrame
     sample: pd.DataFrame
+    by: str = "op"
 
     @property
     def ridge(self) -> float:
@@ -76,7 +98,7 @@ class RooflineResult:
     def to_json(self) -> dict:
         return {"hardware": {"peak_flops": self.peak_flops, "hbm_bandwidth": self.hbm_bandwidth,
                              "ridge": self.ridge},
-                "ops": records(self.ops, _OP_COLS), "collectives": records(self.collectives, _COLL_COLS)}
+                "ops": records(self.ops, _op_columns(self.by)), "collectives": records(self.collectives, _COLL_COLS)}
 
 
 def _hash(*cols: np.ndarray | int) -> np.ndarray:
@@ -180,8 +202,15 @@ def _summable(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return column if bound < 2**63 else column.cast(pa.float64(), safe=False)   # rounding, knowingly
 
 
-def _rank_roofline(events: pa.Table | Partition, hw: HardwareSpec, peak: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One partition's sums per (op, phase) and its share of the stratified sample."""
+def _op_columns(by: str) -> list[str]:
+    """The ``ops`` rows' JSON columns: the ``by="op"`` contract, plus ``name`` after ``op``."""
+    return _OP_COLS if by == "op" else ["op", "name", *_OP_COLS[1:]]
+
+
+def _rank_roofline(events: pa.Table | Partition, hw: HardwareSpec, peak: float,
+                   keys: tuple[str, ...] = GROUPINGS["op"]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One partition's sums per ``keys`` (op, phase; or op, name, phase) and its share of the
+    stratified sample (stratified by op class whatever the keys)."""
     part = as_partition(events)
     compute = part.equals("category", "compute")
     op, op_values = part.codes("op")
@@ -206,23 +235,23 @@ def _rank_roofline(events: pa.Table | Partition, hw: HardwareSpec, peak: float) 
     # aggregation over the dictionary columns, with FLOP and byte totals in exact int64 (a
     # group's FLOPs pass 2**53 on long runs, where float sums would round), single-threaded so
     # the float headroom is summed in row order, the same on every run.
-    grouped = pa.table({"category": part.column("category"), "op": part.column("op"), "phase": part.column("phase"),
+    grouped = pa.table({"category": part.column("category"), **{k: part.column(k) for k in keys},
                         "vector": pa.array(vector), "timed": pa.array(timed), "dur": part.column("dur"),
                         "flops": _summable(part.column("flops")), "hbm": _summable(part.column("hbm_bytes")),
                         "headroom": pa.array(headroom)}).unify_dictionaries()
-    g = (grouped.group_by(["category", "op", "phase", "vector", "timed"], use_threads=False)
+    g = (grouped.group_by(["category", *keys, "vector", "timed"], use_threads=False)
          .aggregate([("dur", "count"), ("dur", "sum"), ("flops", "sum"), ("hbm", "sum"), ("headroom", "sum")])
          .to_pandas())
     g = g[g["category"].astype(object) == "compute"]
     vec, tim = g["vector"].to_numpy(bool), g["timed"].to_numpy(bool)
     n, f_sum = g["dur_count"].to_numpy(np.int64), g["flops_sum"].fillna(0).to_numpy(np.int64)
     b_sum = g["hbm_sum"].fillna(0).to_numpy(np.int64)
-    sums_frame = pd.DataFrame({"op": g["op"].astype(object).to_numpy(), "phase": g["phase"].astype(object).to_numpy(),
+    sums_frame = pd.DataFrame({**{k: g[k].astype(object).to_numpy() for k in keys},
                                "count": n, "time_ns": g["dur_sum"].fillna(0).to_numpy(np.int64), "flops": f_sum,
                                "hbm_bytes": b_sum, "vector_count": n * vec, "vector_flops": f_sum * vec,
                                "headroom_ns": g["headroom_sum"].fillna(0).to_numpy(float), "sampleable": n * tim,
                                "timed_flops": f_sum * tim, "timed_bytes": b_sum * tim})
-    sums_frame = sums_frame.replace({"op": {np.nan: None}, "phase": {np.nan: None}})
+    sums_frame = sums_frame.replace({k: {np.nan: None} for k in keys})
     names, phases = np.array(op_values + [None], dtype=object), np.array(phase_values + [None], dtype=object)
     # Sample candidates: compute events with a duration (a 0 ns event has no attained rate to
     # plot). Every partition's cap is at least the global one, so the global choice is among what
@@ -259,11 +288,11 @@ def _group_peak(g: pd.DataFrame, hw: HardwareSpec, peak: float) -> np.ndarray:
     return np.select([nv == 0, nv == n], [peak, hw.vector_flops], default=mixed)
 
 
-def _exact_sums(sums: pd.DataFrame) -> pd.DataFrame:
-    """Per (op, phase), the partials' sums: integer columns as Python ints, so totals past 2**63
+def _exact_sums(sums: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
+    """Per ``keys``, the partials' sums: integer columns as Python ints, so totals past 2**63
     (a long run's FLOPs) neither round nor wrap."""
     exact = sums.astype({c: object for c in _SUMS if pd.api.types.is_integer_dtype(sums[c])})
-    return exact.groupby(["op", "phase"], dropna=False, as_index=False, sort=True)[_SUMS].sum()
+    return exact.groupby(list(keys), dropna=False, as_index=False, sort=True)[_SUMS].sum()
 
 
 def _int_or_float(column: pd.Series) -> pd.Series:
@@ -275,8 +304,9 @@ def _int_or_float(column: pd.Series) -> pd.Series:
     return column.astype("float64")
 
 
-def _finish_ops(sums: pd.DataFrame, hw: HardwareSpec, model_peak_flops: float) -> pd.DataFrame:
-    g = _exact_sums(sums)
+def _finish_ops(sums: pd.DataFrame, hw: HardwareSpec, model_peak_flops: float,
+                keys: tuple[str, ...] = GROUPINGS["op"]) -> pd.DataFrame:
+    g = _exact_sums(sums, keys)
     totals = {c: _int_or_float(g[c]) for c in ("count", "time_ns", "flops", "hbm_bytes", "headroom_ns")}
     g = g.astype({c: "float64" for c in _SUMS})
     peak = _group_peak(g, hw, model_peak_flops)
@@ -285,7 +315,7 @@ def _finish_ops(sums: pd.DataFrame, hw: HardwareSpec, model_peak_flops: float) -
         t = g["time_ns"].to_numpy(float)
         attained = np.where(t > 0, g["timed_flops"] / t * 1e9, 0.0)
         bandwidth = np.where(t > 0, g["timed_bytes"] / t * 1e9, 0.0)
-    out = pd.DataFrame({"op": g["op"], "phase": g["phase"], "count": totals["count"],
+    out = pd.DataFrame({**{k: g[k] for k in keys}, "count": totals["count"],
                         "time_ns": totals["time_ns"], "flops": totals["flops"],
                         "hbm_bytes": totals["hbm_bytes"], "intensity": intensity,
                         "attained_flops": attained, "attained_bandwidth": bandwidth,
@@ -293,7 +323,7 @@ def _finish_ops(sums: pd.DataFrame, hw: HardwareSpec, model_peak_flops: float) -
                         "bound": np.where(intensity >= peak / hw.hbm_bandwidth, "compute", "memory"),
                         "efficiency": np.maximum(attained / peak, bandwidth / hw.hbm_bandwidth),
                         "headroom_ns": totals["headroom_ns"], "peak_flops": peak})
-    return out.sort_values(["headroom_ns", "op", "phase"], ascending=[False, True, True],
+    return out.sort_values(["headroom_ns", *keys], ascending=[False, *[True] * len(keys)],
                            na_position="last").reset_index(drop=True)
 
 
@@ -334,6 +364,10 @@ class _Roofline:
     name = "roofline"
     columns = ("rank", "ts", "dur", "track", "op", "category", "phase", "flops", "hbm_bytes")
 
+    def columns_for(self, ctx: AnalysisContext) -> tuple[str, ...]:
+        """The event columns: ``name`` too where the rows are per op name."""
+        return tuple(dict.fromkeys([*self.columns, *group_keys(ctx)]))
+
     def applies(self, ctx: AnalysisContext) -> str | None:
         if ctx.hardware is None:
             if ctx.source in ("kineto", "chrome"):
@@ -350,26 +384,28 @@ class _Roofline:
         hw = ctx.hardware
         if hw is None:
             raise ValueError("'ctx.hardware' is None: check ROOFLINE.applies(ctx) first")
+        keys = group_keys(ctx)
         if not events.num_rows:
-            return pd.DataFrame(columns=["op", "phase", *_SUMS]), pd.DataFrame(columns=_SAMPLE_COLS)
-        return _rank_roofline(events, hw, model_peak(ctx))
+            return pd.DataFrame(columns=[*keys, *_SUMS]), pd.DataFrame(columns=_SAMPLE_COLS)
+        return _rank_roofline(events, hw, model_peak(ctx), keys)
 
     def combine(self, partials: list[tuple[pd.DataFrame, pd.DataFrame]], ctx: AnalysisContext) -> RooflineResult:
         """The roofline over every partial (any order or grouping gives the same result)."""
         hw = ctx.hardware
         if hw is None:
             raise ValueError("'ctx.hardware' is None: check ROOFLINE.applies(ctx) first")
+        keys = group_keys(ctx)
         sums = [p[0] for p in partials if len(p[0])]
         frame = (pd.concat(sums, ignore_index=True) if sums
-                 else pd.DataFrame({c: pd.Series(dtype=float) for c in _SUMS}).assign(op=None, phase=None))
+                 else pd.DataFrame({c: pd.Series(dtype=float) for c in _SUMS}).assign(**dict.fromkeys(keys)))
         samples = [p[1] for p in partials if len(p[1])]
         cap = _quota(frame.groupby("op", dropna=False)["sampleable"].sum().to_numpy(), SAMPLE_SIZE)
         sample = _take(pd.concat(samples, ignore_index=True), cap) if samples \
             else pd.DataFrame(columns=_SAMPLE_COLS)
         peak = float(model_peak(ctx))
         return RooflineResult(peak_flops=peak, hbm_bandwidth=float(hw.hbm_bandwidth),
-                              ops=_finish_ops(frame, hw, peak), collectives=_collective_roofs(ctx.instances, hw),
-                              sample=sample.drop(columns="key"))
+                              ops=_finish_ops(frame, hw, peak, keys), collectives=_collective_roofs(ctx.instances, hw),
+                              sample=sample.drop(columns="key"), by=ctx.options.get("by") or "op")
 
 
 ROOFLINE = _Roofline()
