@@ -6,7 +6,8 @@ From ``requests.parquet`` (one row per served request, on the store's aligned cl
   requests with more than one output token; ``e2e = finish - arrival``; requests that never
   produced a token (or never finished) are left out of the percentiles that need those times.
 - ``duration_s`` runs from the first arrival to the last finish; ``tokens_per_s`` counts input
-  and output tokens over it.
+  and output tokens over it, ``output_tokens_per_s`` the output tokens alone (what serving
+  benchmarks quote as throughput).
 - ``mfu``: the FLOPs the chips did (the sum of every event's ``flops``, as the trace records them:
   the model's matrix and vector work, attention included) over ``peak x chips x duration``,
   with ``peak`` the dense matrix peak for the model's dtype and ``chips`` the ranks in the trace.
@@ -51,6 +52,7 @@ class ServingResult:
     output_tokens: int
     duration_s: float
     tokens_per_s: float
+    output_tokens_per_s: float
     ttft_ms: dict[str, float | None]
     tpot_ms: dict[str, float | None]
     e2e_ms: dict[str, float | None]
@@ -59,7 +61,8 @@ class ServingResult:
 
     def to_json(self) -> dict:
         return {"requests": self.requests, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-                "duration_s": self.duration_s, "tokens_per_s": self.tokens_per_s, "ttft_ms": dict(self.ttft_ms),
+                "duration_s": self.duration_s, "tokens_per_s": self.tokens_per_s,
+                "output_tokens_per_s": self.output_tokens_per_s, "ttft_ms": dict(self.ttft_ms),
                 "tpot_ms": dict(self.tpot_ms), "e2e_ms": dict(self.e2e_ms), "mfu": self.mfu}
 
 
@@ -99,6 +102,7 @@ def serving_metrics(requests: pd.DataFrame, flops: float, peak_flops: float | No
                         "tpot_ms": tpot / 1e6, "e2e_ms": e2e / 1e6})
     return ServingResult(requests=len(requests), input_tokens=input_tokens, output_tokens=output_tokens,
                          duration_s=duration_s, tokens_per_s=float(tokens_per_s),
+                         output_tokens_per_s=float(output_tokens / duration_s) if duration_s > 0 else 0.0,
                          ttft_ms=_percentiles(ttft[np.isfinite(ttft)]), tpot_ms=_percentiles(tpot[np.isfinite(tpot)]),
                          e2e_ms=_percentiles(e2e[np.isfinite(e2e)]), mfu=None if mfu is None else float(mfu),
                          latencies=lat)

@@ -31,8 +31,8 @@ def kpis(data: DashboardData) -> list[html.Div]:
     tiles = [kpi("wall time", fmt_ms(summary.get("wall_ns")),
                  f"{summary.get('events', 0):,} events on {summary.get('ranks', '?')} ranks, {summary.get('nodes', '?')} nodes")]
     if serving:
-        tiles.append(kpi("tokens/s", f"{serving['tokens_per_s']:,.0f}",
-                         f"{serving['output_tokens']:,} output tokens, {serving['requests']:,} requests"))
+        tiles.append(kpi("output tokens/s", f"{serving.get('output_tokens_per_s', 0):,.0f}",
+                         f"{serving['tokens_per_s']:,.0f} tokens/s with the prompts, {serving['requests']:,} requests"))
         mfu = serving.get("mfu")
         tiles.append(kpi("MFU", f"{mfu:.1%}" if mfu is not None else "–", "model FLOPs / (chips x peak x time)"))
         ttft = (serving.get("ttft_ms") or {}).get("p50")

@@ -50,8 +50,9 @@ def layout(selection: Any = None, **_: Any) -> Any:
     return html.Div([
         html.H2("Serving"),
         html.Div(className="kpis", children=[
-            kpi("tokens/s", f"{report['tokens_per_s']:,.0f}", f"{report['output_tokens']:,} output tokens in "
-                f"{report['duration_s']:,.3f} s"),
+            kpi("output tokens/s", f"{report['output_tokens_per_s']:,.0f}",
+                f"{report['tokens_per_s']:,.0f} tokens/s with the prompts; {report['output_tokens']:,} output "
+                f"tokens in {report['duration_s']:,.3f} s"),
             kpi("requests", f"{report['requests']:,}", f"{report['input_tokens']:,} prompt tokens"),
             kpi("TTFT (ms)", pct("ttft_ms").split(" · ")[0], pct("ttft_ms")),
             kpi("TPOT (ms)", pct("tpot_ms").split(" · ")[0], pct("tpot_ms")),

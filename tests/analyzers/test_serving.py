@@ -107,7 +107,9 @@ def test_does_not_apply_to_profiler_traces(tmp_path: Path) -> None:
 
 def test_json_contract(run) -> None:
     out = run_analyses(build_context(open_store(run[1])), [SERVING])["serving"].to_json()
-    assert set(out) == {"requests", "input_tokens", "output_tokens", "duration_s", "tokens_per_s", "ttft_ms",
-                        "tpot_ms", "e2e_ms", "mfu"}
+    assert set(out) == {"requests", "input_tokens", "output_tokens", "duration_s", "tokens_per_s",
+                        "output_tokens_per_s", "ttft_ms", "tpot_ms", "e2e_ms", "mfu"}
     assert all(isinstance(out[k], int) for k in ("requests", "input_tokens", "output_tokens"))
-    assert all(isinstance(out[k], float) for k in ("duration_s", "tokens_per_s", "mfu"))
+    assert all(isinstance(out[k], float) for k in ("duration_s", "tokens_per_s", "output_tokens_per_s", "mfu"))
+    assert out["output_tokens_per_s"] == pytest.approx(out["output_tokens"] / out["duration_s"])
+    assert out["tokens_per_s"] == pytest.approx((out["input_tokens"] + out["output_tokens"]) / out["duration_s"])
