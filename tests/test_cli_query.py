@@ -152,6 +152,15 @@ def test_csv_and_table_formats() -> None:
     assert table.exit_code == 0 and "more rows: use --format csv or json for all" in table.stdout
 
 
+def test_table_is_exact_and_laid_out_as_analyze_lays_out() -> None:
+    total = run_query(STORE, "SELECT sum(dur) AS t FROM events").column("t")[0].as_py()
+    result = run("query", str(STORE), "SELECT sum(dur) AS total_ns, NULL::INTEGER AS nothing FROM events")
+    assert result.exit_code == 0 and f"{total:,}" in result.stdout   # every digit, no unit scaling
+    assert "1 row" in result.stdout and "None" not in result.stdout and "nan" not in result.stdout
+    one = run("query", str(STORE), "SELECT * FROM events LIMIT 1")
+    assert one.exit_code == 0 and "field" in one.stdout and "stall_mem_ns" in one.stdout   # one row: field / value
+
+
 def test_output_file_refused_without_force(tmp_path: Path) -> None:
     out = tmp_path / "ranks.csv"
     first = run("query", str(STORE), "SELECT * FROM ranks", "--format", "csv", "-o", str(out))

@@ -1,6 +1,6 @@
 """Render a ``sohuprof query`` result (a pyarrow Table) as a rich table, CSV or JSON.
 
-Values keep the units the query gave them (times in the store are ns); nulls are ``-`` in the
+Values keep the units the query gave them (times in the store are ns); nulls are blank in the
 table, empty in CSV and ``null`` in JSON. Binary cells (``quarantine.raw``) are base64 in CSV and
 JSON and their size in the table.
 """
@@ -41,23 +41,30 @@ def _frame(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_integer(t) else None)
 
 
-def render_frame(df: pd.DataFrame, *, max_rows: int | None = 100, width: int = 160) -> str:
-    """A DataFrame as one rich table, as text: its columns as the query named them (no ns -> ms
-    renaming), numbers right-aligned, nulls ``-``, cut to ``max_rows`` with a note."""
-    from rich.console import Console
-    from rich.table import Table
+def _missing(value: Any) -> bool:
+    """A null cell: None, pandas' NA or NaT, or a NaN (what pandas makes of a null string)."""
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
 
+
+def render_frame(df: pd.DataFrame, *, max_rows: int | None = 100, width: int | None = None) -> str:
+    """A DataFrame as a rich table, as text, laid out as analyze's tables are (to the terminal's
+    width, split into column groups rather than cutting a number; one row as field / value); its
+    columns as the query named them and exact (no unit scaling), nulls blank; cut to
+    ``max_rows`` with a note."""
+    from rich.console import Console
+
+    from sohuprof.analyzers.render.tables import print_table, terminal_width
+
+    title = f"{len(df):,} row{'' if len(df) == 1 else 's'}"
     caption = None
     if max_rows is not None and len(df) > max_rows:   # rendering a bounded table, not events
         caption = f"{len(df) - max_rows:,} more rows: use --format csv or json for all"
         df = df.head(max_rows)
-    table = Table(show_lines=False, caption=caption)
-    for col in df.columns:
-        table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(df[col]) else "left")
-    for row in df.itertuples(index=False):   # at most max_rows
-        table.add_row(*("-" if v is None or v is pd.NA else _cell(v) for v in row))
+    text = pd.DataFrame({str(c): ["" if _missing(v) else _cell(v) for v in df[c].tolist()]
+                         for c in df.columns}, index=df.index, dtype=object)
+    width = width or terminal_width()
     buffer = io.StringIO()
-    Console(file=buffer, width=width, force_terminal=False, color_system=None).print(table)
+    print_table(Console(file=buffer, width=width, force_terminal=False, color_system=None), title, text, caption, width)
     return buffer.getvalue()
 
 
