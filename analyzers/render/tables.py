@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["terminal_width", "layout", "print_table"]
+__all__ = ["terminal_width", "layout", "print_table", "without_aliases"]
 
 #: Columns that name a row: repeated in every column group of a split table.
 KEY_COLUMNS = ("rank", "node", "chip", "src_node", "dst_node", "kind", "op", "phase", "name", "group", "stream",
@@ -47,6 +47,14 @@ def _is_number_text(series: pd.Series) -> bool:
         return False
     return all(isinstance(v, str) and v[:1] in "-0123456789+i" and any(c.isdigit() for c in v) or v == "inf"
                for v in values)
+
+
+def without_aliases(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` without the µs aliases of its ns columns (temporal keeps HTA's ``idle_us`` beside
+    ``idle_ns`` in its JSON; a table shows each time once)."""
+    names = {str(c) for c in df.columns}
+    alias = [c for c in df.columns if str(c).endswith("_us") and str(c)[:-3] + "_ns" in names]
+    return df.drop(columns=alias) if alias else df
 
 
 def key_value(df: pd.DataFrame) -> pd.DataFrame:

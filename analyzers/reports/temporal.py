@@ -54,8 +54,10 @@ __all__ = ["OVERLAP", "OVERLAP_COLUMNS", "TEMPORAL", "TEMPORAL_COLUMNS", "Overla
            "comm_comp_overlap", "temporal_breakdown"]
 
 #: Output columns of :func:`temporal_breakdown` (the ``temporal.ranks`` JSON contract).
-TEMPORAL_COLUMNS = ("rank", "idle_us", "compute_us", "non_compute_us", "kernel_time_us", "idle_pct",
-                    "compute_pct", "non_compute_pct")
+TEMPORAL_COLUMNS = ("rank", "idle_ns", "compute_ns", "non_compute_ns", "kernel_time_ns", "idle_pct",
+                    "compute_pct", "non_compute_pct", "idle_us", "compute_us", "non_compute_us", "kernel_time_us")
+#: The µs fields are HTA's own (its ``*_time(us)`` columns), kept beside the ns ones as aliases.
+HTA_ALIASES = ("idle_us", "compute_us", "non_compute_us", "kernel_time_us")
 #: Output columns of :func:`comm_comp_overlap` (the ``comm.overlap`` JSON contract).
 OVERLAP_COLUMNS = ("rank", "comm_ns", "overlapped_ns", "overlap_pct")
 #: Sufficient statistics one rank's chunk returns (ns, exact integers).
@@ -128,6 +130,7 @@ def _finish_temporal(ns: pd.DataFrame) -> pd.DataFrame:
     kt = ns["kernel_time_ns"]
     out = pd.DataFrame({"rank": ns["rank"].astype("int64")})
     for part in ("idle", "compute", "non_compute", "kernel_time"):
+        out[f"{part}_ns"] = ns[f"{part}_ns"].astype("int64")
         out[f"{part}_us"] = ns[f"{part}_ns"].astype("float64") / 1e3
     for part in ("idle", "compute", "non_compute"):
         out[f"{part}_pct"] = _pct(ns[f"{part}_ns"], kt)
@@ -154,9 +157,10 @@ def temporal_breakdown(events: pd.DataFrame | pa.Table, *, hta_compatible: bool 
     Returns
     -------
     pandas.DataFrame
-        One row per rank with GPU kernels: ``rank, idle_us, compute_us, non_compute_us,
-        kernel_time_us, idle_pct, compute_pct, non_compute_pct``; the three ``*_us`` parts sum to
-        ``kernel_time_us``.
+        One row per rank with GPU kernels: ``rank, idle_ns, compute_ns, non_compute_ns,
+        kernel_time_ns, idle_pct, compute_pct, non_compute_pct`` and HTA's µs fields as aliases
+        (``idle_us, compute_us, non_compute_us, kernel_time_us``); the three parts sum to the
+        kernel time.
 
     Raises
     ------
@@ -167,8 +171,8 @@ def temporal_breakdown(events: pd.DataFrame | pa.Table, *, hta_compatible: bool 
     --------
     >>> ev = pd.DataFrame({"rank": 0, "ts": [0, 50, 300], "dur": [100, 100, 100],
     ...                    "category": ["compute", "communication", "memory"]})
-    >>> temporal_breakdown(ev).iloc[0].tolist()
-    [0.0, 0.15, 0.1, 0.15, 0.4, 37.5, 25.0, 37.5]
+    >>> temporal_breakdown(ev)[["idle_ns", "compute_ns", "non_compute_ns", "kernel_time_ns"]].iloc[0].tolist()
+    [150, 100, 150, 400]
     """
     return _finish_temporal(_temporal_ns(_ensure_table(events, hta_compatible=hta_compatible)))
 
