@@ -120,7 +120,7 @@ def render_table(reports: Reports, *, max_rows: int = 20, width: int | None = No
     from rich.console import Console
 
     from sohuprof.analyzers.render.diagnosis import findings_text
-    from sohuprof.analyzers.render.tables import print_table, terminal_width, without_aliases
+    from sohuprof.analyzers.render.tables import print_table, rank_sums, terminal_width, without_aliases
     from sohuprof.analyzers.render.units import format_frame
 
     width = width or terminal_width()
@@ -131,7 +131,9 @@ def render_table(reports: Reports, *, max_rows: int = 20, width: int | None = No
             console.file.write(findings_text(data, top=max_rows, width=min(console.width, 120)) + "\n")
             continue
         for title, df, caption in reading_tables(name, data, max_rows=max_rows):
-            print_table(console, title, format_frame(without_aliases(df)), caption, width)   # at most max_rows
+            df, summed = rank_sums(name, title, without_aliases(df), len(reports.ctx.ranks))
+            caption = "; ".join(c for c in (summed, caption) if c) or None
+            print_table(console, title, format_frame(df), caption, width)   # at most max_rows
     return buffer.getvalue()
 
 

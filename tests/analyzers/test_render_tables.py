@@ -59,3 +59,17 @@ def test_width_comes_from_the_terminal(every_report, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("COLUMNS", "90")
     text = render_table(every_report["sohu"])
     assert [line for line in text.splitlines() if len(line) > 90 and "next: sohuprof" not in line] == []
+
+
+def test_sums_over_ranks_are_said_and_shown_beside_a_per_rank_mean(every_report) -> None:
+    reports = every_report["sohu"]
+    ranks = len(reports.ctx.ranks)
+    text = render_table(reports, width=200)
+    roofline = text[text.index("roofline · ops"):].split("roofline · collectives")[0]
+    assert f"summed over {ranks} ranks" in roofline and "time_per_rank (ms)" in roofline
+    from sohuprof.analyzers.render.tables import rank_sums
+
+    ops = pd.DataFrame(reports.to_json()["roofline"]["ops"])
+    out, caption = rank_sums("roofline", "roofline · ops", ops, ranks)
+    assert (out["time_per_rank_ns"] * ranks).round().astype("int64").tolist() == ops["time_ns"].tolist()
+    assert rank_sums("stalls", "stalls · ranks", ops, ranks) == (ops, None)
