@@ -51,9 +51,11 @@ def test_top_and_sort() -> None:
     code, out, err = _run("--report", "comm", "--top", "3", "--sort", "delay_cost_ms")
     assert code == 0, err
     block = out.split("comm · stragglers")[1].split("more rows")[0]
+    header = next(line for line in block.splitlines() if "delay_cost" in line)
+    at = [c.strip() for c in header.split("┃")].index(next(c.strip() for c in header.split("┃") if "delay_cost" in c))
     rows = [line for line in block.splitlines() if line.startswith("│")]
     assert len(rows) == 3
-    delays = [float(line.split("│")[4].replace(",", "")) for line in rows]
+    delays = [float(line.split("│")[at].replace(",", "")) for line in rows]
     stragglers = _json("--report", "comm")["comm"]["stragglers"]
     assert delays == sorted(delays, reverse=True)
     assert delays[0] == pytest.approx(max(s["delay_cost_ns"] for s in stragglers) / 1e6, rel=1e-2)   # as shown
@@ -96,3 +98,14 @@ def test_bad_selection_is_one_line(args: list[str], says: str) -> None:
     assert says in err
     assert "Traceback" not in err
     assert len([line for line in err.splitlines() if line.startswith("Error")]) == 1
+
+
+def test_collectives_follow_the_selection() -> None:
+    whole = _json("--report", "comm,roofline")
+    part = _json("--report", "comm,roofline", "--ranks", "5", "--start-ms", "20", "--end-ms", "45")
+    assert [s["rank"] for s in part["comm"]["stragglers"]] == [5]
+    count = {r["kind"]: 0 for r in whole["comm"]["collectives"]}
+    for r in part["comm"]["collectives"]:
+        count[r["kind"]] += r["count"]
+    assert 0 < sum(count.values()) < sum(r["count"] for r in whole["comm"]["collectives"])
+    assert sum(r["count"] for r in part["roofline"]["collectives"]) == sum(count.values())

@@ -54,11 +54,14 @@ def table_sort(column: str | None) -> Iterator[None]:
 
 
 def _resolve(df: pd.DataFrame, column: str) -> str | None:
-    """``column`` as the table names it: a shown ``*_ms`` column is a ``*_ns`` one underneath."""
+    """``column`` as the table names it: a shown ``*_ms`` (or unit-less ``delay_cost``) column is
+    a ``*_ns`` one underneath."""
     if column in df.columns:
         return column
     if column.endswith("_ms") and column[:-3] + "_ns" in df.columns:
         return column[:-3] + "_ns"
+    if column + "_ns" in df.columns:   # the name a table header shows, without its unit
+        return column + "_ns"
     return None
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "SLOW_RATIO",
     "CommResult",
     "busbw_factor",
+    "selected_instances",
     "group_sizes",
     "transfer_latency",
     "kind_is",
@@ -312,6 +313,24 @@ def _rank_comm(events: pa.Table | Partition, ctx: AnalysisContext) -> tuple[pd.D
             pd.DataFrame({"coll_id": sent.astype(np.int64), "rank": np.full(len(sent), rank, np.int64)}))
 
 
+def selected_instances(ctx: AnalysisContext) -> pd.DataFrame:
+    """``ctx.instances`` under the analysis's selection (``analyze --ranks/--start-ms/--end-ms``):
+    the instances a selected rank is a member of, with its transfer starting in the window (its
+    collective event starts there too). Every instance when nothing is left out."""
+    inst = ctx.instances
+    if not ctx.options.get("selected"):
+        return inst
+    window = ctx.options.get("window_ns")
+    kept = []
+    for rank in ctx.ranks["rank"].tolist():   # a loop over the selected ranks, not rows
+        rows = ctx.member_index.of_rank(int(rank))
+        ok = np.ones(len(rows["coll_id"]), bool) if window is None else \
+            (rows["start"] >= window[0]) & (rows["start"] < window[1])
+        kept.append(rows["coll_id"][ok])
+    ids = np.unique(np.concatenate(kept)) if kept else np.empty(0, np.int64)
+    return inst[np.isin(inst["coll_id"].to_numpy(), ids)].reset_index(drop=True)
+
+
 def _stragglers(index: CollectiveIndex, ranks: pd.DataFrame, partial: np.ndarray | None = None) -> pd.DataFrame:
     """Delay cost per rank (Scalasca wait at N x N, charged to each instance's last arriver),
     over the instances every member of which is present (``partial``: sorted ids of the others)."""
@@ -481,7 +500,7 @@ class _Comm:
         per_rank = pd.concat([empty[0], *(p[0] for p in partials)], ignore_index=True)
         senders = pd.concat([empty[1], *(p[1] for p in partials)], ignore_index=True)
         hidden = per_rank.groupby(["kind", "group"], as_index=False)[["union_ns", "overlapped_ns"]].sum()
-        inst = ctx.instances
+        inst = selected_instances(ctx)
         declared = group_sizes(ctx)
         if declared:
             inst = inst.assign(n=np.maximum(inst["n"].to_numpy(), inst["group"].map(declared).fillna(0).to_numpy(np.int64)))
@@ -516,7 +535,13 @@ class _Comm:
             links = links.assign(slow=np.isin(links["src_node"], slow) | np.isin(links["dst_node"], slow))
         from sohuprof.analyzers.diagnosis.graph import incomplete_collectives
 
-        stragglers = _stragglers(ctx.collective_index, ctx.ranks, incomplete_collectives(ctx)[0])
+        left_out = incomplete_collectives(ctx)[0]
+        if ctx.options.get("selected"):   # the selection's instances only, its ranks' rows only
+            outside = np.setdiff1d(ctx.instances["coll_id"].to_numpy(), inst["coll_id"].to_numpy())
+            left_out = np.union1d(left_out, outside)
+        stragglers = _stragglers(ctx.collective_index, ctx.ranks, left_out)
+        if ctx.options.get("selected"):
+            stragglers = stragglers[stragglers["rank"].isin(ctx.ranks["rank"])].reset_index(drop=True)
         graphs = [p[2] for p in partials if len(p) > 2 and p[2] is not None]
         if graphs:
             from sohuprof.analyzers.diagnosis.replay import ReplayError

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.reports.comm import busbw_factor, kind_is, records
+from sohuprof.analyzers.reports.comm import busbw_factor, kind_is, records, selected_instances
 from sohuprof.analyzers.partition import Partition, as_partition
 from sohuprof.hardware import HardwareSpec
 
@@ -404,7 +404,7 @@ class _Roofline:
             else pd.DataFrame(columns=_SAMPLE_COLS)
         peak = float(model_peak(ctx))
         return RooflineResult(peak_flops=peak, hbm_bandwidth=float(hw.hbm_bandwidth),
-                              ops=_finish_ops(frame, hw, peak, keys), collectives=_collective_roofs(ctx.instances, hw),
+                              ops=_finish_ops(frame, hw, peak, keys), collectives=_collective_roofs(selected_instances(ctx), hw),
                               sample=sample.drop(columns="key"), by=ctx.options.get("by") or "op")
 
 
