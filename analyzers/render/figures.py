@@ -5,6 +5,7 @@ Used by the HTML report and the dashboard alike.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -134,19 +135,35 @@ def link_ratio_figure(links: pd.DataFrame, nodes: int) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=ratio, x=labels, y=labels, text=text, texttemplate="%{text}", zmin=0, zmax=top,
                                colorscale="RdYlGn", colorbar=dict(title="measured ÷ expected", ticksuffix="×"),
                                hovertemplate="%{y} → %{x}: %{z:.2f}× expected<extra></extra>", hoverongaps=False))
-    fig.update_layout(xaxis=dict(title="to", side="bottom"), yaxis=dict(title="from", autorange="reversed"), height=420,
+    fig.update_layout(xaxis=dict(title="to", side="bottom", showgrid=False),
+                      yaxis=dict(title="from", autorange="reversed", showgrid=False), height=420, plot_bgcolor="white",
                       title="node-to-node link bandwidth, measured ÷ expected (1× = the hardware's rate)")
     return fig
 
 
-def _roofline_for_report(fig: go.Figure) -> go.Figure:
-    """The roofline with SI ticks that name their unit (``100TFLOP/s``, never plotly's ``100B``)."""
+def _decade_ticks(values: np.ndarray, unit: str) -> dict[str, Any]:
+    """Log-axis ticks at each power of ten the values span, labelled with SI prefixes and the unit
+    (``1 TFLOP/s``, ``10 TFLOP/s``): plotly's own go to ``10^16`` or say ``B`` for billion."""
+    v = values[np.isfinite(values) & (values > 0)]
+    if not len(v):
+        return {}
+    at = 10.0 ** np.arange(math.floor(math.log10(v.min())), math.ceil(math.log10(v.max())) + 1)
+    text = [si(t, unit).replace(".00 ", " ").replace(".0 ", " ") for t in at]
+    return dict(tickmode="array", tickvals=at.tolist(), ticktext=text)
+
+
+def _roofline_for_report(fig: go.Figure, peak_flops: float, hbm_bandwidth: float) -> go.Figure:
+    """The roofline with ticks that name their unit, and the roofs in the title, in SI units."""
+    xs = np.concatenate([np.asarray(t.x, dtype=float) for t in fig.data]) if fig.data else np.array([])
+    ys = np.concatenate([np.asarray(t.y, dtype=float) for t in fig.data]) if fig.data else np.array([])
     for trace in fig.data:
         if trace.mode == "markers":
             trace.hovertemplate = (f"<b>{trace.name}</b> %{{text}}<br>intensity %{{x:.3g}} FLOP/B"
                                    "<br>attained %{y:.3s}FLOP/s<extra></extra>")
-    fig.update_layout(yaxis=dict(exponentformat="SI", ticksuffix="FLOP/s", title="attained"),
-                      xaxis=dict(exponentformat="SI", ticksuffix=" FLOP/B", title="arithmetic intensity (FLOP per HBM byte)"))
+    fig.update_layout(yaxis=dict(title="attained FLOP/s", **_decade_ticks(ys, "FLOP/s")),
+                      xaxis=dict(title="arithmetic intensity (FLOP per HBM byte)", **_decade_ticks(xs, "FLOP/B")),
+                      title=f"roofline: peak {si(peak_flops, 'FLOP/s')}, HBM {si(hbm_bandwidth, 'B/s')} "
+                            "(marker area ∝ time)")
     return fig
 
 
@@ -157,8 +174,8 @@ def figures_by_report(reports: Any) -> dict[str, list[tuple[str, go.Figure]]]:
     roof = results.get("roofline")
     if roof is not None and getattr(roof, "sample", None) is not None:
         hw = roof.to_json()["hardware"]
-        out["roofline"] = [("Roofline", _roofline_for_report(roofline_figure(roof.sample, hw["peak_flops"],
-                                                                              hw["hbm_bandwidth"])))]
+        fig = roofline_figure(roof.sample, hw["peak_flops"], hw["hbm_bandwidth"])
+        out["roofline"] = [("Roofline", _roofline_for_report(fig, hw["peak_flops"], hw["hbm_bandwidth"]))]
     stalls = results.get("stalls")
     if stalls is not None and len(stalls.ranks):
         out["stalls"] = [("Stalls per rank, by node", stalls_by_node_figure(stalls.ranks))]

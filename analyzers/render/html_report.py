@@ -43,7 +43,7 @@ nav.toc{background:#f7f7f7;border:1px solid #e3e3e3;padding:.4em 1.2em;margin:1e
 nav.toc ol{margin:.3em 0;padding-left:1.4em}nav.toc ol ol{list-style:none;padding-left:1em;color:#555}
 table{border-collapse:collapse;margin:.4em 0 1.4em;font-size:13px}
 td,th{border:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
-th{background:#f4f4f4}td.text{text-align:left}
+th{background:#f4f4f4}td.text,th.text{text-align:left}
 h2{margin-top:1.8em;border-bottom:1px solid #ccc}h3{margin:1.2em 0 .3em;font-size:15px}
 ol.findings li{margin:.5em 0}.note{color:#666}.empty{color:#666;font-style:italic}
 details{color:#555;font-size:13px}code{font-size:12px}
@@ -155,8 +155,9 @@ def _table_html(df: pd.DataFrame) -> str:
     text_cols = {str(c) for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])
                  or pd.api.types.is_bool_dtype(df[c])}
     shown = format_frame(df)
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
     left = [c in text_cols for c in df.columns.astype(str)]
+    head = "".join(f"<th class='text'>{html.escape(str(c))}</th>" if is_text else f"<th>{html.escape(str(c))}</th>"
+                   for c, is_text in zip(shown.columns, left))
     rows = []
     for row in shown.itertuples(index=False):
         rows.append("<tr>" + "".join(f"<td class='text'>{html.escape(v)}</td>" if is_text else f"<td>{html.escape(v)}</td>"

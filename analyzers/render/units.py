@@ -32,8 +32,8 @@ PREFIXES: dict[int, str] = {-8: "y", -7: "z", -6: "a", -5: "f", -4: "p", -3: "n"
 #: Time units from ns: (name, ns in one), largest first; durations stop at seconds.
 TIME_UNITS: tuple[tuple[str, float], ...] = (("s", 1e9), ("ms", 1e6), ("µs", 1e3), ("ns", 1.0))
 
-# Units whose values are never SI-scaled (a percentage, a count of tokens a second is scaled).
-_PLAIN = {"%", "×", "FLOP/B"}
+# Units whose values are never SI-scaled (tokens a second read best whole: 30,733).
+_PLAIN = {"%", "×", "FLOP/B", "tok/s"}
 
 
 def _missing(value: Any) -> bool:
@@ -237,6 +237,11 @@ def header(name: Any, label: str | None) -> str:
         if text.endswith(suffix) and len(text) > len(suffix):
             text = text[: -len(suffix)]
             break
+    else:   # a flattened name: ttft_ms_p50 reads "ttft_p50 (ms)"
+        for suffix in _SUFFIXES:
+            if f"{suffix}_" in text and not text.startswith(suffix[1:]):
+                text = text.replace(f"{suffix}_", "_", 1)
+                break
     return f"{text} ({label})"
 
 
@@ -277,7 +282,10 @@ def format_frame(df: pd.DataFrame, *, units: dict[str, str | None] | None = None
         values, label = scaled(s, unit)
         if unit == "×":
             text = [f"{v:.2f}" if math.isfinite(v) else _number(v) for v in values]
-        else:
+        elif unit in _PLAIN or unit in ("%", "fraction"):
             text = [_number(v) for v in values]
+        else:   # a value far under the column's scale says its own unit (20.0 ns in a ms column), not 2e-05
+            raw = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
+            text = [fmt(r, unit) if v != 0 and abs(v) < 0.01 else _number(v) for v, r in zip(values, raw)]
         out[header(col, label)] = pd.Series(text, index=s.index, dtype=object)
     return pd.DataFrame(out, index=df.index)

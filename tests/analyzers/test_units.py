@@ -85,3 +85,12 @@ def test_format_frame() -> None:
     assert out["share (%)"].tolist() == ["25.0", "100"]
     assert "9,500,000" not in out.to_string()
     assert list(format_frame(df, units={"rank": "B"}).columns)[0] == "rank (kB)"
+
+
+def test_format_frame_small_values_and_flattened_names() -> None:
+    out = format_frame(pd.DataFrame({"time_ns": [1e8, 20, 6600.0], "bytes": [1e9, 2.1e4, 0],
+                                     "ttft_ms_p50": [8.9, 10.0, 11.0], "tokens_per_s": [30733.3, 1.0, None]}))
+    assert list(out.columns) == ["time (ms)", "bytes (GB)", "ttft_p50 (ms)", "tokens/s"]
+    assert out["time (ms)"].tolist() == ["100", "20.0 ns", "6.60 µs"]   # never 2e-05
+    assert out["bytes (GB)"].tolist() == ["1.00", "21.0 kB", "0"]
+    assert out["tokens/s"].tolist() == ["30,733", "1.00", ""]
