@@ -44,7 +44,8 @@ _OP_COLS = ["op", "phase", "count", "time_ns", "flops", "hbm_bytes", "intensity"
 _COLL_COLS = ["op", "count", "time_ns", "bytes", "algbw", "busbw", "link_bandwidth", "efficiency", "headroom_ns"]
 _SUMS = ["count", "time_ns", "flops", "hbm_bytes", "vector_count", "vector_flops", "headroom_ns", "sampleable",
          "timed_flops", "timed_bytes"]
-_SAMPLE_COLS = ["op", "phase", "rank", "ts", "dur", "intensity", "attained_flops", "attained_bandwidth", "key"]
+_SAMPLE_COLS = ["op", "name", "phase", "rank", "layer", "ts", "dur", "intensity", "attained_flops",
+                "attained_bandwidth", "key"]
 
 
 #: Values of the ``by`` option: the group keys of the ``ops`` rows.
@@ -272,7 +273,9 @@ def _rank_roofline(events: pa.Table | Partition, hw: HardwareSpec, peak: float,
     rank = np.full(len(chosen), one_rank, np.int64) if one_rank is not None else ranks[chosen]
     f, h, dd = flops[chosen], hbm[chosen], dur[chosen]
     with np.errstate(divide="ignore", invalid="ignore"):
-        sample = pd.DataFrame({"op": names[op[chosen]], "phase": phases[phase[chosen]], "rank": rank,
+        sample = pd.DataFrame({"op": names[op[chosen]], "name": _values_at(part, "name", chosen),
+                               "phase": phases[phase[chosen]], "rank": rank,
+                               "layer": part.ints("layer", -1)[chosen] if part.has("layer") else -1,
                                "ts": part.ts[chosen], "dur": dd, "intensity": f / h, "attained_flops": f / dd * 1e9,
                                "attained_bandwidth": h / dd * 1e9, "key": sample_key[chosen]})
     return sums_frame, sample
@@ -358,11 +361,21 @@ def _collective_roofs(inst: pd.DataFrame, hw: HardwareSpec) -> pd.DataFrame:
     return out.sort_values(["headroom_ns", "op"], ascending=[False, True]).reset_index(drop=True)
 
 
+def _values_at(part: Partition, column: str, rows: np.ndarray) -> np.ndarray:
+    """A dictionary column's strings at ``rows`` only (the sample's few), or None where absent."""
+    if not part.has(column):
+        return np.full(len(rows), None, dtype=object)
+    codes, values = part.codes(column)
+    table = np.array(list(values) + [None], dtype=object)
+    picked = codes[rows]
+    return table[np.where(picked >= 0, picked, len(values))]
+
+
 class _Roofline:
     """The ``roofline`` report (see the module docstring)."""
 
     name = "roofline"
-    columns = ("rank", "ts", "dur", "track", "op", "category", "phase", "flops", "hbm_bytes")
+    columns = ("rank", "ts", "dur", "track", "op", "category", "phase", "flops", "hbm_bytes", "name", "layer")
 
     def columns_for(self, ctx: AnalysisContext) -> tuple[str, ...]:
         """The event columns: ``name`` too where the rows are per op name."""
