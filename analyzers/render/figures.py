@@ -82,7 +82,8 @@ def critical_path_figure(by_kind: pd.DataFrame) -> go.Figure:
     for kind, t in zip(by_kind["kind"], by_kind["time_ns"]):
         fig.add_trace(go.Bar(y=["critical path"], x=[t / 1e6], name=str(kind), orientation="h",
                              marker_color=_PATH_COLORS.get(str(kind), "#999")))
-    fig.update_layout(barmode="stack", xaxis_title="ms", height=220, title="what the critical path is made of")
+    fig.update_layout(barmode="stack", xaxis_title="time (ms)", height=240, title="what the critical path is made of",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0, traceorder="normal"))
     return fig
 
 

@@ -46,7 +46,7 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
 th{background:#f4f4f4}td.text,th.text{text-align:left}
 h2{margin-top:1.8em;border-bottom:1px solid #ccc}h3{margin:1.2em 0 .3em;font-size:15px}
 ol.findings li{margin:.5em 0}.note{color:#666}.empty{color:#666;font-style:italic}
-details{color:#555;font-size:13px}code{font-size:12px}
+details{color:#555;font-size:13px}code{font-size:12px}div.scroll{overflow-x:auto;max-width:100%}
 """
 
 
@@ -165,9 +165,26 @@ def _table_html(df: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _from_start(df: pd.DataFrame, origin: int | None) -> pd.DataFrame:
+    """Timestamp columns (``ts``, ``*_ts``: ns on the trace's clock, 19 digits) as ns since the
+    trace's first event, renamed ``*_at_ns`` so they read in ms like every other time."""
+    cols = [c for c in df.columns if isinstance(c, str) and (c == "ts" or c.endswith("_ts"))
+            and pd.api.types.is_numeric_dtype(df[c])]
+    if origin is None or not cols:
+        return df
+    out = df.copy()
+    for c in cols:
+        out[c] = df[c] - origin
+    return out.rename(columns={c: ("at" if c == "ts" else c[:-3] + "_at") + "_ns" for c in cols})
+
+
 def _report_title(name: str) -> str:
     return {"critical_path": "Critical path", "whatif": "What-if", "comm": "Communication"}.get(
         name, name.replace("_", " ").capitalize())
+
+
+def _count(n: Any, noun: str) -> str:
+    return "" if n is None else f"{n:,} {noun}{'s' * (n != 1)}"
 
 
 def _summary_line(name: str, data: dict[str, Any]) -> str | None:
@@ -175,8 +192,7 @@ def _summary_line(name: str, data: dict[str, Any]) -> str | None:
     if name == "summary":
         bits = [f"wall {duration(data.get('wall_ns'))}" if data.get("wall_ns") is not None else "",
                 f"{data['events']:,} events" if data.get("events") is not None else "",
-                f"{data['ranks']:,} ranks" if data.get("ranks") is not None else "",
-                f"{data['nodes']:,} nodes" if data.get("nodes") is not None else ""]
+                _count(data.get("ranks"), "rank"), _count(data.get("nodes"), "node")]
         return ", ".join(b for b in bits if b)
     return None
 
@@ -193,9 +209,12 @@ def report_html(reports: Any, *, generated: _dt.datetime | None = None) -> str:
     facts = title_facts(manifest, store_path=getattr(store, "path", None), generated=generated)
     model = (manifest.get("model") or {}).get("name")
     hw = (manifest.get("hardware") or {}).get("name")
-    heading = "sohuprof report" + (f": {model}" if model else "") + (f" on {hw}" if hw else "")
+    source = (manifest.get("source") or {}).get("format")
+    heading = "sohuprof report" + (f": {model}" if model else f": {source} trace" if source else "") + (
+        f" on {hw}" if hw else "")
     results = reports.to_json()
     figures = figures_by_report(reports)
+    origin = getattr(ctx, "wall_start", None)
 
     body: list[str] = []
     toc: list[tuple[str, str, list[tuple[str, str]]]] = []
@@ -230,12 +249,20 @@ def report_html(reports: Any, *, generated: _dt.datetime | None = None) -> str:
                     parts.append(f"<h3 id='{table_id}'>{html.escape(title)}</h3><p class='empty'>{html.escape(note)}</p>")
                 continue
             parts.append(f"<h3 id='{table_id}'>{html.escape(title)}</h3>")
-            table = _table_html(df)
+            if title.endswith("· notes") and list(df.columns) == ["value"]:   # sentences, not a table
+                parts.append("<ul class='note'>" + "".join(f"<li>{html.escape(str(v))}</li>" for v in df["value"])
+                             + "</ul>")
+                subs.append((table_id, title))
+                continue
+            shifted = _from_start(df, origin)
+            table = f"<div class='scroll'>{_table_html(shifted)}</div>"
             if len(df) > FOLD_ROWS:
                 table = f"<details><summary>{len(df):,} rows (click to show)</summary>{table}</details>"
             parts.append(table)
             if caption:
                 parts.append(f"<p class='note'>{html.escape(caption)}</p>")
+            if shifted is not df:
+                parts.append("<p class='note'>*_at: time since the trace's first event.</p>")
             subs.append((table_id, title))
         parts.append("</section>")
         body.append("\n".join(parts))

@@ -48,9 +48,10 @@ def _missing(value: Any) -> bool:
 def _digits(v: float) -> str:
     """Three significant digits for 1 <= |v| < 1000 (and for zero)."""
     a = abs(v)
-    if a >= 100 or a == 0:
+    # Decimals from the rounded value: 99.97 is "100", not "100.0"; 9.996 is "10.0".
+    if a == 0 or round(a, 1) >= 100:
         return f"{v:.0f}"
-    if a >= 10:
+    if round(a, 2) >= 10:
         return f"{v:.1f}"
     return f"{v:.2f}"
 
@@ -135,6 +136,8 @@ def fmt(value: Any, unit: str | None) -> str:
         return percent(value, fraction=True)
     if unit == "×":
         return f"{float(value):.2f}×"
+    if unit == "addr":
+        return f"0x{int(value):x}"
     if unit == "FLOP/B":
         return f"{float(value):,.1f} FLOP/B"
     if unit is not None:
@@ -154,9 +157,10 @@ def fmt(value: Any, unit: str | None) -> str:
 # (test, unit), first match wins; names are lower-cased report column names, flattened
 # (``ttft_ms_p50``) or not.
 _NAME_RULES: tuple[tuple[Any, str], ...] = (
+    (lambda n: n in ("addr", "address") or n.endswith("_addr"), "addr"),
     (lambda n: n.endswith("_pct") or n.endswith("pct") or "_pct_" in n, "%"),
-    (lambda n: n.endswith("_ns") or n == "ns" or "_ns_" in n, "ns"),
-    (lambda n: n.endswith("_ms") or "_ms_" in n, "ms"),
+    (lambda n: n.endswith("_ns") or n.endswith(" ns") or n == "ns" or "_ns_" in n, "ns"),
+    (lambda n: n.endswith("_ms") or n.endswith(" ms") or "_ms_" in n, "ms"),
     (lambda n: n.endswith("_s") and not n.endswith("_per_s") or n == "duration_s", "s"),
     (lambda n: "tokens_per_s" in n or n.endswith("tok_s"), "tok/s"),
     (lambda n: n.endswith("_hz") or n == "hz", "Hz"),
@@ -177,7 +181,8 @@ def column_unit(name: Any) -> str | None:
     ``'B'`` (``bytes``, ``*_bytes``), ``'B/s'`` (``algbw``, ``busbw``, ``*bandwidth``, ``*rate``),
     ``'FLOP'`` (``flops``), ``'FLOP/s'`` (other ``*flops*``), ``'FLOP/B'`` (``intensity``),
     ``'%'`` (``*_pct``), ``'fraction'`` (0..1: ``share``, ``efficiency``, ``mfu``), ``'×'``
-    (``*ratio``, ``speedup``), ``'tok/s'``, ``'Hz'``; None for counts, ids and text."""
+    (``*ratio``, ``speedup``), ``'tok/s'``, ``'Hz'``, ``'addr'`` (``addr``: hex); None for
+    counts, ids, timestamps and text."""
     if not isinstance(name, str):
         return None
     n = name.lower()
@@ -191,7 +196,7 @@ def column_scale(values: Iterable[Any] | pd.Series, unit: str | None) -> tuple[f
     """One scale for a whole column: ``(divisor, label)`` so that its largest magnitude reads in
     [1, 1000), e.g. ``(1e6, 'ms')`` for ns up to 4e8, ``(1e9, 'GB')`` for bytes; percentages and
     ratios unscaled; ``(1.0, None)`` for a column without unit or without numbers."""
-    if unit is None:
+    if unit is None or unit == "addr":   # an address is never scaled and needs no label
         return 1.0, None
     arr = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
     arr = np.abs(arr[np.isfinite(arr)])
@@ -222,7 +227,7 @@ def scaled(values: Iterable[Any] | pd.Series, unit: str | None) -> tuple[np.ndar
 
 
 # Suffixes dropped from a header once the unit is shown beside it.
-_SUFFIXES = ("_pct", "_ns", "_ms", "_s")
+_SUFFIXES = ("_pct", "_ns", "_ms", "_s", " ns", " ms")
 
 
 def header(name: Any, label: str | None) -> str:
@@ -279,10 +284,15 @@ def format_frame(df: pd.DataFrame, *, units: dict[str, str | None] | None = None
             else:
                 out[str(col)] = s.map(lambda v: "" if _missing(v) else str(v))
             continue
+        if unit == "addr":   # an address reads in hex, unscaled
+            out[str(col)] = s.map(lambda v: fmt(v, "addr"))
+            continue
         values, label = scaled(s, unit)
         if unit == "×":
             text = [f"{v:.2f}" if math.isfinite(v) else _number(v) for v in values]
-        elif unit in _PLAIN or unit in ("%", "fraction"):
+        elif unit in ("%", "fraction"):   # a share too small to read: "< 0.01", not 4.9e-05
+            text = [("< 0.01" if v > 0 else "> -0.01") if 0 < abs(v) < 0.01 else _number(v) for v in values]
+        elif unit in _PLAIN:
             text = [_number(v) for v in values]
         else:   # a value far under the column's scale says its own unit (20.0 ns in a ms column), not 2e-05
             raw = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)

@@ -50,7 +50,7 @@ def test_percent() -> None:
     ("algbw", "B/s"), ("busbw", "B/s"), ("bandwidth", "B/s"), ("expected_bandwidth", "B/s"), ("rate", "B/s"),
     ("saving_pct", "%"), ("overlap_pct", "%"), ("share", "fraction"), ("efficiency", "fraction"), ("mfu", "fraction"),
     ("peer_ratio", "×"), ("speedup", "×"), ("tokens_per_s", "tok/s"), ("intensity", "FLOP/B"), ("clock_hz", "Hz"),
-    ("rank", None), ("count", None), ("op", None), (3, None),
+    ("addr", "addr"), ("rank", None), ("count", None), ("op", None), ("peak_ts", None), (3, None),
 ])
 def test_column_unit(name: object, unit: str | None) -> None:
     assert column_unit(name) == unit
@@ -94,3 +94,17 @@ def test_format_frame_small_values_and_flattened_names() -> None:
     assert out["time (ms)"].tolist() == ["100", "20.0 ns", "6.60 µs"]   # never 2e-05
     assert out["bytes (GB)"].tolist() == ["1.00", "21.0 kB", "0"]
     assert out["tokens/s"].tolist() == ["30,733", "1.00", ""]
+
+
+def test_rounding_edges_and_tiny_shares() -> None:
+    assert si(99.97, "B") == "100 B" and si(9.996, "B") == "10.0 B" and si(999.96e6, "B") == "1.00 GB"
+    assert duration(99_970_000) == "100 ms"
+    out = format_frame(pd.DataFrame({"share": [0.5, 4.9e-7, 0.0], "comm=free ms": [1.855, 0.002, 12.0]}))
+    assert out["share (%)"].tolist() == ["50.0", "< 0.01", "0"]
+    assert list(out.columns)[1] == "comm=free (ms)" and out["comm=free (ms)"].tolist() == ["1.85", "2.00 µs", "12.0"]
+
+
+def test_addresses_read_in_hex() -> None:
+    assert fmt(94_818_286_399_488, "addr") == "0x563c9a477000"
+    assert column_scale([94_818_286_399_488], "addr") == (1.0, None)
+    assert format_frame(pd.DataFrame({"addr": [255, None]}))["addr"].tolist() == ["0xff", ""]
