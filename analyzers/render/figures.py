@@ -136,6 +136,10 @@ def link_ratio_figure(links: pd.DataFrame, nodes: int) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=ratio, x=labels, y=labels, text=text, texttemplate="%{text}", zmin=0, zmax=top,
                                colorscale="RdYlGn", colorbar=dict(title="measured ÷ expected", ticksuffix="×"),
                                hovertemplate="%{y} → %{x}: %{z:.2f}× expected<extra></extra>", hoverongaps=False))
+    if len(links) and "slow" in links:   # outline the slow links: the text alone is easy to miss
+        for a, b in zip(links.loc[links["slow"].astype(bool), "src_node"], links.loc[links["slow"].astype(bool), "dst_node"]):
+            fig.add_shape(type="rect", x0=int(b) - 0.5, x1=int(b) + 0.5, y0=int(a) - 0.5, y1=int(a) + 0.5,
+                          line=dict(color="black", width=3))
     fig.update_layout(xaxis=dict(title="to", side="bottom", showgrid=False),
                       yaxis=dict(title="from", autorange="reversed", showgrid=False), height=420, plot_bgcolor="white",
                       title="node-to-node link bandwidth, measured ÷ expected (1× = the hardware's rate)")

@@ -56,7 +56,9 @@ def test_link_heatmap_is_measured_over_expected_with_slow_links_marked() -> None
     links = pd.DataFrame({"src_node": [0, 1, 0], "dst_node": [1, 0, 2], "bytes": [1e9, 1e9, 5e8],
                           "bandwidth": [40e9, 10e9, 20e9], "expected_bandwidth": [40e9, 40e9, 40e9],
                           "slow": [False, True, False]})
-    heat = link_ratio_figure(links, 3).data[0]
+    fig = link_ratio_figure(links, 3)
+    heat = fig.data[0]
+    assert [(s.x0, s.y0) for s in fig.layout.shapes] == [(-0.5, 0.5)]   # the slow link 1 -> 0 outlined
     z = np.asarray(heat.z, dtype=float)
     assert z[0, 1] == 1.0 and z[1, 0] == 0.25 and z[0, 2] == 0.5 and np.isnan(z[0, 0])
     assert "SLOW" in heat.text[1][0] and "SLOW" not in heat.text[0][1]
