@@ -8,9 +8,10 @@ scheduler address a ``dask.distributed.LocalCluster`` is started (and stopped) f
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable, Iterable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from sohuprof.analyzers.analysis import Analysis, AnalysisContext
@@ -25,6 +26,20 @@ CONNECT_TIMEOUT_S = 5
 #: ``[tcp|tls://]host:port``: a host name, an IPv4 address or a bracketed IPv6 address.
 _ADDRESS = re.compile(r"(?:(?P<proto>[a-z][a-z0-9+.-]*)://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]+)")
 _PROTOCOLS = ("tcp", "tls")
+
+log = logging.getLogger("sohuprof")
+
+
+@contextmanager
+def _log_level(name: str, level: int) -> Iterator[None]:
+    """``name``'s logger at ``level`` for the block, its own level restored after."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def check_scheduler_address(address: str) -> str:
@@ -70,8 +85,13 @@ def _chunk_rank(ctx: AnalysisContext, analyses: list[Analysis], columns: list[st
 
 
 def run_analyses_dask(ctx: AnalysisContext, analyses: Iterable[Analysis], *, scheduler: str | None = None,
-                      n_workers: int = 2, advance: Callable[[float], None] | None = None) -> dict[str, Any]:
+                      n_workers: int = 2, advance: Callable[[float], None] | None = None,
+                      dashboard: bool = False) -> dict[str, Any]:
     """Run ``analyses`` as Dask tasks, one per rank; results equal :func:`run_analyses`'s.
+
+    The LocalCluster started without ``scheduler`` listens on 127.0.0.1 only and serves its
+    dashboard (on 127.0.0.1:8787) only with ``dashboard``; distributed logs at WARNING unless
+    the ``sohuprof`` logger is at INFO or below (``-v``).
 
     Raises
     ------
@@ -86,7 +106,10 @@ def run_analyses_dask(ctx: AnalysisContext, analyses: Iterable[Analysis], *, sch
         raise SohuprofError("--engine dask needs dask.distributed: pip install 'dask[distributed]'") from None
     analyses = list(analyses)
     columns = plan_columns(ctx, analyses)
+    # distributed sets its own logger to INFO at import; its lines are noise unless -v asked.
+    level = logging.WARNING if logging.getLogger("sohuprof").getEffectiveLevel() > logging.INFO else logging.INFO
     with ExitStack() as stack:
+        stack.enter_context(_log_level("distributed", level))
         if scheduler:
             address = check_scheduler_address(scheduler)
             try:
@@ -99,8 +122,14 @@ def run_analyses_dask(ctx: AnalysisContext, analyses: Iterable[Analysis], *, sch
                 raise SohuprofError(f"the Dask scheduler at {address} has no workers "
                                     f"(none joined within {CONNECT_TIMEOUT_S} s): {exc}") from None
         else:
-            cluster = stack.enter_context(LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                                       dashboard_address=None))
+            # dashboard_address=None still starts the scheduler's HTTP server on 0.0.0.0:8787;
+            # without the dashboard it is bound to a free port of 127.0.0.1 and serves no pages.
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address="127.0.0.1:8787" if dashboard else "127.0.0.1:0",
+                scheduler_kwargs={"dashboard": dashboard}, silence_logs=level))
+            if dashboard:
+                log.warning("Dask dashboard at %s", cluster.dashboard_link)
             client = stack.enter_context(Client(cluster))
         shared = client.scatter(ctx, broadcast=True)   # the small tables travel once per worker
         futures = [client.submit(_chunk_rank, shared, analyses, columns, rank, node, pure=False)

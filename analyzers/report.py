@@ -7,6 +7,7 @@ store's source. ``comm`` carries HTA's comm/comp overlap under its ``overlap`` k
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,7 +67,9 @@ def _choose(names: Sequence[str] | None, ctx: AnalysisContext) -> list[str]:
     if names:
         unknown = [n for n in names if n not in REPORTS]
         if unknown:
-            raise ReportError(f"unknown report {', '.join(map(repr, unknown))}: choose from {', '.join(REPORTS)}")
+            close = difflib.get_close_matches(unknown[0], REPORTS, n=1)
+            guess = f"did you mean {close[0]!r}? " if close else ""
+            raise ReportError(f"unknown report {', '.join(map(repr, unknown))}: {guess}choose from {', '.join(REPORTS)}")
         return list(dict.fromkeys(names))
     return [n for n in REPORTS if _in_default(load_analysis(REPORTS[n]), ctx)]
 
@@ -81,15 +84,16 @@ def _in_default(analysis: Analysis, ctx: AnalysisContext) -> bool:
 
 
 def run_reports(store: TraceStore, names: Sequence[str] | None = None, *, hta_compatible: bool = False,
-                engine: str = "local", scheduler: str | None = None,
+                engine: str = "local", scheduler: str | None = None, dask_dashboard: bool = False,
                 advance: Callable[[float], None] | None = None, what_if: Sequence[str] = (),
                 by: str = "op", selection: Selection | None = None) -> Reports:
     """Compute the named reports (default: all that apply) over ``store``.
 
     ``engine`` is ``local`` (in-process, a rank at a time) or ``dask`` (the same chunk functions
-    as Dask tasks on ``scheduler``, or on a LocalCluster started for the run); both give the same
-    results. ``by`` groups the roofline's rows by op class (``op``) or op name too (``name``).
-    ``selection`` (ranks, a time window) limits every report to those events.
+    as Dask tasks on ``scheduler``, or on a LocalCluster started for the run, serving its dashboard
+    only with ``dask_dashboard``); both give the same results. ``by`` groups the roofline's rows
+    by op class (``op``) or op name too (``name``). ``selection`` (ranks, a time window) limits
+    every report to those events.
 
     Raises
     ------
@@ -112,7 +116,8 @@ def run_reports(store: TraceStore, names: Sequence[str] | None = None, *, hta_co
     elif engine == "dask":
         from sohuprof.analyzers.dask_engine import run_analyses_dask
 
-        results = run_analyses_dask(ctx, analyses, scheduler=scheduler, advance=advance)
+        results = run_analyses_dask(ctx, analyses, scheduler=scheduler, advance=advance,
+                                    dashboard=dask_dashboard)
     else:
         raise ReportError(f"unknown engine {engine!r}: choose 'local' or 'dask'")
     return Reports({n: results[n] for n in chosen}, ctx, results.get(overlap.name) if overlap else None)

@@ -22,6 +22,8 @@ def detect_source(path: Path) -> tuple[SourceKind, Path]:
     """Return the source kind and the path its collector takes (a run directory for ``sohu``)."""
     if not path.exists():
         raise TraceFormatError(f"{str(path)!r} does not exist; {_EXPECTED}")
+    if path.is_dir() and (path / "manifest.json").is_file():   # collected already: nothing to do
+        raise TraceFormatError(f"{str(path)!r} is already a trace store: analyze it (`sohuprof analyze {path}`)")
     if path.is_file():
         if path.name == "run.json":
             return "sohu", path.parent

@@ -75,6 +75,36 @@ class FiniteFloat(click.FloatRange):
         return super().convert(number, param, ctx)
 
 
+class _SlashPath(type(Path())):  # type: ignore[misc]
+    """An -o path given with a trailing '/': the user means a directory."""
+
+
+class OutputPath(click.Path):
+    """An output path that remembers a trailing '/' (``Path`` drops it), so that a file output
+    given as ``outdir/`` is refused rather than written as a file named ``outdir``."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        text = str(value)
+        return _SlashPath(path) if text.endswith(("/", os.sep)) and len(text) > 1 else path
+
+
+def _check_file_out(out: Path | None, example: str) -> None:
+    """Refuse ``DIR/`` as a file output when DIR is not a directory (an existing one is refused,
+    by name, when the output is checked)."""
+    if isinstance(out, _SlashPath) and not out.is_dir():
+        raise click.ClickException(f"-o {str(out) + '/'!r} ends in '/', a directory, but this writes one file: "
+                                   f"give a file name such as {str(out / example)!r}")
+
+
+def _check_inputs(*paths: Path, store: bool = False) -> None:
+    """A missing input is said first, before any other check."""
+    for path in paths:
+        if not path.exists():
+            hint = "; create a trace store with `sohuprof collect`" if store else ""
+            raise click.ClickException(f"{str(path)!r} does not exist{hint}")
+
+
 #: Counts (requests, token lengths, parallel degrees) fit int32, what the tables store them as.
 _COUNT = click.IntRange(1, 2**31 - 1)
 #: A window bound in ms whose ns offset from the trace start fits int64.
@@ -167,7 +197,7 @@ def emulate(obj: CliContext, out: Path, model: str, hw_name: str, chips_per_node
     if not obj.quiet:
         click.echo(f"wrote {summary.path}: {summary.records:,} records from {summary.ranks} chips, "
                    f"{summary.steps} steps, {summary.duration_ns / 1e6:,.1f} ms emulated, "
-                   f"{summary.tokens_per_s:,.0f} tokens/s")
+                   f"{summary.tokens_per_s:,.0f} tokens/s", err=True)
 
 
 @cli.command(epilog="""\b
@@ -242,12 +272,14 @@ def collect(obj: CliContext, source: Path, out: Path, force: bool, hosts: str | 
     """
     from sohuprof.collectors import collect as run_collect, losses_line
 
+    _check_inputs(source)
     summary = run_collect(source, out, force=force, show_progress=obj.show_progress, hosts=hosts)
     warning = losses_line(summary["counts"], f"in {out}/quarantine.parquet")
     if warning:
         click.echo(warning, err=True)
     if not obj.quiet:
-        click.echo(f"wrote {out}: {summary['events']:,} events from {summary['files']} file(s) ({summary['format']})")
+        click.echo(f"wrote {out}: {summary['events']:,} events from {summary['files']} file(s) ({summary['format']})",
+                   err=True)
 
 
 def _scheduler(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -272,6 +304,8 @@ def _check_report_output(fmt: str, out: Path | None, force: bool, source: Path) 
 
     if (fmt == "csv" and str(out) == atomic.STDOUT) or (fmt in ("csv", "html") and out is None):
         raise click.UsageError(f"--format {fmt} writes files: give -o {'DIR' if fmt == 'csv' else 'FILE.html'}")
+    if fmt != "csv":
+        _check_file_out(out, f"report.{'txt' if fmt == 'table' else fmt}")
     if fmt == "csv":
         atomic.check_marked_directory(out, marker=render.CSV_MARKER, force=force, inputs=[source])  # type: ignore[arg-type]
     elif out is not None:
@@ -354,7 +388,7 @@ Examples:
                    "sequences, kernels, annotations, idle, launches, queue, memory_bw, memory, critical_path, "
                    "whatif [default: all that apply].")
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json", "csv", "html"]))
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+@click.option("-o", "--output", "out", type=OutputPath(path_type=Path),
               help="Output file (json, html, table; - for stdout) or directory (csv). Default: stdout.")
 @click.option("--force", is_flag=True,
               help="Replace an existing output file; for csv, write into a directory that is not an "
@@ -368,6 +402,8 @@ Examples:
               help="local: in-process, a rank at a time; dask: the same kernels as Dask tasks.")
 @click.option("--scheduler", metavar="tcp://HOST:PORT", callback=_scheduler,
               help="Dask scheduler to use with --engine dask [default: start a LocalCluster].")
+@click.option("--dask-dashboard", is_flag=True,
+              help="With --engine dask and no --scheduler: serve the LocalCluster's dashboard on 127.0.0.1:8787.")
 @click.option("--by", default="op", show_default=True, type=click.Choice(["op", "name"]),
               help="Roofline rows per op class and phase (op), or per op class, op name and phase (name).")
 @click.option("--ranks", callback=lambda c, p, v: None if v is None else RankList().convert(v, p, c),
@@ -384,13 +420,16 @@ Examples:
 def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, out: Path | None,
             force: bool, what_if: tuple[str, ...], hta_compatible: bool, engine: str, scheduler: str | None,
             by: str, ranks: list[int] | None, start_ms: float | None, end_ms: float | None, top: int,
-            sort: str | None) -> None:
+            sort: str | None, dask_dashboard: bool) -> None:
     """Compute roofline, stall, communication, serving, temporal and diagnosis reports.
 
     SOURCE is a trace store, or anything `collect` accepts (collected on the fly).
     """
+    _check_inputs(source)
     if scheduler and engine != "dask":   # before a store is read or collected
         raise click.UsageError("--scheduler needs --engine dask")
+    if dask_dashboard and (engine != "dask" or scheduler):
+        raise click.UsageError("--dask-dashboard needs --engine dask without --scheduler (a scheduler serves its own)")
     if names and "whatif" in names and not what_if:
         raise click.ClickException("--report whatif needs a change to predict: add --what-if SPEC "
                                    "(or run `sohuprof whatif STORE SPEC...`)")
@@ -403,7 +442,7 @@ def analyze(obj: CliContext, source: Path, names: list[str] | None, fmt: str, ou
     from sohuprof.analyzers.engine import Selection
 
     reports = _compute_reports(obj, source, names, hta_compatible=hta_compatible, engine=engine,
-                               scheduler=scheduler, what_if=what_if, by=by,
+                               scheduler=scheduler, what_if=what_if, dask_dashboard=dask_dashboard, by=by,
                                selection=Selection(ranks=ranks, start_ms=start_ms, end_ms=end_ms))
     _write_reports(obj, reports, fmt, out, force, top=top, sort=sort)
 
@@ -417,7 +456,7 @@ Examples:
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("specs", nargs=-1, metavar="SPEC...")
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json", "csv"]))
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+@click.option("-o", "--output", "out", type=OutputPath(path_type=Path),
               help="Output file (json, table; - for stdout) or directory (csv). Default: stdout.")
 @click.option("--force", is_flag=True,
               help="Replace an existing output file; for csv, write into a directory that is not an "
@@ -440,6 +479,7 @@ def whatif(obj: CliContext, source: Path, specs: tuple[str, ...], fmt: str, out:
 
     The run is replayed whole: a change that shortens work others did not wait on buys nothing.
     """
+    _check_inputs(source)
     if not specs:
         raise click.ClickException("whatif needs at least one SPEC, such as rank=5:compute=0.77 "
                                    "(`sohuprof whatif -h` lists them)")
@@ -476,7 +516,7 @@ Examples:
 @click.option("--match-names", default="exact", show_default=True, type=click.Choice(["exact", "short"]),
               help="short: names without template or function arguments and trailing numbers (HTA's short names).")
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json", "html"]))
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+@click.option("-o", "--output", "out", type=OutputPath(path_type=Path),
               help="Output file (- for stdout). Default: stdout (html needs -o).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @pass_cli
@@ -493,8 +533,10 @@ def diff(obj: CliContext, a: Path, b: Path, top: int, match_names: str, fmt: str
     from sohuprof.analyzers.diff import diff_stores
     from sohuprof.analyzers.render.diff import diff_json, diff_text, write_diff_html
 
+    _check_inputs(a, b)
     if fmt == "html" and out is None:
         raise click.UsageError("--format html writes a file: give -o FILE.html")
+    _check_file_out(out, f"diff.{'txt' if fmt == 'table' else fmt}")
     if out is not None:
         atomic.check_file_output(out, force=force, inputs=[a, b])   # refused before anything is read
     with _opened(obj, a) as store_a, _opened(obj, b) as store_b:
@@ -535,7 +577,7 @@ Examples:
   sohuprof export chrome store/ -o trace.json.gz         # open in ui.perfetto.dev or chrome://tracing
   sohuprof export chrome store/ -o part.json --start-ms 20 --end-ms 45 --ranks 0,3,8-15""")
 @click.argument("store", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", "out", required=True, type=OutputPath(path_type=Path),
               help="JSON file to write; gzip-compressed when it ends in .gz; - for stdout (plain JSON).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--start-ms", type=FiniteFloat(0, _MAX_WINDOW_MS),
@@ -553,14 +595,15 @@ def chrome(obj: CliContext, store: Path, out: Path, force: bool, start_ms: float
     """
     from sohuprof.chrome_export import export_chrome
 
+    _check_inputs(store, store=True)
+    _check_file_out(out, "trace.json.gz")
     summary = export_chrome(store, out, start_ms=start_ms, end_ms=end_ms, ranks=ranks, force=force,
                             show_progress=obj.show_progress)
     for warning in summary.warnings:
         click.echo(f"warning: {warning}", err=True)
     if not obj.quiet:
         click.echo(f"wrote {out}: {summary.events:,} events, {summary.flows:,} flows, "
-                   f"{summary.counters:,} counter samples, {summary.bytes / 1e6:,.1f} MB uncompressed",
-                   err=str(out) == "-")   # stdout carries the trace itself
+                   f"{summary.counters:,} counter samples, {summary.bytes / 1e6:,.1f} MB uncompressed", err=True)
 
 
 @cli.command(epilog="""\b
@@ -582,6 +625,7 @@ def dashboard(obj: CliContext, store: Path, host: str, port: int) -> None:
     from sohuprof.check import check_store
     from sohuprof.dashboards.app import check_port, create_app, host_warning, serve
 
+    _check_inputs(store, store=True)
     warning = host_warning(host)
     if warning:
         click.echo(warning, err=True)
@@ -614,6 +658,7 @@ def check(obj: CliContext, store: Path) -> None:
     """
     from sohuprof.check import check_store
 
+    _check_inputs(store, store=True)
     report = check_store(store)
     if not report.ok:
         for line in report.lines():

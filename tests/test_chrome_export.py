@@ -357,7 +357,7 @@ def test_cli_writes_and_reports(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("make_args, match", [
-    (lambda p: [str(p / "missing"), "-o", str(p / "o.json")], "not a sohuprof trace store"),
+    (lambda p: [str(p / "missing"), "-o", str(p / "o.json")], "does not exist"),
     (lambda p: [str(SAMPLE), "-o", str(p / "o.json"), "--start-ms", "1e6"], "outside the trace"),
     (lambda p: [str(SAMPLE), "-o", str(p / "o.json"), "--ranks", "40-41"], "not in the store"),
     (lambda p: [str(SAMPLE), "-o", str(p / "o.json"), "--ranks", "x"], "Invalid value for '--ranks'"),

@@ -22,14 +22,14 @@ def run(*args: str):
 def test_collect_raw_run(tmp_path: Path) -> None:
     result = run("collect", str(SAMPLE_RAW), "-o", str(tmp_path / "store"))
     assert result.exit_code == 0, result.output
-    assert " events from 8 file(s)" in result.stdout
+    assert " events from 8 file(s)" in result.stderr   # "wrote PATH" is a message, not output
     assert (tmp_path / "store" / "manifest.json").is_file()
 
 
 def test_collect_kineto_file(tmp_path: Path) -> None:
     result = run("collect", str(KINETO), "-o", str(tmp_path / "store"))
     assert result.exit_code == 0, result.output
-    assert "(kineto)" in result.stdout
+    assert "(kineto)" in result.stderr
 
 
 def test_damaged_chunk_warns_once_and_keeps_the_rest(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_damaged_chunk_warns_once_and_keeps_the_rest(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     result = run("collect", str(raw), "-o", str(tmp_path / "store"))
     assert result.exit_code == 0, result.output
-    warnings = [l for l in result.stderr.splitlines() if l.strip()]
+    warnings = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("wrote ")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: kept ")
     assert "quarantined" in warnings[0] and "node0/chip2.strace" in warnings[0]
     assert "1 piece(s) set aside" in warnings[0] and "quarantine.parquet" in warnings[0]

@@ -52,7 +52,7 @@ def test_demo_names_its_straggler_in_a_finding(demo: str) -> None:
     assert naming, demo
     assert f"finding {naming[0]} names it" in demo
     # Findings come after collecting and before where to look; every finding says where to look next.
-    assert demo.index("wrote ") < demo.index("findings:") < demo.index("where to look:")
+    assert demo.index("raw traces: ") < demo.index("findings:") < demo.index("where to look:")
     assert demo.count("next: sohuprof ") == len(found)
 
 

@@ -98,9 +98,9 @@ def test_emulate_writes_a_run_and_prints_a_summary(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = invoke("emulate", *SMALL, "-o", str(out))
     assert result.exit_code == 0, result.output
-    summary = result.stdout.strip()
+    summary = result.stderr.strip()   # "wrote PATH" is a message, not output
     assert summary.startswith(f"wrote {out}:") and "records from 4 chips" in summary and "tokens/s" in summary
-    assert result.stderr == ""
+    assert result.stdout == ""
     meta = json.loads((out / "run.json").read_text())
     assert meta["model"]["name"] == "llama3-8b" and meta["parallel"]["tp"] == 4
     assert meta["workload"]["requests"] == 2 and meta["workload"]["output_len"] == 3
@@ -280,7 +280,8 @@ def test_installed_command_runs(tmp_path: Path) -> None:
     proc = subprocess.run([*_sohuprof(), "emulate", *SMALL, "-o", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("wrote ") and proc.stderr == ""   # no progress bar off a terminal
+    # no progress bar off a terminal: the one line is "wrote PATH", a message (stderr)
+    assert proc.stdout == "" and proc.stderr.startswith("wrote ") and proc.stderr.count("\n") == 1
 
 
 def test_demo(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ rule for reading either: a known preset name, or a path to the user's own file."
 
 from __future__ import annotations
 
+import difflib
 from importlib import resources
 from pathlib import Path
 
@@ -30,5 +31,7 @@ def read_preset(kind: str, suffix: str, name_or_path: str | Path, *, what: str, 
         return path, path.read_bytes()
     names = preset_names(kind, suffix)
     if text not in names:
-        raise SpecError(f"unknown {what} preset {text!r}: choose one of {', '.join(names)} or {hint}")
+        close = difflib.get_close_matches(text, names, n=1)
+        guess = f"did you mean {close[0]!r}? " if close else ""
+        raise SpecError(f"unknown {what} preset {text!r}: {guess}choose one of {', '.join(names)} or {hint}")
     return Path(text + suffix), (resources.files("sohuprof.presets") / kind / f"{text}{suffix}").read_bytes()
