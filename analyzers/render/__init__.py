@@ -124,6 +124,8 @@ def render_table(reports: Reports, *, max_rows: int = 20, width: int | None = No
     from sohuprof.analyzers.render.units import format_frame
 
     width = width or terminal_width()
+    ctx = getattr(reports, "ctx", None)      # a diff's tables come without one
+    ranks = len(ctx.ranks) if ctx is not None else 1
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=False, color_system=None)
     for name, data in reports.to_json().items():
@@ -131,7 +133,7 @@ def render_table(reports: Reports, *, max_rows: int = 20, width: int | None = No
             console.file.write(findings_text(data, top=max_rows, width=min(console.width, 120)) + "\n")
             continue
         for title, df, caption in reading_tables(name, data, max_rows=max_rows):
-            df, summed = rank_sums(name, title, without_aliases(df), len(reports.ctx.ranks))
+            df, summed = rank_sums(name, title, without_aliases(df), ranks)
             caption = "; ".join(c for c in (summed, caption) if c) or None
             print_table(console, title, format_frame(df), caption, width)   # at most max_rows
     return buffer.getvalue()
