@@ -13,13 +13,36 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from sohuprof.analyzers.render.units import scaled, si
+from sohuprof.analyzers.render.units import duration, scaled, si
 
 __all__ = ["roofline_figure", "stalls_figure", "stalls_by_node_figure", "traffic_figure", "link_ratio_figure",
            "critical_path_figure", "whatif_figure", "figures_by_report", "report_figures"]
 
 _STALL_COLORS = {"compute_ns": "#2a9d8f", "memory_stall_ns": "#e9c46a", "comm_transfer_ns": "#457b9d",
                  "sync_wait_ns": "#e76f51", "idle_ns": "#d3d3d3"}
+
+
+def _point_labels(points: pd.DataFrame) -> np.ndarray | None:
+    """Each sampled op's hover line: its name, phase, rank, layer and duration (what the sample
+    has of them; a bounded sample, so formatted value by value)."""
+    if not len(points):
+        return None
+    parts = []
+    for col, lead in (("name", ""), ("phase", ""), ("rank", "rank "), ("layer", "layer ")):
+        if col in points:
+            v = points[col]
+            ok = v.notna() & ~((v.astype(str) == "-1") if col == "layer" else False)
+            parts.append(np.where(ok, lead + v.astype(str), ""))
+    if "dur" in points:
+        parts.append(points["dur"].map(duration).to_numpy(dtype=object))
+    if not parts:
+        return None
+    out = np.asarray(parts[0], dtype=object)
+    for part in parts[1:]:      # a few fields, each joined column-wise
+        part = np.asarray(part, dtype=object)
+        sep = np.where((out != "") & (part != ""), " · ", "")
+        out = out + sep + part
+    return out
 
 
 def roofline_figure(points: pd.DataFrame, peak_flops: float, hbm_bandwidth: float) -> go.Figure:
@@ -42,7 +65,9 @@ def roofline_figure(points: pd.DataFrame, peak_flops: float, hbm_bandwidth: floa
         sub = pts.loc[sel]
         fig.add_trace(go.Scatter(x=sub["intensity"].to_numpy(), y=sub["attained_flops"].to_numpy(), mode="markers",
                                  name=str(op), marker=dict(size=size[pts.index.get_indexer(sel)], opacity=0.6),
-                                 text=sub["phase"].astype(str).to_numpy() if "phase" in sub else None))
+                                 text=_point_labels(sub),
+                                 customdata=sub["attained_bandwidth"].to_numpy(dtype=float)
+                                 if "attained_bandwidth" in sub else None))
     fig.update_layout(xaxis=dict(type="log", title="arithmetic intensity (FLOP/byte)"),
                       yaxis=dict(type="log", title="attained FLOP/s"), height=520,
                       title=f"roofline (peak {peak_flops / 1e12:,.0f} TFLOP/s, {hbm_bandwidth / 1e12:.2f} TB/s)")
@@ -164,7 +189,7 @@ def _roofline_for_report(fig: go.Figure, peak_flops: float, hbm_bandwidth: float
     for trace in fig.data:
         if trace.mode == "markers":
             trace.hovertemplate = (f"<b>{trace.name}</b> %{{text}}<br>intensity %{{x:.3g}} FLOP/B"
-                                   "<br>attained %{y:.3s}FLOP/s<extra></extra>")
+                                   "<br>attained %{y:.3s}FLOP/s, %{customdata:.3s}B/s<extra></extra>")
     fig.update_layout(yaxis=dict(title="attained FLOP/s", **_decade_ticks(ys, "FLOP/s")),
                       xaxis=dict(title="arithmetic intensity (FLOP per HBM byte)", **_decade_ticks(xs, "FLOP/B")),
                       title=f"roofline: peak {si(peak_flops, 'FLOP/s')}, HBM {si(hbm_bandwidth, 'B/s')} "

@@ -112,3 +112,16 @@ def test_empty_tables_left_out_or_one_line(tmp_path: Path) -> None:
     for title in re.findall(r"<h3 id='[^']+'>([^<]+)</h3>\s*<div class='scroll'><table><thead><tr>.*?</tr></thead>"
                             r"<tbody></tbody>", page):
         pytest.fail(f"empty table shown: {title}")
+
+
+def test_the_roofline_hover_names_the_op_and_where_it_ran() -> None:
+    from sohuprof.analyzers.render.figures import figures_by_report
+    from sohuprof.analyzers.report import run_reports
+    from sohuprof.store import open_store
+
+    store = Path(__file__).resolve().parents[2] / "sample_traces" / "mixtral-2node" / "store"
+    fig = figures_by_report(run_reports(open_store(store), ["roofline"]))["roofline"][0][1]
+    markers = [t for t in fig.data if t.mode == "markers"]
+    assert markers and all("B/s" in t.hovertemplate and "FLOP/s" in t.hovertemplate for t in markers)
+    label = str(markers[0].text[0])
+    assert " · rank " in label and " · layer " in label and label.split(" · ")[-1].endswith("s")
