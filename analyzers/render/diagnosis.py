@@ -190,6 +190,16 @@ def findings_text(data: dict[str, Any], *, top: int | None = None, width: int = 
     return "\n".join(lines) + "\n"
 
 
+def _evidence_item(key: str, value: Any) -> str:
+    """``transfer_on_path = 69.0 ms``: a finding's evidence in the unit its name says."""
+    from sohuprof.analyzers.render.units import column_unit, fmt, header
+
+    unit = column_unit(key)
+    if unit is None or isinstance(value, (str, bool, list, dict)):
+        return f"{key} = {value}"
+    return f"{header(key, None) if unit not in ('ns', 'ms', 's', '%') else key.rsplit('_', 1)[0]} = {fmt(value, unit)}"
+
+
 def finding_naming(data: dict[str, Any], *, rank: int | None = None, node: int | None = None,
                    kind: str | None = None) -> int | None:
     """The number (1-based, as :func:`findings_text` shows it) of the first finding that names
@@ -215,7 +225,7 @@ def findings_html(data: dict[str, Any]) -> str:
     else:
         parts.append("<ol class='findings'>")
         for f in found:
-            evidence = ", ".join(f"{k} = {v}" for k, v in (f.get("evidence") or {}).items() if v is not None)
+            evidence = ", ".join(_evidence_item(k, v) for k, v in (f.get("evidence") or {}).items() if v is not None)
             parts.append(f"<li><b>{html.escape(_saving(f))}</b> {html.escape(str(f.get('title') or f.get('kind')))}"
                          + (f"<br>next: <code>{html.escape(str(f['next']))}</code>" if f.get("next") else "")
                          + (f"<details><summary>evidence</summary>{html.escape(evidence)}</details>"

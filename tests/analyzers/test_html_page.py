@@ -125,3 +125,11 @@ def test_the_roofline_hover_names_the_op_and_where_it_ran() -> None:
     assert markers and all("B/s" in t.hovertemplate and "FLOP/s" in t.hovertemplate for t in markers)
     label = str(markers[0].text[0])
     assert " · rank " in label and " · layer " in label and label.split(" · ")[-1].endswith("s")
+
+
+def test_findings_evidence_reads_in_units() -> None:
+    from sohuprof.analyzers.render.diagnosis import _evidence_item
+
+    assert _evidence_item("transfer_on_path_ns", 68_995_611) == "transfer_on_path = 69.0 ms"
+    assert _evidence_item("peer_ratio", 1.27) == "peer_ratio = 1.27×"
+    assert _evidence_item("what_if", "rank=5:compute=0.77") == "what_if = rank=5:compute=0.77"
