@@ -302,8 +302,11 @@ def _check_report_output(fmt: str, out: Path | None, force: bool, source: Path) 
     from sohuprof import atomic
     from sohuprof.analyzers import render
 
-    if (fmt == "csv" and str(out) == atomic.STDOUT) or (fmt in ("csv", "html") and out is None):
-        raise click.UsageError(f"--format {fmt} writes files: give -o {'DIR' if fmt == 'csv' else 'FILE.html'}")
+    if fmt in ("csv", "html") and out is None:
+        raise click.UsageError(f"--format {fmt} writes files: give -o {'DIR' if fmt == 'csv' else 'FILE.html'}"
+                               + (" (or -o - for a report of one table)" if fmt == "csv" else ""))
+    if fmt == "csv" and str(out) == atomic.STDOUT:
+        return    # one table to stdout: how many there are is known once the reports ran
     if fmt != "csv":
         _check_file_out(out, f"report.{'txt' if fmt == 'table' else fmt}")
     if fmt == "csv":
@@ -351,7 +354,9 @@ def _write_reports(obj: CliContext, reports: Any, fmt: str, out: Path | None, fo
         check_sort(sort, ((t, df) for name, data in reports.to_json().items()
                           for t, df, _ in render.reading_tables(name, data, max_rows=None)))
     with table_sort(sort):
-        if fmt == "csv":
+        if fmt == "csv" and str(out) == atomic.STDOUT:
+            _print_or_write(render.csv_text(reports), out, force)
+        elif fmt == "csv":
             render.write_csv(reports, out, force=force)  # type: ignore[arg-type]
         elif fmt == "html":
             render.write_html(reports, out, force=force)  # type: ignore[arg-type]

@@ -140,9 +140,16 @@ def test_csv_into_an_empty_directory_and_through_a_symlink(tmp_path: Path) -> No
     assert siblings(real) == [] and siblings(link) == []
 
 
-def test_csv_refuses_stdout_files_and_devices(tmp_path: Path) -> None:
+def test_csv_to_stdout_is_one_table_and_refuses_files(tmp_path: Path) -> None:
+    """``-o -`` is a stream: one report of one table goes there (summary: one row with its
+    header); several tables need a directory, said in one line."""
     result = analyze("--format", "csv", "-o", "-")
-    assert result.exit_code == 2 and "-o DIR" in result.stderr
+    assert result.exit_code == 0 and result.stdout.splitlines()[0].startswith("wall_ns,")
+    assert len(result.stdout.splitlines()) == 2
+    several = run("analyze", str(STORE), "--report", "comm", "--format", "csv", "-o", "-")
+    assert several.exit_code == 1 and "-o DIR" in several.stderr and len(several.stderr.strip().splitlines()) == 1
+    missing = run("analyze", str(STORE), "--report", "summary", "--format", "csv")
+    assert missing.exit_code == 2 and "-o DIR" in missing.stderr
     (tmp_path / "file").write_text(IMPORTANT)
     for extra in ((), ("--force",)):
         one_line_error(analyze("--format", "csv", "-o", str(tmp_path / "file"), *extra), "not a directory")

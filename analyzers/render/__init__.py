@@ -18,7 +18,8 @@ import pandas as pd
 from sohuprof.analyzers.report import Reports
 from sohuprof.atomic import marked_directory, open_output
 
-__all__ = ["report_tables", "reading_tables", "render_json", "render_table", "write_csv", "write_html", "FORMATS",
+__all__ = ["report_tables", "reading_tables", "render_json", "render_table", "csv_text", "write_csv", "write_html",
+           "FORMATS",
            "CSV_MARKER"]
 
 FORMATS = ("table", "json", "csv", "html")
@@ -143,6 +144,25 @@ def render_table(reports: Reports, *, max_rows: int = 20, width: int | None = No
 #: Marker file of a CSV report directory: lists the files a run wrote, so a re-run may replace
 #: them and nothing else.
 CSV_MARKER = ".sohuprof-csv"
+
+
+def csv_text(reports: Reports) -> bytes:
+    """The one table of ``reports`` as CSV text (``--format csv -o -``: a stream is one table).
+
+    Raises
+    ------
+    ReportError
+        The reports hold more (or fewer) than one table: name them in a directory instead.
+    """
+    from sohuprof.analyzers.analysis import ReportError
+
+    tables = [(title, df) for name, data in reports.to_json().items() for title, df in report_tables(name, data)]
+    if len(tables) != 1:
+        names = ", ".join(t for t, _ in tables[:4]) + (" ..." if len(tables) > 4 else "")
+        raise ReportError(f"--format csv -o - writes one table and these reports make {len(tables)} ({names}): "
+                          f"give -o DIR, or --report one report with one table (e.g. --report stalls)")
+    df = tables[0][1]
+    return (df.to_csv(index=False) if len(df.columns) else "value\n").encode()
 
 
 def write_csv(reports: Reports, out_dir: Path, *, force: bool = False) -> list[Path]:
