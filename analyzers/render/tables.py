@@ -67,10 +67,19 @@ def without_aliases(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=alias) if alias else df
 
 
+#: Tables whose sums are of another kind, said in their caption.
+SUM_NOTES: dict[tuple[str, str], str] = {
+    ("comm", "stragglers"): "delay_cost, root_cost: the waiting a rank caused, summed over the ranks that "
+                            "waited (it can exceed the wall)",
+}
+
+
 def rank_sums(report: str, title: str, df: pd.DataFrame, ranks: int) -> tuple[pd.DataFrame, str | None]:
     """A table whose times are sums over ranks, with a per-rank mean beside each (``*_per_rank``)
     and the caption that says so; other tables as they are."""
     key = title.split(" · ", 1)[1] if " · " in title else ""
+    if (report, key) in SUM_NOTES:
+        return df, SUM_NOTES[(report, key)]
     cols = [c for c in RANK_SUMS.get((report, key), ()) if c in df.columns]
     if not cols or ranks <= 1:
         return df, None
