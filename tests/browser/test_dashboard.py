@@ -6,7 +6,6 @@ op's details, a rank selected on one page carries to the others. Screenshots go 
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +19,10 @@ from werkzeug.serving import make_server  # noqa: E402
 
 from sohuprof.dashboards.app import create_app  # noqa: E402
 
-CHROMIUM = Path(os.environ.get("SOHUPROF_CHROMIUM", "/usr/bin/chromium"))
+from conftest import CHROMIUM  # noqa: E402  (tests/browser/conftest.py)
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_traces" / "mixtral-2node" / "store"
 ARTIFACTS = REPO / "tmp" / "browser-artifacts"       # /tmp/ is gitignored
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Chromium not found at {CHROMIUM} "
                                 "(apt-get install chromium, or set SOHUPROF_CHROMIUM)")
@@ -46,16 +43,6 @@ def server() -> Iterator[str]:
     finally:
         httpd.shutdown()
         thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ drawn, axes that name their units. A full-page screenshot of each lands in the t
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +19,10 @@ from click.testing import CliRunner  # noqa: E402
 
 from sohuprof.cli import cli  # noqa: E402
 
-CHROMIUM = Path(os.environ.get("SOHUPROF_CHROMIUM", "/usr/bin/chromium"))
+from conftest import CHROMIUM  # noqa: E402  (tests/browser/conftest.py)
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_traces" / "mixtral-2node" / "store"
 KINETO = REPO / "tests" / "data" / "kineto-tiny"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Chromium not found at {CHROMIUM} "
                                 "(apt-get install chromium, or set SOHUPROF_CHROMIUM)")
@@ -49,16 +46,6 @@ def kineto_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _ok("collect", str(KINETO), "-o", str(tmp / "store"))
     _ok("analyze", str(tmp / "store"), "--format", "html", "-o", str(tmp / "kineto.html"))
     return tmp / "kineto.html"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture
