@@ -82,10 +82,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.device_events import analysed
+from sohuprof.analyzers.device_events import analysed, device_profile
 from sohuprof.analyzers.hta_selection import GPU_CATEGORIES
 from sohuprof.analyzers.intervals import mask_coverage
 from sohuprof.analyzers.partition import Partition, rank_partitions
@@ -452,8 +451,7 @@ class _Kernels:
                     "(time, FLOPs and bytes per op class against the chip's roofs)")
         if ctx.source not in _GPU_SOURCES:
             return f"kernels needs a GPU profiler trace (kineto or chrome), this store's source is '{ctx.source}'"
-        batches = ctx.store.scan(columns=["category"], filters=pc.field("category").isin(list(GPU_CATEGORIES)))
-        if not any(b.num_rows for b in batches):
+        if not device_profile(ctx).device:
             return "the trace has no GPU/device kernels (CPU-only profile): kernels does not apply"
         return None
 

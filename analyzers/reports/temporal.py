@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 from sohuprof.analyzers.activity import breakdown
 from sohuprof.analyzers.activity import COLUMNS as ACTIVITY_COLUMNS
 from sohuprof.analyzers.analysis import AnalysisContext
+from sohuprof.analyzers.device_events import device_profile
 from sohuprof.analyzers.device_events import analysed
 from sohuprof.analyzers.hta_selection import GPU_CATEGORIES, _matches, hta_select
 from sohuprof.analyzers.intervals import intersection_length, union_length
@@ -241,11 +242,6 @@ def _has_communication(ctx: AnalysisContext) -> bool:
     return any(b.num_rows for b in batches)
 
 
-def _has_device_kernels(ctx: AnalysisContext) -> bool:
-    batches = ctx.store.scan(columns=["category"], filters=pc.field("category").isin(sorted(GPU_CATEGORIES)))
-    return any(b.num_rows for b in batches)
-
-
 class _PerRankNs:
     """Shared chunk/combine: exact ns totals per rank (after HTA's selection when asked), rounded
     and turned into the contract's columns only in ``combine``, so partition order never matters."""
@@ -284,7 +280,7 @@ class _Temporal(_PerRankNs):
             return f"temporal needs a GPU profiler trace (kineto or chrome), this store's source is '{ctx.source}'"
         if ctx.wall_ns <= 0:
             return "the store has no events"
-        if not _has_device_kernels(ctx):
+        if not device_profile(ctx).device:
             return ("the trace has only CPU events (a CPU-only profile): temporal breaks down GPU time; "
                     "use `stalls` and `critical_path` for the CPU side")
         return None
