@@ -699,6 +699,7 @@ def query(obj: CliContext, store: Path, sql: str, fmt: str, out: Path | None, fo
     from sohuprof.analyzers.render.query import render_query
     from sohuprof.query import load_sql, run_query
 
+    _check_inputs(store, store=True)
     if out is not None:
         atomic.check_file_output(out, force=force, inputs=[store])   # refused before the query runs
     result = run_query(store, load_sql(sql))

@@ -140,6 +140,7 @@ def _missing_cases(missing: str, existing: str) -> list[list[str]]:
         ["export", "chrome", missing, "-o", existing],
         ["dashboard", missing],
         ["check", missing],
+        ["query", missing, "SELECT 1", "-o", existing],
     ]
 
 
