@@ -84,7 +84,7 @@ def build_context(store: TraceStore, *, hta_compatible: bool = False, options: d
                            requests=store.read("requests").to_pandas(), counters=counters, **chosen,
                            hta_compatible=hta_compatible,
                            options={**(options or {}), "window_ns": window, "selected": chosen["ranks"] is not ranks
-                                    or window is not None})
+                                    or window is not None, "ranks_selected": chosen["ranks"] is not ranks})
 
 
 def _select(store: TraceStore, selection: Selection | None, ranks: pd.DataFrame, lo: int, hi: int,

@@ -683,7 +683,7 @@ Examples:
 @click.argument("store", type=click.Path(path_type=Path))
 @click.argument("sql", metavar="SQL")
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "csv", "json"]))
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+@click.option("-o", "--output", "out", type=OutputPath(),
               help="Output file (- for stdout). Default: stdout.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @pass_cli
@@ -700,6 +700,7 @@ def query(obj: CliContext, store: Path, sql: str, fmt: str, out: Path | None, fo
     from sohuprof.query import load_sql, run_query
 
     _check_inputs(store, store=True)
+    _check_file_out(out, f"result.{'txt' if fmt == 'table' else fmt}")
     if out is not None:
         atomic.check_file_output(out, force=force, inputs=[store])   # refused before the query runs
     result = run_query(store, load_sql(sql))

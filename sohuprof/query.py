@@ -16,6 +16,8 @@ statement other than a query (``SELECT``, ``WITH``, ``FROM``, ``VALUES``, ``DESC
 
 from __future__ import annotations
 
+import re
+
 import os
 from pathlib import Path
 
@@ -108,6 +110,13 @@ def _check_read_only(con: "duckdb.DuckDBPyConnection", sql: str) -> None:  # noq
     if len(statements) > 1:
         raise QueryError(f"the query holds {len(statements)} statements; give one at a time")
     kind = statements[0].type.name
+    if kind == "EXPLAIN":
+        # EXPLAIN ANALYZE runs what it explains: the statement inside must be a query too.
+        inner = re.match(r"\s*EXPLAIN\s+(?:ANALYZE\s+)?(.*)\Z", statements[0].query, flags=re.I | re.S)
+        if inner is None or not inner.group(1).strip():
+            raise QueryError("EXPLAIN must come first and explain one query; the store is read-only")
+        _check_read_only(con, inner.group(1))
+        return
     if kind not in _READ_ONLY:
         first = sql.split(None, 1)[0].upper()
         word = first if first.isalpha() else kind   # "-- note" or "(" first: the parser's name

@@ -109,3 +109,16 @@ def test_collectives_follow_the_selection() -> None:
         count[r["kind"]] += r["count"]
     assert 0 < sum(count.values()) < sum(r["count"] for r in whole["comm"]["collectives"])
     assert sum(r["count"] for r in part["roofline"]["collectives"]) == sum(count.values())
+
+
+def test_a_rank_selection_leaves_out_what_needs_every_rank(tmp_path: Path) -> None:
+    """--ranks: the diagnosis (built on every rank's waits) says why it does not run, the per-rank
+    reports do, and the HTML page renders links that reach unselected nodes."""
+    data = _json("--ranks", "0-3")
+    assert not {"findings", "critical_path"} & set(data) and {"stalls", "comm"} <= set(data)
+    code, _, err = _run("--ranks", "0-3", "--report", "critical_path")
+    assert code == 1 and "without --ranks" in err and len(err.strip().splitlines()) == 1
+    code, _, err = _run("--ranks", "0-3", "--format", "html", "-o", str(tmp_path / "r.html"))
+    assert code == 0, err
+    windowed = _json("--end-ms", "50")
+    assert "critical_path" in windowed and windowed["critical_path"]["path_ns"] <= 50_000_000 + 1_000_000

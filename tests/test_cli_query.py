@@ -255,3 +255,23 @@ def test_kineto_store_has_its_optional_columns(tmp_path: Path) -> None:
     assert sum(r["on_streams"] for r in rows) == events["stream"].notna().sum()
     # a Sohu store has neither column in its files: the views still have them, as nulls
     assert run_query(STORE, "SELECT count(cat) AS c, count(stream) AS s FROM events").to_pylist() == [{"c": 0, "s": 0}]
+
+
+def test_explain_analyze_cannot_smuggle_a_write(tmp_path: Path) -> None:
+    """EXPLAIN ANALYZE runs what it explains: a COPY inside it is refused like a bare one."""
+    target = tmp_path / "x.csv"
+    assert "COPY statements are refused" in _error(run("query", str(STORE), f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{target}'"))
+    assert not target.exists()
+    assert run("query", str(STORE), "EXPLAIN ANALYZE SELECT count(*) FROM events", "--format", "csv").exit_code == 0
+
+
+def test_repeated_column_names_keep_every_column() -> None:
+    for fmt in ("table", "csv", "json"):
+        result = run("query", str(STORE), "SELECT 1 AS x, 2 AS x", "--format", fmt)
+        assert result.exit_code == 0 and "x_2" in result.stdout, (fmt, result.output)
+    assert json.loads(run("query", str(STORE), "SELECT 1 AS x, 2 AS x", "--format", "json").stdout) == [{"x": 1, "x_2": 2}]
+
+
+def test_an_output_ending_in_a_slash_is_a_directory(tmp_path: Path) -> None:
+    assert "ends in '/'" in _error(run("query", str(STORE), "SELECT 1", "-o", f"{tmp_path / 'new'}/"))
+    assert not (tmp_path / "new").exists()

@@ -63,6 +63,16 @@ def diagnosis_chunk(part: Partition, ctx: AnalysisContext):
     return rank_graph(part, ctx, hw_scenarios(requested(ctx)))
 
 
+def whole_job(ctx: AnalysisContext) -> str | None:
+    """None when the dependency graph may be built: every rank is in the analysis. With
+    ``--ranks`` the others' work and waits are missing, so the chain that set the wall time (and
+    the findings and what-ifs priced on it) would be made of gaps; a time window is fine."""
+    if ctx.options.get("ranks_selected"):
+        return ("the critical path, findings and what-if follow waits across every rank of the run: "
+                "run them without --ranks (a --start-ms/--end-ms window is fine)")
+    return None if ctx.wall_ns > 0 else "the store has no events"
+
+
 def baseline(partials: list, ctx: AnalysisContext) -> tuple[Graph, Replay]:
     """The graph and its unchanged replay (shared by the reports of one run)."""
     g = graph_of(partials, ctx)
@@ -234,7 +244,7 @@ class _CriticalPath:
     columns = GRAPH_COLUMNS
 
     def applies(self, ctx: AnalysisContext) -> str | None:
-        return None if ctx.wall_ns > 0 else "the store has no events"
+        return whole_job(ctx)
 
     def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext):
         from sohuprof.analyzers.partition import as_partition

@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.diagnosis.critical_path import baseline, critical_path, diagnosis_chunk
+from sohuprof.analyzers.diagnosis.critical_path import baseline, critical_path, diagnosis_chunk, whole_job
 from sohuprof.analyzers.diagnosis.graph import GRAPH_COLUMNS, Graph
 from sohuprof.analyzers.diagnosis.replay import ReplayError, replay
 from sohuprof.analyzers.diagnosis.root_causes import root_causes_of
@@ -337,7 +337,7 @@ class _Findings:
     columns = GRAPH_COLUMNS
 
     def applies(self, ctx: AnalysisContext) -> str | None:
-        return None if ctx.wall_ns > 0 else "the store has no events"
+        return whole_job(ctx)
 
     def chunk(self, events: pa.Table | Partition, ctx: AnalysisContext):
         return diagnosis_chunk(as_partition(events), ctx)

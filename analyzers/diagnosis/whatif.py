@@ -343,9 +343,14 @@ class _WhatIf:
     def applies(self, ctx: AnalysisContext) -> str | None:
         if not ctx.options.get("what_if"):
             return "no what-if was asked for (give SPECs: `sohuprof whatif STORE rank=5:compute=0.77`)"
+        from sohuprof.analyzers.diagnosis.critical_path import whole_job
+
+        reason = whole_job(ctx)
+        if reason is not None:
+            return reason
         for sc in requested(ctx):
             check_scenario(sc, ctx)
-        return None if ctx.wall_ns > 0 else "the store has no events"
+        return None
 
     def chunk(self, events, ctx: AnalysisContext):
         from sohuprof.analyzers.diagnosis.critical_path import diagnosis_chunk

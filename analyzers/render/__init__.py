@@ -6,9 +6,7 @@ computes an analysis. Tables show ``*_ns`` columns in ms for reading; JSON and C
 
 from __future__ import annotations
 
-import html
 import io
-import math
 from pathlib import Path
 from typing import Any
 
@@ -90,27 +88,8 @@ def render_json(reports: Reports) -> bytes:
                         | orjson.OPT_NON_STR_KEYS) + b"\n"
 
 
-def _readable(df: pd.DataFrame) -> pd.DataFrame:
-    """``*_ns`` columns as ``*_ms``, in place (the columns keep their order)."""
-    out = df.copy()
-    names = {}
-    for col in df.columns:
-        if isinstance(col, str) and col.endswith("_ns") and pd.api.types.is_numeric_dtype(df[col]):
-            out[col] = df[col] / 1e6
-            names[col] = col[:-3] + "_ms"
-    return out.rename(columns=names)
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "-"
-        if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
-            return f"{value:.3g}"
-        return f"{value:,.3f}".rstrip("0").rstrip(".")
-    if isinstance(value, (int,)) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
 
 
 def render_table(reports: Reports, *, max_rows: int = 20, width: int | None = None) -> str:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from sohuprof.analyzers.diff import DiffResult
-from sohuprof.analyzers.render import _readable, reading_tables, render_json, render_table
+from sohuprof.analyzers.render import reading_tables, render_json, render_table
+from sohuprof.analyzers.render.units import format_frame
 from sohuprof.analyzers.report import Reports
 from sohuprof.atomic import open_output
 
@@ -85,8 +86,7 @@ def write_diff_html(result: DiffResult, out: Path, *, force: bool = False) -> Pa
         if name in ("diff · notes", "diff · top"):
             continue
         parts.append(f"<h2>{html.escape(name)}</h2>")
-        parts.append(_readable(df).to_html(index=False, float_format=lambda v: f"{v:,.3f}", border=0, na_rep="-")
-                     if len(df.columns) else "<p>none</p>")
+        parts.append(format_frame(df).to_html(index=False, border=0) if len(df.columns) else "<p>none</p>")
     parts.append("</body></html>")
     with open_output(out, force=force) as fh:
         fh.write("\n".join(parts).encode("utf-8"))

@@ -6,7 +6,6 @@ Used by the HTML report and the dashboard alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,7 @@ import plotly.graph_objects as go
 from sohuprof.analyzers.render.units import duration, scaled, si
 
 __all__ = ["roofline_figure", "stalls_figure", "stalls_by_node_figure", "traffic_figure", "link_ratio_figure",
-           "critical_path_figure", "whatif_figure", "figures_by_report", "report_figures"]
+           "critical_path_figure", "whatif_figure", "figures_by_report"]
 
 _STALL_COLORS = {"compute_ns": "#2a9d8f", "memory_stall_ns": "#e9c46a", "comm_transfer_ns": "#457b9d",
                  "sync_wait_ns": "#e76f51", "idle_ns": "#d3d3d3"}
@@ -212,7 +211,9 @@ def figures_by_report(reports: Any) -> dict[str, list[tuple[str, go.Figure]]]:
     comm = results.get("comm")
     links = getattr(comm, "links", None) if comm is not None else None
     if links is not None and len(links) and "bandwidth" in links:
-        out["comm"] = [("Node-to-node link bandwidth", link_ratio_figure(links, int(reports.ctx.ranks["node"].max()) + 1))]
+        # Links reach nodes outside a --ranks selection: size the grid by both.
+        nodes = max(int(links["src_node"].max()), int(links["dst_node"].max()), int(reports.ctx.ranks["node"].max())) + 1
+        out["comm"] = [("Node-to-node link bandwidth", link_ratio_figure(links, nodes))]
     path = results.get("critical_path")
     if path is not None and len(path.by_kind) and path.path_ns:
         out["critical_path"] = [("Critical path", critical_path_figure(path.by_kind))]
@@ -220,9 +221,3 @@ def figures_by_report(reports: Any) -> dict[str, list[tuple[str, go.Figure]]]:
     if whatif is not None and len(whatif.scenarios):
         out["whatif"] = [("What-if", whatif_figure(whatif.wall_ns, whatif.scenarios))]
     return out
-
-
-def report_figures(reports: Any) -> Iterator[tuple[str, go.Figure]]:
-    """The figures worth looking at for whichever reports were computed, in report order."""
-    for figures in figures_by_report(reports).values():
-        yield from figures

@@ -16,8 +16,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-# _cell: the number formatting analyze's tables use (thousands separators, 3 decimals)
-from sohuprof.analyzers.render import _cell
+from sohuprof.analyzers.render.units import fmt
 
 __all__ = ["render_query", "render_frame", "QUERY_FORMATS"]
 
@@ -46,6 +45,16 @@ def _missing(value: Any) -> bool:
     return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
 
 
+def _unique(names: list[str]) -> list[str]:
+    """``x, x`` as ``x, x_2``."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:     # a loop over columns
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    return out
+
+
 def render_frame(df: pd.DataFrame, *, max_rows: int | None = 100, width: int | None = None) -> str:
     """A DataFrame as a rich table, as text, laid out as analyze's tables are (to the terminal's
     width, split into column groups rather than cutting a number; one row as field / value); its
@@ -60,8 +69,11 @@ def render_frame(df: pd.DataFrame, *, max_rows: int | None = 100, width: int | N
     if max_rows is not None and len(df) > max_rows:   # rendering a bounded table, not events
         caption = f"{len(df) - max_rows:,} more rows: use --format csv or json for all"
         df = df.head(max_rows)
-    text = pd.DataFrame({str(c): ["" if _missing(v) else _cell(v) for v in df[c].tolist()]
-                         for c in df.columns}, index=df.index, dtype=object)
+    # One cell per value (the rows are cut to max_rows above); names made unique, as a query may
+    # repeat one (SELECT 1 AS x, 2 AS x).
+    names = _unique([str(c) for c in df.columns])
+    text = pd.DataFrame({n: ["" if _missing(v) else fmt(v, None) for v in df.iloc[:, i].tolist()]
+                         for i, n in enumerate(names)}, index=df.index, dtype=object)
     width = width or terminal_width()
     buffer = io.StringIO()
     print_table(Console(file=buffer, width=width, force_terminal=False, color_system=None), title, text, caption, width)
@@ -88,6 +100,7 @@ def render_query(table: pa.Table, fmt: str, *, max_rows: int | None = 100) -> by
     max_rows : int or None, default 100
         Rows the ``table`` format shows; None: all.
     """
+    table = table.rename_columns(_unique(table.column_names))   # one key per column in every format
     if fmt == "table":
         shown = _binary_as(table, "size")
         for i, field in enumerate(shown.schema):   # DECIMAL(2,1) reads as a number, right-aligned

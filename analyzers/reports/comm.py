@@ -352,7 +352,9 @@ def _stragglers(index: CollectiveIndex, ranks: pd.DataFrame, partial: np.ndarray
 
 
 def _any_complete(ctx: AnalysisContext) -> bool:
-    """Does some collective instance have every member in the store (so waits mean something)?"""
+    """Does some collective instance have every member in the analysis (so waits mean something)?"""
+    if ctx.options.get("ranks_selected"):
+        return False       # the other members' events are not read: root causes need them
     if ctx.is_sohu:
         return True
     from sohuprof.analyzers.diagnosis.graph import incomplete_collectives
