@@ -27,6 +27,10 @@ Built on ``collectives.parquet`` (one row per instance x member) and each rank's
   profiler trace) a link is ``slow`` when its latency-corrected bandwidth is below 0.6 x the
   median of the other cross-node links (or, with fewer than two others, of the expected
   bandwidth).
+- ``intra_node``: per node, the bytes its chips sent each other by collectives, by the same nccl
+  conventions as ``links`` (the flows whose two ends are on one node, a spanning ring's hops
+  inside a node included): ``node, bytes, instances``. Empty when no collective has two members
+  on one node.
 - ``nics`` (:func:`nic_table`): per node, what its chips' NIC shares moved across nodes, from the
   ``nic_*`` counters of counters.parquet. Collective timing alone cannot name a slow NIC (a
   two-node pipeline has one link, and an all-to-all's members all leave when the slowest NIC is
@@ -78,6 +82,7 @@ _STRAG_COLS = ["rank", "node", "chip", "delay_cost_ns", "late_count"]
 #: With the dependency graph (every store the comm report reads it on): root causes beside.
 _ROOT_COLS = ["root_cost_ns", "cause", "peer_ratio", "peers"]
 _LINK_COLS = ["src_node", "dst_node", "bytes", "time_ns", "bandwidth", "expected_bandwidth", "slow"]
+_INTRA_COLS = ["node", "bytes", "instances"]
 _NIC_COLS = ["node", "tx_bytes", "tx_ns", "wait_ns", "rx_bytes", "rx_ns", "rate", "expected_rate", "ratio", "slow"]
 #: counters.parquet's NIC port counters, by the ``nics`` column each sums into.
 _NIC_COUNTERS = {"nic_tx_bytes": "tx_bytes", "nic_tx_ns": "tx_ns", "nic_wait_ns": "wait_ns",
@@ -144,6 +149,9 @@ class CommResult:
     stragglers: pd.DataFrame
     links: pd.DataFrame
     nics: pd.DataFrame = field(default_factory=lambda: _empty_nics())
+    #: Per node, the bytes its chips sent each other (empty when nothing stays inside a node).
+    intra_node: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({c: pd.Series(dtype="int64")
+                                                                            for c in _INTRA_COLS}))
     #: Why cross-rank parts are missing or fields null (partial groups, unknown sizes).
     notes: list[str] = field(default_factory=list)
 
@@ -152,7 +160,8 @@ class CommResult:
                 "stragglers": records(self.stragglers, _STRAG_COLS + [c for c in _ROOT_COLS
                                                                       if c in self.stragglers.columns]),
                 "links": records(self.links, _LINK_COLS),
-                "nics": records(self.nics, _NIC_COLS)}
+                "nics": records(self.nics, _NIC_COLS),
+                "intra_node": records(self.intra_node, _INTRA_COLS)}
 
 
 def _empty_nics() -> pd.DataFrame:
@@ -405,16 +414,22 @@ def transfer_latency(inst: pd.DataFrame, hw: HardwareSpec | None) -> np.ndarray:
                      [np.where(ring_wins, ring, tree), a], default=(n - 1) * a)
 
 
-def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: HardwareSpec | None) -> pd.DataFrame:
-    """Node-to-node traffic of spanning collectives, with per-chip bandwidth and the slow verdict
-    (their member rows are read from the store: only spanning instances' are needed)."""
+def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: HardwareSpec | None
+           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Node-to-node traffic of spanning collectives, with per-chip bandwidth and the slow verdict,
+    and per node the bytes that stayed inside it (the member rows of every instance with two
+    members or more are read from the store)."""
     empty = pd.DataFrame({c: pd.Series(dtype="int64") for c in _LINK_COLS})
-    span = inst[inst["n_nodes"] > 1].set_index("coll_id")
-    if not len(span):
-        return empty
+    no_intra = pd.DataFrame({c: pd.Series(dtype="int64") for c in _INTRA_COLS})
+    multi = inst[inst["n"] > 1]
+    if not len(multi):
+        return empty, no_intra
+    span = multi.set_index("coll_id")
     span = span.assign(latency=transfer_latency(span, hw))
-    rows = store.read("collectives", columns=["coll_id", "rank", "node", "bytes"],
-                      filters=pc.field("coll_id").isin(pa.array(span.index.to_numpy()))).to_pandas()
+    ids = span.index.to_numpy()
+    # Most instances have several members: read the whole (small) table and keep theirs.
+    rows = store.read("collectives", columns=["coll_id", "rank", "node", "bytes"]).to_pandas()
+    rows = rows[rows["coll_id"].isin(ids)]
     rows = rows.sort_values(["coll_id", "rank"], kind="stable").reset_index(drop=True)
     kind = span["kind"].reindex(rows["coll_id"]).to_numpy(object)
     n = span["n"].reindex(rows["coll_id"]).to_numpy(float)
@@ -445,9 +460,15 @@ def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: Har
         pairs["bytes"] = pairs["bytes"].fillna(0) / pairs["n"] * (pairs["m"] - (pairs["dst"] == pairs["node"]))
         parts.append(pairs.rename(columns={"node": "src"})[["coll_id", "rank", "src", "dst", "bytes"]])
     flows = pd.concat(parts, ignore_index=True)
-    flows = flows[(flows["src"] != flows["dst"]) & (flows["bytes"] > 0)]
+    flows = flows[flows["bytes"] > 0]
+    inside = flows[flows["src"] == flows["dst"]]
+    intra = (inside.groupby("src", as_index=False).agg(bytes=("bytes", "sum"), instances=("coll_id", "nunique"))
+             .rename(columns={"src": "node"}))
+    intra = pd.DataFrame({"node": intra["node"].astype("int64"), "bytes": intra["bytes"].round().astype("int64"),
+                          "instances": intra["instances"].astype("int64")})[_INTRA_COLS]
+    flows = flows[flows["src"] != flows["dst"]]
     if not len(flows):
-        return empty
+        return empty, intra
     # Each sender's NIC time splits across destinations in proportion to its bytes.
     sent = flows.groupby(["coll_id", "rank"])["bytes"].transform("sum").to_numpy()
     share = flows["bytes"].to_numpy() / sent
@@ -467,7 +488,7 @@ def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: Har
     others = np.where(np.eye(len(eff), dtype=bool), np.nan, eff[None, :])
     ref = np.nanmedian(others, axis=1) if len(eff) >= 3 else out["expected_bandwidth"].to_numpy(float)
     out["slow"] = np.nan_to_num(eff, posinf=np.finfo(float).max) < SLOW_RATIO * ref
-    return out.sort_values(["src_node", "dst_node"]).reset_index(drop=True)
+    return out.sort_values(["src_node", "dst_node"]).reset_index(drop=True), intra
 
 
 class _Comm:
@@ -530,7 +551,7 @@ class _Comm:
         table["group"] = table["group"].astype("int64")
         table = table.sort_values(["kind", "group"]).reset_index(drop=True)[_COLL_COLS]
         nics = nic_table(ctx)
-        links = _links(ctx.store, inst, senders, ctx.hardware)
+        links, intra = _links(ctx.store, inst, senders, ctx.hardware)
         if len(nics) and len(links):
             # The port counters name the slow NIC; a link is slow when either end's is.
             slow = nics.loc[nics["slow"], "node"].to_numpy()
@@ -555,7 +576,8 @@ class _Comm:
         notes = [n for n in [(ctx.store.manifest.get("collectives") or {}).get("note")] if n]
         if not ctx.is_sohu and (table["bytes"] <= 0).any():
             notes.append("algbw/busbw are null where the NCCL kernels carry no message size (In msg nelems)")
-        return CommResult(collectives=table, stragglers=stragglers, links=links, nics=nics, notes=notes)
+        return CommResult(collectives=table, stragglers=stragglers, links=links, nics=nics, intra_node=intra,
+                          notes=notes)
 
 
 COMM = _Comm()

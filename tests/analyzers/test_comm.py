@@ -169,7 +169,7 @@ def test_kineto_single_rank(kineto: Path) -> None:
 
 def test_json_contract(faulty: Path) -> None:
     out = _run(faulty)["comm"].to_json()
-    assert set(out) == {"notes", "collectives", "stragglers", "links", "nics"}
+    assert set(out) == {"notes", "collectives", "stragglers", "links", "nics", "intra_node"}
     assert out["notes"] == []          # a Sohu run records every member and every size
     assert set(out["collectives"][0]) == {"kind", "group", "count", "bytes", "time_ns", "algbw", "busbw",
                                           "exposed_ns", "overlapped_ns", "wait_ns"}
