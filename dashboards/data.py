@@ -7,13 +7,21 @@ user input: every read goes through the one :class:`~sohuprof.store.TraceStore` 
 
 Pages read the analyses through their JSON contract (``result.to_json()``) plus the few plot
 attributes (``roofline.sample``, ``serving.latencies``) they need, with a guard when a report does
-not apply to the store or is missing.
+not apply to the store or is missing. With a selection (ranks, a time window) the analyzers run on
+it themselves (:class:`sohuprof.analyzers.engine.Selection`, as ``analyze --ranks --start-ms``
+does); the last few selections' results are cached.
+
+The selection travels in the page URL as ``ranks=0,3,5-7&start_ms=12.5&end_ms=14.25`` (ms from
+:attr:`DashboardData.origin`): :func:`parse_query` and :func:`selection_query` convert both ways.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +32,18 @@ import pyarrow.compute as pc
 from sohuprof.errors import SohuprofError
 from sohuprof.store import TraceStore
 
-__all__ = ["DashboardData", "Selection", "ensure_selection", "NotAvailable"]
+__all__ = ["DashboardData", "Selection", "ensure_selection", "NotAvailable", "parse_ranks", "format_ranks",
+           "parse_query", "selection_query", "QUERY_KEYS", "SELECTION_CACHE"]
 
 log = logging.getLogger("sohuprof.dashboard")
+
+
+#: The URL query parameters the selection owns (the timeline's ``expand``, ``search`` are not).
+QUERY_KEYS = ("ranks", "start_ms", "end_ms")
+#: How many selections keep their analyses cached (the current one and the last few visited).
+SELECTION_CACHE = 4
+#: A rank range in a URL expands to at most this many ranks (``0-99999999`` is no selection).
+_MAX_RANKS = 1 << 16
 
 
 class NotAvailable(Exception):
@@ -82,6 +99,79 @@ def ensure_selection(value: Any) -> Selection:
     return Selection(ranks_t, window_t)
 
 
+def parse_ranks(text: Any) -> tuple[int, ...] | None:
+    """``"0,3,5-7"`` as ``(0, 3, 5, 6, 7)``; ``None`` when empty or malformed (every rank).
+
+    A malformed or huge spec selects nothing rather than something unexpected.
+    """
+    if isinstance(text, (list, tuple)):
+        text = ",".join(map(str, text))
+    if not isinstance(text, str) or not text.strip():
+        return None
+    out: set[int] = set()
+    for part in text.split(","):          # a handful of parts typed by a person
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            return None
+        if a < 0 or b < a or b - a >= _MAX_RANKS or len(out) + b - a >= _MAX_RANKS:
+            return None
+        out.update(range(a, b + 1))
+    return tuple(sorted(out)) or None
+
+
+def format_ranks(ranks: Sequence[int]) -> str:
+    """``(0, 3, 5, 6, 7)`` as ``"0,3,5-7"`` (runs of three or more consecutive ranks as ranges)."""
+    r = np.unique(np.asarray(ranks, dtype=np.int64))
+    if not len(r):
+        return ""
+    cut = np.flatnonzero(np.diff(r) != 1) + 1
+    starts, ends = r[np.r_[0, cut]], r[np.r_[cut - 1, len(r) - 1]]
+    return ",".join(f"{a}-{b}" if b - a >= 2 else ",".join(map(str, range(a, b + 1)))
+                    for a, b in zip(starts.tolist(), ends.tolist()))
+
+
+def _ms(value: Any) -> float | None:
+    if isinstance(value, (list, tuple)):
+        value = value[-1] if value else None
+    try:
+        ms = float(value)
+    except (TypeError, ValueError):
+        return None
+    return ms if math.isfinite(ms) else None
+
+
+def parse_query(query: Mapping[str, Any], origin: int) -> Selection | None:
+    """The selection a URL's query parameters name, or ``None`` when they name none.
+
+    ``ranks=0,3,5-7`` and ``start_ms``/``end_ms`` (ms from ``origin``, the trace start). A window
+    needs both ends, in increasing order; a malformed part is dropped, never trusted.
+    """
+    if not any(query.get(k) not in (None, "") for k in QUERY_KEYS):
+        return None
+    ranks = parse_ranks(query.get("ranks"))
+    a, b = _ms(query.get("start_ms")), _ms(query.get("end_ms"))
+    window = None
+    if a is not None and b is not None and b > a:
+        window = (int(origin) + int(round(a * 1e6)), int(origin) + int(round(b * 1e6)))
+    return Selection(ranks, window)
+
+
+def selection_query(selection: Any, origin: int) -> dict[str, str]:
+    """The URL query parameters of ``selection`` (empty for everything), as :func:`parse_query` reads them."""
+    sel = ensure_selection(selection)
+    out: dict[str, str] = {}
+    if sel.ranks is not None:
+        out["ranks"] = format_ranks(sel.ranks)
+    if sel.window is not None:
+        out["start_ms"], out["end_ms"] = (f"{(t - int(origin)) / 1e6:.6f}".rstrip("0").rstrip(".") for t in sel.window)
+    return out
+
+
 class DashboardData:
     """One store's timeline index, analysis results and small tables, built lazily and cached.
 
@@ -106,6 +196,11 @@ class DashboardData:
         self._json: dict[str, dict[str, Any]] = {}
         self._requests: pd.DataFrame | None = None
         self._origin: int | None = None
+        self._trace_start: int | None = None
+        self._context: Any = None
+        # Selection key -> {report name: result or NotAvailable}; least recently used first.
+        self._selected: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+        self._selected_locks: dict[tuple[Any, ...], threading.Lock] = {}
 
     # -- built once -----------------------------------------------------------------------
 
@@ -126,7 +221,7 @@ class DashboardData:
         try:
             reports = run_reports(self.store)
             results = dict(reports.results)
-            ctx = reports.ctx
+            ctx = self._context = reports.ctx
         except Exception as exc:  # noqa: BLE001 - one failing report must not take the pages down
             ctx = None
             for name in REPORTS:
@@ -147,14 +242,28 @@ class DashboardData:
             reasons[name] = why or "the analysis did not run"
         self._reports, self._reasons = results, reasons
 
-    def result(self, name: str) -> Any:
+    def result(self, name: str, selection: Any = None) -> Any:
         """The analysis result named ``name`` (``roofline``, ``stalls``, ``comm`` ...).
+
+        Parameters
+        ----------
+        name : str
+            A report name of :data:`sohuprof.analyzers.report.REPORTS`.
+        selection : Selection or dict, optional
+            Ranks and a time window: the analyzers then run on those events only (their own
+            selection, as ``analyze --ranks --start-ms --end-ms``). ``None``, or a selection of
+            everything: the whole trace.
 
         Raises
         ------
         NotAvailable
-            The report does not apply to this store, or failed; the message says why.
+            The report does not apply to this store or this selection (the critical path and
+            the findings need every rank), the selection holds no events, or it failed; the
+            message says why.
         """
+        key = self.selection_key(selection)
+        if key is not None:
+            return self._selected_results([name], key)[name]
         with self._lock:
             if self._reports is None:
                 self._run_reports()
@@ -163,12 +272,133 @@ class DashboardData:
                 raise NotAvailable(self._reasons.get(name, f"no {name!r} report for this trace"))
             return reports[name]
 
-    def report(self, name: str) -> dict[str, Any]:
-        """The report's JSON contract (``result.to_json()``), computed once."""
+    def report(self, name: str, selection: Any = None) -> dict[str, Any]:
+        """The report's JSON contract (``result.to_json()``) for ``selection`` (see :meth:`result`), cached."""
+        key = self.selection_key(selection)
+        if key is not None:
+            return self._selected_results([name], key, as_json=True)[name]
         with self._lock:
             if name not in self._json:
                 self._json[name] = self.result(name).to_json()
             return self._json[name]
+
+    def prefetch(self, names: Sequence[str], selection: Any = None) -> None:
+        """Compute ``names`` for ``selection`` in one pass over its events (a page that shows
+        several reports asks for them together; later :meth:`report` calls hit the cache)."""
+        key = self.selection_key(selection)
+        if key is not None:
+            self._selected_results(list(names), key, raise_missing=False)
+            return
+        with self._lock:
+            if self._reports is None:
+                self._run_reports()
+
+    # -- selections -------------------------------------------------------------------------
+
+    @property
+    def trace_start(self) -> int:
+        """Time zero of the analyzers' ``start_ms``/``end_ms``: the first event or counter sample (ns)."""
+        with self._lock:
+            if self._trace_start is None:
+                ts = self.store.read("counters", columns=["ts"]).column("ts")
+                first = pc.min(ts).as_py() if len(ts) else None
+                self._trace_start = min(self.origin, int(first)) if first is not None else self.origin
+            return self._trace_start
+
+    def selection_key(self, selection: Any) -> tuple[Any, ...] | None:
+        """``(ranks, window)`` of a selection that leaves something out, else ``None`` (whole trace).
+
+        Every rank of the store selected is no rank selection (the diagnosis then still runs).
+        """
+        sel = ensure_selection(selection)
+        ranks = sel.ranks
+        if ranks is not None and set(ranks) >= set(self.ranks["rank"].tolist()):
+            ranks = None
+        if ranks is None and sel.window is None:
+            return None
+        return (ranks, sel.window)
+
+    def analysis_selection(self, selection: Any) -> Any:
+        """The :class:`sohuprof.analyzers.engine.Selection` of ``selection`` (``None``: everything)."""
+        from sohuprof.analyzers.engine import Selection as EngineSelection
+
+        key = self.selection_key(selection)
+        if key is None:
+            return None
+        ranks, window = key
+        start_ms = end_ms = None
+        if window is not None:
+            t0 = self.trace_start
+            # A window reaching left of the trace starts at its start (the engine refuses < 0).
+            start_ms, end_ms = max(window[0] - t0, 0) / 1e6, (window[1] - t0) / 1e6
+        return EngineSelection(ranks=list(ranks) if ranks is not None else None, start_ms=start_ms, end_ms=end_ms)
+
+    def _selected_results(self, names: list[str], key: tuple[Any, ...], *, as_json: bool = False,
+                          raise_missing: bool = True) -> dict[str, Any]:
+        """``names`` for the selection ``key``: cached, else computed in one ``run_reports`` pass.
+
+        One lock per selection: two callbacks asking for the same window wait for one run, while
+        other selections (and the whole trace) are served meanwhile.
+        """
+        with self._lock:
+            lock = self._selected_locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._lock:
+                entry = self._selected.setdefault(key, {})
+                self._selected.move_to_end(key)
+                missing = [n for n in dict.fromkeys(names) if n not in entry]
+            if missing:
+                computed = self._compute_selected(missing, key)
+                with self._lock:
+                    entry.update(computed)
+                    while len(self._selected) > SELECTION_CACHE:
+                        old, _ = self._selected.popitem(last=False)
+                        self._selected_locks.pop(old, None)
+            out: dict[str, Any] = {}
+            for name in names:
+                value = entry[name]
+                if isinstance(value, NotAvailable):
+                    if raise_missing:
+                        raise NotAvailable(str(value))
+                    continue
+                if as_json:
+                    # The JSON is cached beside its result, under a key no report name takes.
+                    jkey = f"{name}.json"
+                    if jkey not in entry:
+                        entry[jkey] = value.to_json()
+                    value = entry[jkey]
+                out[name] = value
+            return out
+
+    def _compute_selected(self, names: list[str], key: tuple[Any, ...]) -> dict[str, Any]:
+        """Run the analyzers on the selection: ``{name: result or NotAvailable(reason)}``."""
+        from sohuprof.analyzers.analysis import ReportError
+        from sohuprof.analyzers.engine import build_context
+        from sohuprof.analyzers.report import REPORTS, load_analysis, run_reports
+
+        esel = self.analysis_selection(Selection(*key))
+        out: dict[str, Any] = {}
+        try:
+            ctx = build_context(self.store, selection=esel)
+        except (ReportError, SohuprofError) as exc:     # no events there, ranks the store lacks
+            return {n: NotAvailable(str(exc)) for n in names}
+        runnable = []
+        for name in names:
+            if name not in REPORTS:
+                out[name] = NotAvailable(f"no {name!r} report")
+                continue
+            why = load_analysis(REPORTS[name]).applies(ctx)
+            if why is not None:
+                out[name] = NotAvailable(why)
+            else:
+                runnable.append(name)
+        if runnable:
+            try:
+                out.update(run_reports(self.store, runnable, selection=esel).results)
+            except Exception as exc:  # noqa: BLE001 - a failing report must not take the page down
+                log.warning("reports %s on %s failed: %s", runnable, key, exc)
+                out.update({n: NotAvailable(f"{type(exc).__name__}: {exc}") for n in runnable})
+        return out
 
     def requests(self) -> pd.DataFrame:
         """The served requests (arrival, first token, finish, tokens); empty when none."""
