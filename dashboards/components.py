@@ -9,7 +9,7 @@ import dash
 from dash import Input, Output, State, dcc, html
 
 __all__ = ["kpi", "unavailable", "table", "graph", "fmt_ms", "fmt_si", "rank_from_click", "toggle_rank",
-           "rank_graph_callbacks"]
+           "rank_graph_callbacks", "rank_click_callback", "selection_note", "selection_text"]
 
 #: Plotly's toolbar, trimmed; every graph gets a PNG download named after its id.
 _GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d", "autoScale2d"]}
@@ -50,6 +50,27 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], *,
     return html.Table([head, body], className="simple", **({"id": id} if id else {}))
 
 
+def selection_text(sel: Any, origin: int) -> str:
+    """``ranks 1, 2 · 12.500 – 14.250 ms`` for what a page was computed on, or ``""`` for the whole trace."""
+    from sohuprof.dashboards.data import ensure_selection, format_ranks
+
+    sel = ensure_selection(sel)
+    parts = []
+    if sel.ranks is not None:
+        parts.append(f"rank{'s' if len(sel.ranks) > 1 else ''} {format_ranks(sel.ranks).replace(',', ', ')}")
+    if sel.window is not None:
+        a, b = ((t - origin) / 1e6 for t in sel.window)
+        parts.append(f"{a:,.3f} – {b:,.3f} ms")
+    return " · ".join(parts)
+
+
+def selection_note(data: Any, sel: Any, *, id: str) -> html.Div:
+    """The line saying a page's numbers are for the selection only (empty for the whole trace)."""
+    text = selection_text(sel, data.origin)
+    return html.Div(f"Computed for the selection only: {text} (clear it in the header for the whole run)."
+                    if text else "", className="status selection-note", id=id)
+
+
 def graph(id: str, figure: Any, **kwargs: Any) -> dcc.Graph:
     """A ``dcc.Graph`` with the shared toolbar settings."""
     config = dict(_GRAPH_CONFIG, toImageButtonOptions={"filename": f"sohuprof-{id}"})
@@ -78,6 +99,15 @@ def toggle_rank(rank: int | None, current: list[int] | None) -> Any:
     return [r for r in ranks if r != rank] if rank in ranks else sorted(ranks + [rank])
 
 
+def rank_click_callback(app: dash.Dash, graph_id: str) -> None:
+    """A click on a per-rank graph toggles the clicked rank in the shared selection."""
+
+    @app.callback(Output("selection-ranks", "value", allow_duplicate=True), Input(graph_id, "clickData"),
+                  State("selection-ranks", "value"), prevent_initial_call=True)
+    def _select(click: dict[str, Any] | None, current: list[int] | None) -> Any:
+        return toggle_rank(rank_from_click(click), current)
+
+
 def rank_graph_callbacks(app: dash.Dash, graph_id: str, build: Callable[[Any, Any], Any]) -> None:
     """A per-rank graph's two callbacks: redraw it when the selection changes (``build(data,
     selection)``), and toggle the clicked rank in the shared selection."""
@@ -92,7 +122,4 @@ def rank_graph_callbacks(app: dash.Dash, graph_id: str, build: Callable[[Any, An
         except NotAvailable as exc:
             return figures.message_figure(f"not available for this trace: {exc}")
 
-    @app.callback(Output("selection-ranks", "value", allow_duplicate=True), Input(graph_id, "clickData"),
-                  State("selection-ranks", "value"), prevent_initial_call=True)
-    def _select(click: dict[str, Any] | None, current: list[int] | None) -> Any:
-        return toggle_rank(rank_from_click(click), current)
+    rank_click_callback(app, graph_id)

@@ -295,6 +295,15 @@ class DashboardData:
 
     # -- selections -------------------------------------------------------------------------
 
+    def page_selection(self, selection: Any, query: Mapping[str, Any] | None = None) -> Selection:
+        """What a page's first render shows: the URL's selection when its query names one (a
+        reload, a pasted link: the shared store has not caught up yet), else the shared store's.
+
+        Dash pages pass the query parameters to ``layout(**query)``; pass them on.
+        """
+        from_url = parse_query(query or {}, self.origin)
+        return from_url if from_url is not None else ensure_selection(selection)
+
     @property
     def trace_start(self) -> int:
         """Time zero of the analyzers' ``start_ms``/``end_ms``: the first event or counter sample (ns)."""
