@@ -32,7 +32,7 @@ __all__ = ["create_app", "serve", "check_port", "host_warning", "current_data", 
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Page modules in navigation order.
-PAGES = ("overview", "timeline", "roofline", "stalls", "comm", "serving")
+PAGES = ("overview", "timeline", "roofline", "stalls", "comm", "serving", "kernels", "idle")
 _EXTENSION = "sohuprof"
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
