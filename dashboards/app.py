@@ -23,6 +23,7 @@ import dash
 from dash import Input, Output, State, dcc, html
 from flask import current_app
 
+from sohuprof.dashboards import security
 from sohuprof.dashboards.data import DashboardData, Selection, ensure_selection
 from sohuprof.errors import SohuprofError
 from sohuprof.store import TraceStore, open_store
@@ -108,7 +109,8 @@ table.simple th:first-child, table.simple td:first-child { text-align: left; }
 """
 
 
-def create_app(store: PathLike | TraceStore, *, title: str = "sohuprof") -> dash.Dash:
+def create_app(store: PathLike | TraceStore, *, title: str = "sohuprof",
+               allowed_hosts: tuple[str, ...] | list[str] | None = None) -> dash.Dash:
     """Build the dashboard over one trace store.
 
     Parameters
@@ -118,6 +120,9 @@ def create_app(store: PathLike | TraceStore, *, title: str = "sohuprof") -> dash
         and analyses are built on first use (or by :meth:`DashboardData.warm`) and cached.
     title : str, default "sohuprof"
         The browser tab's title.
+    allowed_hosts : sequence of str, optional
+        ``Host`` names answered besides the loopback names and the bound address
+        (``--allow-host``; ``*`` allows any): see :mod:`sohuprof.dashboards.security`.
 
     Returns
     -------
@@ -134,8 +139,9 @@ def create_app(store: PathLike | TraceStore, *, title: str = "sohuprof") -> dash
     data = DashboardData(_ensure_store(store))
     app = dash.Dash(__name__, use_pages=True, pages_folder="", title=title, suppress_callback_exceptions=True,
                     routing_callback_inputs={"selection": State("selection", "data")},
-                    serve_locally=True, update_title=None)
+                    serve_locally=True, update_title=None, on_error=security.callback_error)
     app.server.extensions[_EXTENSION] = data
+    security.install(app, data.store, allowed_hosts=allowed_hosts)
     modules = _page_modules()
     for order, module in enumerate(modules):
         dash.register_page(module.__name__, path=module.PATH, name=module.NAME, title=f"{module.NAME} · {title}",
@@ -143,6 +149,7 @@ def create_app(store: PathLike | TraceStore, *, title: str = "sohuprof") -> dash
     app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + _CSS + "</style>")
     app.layout = lambda: html.Div([
         dcc.Store(id="selection", data=Selection().to_store()),
+        security.banner(),
         _header(current_data()),
         html.Main(dash.page_container),
     ])
@@ -227,6 +234,7 @@ def serve(app: dash.Dash, *, host: str = "127.0.0.1", port: int = 8050, warm: bo
         The port is taken.
     """
     check_port(host, port)
+    security.bind(app, host)
     if warm:
         threading.Thread(target=app.server.extensions[_EXTENSION].warm, name="sohuprof-warm", daemon=True).start()
     import logging

@@ -615,12 +615,16 @@ def chrome(obj: CliContext, store: Path, out: Path, force: bool, start_ms: float
 Examples:
   sohuprof dashboard store/                    # http://127.0.0.1:8050
   sohuprof dashboard store/ --port 8060
-  sohuprof dashboard store/ --host 0.0.0.0     # reachable from other machines (warns)""")
+  sohuprof dashboard store/ --host 0.0.0.0     # reachable from other machines (warns)
+  sohuprof dashboard store/ --allow-host box.example   # also answer http://box.example:8050 (a proxy, a DNS name)""")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8050, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--allow-host", "allow_host", multiple=True, metavar="NAME",
+              help="Also answer requests for this Host name (NAME or NAME:PORT; repeatable; '*' any, which warns). "
+                   "Others get 403: a guard against DNS rebinding.")
 @pass_cli
-def dashboard(obj: CliContext, store: Path, host: str, port: int) -> None:
+def dashboard(obj: CliContext, store: Path, host: str, port: int, allow_host: tuple[str, ...] = ()) -> None:
     """Serve the web dashboard on a trace store: timelines across nodes linked to the analyses.
 
     Pages: overview, timeline (zoomable swimlanes of every node, chip and engine), roofline,
@@ -629,12 +633,13 @@ def dashboard(obj: CliContext, store: Path, host: str, port: int) -> None:
     """
     from sohuprof.check import check_store
     from sohuprof.dashboards.app import check_port, create_app, host_warning, serve
+    from sohuprof.dashboards.security import allow_host_warning
 
     _check_inputs(store, store=True)
-    warning = host_warning(host)
-    if warning:
-        click.echo(warning, err=True)
-    app = create_app(store)
+    for warning in (host_warning(host), allow_host_warning(allow_host)):
+        if warning:
+            click.echo(warning, err=True)
+    app = create_app(store, allowed_hosts=allow_host)
     # Opening checked the metadata; damage inside a page shows only when it is read, which the
     # pages would meet one callback at a time. Every page is decoded once here (~1.5x a bare
     # read), so a damaged store is refused before serving, with check's own line.
