@@ -11,15 +11,15 @@ dashboard's data layer offers it; selected ranks outlined either way).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import dash
 import pandas as pd
-from dash import Input, Output, State, html
+from dash import Input, Output, html
 
 from sohuprof.dashboards import figures
-from sohuprof.dashboards.components import fmt_ms, fmt_si, graph, rank_from_click, table, toggle_rank, unavailable
+from sohuprof.dashboards.components import (fmt_ms, fmt_si, graph, rank_click_callback, selection_note, table,
+                                            unavailable)
 from sohuprof.dashboards.data import DashboardData, NotAvailable, ensure_selection
 
 __all__ = ["PATH", "NAME", "layout", "register_callbacks", "comm_frames", "comm_report", "link_roofs", "spec_links",
@@ -34,11 +34,8 @@ _FRAMES = ("collectives", "stragglers", "links", "nics", "intra_node")
 
 
 def comm_report(data: DashboardData, selection: Any = None) -> dict[str, Any]:
-    """The comm report's JSON, for the selection where the data layer computes windowed reports."""
-    sel = ensure_selection(selection)
-    if "selection" in inspect.signature(data.report).parameters:
-        return data.report("comm", selection=sel)
-    return data.report("comm")
+    """The comm report's JSON, computed by the analyzers for the selection (ranks, window)."""
+    return data.report("comm", ensure_selection(selection))
 
 
 def comm_frames(data: DashboardData, selection: Any = None) -> dict[str, pd.DataFrame]:
@@ -156,6 +153,7 @@ def body(data: DashboardData, selection: Any) -> list[Any]:
                                 if len(frames["links"]) and c in frames["links"]])
     coll_rows = collective_rows(frames["collectives"], roofs)
     return [
+        selection_note(data, sel, id="comm-selection"),
         *[html.Div(n, className="status comm-note") for n in report_notes],
         _headline(frames),
         html.Div(className="row", children=[
@@ -186,14 +184,25 @@ def body(data: DashboardData, selection: Any) -> list[Any]:
     ]
 
 
-def layout(selection: Any = None, **_: Any) -> Any:
+def _body_or_reason(data: DashboardData, sel: Any) -> list[Any]:
+    try:
+        return body(data, sel)
+    except NotAvailable as exc:
+        return [selection_note(data, sel, id="comm-selection"),
+                html.Div(f"Communication is not available for this selection: {exc}", className="unavailable",
+                         id="comm-selection-unavailable")]
+
+
+def layout(selection: Any = None, **query: Any) -> Any:
     from sohuprof.dashboards.app import current_data
 
+    data = current_data()
+    sel = data.page_selection(selection, query)
     try:
-        children = body(current_data(), selection)
+        comm_report(data, None)                 # the store has a comm report at all
     except NotAvailable as exc:
         return html.Div([html.H2("Communication"), unavailable("Communication", str(exc))])
-    return html.Div([html.H2("Communication"), html.Div(children, id="comm-body")])
+    return html.Div([html.H2("Communication"), html.Div(_body_or_reason(data, sel), id="comm-body")])
 
 
 def register_callbacks(app: dash.Dash) -> None:
@@ -201,13 +210,7 @@ def register_callbacks(app: dash.Dash) -> None:
 
     @app.callback(Output("comm-body", "children"), Input("selection", "data"), prevent_initial_call=True)
     def _update(selection: Any) -> Any:
-        try:
-            return body(current_data(), selection)
-        except NotAvailable as exc:
-            return [unavailable("Communication", str(exc))]
+        return _body_or_reason(current_data(), ensure_selection(selection))
 
     for graph_id in ("comm-stragglers", "comm-rank-grid"):
-        @app.callback(Output("selection-ranks", "value", allow_duplicate=True), Input(graph_id, "clickData"),
-                      State("selection-ranks", "value"), prevent_initial_call=True)
-        def _select(click: dict[str, Any] | None, current: list[int] | None) -> Any:
-            return toggle_rank(rank_from_click(click), current)
+        rank_click_callback(app, graph_id)

@@ -12,8 +12,8 @@ import pandas as pd
 from dash import Input, Output, html
 
 from sohuprof.dashboards import figures
-from sohuprof.dashboards.components import fmt_ms, graph, kpi, table, unavailable
-from sohuprof.dashboards.data import DashboardData, NotAvailable
+from sohuprof.dashboards.components import fmt_ms, graph, kpi, selection_note, table, unavailable
+from sohuprof.dashboards.data import DashboardData, NotAvailable, ensure_selection
 from sohuprof.dashboards.pages.kernels import kernels_report
 
 __all__ = ["PATH", "NAME", "layout", "register_callbacks", "idle_totals", "body"]
@@ -77,14 +77,25 @@ def body(data: DashboardData, selection: Any) -> list[Any]:
     ]
 
 
-def layout(selection: Any = None, **_: Any) -> Any:
+def _body_or_reason(data: DashboardData, sel: Any) -> list[Any]:
+    try:
+        return [selection_note(data, sel, id="idle-selection"), *body(data, sel)]
+    except NotAvailable as exc:
+        return [selection_note(data, sel, id="idle-selection"),
+                html.Div(f"Idle is not available for this selection: {exc}", className="unavailable",
+                         id="idle-selection-unavailable")]
+
+
+def layout(selection: Any = None, **query: Any) -> Any:
     from sohuprof.dashboards.app import current_data
 
+    data = current_data()
+    sel = data.page_selection(selection, query)
     try:
-        children = body(current_data(), selection)
+        data.report("idle")                   # the store has the report at all
     except NotAvailable as exc:
         return html.Div([html.H2("Idle time"), unavailable("Idle", str(exc))])
-    return html.Div([html.H2("Idle time"), html.Div(children, id="idle-body")])
+    return html.Div([html.H2("Idle time"), html.Div(_body_or_reason(data, sel), id="idle-body")])
 
 
 def register_callbacks(app: dash.Dash) -> None:
@@ -92,7 +103,4 @@ def register_callbacks(app: dash.Dash) -> None:
 
     @app.callback(Output("idle-body", "children"), Input("selection", "data"), prevent_initial_call=True)
     def _update(selection: Any) -> Any:
-        try:
-            return body(current_data(), selection)
-        except NotAvailable as exc:
-            return [unavailable("Idle", str(exc))]
+        return _body_or_reason(current_data(), ensure_selection(selection))

@@ -5,7 +5,6 @@ run, a CPU-only profile) gets the report's reason instead."""
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import dash
@@ -13,7 +12,7 @@ import pandas as pd
 from dash import Input, Output, html
 
 from sohuprof.dashboards import figures
-from sohuprof.dashboards.components import fmt_ms, graph, kpi, table, unavailable
+from sohuprof.dashboards.components import fmt_ms, graph, kpi, selection_note, table, unavailable
 from sohuprof.dashboards.data import DashboardData, NotAvailable, ensure_selection
 
 __all__ = ["PATH", "NAME", "layout", "register_callbacks", "kernels_report", "type_shares", "body"]
@@ -25,10 +24,8 @@ TOP = 20
 
 
 def kernels_report(data: DashboardData, selection: Any = None, name: str = "kernels") -> dict[str, Any]:
-    """The report's JSON, for the selection where the data layer computes windowed reports."""
-    if "selection" in inspect.signature(data.report).parameters:
-        return data.report(name, selection=ensure_selection(selection))
-    return data.report(name)
+    """The report's JSON, computed by the analyzers for the selection (ranks, window)."""
+    return data.report(name, ensure_selection(selection))
 
 
 def type_shares(report: dict[str, Any]) -> dict[str, float]:
@@ -94,14 +91,25 @@ def body(data: DashboardData, selection: Any) -> list[Any]:
     ]
 
 
-def layout(selection: Any = None, **_: Any) -> Any:
+def _body_or_reason(data: DashboardData, sel: Any) -> list[Any]:
+    try:
+        return [selection_note(data, sel, id="kernels-selection"), *body(data, sel)]
+    except NotAvailable as exc:
+        return [selection_note(data, sel, id="kernels-selection"),
+                html.Div(f"Kernels is not available for this selection: {exc}", className="unavailable",
+                         id="kernels-selection-unavailable")]
+
+
+def layout(selection: Any = None, **query: Any) -> Any:
     from sohuprof.dashboards.app import current_data
 
+    data = current_data()
+    sel = data.page_selection(selection, query)
     try:
-        children = body(current_data(), selection)
+        data.report("kernels")                   # the store has the report at all
     except NotAvailable as exc:
         return html.Div([html.H2("Kernels"), unavailable("Kernels", str(exc))])
-    return html.Div([html.H2("Kernels"), html.Div(children, id="kernels-body")])
+    return html.Div([html.H2("Kernels"), html.Div(_body_or_reason(data, sel), id="kernels-body")])
 
 
 def register_callbacks(app: dash.Dash) -> None:
@@ -109,7 +117,4 @@ def register_callbacks(app: dash.Dash) -> None:
 
     @app.callback(Output("kernels-body", "children"), Input("selection", "data"), prevent_initial_call=True)
     def _update(selection: Any) -> Any:
-        try:
-            return body(current_data(), selection)
-        except NotAvailable as exc:
-            return [unavailable("Kernels", str(exc))]
+        return _body_or_reason(current_data(), ensure_selection(selection))

@@ -11,7 +11,7 @@ import pandas as pd
 from dash import ALL, Input, Output, dcc, html
 
 from sohuprof.dashboards import figures
-from sohuprof.dashboards.components import graph, unavailable
+from sohuprof.dashboards.components import graph, selection_note, unavailable
 from sohuprof.dashboards.data import DashboardData, NotAvailable, ensure_selection
 
 __all__ = ["PATH", "NAME", "layout", "register_callbacks", "select_points", "build_figure"]
@@ -38,13 +38,16 @@ def select_points(sample: pd.DataFrame, phase: str | None, selection: Any) -> pd
 
 
 def build_figure(data: DashboardData, phase: str | None, selection: Any) -> Any:
-    """The roofline of the selected points (raises :class:`NotAvailable` without a roofline)."""
-    result = data.result("roofline")
-    hw = data.report("roofline")["hardware"]
+    """The roofline of ``phase`` for the selection: the roofline analysis run on the selected
+    ranks and window (its own sample of their ops), filtered by phase here. Raises
+    :class:`NotAvailable` without a roofline for the store or the selection."""
+    sel = ensure_selection(selection)
+    result = data.result("roofline", sel)
+    hw = data.report("roofline", sel)["hardware"]
     sample = getattr(result, "sample", None)
     if sample is None:
         raise NotAvailable("the roofline report carries no per-event sample to plot")
-    points = select_points(sample, phase, selection)
+    points = select_points(sample, phase, None)
     if not len(points):
         return figures.message_figure("no sampled ops in this phase and selection")
     what = "all phases" if not phase or phase == "all" else phase
@@ -53,13 +56,20 @@ def build_figure(data: DashboardData, phase: str | None, selection: Any) -> Any:
     return figures.roofline_figure(points, hw["peak_flops"], hw["hbm_bandwidth"], title=title)
 
 
-def layout(selection: Any = None, **_: Any) -> Any:
+def _figure_or_reason(data: DashboardData, phase: str | None, sel: Any) -> Any:
+    try:
+        return build_figure(data, phase, sel)
+    except NotAvailable as exc:
+        return figures.message_figure(f"not available for this selection: {exc}")
+
+
+def layout(selection: Any = None, **query: Any) -> Any:
     from sohuprof.dashboards.app import current_data
 
     data = current_data()
+    sel = data.page_selection(selection, query)
     try:
-        result = data.result("roofline")
-        fig = build_figure(data, "all", selection)
+        result = data.result("roofline")          # the store has a roofline at all
     except NotAvailable as exc:
         return html.Div([html.H2("Roofline"), unavailable("Roofline", str(exc))])
     sample = getattr(result, "sample", pd.DataFrame())
@@ -70,19 +80,20 @@ def layout(selection: Any = None, **_: Any) -> Any:
                                             options=[{"label": " all ", "value": "all"}]
                                             + [{"label": f" {p} ", "value": p} for p in phases])],
                  className="status"),
-        html.Div("Each point is a sampled op (area by duration); the roof is min(peak, HBM bandwidth x intensity). "
-                 "Points follow the rank and time-window selection.", className="status"),
-        html.Div(graph("roofline", fig), className="card"),
+        html.Div("Each point is a sampled op (area by duration; WebGL, so every sampled op is drawn); the roof is "
+                 "min(peak, HBM bandwidth x intensity). The roofline follows the rank and time-window selection.",
+                 className="status"),
+        selection_note(data, sel, id="roofline-selection"),
+        html.Div(graph("roofline", _figure_or_reason(data, "all", sel)), className="card"),
     ])
 
 
 def register_callbacks(app: dash.Dash) -> None:
     from sohuprof.dashboards.app import current_data
 
-    @app.callback(Output("roofline", "figure"), Input({**PHASE_ID, "control": ALL}, "value"),
-                  Input("selection", "data"), prevent_initial_call=True)
-    def _update(phases: list[str | None], selection: Any) -> Any:
-        try:
-            return build_figure(current_data(), phases[0] if phases else None, selection)
-        except NotAvailable as exc:
-            return figures.message_figure(f"not available for this trace: {exc}")
+    @app.callback(Output("roofline", "figure"), Output("roofline-selection", "children"),
+                  Input({**PHASE_ID, "control": ALL}, "value"), Input("selection", "data"), prevent_initial_call=True)
+    def _update(phases: list[str | None], selection: Any) -> tuple[Any, Any]:
+        data, sel = current_data(), ensure_selection(selection)
+        return (_figure_or_reason(data, phases[0] if phases else None, sel),
+                selection_note(data, sel, id="roofline-selection").children)
