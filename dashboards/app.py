@@ -7,7 +7,9 @@ store's cached data on the Flask server of the app serving the request, so sever
 process (tests) never see each other's data. Nothing loads at import time.
 
 The browser keeps only the selection (ranks and a time window) in ``dcc.Store("selection")``;
-trace data stays on the server.
+trace data stays on the server. The selection is also in the URL (``?ranks=0,3&start_ms=12.5&end_ms=14``,
+ms from the trace start): a reload or a pasted link loads it (:func:`selection_from_url`), and
+every change is written back in the browser (:data:`_SELECTION_JS`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dash import Input, Output, State, dcc, html
 from flask import current_app
 
 from sohuprof.dashboards import security
-from sohuprof.dashboards.data import DashboardData, Selection, ensure_selection
+from sohuprof.dashboards.data import DashboardData, Selection, ensure_selection, parse_query
 from sohuprof.errors import SohuprofError
 from sohuprof.store import TraceStore, open_store
 
@@ -148,7 +150,9 @@ def create_app(store: PathLike | TraceStore, *, title: str = "sohuprof",
                            order=order, layout=module.layout)
     app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + _CSS + "</style>")
     app.layout = lambda: html.Div([
+        dcc.Location(id="url", refresh=False),
         dcc.Store(id="selection", data=Selection().to_store()),
+        dcc.Store(id="selection-origin", data=current_data().origin),
         security.banner(),
         _header(current_data()),
         html.Main(dash.page_container),
@@ -159,14 +163,8 @@ def create_app(store: PathLike | TraceStore, *, title: str = "sohuprof",
     return app
 
 
-def set_ranks(ranks: list[int] | None, selection: Any) -> dict[str, Any]:
-    """The selection with ``ranks`` chosen (``None`` or empty: every rank)."""
-    sel = ensure_selection(selection)
-    return Selection(tuple(sorted(int(r) for r in ranks)) if ranks else None, sel.window).to_store()
-
-
 def window_text(selection: Any, origin: int) -> str:
-    """``window 12.500 – 14.000 ms`` for the header, or ``whole trace``."""
+    """``window 12.500 – 14.000 ms`` for the header, or ``whole trace`` (as :data:`_SELECTION_JS` writes it)."""
     sel = ensure_selection(selection)
     if sel.window is None:
         return "whole trace"
@@ -174,21 +172,79 @@ def window_text(selection: Any, origin: int) -> str:
     return f"window {a:,.3f} – {b:,.3f} ms"
 
 
-def _register_selection_callbacks(app: dash.Dash) -> None:
-    @app.callback(Output("selection", "data", allow_duplicate=True), Input("selection-ranks", "value"),
-                  State("selection", "data"), prevent_initial_call=True)
-    def _ranks(ranks: list[int] | None, selection: Any) -> dict[str, Any]:
-        return set_ranks(ranks, selection)
+def selection_from_url(pathname: str | None, search: str | None, selection: Any, origin: int) -> tuple[Any, Any]:
+    """(selection store, rank dropdown) after the URL changed: the query's selection when it
+    names one (a reload, a pasted link, a finding's link, back/forward), else ``no_update``."""
+    from urllib.parse import parse_qs
 
+    query = {k: v[-1] for k, v in parse_qs((search or "").lstrip("?")).items()}
+    sel = parse_query(query, origin)
+    if sel is None or sel == ensure_selection(selection):
+        return dash.no_update, dash.no_update
+    return sel.to_store(), list(sel.ranks) if sel.ranks is not None else None
+
+
+#: Browser-side selection plumbing (no server round trip): the rank dropdown into the selection,
+#: "clear", and the selection out to the header's window text and the URL (``replaceState``,
+#: keeping the query parameters other pages own, such as the timeline's ``expand`` and ``search``).
+_SELECTION_JS = {
+    "ranks": """function(ranks, selection) {
+        const cur = selection || {};
+        const r = (ranks && ranks.length) ? Array.from(new Set(ranks.map(Number))).sort((a, b) => a - b) : null;
+        if (JSON.stringify(r) === JSON.stringify(cur.ranks ?? null)) { return window.dash_clientside.no_update; }
+        return {ranks: r, window: cur.window ?? null};
+    }""",
+    "clear": """function(n) { return [{ranks: null, window: null}, null]; }""",
+    "sync": """function(selection, pathname, origin) {
+        const sel = selection || {}, w = sel.window, own = ['ranks', 'start_ms', 'end_ms'];
+        const ms = t => ((t - origin) / 1e6);
+        const fmt = v => v.toLocaleString('en-US', {minimumFractionDigits: 3, maximumFractionDigits: 3});
+        const text = w ? `window ${fmt(ms(w[0]))} – ${fmt(ms(w[1]))} ms` : 'whole trace';
+        const params = new URLSearchParams(window.location.search);
+        const trig = (window.dash_clientside.callback_context.triggered || []).map(t => t.prop_id);
+        // A link that carries its own selection wins: the URL callback loads it into the store,
+        // which brings us back here. Until then (and on the first load) leave the URL alone.
+        const linked = own.some(k => params.has(k));
+        if (trig.includes('selection.data') || (trig.includes('url.pathname') && !linked)) {
+            own.forEach(k => params.delete(k));
+            const runs = [];
+            (sel.ranks || []).forEach(r => {
+                const last = runs[runs.length - 1];
+                if (last && r === last[1] + 1) { last[1] = r; } else { runs.push([r, r]); }
+            });
+            const ranks = runs.map(([a, b]) => b - a >= 2 ? `${a}-${b}` : Array.from({length: b - a + 1}, (_, i) => a + i).join(','));
+            if (ranks.length) { params.set('ranks', ranks.join(',')); }
+            const num = v => v.toFixed(6).replace(/\\.?0+$/, '');
+            if (w) { params.set('start_ms', num(ms(w[0]))); params.set('end_ms', num(ms(w[1]))); }
+            const q = params.toString().replace(/%2C/g, ',');
+            const url = window.location.pathname + (q ? '?' + q : '') + window.location.hash;
+            if (url !== window.location.pathname + window.location.search + window.location.hash) {
+                window.history.replaceState(window.history.state, '', url);
+            }
+        }
+        return text;
+    }""",
+}
+
+
+def _register_selection_callbacks(app: dash.Dash) -> None:
+    app.clientside_callback(_SELECTION_JS["ranks"], Output("selection", "data", allow_duplicate=True),
+                            Input("selection-ranks", "value"), State("selection", "data"), prevent_initial_call=True)
+    app.clientside_callback(_SELECTION_JS["clear"], Output("selection", "data", allow_duplicate=True),
+                            Output("selection-ranks", "value", allow_duplicate=True),
+                            Input("selection-clear", "n_clicks"), prevent_initial_call=True)
+    app.clientside_callback(_SELECTION_JS["sync"], Output("selection-window", "children"),
+                            Input("selection", "data"), Input("url", "pathname"), State("selection-origin", "data"))
+
+    # After the page router has drawn the page (its store is written on every navigation, first
+    # load, link, back/forward): a selection changed before a page is in the DOM would reach
+    # callbacks whose other inputs are not there yet. The page drew the URL's selection itself.
     @app.callback(Output("selection", "data", allow_duplicate=True),
                   Output("selection-ranks", "value", allow_duplicate=True),
-                  Input("selection-clear", "n_clicks"), prevent_initial_call=True)
-    def _clear(_: int) -> tuple[dict[str, Any], None]:
-        return Selection().to_store(), None
-
-    @app.callback(Output("selection-window", "children"), Input("selection", "data"))
-    def _window(selection: Any) -> str:
-        return window_text(selection, current_data().origin)
+                  Input("_pages_store", "data"), State("url", "pathname"), State("url", "search"),
+                  State("selection", "data"), prevent_initial_call=True)
+    def _from_url(_: Any, pathname: str | None, search: str | None, selection: Any) -> tuple[Any, Any]:
+        return selection_from_url(pathname, search, selection, current_data().origin)
 
 
 def host_warning(host: str) -> str | None:

@@ -22,7 +22,7 @@ NAME = "Overview"
 #: The reports the overview shows, computed together for a selection.
 REPORTS_SHOWN = ("findings", "critical_path", "summary", "serving", "roofline")
 #: Ranks a finding's timeline link shows at most (the culprit and a few peers to compare with).
-_TIMELINE_RANKS = 4
+_TIMELINE_RANKS = 3
 
 
 def _report(data: DashboardData, name: str, sel: Selection) -> tuple[dict[str, Any] | None, str | None]:
