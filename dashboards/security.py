@@ -14,17 +14,17 @@ address :func:`~sohuprof.dashboards.app.serve` listens on.
 - **Real 404**: Dash answers every path with its page shell; a path that is no page gets that
   shell with status 404 and a layout listing the real pages.
 - **Store gone or damaged while running**: a cheap check (the manifest's and listed files'
-  ``stat``) behind a banner on every page, polled by a ``dcc.Interval``; a callback that fails
-  reading the store returns the banner's message in its outputs instead of an HTTP 500.
+  ``stat``) behind a banner on every page, polled by a ``dcc.Interval``; a callback (or the
+  app's layout) that fails reading the store answers with the banner's message instead of an
+  HTTP 500, and the failure sticks in the banner.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -85,37 +85,29 @@ def _url_host(name: str) -> str:
     return f"[{name}]" if ":" in name else name
 
 
-@dataclass
 class HostPolicy:
     """Which ``Host`` names the dashboard answers.
 
-    Attributes
+    Parameters
     ----------
-    bound : str
-        The address it listens on (``127.0.0.1`` until :func:`bind` says otherwise).
-    allowed : tuple of str
+    allowed : sequence of str, default ()
         ``--allow-host`` names, each ``NAME`` (any port) or ``NAME:PORT``; ``*`` allows any.
+    bound : str, default "127.0.0.1"
+        The address it listens on (:meth:`bind` changes it when serving starts).
     """
 
-    bound: str = "127.0.0.1"
-    allowed: tuple[str, ...] = ()
-    _extra: frozenset[str] = field(default=frozenset(), repr=False)
-
-    def __post_init__(self) -> None:
-        self.allowed = tuple(str(a) for a in self.allowed)
-        self._explicit = [_split_host(a) for a in self.allowed if a.strip() != "*"]
-        self.any_host = any(a.strip() == "*" for a in self.allowed)
-        self.bind(self.bound)
+    def __init__(self, allowed: tuple[str, ...] | list[str] = (), *, bound: str = "127.0.0.1") -> None:
+        self.allowed = tuple(str(a).strip() for a in allowed)
+        self.any_host = "*" in self.allowed
+        self._explicit = [_split_host(a) for a in self.allowed if a != "*"]
+        self.bind(bound)
 
     def bind(self, host: str) -> None:
         """Record the address the server listens on (a wildcard adds this machine's name)."""
-        self.bound = _split_host(host)[0] if host not in _WILDCARDS else host
-        extra = set(LOOPBACK_NAMES)
-        if host in _WILDCARDS:
-            extra.add(socket.gethostname().lower())
-        else:
-            extra.add(self.bound)
-        self._extra = frozenset(extra)
+        self.bound = host if host in _WILDCARDS else _split_host(host)[0]
+        names = set(LOOPBACK_NAMES)
+        names.add(socket.gethostname().lower() if host in _WILDCARDS else self.bound)
+        self._names = frozenset(names)
 
     def _listed(self, name: str, port: int | None) -> bool:
         return any(n == name and (p is None or p == port) for n, p in self._explicit)
@@ -125,7 +117,7 @@ class HostPolicy:
         if self.any_host:
             return True
         name, port = _split_host(header)
-        if name in self._extra or self._listed(name, port):
+        if name in self._names or self._listed(name, port):
             return True
         # Listening everywhere: an IP literal cannot be rebound (rebinding needs a name).
         return self.bound in _WILDCARDS and _is_ip(name)
@@ -291,14 +283,6 @@ def _status_hook(app: dash.Dash) -> Any:
     return fix_status
 
 
-def _store_failed(exc: Exception) -> Response:
-    """A failed read of the store outside a callback and the layout: a one-line 503, not a 500."""
-    if isinstance(exc, OSError) and not isinstance(exc, StoreError) and _guard().watch.problem() is None \
-            and not _is_store_path(exc):
-        raise exc
-    return _plain(_guard().watch.failed(exc) + "\n", 503)
-
-
 def _guard_layout(app: dash.Dash) -> Any:
     """A before-request hook that wraps the app's layout function, once, on the first request
     (``create_app`` sets the layout after :func:`install`), before Dash's first-request setup
@@ -320,11 +304,6 @@ def _guard_layout(app: dash.Dash) -> Any:
             layout._sohuprof_guarded = True  # type: ignore[attr-defined]
             app.layout = layout
     return wrap
-
-
-def _is_store_path(exc: OSError) -> bool:
-    name = getattr(exc, "filename", None)
-    return bool(name) and str(name).startswith(str(_guard().watch.path))
 
 
 # -- the 404 page and the banner ---------------------------------------------------------------
@@ -415,13 +394,11 @@ def install(app: dash.Dash, store: TraceStore, *, allowed_hosts: tuple[str, ...]
         Extra ``Host`` names (``--allow-host``); ``*`` allows any.
     """
     server = app.server
-    server.extensions[_EXTENSION] = _Guard(HostPolicy(allowed=tuple(allowed_hosts or ())), StoreWatch(store))
+    server.extensions[_EXTENSION] = _Guard(HostPolicy(tuple(allowed_hosts or ())), StoreWatch(store))
     # First in line: a refused request must not even start Dash's first-request setup.
     server.before_request_funcs.setdefault(None, []).insert(0, _check_request)
     server.before_request_funcs[None].insert(1, _guard_layout(app))
     server.after_request(_status_hook(app))
-    server.register_error_handler(StoreError, _store_failed)
-    server.register_error_handler(OSError, _store_failed)
     dash.register_page(_NOT_FOUND_MODULE, path="/404", name="Not found", title="Not found",
                        layout=not_found_layout)
     _register_banner_callback(app)

@@ -1,4 +1,5 @@
-"""The dashboard's guards through Flask's test client: the Host check (DNS rebinding),
+"""The dashboard's guards through Flask's test client (tests/browser/test_dashboard_security.py drives them
+in Chromium; a basename of its own, as pytest collects both): the Host check (DNS rebinding),
 cross-origin POSTs, a real 404, and a store deleted or damaged while serving."""
 
 from __future__ import annotations
@@ -261,6 +262,17 @@ def test_a_store_deleted_after_warming_is_not_silently_stale(store: Path) -> Non
     shutil.move(str(store), str(store.with_name("moved")))
     response = _banner(app)
     assert response["store-banner"]["hidden"] is False and "is gone (deleted or moved)" in response["store-banner"]["children"]
+
+
+def test_a_store_rewritten_under_the_dashboard_says_so(store: Path) -> None:
+    app = create_app(store)
+    manifest = store / "manifest.json"
+    text = manifest.read_text()
+    manifest.unlink()
+    manifest.write_text(text)            # what `collect --force` does: a new manifest in its place
+    assert _banner(app)["store-banner"]["children"] == (
+        f"the trace store {store} was replaced or rewritten since the dashboard started (the pages show the old "
+        "one); restart sohuprof dashboard on a store")
 
 
 def test_a_damaged_store_file_is_named(store: Path) -> None:
