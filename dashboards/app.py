@@ -205,7 +205,12 @@ _SELECTION_JS = {
         // A link that carries its own selection wins: the URL callback loads it into the store,
         // which brings us back here. Until then (and on the first load) leave the URL alone.
         const linked = own.some(k => params.has(k));
-        if (trig.includes('selection.data') || (trig.includes('url.pathname') && !linked)) {
+        if (linked && !trig.includes('selection.data')) {
+            // Say the link's window at once, not "whole trace" until the store has it.
+            const a = parseFloat(params.get('start_ms')), b = parseFloat(params.get('end_ms'));
+            return (isFinite(a) && isFinite(b) && b > a) ? `window ${fmt(a)} – ${fmt(b)} ms` : text;
+        }
+        if (trig.includes('selection.data') || trig.includes('url.pathname')) {
             own.forEach(k => params.delete(k));
             const runs = [];
             (sel.ranks || []).forEach(r => {
