@@ -307,12 +307,16 @@ def nic_figure(nics: pd.DataFrame, *, top: int = 32) -> go.Figure:
 
 
 def busbw_figure(collectives: pd.DataFrame, roofs: dict[str, float] | None = None,
-                 spec: dict[str, float] | None = None) -> go.Figure:
+                 spec: dict[str, float] | None = None, *, top: int = 24) -> go.Figure:
     """Bus bandwidth per collective kind and group (GB/s), each bar with its link roof (``roofs``:
     the busbw the links it crosses allow, per kind, from the roofline report) and the hardware's
-    link bandwidths (``spec``: label -> B/s) as lines; the exposed time in the hover."""
+    link bandwidths (``spec``: label -> B/s) as lines; the exposed time in the hover. Beyond
+    ``top`` (kind, group) rows, the ``top`` with the most exposed time."""
     if not len(collectives):
         return message_figure("no collectives in this trace")
+    total = len(collectives)
+    if total > top:      # hundreds of groups at 256 ranks: the ones that cost the most exposed time
+        collectives = collectives.sort_values("exposed_ns", ascending=False).head(top).sort_values(["kind", "group"])
     label = (collectives["kind"].astype(str) + " · group " + collectives["group"].astype(str)).to_numpy()
     busbw = pd.to_numeric(collectives["busbw"], errors="coerce").to_numpy(float) / 1e9
     roof = (collectives["kind"].astype(str).map(roofs or {}).to_numpy(float) / 1e9)
@@ -341,7 +345,8 @@ def busbw_figure(collectives: pd.DataFrame, roofs: dict[str, float] | None = Non
         fig.add_annotation(x=np.log10(gbps) if log else gbps, xref="x", y=1, yref="paper", yanchor="bottom",
                            text=f"{name} {gbps:,.0f} GB/s", showarrow=False, font=dict(size=10, color="#555"))
     return _style(fig, height=max(300, 30 * len(collectives) + 150),
-                  title="bus bandwidth per collective (nccl-tests busbw) against its link roof",
+                  title="bus bandwidth per collective (nccl-tests busbw) against its link roof"
+                        + (f" ({len(collectives)} of {total} with the most exposed time)" if total > len(collectives) else ""),
                   xaxis=dict(title="busbw (GB/s)", type="log" if log else "linear"),
                   yaxis=dict(autorange="reversed"), margin=dict(l=170))
 
@@ -481,10 +486,12 @@ def kernel_names_figure(names: pd.DataFrame, *, top: int = 20) -> go.Figure:
         return message_figure("no device kernels in the analysed events")
     frame = names.sort_values("sum_ns", ascending=False).head(top)
     full = frame["name"].astype(str).to_numpy()
-    short = [n if len(n) <= 60 else n[:57] + "…" for n in full]
+    kind = frame["kernel_type"].astype(str).to_numpy()
+    # HTA's "others" row is per type: say which.
+    short = [f"others ({k.lower()})" if n == "others" else (n if len(n) <= 60 else n[:57] + "…")
+             for n, k in zip(full, kind)]
     # Two kernels can share a shortened label: number the rows so plotly keeps both bars.
     label = [f"{i + 1}. {n}" for i, n in enumerate(short)]
-    kind = frame["kernel_type"].astype(str).to_numpy()
     fig = go.Figure(go.Bar(
         x=frame["sum_ns"].to_numpy(float) / 1e6, y=label, orientation="h",
         marker_color=[_KERNEL_TYPE_COLORS.get(k, _OTHER_COLOR) for k in kind],
@@ -521,4 +528,4 @@ def idle_figure(streams: pd.DataFrame, *, top: int = 32) -> go.Figure:
     return _style(fig, barmode="stack", height=max(280, 30 * len(frame) + 160),
                   title=f"GPU stream time: busy and why idle ({shown}; parts sum to the stream's window)",
                   xaxis=dict(title="time (ms)", rangemode="tozero"), yaxis=dict(autorange="reversed"),
-                  legend=dict(title_text="part "), margin=dict(l=130))
+                  legend=dict(title_text="part ", traceorder="normal"), margin=dict(l=130))

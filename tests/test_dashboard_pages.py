@@ -178,6 +178,27 @@ def test_root_cause_ranking_and_page(sample: Any) -> None:
     assert "link roof" in table and "of roof" in table
 
 
+def test_communication_follows_the_selection(sample: Any) -> None:
+    """A window: the page's collectives are the comm analysis run on that window (the analyzers'
+    own selection), not the whole trace's."""
+    from sohuprof.analyzers.engine import Selection as EngineSelection
+    from sohuprof.dashboards.data import Selection
+
+    whole = comm.comm_frames(sample)["collectives"]
+    t0 = sample.trace_start
+    sel = Selection(None, (t0 + 20_000_000, t0 + 60_000_000))
+    want = run_reports(open_store(SAMPLE), ["comm"],
+                       selection=EngineSelection(start_ms=20.0, end_ms=60.0)).to_json()["comm"]["collectives"]
+    page = comm.body(sample, sel)
+    table = _text(_find(page, "comm-collectives"))
+    assert 0 < sum(r["count"] for r in want) < int(whole["count"].sum())
+    for row in want:
+        assert f"{row['count']:,}" in table and fmt_ms(row["exposed_ns"]) in table
+    assert "Computed for the selection only" in _text(_find(page, "comm-selection"))
+    busbw = _find(page, "comm-busbw").figure
+    assert list(busbw.data[0].x) == pytest.approx([r["busbw"] / 1e9 for r in want])
+
+
 def test_many_ranks_get_a_grid_not_256_bars(sample: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     strag = comm.comm_frames(sample)["stragglers"]
     fig = figures.rank_grid_figure(strag, sample.ranks, "root_cost_ns", title="t", selected=(5,))
@@ -191,6 +212,40 @@ def test_many_ranks_get_a_grid_not_256_bars(sample: Any, monkeypatch: pytest.Mon
     assert len(bars.data[0].x) <= comm.TOP_RANKS
     monkeypatch.setattr(comm, "TOP_RANKS", 4)            # as many ranks as bars: the grid joins them
     assert "comm-rank-grid" in _text(comm.layout(None))
+
+
+def test_a_32_rank_run_names_its_slow_nic_and_straggler(tmp_path: Path) -> None:
+    """An emulated 8-node x 4-chip run with a straggler and a slow NIC, both placed at random:
+    the page names them first, ranks every rank in a grid (32 > 16 bars) and paints the slow
+    links red."""
+    import random
+
+    rng = random.Random()
+    rank, node = rng.randrange(32), rng.randrange(8)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["emulate", "--model", "mixtral-8x7b", "--nodes", "8", "--chips-per-node", "4",
+                                      "--tp", "4", "--ep", "8", "--requests", "16", "--prompt-len", "256",
+                                      "--output-len", "8", "--inject", f"straggler:rank={rank},slowdown=1.3",
+                                      "--inject", f"slow-link:node={node},factor=0.3", "-o", str(run)])
+    assert result.exit_code == 0, result.output
+    app = create_app(_collect(run, tmp_path / "store"))
+    with app.server.test_request_context("/"):
+        data = current_data()
+        frames = comm.comm_frames(data)
+        page = comm.layout(None)
+        head = _text(_find(page, "comm-headline"))
+        assert f"slow NIC on node {node}" in head, (rank, node)
+        assert f"first root cause of waiting: r{rank} " in head, (rank, node)
+        grid = _find(page, "comm-rank-grid").figure
+        z, at = np.asarray(grid.data[0].z, dtype=float), np.asarray(grid.data[0].customdata)
+        assert z.shape == (8, 4) and at[np.unravel_index(np.nanargmax(z), z.shape)] == rank
+        assert len(_find(page, "comm-stragglers").figure.data[0].x) <= comm.TOP_RANKS
+        links = _find(page, "comm-links").figure.data[0]
+        red = {y for y, c in zip(links.y, links.marker.color) if c == "#d62828"}
+        assert red and all(f"node {node}" in y for y in red)
+        heat = np.asarray(_find(page, "comm-matrix").figure.data[0].z, dtype=float)
+        assert (np.diag(heat) > 0).all() and heat[~np.eye(8, dtype=bool)].sum() > 0
+        assert np.diag(heat) == pytest.approx(frames["intra_node"].sort_values("node")["bytes"].to_numpy() / 1e9)
 
 
 # -- Roofline ----------------------------------------------------------------------------------

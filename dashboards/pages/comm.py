@@ -30,6 +30,8 @@ PATH = "/comm"
 NAME = "Communication"
 #: Ranks drawn as bars in the root-cause ranking; beyond, every rank is a cell of a grid too.
 TOP_RANKS = 16
+#: Rows of the collectives table (hundreds of groups at 256 ranks: those that expose the most time).
+TOP_COLLECTIVES = 24
 _FRAMES = ("collectives", "stragglers", "links", "nics", "intra_node")
 
 
@@ -151,7 +153,10 @@ def body(data: DashboardData, selection: Any) -> list[Any]:
     intra = frames["intra_node"]
     nodes = max([data.nodes] + [int(frames["links"][c].max()) + 1 for c in ("src_node", "dst_node")
                                 if len(frames["links"]) and c in frames["links"]])
-    coll_rows = collective_rows(frames["collectives"], roofs)
+    coll = frames["collectives"]
+    shown = coll.sort_values(["exposed_ns", "kind", "group"], ascending=[False, True, True]).head(TOP_COLLECTIVES) \
+        if len(coll) > TOP_COLLECTIVES else coll
+    coll_rows = collective_rows(shown, roofs)
     return [
         selection_note(data, sel, id="comm-selection"),
         *[html.Div(n, className="status comm-note") for n in report_notes],
@@ -175,7 +180,8 @@ def body(data: DashboardData, selection: Any) -> list[Any]:
                      className="card"),
         ]),
         html.Div(className="card", children=[
-            html.H4("Collectives per kind and group"),
+            html.H4("Collectives per kind and group" + (f" (the {len(shown)} of {len(coll)} with the most exposed time)"
+                                                         if len(coll) > len(shown) else "")),
             table(coll_rows, [("kind", "kind"), ("group", "group"), ("count", "calls"), ("bytes", "bytes"),
                               ("algbw", "algbw"), ("busbw", "busbw"), ("roof", "link roof"), ("share", "of roof"),
                               ("time", "transfer"), ("exposed", "exposed"), ("overlapped", "overlapped"),

@@ -34,6 +34,13 @@ def type_shares(report: dict[str, Any]) -> dict[str, float]:
             if r.get("pct") is not None and " overlapping " not in str(r["kernel_type"])}
 
 
+def _kernel_name(name: str, width: int = 90) -> Any:
+    """A kernel's name cut to ``width`` characters, the whole name on hover (C++ signatures run long)."""
+    if len(name) <= width:
+        return html.Span(name, className="kernel-name")
+    return html.Span(name[:width - 1] + "…", title=name, className="kernel-name")
+
+
 def _scope_table(rows: list[dict[str, Any]], key: str, header: str, id: str) -> Any:
     if not rows:
         return html.Div(f"no {header.lower()} spans recorded", className="status", id=id)
@@ -59,7 +66,7 @@ def body(data: DashboardData, selection: Any) -> list[Any]:
         short = str(top_name["name"])
         tiles.append(kpi("top kernel", fmt_ms(top_name["sum_ns"]), (short if len(short) <= 70 else short[:67] + "…"),
                          id="kernels-kpi-top"))
-    name_rows = [{"type": r["kernel_type"], "name": r["name"], "count": f"{int(r['count']):,}",
+    name_rows = [{"type": r["kernel_type"], "name": _kernel_name(str(r["name"])), "count": f"{int(r['count']):,}",
                   "sum": fmt_ms(r["sum_ns"]), "mean": f"{r['mean_ns'] / 1e3:,.1f} µs",
                   "min": f"{r['min_ns'] / 1e3:,.1f} µs", "max": f"{r['max_ns'] / 1e3:,.1f} µs",
                   "pct": f"{r['pct']:.2f} %" if r.get("pct") is not None else "–"}
@@ -74,7 +81,7 @@ def body(data: DashboardData, selection: Any) -> list[Any]:
         ]),
         html.Div(className="card", children=[
             html.H4("Kernels by time (per type: the top names, then the rest as 'others')"),
-            table(name_rows, [("type", "type"), ("name", "kernel"), ("count", "count"), ("sum", "total"),
+            table(name_rows, [("name", "kernel"), ("type", "type"), ("count", "count"), ("sum", "total"),
                               ("mean", "mean"), ("min", "min"), ("max", "max"), ("pct", "of its type")],
                   id="kernels-names-table") if name_rows else html.Div("no kernels", className="status")]),
         html.Div(className="row", children=[
