@@ -287,11 +287,11 @@ def first_paint(browser: Any, url: str) -> dict[str, Any]:
     context, page = new_page(browser)
     try:
         page.goto(url, wait_until="commit")
-        page.wait_for_function(_QUIET_JS, arg=500, polling=100)
-        out = page.evaluate("""() => ({paint: window.__bench.readyAt, scroll: document.documentElement.scrollHeight,
-                                       viewport: window.innerHeight, graphs: document.querySelectorAll('.dash-graph').length,
-                                       callbacks: window.__bench.cb.length,
-                                       response: Math.max(0, ...window.__bench.cb.map(r => r.end))})""")
+        # Read in the same poll that saw the quiet, so a callback starting just after cannot race it.
+        out = page.wait_for_function(f"""(ms) => ({_QUIET_JS})(ms) && ({{paint: window.__bench.readyAt,
+            scroll: document.documentElement.scrollHeight, viewport: window.innerHeight,
+            graphs: document.querySelectorAll('.dash-graph').length, callbacks: window.__bench.cb.length,
+            response: Math.max(0, ...window.__bench.cb.map(r => r.end))}})""", arg=500, polling=100).json_value()
         return {"paint_s": out["paint"] / 1e3, "response_s": out["response"] / 1e3, "scroll_px": out["scroll"],
                 "viewport_px": out["viewport"], "graphs": out["graphs"], "callbacks": out["callbacks"],
                 "errors": list(page.errors)}
