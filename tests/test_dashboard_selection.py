@@ -226,14 +226,20 @@ def test_stalls_of_a_selection_and_a_heatmap_beyond_64_ranks(data: Any) -> None:
     assert np.allclose(np.asarray(compute.y, float), [r["compute_ns"] / 1e6 for r in want])
     rng = np.random.default_rng(0)
     R = 256
-    parts = rng.uniform(0, 1, (R, len(stalls.STALL_CLASSES)))
+    # Every rank alike but for a 1 % jitter: their parts fill the 50 ms wall.
+    parts = np.array([0.2, 0.3, 0.3, 0.1, 0.1]) * rng.uniform(0.99, 1.01, (R, len(stalls.STALL_CLASSES)))
     parts = parts / parts.sum(axis=1, keepdims=True) * 50e6
     frame = pd.DataFrame(parts, columns=list(stalls.STALL_CLASSES)).assign(
         rank=np.arange(R), node=np.arange(R) // 8, chip=np.arange(R) % 8, wall_ns=50e6)
+    parts[:, 0] *= np.where(np.arange(R) == 77, 0.5, 1.0)           # rank 77 computes less of its wall
+    frame = frame.assign(**{stalls.STALL_CLASSES[0]: parts[:, 0]})
     heat = stalls.heatmap_figure(frame)
     z = np.asarray(heat.data[0].z, float)
+    custom = np.asarray(heat.data[0].customdata, float)
     assert heat.data[0].type == "heatmap" and z.shape == (len(stalls.STALL_CLASSES), R)
-    assert np.allclose(z.sum(axis=0), 1.0)                       # each rank's parts fill its wall
-    assert np.allclose(np.asarray(heat.data[0].customdata, float)[:, 7], parts[7] / 1e6)
+    share = parts.T / 50e6
+    assert np.allclose(custom[:, :, 0], parts.T / 1e6) and np.allclose(custom[:, :, 1], 100 * share)
+    assert np.allclose(z, 100 * (share - np.median(share, axis=1, keepdims=True)))   # against the median rank
+    assert int(np.argmin(z[0])) == 77
     assert len(heat.layout.xaxis.tickvals) == 32 and len(heat.layout.shapes) == 31     # one per node
     assert list(heat.data[0].x[:2]) == ["r0", "r1"]              # a click names the rank (rank_from_click)

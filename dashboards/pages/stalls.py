@@ -39,30 +39,37 @@ def stalls_frame(data: DashboardData, selection: Any) -> pd.DataFrame:
 
 
 def heatmap_figure(frame: pd.DataFrame) -> go.Figure:
-    """Rank x stall class, each cell the class's share of the wall (hover: ms); nodes separated."""
+    """Rank x stall class: each cell the class's share of the rank's wall against the median rank's
+    (percentage points; a straggler's column stands out among 256), the hover its ms and share;
+    nodes separated by lines, one tick per node."""
     ranks = frame["rank"].to_numpy(np.int64)
     ms = np.stack([frame[c].to_numpy(float) / 1e6 for c in STALL_CLASSES])
     wall = np.maximum(frame["wall_ns"].to_numpy(float) / 1e6, 1e-12)
     share = ms / wall[None, :]
-    labels = [c.removesuffix("_ns").replace("_", " ") for c in STALL_CLASSES]
+    median = np.median(share, axis=1)
+    delta = 100.0 * (share - median[:, None])
+    span = max(float(np.abs(delta).max()), 1.0)
+    labels = [f"{c.removesuffix('_ns').replace('_', ' ')} · median {m:.0%}" for c, m in zip(STALL_CLASSES, median)]
     fig = go.Figure(go.Heatmap(
-        z=share, x=[f"r{r}" for r in ranks], y=labels, zmin=0.0, zmax=1.0, colorscale="YlOrRd",
-        colorbar=dict(title="of wall", tickformat=".0%"), customdata=ms, xgap=0, ygap=2,
-        hovertemplate="%{x} %{y}: %{customdata:.3f} ms (%{z:.1%} of the wall)<extra></extra>"))
+        z=delta, x=[f"r{r}" for r in ranks], y=labels, zmid=0.0, zmin=-span, zmax=span, colorscale="RdBu_r",
+        colorbar=dict(title=dict(text="vs median<br>rank (pp)"), ticksuffix=" pp"),
+        customdata=np.stack([ms, 100.0 * share], axis=-1), ygap=2,
+        hovertemplate="%{x} %{y}<br>%{customdata[0]:.3f} ms, %{customdata[1]:.1f} % of the wall "
+                      "(%{z:+.1f} pp vs the median rank)<extra></extra>"))
     nodes = frame["node"].to_numpy(np.int64) if "node" in frame else np.zeros(len(frame), np.int64)
     cuts = np.flatnonzero(nodes[1:] != nodes[:-1]) + 1
     shapes = [dict(type="line", xref="x", yref="paper", x0=c - 0.5, x1=c - 0.5, y0=0, y1=1,
-                   line=dict(color="#1d3557", width=1)) for c in cuts.tolist()]
+                   line=dict(color="#888", width=1)) for c in cuts.tolist()]
     # One tick per node (its first rank): 256 rank labels would overprint.
     starts = np.r_[0, cuts]
-    return figures._style(fig, height=360, shapes=shapes,
+    return figures._style(fig, height=380, shapes=shapes, margin=dict(l=190, r=20, t=90, b=70),
                           xaxis=dict(title=dict(text="rank (ticks: each node's first rank)", standoff=12),
                                      tickmode="array", tickvals=[f"r{r}" for r in ranks[starts]],
                                      ticktext=[f"r{r}<br>n{n}" for r, n in zip(ranks[starts], nodes[starts])],
                                      showgrid=False),
                           yaxis=dict(autorange="reversed", showgrid=False),
-                          title=f"where each of {len(frame)} ranks' wall time went (share of the wall; click a rank to "
-                                "select it)")
+                          title=f"where each of {len(frame)} ranks' wall time went, against the median rank "
+                                "(click a rank to select it)")
 
 
 def build_figure(data: DashboardData, selection: Any) -> Any:
