@@ -74,6 +74,12 @@ class TimelineView:
     row_busy: np.ndarray | None = None
     row_class: np.ndarray | None = None
     classes: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    lane_row: np.ndarray | None = None
+
+    def rank_rows(self) -> pd.Series:
+        """Each shown rank's first row (its node's row when the node is collapsed)."""
+        frame = pd.DataFrame({"rank": self.lanes["rank"].to_numpy(), "row": self.lane_row})
+        return frame.groupby("rank")["row"].min()
 
 
 def _dictionary(table: pa.Table, column: str) -> tuple[np.ndarray, list[str]]:
@@ -88,14 +94,17 @@ def _dictionary(table: pa.Table, column: str) -> tuple[np.ndarray, list[str]]:
 class _Busy:
     """Merged busy intervals of many keys (events sorted by key, then start) and their running
     total, laid end to end on one axis (key ``k`` on ``[k * span, (k + 1) * span)``) so one
-    ``searchsorted`` answers every key at once."""
+    ``searchsorted`` answers every key at once. Holds 16 bytes an interval: the shifted start
+    and the running total (an interval's end is its start plus its own length)."""
 
     def __init__(self, key: np.ndarray, ts: np.ndarray, end: np.ndarray, nkeys: int, origin: int, t_end: int) -> None:
         self.origin, self.t_end = origin, t_end
         self.span = max(t_end - origin, 1) + 1
         if nkeys * self.span >= 1 << 62:
             raise ValueError(f"timeline of {nkeys:,} lanes over {self.span:,} ns does not fit the index's int64 axis")
-        shift = key.astype(np.int64) * self.span - origin
+        shift = key.astype(np.int64)
+        shift *= self.span
+        shift -= origin
         reach = end + shift
         np.maximum.accumulate(reach, out=reach)
         new = np.empty(len(ts), bool)
@@ -105,27 +114,108 @@ class _Busy:
         first = np.flatnonzero(new)
         del new
         last = np.r_[first[1:] - 1, len(ts) - 1] if len(first) else first
-        k = key[first].astype(np.int64)
-        self.start = ts[first]
-        self.end = reach[last] - shift[last]
+        self.shifted = ts[first] + shift[first]
+        length = reach[last] - shift[last]
         del reach, shift
-        self.shifted = self.start - origin + k * self.span
-        self.cum = np.concatenate([[0], np.cumsum(self.end - self.start)])
-        self.bounds = np.searchsorted(k, np.arange(nkeys + 1))
+        length -= ts[first]
+        self.cum = np.concatenate([[0], np.cumsum(length)])
+        del length
+        # Key k's shifted starts lie in [k * span, (k + 1) * span).
+        self.bounds = np.searchsorted(self.shifted, np.arange(nkeys + 1, dtype=np.int64) * self.span)
+
+    def _start(self, idx: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        return self.shifted[idx] - keys * self.span + self.origin
 
     def before(self, keys: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Busy time of key ``keys[i]`` before each instant ``t[i, j]`` (ns)."""
-        q = np.clip(t, self.origin, self.t_end) - self.origin + keys[:, None].astype(np.int64) * self.span
+        keys = np.asarray(keys, dtype=np.int64)
+        q = np.clip(t, self.origin, self.t_end) - self.origin + keys[:, None] * self.span
         idx = np.searchsorted(self.shifted, q, side="right") - 1       # last interval starting <= t
         lo = self.bounds[keys][:, None]
         safe = np.maximum(idx, 0)
-        within = np.clip(t - self.start[safe], 0, self.end[safe] - self.start[safe])
+        start = self._start(safe, keys[:, None])
+        within = np.clip(t - start, 0, self.cum[safe + 1] - self.cum[safe])
         return np.where(idx >= lo, self.cum[safe] - self.cum[lo] + within, 0)
 
     def fraction(self, keys: np.ndarray, edges: np.ndarray, dtype: type = np.float32) -> np.ndarray:
-        """Busy fraction of each key in each column between ``edges`` (``[keys, len(edges) - 1]``)."""
-        cum = self.before(keys, np.broadcast_to(edges, (len(keys), len(edges))))
-        return np.clip(np.diff(cum, axis=1) / np.maximum(np.diff(edges), 1), 0, 1).astype(dtype, copy=False)
+        """Busy fraction of each key in each column between ``edges`` (``[keys, len(edges) - 1]``).
+
+        Two ways to the same numbers, whichever touches less: with fewer intervals in the window
+        than queries, each interval adds its overlap to the columns it covers (a difference
+        array for the columns it spans whole); otherwise the running total at every edge."""
+        keys = np.asarray(keys, dtype=np.int64)
+        width = len(edges) - 1
+        t0, t1 = int(edges[0]), int(edges[-1])
+        base = keys * self.span - self.origin
+        lo = np.maximum(np.searchsorted(self.shifted, np.clip(t0, self.origin, self.t_end) + base, side="right") - 1,
+                        self.bounds[keys])
+        hi = np.minimum(np.searchsorted(self.shifted, np.clip(t1, self.origin, self.t_end) + base, side="left"),
+                        self.bounds[keys + 1])
+        counts = np.maximum(hi - lo, 0)
+        n = int(counts.sum())
+        w = np.maximum(np.diff(edges), 1).astype(np.float64)
+        if n >= len(keys) * (width + 1):
+            cum = self.before(keys, np.broadcast_to(edges, (len(keys), len(edges))))
+            return np.clip(np.diff(cum, axis=1) / w, 0, 1).astype(dtype, copy=False)
+        idx = np.repeat(lo, counts) + (np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts))
+        row = np.repeat(np.arange(len(keys)) * width, counts)
+        start = self._start(idx, np.repeat(keys, counts))
+        e = np.clip(start + (self.cum[idx + 1] - self.cum[idx]), t0, t1)
+        s = np.clip(start, t0, t1)
+        del start
+        keep = e > s
+        row, s, e = row[keep], s[keep], e[keep]
+        cs = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, width - 1)
+        ce = np.clip(np.searchsorted(edges, e, side="left") - 1, 0, width - 1)
+        size = len(keys) * width
+        same = cs == ce
+        first = np.where(same, e - s, edges[cs + 1] - s) / w[cs]
+        out = np.bincount(row + cs, weights=first, minlength=size)
+        m = ~same
+        if m.any():
+            rm, cm, em = row[m], ce[m], e[m]
+            out += np.bincount(rm + cm, weights=(em - edges[cm]) / w[cm], minlength=size)
+            # Columns strictly between the first and the last are covered whole.
+            full = np.bincount(rm + cs[m] + 1, minlength=size + 1)[:size] - np.bincount(rm + cm, minlength=size + 1)[:size]
+            out += np.cumsum(full.reshape(len(keys), width), axis=1).ravel()
+        return np.clip(out.reshape(len(keys), width), 0, 1).astype(dtype, copy=False)
+
+
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """``values`` as int16 or int32 when they fit (codes, durations): the index is held for as
+    long as the dashboard runs."""
+    if not len(values):
+        return values
+    lo, hi = int(values.min()), int(values.max())
+    for dtype in (np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return values.astype(dtype)
+    return values
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap pages freed while building back to the OS (glibc keeps them otherwise:
+    the per-batch arrays are below its raised mmap threshold). A no-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _by_key_then_time(key: np.ndarray, ts: np.ndarray, origin: int, t_end: int) -> np.ndarray:
+    """The order sorting events by key, then start: one stable sort of a packed int64 (the
+    store's events are nearly in that order already, which a stable sort exploits)."""
+    span = max(t_end - origin, 1) + 1
+    if (int(key.max()) + 1 if len(key) else 0) * span >= 1 << 62:
+        return np.lexsort((ts, key))
+    packed = key.astype(np.int64)
+    packed *= span
+    packed += ts
+    packed -= origin
+    return np.argsort(packed, kind="stable")
 
 
 def _transfer_starts(store: TraceStore) -> tuple[np.ndarray, np.ndarray, int]:
@@ -154,7 +244,7 @@ class TimelineIndex:
         classes: dict[str, int] = {}
         sub_ids: dict[tuple[int, int], int] = {}
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ts", "dur", "lane", "name", "op", "sts", "send", "sub")}
-        for batch in store.scan(columns=_COLUMNS, batch_size=1 << 20):
+        for batch in store.stream_events(columns=_COLUMNS):   # no read-ahead: memory is one row group
             if not batch.num_rows:
                 continue
             table = pa.Table.from_batches([batch]).unify_dictionaries().combine_chunks()
@@ -195,10 +285,12 @@ class TimelineIndex:
             cls_of_op = np.array([classes.setdefault(o, len(classes)) for o in op_names], dtype=np.int64)
             cls_wait = np.array([classes.setdefault(o + WAIT_SUFFIX, len(classes)) for o in op_names], dtype=np.int64)
             op_code = codes["op"].astype(np.int64)
-            main = dur > wait
+            # An instant op (dur 0) counts as 1 ns here, so its column is painted; busy
+            # fractions come from the lanes' own intervals, where it adds nothing.
+            main = (dur > wait) | (dur == 0)
             waits = wait > 0
             s_ts = np.concatenate([ts[main] + wait[main], ts[waits]])
-            s_end = np.concatenate([ts[main] + dur[main], ts[waits] + wait[waits]])
+            s_end = np.concatenate([ts[main] + np.maximum(dur[main], 1), ts[waits] + wait[waits]])
             s_lane = np.concatenate([lane[main], lane[waits]])
             s_cls = np.concatenate([cls_of_op[op_code[main]], cls_wait[op_code[waits]]])
             skey = s_lane * (1 << 20) + s_cls
@@ -209,30 +301,38 @@ class TimelineIndex:
             parts["send"].append(s_end)
             parts["sub"].append(slocal[sinv].astype(np.int32) if len(slocal) else np.zeros(0, np.int32))
             del table, batch, rank, node, chip, track, category, key, first, inverse, lane, ts, dur, wait
-        arrays = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in parts.items()}
-        parts.clear()
+        arrays: dict[str, np.ndarray] = {}
+        for name in list(parts):       # one column at a time: its pieces and the whole never all coexist
+            pieces = parts.pop(name)
+            arrays[name] = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+            del pieces
         lanes = pd.DataFrame(list(lane_ids), columns=["rank", "node", "chip", "track", "category"])
         display = lanes.sort_values(["node", "chip", "rank", "track", "category"]).index.to_numpy()
         relabel = np.empty(len(display), np.int64)
         relabel[display] = np.arange(len(display))
         lanes = lanes.loc[display].reset_index(drop=True)
+        for col in ("track", "category"):     # plain objects: views read them often, per lane
+            lanes[col] = np.asarray(lanes[col].to_numpy(dtype=object), dtype=object)
         lanes["lane"] = np.arange(len(lanes))
-        lane = relabel[arrays["lane"]] if len(arrays["lane"]) else arrays["lane"].astype(np.int64)
-        ts, dur = arrays.pop("ts").astype(np.int64), arrays.pop("dur").astype(np.int64)
+        lane = relabel[arrays.pop("lane")] if len(relabel) else np.zeros(0, np.int64)
+        ts, dur = arrays.pop("ts"), arrays.pop("dur")
         self.start = int(ts.min()) if len(ts) else 0
         self.end = int((ts + dur).max()) if len(ts) else 0
-        order = np.lexsort((ts, lane))
+        order = _by_key_then_time(lane, ts, self.start, self.end)
         self.lane_of = lane[order].astype(np.int32)
         del lane
         self.ts = ts[order]
-        self.dur = dur[order]
-        del ts, dur
-        self._name_codes, self._names = arrays.pop("name")[order], np.array(list(names), dtype=object)
-        self._op_codes, self._ops = arrays.pop("op")[order], np.array(list(ops), dtype=object)
+        del ts
+        self.dur = _narrow(dur[order])
+        del dur
+        self._name_codes, self._names = _narrow(arrays.pop("name")[order]), np.array(list(names), dtype=object)
+        self._op_codes, self._ops = _narrow(arrays.pop("op")[order]), np.array(list(ops), dtype=object)
         del order
         self.bounds = np.searchsorted(self.lane_of, np.arange(len(lanes) + 1))
         # Busy time is a union: overlapping events of one lane (several streams' worth) count once.
-        self._busy = _Busy(self.lane_of, self.ts, self.ts + self.dur, len(lanes), self.start, self.end)
+        ends = self.ts + self.dur
+        self._busy = _Busy(self.lane_of, self.ts, ends, len(lanes), self.start, self.end)
+        del ends
         # Per (lane, class): the same, for the colour of each column.
         subs = pd.DataFrame(list(sub_ids), columns=["lane", "cls"])
         subs["lane"] = relabel[subs["lane"].to_numpy()] if len(subs) else subs["lane"]
@@ -241,11 +341,15 @@ class TimelineIndex:
         sub_relabel[sub_order] = np.arange(len(subs))
         self.sublanes = subs.iloc[sub_order].reset_index(drop=True)
         s_id = sub_relabel[arrays.pop("sub")] if len(subs) else np.zeros(0, np.int64)
-        s_ts, s_end = arrays.pop("sts").astype(np.int64), arrays.pop("send").astype(np.int64)
-        s_order = np.lexsort((s_ts, s_id))
-        self._sub_busy = _Busy(s_id[s_order], s_ts[s_order], s_end[s_order], len(subs), self.start, self.end)
-        del s_id, s_ts, s_end, s_order
+        s_ts = arrays.pop("sts")
+        order = _by_key_then_time(s_id, s_ts, self.start, self.end)
+        s_id, s_ts = s_id[order], s_ts[order]
+        s_end = arrays.pop("send")[order]
+        del order
+        self._sub_busy = _Busy(s_id, s_ts, s_end, len(subs), self.start, self.end)
+        del s_id, s_ts, s_end
         arrays.clear()
+        _return_freed_memory()
         self.classes = np.array(list(classes), dtype=object)
         self.lanes = lanes
         self.sub_bounds = np.searchsorted(self.sublanes["lane"].to_numpy(), np.arange(len(lanes) + 1))
@@ -289,7 +393,7 @@ class TimelineIndex:
         density = self._busy.fraction(ids, edges, np.float64) if len(ids) else np.zeros((0, width))
         row_busy, row_class = self._rows(ids, lane_row, rows, density, edges)
         common = dict(lanes=lanes, density=density, edges=edges, rows=rows, row_busy=row_busy, row_class=row_class,
-                      classes=self.classes)
+                      classes=self.classes, lane_row=lane_row)
         if count <= max_segments and open_lane.any():
             sel = np.flatnonzero(open_lane)
             idx = (np.concatenate([np.arange(a, b) for a, b in zip(first[sel], last[sel])])
@@ -313,12 +417,11 @@ class TimelineIndex:
             return np.zeros((n, width), np.float32), np.full((n, width), -1, np.int16)
         rank = self.lanes["rank"].to_numpy()[ids]
         # Lanes come in display order, so each (row, rank) group and each row is one run.
-        group = np.r_[True, (lane_row[1:] != lane_row[:-1]) | (rank[1:] != rank[:-1])]
-        gstart = np.flatnonzero(group)
-        chip_busy = np.maximum.reduceat(density, gstart, axis=0)
+        gstart = np.flatnonzero(np.r_[True, (lane_row[1:] != lane_row[:-1]) | (rank[1:] != rank[:-1])])
+        chip_busy = _reduce_runs(np.maximum, density, gstart)
         grow = lane_row[gstart]
         rstart = np.flatnonzero(np.r_[True, grow[1:] != grow[:-1]])
-        row_busy = (np.add.reduceat(chip_busy, rstart, axis=0) / np.diff(np.r_[rstart, len(gstart)])[:, None])
+        row_busy = _reduce_runs(np.add, chip_busy, rstart) / np.diff(np.r_[rstart, len(gstart)])[:, None]
         # Classes: every sub-lane of the shown lanes, summed per (row, class).
         lo, hi = self.sub_bounds[ids], self.sub_bounds[ids + 1]
         counts = hi - lo
@@ -327,19 +430,18 @@ class TimelineIndex:
         if len(subs):
             sub_row = np.repeat(lane_row, counts)
             sub_cls = self.sublanes["cls"].to_numpy()[subs]
-            frac = self._sub_busy.fraction(subs, edges)
             order = np.lexsort((sub_cls, sub_row))
-            sub_row, sub_cls, frac = sub_row[order], sub_cls[order], frac[order]
+            sub_row, sub_cls, subs = sub_row[order], sub_cls[order], subs[order]
+            frac = self._sub_busy.fraction(subs, edges)
             gs = np.flatnonzero(np.r_[True, (sub_row[1:] != sub_row[:-1]) | (sub_cls[1:] != sub_cls[:-1])])
-            total = np.add.reduceat(frac, gs, axis=0)
+            total = _reduce_runs(np.add, frac, gs)
             g_row, g_cls = sub_row[gs], sub_cls[gs]
             rs = np.flatnonzero(np.r_[True, g_row[1:] != g_row[:-1]])
-            best = np.maximum.reduceat(total, rs, axis=0)
+            best = _reduce_runs(np.maximum, total, rs)
             hit = (total >= np.repeat(best, np.diff(np.r_[rs, len(gs)]), axis=0)) & (total > 0)
-            code = np.where(hit, g_cls[:, None], np.iinfo(np.int32).max)
-            pick = np.minimum.reduceat(code, rs, axis=0)
+            code = np.where(hit, g_cls[:, None].astype(np.int32), np.iinfo(np.int32).max)
+            pick = _reduce_runs(np.minimum, code, rs)
             row_class[g_row[rs]] = np.where(pick == np.iinfo(np.int32).max, -1, pick).astype(np.int16)
-        row_class[row_busy <= 0] = -1
         return row_busy.astype(np.float32), row_class
 
     def find(self, codes: np.ndarray, lanes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -364,6 +466,19 @@ class TimelineIndex:
             lo, hi = self.bounds[lane], self.bounds[lane + 1]
             out[i] = lo + np.searchsorted(self.ts[lo:hi], t1, side="left")
         return out
+
+
+def _reduce_runs(ufunc: np.ufunc, a: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """``ufunc.reduceat(a, starts, axis=0)``, faster: runs of one row are copied, longer runs
+    reduced slice by slice (a loop over runs of rows; numpy's reduceat along axis 0 is ~20x
+    slower than reducing contiguous slices)."""
+    ends = np.r_[starts[1:], len(a)]
+    if len(starts) == len(a):
+        return a.copy()
+    out = a[starts].copy()
+    for i in np.flatnonzero(ends - starts > 1):
+        ufunc.reduce(a[starts[i]:ends[i]], axis=0, out=out[i])
+    return out
 
 
 def layout_rows(lanes: pd.DataFrame, expand: Expand) -> tuple[pd.DataFrame, np.ndarray]:

@@ -88,41 +88,6 @@ def test_every_page_layout_has_its_graph(app: dash.Dash, module: Any, graph: str
         assert graph in _ids(module.layout(selection=None))
 
 
-def test_timeline_density_then_exact_with_packed_arrays(data: Any) -> None:
-    fig, status = timeline.build_figure(data, None)
-    assert {t.type for t in fig.data} == {"heatmap"} and "busy fraction" in status
-    payload = pio.to_json(fig)
-    assert '"bdata"' in payload and len(payload) < 2_000_000
-    origin = data.index.start
-    new = timeline.zoom_selection(data, {"xaxis.range[0]": 10.0, "xaxis.range[1]": 10.2}, None)
-    assert new["window"] == [origin + 10_000_000, origin + 10_200_000]
-    sel, fig, status = timeline.on_relayout(data, {"xaxis.range[0]": 10.0, "xaxis.range[1]": 10.2}, None)
-    assert {t.type for t in fig.data} == {"scatter"} and "Exact" in status
-    assert list(fig.layout.xaxis.range) == pytest.approx([10.0, 10.2])
-    assert "communication" in {t.name for t in fig.data}        # collectives drawn in their own colour
-    assert len(pio.to_json(fig)) < 2_000_000
-
-
-def test_timeline_relayout_events(data: Any) -> None:
-    assert timeline.zoom_selection(data, {"autosize": True}, None) is dash.no_update
-    assert timeline.zoom_selection(data, None, None) is dash.no_update
-    zoomed = {"ranks": [5], "window": [data.index.start + 1, data.index.start + 5_000_000]}
-    assert timeline.zoom_selection(data, {"xaxis.autorange": True}, zoomed) == {"ranks": [5], "window": None}
-    tiny = timeline.zoom_selection(data, {"xaxis.range": [10.0, 10.0000001]}, None)
-    assert tiny["window"][1] - tiny["window"][0] >= timeline.MIN_SPAN_NS - 1
-
-
-def test_timeline_rank_filter_and_click_details(data: Any) -> None:
-    sel = {"ranks": [2], "window": [data.index.start + 10_000_000, data.index.start + 10_200_000]}
-    fig, _ = timeline.build_figure(data, sel)
-    assert all("n0 · chip 2" in label for label in fig.layout.yaxis.ticktext)
-    trace = next(t for t in fig.data if t.name == "compute")
-    x, y = float(trace.x[1]), int(trace.y[1])      # the middle point of the first compute op
-    panel = timeline.details_panel(data, {"points": [{"x": x, "y": y}]}, sel)
-    text = json.dumps(panel.to_plotly_json(), default=lambda o: o.to_plotly_json())
-    assert "rank 2" in text and "FLOP" in text and "of the roof" in text
-
-
 def test_selection_is_sanitized() -> None:
     assert ensure_selection(None) == Selection()
     assert ensure_selection({"ranks": ["3", 1, 1], "window": [5, 9]}) == Selection((1, 3), (5, 9))

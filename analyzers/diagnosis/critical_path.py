@@ -43,6 +43,9 @@ class CriticalPath:
     steps: pd.DataFrame
     on_path: np.ndarray = None       # [A + R] nodes on the path (for the findings)
     notes: tuple = ()                # what the path could not follow, and why
+    #: The path in time: per piece its rank and ``start_ns`` (its transfer begins), ``work_ns``
+    #: (the rank's own work begins) and ``end_ns``, in time order (for timeline overlays).
+    segments: pd.DataFrame = None
 
     def to_json(self) -> dict[str, Any]:
         from sohuprof.analyzers.reports.comm import records
@@ -236,7 +239,19 @@ def _critical_path(g: Graph, rep: Replay, ctx: AnalysisContext) -> CriticalPath:
         steps[c] = steps[c].round().astype("int64")
     return CriticalPath(wall_ns=ctx.wall_ns, path_ns=path_ns, by_kind=by_kind, by_op=by_op.reset_index(drop=True),
                         by_rank=by_rank.reset_index(drop=True), steps=steps.reset_index(drop=True), on_path=on,
-                        notes=tuple(incomplete_collectives(ctx)[1]))
+                        notes=tuple(incomplete_collectives(ctx)[1]), segments=_segments(g, ch, idx))
+
+
+def _segments(g: Graph, ch: Chain, idx: np.ndarray) -> pd.DataFrame:
+    """The pieces of the path (nodes ``idx``) in time: rank, transfer start, work start, end."""
+    node_rank = np.r_[g.rank_of, np.arange(len(g.ranks))]
+    work = ch.seg_start[idx]
+    frame = pd.DataFrame({"rank": g.ranks[node_rank[idx]], "start_ns": np.round(work - ch.transfer[idx]),
+                          "work_ns": np.round(work), "end_ns": np.round(ch.node_time[idx])})
+    frame = frame[frame["end_ns"] > frame["start_ns"]]
+    for c in ("start_ns", "work_ns", "end_ns"):
+        frame[c] = frame[c].astype("int64")
+    return frame.sort_values("start_ns", kind="stable").reset_index(drop=True)
 
 
 class _CriticalPath:

@@ -1,60 +1,159 @@
-"""Timeline page: swimlanes for every node -> chip -> engine, level of detail by zoom.
+"""Timeline page: rows for every node -> chip -> engine, level of detail by zoom.
 
-While many ops are in view the figure is the per-pixel busy fraction of each lane (from the
-:class:`~sohuprof.analyzers.timeline.TimelineIndex`'s cumulative sums: the cost depends on the
-pixels, not on the events); once at most :data:`MAX_SEGMENTS` are, every op is drawn. A zoom
-(plotly ``relayoutData``) asks the server for the new window's view and moves the shared time
-window; a click on an op shows its store row and roofline position.
+Whatever is in view, the lanes are one image (see :mod:`sohuprof.dashboards.timeline_figure`):
+each pixel column is coloured by the op class busiest there, so a zoom costs the pixels, not the
+events. Once at most :data:`MAX_SEGMENTS` ops of expanded lanes are in view each op also gets a
+hover and, if wide, its name. Nodes beyond :data:`OPEN_CHIPS` chips start collapsed (one row per
+node); a click on a collapsed row opens it, the two dropdowns say which nodes and chips are open.
+
+A zoom (plotly ``relayoutData``), a change of the shared selection, of what is open, of the
+overlays or a search step is one callback: it returns the figure, the counter tracks, the status
+and the new window in one response. The window and ranks live in the shared selection (and the
+URL, through the app); what is open, the overlays and the search are this page's URL parameters.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any
 
 import dash
-from dash import Input, Output, State, html
+import numpy as np
+import pandas as pd
+from dash import Input, Output, Patch, State, dcc, html
 
-from sohuprof.dashboards import figures
+from sohuprof.analyzers.timeline import Expand, counter_tracks, layout_rows
+from sohuprof.dashboards import timeline_figure as tf
 from sohuprof.dashboards.components import fmt_ms, fmt_si, graph
-from sohuprof.dashboards.data import DashboardData, Selection, ensure_selection
+from sohuprof.dashboards.data import (DashboardData, NotAvailable, Selection, ensure_selection, format_ranks,
+                                      parse_ranks)
 
 __all__ = ["PATH", "NAME", "layout", "register_callbacks", "timeline_view", "build_figure", "window_from_relayout",
-           "zoom_selection", "on_relayout", "details_panel"]
+           "zoom_selection", "on_relayout", "details_panel", "expand_of", "search", "collective_details",
+           "MAX_SEGMENTS", "OPEN_CHIPS"]
 
 PATH = "/timeline"
 NAME = "Timeline"
-#: Ops drawn one by one at most; above this the view is per-pixel density.
+#: Ops drawn one by one (hover, names) at most; above this only the image.
 MAX_SEGMENTS = 10_000
-#: Pixel columns of a density view.
-WIDTH = 1200
+#: Pixel columns of a view.
+WIDTH = 1400
 #: The narrowest window a zoom may ask for (ns).
-MIN_SPAN_NS = 1_000
+MIN_SPAN_NS = 2_000
+#: Stores with at most this many chips open every node and chip by default.
+OPEN_CHIPS = 16
+#: URL parameters this page owns.
+VIEW_KEYS = ("nodes", "chips", "overlay", "counters", "q")
+
+_cache: weakref.WeakKeyDictionary[DashboardData, dict[str, Any]] = weakref.WeakKeyDictionary()
+_cache_lock = threading.Lock()
 
 
-def timeline_view(data: DashboardData, selection: Any) -> Any:
+def _small(data: DashboardData) -> dict[str, Any]:
+    """Per-store tables this page reads often (counters, collectives, the critical path), once."""
+    with _cache_lock:
+        return _cache.setdefault(data, {})
+
+
+def _counters(data: DashboardData) -> pd.DataFrame:
+    small = _small(data)
+    if "counters" not in small:
+        small["counters"] = data.store.read("counters").to_pandas()
+    return small["counters"]
+
+
+def _collectives(data: DashboardData) -> pd.DataFrame:
+    small = _small(data)
+    if "collectives" not in small:
+        small["collectives"] = data.store.read("collectives").to_pandas()
+    return small["collectives"]
+
+
+def _critical_path(data: DashboardData) -> pd.DataFrame | None:
+    small = _small(data)
+    if "path" not in small:
+        try:
+            small["path"] = getattr(data.result("critical_path"), "segments", None)
+        except NotAvailable:
+            small["path"] = None
+    return small["path"]
+
+
+# -- what is shown ------------------------------------------------------------------------------
+
+def default_open(data: DashboardData) -> tuple[list[int], list[int]]:
+    """Open nodes and chips (ranks) by default: all of them up to :data:`OPEN_CHIPS` chips, else none."""
+    lanes = data.index.lanes
+    ranks = np.unique(lanes["rank"].to_numpy())
+    if len(ranks) <= OPEN_CHIPS:
+        return np.unique(lanes["node"].to_numpy()).tolist(), ranks.tolist()
+    return [], []
+
+
+def expand_of(data: DashboardData, selection: Any, nodes: list[int] | None, chips: list[int] | None) -> Expand:
+    """What is open: the dropdowns' nodes and chips; a selection of a few ranks shows them whole."""
+    sel = ensure_selection(selection)
+    if sel.ranks is not None and len(sel.ranks) <= OPEN_CHIPS:
+        return Expand()
+    return Expand(frozenset(int(n) for n in nodes or []), frozenset(int(r) for r in chips or []))
+
+
+def _ranks(data: DashboardData, selection: Any) -> list[int] | None:
+    sel = ensure_selection(selection)
+    ranks = list(sel.ranks) if sel.ranks is not None else None
+    if ranks is not None and not data.index.lanes["rank"].isin(ranks).any():
+        return None
+    return ranks
+
+
+def timeline_view(data: DashboardData, selection: Any, expand: Expand | None = None) -> Any:
     """The :class:`TimelineView` of the selected window and ranks."""
     sel = ensure_selection(selection)
     index = data.index
     start, end = sel.window if sel.window is not None else (index.start, index.end)
-    ranks = list(sel.ranks) if sel.ranks is not None else None
-    if ranks is not None and not index.lanes["rank"].isin(ranks).any():
-        ranks = None
-    return index.view(start, end, width=WIDTH, max_segments=MAX_SEGMENTS, ranks=ranks)
+    if expand is None:
+        expand = expand_of(data, selection, *default_open(data))
+    return index.view(start, end, width=WIDTH, max_segments=MAX_SEGMENTS, ranks=_ranks(data, selection),
+                      expand=expand)
 
 
-def build_figure(data: DashboardData, selection: Any) -> tuple[Any, str]:
-    """The timeline figure for ``selection`` and the status line under it."""
-    view = timeline_view(data, selection)
-    fig = figures.timeline_figure(view, origin=data.index.start)
+def _status(view: Any) -> str:
+    closed = int((view.rows["kind"] != "lane").sum())
+    fold = f" {closed:,} collapsed row(s): click one to open it." if closed else ""
     if view.mode == "density":
-        status = (f"Level of detail: {view.events_in_view:,} ops in view, shown as busy fraction per pixel column "
-                  f"({WIDTH} columns). Drag across the plot to zoom; below {MAX_SEGMENTS:,} ops every op is drawn. "
-                  "Double-click to see the whole trace.")
-    else:
-        status = (f"Exact: {view.events_in_view:,} ops drawn. Click an op for its details; "
-                  "double-click to see the whole trace.")
-    return fig, status
+        return (f"{view.events_in_view:,} ops in view; each pixel column shows the op class that kept the row "
+                f"busiest (lighter: a collective waiting for its last peer; fainter: less busy). Drag or W/S to zoom, "
+                f"A/D to pan; below {MAX_SEGMENTS:,} ops of open rows each op gets a hover.{fold}")
+    return (f"{view.events_in_view:,} ops drawn exactly. Click an op for its details (a collective: its peers, "
+            f"arrivals and waits); double-click for the whole trace.{fold}")
 
+
+def build_figure(data: DashboardData, selection: Any, expand: Expand | None = None, *,
+                 overlay: list[str] | None = None, shapes: list[dict[str, Any]] | None = None) -> tuple[Any, str]:
+    """The timeline figure for ``selection`` and the status line under it."""
+    view = timeline_view(data, selection, expand)
+    path = _critical_path(data) if overlay and "path" in overlay else None
+    fig = tf.timeline_figure(view, origin=data.index.start, path=path, shapes=shapes)
+    return fig, _status(view)
+
+
+def counters_panel(data: DashboardData, selection: Any, names: list[str] | None) -> Any:
+    """The chosen counter tracks over the window (a rate, or a level for memory counters)."""
+    sel = ensure_selection(selection)
+    index = data.index
+    start, end = sel.window if sel.window is not None else (index.start, index.end)
+    edges = np.linspace(start, end, 301).round().astype(np.int64)
+    tracks = counter_tracks(_counters(data), list(names or []), _ranks(data, selection), edges)
+    return tf.counters_figure(tracks, origin=index.start, start=start, end=end)
+
+
+def counter_names(data: DashboardData) -> list[str]:
+    counters = _counters(data)
+    return sorted(counters["counter"].astype(str).unique().tolist()) if len(counters) else []
+
+
+# -- zoom -------------------------------------------------------------------------------------
 
 def window_from_relayout(relayout: dict[str, Any] | None, data: DashboardData) -> tuple[int, int] | None | bool:
     """The time window a plotly relayout event asks for (ns), ``None`` for the whole trace, or
@@ -73,9 +172,12 @@ def window_from_relayout(relayout: dict[str, Any] | None, data: DashboardData) -
         lo_ms, hi_ms = float(lo), float(hi)
     except (TypeError, ValueError):
         return False
+    return _clamp(data, int(data.index.start + lo_ms * 1e6), int(data.index.start + hi_ms * 1e6))
+
+
+def _clamp(data: DashboardData, start: int, end: int) -> tuple[int, int] | None:
     index = data.index
-    start = max(int(index.start + lo_ms * 1e6), index.start)
-    end = min(int(index.start + hi_ms * 1e6), index.end)
+    start, end = max(start, index.start), min(end, index.end)
     if end - start < MIN_SPAN_NS:
         mid = (start + end) // 2
         start, end = max(mid - MIN_SPAN_NS // 2, index.start), min(mid + MIN_SPAN_NS // 2, index.end)
@@ -94,43 +196,158 @@ def zoom_selection(data: DashboardData, relayout: dict[str, Any] | None, selecti
     return dash.no_update if new == sel else new.to_store()
 
 
-def on_relayout(data: DashboardData, relayout: dict[str, Any] | None, selection: Any) -> tuple[Any, Any, Any]:
+def on_relayout(data: DashboardData, relayout: dict[str, Any] | None, selection: Any,
+                expand: Expand | None = None, overlay: list[str] | None = None) -> tuple[Any, Any, Any]:
     """A zoom round-trip as the browser sees it: (new selection, new figure, status), or
     ``no_update`` everywhere when the time axis did not move."""
     new = zoom_selection(data, relayout, selection)
     if new is dash.no_update:
         return dash.no_update, dash.no_update, dash.no_update
-    fig, status = build_figure(data, new)
+    fig, status = build_figure(data, new, expand, overlay=overlay)
     return new, fig, status
 
 
-def _row_lane(data: DashboardData, selection: Any, row: int) -> int | None:
-    lanes = timeline_view_lanes(data, selection)
-    return int(lanes["lane"].iloc[row]) if 0 <= row < len(lanes) else None
+# -- search -----------------------------------------------------------------------------------
 
-
-def timeline_view_lanes(data: DashboardData, selection: Any) -> Any:
-    """The lanes drawn for ``selection``, in display order (row ``i`` of the figure)."""
+def search(data: DashboardData, query: str | None, direction: int, selection: Any,
+           at: Any = None) -> tuple[Any, str, Any]:
+    """The next (``direction`` 1) or previous (-1) op whose name contains ``query`` (any case)
+    on the shown ranks: after the match ``at`` (``(rank, lane, start_ns, end_ns)``, as returned
+    before), else from the middle of the window. Returns (new selection centred on it, status,
+    the match as ``at``), or ``(no_update, why, None)``."""
+    text = (query or "").strip()
+    if not text:
+        return dash.no_update, "", None
+    index = data.index
+    codes = np.flatnonzero(pd.Series(index.names, dtype=object).astype(str).str.contains(text, case=False,
+                                                                                          regex=False).to_numpy())
+    lanes = index.visible_lanes(_ranks(data, selection))["lane"].to_numpy()
+    pos, lane_of = index.find(codes, lanes) if len(codes) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if not len(pos):
+        return dash.no_update, f"no op named like {text!r} on the shown ranks", None
     sel = ensure_selection(selection)
-    lanes = data.index.lanes
-    if sel.ranks is not None and lanes["rank"].isin(sel.ranks).any():
-        lanes = lanes[lanes["rank"].isin(sel.ranks)]
-    return lanes.reset_index(drop=True)
+    ts, dur = index.ts[pos], index.dur[pos]
+    if isinstance(at, (list, tuple)) and len(at) == 4:
+        # Matches in (start, lane) order: step past the last one, even among simultaneous ones.
+        t_at, lane_at = int(at[2]), int(at[1])
+        if direction > 0:
+            after = (ts > t_at) | ((ts == t_at) & (lane_of > lane_at))
+            at = int(np.argmax(after)) if after.any() else 0                   # wrap around
+        else:
+            before = (ts < t_at) | ((ts == t_at) & (lane_of < lane_at))
+            at = int(np.flatnonzero(before)[-1]) if before.any() else len(pos) - 1
+    else:
+        ref = (sel.window[0] + sel.window[1]) / 2 if sel.window is not None else None
+        if direction > 0:
+            at = int(np.searchsorted(ts, ref, side="right")) if ref is not None else 0
+            at = at if at < len(pos) else 0
+        else:
+            at = (int(np.searchsorted(ts + dur / 2, ref - 1, side="left")) - 1 if ref is not None else len(pos) - 1)
+            at = at if at >= 0 else len(pos) - 1
+    t, d = int(ts[at]), int(dur[at])
+    span = sel.window[1] - sel.window[0] if sel.window is not None else 0
+    if not (span >= 3 * max(d, 1) and span <= 2_000 * max(d, 1_000)):
+        span = max(40 * d, 10_000)
+    mid = t + d // 2
+    window = _clamp(data, mid - span // 2, mid + span // 2)
+    new = Selection(sel.ranks, window).to_store()
+    lane = int(lane_of[at])
+    row = index.lanes.iloc[lane]
+    name = str(index.names[index._name_codes[pos[at]]])
+    status = (f"match {at + 1:,} of {len(pos):,} for {text!r}: {name} at {fmt_ms(t - index.start)} on "
+              f"r{row['rank']} {row['track']}, {d / 1e3:,.2f} µs")
+    return new, status, (int(row["rank"]), lane, t, t + d)
 
 
-def details_panel(data: DashboardData, click: dict[str, Any] | None, selection: Any) -> Any:
-    """The details of the clicked op: its store row and its place under the roofline."""
+# -- clicks -----------------------------------------------------------------------------------
+
+def _layout(data: DashboardData, selection: Any, expand: Expand) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    lanes = data.index.visible_lanes(_ranks(data, selection)).reset_index(drop=True)
+    rows, lane_row = layout_rows(lanes, expand)
+    return lanes, rows, lane_row
+
+
+def collective_details(data: DashboardData, coll_id: int) -> pd.DataFrame:
+    """Every member of collective instance ``coll_id``: rank, node, arrive, start, end, wait_ns,
+    and ``last`` (the member the others waited for), in arrival order."""
+    coll = _collectives(data)
+    members = coll[coll["coll_id"] == int(coll_id)].copy()
+    members["wait_ns"] = members["start"] - members["arrive"]
+    members["last"] = members["arrive"] == members["arrive"].max() if len(members) else []
+    return members.sort_values(["arrive", "rank"]).reset_index(drop=True)
+
+
+def _peer_boxes(data: DashboardData, selection: Any, expand: Expand, members: pd.DataFrame,
+                track: str) -> pd.DataFrame:
+    """Rows and spans (arrival to leave) of a collective's members, for highlighting."""
+    lanes, rows, lane_row = _layout(data, selection, expand)
+    mine = lanes.assign(row=lane_row)
+    coll = mine[mine["track"].astype(str) == track].drop_duplicates("rank").set_index("rank")["row"]
+    first = mine.groupby("rank")["row"].min()
+    row = coll.reindex(members["rank"].to_numpy()).to_numpy(float)
+    fallback = first.reindex(members["rank"].to_numpy()).to_numpy(float)
+    row = np.where(np.isnan(row), fallback, row)
+    keep = ~np.isnan(row)
+    return pd.DataFrame({"row": row[keep].astype(int), "start_ns": members["arrive"].to_numpy()[keep],
+                         "end_ns": members["end"].to_numpy()[keep],
+                         "fill": np.where(members["last"].to_numpy(bool)[keep], "rgba(255,200,0,0.25)", None)})
+
+
+def _collective_panel(data: DashboardData, event: dict[str, Any], members: pd.DataFrame) -> Any:
+    origin = data.index.start
+    last = members[members["last"]]
+    me = members[members["rank"] == event.get("rank")]
+    head = (f"{event.get('op')} instance {event['coll_id']}: {len(members)} members; transfer began at "
+            f"{fmt_ms(int(members['start'].max()) - origin)} when the last arrived "
+            f"(r{', r'.join(map(str, last['rank'].tolist()))})")
+    if len(me):
+        head += f"; r{event.get('rank')} waited {int(me['wait_ns'].iloc[0]) / 1e3:,.2f} µs"
+    rows = [html.Tr([html.Th(h) for h in ("rank", "node", "arrived", "waited", "left", "")])]
+    for r in members.head(64).itertuples():     # the members of one collective, not events
+        rows.append(html.Tr([html.Td(f"r{r.rank}"), html.Td(r.node), html.Td(fmt_ms(r.arrive - origin)),
+                             html.Td(f"{r.wait_ns / 1e3:,.2f} µs"), html.Td(fmt_ms(r.end - origin)),
+                             html.Td("last arriver" if r.last else "")]))
+    more = html.Div(f"… and {len(members) - 64} more", className="status") if len(members) > 64 else None
+    return html.Div([html.B("Collective"), html.Div(head, className="status", id="timeline-collective-summary"),
+                     html.Table(rows, className="simple details", id="timeline-collective-table"), more])
+
+
+def details_panel(data: DashboardData, click: dict[str, Any] | None, selection: Any,
+                  expand: Expand | None = None) -> tuple[Any, Any, Any, Any]:
+    """What a click on the timeline does: (details panel, open node, open chip, highlight boxes).
+
+    A click on a collapsed row opens it; on an op, shows its store row and roofline position;
+    on a collective, its members' arrivals and waits, with them highlighted."""
+    expand = expand if expand is not None else expand_of(data, selection, *default_open(data))
+    none = (dash.no_update, None, None, None)
     if not click or not click.get("points"):
-        return html.Div("Click an op on the timeline to see its details.", className="status")
+        return (html.Div("Click an op on the timeline to see its details.", className="status"),) + none[1:]
     point = click["points"][0]
     try:
         row, t_ms = int(round(float(point["y"]))), float(point["x"])
     except (KeyError, TypeError, ValueError):
-        return dash.no_update
-    lane = _row_lane(data, selection, row)
-    event = data.event_at(lane, int(data.index.start + t_ms * 1e6)) if lane is not None else None
+        return none
+    lanes, rows, lane_row = _layout(data, selection, expand)
+    if not 0 <= row < len(rows):
+        return none
+    info = rows.iloc[row]
+    if info["kind"] == "node":
+        return (html.Div(f"Opened node {info['node']}.", className="status"), int(info["node"]), None, None)
+    if info["kind"] == "chip":
+        return (html.Div(f"Opened r{info['rank']}.", className="status"), int(info["node"]), int(info["rank"]), None)
+    lane = int(lanes["lane"].to_numpy()[np.flatnonzero(lane_row == row)[0]])
+    event = data.event_at(lane, int(data.index.start + t_ms * 1e6))
     if event is None:
-        return html.Div("No op there.", className="status")
+        return (html.Div("No op there.", className="status"), None, None, None)
+    if event.get("coll_id") is not None:
+        members = collective_details(data, int(event["coll_id"]))
+        if len(members):
+            boxes = _peer_boxes(data, selection, expand, members, str(event.get("track")))
+            return (html.Div([_op_table(data, event), _collective_panel(data, event, members)]), None, None, boxes)
+    return (_op_table(data, event), None, None, None)
+
+
+def _op_table(data: DashboardData, event: dict[str, Any]) -> Any:
     origin = data.index.start
     fields = [
         ("op", f"{event.get('name')} ({event.get('op')}, {event.get('category')})"),
@@ -142,8 +359,6 @@ def details_panel(data: DashboardData, click: dict[str, Any] | None, selection: 
         ("network bytes", fmt_si(event.get("net_bytes"), "B")),
         ("memory stall", f"{(event.get('stall_mem_ns') or 0) / 1e3:,.3f} µs"),
     ]
-    if event.get("coll_id") is not None:
-        fields.append(("collective", f"instance {event['coll_id']}"))
     roof = event.get("roofline")
     if roof:
         fields += [("roofline", f"intensity {roof['intensity']:,.1f} FLOP/B, {roof['bound']}-bound"),
@@ -153,35 +368,154 @@ def details_panel(data: DashboardData, click: dict[str, Any] | None, selection: 
     return html.Div([html.B("Selected op"), html.Table(rows, className="simple details", id="timeline-details-table")])
 
 
-def layout(selection: Any = None, **_: Any) -> Any:
+# -- page -------------------------------------------------------------------------------------
+
+def _list(text: Any) -> list[int] | None:
+    if text in (None, ""):
+        return None
+    if str(text) == "none":
+        return []
+    parsed = parse_ranks(str(text))
+    return list(parsed) if parsed is not None else None
+
+
+def layout(selection: Any = None, **query: Any) -> Any:
     from sohuprof.dashboards.app import current_data
 
     data = current_data()
-    fig, status = build_figure(data, selection)
+    nodes, chips = default_open(data)
+    nodes = _list(query.get("nodes")) if _list(query.get("nodes")) is not None else nodes
+    chips = _list(query.get("chips")) if _list(query.get("chips")) is not None else chips
+    overlay = [v for v in str(query.get("overlay") or "").split(",") if v in ("path",)]
+    names = counter_names(data)
+    counters = [c for c in str(query.get("counters") or "").split(",") if c in names]
+    expand = expand_of(data, selection, nodes, chips)
+    fig, status = build_figure(data, selection, expand, overlay=overlay)
+    lanes = data.index.lanes
+    node_options = [{"label": f"node {n}", "value": int(n)} for n in np.unique(lanes["node"].to_numpy())]
+    chip_frame = lanes.drop_duplicates("rank")
+    chip_options = [{"label": f"r{r} (n{n}·c{c})", "value": int(r)}
+                    for r, n, c in zip(chip_frame["rank"], chip_frame["node"], chip_frame["chip"])]
+    control = {"minWidth": "220px", "fontSize": "13px"}
     return html.Div([
         html.H2("Timeline"),
+        html.Div(className="controls", children=[
+            html.Label("open nodes", className="label"),
+            dcc.Dropdown(id="timeline-nodes", options=node_options, value=nodes, multi=True, placeholder="none",
+                         style=control),
+            html.Label("open chips", className="label"),
+            dcc.Dropdown(id="timeline-chips", options=chip_options, value=chips, multi=True, placeholder="none",
+                         style=control),
+            html.Button("open all", id="timeline-open-all", n_clicks=0, className="button"),
+            html.Button("collapse all", id="timeline-collapse-all", n_clicks=0, className="button"),
+            dcc.Checklist(id="timeline-overlay", options=[{"label": " critical path", "value": "path"}],
+                          value=overlay, inline=True),
+            dcc.Dropdown(id="timeline-counters-pick", options=[{"label": c, "value": c} for c in names], value=counters,
+                         multi=True, placeholder="counter tracks", style=control),
+            dcc.Input(id="timeline-search", type="text", placeholder="find op by name", debounce=True,
+                      value=str(query.get("q") or ""), style={"width": "160px"}),
+            html.Button("◀", id="timeline-search-prev", n_clicks=0, className="button", title="previous match"),
+            html.Button("▶", id="timeline-search-next", n_clicks=0, className="button", title="next match"),
+            html.Span(id="timeline-search-status", className="status"),
+        ]),
         html.Div(status, id="timeline-status", className="status"),
         html.Div(graph("timeline", fig), className="card"),
-        html.Div(id="timeline-details", className="card", children=details_panel(data, None, selection)),
+        html.Div(graph("timeline-counters", counters_panel(data, selection, counters)), className="card"),
+        html.Div(id="timeline-details", className="card", children=details_panel(data, None, selection, expand)[0]),
+        dcc.Store(id="timeline-url-sink"),
+        dcc.Store(id="timeline-search-at"),
     ])
+
+
+def _url_view_js() -> str:
+    """Write this page's view (what is open, overlays, counters, search) into the URL, keeping
+    the other parameters: no server round trip."""
+    return """
+    function(nodes, chips, overlay, counters, q) {
+        const fmt = v => (v && v.length) ? v.slice().sort((a, b) => a - b).join(',') : 'none';
+        const url = new URL(window.location.href);
+        url.searchParams.set('nodes', fmt(nodes));
+        url.searchParams.set('chips', fmt(chips));
+        const put = (k, v) => { if (v && v.length) url.searchParams.set(k, v); else url.searchParams.delete(k); };
+        put('overlay', (overlay || []).join(','));
+        put('counters', (counters || []).join(','));
+        put('q', q || '');
+        if (url.href !== window.location.href) window.history.replaceState(window.history.state, '', url.href);
+        return null;
+    }"""
 
 
 def register_callbacks(app: dash.Dash) -> None:
     from sohuprof.dashboards.app import current_data
 
-    # Two steps, so no callback has an Input on another page's component: a zoom moves the shared
-    # window, and the shared selection (window or ranks, from any page) redraws the timeline.
-    @app.callback(Output("selection", "data", allow_duplicate=True), Input("timeline", "relayoutData"),
-                  State("selection", "data"), prevent_initial_call=True)
-    def _zoom(relayout: dict[str, Any] | None, selection: Any) -> Any:
-        return zoom_selection(current_data(), relayout, selection)
-
-    @app.callback(Output("timeline", "figure"), Output("timeline-status", "children"), Input("selection", "data"),
+    # One callback for every redraw: a zoom, the shared selection, what is open, the overlays,
+    # the counters or a search step. It also moves the shared window (same-callback cycle).
+    @app.callback(Output("timeline", "figure"), Output("timeline-counters", "figure"),
+                  Output("timeline-status", "children"), Output("selection", "data", allow_duplicate=True),
+                  Output("timeline-search-status", "children"), Output("timeline-search-at", "data"),
+                  Input("timeline", "relayoutData"), Input("timeline-nodes", "value"),
+                  Input("timeline-chips", "value"), Input("timeline-overlay", "value"),
+                  Input("timeline-counters-pick", "value"), Input("timeline-search-next", "n_clicks"),
+                  Input("timeline-search-prev", "n_clicks"), Input("timeline-search", "n_submit"),
+                  State("timeline-search", "value"), State("timeline-search-at", "data"), State("selection", "data"),
                   prevent_initial_call=True)
-    def _update(selection: Any) -> tuple[Any, Any]:
-        return build_figure(current_data(), selection)
+    def _render(relayout: Any, nodes: Any, chips: Any, overlay: Any, counters: Any,
+                _next: Any, _prev: Any, _submit: Any, query: Any, at: Any, selection: Any) -> tuple[Any, ...]:
+        data = current_data()
+        trigger = dash.ctx.triggered_id
+        new_sel: Any = dash.no_update
+        found: Any = dash.no_update
+        match: Any = dash.no_update
+        shapes = None
+        if trigger == "timeline":
+            new_sel = zoom_selection(data, relayout, selection)
+            if new_sel is dash.no_update:
+                return (dash.no_update,) * 6
+            selection = new_sel
+        elif trigger in ("timeline-search-next", "timeline-search-prev", "timeline-search"):
+            step = -1 if trigger == "timeline-search-prev" else 1
+            moved, found, box = search(data, query, step, selection, at if trigger != "timeline-search" else None)
+            match = box
+            if moved is not dash.no_update:
+                new_sel = selection = moved
+            if box is not None:
+                expand = expand_of(data, selection, nodes, chips)
+                lanes, rows, lane_row = _layout(data, selection, expand)
+                at = np.flatnonzero(lanes["lane"].to_numpy() == box[1])
+                if len(at):
+                    shapes = tf.highlight_shapes(pd.DataFrame({"row": [int(lane_row[at[0]])], "start_ns": [box[2]],
+                                                               "end_ns": [box[3]], "fill": ["rgba(255,200,0,0.35)"]}),
+                                                 data.index.start)
+        expand = expand_of(data, selection, nodes, chips)
+        fig, status = build_figure(data, selection, expand, overlay=overlay, shapes=shapes)
+        return fig, counters_panel(data, selection, counters), status, new_sel, found, match
 
-    @app.callback(Output("timeline-details", "children"), Input("timeline", "clickData"), State("selection", "data"),
+    @app.callback(Output("timeline-details", "children"), Output("timeline-nodes", "value", allow_duplicate=True),
+                  Output("timeline-chips", "value", allow_duplicate=True),
+                  Output("timeline", "figure", allow_duplicate=True),
+                  Input("timeline", "clickData"), State("selection", "data"), State("timeline-nodes", "value"),
+                  State("timeline-chips", "value"), prevent_initial_call=True)
+    def _click(click: Any, selection: Any, nodes: Any, chips: Any) -> tuple[Any, ...]:
+        data = current_data()
+        panel, node, rank, boxes = details_panel(data, click, selection, expand_of(data, selection, nodes, chips))
+        nodes_out = sorted(set(nodes or []) | {node}) if node is not None else dash.no_update
+        chips_out = sorted(set(chips or []) | {rank}) if rank is not None else dash.no_update
+        fig: Any = dash.no_update
+        if boxes is not None:
+            fig = Patch()
+            fig["layout"]["shapes"] = tf.highlight_shapes(boxes, data.index.start)
+        return panel, nodes_out, chips_out, fig
+
+    @app.callback(Output("timeline-nodes", "value", allow_duplicate=True),
+                  Output("timeline-chips", "value", allow_duplicate=True),
+                  Input("timeline-open-all", "n_clicks"), Input("timeline-collapse-all", "n_clicks"),
                   prevent_initial_call=True)
-    def _details(click: dict[str, Any] | None, selection: Any) -> Any:
-        return details_panel(current_data(), click, selection)
+    def _fold(_open: Any, _collapse: Any) -> tuple[Any, Any]:
+        if dash.ctx.triggered_id == "timeline-collapse-all":
+            return [], []
+        lanes = current_data().index.lanes
+        return np.unique(lanes["node"]).tolist(), np.unique(lanes["rank"]).tolist()
+
+    app.clientside_callback(_url_view_js(), Output("timeline-url-sink", "data"), Input("timeline-nodes", "value"),
+                            Input("timeline-chips", "value"), Input("timeline-overlay", "value"),
+                            Input("timeline-counters-pick", "value"), Input("timeline-search", "value"))

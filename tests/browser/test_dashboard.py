@@ -89,37 +89,80 @@ def test_page_loads_with_its_graph(server: str, page: Any, path: str) -> None:
 
 def _timeline_state(page: Any) -> dict[str, Any]:
     return page.evaluate("""() => { const g = document.querySelector('#timeline .js-plotly-plot');
-        return {traces: g.data.length, types: g.data.map(t => t.type), range: g.layout.xaxis.range,
-                title: g.layout.title.text}; }""")
+        return {traces: g.data.length, types: g.data.map(t => t.type), names: g.data.map(t => t.name),
+                range: g._fullLayout.xaxis.range, title: g.layout.title.text,
+                labels: g.layout.yaxis.ticktext}; }""")
 
 
-def test_timeline_zoom_brings_a_new_figure_and_a_click_shows_details(server: str, page: Any) -> None:
+def _relayout_and_wait(page: Any, script: str) -> dict[str, Any]:
+    """Run ``script`` (a gesture moving the time axis) and wait for the server's new figure
+    drawn; returns the POSTs it caused and the time from the gesture to the redrawn plot (ms)."""
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" and "_dash-update" in r.url else None)
+    ms = page.evaluate("""(script) => new Promise(resolve => {
+        const g = document.querySelector('#timeline .js-plotly-plot'), title = g.layout.title.text;
+        const t0 = performance.now();
+        const done = () => { if (g.layout.title.text !== title) { g.removeListener('plotly_afterplot', done);
+                                                                   resolve(performance.now() - t0); } };
+        g.on('plotly_afterplot', done);
+        (new Function(script))(); })""", script)
+    _settle(page)
+    return {"ms": ms, "posts": len(posts)}
+
+
+def test_timeline_zoom_is_one_callback_and_a_click_shows_details(server: str, page: Any) -> None:
     page.goto(server + "/timeline")
     page.wait_for_selector("#timeline .main-svg")
     _settle(page)
     before = _timeline_state(page)
-    assert "heatmap" in before["types"]                        # the whole trace: density view
-    # Zoom to a 0.2 ms window: few enough ops to draw exactly.
-    page.evaluate("""() => Plotly.relayout(document.querySelector('#timeline .js-plotly-plot'),
-                                             {'xaxis.range[0]': 10.0, 'xaxis.range[1]': 10.2})""")
-    page.wait_for_function("""() => { const g = document.querySelector('#timeline .js-plotly-plot');
-        return g.data.length && g.data.every(t => t.type === 'scatter'); }""")
-    _settle(page)
+    assert before["types"][0] == "image" and "ops" not in before["names"]      # whole trace: the lane image only
+    assert page.locator("#timeline image").count() == 1                         # one <image>, not an SVG path per op
+    # Zoom to a 0.2 ms window: few enough ops for a hover each.
+    zoom = _relayout_and_wait(page, """Plotly.relayout(document.querySelector('#timeline .js-plotly-plot'),
+                                       {'xaxis.range[0]': 10.0, 'xaxis.range[1]': 10.2})""")
     after = _timeline_state(page)
-    assert after["title"] != before["title"] and "drawn exactly" in after["title"]
+    assert zoom["posts"] == 1                                     # one round trip for the figure and the window
+    assert after["title"] != before["title"] and "drawn exactly" in after["title"] and "ops" in after["names"]
     assert abs(after["range"][0] - 10.0) < 1e-6 and abs(after["range"][1] - 10.2) < 1e-6
     assert "10.000" in page.inner_text("#selection-window")   # the window is now the shared selection
-    # Click the middle of the first drawn op: its details appear.
+    assert "start_ms=10" in page.url                           # and in the URL
+    # Click the first hover target (an op's middle): its details appear.
     box = page.evaluate("""() => { const g = document.querySelector('#timeline .js-plotly-plot');
-        const t = g._fullData[0], xs = Array.from(t.x), ys = Array.from(t.y);
-        const i = xs.findIndex((v, k) => k % 4 === 1 && v >= 10.0 && v <= 10.2);
+        const t = g._fullData.find(d => d.name === 'ops'); const i = 0;
         const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis, r = g.getBoundingClientRect();
-        return {x: r.left + xa._offset + xa.l2p(xs[i]), y: r.top + ya._offset + ya.l2p(ys[i])}; }""")
+        return {x: r.left + xa._offset + xa.l2p(t.x[i]), y: r.top + ya._offset + ya.l2p(t.y[i])}; }""")
     page.mouse.click(box["x"], box["y"])
     page.wait_for_selector("#timeline-details-table")
     text = page.inner_text("#timeline-details-table")
     assert "rank" in text and "µs" in text
     _shot(page, "timeline-zoomed")
+    # Keyboard: S zooms out (twice the span, around the middle).
+    page.mouse.move(5, 5)
+    keys = _relayout_and_wait(page, "document.body.dispatchEvent(new KeyboardEvent('keydown', {key: 's', bubbles: true}))")
+    wide = _timeline_state(page)
+    assert keys["posts"] == 1 and wide["range"][1] - wide["range"][0] == pytest.approx(0.4, rel=1e-3)
+    assert page.errors == []
+
+
+def test_collapsed_nodes_open_on_click_and_the_view_is_in_the_url(server: str, page: Any) -> None:
+    page.goto(server + "/timeline?nodes=none&chips=none")
+    page.wait_for_selector("#timeline .main-svg")
+    _settle(page)
+    state = _timeline_state(page)
+    assert [label[:8] for label in state["labels"]] == ["▸ node 0", "▸ node 1"]
+    box = page.evaluate("""() => { const g = document.querySelector('#timeline .js-plotly-plot');
+        const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis, r = g.getBoundingClientRect();
+        return {x: r.left + xa._offset + xa._length / 2, y: r.top + ya._offset + ya.l2p(1)}; }""")
+    page.mouse.click(box["x"], box["y"])                       # node 1's row
+    page.wait_for_function("""() => document.querySelector('#timeline .js-plotly-plot').layout.yaxis.ticktext
+                              .some(l => l.startsWith('▸ r4'))""")
+    _settle(page)
+    assert "nodes=1" in page.url
+    page.reload()
+    page.wait_for_selector("#timeline .main-svg")
+    _settle(page)
+    labels = _timeline_state(page)["labels"]
+    assert labels[0].startswith("▸ node 0") and any(label.startswith("▸ r4") for label in labels)
     assert page.errors == []
 
 
@@ -136,6 +179,6 @@ def test_rank_selection_carries_across_pages(server: str, page: Any) -> None:
     page.wait_for_selector("#timeline .main-svg")
     _settle(page)
     labels = page.evaluate("() => document.querySelector('#timeline .js-plotly-plot').layout.yaxis.ticktext")
-    assert labels and all("n1 · chip 1" in label for label in labels), labels   # rank 5 = node 1, chip 1
+    assert labels and all(label.startswith("r5 n1·c1") for label in labels), labels   # rank 5 = node 1, chip 1
     _shot(page, "timeline-rank5")
     assert page.errors == []
