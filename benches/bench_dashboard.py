@@ -75,8 +75,7 @@ def main() -> None:
                     payload = to_json_plotly({"response": {"timeline": {"figure": fig}}})
                     times.append((time.perf_counter() - t) * 1e3)
                     sizes.append(len(payload) / 1e6)
-                    mode = "exact" if fig.data and fig.data[0].type == "scatter" else "density"
-                    ops = int(fig.layout.title.text.split(" ops in view")[0].rsplit("·", 1)[-1].replace(",", ""))
+                    mode, ops = fig["layout"]["meta"]["mode"], fig["layout"]["meta"]["ops"]
                 worst_ms, worst_mb = max(worst_ms, max(times)), max(worst_mb, max(sizes))
                 print(f"{level:>10.2%} {mode:>8} {ops:>12,} {statistics.median(times):>18.1f} / {max(times):>7.1f} "
                       f"{max(sizes):>11.3f}")

@@ -197,7 +197,10 @@ def timeline_figure(view: Any, *, origin: int, path: pd.DataFrame | None = None,
                   title=dict(text=f"timeline {start_ms:,.3f} – {end_ms:,.3f} ms · {what}", font=dict(size=13)),
                   dragmode="zoom", hovermode="closest", margin=_MARGIN, shapes=shapes or [],
                   legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0, itemclick=False, itemdoubleclick=False,
-                              font=dict(size=10)), uirevision="timeline")
+                              font=dict(size=10)), uirevision="timeline",
+                  # What the view is, for scripts and the page's own JS (plotly ignores ``meta``).
+                  meta=dict(mode=view.mode, ops=int(view.events_in_view), origin_ns=int(origin),
+                            window_ns=[int(view.start), int(view.end)]))
     return {"data": traces, "layout": layout}
 
 

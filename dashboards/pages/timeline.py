@@ -383,6 +383,7 @@ def layout(selection: Any = None, **query: Any) -> Any:
     from sohuprof.dashboards.app import current_data
 
     data = current_data()
+    selection = data.page_selection(selection, query).to_store()   # a pasted link's window and ranks
     nodes, chips = default_open(data)
     nodes = _list(query.get("nodes")) if _list(query.get("nodes")) is not None else nodes
     chips = _list(query.get("chips")) if _list(query.get("chips")) is not None else chips
