@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
 
 from sohuprof.errors import SpecError
 from sohuprof.hardware import HardwareSpec
 from sohuprof.models import DTYPE_BYTES, ModelConfig
 
-__all__ = ["Fault", "EmulatorConfig", "parse_fault", "MAX_NODES", "MAX_CHIPS_PER_NODE", "MAX_SEED",
+__all__ = ["Fault", "LengthDist", "EmulatorConfig", "parse_fault", "parse_lengths", "MAX_NODES", "MAX_CHIPS_PER_NODE", "MAX_SEED",
            "MAX_ARRIVAL_SPAN_S", "MAX_CLOCK_SKEW_US", "MAX_SLOWDOWN", "MIN_LINK_FACTOR", "MAX_COUNT"]
 
 #: The raw file header stores node and chip as uint16: ids 0..65535, so at most 65535 of each
@@ -32,6 +36,13 @@ MAX_SLOWDOWN = 1000.0
 MIN_LINK_FACTOR = 1e-3
 #: Ceiling of counts (requests, token lengths, budgets): int32, what every table stores them as.
 MAX_COUNT = 2**31 - 1
+
+#: Default upper clip of a lognormal length, as a multiple of its mean (sigma 1 clips ~0.5 %).
+LOGNORMAL_CAP = 8
+#: Longest speculative draft a decode step verifies (MTP heads draft 1-4; EAGLE trees up to ~8).
+MAX_SPEC_TOKENS = 16
+#: Rows a length histogram file may hold.
+MAX_HISTOGRAM_ROWS = 1_000_000
 
 _FAULT_KEYS = {"straggler": {"rank": int, "slowdown": float}, "slow-link": {"node": int, "factor": float}}
 #: Ranks and nodes a fault names before the plan is known: a rank id fits int32.
@@ -121,6 +132,154 @@ def parse_fault(text: str) -> Fault:
 
 
 @dataclass(frozen=True)
+class LengthDist:
+    """How a request's prompt (or output) length is drawn; ``mean`` is ``--prompt-len`` (or
+    ``--output-len``).
+
+    ``fixed``: every request ``mean`` tokens. ``uniform``: integers in ``[low, high]``.
+    ``lognormal``: mean ``mean`` and log-space shape ``sigma``, rounded and clipped to
+    ``[1, high]`` (``high`` 0: ``LOGNORMAL_CAP x mean``). ``histogram``: ``lengths`` drawn with
+    probability proportional to ``weights`` (a CSV file of ``length,weight`` rows, ``source``).
+    """
+
+    kind: str = "fixed"
+    low: int = 0
+    high: int = 0
+    sigma: float = 0.0
+    lengths: tuple[int, ...] = ()
+    weights: tuple[float, ...] = ()
+    source: str = ""
+
+    def spec(self) -> str:
+        """The spec :func:`parse_lengths` reads back (a histogram by its file name)."""
+        if self.kind == "uniform":
+            return f"uniform:min={self.low},max={self.high}"
+        if self.kind == "lognormal":
+            return f"lognormal:sigma={self.sigma:g}" + (f",max={self.high}" if self.high else "")
+        if self.kind == "histogram":
+            return f"hist:{self.source}"
+        return "fixed"
+
+    def to_dict(self) -> dict:
+        """The distribution as run.json records it (a histogram with its table, so the run's
+        workload is known without the file)."""
+        out: dict = {"kind": self.kind, "spec": self.spec()}
+        if self.kind == "histogram":
+            out |= {"lengths": list(self.lengths), "weights": list(self.weights)}
+        return out
+
+    def bounds(self, mean: int) -> tuple[int, int]:
+        """Shortest and longest length a draw can give."""
+        if self.kind == "uniform":
+            return self.low, self.high
+        if self.kind == "lognormal":
+            return 1, self.high or LOGNORMAL_CAP * mean
+        if self.kind == "histogram":
+            drawn = [n for n, w in zip(self.lengths, self.weights) if w > 0]
+            return min(drawn), max(drawn)
+        return mean, mean
+
+    def mean(self, mean: int) -> float:
+        """Expected length (before a lognormal's clip)."""
+        if self.kind == "uniform":
+            return (self.low + self.high) / 2
+        if self.kind == "histogram":
+            w = np.asarray(self.weights)
+            return float(np.dot(self.lengths, w) / w.sum())
+        return float(mean)
+
+    def draw(self, rng: np.random.Generator, n: int, mean: int) -> np.ndarray:
+        """``n`` lengths (int64), one vectorized draw from ``rng``; ``fixed`` draws nothing."""
+        if self.kind == "uniform":
+            return rng.integers(self.low, self.high, n, endpoint=True, dtype=np.int64)
+        if self.kind == "lognormal":
+            mu = math.log(mean) - self.sigma ** 2 / 2     # so the mean is ``mean``
+            x = np.rint(rng.lognormal(mu, self.sigma, n))
+            return np.clip(x, 1, self.bounds(mean)[1]).astype(np.int64)
+        if self.kind == "histogram":
+            w = np.asarray(self.weights)
+            return np.asarray(self.lengths, dtype=np.int64)[rng.choice(len(w), n, p=w / w.sum())]
+        return np.full(n, mean, dtype=np.int64)
+
+
+def parse_lengths(text: str, flag: str = "--prompt-dist") -> LengthDist:
+    """Parse a length distribution: ``fixed``, ``uniform:min=A,max=B``, ``lognormal:sigma=S[,max=M]``
+    or ``hist:FILE`` (a CSV of ``length,weight`` rows; a header row is skipped).
+
+    Raises
+    ------
+    SpecError
+        An unknown kind or key, bounds out of order or outside 1..2**31-1, a sigma outside
+        (0, 4], an unreadable or empty histogram, or a weight that is negative or not finite.
+
+    Examples
+    --------
+    >>> parse_lengths("uniform:min=128,max=4096")
+    LengthDist(kind='uniform', low=128, high=4096, sigma=0.0, lengths=(), weights=(), source='')
+    """
+    usage = "expected fixed, uniform:min=A,max=B, lognormal:sigma=S[,max=M] or hist:FILE.csv"
+    kind, _, rest = text.strip().partition(":")
+    if kind == "fixed" and not rest:
+        return LengthDist()
+    if kind == "hist":
+        return _read_histogram(rest.strip(), flag)
+    keys = {"uniform": {"min": int, "max": int}, "lognormal": {"sigma": float, "max": int}}.get(kind)
+    if keys is None:
+        raise SpecError(f"{flag} {text!r}: {usage}")
+    values: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, raw = (x.strip() for x in part.partition("="))
+        if not sep or key not in keys or key in values:
+            raise SpecError(f"{flag} {text!r}: unknown, repeated or malformed '{part}'; {usage}")
+        try:
+            values[key] = keys[key](raw)
+        except ValueError:
+            raise SpecError(f"{flag} {text!r}: '{key}' must be a number, got {raw!r}") from None
+    need = {"min", "max"} if kind == "uniform" else {"sigma"}
+    if not need <= set(values):
+        raise SpecError(f"{flag} {text!r}: needs {', '.join(sorted(need))}; {usage}")
+    for key in ("min", "max"):
+        if key in values and not 1 <= values[key] <= MAX_COUNT:
+            raise SpecError(f"{flag} {text!r}: '{key}' must be in 1..{MAX_COUNT:,}, got {values[key]}")
+    if kind == "uniform":
+        if values["min"] > values["max"]:
+            raise SpecError(f"{flag} {text!r}: min {values['min']} exceeds max {values['max']}")
+        return LengthDist("uniform", low=int(values["min"]), high=int(values["max"]))
+    if not (math.isfinite(values["sigma"]) and 0 < values["sigma"] <= 4):
+        raise SpecError(f"{flag} {text!r}: sigma must be in (0, 4], got {values['sigma']}")
+    return LengthDist("lognormal", sigma=float(values["sigma"]), high=int(values.get("max", 0)))
+
+
+def _read_histogram(path: str, flag: str) -> LengthDist:
+    """A ``length,weight`` CSV as a histogram distribution."""
+    try:
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{flag} hist:{path}: cannot read the histogram file ({exc})") from None
+    if rows and not rows[0][0].strip().lstrip("-").isdigit():
+        rows = rows[1:]                                 # a header row
+    if not 1 <= len(rows) <= MAX_HISTOGRAM_ROWS:
+        raise SpecError(f"{flag} hist:{path}: needs 1..{MAX_HISTOGRAM_ROWS:,} 'length,weight' rows, got {len(rows):,}")
+    lengths, weights = [], []
+    for i, row in enumerate(rows, 1):
+        try:
+            if len(row) != 2:
+                raise ValueError
+            length, weight = int(row[0]), float(row[1])
+        except ValueError:
+            raise SpecError(f"{flag} hist:{path}: row {i} {','.join(row)!r} is not 'length,weight'") from None
+        if not 1 <= length <= MAX_COUNT or not (math.isfinite(weight) and weight >= 0):
+            raise SpecError(f"{flag} hist:{path}: row {i}: length must be in 1..{MAX_COUNT:,} and weight "
+                            f"a finite number >= 0, got {length}, {weight}")
+        lengths.append(length)
+        weights.append(weight)
+    if sum(weights) <= 0:
+        raise SpecError(f"{flag} hist:{path}: the weights sum to 0")
+    return LengthDist("histogram", lengths=tuple(lengths), weights=tuple(weights), source=Path(path).name)
+
+
+@dataclass(frozen=True)
 class EmulatorConfig:
     """One emulated serving run.
 
@@ -136,7 +295,16 @@ class EmulatorConfig:
     requests : int
         Requests served; ``rate`` their Poisson arrival rate in requests/s (None: all at t=0).
     prompt_len, output_len : int
-        Input and output tokens per request.
+        Input and output tokens per request (the mean of a lognormal distribution).
+    prompt_dist, output_dist : LengthDist
+        How each request's lengths are drawn (seeded, apart from every other random stream).
+    prefix_len : int
+        A system prompt of this many tokens opens every prompt; once a replica has computed it,
+        later requests reuse its KV (prefix caching): their prefill skips it and it is held once.
+    spec_tokens, spec_accept : int, float
+        Speculative decoding (MTP): each decode step drafts ``spec_tokens`` tokens, verifies
+        them with the target model and emits 1 + the accepted ones; each draft token is
+        accepted with probability ``spec_accept`` if all before it were.
     max_batch_tokens : int
         Token budget of one scheduler step (chunked prefill plus decodes).
     max_seqs : int
@@ -146,6 +314,8 @@ class EmulatorConfig:
         one's tensor-parallel all-reduces overlap the other's compute.
     dtype : str
         Weight and matrix-math format (``fp8`` or ``bf16``); activations travel in bf16.
+    kv_dtype : str or None
+        KV-cache format (None: ``dtype``).
     seed : int
         Seeds every random choice: equal configs give byte-identical traces.
     clock_skew_us : float
@@ -168,9 +338,15 @@ class EmulatorConfig:
     output_len: int = 128
     max_batch_tokens: int = 8192
     max_seqs: int = 1024
+    prompt_dist: LengthDist = LengthDist()
+    output_dist: LengthDist = LengthDist()
+    prefix_len: int = 0
+    spec_tokens: int = 0
+    spec_accept: float = 0.8
     two_batch_overlap: bool = True
     two_batch_min_tokens: int = 2048
     dtype: str = "fp8"
+    kv_dtype: str | None = None
     seed: int = 0
     clock_skew_us: float = 50.0
     faults: tuple[Fault, ...] = field(default_factory=tuple)
@@ -187,6 +363,35 @@ class EmulatorConfig:
     @property
     def weight_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of one KV-cache element."""
+        return DTYPE_BYTES[self.kv_dtype or self.dtype]
+
+    @property
+    def prompt_bounds(self) -> tuple[int, int]:
+        return self.prompt_dist.bounds(self.prompt_len)
+
+    @property
+    def output_bounds(self) -> tuple[int, int]:
+        return self.output_dist.bounds(self.output_len)
+
+    @property
+    def longest_request(self) -> int:
+        """Tokens the longest possible request holds in the KV cache (prompt + output)."""
+        return self.prompt_bounds[1] + self.output_bounds[1]
+
+    @property
+    def mean_lengths(self) -> tuple[float, float]:
+        """Expected prompt and output tokens of a request."""
+        return self.prompt_dist.mean(self.prompt_len), self.output_dist.mean(self.output_len)
+
+    @property
+    def tokens_per_decode(self) -> float:
+        """Expected tokens a sequence emits per decode step: 1 + sum of ``spec_accept**i``, i = 1..k."""
+        a = self.spec_accept
+        return 1.0 + sum(a ** i for i in range(1, self.spec_tokens + 1))
 
     def validate(self) -> None:
         """Raise :class:`SpecError` naming the first inconsistent setting and how to fix it."""
@@ -205,6 +410,21 @@ class EmulatorConfig:
                                 f"16-bit id), got {getattr(self, name):,}")
         if self.dtype not in DTYPE_BYTES:
             raise SpecError(f"'--dtype' must be one of {', '.join(DTYPE_BYTES)}, got {self.dtype!r}")
+        if self.kv_dtype is not None and self.kv_dtype not in DTYPE_BYTES:
+            raise SpecError(f"'--kv-dtype' must be one of {', '.join(DTYPE_BYTES)}, got {self.kv_dtype!r}")
+        for flag, lo_hi in (("prompt", self.prompt_bounds), ("output", self.output_bounds)):
+            if lo_hi[1] > MAX_COUNT:
+                raise SpecError(f"'--{flag}-dist' draws up to {lo_hi[1]:,} tokens, more than {MAX_COUNT:,}; "
+                                f"give it a max or lower --{flag}-len")
+        if not 0 <= self.prefix_len <= MAX_COUNT:
+            raise SpecError(f"'--prefix-len' must be in 0..{MAX_COUNT:,}, got {self.prefix_len}")
+        if self.prefix_len and self.prefix_len >= self.prompt_bounds[0]:
+            raise SpecError(f"'--prefix-len' {self.prefix_len} must be shorter than the shortest prompt "
+                            f"({self.prompt_bounds[0]} tokens): every prompt opens with the shared prefix")
+        if not 0 <= self.spec_tokens <= MAX_SPEC_TOKENS:
+            raise SpecError(f"'--spec-tokens' must be in 0..{MAX_SPEC_TOKENS}, got {self.spec_tokens}")
+        if not (math.isfinite(self.spec_accept) and 0 <= self.spec_accept <= 1):
+            raise SpecError(f"'--spec-accept' must be in [0, 1], got {self.spec_accept}")
         if not 0 <= self.seed <= MAX_SEED:
             raise SpecError(f"'--seed' must be in 0..2**63-1, got {self.seed}")
         if self.rate is not None:

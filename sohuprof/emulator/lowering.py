@@ -32,7 +32,14 @@ class Feature:
     LOCAL_TOKENS = 5  # tokens this rank owns in an expert-parallel MoE block
     EXPERT_PAIRS = 6  # (token, expert) pairs this rank's experts process
     ACTIVE_EXPERTS = 7  # local experts that received at least one token
-    COUNT = 8
+    PREFILL_PAIRS = 8   # attention pairs of prefill chunks (of PAIRS)
+    PREFILL_CONTEXT = 9  # tokens prefill chunks attend to: cached context plus the chunk
+    DRAFT_TOKENS = 10   # tokens the speculative draft head proposes this step
+    PREFILL_STEP = 11   # 1 when the replica prefills this step (weights read once per step)
+    DRAFT_STEP = 12     # 1 when the replica drafts this step
+    COUNT = 13
+    #: Per-step constants: a micro-batch of a two-batch-overlap step needs them whole.
+    CONSTANT = (ONE, ACTIVE_EXPERTS, PREFILL_STEP, DRAFT_STEP)
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,7 @@ def _tp_all_reduce(name: str, hidden: int) -> OpTemplate:
 
 def _attention_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
     m, t, w, a = cfg.model, cfg.tp, cfg.weight_bytes, ACT_BYTES
-    h, kvb = m.hidden, cfg.weight_bytes
+    h, kvb = m.hidden, cfg.kv_bytes
     hr = m.heads // t
     ops = [_norm("attn_norm", h)]
     if m.mla is None:

@@ -154,7 +154,8 @@ class _Compiled:
         tmpl = [prog.templates[i] for i in prog.tmpl]
         is_coll = np.array([t.collective is not None for t in tmpl])
         active = (plan.stage[:, None] == prog.stage[None, :]) | (plan.stage[:, None] == prog.peer_stage[None, :])
-        coef_flops, coef_hbm = prog.flops[prog.tmpl].T, prog.hbm[prog.tmpl].T
+        # C order: numpy's matmul of [R, F] by an F-ordered [F, K] misses BLAS at some F (100x slower).
+        coef_flops, coef_hbm = (np.ascontiguousarray(a[prog.tmpl].T) for a in (prog.flops, prog.hbm))
         cols = list(_LAYER_FEATURES)
         moe_pos = np.flatnonzero((coef_flops[cols] != 0).any(0) | (coef_hbm[cols] != 0).any(0))
         links = [(gs, LinkModel.build(gs, em.cfg)) for gs in plan.all_groups()]
@@ -194,7 +195,7 @@ class _Compiled:
             sequence_plan.append((gs, idx, takes_part))
         return cls(program=prog, engine=np.array([int(t.engine) for t in tmpl]), is_coll=is_coll,
                    overlaps=prog.overlaps, active=active, seq_mask=active & ~is_coll & ~prog.overlaps,
-                   coef_flops=coef_flops, coef_hbm=coef_hbm, coef_net=prog.net[prog.tmpl].T,
+                   coef_flops=coef_flops, coef_hbm=coef_hbm, coef_net=np.ascontiguousarray(prog.net[prog.tmpl].T),
                    moe_pos=moe_pos, collectives=collectives, joins=joins, has_parts=bool((prog.part >= 0).any()),
                    events=events, segment=np.searchsorted(event_pos, np.arange(len(prog)), side="right"),
                    collective_batches=batches, sequence_plan=sequence_plan,
@@ -266,6 +267,11 @@ class Emulation:
         else:
             arrival = np.cumsum(self.rng.exponential(1e9 / cfg.rate, n))
         self.arrival_ns = arrival
+        # Lengths and draft acceptance draw from streams of their own: a fixed-length run draws
+        # what it always did, and changing one distribution leaves the other's draws alone.
+        self.prompt_tokens = cfg.prompt_dist.draw(np.random.default_rng([cfg.seed, 1]), n, cfg.prompt_len)
+        self.output_tokens = cfg.output_dist.draw(np.random.default_rng([cfg.seed, 2]), n, cfg.output_len)
+        spec_rng = np.random.default_rng([cfg.seed, 3])
         self.request_replica = np.arange(n) % cfg.dp   # round-robin router
         cap = self._kv_capacity_tokens()
         self.kv_capacity_tokens = cap
@@ -273,8 +279,9 @@ class Emulation:
         for r in range(cfg.dp):
             idx = np.flatnonzero(self.request_replica == r)
             self.schedulers.append(ReplicaScheduler(
-                arrival[idx], np.full(len(idx), cfg.prompt_len), np.full(len(idx), cfg.output_len),
-                max_batch_tokens=cfg.max_batch_tokens, max_seqs=cfg.max_seqs, kv_capacity_tokens=cap))
+                arrival[idx], self.prompt_tokens[idx], self.output_tokens[idx],
+                max_batch_tokens=cfg.max_batch_tokens, max_seqs=cfg.max_seqs, kv_capacity_tokens=cap,
+                prefix_len=cfg.prefix_len, spec_tokens=cfg.spec_tokens, spec_accept=cfg.spec_accept, rng=spec_rng))
         self.replica_requests = [np.flatnonzero(self.request_replica == r) for r in range(cfg.dp)]
 
     def weights_per_chip(self) -> np.ndarray:
@@ -294,9 +301,13 @@ class Emulation:
     def _features(self, batches: list[Batch], running: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-rank features [R, F] and per-(rank, MoE layer) expert features [R, Lm, 2]."""
         cfg, plan, m = self.cfg, self.plan, self.cfg.model
-        rep = np.array([[b.tokens > 0, b.tokens, b.pairs, b.kv_read, b.samples] for b in batches], dtype=float)
-        feat = np.zeros((plan.world, Feature.COUNT))
-        feat[:, :5] = rep[plan.replica]
+        rep = np.zeros((len(batches), Feature.COUNT))
+        rep[:, :5] = [[b.tokens > 0, b.tokens, b.pairs, b.kv_read, b.samples] for b in batches]
+        cols = [Feature.PREFILL_PAIRS, Feature.PREFILL_CONTEXT, Feature.DRAFT_TOKENS, Feature.PREFILL_STEP,
+                Feature.DRAFT_STEP]
+        rep[:, cols] = [[b.prefill_pairs, b.prefill_context, b.draft_tokens, b.prefill_tokens > 0,
+                         b.draft_tokens > 0] for b in batches]
+        feat = rep[plan.replica]
         feat[~running[plan.replica]] = 0
         tokens = feat[:, Feature.TOKENS].astype(np.int64)
         tp_index = np.arange(plan.world) % cfg.tp
@@ -331,9 +342,9 @@ class Emulation:
             tokens = feat[:, Feature.TOKENS]
             share = np.divide(np.ceil(tokens / 2), tokens, out=np.zeros_like(tokens), where=tokens > 0)
             scale_a = np.repeat(share[:, None], Feature.COUNT, axis=1)
-            scale_a[:, [Feature.ONE, Feature.ACTIVE_EXPERTS]] = 1.0
+            scale_a[:, list(Feature.CONSTANT)] = 1.0
             scale_b = 1.0 - scale_a
-            scale_b[:, [Feature.ONE, Feature.ACTIVE_EXPERTS]] = 1.0
+            scale_b[:, list(Feature.CONSTANT)] = 1.0
             for i, scale in enumerate((scale_a, scale_b)):
                 layer_scale = scale[:, None, [Feature.EXPERT_PAIRS, Feature.ACTIVE_EXPERTS]]
                 parts.append((feat * scale, per_layer * layer_scale, cp.program.part == i))
@@ -341,8 +352,13 @@ class Emulation:
         hbm = np.zeros_like(flops)
         net = np.zeros_like(flops)
         cols = list(_LAYER_FEATURES)
+        # Only the features some op of this program uses: each unused column is zero work, and a
+        # wider product than needed makes BLAS thread (several times slower on a busy machine).
+        used = np.flatnonzero((cp.coef_flops != 0).any(1) | (cp.coef_hbm != 0).any(1) | (cp.coef_net != 0).any(1))
+        mats = [np.ascontiguousarray(c[used]) for c in (cp.coef_flops, cp.coef_hbm, cp.coef_net)]
         for f, pl, where in parts:
-            fl, hb, nt = f @ cp.coef_flops, f @ cp.coef_hbm, f @ cp.coef_net
+            fu = f[:, used]
+            fl, hb, nt = (fu @ c for c in mats)
             if len(cp.moe_pos):
                 pos = cp.moe_pos
                 lay = pl[:, self.moe_layer_index[cp.program.layer[pos]], :]          # [R, P, 2]
@@ -591,7 +607,7 @@ class Emulation:
             finish[idx] = sch.finish_ns
             generated[idx] = sch.generated
         return {"request": np.arange(n), "replica": self.request_replica, "arrival": self.arrival_ns,
-                "first_token": first, "finish": finish, "prompt_tokens": np.full(n, self.cfg.prompt_len),
+                "first_token": first, "finish": finish, "prompt_tokens": self.prompt_tokens,
                 "output_tokens": generated}
 
     def replica_node(self, replica: int) -> int:
@@ -640,10 +656,12 @@ def kv_capacity_tokens(cfg: EmulatorConfig, stage_layers: np.ndarray) -> int:
                         "raise --tp, --ep or --pp")
     per_layer = m.kv_elements_per_token() if m.mla else 2 * max(m.kv_heads // cfg.tp, 1) * m.head_dim
     layers = np.diff(stage_layers)
-    per_token = layers * per_layer * cfg.weight_bytes
+    per_token = layers * per_layer * cfg.kv_bytes
     cap = int(((usable - weights) / per_token).min())
-    if cap < cfg.prompt_len + cfg.output_len:
+    # The longest request must fit alone, with its last verification's drafts.
+    need = cfg.longest_request + cfg.spec_tokens
+    if cap < need:
         raise SpecError(f"{m.name} on {cfg.hardware.name} at tp={cfg.tp} pp={cfg.pp} leaves KV space for "
-                        f"{max(cap, 0)} tokens, less than one request ({cfg.prompt_len + cfg.output_len}); "
-                        "raise --tp or --pp, or shorten --prompt-len/--output-len")
+                        f"{max(cap, 0)} tokens, less than the longest request ({need}); "
+                        "raise --tp or --pp, or shorten --prompt-len/--output-len (or their --*-dist)")
     return cap

@@ -15,11 +15,11 @@ def drive(sch: ReplicaScheduler, *, step_ns: float = 1.0, max_steps: int = 100_0
     """Run the scheduler to completion as the runtime does; check invariants at every step and
     return a log of the steps."""
     n = len(sch.prompt)
-    reserve = sch.prompt + sch.output
+    k = sch.spec_tokens
     order = np.lexsort((np.arange(n), sch.arrival))      # first come, first served
+    first_admitted = np.full(n, np.inf)
     now = 0.0
     log = []
-    prefilled = np.zeros(n, np.int64)
     while not sch.finished:
         assert len(log) < max_steps, "scheduler does not make progress"
         if not sch.has_runnable(now):
@@ -27,28 +27,27 @@ def drive(sch: ReplicaScheduler, *, step_ns: float = 1.0, max_steps: int = 100_0
             assert sch.has_runnable(now)
         b = sch.form(now)
         # Token budget, and the batch's own bookkeeping.
-        assert b.tokens == b.prefill_tokens + b.decode_tokens <= sch.max_batch_tokens
-        assert b.prefill_tokens == int(b.chunk.sum()) and b.decode_tokens == int(b.decoding.sum())
+        assert b.tokens == b.prefill_tokens + b.decode_tokens <= max(sch.max_batch_tokens, b.decode_tokens)
+        assert b.prefill_tokens == int(b.chunk.sum()) and b.decode_tokens == int(b.decoding.sum()) * (k + 1)
         assert b.phase == (Phase.MIXED if b.prefill_tokens and b.decode_tokens else
                            Phase.PREFILL if b.prefill_tokens else Phase.DECODE)
-        # Nobody is served before arriving; nobody is prefilled past its prompt.
+        # Nobody is served before arriving; nobody is prefilled past what it must (re)compute.
         served = (b.chunk > 0) | b.decoding
         assert (sch.arrival[served] <= now).all()
-        assert (prefilled + b.chunk <= sch.prompt).all()
         assert not (b.decoding & (b.chunk > 0)).any()
         assert not b.empty, "a step with runnable requests did nothing"
         sch.complete(b, now + step_ns)
-        prefilled += b.chunk
+        assert (sch.prefilled <= sch.target).all()
         running = sch.admitted & ~sch.done
-        # KV: what admitted, unfinished requests reserved fits in the cache; slots likewise.
-        assert reserve[running].sum() <= sch.kv_capacity
+        # KV: what the running requests hold (and the cached prefix, once) fits in the cache.
+        assert sch.kv_used() <= sch.kv_capacity
         assert running.sum() <= sch.max_seqs
-        # FCFS: the admitted requests are a prefix of the arrival order.
-        adm = sch.admitted[order]
-        assert not (adm[1:] & ~adm[:-1]).any(), "a later request was admitted before an earlier one"
+        first_admitted[np.isinf(first_admitted) & sch.admitted] = len(log)
         log.append({"now": now, "batch": b})
         now += step_ns
-    assert (prefilled == sch.prompt).all()
+    # FCFS: requests are first admitted in arrival order.
+    assert (np.diff(first_admitted[order]) >= 0).all(), "a later request was admitted before an earlier one"
+    assert (sch.prefilled == sch.target).all()
     assert (sch.generated == sch.output).all()
     assert (sch.arrival <= sch.first_token_ns).all() and (sch.first_token_ns <= sch.finish_ns).all()
     return log
@@ -63,29 +62,49 @@ def workloads(draw):
     arrival = np.cumsum(gaps)
     budget = draw(st.integers(1, 200))
     max_seqs = draw(st.integers(1, 8))
-    biggest = int((prompt + output).max())
+    spec = draw(st.integers(0, 3))
+    accept = draw(st.sampled_from([0.0, 0.5, 1.0]))
+    prefix = draw(st.integers(0, int(prompt.min()) - 1))
+    biggest = int((prompt + output).max()) + spec
     capacity = draw(st.integers(biggest, 4 * biggest + 50))
-    return arrival, prompt, output, budget, max_seqs, capacity
+    return arrival, prompt, output, budget, max_seqs, capacity, prefix, spec, accept
 
 
 @settings(max_examples=150, deadline=None)
 @given(workloads())
 def test_scheduler_invariants(case) -> None:
-    arrival, prompt, output, budget, max_seqs, capacity = case
+    arrival, prompt, output, budget, max_seqs, capacity, prefix, spec, accept = case
     sch = ReplicaScheduler(arrival, prompt, output, max_batch_tokens=budget, max_seqs=max_seqs,
-                           kv_capacity_tokens=capacity)
+                           kv_capacity_tokens=capacity, prefix_len=prefix, spec_tokens=spec, spec_accept=accept,
+                           rng=np.random.default_rng(7))
     drive(sch)
 
 
-def test_kv_capacity_limits_concurrency() -> None:
-    """Room for exactly two requests' KV: never more than two in flight, so 6 requests need 3 waves."""
-    n, p, o = 6, 10, 5
+def test_kv_runs_out_and_the_newest_is_preempted_then_recomputed() -> None:
+    """Room for two requests and 3 tokens: three are admitted (their first chunks fit), and when
+    the decodes' next tokens no longer fit the newest is preempted; it recomputes its prompt and
+    the tokens it had generated, and everyone finishes (vLLM's recompute preemption)."""
+    n, p, o = 3, 10, 5
+    cap = 2 * (p + o) + 3
     sch = ReplicaScheduler(np.zeros(n), np.full(n, p), np.full(n, o), max_batch_tokens=1000, max_seqs=100,
-                           kv_capacity_tokens=2 * (p + o) + 3)
+                           kv_capacity_tokens=cap)
     log = drive(sch)
-    # Each wave: one prefill step, then o - 1 decode steps.
-    assert len(log) == 3 * o
-    assert [int(b["batch"].prefill_tokens) for b in log[::o]] == [2 * p] * 3
+    assert log[0]["batch"].prefill_tokens == 3 * p            # nothing is reserved up front
+    # Step 1: 3 x 10 held + 3 new = 33 fits; step 2: 3 x 11 + 3 = 36 does not, so request 2 goes.
+    assert [x["batch"].preempted for x in log[:3]] == [0, 0, 1]
+    assert sch.preemptions == 1
+    # Request 2 had generated 2 tokens: its recompute prefills the prompt and both.
+    recompute = next(x["batch"] for x in log[3:] if x["batch"].chunk[2] > 0)
+    assert recompute.chunk[2] == p + 2
+    assert sch.generated.tolist() == [o] * n
+
+
+def test_without_preemption_reservation_is_never_needed() -> None:
+    """With room for everyone's whole footprint nobody is preempted."""
+    sch = ReplicaScheduler(np.zeros(6), np.full(6, 10), np.full(6, 5), max_batch_tokens=1000, max_seqs=100,
+                           kv_capacity_tokens=6 * 15)
+    log = drive(sch)
+    assert sch.preemptions == 0 and len(log) == 5
 
 
 def test_token_budget_chunks_a_long_prompt() -> None:
