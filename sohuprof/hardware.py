@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sohuprof.errors import SpecError
 from sohuprof.presets import preset_names, read_preset
 
@@ -53,6 +55,23 @@ class HardwareSpec:
         Fixed cost added to every op (kernel launch); ``step_overhead_ns`` host work per step.
     jitter : float
         Log-normal sigma of per-op run time.
+    compute_units, gemm_tile_m, gemm_tile_n : int
+        Streaming multiprocessors (or matrix units a GEMM's output tiles are spread over) and the
+        output tile a GEMM kernel computes at once: M and N are rounded up to whole tiles and the
+        tiles run in waves over the units (tile and wave quantisation). 1, 1, 1: none.
+    gemm_rows, gemm_efficiency : tuple of float
+        Fraction of the matrix peak a tile-aligned, full-wave GEMM of that many rows (M) reaches,
+        interpolated in log2(M) (pipeline fill and epilogue weigh more on short K loops of small
+        M); empty: ``matmul_efficiency`` at every M.
+    attention_context, attention_prefill_efficiency, attention_decode_efficiency : tuple of float
+        By the mean context a query attends to (tokens, interpolated in log2): the fraction of
+        the matrix peak prefill attention reaches (its FLOPs bound it) and the fraction of HBM
+        bandwidth decode attention streams the KV cache at (its bytes bound it); empty:
+        ``matmul_efficiency`` and ``memory_efficiency``.
+    nvls : float
+        Where the intra-node switch reduces in the fabric (NVLink SHARP, NCCL's NVLS), the
+        fraction of the link bandwidth its all-reduce reaches: it moves each byte once each way
+        instead of a ring's ``2(n-1)/n`` times. 0: no in-switch reduction.
     """
 
     name: str
@@ -78,6 +97,15 @@ class HardwareSpec:
     launch_overhead_ns: float
     step_overhead_ns: float
     jitter: float
+    compute_units: int = 1
+    gemm_tile_m: int = 1
+    gemm_tile_n: int = 1
+    gemm_rows: tuple[float, ...] = ()
+    gemm_efficiency: tuple[float, ...] = ()
+    attention_context: tuple[float, ...] = ()
+    attention_prefill_efficiency: tuple[float, ...] = ()
+    attention_decode_efficiency: tuple[float, ...] = ()
+    nvls: float = 0.0
 
     def peak_flops(self, dtype: str) -> float:
         """Dense matrix FLOP/s for operand type ``dtype`` (``fp8`` or ``bf16``)."""
@@ -95,7 +123,9 @@ class HardwareSpec:
     def from_dict(cls, data: dict[str, Any], *, source: str = "<dict>") -> HardwareSpec:
         """Build a spec from a mapping, naming the missing or unknown keys on error."""
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        missing = sorted(set(fields) - set(data))
+        # Fields with a default (the shape tables, nvls) may be absent: older specs and stores.
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        missing = sorted(required - set(data))
         unknown = sorted(set(data) - set(fields))
         if missing or unknown:
             parts = []
@@ -106,7 +136,17 @@ class HardwareSpec:
             raise SpecError(f"hardware spec {source}: {'; '.join(parts)}")
         values: dict[str, Any] = {}
         for name, typ in fields.items():
+            if name not in data:
+                continue
             raw = data[name]
+            if typ.startswith("tuple"):
+                if not isinstance(raw, (list, tuple)) or any(isinstance(v, (str, bool)) or v is None for v in raw):
+                    raise SpecError(f"hardware spec {source}: '{name}' must be a list of numbers, got {raw!r}")
+                try:
+                    values[name] = tuple(float(v) for v in raw)
+                except (TypeError, ValueError, OverflowError):
+                    raise SpecError(f"hardware spec {source}: '{name}' must be a list of finite numbers") from None
+                continue
             if typ != "str" and (isinstance(raw, (str, bool)) or raw is None):
                 # float("inf") and int(True) would pass: a number must arrive as a number
                 raise SpecError(f"hardware spec {source}: '{name}' must be a number, got {raw!r}")
@@ -125,7 +165,7 @@ class HardwareSpec:
 
     def _validate(self, source: str) -> None:
         positive = [f.name for f in dataclasses.fields(self) if f.type in ("int", "float")
-                    and f.name not in ("launch_overhead_ns", "step_overhead_ns", "jitter",
+                    and f.name not in ("launch_overhead_ns", "step_overhead_ns", "jitter", "nvls",
                                        "intra_node_latency_ns", "inter_node_latency_ns")]
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -136,9 +176,21 @@ class HardwareSpec:
             if not getattr(self, name) > 0:
                 raise SpecError(f"hardware spec {source}: '{name}' must be > 0, got {getattr(self, name)}")
         for name in ("matmul_efficiency", "vector_efficiency", "memory_efficiency", "comm_efficiency",
-                     "activation_hbm_fraction"):
+                     "activation_hbm_fraction", "nvls"):
             if getattr(self, name) > 1:
                 raise SpecError(f"hardware spec {source}: '{name}' is a fraction, at most 1")
+        for xs, ys in (("gemm_rows", ("gemm_efficiency",)),
+                       ("attention_context", ("attention_prefill_efficiency", "attention_decode_efficiency"))):
+            x = np.asarray(getattr(self, xs))
+            if not np.isfinite(x).all() or (x <= 0).any() or (np.diff(x) <= 0).any():
+                raise SpecError(f"hardware spec {source}: '{xs}' must be positive and increasing")
+            for name in ys:
+                y = np.asarray(getattr(self, name))
+                if len(y) != len(x):
+                    raise SpecError(f"hardware spec {source}: '{name}' needs one value per '{xs}' ({len(x)}), "
+                                    f"got {len(y)}")
+                if not np.isfinite(y).all() or (y <= 0).any() or (y > 1).any():
+                    raise SpecError(f"hardware spec {source}: '{name}' holds fractions in (0, 1]")
 
 
 def hardware_presets() -> list[str]:

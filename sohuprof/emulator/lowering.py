@@ -185,6 +185,19 @@ def _dense_mlp_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
     return ops
 
 
+#: Channels per FP8 scale of an FP8 dispatch (DeepEP: one float32 scale per 128 channels).
+FP8_SCALE_BLOCK = 128
+
+
+def dispatch_bytes(cfg: EmulatorConfig) -> int:
+    """Bytes of one token's copy in the MoE dispatch: FP8 with a float32 scale per 128 channels
+    when the model runs FP8 (DeepEP's FP8 dispatch), else bf16. The combine stays bf16."""
+    h = cfg.model.hidden
+    if cfg.dtype == "fp8":
+        return h + -(-h // FP8_SCALE_BLOCK) * 4
+    return h * ACT_BYTES
+
+
 def _moe_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
     m, t, ep, w, a = cfg.model, cfg.tp, cfg.ep, cfg.weight_bytes, ACT_BYTES
     h, k, e = m.hidden, m.top_k, m.experts
@@ -196,7 +209,7 @@ def _moe_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
         _op("router_topk", "router", Engine.VECTOR, flops={"tokens": 4 * e}, act={"tokens": e * a}),
     ]
     if ep > 1:
-        ops.append(_op("moe_dispatch", "all_to_all", Engine.COLLECTIVE, net={"local_tokens": k * h * a},
+        ops.append(_op("moe_dispatch", "all_to_all", Engine.COLLECTIVE, net={"local_tokens": k * dispatch_bytes(cfg)},
                        collective="all_to_all", group="ep", overlaps=m.shared_experts > 0))
     if m.shared_experts:
         fs = m.shared_experts * m.expert_ffn // t

@@ -21,7 +21,8 @@ from sohuprof.emulator.config import EmulatorConfig
 from sohuprof.emulator.lowering import ACT_BYTES, Feature, Program, lower
 from sohuprof.emulator.plan import GroupSet, ParallelPlan
 from sohuprof.emulator.scheduler import Batch, ReplicaScheduler
-from sohuprof.emulator.timing import LinkModel, collective_time, nic_bandwidth, op_times
+from sohuprof.emulator.timing import (LinkModel, ShapeModel, all_reduce_nic_share, collective_time, nic_bandwidth,
+                                     op_times)
 from sohuprof.errors import SpecError
 from sohuprof.strace import NO_GROUP, NO_LAYER, RECORD_DTYPE, Engine, Phase
 
@@ -38,8 +39,9 @@ NIC_COUNTERS = ("tx_bytes", "tx_ns", "wait_ns", "rx_bytes", "rx_ns")
 class NicCounters:
     """One step's NIC port counters, for every chip whose NIC share moved bytes across nodes.
 
-    Per chip, over the step's collectives (bytes by nccl's conventions: a ring all-reduce sends
-    ``2(n-1)/n x S`` and a ring all-gather ``(n-1)/n x S`` to the ring neighbour, an all-to-all
+    Per chip, over the step's collectives (bytes by nccl's conventions: a hierarchical all-reduce
+    over ``m`` nodes of ``l`` members sends ``2(m-1)/m x S/l`` to its same-index peer on the next
+    node, a ring all-gather ``(n-1)/n x S`` to the ring neighbour, an all-to-all
     ``S/n`` to every peer, a pipeline send ``S`` from the sender; only what goes to another node
     counts): ``tx_bytes`` sent, ``tx_ns`` the time the port spent sending them at its own line
     rate (its node's NIC share per chip x ``comm_efficiency``), ``wait_ns`` the rest of each
@@ -367,6 +369,16 @@ class Emulation:
             flops[:, where], hbm[:, where], net[:, where] = fl[:, where], hb[:, where], nt[:, where]
         return flops, hbm, net
 
+    def _efficiency(self, cp: _Compiled, feat: np.ndarray, flops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Shape-aware compute and memory efficiency of every (rank, position) this step (timing's
+        :class:`ShapeModel`, built once per program form)."""
+        shapes = self.__dict__.setdefault("_shapes", {})
+        if id(cp) not in shapes:
+            shapes[id(cp)] = ShapeModel.build(cp.program, self.cfg)
+        tokens = feat[:, Feature.TOKENS]
+        ctx = np.divide(feat[:, Feature.PAIRS], tokens, out=np.ones_like(tokens), where=tokens > 0)
+        return shapes[id(cp)].efficiency(flops, ctx, self.cfg.hardware)
+
     def _jitter(self, shape: tuple[int, ...]) -> np.ndarray:
         sigma = self.cfg.hardware.jitter
         return 1.0 + sigma * np.abs(self.rng.standard_normal(shape))
@@ -401,9 +413,14 @@ class Emulation:
             pos = cp.coll_pos[idx]
             take = cp.active[:, pos][members] & running[members][:, :, None]    # [G, n, P]
             size = np.where(take, net[:, pos][members], 0.0).transpose(2, 0, 1)  # [P, G, n]
-            if kind in ("all_reduce", "all_gather"):
-                factor = 2 * (n - 1) / n if kind == "all_reduce" else (n - 1) / n
-                sent = size * (factor * routes.ring_out)
+            if kind == "all_reduce":
+                # Hierarchical (timing.collective_time): each chip all-reduces its 1/l shard with
+                # the same-index chips of the other nodes, a ring of its own over its own NIC.
+                local = cp.collectives[idx[0]].links.local
+                sent = size * all_reduce_nic_share(n, local)
+                got = np.roll(sent, local, axis=2)                               # from the previous node's peer
+            elif kind == "all_gather":
+                sent = size * ((n - 1) / n * routes.ring_out)
                 got = np.roll(sent, 1, axis=2)                                   # from the previous member
             elif kind == "send":
                 sent = size * routes.p2p_out
@@ -427,7 +444,8 @@ class Emulation:
         return out
 
     def _simulate(self, cp: _Compiled, start: np.ndarray, running: np.ndarray, flops: np.ndarray,
-                  hbm: np.ndarray, net: np.ndarray) -> dict[str, np.ndarray]:
+                  hbm: np.ndarray, net: np.ndarray,
+                  efficiency: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Resolve one step's times. ``start`` [R] is each rank's first-op time (true ns).
 
         Between collectives a rank's ops run back to back (prefix sums); at a collective each
@@ -437,7 +455,8 @@ class Emulation:
         per collective position, each iteration vectorized over every rank and group.
         """
         hw, R, K = self.cfg.hardware, self.plan.world, len(cp.program)
-        dur, stall = op_times(flops, hbm, cp.engine, hw, self.cfg.dtype, self.slowdown, self._jitter((R, K)))
+        dur, stall = op_times(flops, hbm, cp.engine, hw, self.cfg.dtype, self.slowdown, self._jitter((R, K)),
+                              efficiency)
         active = cp.active & running[:, None]
         seq = np.where(cp.seq_mask & active, dur, 0.0)
         cum = np.cumsum(seq, axis=1) - seq                                    # exclusive prefix sums
@@ -532,7 +551,7 @@ class Emulation:
             flops, hbm, net = self._work(cp, feat, per_layer)
             t0 = now[plan.replica]
             compute_start = t0 + hw.step_overhead_ns
-            sim = self._simulate(cp, compute_start, running, flops, hbm, net)
+            sim = self._simulate(cp, compute_start, running, flops, hbm, net, self._efficiency(cp, feat, flops))
             end_rank = np.maximum(np.where(sim["emit"], sim["end"], -np.inf).max(axis=1), compute_start)
             step_end = np.full(cfg.dp, -np.inf)
             np.maximum.at(step_end, plan.replica[running], end_rank[running])

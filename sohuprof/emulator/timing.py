@@ -1,9 +1,19 @@
 """The timing model: how long an op or a collective takes on the emulated hardware.
 
-Compute ops cost ``max(flops / (peak * eff), bytes / (bw * eff)) + launch`` (a roofline with
-efficiency factors); collectives an alpha-beta cost over the links their group crosses: ring or
-tree all-reduce (whichever is faster, as NCCL picks), ring all-gather, pairwise all-to-all and
-point-to-point send, with intra-node links inside a node and the NIC between nodes.
+Compute ops cost ``max(flops / (peak * eff), bytes / (bw * eff)) + launch`` (a roofline), where
+the efficiencies follow the op's shape (:class:`ShapeModel`): a GEMM's M and N are rounded up to
+the kernel's output tile and its tiles run in waves over the chip's compute units, then a
+per-M table from the hardware preset; attention reads its efficiency from tables by the mean
+context a query attends to (prefill is bound by FLOPs, decode by the KV bytes it streams).
+
+Collectives are alpha-beta costs over the links their group crosses, as NCCL and DeepEP run
+them: an all-reduce inside a node is the fastest of ring, tree, one-shot (every rank reads every
+peer's buffer, TensorRT-LLM's custom all-reduce for small messages) and, on switches that reduce
+in the fabric, NVLS; across nodes it is hierarchical (intra-node reduce-scatter, an all-reduce of
+each chip's 1/l shard over its own NIC, intra-node all-gather). An all-to-all sends each
+(token, expert) copy to its rank, the NVLink and NIC parts at the same time and their latencies
+in parallel, as DeepEP's low-latency kernels do (the dispatch in FP8 with its scales when the
+model is FP8: lowering sizes the buffers).
 """
 
 from __future__ import annotations
@@ -17,26 +27,127 @@ from sohuprof.emulator.plan import GroupSet
 from sohuprof.hardware import HardwareSpec
 from sohuprof.strace import Engine
 
-__all__ = ["LinkModel", "engine_rates", "op_times", "collective_time", "nic_bandwidth"]
+__all__ = ["LinkModel", "ShapeModel", "engine_rates", "op_times", "collective_time", "nic_bandwidth",
+           "all_reduce_nic_share"]
+
+#: Op classes of :class:`ShapeModel`.
+_FLAT, _GEMM, _ATTENTION = 0, 1, 2
 
 
 def engine_rates(hw: HardwareSpec, dtype: str) -> np.ndarray:
-    """FLOP/s each :class:`Engine` sustains (inf where an engine does no arithmetic)."""
+    """FLOP/s each :class:`Engine` sustains on well-shaped work (inf where an engine does no arithmetic)."""
     rates = np.full(len(Engine), np.inf)
     rates[Engine.MATRIX] = hw.peak_flops(dtype) * hw.matmul_efficiency
     rates[Engine.VECTOR] = hw.vector_flops * hw.vector_efficiency
     return rates
 
 
+def _interp_log2(x: np.ndarray, xs: tuple[float, ...], ys: tuple[float, ...], default: float) -> np.ndarray:
+    """``ys`` at ``x`` interpolated in log2(x), held flat beyond the table; ``default`` without one."""
+    if not xs:
+        return np.full(x.shape, default)
+    return np.interp(np.log2(np.maximum(x, 1.0)), np.log2(np.asarray(xs)), np.asarray(ys))
+
+
+@dataclass(frozen=True)
+class ShapeModel:
+    """How each program position's efficiency follows its shape, resolved once per program.
+
+    Per position ``k``: ``kind`` (flat, GEMM, attention), ``row_flops`` the FLOPs of one GEMM row
+    (``2 K N``: rows are its FLOPs over that), ``groups`` the GEMMs its rows spread over (local
+    experts of a grouped expert GEMM, else 1) and ``n`` its output columns.
+    """
+
+    kind: np.ndarray
+    row_flops: np.ndarray
+    groups: np.ndarray
+    n: np.ndarray
+
+    @classmethod
+    def build(cls, program, cfg: EmulatorConfig) -> ShapeModel:   # program: lowering.Program
+        """Read each template's shape from its coefficients (and its ``n`` where lowering set one)."""
+        from sohuprof.emulator.lowering import ACT_BYTES, Feature
+
+        m = cfg.model
+        local_experts = (m.experts // cfg.ep if cfg.ep > 1 else m.experts) if m.is_moe else 1
+        T = len(program.templates)
+        kind, row_flops = np.zeros(T, np.int64), np.ones(T)
+        groups, n = np.ones(T), np.ones(T)
+        rows = (Feature.TOKENS, Feature.SAMPLES, Feature.LOCAL_TOKENS, Feature.EXPERT_PAIRS)
+        for i, t in enumerate(program.templates):   # once per template, not per op
+            if t.op == "attention":
+                kind[i] = _ATTENTION
+            elif t.op == "gemm" and t.engine == Engine.MATRIX:
+                col = next((c for c in rows if t.flops[c] > 0), None)
+                if col is None:
+                    continue
+                kind[i], row_flops[i] = _GEMM, t.flops[col]
+                groups[i] = local_experts if col == Feature.EXPERT_PAIRS else 1
+                if getattr(t, "n", 0):
+                    n[i] = t.n
+                else:
+                    # K + N from the activations a row reads and writes, K N from its FLOPs: the
+                    # larger root is taken as N (output tiles), a guess only for unlabelled GEMMs.
+                    s, p = t.act[col] / ACT_BYTES, t.flops[col] / 2
+                    n[i] = (s + np.sqrt(max(s * s - 4 * p, 0.0))) / 2 if s > 0 else np.sqrt(p)
+        idx = program.tmpl
+        return cls(kind=kind[idx], row_flops=row_flops[idx], groups=groups[idx], n=n[idx])
+
+    def efficiency(self, flops: np.ndarray, pairs_per_token: np.ndarray,
+                   hw: HardwareSpec) -> tuple[np.ndarray, np.ndarray]:
+        """Compute and memory efficiency of every (rank, position), ``[R, K]`` each.
+
+        ``flops`` [R, K] are the step's FLOPs (a GEMM's rows follow from them, two-batch halves
+        included); ``pairs_per_token`` [R] the mean context a query attends to. The compute
+        efficiency folds in tile padding, so ``flops / (peak * eff)`` is the padded kernel's time.
+        """
+        R, K = flops.shape
+        comp = np.full((R, K), hw.matmul_efficiency)
+        mem = np.full((R, K), hw.memory_efficiency)
+        g = self.kind == _GEMM
+        if g.any():
+            rows = flops[:, g] / self.row_flops[g]                                   # [R, Kg]
+            groups = np.minimum(self.groups[g], np.maximum(rows, 1.0))                # experts that got rows
+            m = np.maximum(rows / groups, 1.0)                                       # rows per GEMM
+            tm, tn, units = hw.gemm_tile_m, hw.gemm_tile_n, hw.compute_units
+            m_tiles = np.ceil(m / tm)
+            tiles = m_tiles * np.ceil(self.n[g] / tn) * groups
+            waves = np.ceil(tiles / units)
+            wave = tiles / (waves * units)                                           # last wave part-filled
+            pad = m_tiles * tm / m                                                   # rows computed / rows used
+            comp[:, g] = _interp_log2(m_tiles * tm, hw.gemm_rows, hw.gemm_efficiency, hw.matmul_efficiency) \
+                * wave / pad
+        a = self.kind == _ATTENTION
+        if a.any():
+            ctx = pairs_per_token[:, None]
+            comp[:, a] = _interp_log2(ctx, hw.attention_context, hw.attention_prefill_efficiency,
+                                      hw.matmul_efficiency)
+            mem[:, a] = _interp_log2(ctx, hw.attention_context, hw.attention_decode_efficiency,
+                                     hw.memory_efficiency)
+        return comp, mem
+
+
 def op_times(flops: np.ndarray, hbm: np.ndarray, engine: np.ndarray, hw: HardwareSpec, dtype: str,
-             slowdown: np.ndarray, jitter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+             slowdown: np.ndarray, jitter: np.ndarray,
+             efficiency: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Duration and memory-stall time (ns) of compute and DMA ops.
 
     ``flops`` and ``hbm`` are [R, K]; ``engine`` [K]; ``slowdown`` [R] (a throttled chip runs every
     op that many times slower); ``jitter`` [R, K] factors >= 1, so no op ever beats its roof.
+    ``efficiency`` (:meth:`ShapeModel.efficiency`) replaces the matrix engine's and the memory's
+    flat efficiencies by shape-aware ones.
     """
-    compute = flops / engine_rates(hw, dtype)[engine] * 1e9
-    memory = hbm / (hw.hbm_bandwidth * hw.memory_efficiency) * 1e9
+    if efficiency is None:
+        compute = flops / engine_rates(hw, dtype)[engine] * 1e9
+        memory = hbm / (hw.hbm_bandwidth * hw.memory_efficiency) * 1e9
+    else:
+        comp, mem = efficiency
+        rates = engine_rates(hw, dtype)[engine]
+        matrix = engine == Engine.MATRIX
+        # Matrix ops at their shape's efficiency; vector and DMA ops as before.
+        rates = np.where(matrix, hw.peak_flops(dtype) * comp, rates)
+        compute = flops / rates * 1e9
+        memory = hbm / (hw.hbm_bandwidth * np.where(matrix, mem, hw.memory_efficiency)) * 1e9
     scale = slowdown[:, None] * jitter
     busy = np.maximum(compute, memory) * scale
     stall = np.maximum(memory - compute, 0.0) * scale
@@ -53,6 +164,13 @@ def nic_bandwidth(cfg: EmulatorConfig) -> np.ndarray:
     return nic
 
 
+def all_reduce_nic_share(n: int, local: int) -> float:
+    """Bytes each member of a hierarchical all-reduce sends (and receives) across nodes, per byte
+    of its buffer: a ring all-reduce of its ``1/local`` shard over the ``n / local`` nodes."""
+    m = n // max(local, 1)
+    return 2 * (m - 1) / m / local if m > 1 else 0.0
+
+
 @dataclass(frozen=True)
 class LinkModel:
     """Bandwidth (bytes/ns, efficiency applied) and latency (ns) seen by each group of a set."""
@@ -64,6 +182,10 @@ class LinkModel:
     bw_inter: np.ndarray    # [G] slowest NIC among the members' nodes
     local_peers: np.ndarray   # [G, n] members on the same node, excluding self
     remote_peers: np.ndarray  # [G, n]
+    local: int = 1          # members per node (groups are consecutive ranks: the same on every node)
+    alpha_intra: float = 0.0
+    alpha_inter: float = 0.0
+    nvls: float = 0.0       # fraction of the link an in-switch all-reduce reaches (0: no NVLS)
 
     @classmethod
     def build(cls, groups: GroupSet, cfg: EmulatorConfig) -> LinkModel:
@@ -79,7 +201,31 @@ class LinkModel:
         return cls(spans=spans, bw=np.where(spans, bw_inter, bw_intra),
                    alpha=np.where(spans, hw.inter_node_latency_ns, hw.intra_node_latency_ns).astype(float),
                    bw_intra=bw_intra, bw_inter=bw_inter, local_peers=same,
-                   remote_peers=groups.size - 1 - same)
+                   remote_peers=groups.size - 1 - same, local=int(same[:, 0].min()) + 1,
+                   alpha_intra=float(hw.intra_node_latency_ns), alpha_inter=float(hw.inter_node_latency_ns),
+                   nvls=float(hw.nvls) if hw.intra_node_links == 1 else 0.0)
+
+
+def _intra_all_reduce(s: np.ndarray, n: int, bw: float, alpha: float, nvls: float) -> np.ndarray:
+    """All-reduce of ``s`` bytes over ``n`` chips of one node: NCCL's ring or tree, a one-shot
+    all-reduce, or NVLS, whichever is fastest (as NCCL and TensorRT-LLM pick by size)."""
+    if n <= 1:
+        return np.zeros_like(s)
+    ring = 2 * (n - 1) / n * s / bw + 2 * (n - 1) * alpha
+    tree = 2 * s / bw + 2 * np.ceil(np.log2(n)) * alpha
+    one_shot = (n - 1) * s / bw + 2 * alpha      # write to every peer once, one barrier each side
+    best = np.minimum(np.minimum(ring, tree), one_shot)
+    if nvls > 0:
+        best = np.minimum(best, s / (bw * nvls) + 2 * alpha)   # each byte up to the switch and back once
+    return best
+
+
+def _intra_half(s: np.ndarray, n: int, bw: float, alpha: float) -> np.ndarray:
+    """Ring reduce-scatter (or all-gather) of an ``s``-byte buffer over ``n`` chips of one node
+    (in-switch reduction does not help here: each chip still sends its whole buffer once)."""
+    if n <= 1:
+        return np.zeros_like(s)
+    return (n - 1) / n * s / bw + (n - 1) * alpha
 
 
 def collective_time(kind: str, size: np.ndarray, links: LinkModel, sel: np.ndarray) -> np.ndarray:
@@ -90,17 +236,31 @@ def collective_time(kind: str, size: np.ndarray, links: LinkModel, sel: np.ndarr
     """
     n = size.shape[1]
     bw, alpha = links.bw[sel], links.alpha[sel]
+    spans = links.spans[sel]
     s = size.max(axis=1)
     if kind == "all_reduce":
-        ring = 2 * (n - 1) / n * s / bw + 2 * (n - 1) * alpha
-        tree = 2 * s / bw + 2 * np.ceil(np.log2(n)) * alpha
-        return np.minimum(ring, tree)
+        l = links.local
+        m = n // l
+        inside = _intra_all_reduce(s, n, links.bw_intra, links.alpha_intra, links.nvls)
+        if not spans.any():
+            return inside
+        # Hierarchical: reduce-scatter in the node, each chip all-reduces its 1/l shard with its
+        # peers of the same index on the other nodes over its own NIC, all-gather in the node.
+        shard = s / l
+        ring = 2 * (m - 1) / m * shard / bw + 2 * (m - 1) * links.alpha_inter
+        tree = 2 * shard / bw + 2 * np.ceil(np.log2(m)) * links.alpha_inter
+        halves = 2 * _intra_half(s, l, links.bw_intra, links.alpha_intra)
+        return np.where(spans, halves + np.minimum(ring, tree), inside)
     if kind == "all_gather":
         return (n - 1) / n * s / bw + (n - 1) * alpha
     if kind == "all_to_all":
-        intra = size * links.local_peers[sel] / n / links.bw_intra
-        inter = size * links.remote_peers[sel] / n / links.bw_inter[sel][:, None]
-        return np.maximum(intra, inter).max(axis=1) + (n - 1) * alpha
+        local, remote = links.local_peers[sel], links.remote_peers[sel]
+        # Low-latency form: each (token, expert) copy straight to its rank; the NVLink and NIC
+        # parts run at once, one latency each, in parallel.
+        intra = size * local / n / links.bw_intra
+        inter = size * remote / n / links.bw_inter[sel][:, None]
+        lat = np.where(spans, links.alpha_inter, links.alpha_intra)
+        return np.maximum(intra, inter).max(axis=1) + lat
     if kind == "send":
         return s / bw + alpha
     raise ValueError(f"unknown collective kind {kind!r}")

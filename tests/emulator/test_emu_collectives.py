@@ -159,8 +159,9 @@ def test_two_batch_overlap_hides_all_reduce_under_compute(mem_run) -> None:
 
 
 @pytest.mark.parametrize("key,experts_at", [("mixtral-ep8", 0), ("mixtral-tp2-ep4", 0), ("deepseek-ep16", 3)])
-def test_moe_dispatch_bytes_are_tokens_topk_hidden_bf16(mem_run, key: str, experts_at: int) -> None:
-    """Sum over ranks of a layer's dispatch (and combine) buffers = tokens x top-k x hidden x 2 B."""
+def test_moe_dispatch_bytes_are_tokens_topk_hidden(mem_run, key: str, experts_at: int) -> None:
+    """Sum over ranks of a layer's combine buffers = tokens x top-k x hidden x 2 B (bf16); the
+    dispatch travels in FP8 for an FP8 model, a float32 scale per 128 channels (DeepEP)."""
     run = mem_run(key)
     m = run.cfg.model
     tokens = np.zeros(run.steps)
@@ -175,7 +176,10 @@ def test_moe_dispatch_bytes_are_tokens_topk_hidden_bf16(mem_run, key: str, exper
         key_ = run.rec["step"][sel].astype(np.int64) * m.layers + run.rec["layer"][sel]
         total = np.bincount(key_, weights=run.rec["net_bytes"][sel].astype(float), minlength=run.steps * m.layers)
         total = total.reshape(run.steps, m.layers)[:, experts_at:]
-        expect = tokens[:, None] * m.top_k * m.hidden * 2
+        per_copy = m.hidden * 2
+        if name == "moe_dispatch" and run.cfg.dtype == "fp8":
+            per_copy = m.hidden + -(-m.hidden // 128) * 4
+        expect = tokens[:, None] * m.top_k * per_copy
         np.testing.assert_array_equal(total, np.broadcast_to(expect, total.shape))
 
 

@@ -15,7 +15,7 @@ from sohuprof.emulator.runtime import NIC_COUNTERS
 from sohuprof.strace import Engine
 
 SHAPES = {
-    # A ring all-reduce over 8 ranks on 2 nodes: ranks 3 -> 4 and 7 -> 0 cross.
+    # A hierarchical all-reduce over 8 ranks on 2 nodes: rank j and j + 4 exchange a quarter each.
     "tp8-2node": dict(model="llama3-8b", nodes=2, chips_per_node=4, tp=8, requests=3, prompt_len=64, output_len=4),
     # All-to-all across 2 nodes (EP 4 over TP 2), TP all-reduces and all-gathers inside each node.
     "ep4-2node": dict(model="mixtral-8x7b", nodes=2, chips_per_node=2, tp=2, ep=4, requests=4, prompt_len=32,
@@ -59,10 +59,15 @@ def _reference(run: MemRun) -> dict[tuple[int, int], np.ndarray]:
         size = [float(run.rec["net_bytes"][i]) for i in idx]
         node = [r // cpn for r in ranks]
         sent = defaultdict(float)                                             # (src slot, dst slot) -> bytes
-        if kind in ("all_reduce", "all_gather"):
-            factor = 2 * (n - 1) / n if kind == "all_reduce" else (n - 1) / n
+        if kind == "all_reduce":
+            # Hierarchical: a ring of each member's 1/l shard over the same-index members of the m nodes.
+            local = sum(1 for nd in node if nd == node[0])
+            m = n // local
             for j in range(n):
-                sent[(j, (j + 1) % n)] += factor * size[j]
+                sent[(j, (j + local) % n)] += 2 * (m - 1) / m * size[j] / local
+        elif kind == "all_gather":
+            for j in range(n):
+                sent[(j, (j + 1) % n)] += (n - 1) / n * size[j]
         elif kind == "all_to_all":
             for j in range(n):
                 for k in range(n):

@@ -176,7 +176,7 @@ def test_user_hardware_toml_bad_values(tmp_path: Path) -> None:
     path.write_text(_h100_toml().replace("hbm_bandwidth = 3.35e12", 'hbm_bandwidth = "fast"'))
     with pytest.raises(SpecError, match="hbm_bandwidth"):
         load_hardware(path)
-    path.write_text(_h100_toml().replace("matmul_efficiency = 0.27", "matmul_efficiency = 1.5"))
+    path.write_text(_h100_toml().replace("matmul_efficiency = 0.70", "matmul_efficiency = 1.5"))
     with pytest.raises(SpecError, match="matmul_efficiency"):
         load_hardware(path)
     path.write_text(_h100_toml() + "\nwarp_drive = 1\n")
@@ -192,3 +192,25 @@ def test_unknown_hardware_preset_lists_choices() -> None:
         load_hardware("tpu-v9")
     with pytest.raises(SpecError, match="not found"):
         load_hardware("/nonexistent/hw.toml")
+
+
+def test_shape_tables_are_checked_and_optional(tmp_path: Path) -> None:
+    """Tables need one fraction in (0, 1] per increasing point; a spec without them (an older
+    store's manifest, a user's file) loads with flat efficiencies."""
+    path = tmp_path / "hw.toml"
+    text = _h100_toml()
+    path.write_text(text.replace("gemm_efficiency = [0.45,", "gemm_efficiency = [1.45,"))
+    with pytest.raises(SpecError, match="gemm_efficiency"):
+        load_hardware(path)
+    path.write_text(text.replace("attention_decode_efficiency = [0.30, ", "attention_decode_efficiency = ["))
+    with pytest.raises(SpecError, match="attention_decode_efficiency"):
+        load_hardware(path)
+    path.write_text(text.replace("gemm_rows = [64, 128,", "gemm_rows = [128, 64,"))
+    with pytest.raises(SpecError, match="gemm_rows"):
+        load_hardware(path)
+    data = load_hardware("h100").to_dict()
+    for key in ("gemm_rows", "gemm_efficiency", "attention_context", "attention_prefill_efficiency",
+                "attention_decode_efficiency", "compute_units", "gemm_tile_m", "gemm_tile_n", "nvls"):
+        data.pop(key)
+    old = HardwareSpec.from_dict(data)
+    assert old.gemm_rows == () and old.nvls == 0 and old.compute_units == 1
