@@ -20,7 +20,7 @@ from sohuprof.emulator.clock import NodeClocks
 from sohuprof.emulator.config import EmulatorConfig
 from sohuprof.emulator.lowering import ACT_BYTES, Feature, Program, lower
 from sohuprof.emulator.plan import GroupSet, ParallelPlan
-from sohuprof.emulator.scheduler import Batch, ReplicaScheduler
+from sohuprof.emulator.scheduler import Batch, VirtualEngines
 from sohuprof.emulator.timing import (LinkModel, ShapeModel, all_reduce_nic_share, collective_time, nic_bandwidth,
                                      op_times)
 from sohuprof.errors import SpecError
@@ -141,6 +141,9 @@ class _Compiled:
     collectives: list[_Collective]
     joins: list[int]        # positions that wait for an overlapped collective
     has_parts: bool
+    # Background ops (an overlapped DMA: the KV-cache write) and the stream op each runs under.
+    bg_pos: np.ndarray
+    bg_partner: np.ndarray
     events: list[tuple[int, int]]  # (position, collective index or -1 for a join), in issue order
     segment: np.ndarray     # [K] events at or before each position
     collective_batches: dict[tuple[str, int], list[int]]  # collectives sharing a kind and group set
@@ -195,7 +198,14 @@ class _Compiled:
             gs = collectives[idx[0]].groups
             takes_part = np.array([active[gs.members[:, 0], collectives[i].pos] for i in idx])
             sequence_plan.append((gs, idx, takes_part))
+        # A background op shares the HBM with the stream op it runs under (the next one of its
+        # stage): the pair streams both ops' bytes within the roof, over the same interval.
+        fg = ~is_coll & ~prog.overlaps
+        bg_pos = np.flatnonzero(~is_coll & prog.overlaps)
+        bg_partner = np.array([next(j for j in range(k + 1, len(prog)) if fg[j] and prog.stage[j] == prog.stage[k])
+                               for k in bg_pos], dtype=np.int64)
         return cls(program=prog, engine=np.array([int(t.engine) for t in tmpl]), is_coll=is_coll,
+                   bg_pos=bg_pos, bg_partner=bg_partner,
                    overlaps=prog.overlaps, active=active, seq_mask=active & ~is_coll & ~prog.overlaps,
                    coef_flops=coef_flops, coef_hbm=coef_hbm, coef_net=np.ascontiguousarray(prog.net[prog.tmpl].T),
                    moe_pos=moe_pos, collectives=collectives, joins=joins, has_parts=bool((prog.part >= 0).any()),
@@ -280,9 +290,9 @@ class Emulation:
         self.schedulers = []
         for r in range(cfg.dp):
             idx = np.flatnonzero(self.request_replica == r)
-            self.schedulers.append(ReplicaScheduler(
+            self.schedulers.append(VirtualEngines(
                 arrival[idx], self.prompt_tokens[idx], self.output_tokens[idx],
-                max_batch_tokens=cfg.max_batch_tokens, max_seqs=cfg.max_seqs, kv_capacity_tokens=cap,
+                engines=cfg.pp, max_batch_tokens=cfg.max_batch_tokens, max_seqs=cfg.max_seqs, kv_capacity_tokens=cap,
                 prefix_len=cfg.prefix_len, spec_tokens=cfg.spec_tokens, spec_accept=cfg.spec_accept, rng=spec_rng))
         self.replica_requests = [np.flatnonzero(self.request_replica == r) for r in range(cfg.dp)]
 
@@ -455,8 +465,19 @@ class Emulation:
         per collective position, each iteration vectorized over every rank and group.
         """
         hw, R, K = self.cfg.hardware, self.plan.world, len(cp.program)
-        dur, stall = op_times(flops, hbm, cp.engine, hw, self.cfg.dtype, self.slowdown, self._jitter((R, K)),
+        # Engines on a chip share its HBM: a background DMA's bytes stream within the roof of the
+        # op it runs under (that op takes as long as both ops' bytes need, or its compute), and
+        # the DMA spans the same interval, so concurrent streams never exceed the bandwidth.
+        hbm_t = hbm
+        if len(cp.bg_pos):
+            hbm_t = hbm.copy()
+            np.add.at(hbm_t, (slice(None), cp.bg_partner), hbm[:, cp.bg_pos])
+        dur, stall = op_times(flops, hbm_t, cp.engine, hw, self.cfg.dtype, self.slowdown, self._jitter((R, K)),
                               efficiency)
+        if len(cp.bg_pos):
+            own = dur[:, cp.bg_pos] > 0
+            dur[:, cp.bg_pos] = np.where(own, dur[:, cp.bg_partner], 0.0)
+            stall[:, cp.bg_pos] = np.where(own, np.maximum(dur[:, cp.bg_pos] - hw.launch_overhead_ns, 0.0), 0.0)
         active = cp.active & running[:, None]
         seq = np.where(cp.seq_mask & active, dur, 0.0)
         cum = np.cumsum(seq, axis=1) - seq                                    # exclusive prefix sums
@@ -483,7 +504,7 @@ class Emulation:
                 end = (last + transfers[ci] + launch)[c.rank_group]
                 coll_arrive[ci] = here
                 coll_end[ci] = end
-                member = c.member & running
+                member = c.member & running & cp.active[:, pos]   # only the stage that runs it
                 if c.overlaps:
                     pending = np.where(member, end, -np.inf)
                     in_flight = True
@@ -513,24 +534,43 @@ class Emulation:
         return {"start": op_start, "end": op_end, "stall": stall, "emit": emit, "group": group, "seq": seqno,
                 "nic": self._nic(cp, net, transfers, running)}
 
-    def _batches(self, now: np.ndarray, finished: np.ndarray) -> tuple[list[Batch], np.ndarray]:
-        """Form every replica's batch; coupled replicas (one EP group) step together."""
+    def _batches(self, free0: np.ndarray, finished: np.ndarray) -> tuple[list[Batch], np.ndarray, np.ndarray]:
+        """Form every replica's next batch; coupled replicas (one EP group) step together.
+
+        ``free0`` [dp] is when each replica's first pipeline stage is free. The virtual engines
+        take turns (:meth:`VirtualEngines.pick`; with one stage, the replica's one scheduler);
+        with nothing runnable the step waits for the next arrival. Returns the
+        batches, which replicas run, and when each one's step starts (ns)."""
         dp = self.cfg.dp
         coupled = self.plan.coupled_replicas()
         running = np.zeros(dp, bool)
+        now = free0.copy()
         for c in np.unique(coupled):
             reps = np.flatnonzero((coupled == c) & ~finished)
             if not len(reps):
                 continue
-            if not any(self.schedulers[r].has_runnable(now[r]) for r in reps):
-                t_next = min(self.schedulers[r].next_arrival(now[r]) for r in reps)
-                now[reps] = np.maximum(now[reps], t_next)
+            cands = [self.schedulers[r].candidates(free0[r]) for r in reps]
+            start = np.max([s for s, _, _ in cands], axis=0)
+            runnable = np.any([ok for _, ok, _ in cands], axis=0)
+            nxt = np.min([a for _, _, a in cands], axis=0)
+            v, _ = self.schedulers[reps[0]].pick(start, runnable, nxt)
+            for r, (s, _, _) in zip(reps, cands):
+                self.schedulers[r].select(v)
+                now[r] = s[v] if runnable.any() else max(s[v], nxt[v])
             running[coupled == c] = True
         batches = [self.schedulers[r].form(now[r]) for r in range(dp)]
-        return batches, running
+        return batches, running, now
 
     def steps(self) -> Iterator[tuple[StepTrace, list[dict]]]:
-        """Simulate the run step by step; yield each step's records and host events."""
+        """Simulate the run step by step; yield each step's records and host events.
+
+        A step is one virtual engine's batch on one replica. Every rank's stream goes on from
+        where its previous step left it: the first stage starts the next step as soon as it
+        has sent the last one on (after the host's scheduling work), while the later stages
+        are still computing, so with ``pp`` stages up to ``pp`` steps are in flight (stage
+        ``s`` runs step ``m`` while stage ``s + 1`` runs ``m - 1``); a later stage takes a step
+        from its pipeline receive. With one stage, steps follow each other.
+        """
         cfg, plan, hw = self.cfg, self.plan, self.cfg.hardware
         now = np.array([self.arrival_ns[r].min() if len(r) else np.inf for r in self.replica_requests])
         # Replicas that step together start together: at their set's first arrival.
@@ -538,10 +578,14 @@ class Emulation:
         first = np.full(coupled.max() + 1, np.inf)
         np.minimum.at(first, coupled, now)
         now = np.where(np.isfinite(first[coupled]), first[coupled], 0.0)
+        free = now[plan.replica]                     # [R] when each rank's stream is free
+        stage0 = plan.stage == 0
         finished = np.array([s.finished for s in self.schedulers])
         step = 0
         while not finished.all():
-            batches, running_rep = self._batches(now, finished)
+            free0 = np.full(cfg.dp, -np.inf)
+            np.maximum.at(free0, plan.replica[stage0], free[stage0])
+            batches, running_rep, now = self._batches(free0, finished)
             running = running_rep[plan.replica]
             tokens = np.array([b.tokens for b in batches])[running_rep]
             cp = self.compiled
@@ -551,8 +595,11 @@ class Emulation:
             flops, hbm, net = self._work(cp, feat, per_layer)
             t0 = now[plan.replica]
             compute_start = t0 + hw.step_overhead_ns
-            sim = self._simulate(cp, compute_start, running, flops, hbm, net, self._efficiency(cp, feat, flops))
-            end_rank = np.maximum(np.where(sim["emit"], sim["end"], -np.inf).max(axis=1), compute_start)
+            # The first stage opens the step with the host's work; a later stage waits at its
+            # receive, from the step's start or the end of its own previous step.
+            start = np.where(stage0, compute_start, np.maximum(free, t0))
+            sim = self._simulate(cp, start, running, flops, hbm, net, self._efficiency(cp, feat, flops))
+            end_rank = np.maximum(np.where(sim["emit"], sim["end"], -np.inf).max(axis=1), start)
             step_end = np.full(cfg.dp, -np.inf)
             np.maximum.at(step_end, plan.replica[running], end_rank[running])
             host_events = self._host_events(step, batches, running_rep, now, step_end)
@@ -562,10 +609,10 @@ class Emulation:
                                    values=np.rint(nic[:, moved]).astype(np.int64))
             yield self._records(cp, step, sim, running, t0, compute_start, batches, flops, hbm, net,
                                 counters), host_events
+            free = np.where(running, end_rank, free)
             for r in np.flatnonzero(running_rep):
                 sch = self.schedulers[r]
                 sch.complete(batches[r], step_end[r])
-                now[r] = step_end[r]
                 finished[r] = sch.finished
             step += 1
 
@@ -574,8 +621,9 @@ class Emulation:
                  net: np.ndarray, nic: NicCounters) -> StepTrace:
         plan, hw, prog = self.plan, self.cfg.hardware, cp.program
         phase = np.array([int(b.phase) for b in batches], dtype=np.uint8)[plan.replica]
-        # One host record per running rank, ahead of its ops: the host's scheduling work.
-        emit = np.concatenate([running[:, None], sim["emit"]], axis=1)
+        # One host record per running rank of the first stage, ahead of its ops: the host's
+        # scheduling work (a later stage's step opens with its pipeline receive).
+        emit = np.concatenate([(running & (plan.stage == 0))[:, None], sim["emit"]], axis=1)
         rr, kk = np.nonzero(emit)
         host = kk == 0
         k = np.where(host, 0, kk - 1)
@@ -611,7 +659,8 @@ class Emulation:
             b = batches[r]
             events.append({"type": "step", "replica": int(r), "step": step, "ts": float(now[r]),
                            "end": float(step_end[r]), "prefill_tokens": b.prefill_tokens,
-                           "decode_tokens": b.decode_tokens, "phase": Phase(b.phase).name.lower()})
+                           "decode_tokens": b.decode_tokens, "phase": Phase(b.phase).name.lower(),
+                           "virtual_engine": self.schedulers[r].current})
         return events
 
     def request_table(self) -> dict[str, np.ndarray]:

@@ -243,3 +243,108 @@ def _fill(budget: int, remaining: np.ndarray) -> np.ndarray:
     """Grant ``budget`` tokens to ``remaining`` in order (each at most what it has left)."""
     before = np.concatenate([[0], np.cumsum(remaining)[:-1]]).astype(np.int64)
     return np.clip(budget - before, 0, remaining).astype(np.int64)
+
+
+class VirtualEngines:
+    """A replica's schedulers under pipeline parallelism: one per micro-batch in flight.
+
+    As vLLM's virtual engines (and TensorRT-LLM's micro-batches) do, a replica split into ``pp``
+    stages keeps up to ``pp`` batches in flight: each engine batches its own requests (dealt
+    round-robin) under the full token budget and its share of the KV cache, and its next step
+    can enter the first stage once its previous one has left the last (its tokens are sampled);
+    engines take turns in a fixed rotation (:meth:`pick`).
+    With one engine this is the replica's one scheduler. Per-request arrays and counters of the
+    engines read as the replica's (``first_token_ns``, ``preemptions``, ...).
+
+    Parameters
+    ----------
+    arrival_ns, prompt, output : numpy.ndarray
+        Per request of the replica, as :class:`ReplicaScheduler`.
+    engines : int
+        Virtual engines (the pipeline's stages).
+    kv_capacity_tokens : int
+        The replica's KV-cache tokens, split evenly between the engines (each keeps at least
+        room for its longest request).
+    **kw
+        The other :class:`ReplicaScheduler` arguments, the same for every engine.
+    """
+
+    def __init__(self, arrival_ns: np.ndarray, prompt: np.ndarray, output: np.ndarray, *, engines: int = 1,
+                 kv_capacity_tokens: int, **kw) -> None:
+        n = len(arrival_ns)
+        self.n = n
+        self.index = [np.arange(v, n, engines) for v in range(engines)]
+        need = int((np.asarray(prompt) + np.asarray(output)).max(initial=0)) + int(kw.get("spec_tokens", 0))
+        cap = kv_capacity_tokens if engines == 1 else max(kv_capacity_tokens // engines, min(need, kv_capacity_tokens))
+        self.engines = [ReplicaScheduler(arrival_ns[i], prompt[i], output[i], kv_capacity_tokens=cap, **kw)
+                        for i in self.index]
+        self.ready_ns = np.full(engines, -np.inf)   # when each engine's last step left the last stage
+        self.current = 0
+        self._cursor = 0
+
+    @property
+    def finished(self) -> bool:
+        return all(e.finished for e in self.engines)
+
+    def candidates(self, free_ns: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per engine: the earliest start (the first stage free and its previous step done),
+        whether it has work then, and the next arrival it waits for otherwise."""
+        start = np.maximum(self.ready_ns, free_ns)
+        runnable = np.array([e.has_runnable(t) for e, t in zip(self.engines, start)])
+        nxt = np.array([e.next_arrival(t) if not e.finished else np.inf for e, t in zip(self.engines, start)])
+        return start, runnable, nxt
+
+    def pick(self, start: np.ndarray, runnable: np.ndarray, nxt: np.ndarray) -> tuple[int, float]:
+        """The engine that enters the pipeline next and when.
+
+        Engines take turns in a fixed rotation while any has work, one with nothing to run
+        passing an empty step through (its host work and the pipeline's transfers): then the
+        first stage is never free for a step before the engine's previous step has left the last
+        stage, since each stage hands a step on only once the next has taken the one before.
+        With nothing runnable, the engine whose next request arrives first goes, at its arrival.
+        """
+        if runnable.any():
+            return self._cursor, float(start[self._cursor])
+        E = len(self.engines)
+        order = (np.arange(E) + self._cursor) % E
+        when = np.maximum(start, nxt)[order]
+        return int(order[int(np.argmin(when))]), float(when.min())
+
+    def select(self, v: int) -> None:
+        """Make engine ``v`` the one :meth:`form` and :meth:`complete` act on."""
+        self.current = v
+        self._cursor = (v + 1) % len(self.engines)
+
+    def has_runnable(self, now: float) -> bool:
+        return self.engines[self.current].has_runnable(now)
+
+    def next_arrival(self, now: float) -> float:
+        return self.engines[self.current].next_arrival(now)
+
+    def form(self, now: float) -> Batch:
+        """Form the current engine's step starting at ``now`` (ns)."""
+        return self.engines[self.current].form(now)
+
+    def complete(self, batch: Batch, end_ns: float) -> tuple[np.ndarray, np.ndarray]:
+        """Apply the current engine's ``batch``, out of the last stage at ``end_ns``; return the
+        replica's requests that got their first token and those that finished."""
+        v = self.current
+        first, done = self.engines[v].complete(batch, end_ns)
+        self.ready_ns[v] = end_ns
+        return self.index[v][first], self.index[v][done]
+
+    def __getattr__(self, name: str):
+        # The engines' per-request arrays gathered into the replica's order, counters summed.
+        if name.startswith("_") or name in ("engines", "index", "n"):
+            raise AttributeError(name)
+        values = [getattr(e, name) for e in self.engines]
+        if all(isinstance(x, np.ndarray) and len(x) == len(i) for x, i in zip(values, self.index)):
+            out = np.empty((self.n,) + values[0].shape[1:], values[0].dtype)
+            for x, i in zip(values, self.index):
+                out[i] = x
+            return out
+        if all(isinstance(x, (bool, np.bool_)) for x in values):
+            return any(values)
+        if all(isinstance(x, (int, float, np.integer, np.floating)) for x in values):
+            return sum(values)
+        raise AttributeError(f"{name!r} differs between virtual engines")
