@@ -75,6 +75,22 @@ class FiniteFloat(click.FloatRange):
         return super().convert(number, param, ctx)
 
 
+class LengthSpec(click.ParamType):
+    """A request-length distribution (``fixed``, ``uniform:min=A,max=B``, ``lognormal:sigma=S``,
+    ``hist:FILE.csv``), parsed into a :class:`~sohuprof.emulator.config.LengthDist`."""
+
+    name = "DIST"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from sohuprof.emulator.config import LengthDist, parse_lengths
+        if isinstance(value, LengthDist):
+            return value
+        try:
+            return parse_lengths(str(value), f"--{param.name.replace('_', '-')}" if param and param.name else "")
+        except SohuprofError as exc:
+            self.fail(str(exc).split(": ", 1)[-1], param, ctx)
+
+
 class _SlashPath(type(Path())):  # type: ignore[misc]
     """An -o path given with a trailing '/': the user means a directory."""
 
@@ -159,8 +175,23 @@ Example:
               help="Poisson arrival rate, requests/s; --requests/--rate at most a day [default: all at once].")
 @click.option("--prompt-len", default=2048, show_default=True, type=_COUNT)
 @click.option("--output-len", default=128, show_default=True, type=_COUNT)
+@click.option("--prompt-dist", default="fixed", show_default=True, type=LengthSpec(),
+              help="Prompt lengths: fixed, uniform:min=A,max=B, lognormal:sigma=S[,max=M] (mean --prompt-len) "
+                   "or hist:FILE.csv (length,weight rows).")
+@click.option("--output-dist", default="fixed", show_default=True, type=LengthSpec(),
+              help="Output lengths, as --prompt-dist (mean --output-len).")
+@click.option("--prefix-len", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1),
+              help="Shared system-prompt tokens opening every prompt (prefix caching: computed once per replica).")
+@click.option("--spec-tokens", default=0, show_default=True, type=click.IntRange(0, 16),
+              help="Speculative decoding (MTP): draft tokens verified per decode step.")
+@click.option("--spec-accept", default=0.8, show_default=True, type=FiniteFloat(0, 1),
+              help="Acceptance probability of each draft token, 0..1.")
 @click.option("--max-batch-tokens", default=8192, show_default=True, type=_COUNT, help="Token budget of a scheduler step.")
 @click.option("--dtype", default="fp8", show_default=True, type=click.Choice(["fp8", "bf16"]), help="Weight and matrix-math format.")
+@click.option("--kv-dtype", type=click.Choice(["fp8", "bf16"]), help="KV-cache format [default: --dtype].")
+@click.option("--expert-skew", type=FiniteFloat(0, 4),
+              help="MoE routing: Zipf exponent of each layer's expert popularity, 0..4 (0 uniform) "
+                   "[default: a mild random skew].")
 @click.option("--two-batch-overlap/--no-two-batch-overlap", default=True, show_default=True,
               help="Overlap TP all-reduces with compute by splitting big steps in two micro-batches.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Random seed, 0..2**63-1.")
@@ -198,6 +229,13 @@ def emulate(obj: CliContext, out: Path, model: str, hw_name: str, chips_per_node
         click.echo(f"wrote {summary.path}: {summary.records:,} records from {summary.ranks} chips, "
                    f"{summary.steps} steps, {summary.duration_ns / 1e6:,.1f} ms emulated, "
                    f"{summary.tokens_per_s:,.0f} tokens/s", err=True)
+        extra = [f"{summary.preemptions:,} preemptions"] if summary.preemptions else []
+        if cfg.prefix_len:
+            extra.append(f"prefix cache hit rate {summary.prefix_hit_rate:.1%}")
+        if cfg.spec_tokens:
+            extra.append(f"{summary.tokens_per_decode:.2f} tokens per decode step")
+        if extra:
+            click.echo("  " + ", ".join(extra), err=True)
 
 
 @cli.command(epilog="""\b

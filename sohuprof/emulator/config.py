@@ -316,6 +316,11 @@ class EmulatorConfig:
         Weight and matrix-math format (``fp8`` or ``bf16``); activations travel in bf16.
     kv_dtype : str or None
         KV-cache format (None: ``dtype``).
+    expert_skew : float or None
+        MoE routing: each layer's expert popularity is Zipf with this exponent (the r-th hottest
+        expert is picked ~ r**-skew; 0 uniform), over an order of the experts drawn per layer;
+        None: a mild random imbalance (Dirichlet(4) per layer). Hot experts take longer and
+        their ranks send back more in the combine.
     seed : int
         Seeds every random choice: equal configs give byte-identical traces.
     clock_skew_us : float
@@ -347,6 +352,7 @@ class EmulatorConfig:
     two_batch_min_tokens: int = 2048
     dtype: str = "fp8"
     kv_dtype: str | None = None
+    expert_skew: float | None = None
     seed: int = 0
     clock_skew_us: float = 50.0
     faults: tuple[Fault, ...] = field(default_factory=tuple)
@@ -421,6 +427,8 @@ class EmulatorConfig:
         if self.prefix_len and self.prefix_len >= self.prompt_bounds[0]:
             raise SpecError(f"'--prefix-len' {self.prefix_len} must be shorter than the shortest prompt "
                             f"({self.prompt_bounds[0]} tokens): every prompt opens with the shared prefix")
+        if self.expert_skew is not None and not (math.isfinite(self.expert_skew) and 0 <= self.expert_skew <= 4):
+            raise SpecError(f"'--expert-skew' must be in [0, 4], got {self.expert_skew}")
         if not 0 <= self.spec_tokens <= MAX_SPEC_TOKENS:
             raise SpecError(f"'--spec-tokens' must be in 0..{MAX_SPEC_TOKENS}, got {self.spec_tokens}")
         if not (math.isfinite(self.spec_accept) and 0 <= self.spec_accept <= 1):

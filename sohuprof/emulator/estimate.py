@@ -264,7 +264,8 @@ def _nic_chips(cfg: EmulatorConfig) -> int:
 def _steps(cfg: EmulatorConfig, load: int, span: int, cap: int, step_ns: float) -> tuple[int, int]:
     """Scheduler steps of a set of ``span`` coupled replicas with ``load`` requests each, and how
     many of them are full prefill steps (where two-batch overlap applies)."""
-    prompt, out, mbt = cfg.prompt_len, cfg.output_len, cfg.max_batch_tokens
+    prompt, out = (max(1, round(x)) for x in cfg.mean_lengths)   # lengths from distributions: their means
+    mbt = cfg.max_batch_tokens
     c = max(1, min(load, cfg.max_seqs, cap // (prompt + out)))   # sequences in flight at once
     p = -(-prompt // mbt)                                         # steps of one request's prefill
     life = p + out - 1                                            # steps a request holds its slot

@@ -37,7 +37,8 @@ class Feature:
     DRAFT_TOKENS = 10   # tokens the speculative draft head proposes this step
     PREFILL_STEP = 11   # 1 when the replica prefills this step (weights read once per step)
     DRAFT_STEP = 12     # 1 when the replica drafts this step
-    COUNT = 13
+    PREFILL_TOKENS = 13  # prefill chunk tokens (of TOKENS)
+    COUNT = 14
     #: Per-step constants: a micro-batch of a two-batch-overlap step needs them whole.
     CONSTANT = (ONE, ACTIVE_EXPERTS, PREFILL_STEP, DRAFT_STEP)
 
@@ -147,6 +148,8 @@ def _attention_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
         ml = m.mla
         qk = ml.qk_nope_head_dim + ml.qk_rope_head_dim
         lat = ml.kv_lora_rank + ml.qk_rope_head_dim
+        nv = ml.qk_nope_head_dim + ml.v_head_dim
+        absorbed = 2 * hr * (lat + ml.kv_lora_rank)   # per pair: q.latent and p.latent, every head
         ops += [
             _op("q_a_proj", "gemm", Engine.MATRIX, flops={"tokens": 2 * h * ml.q_lora_rank},
                 hbm={"one": h * ml.q_lora_rank * w}, act={"tokens": (h + ml.q_lora_rank) * a}),
@@ -156,12 +159,19 @@ def _attention_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
                 hbm={"one": h * lat * w}, act={"tokens": (h + lat) * a}),
             _op("rotary", "elementwise", Engine.VECTOR, flops={"tokens": 6 * (hr + 1) * ml.qk_rope_head_dim},
                 act={"tokens": 2 * (hr + 1) * ml.qk_rope_head_dim * a}),
+            # Prefill attends un-absorbed (as FlashAttention-based MLA prefill kernels do): the
+            # context's latents are expanded to per-head keys and values once per chunk...
+            _op("kv_b_proj", "gemm", Engine.MATRIX, flops={"prefill_context": 2 * ml.kv_lora_rank * hr * nv},
+                hbm={"prefill_step": ml.kv_lora_rank * hr * nv * w},
+                act={"prefill_context": (ml.kv_lora_rank + hr * nv) * a}),
             _op("kv_cache_write", "memcpy", Engine.DMA, hbm={"tokens": lat * kvb}, overlaps=True),
-            # Absorbed MLA: scores and values are computed against the shared latent cache.
+            # ... and a prefill pair costs a head's q.k (qk dims) and p.v (v dims). Decode
+            # stays absorbed: scores and values against the shared latent cache, with the
+            # up-projections folded into each query and output token.
             _op("attention", "attention", Engine.MATRIX,
-                flops={"pairs": 2 * hr * (lat + ml.kv_lora_rank),
-                       "tokens": 2 * hr * ml.kv_lora_rank * (ml.qk_nope_head_dim + ml.v_head_dim)},
-                hbm={"kv_read": lat * kvb, "one": ml.kv_lora_rank * hr * (ml.qk_nope_head_dim + ml.v_head_dim) * w},
+                flops={"pairs": absorbed, "prefill_pairs": 2 * hr * (qk + ml.v_head_dim) - absorbed,
+                       "tokens": 2 * hr * ml.kv_lora_rank * nv, "prefill_tokens": -2 * hr * ml.kv_lora_rank * nv},
+                hbm={"kv_read": lat * kvb, "one": ml.kv_lora_rank * hr * nv * w},
                 act={"tokens": 2 * hr * qk * a}),
             _op("o_proj", "gemm", Engine.MATRIX, flops={"tokens": 2 * hr * ml.v_head_dim * h},
                 hbm={"one": hr * ml.v_head_dim * h * w}, act={"tokens": (hr * ml.v_head_dim + h) * a}),
@@ -228,7 +238,8 @@ def _moe_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
             hbm={"active_experts": fe * h * w}, act={"expert_pairs": (fe + h) * a}),
     ]
     if ep > 1:
-        ops.append(_op("moe_combine", "all_to_all", Engine.COLLECTIVE, net={"local_tokens": k * h * a},
+        # The combine sends back what the rank's experts computed: hot experts' ranks send more.
+        ops.append(_op("moe_combine", "all_to_all", Engine.COLLECTIVE, net={"expert_pairs": h * a},
                        collective="all_to_all", group="ep"))
         if t > 1:
             ops.append(_op("moe_all_gather", "all_gather", Engine.COLLECTIVE, net={"local_tokens": t * h * a},
@@ -251,6 +262,29 @@ def _head_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
                        collective="all_gather", group="tp"))
     ops.append(_op("sampling", "sampling", Engine.VECTOR, flops={"samples": 5 * v}, act={"samples": 2 * v * a}))
     return ops
+
+
+def _draft_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
+    """The speculative draft head (an MTP module, as DeepSeek-V3's): per draft token, a projection
+    of the last hidden state and the token's embedding, one decoder layer (its projections and
+    MLP as one GEMM; its attention and collectives left out) and the shared lm_head. Drafting the
+    ``spec_tokens`` tokens runs one after another, so each step reads the head's weights
+    ``spec_tokens`` times. None without speculative decoding."""
+    m, t, w, a, k = cfg.model, cfg.tp, cfg.weight_bytes, ACT_BYTES, cfg.spec_tokens
+    if not k:
+        return []
+    h, v = m.hidden, m.vocab // t
+    mlp = (m.top_k + m.shared_experts) * 3 * h * m.expert_ffn if m.is_moe else 3 * h * m.ffn
+    layer = (m.attention_params() + mlp) // t
+    proj = 2 * h * h // t
+    return [
+        _op("mtp_proj", "gemm", Engine.MATRIX, flops={"draft_tokens": 2 * proj}, hbm={"draft_step": k * proj * w},
+            act={"draft_tokens": 3 * h * a}),
+        _op("mtp_layer", "gemm", Engine.MATRIX, flops={"draft_tokens": 2 * layer}, hbm={"draft_step": k * layer * w},
+            act={"draft_tokens": 2 * h * a}),
+        _op("mtp_lm_head", "gemm", Engine.MATRIX, flops={"draft_tokens": 2 * h * v}, hbm={"draft_step": k * h * v * w},
+            act={"draft_tokens": (h + v) * a}),
+    ]
 
 
 def _blocks(ops: list[OpTemplate]) -> list[list[OpTemplate]]:
@@ -303,7 +337,7 @@ def lower(cfg: EmulatorConfig, plan: ParallelPlan, *, two_batch: bool = False) -
                         emit(op, layer=li, stage=s, part=part, overlaps=op.overlaps or op.collective == "all_reduce")
         if s < plan.pp - 1:
             emit(pp_send, stage=s, peer=s + 1)
-    for op in head:
+    for op in head + _draft_ops(cfg):
         emit(op, stage=plan.pp - 1)
     arr = {k: np.array(v) for k, v in cols.items()}
     return Program(templates, arr["tmpl"], arr["layer"], arr["stage"], arr["peer"], arr["part"],
@@ -349,5 +383,5 @@ def stage_positions(cfg: EmulatorConfig, stage_layers: np.ndarray, *, two_batch:
         per_layer = sum(attention + (moe if m.is_moe_layer(li) else dense) for li in layers)
         out[s] = per_layer * (2 if two_batch else 1) + (s < pp - 1) + (s > 0)
     out[0] += 0 if collectives_only else 1    # embedding
-    out[-1] += count(_head_ops(cfg))
+    out[-1] += count(_head_ops(cfg)) + count(_draft_ops(cfg))
     return out

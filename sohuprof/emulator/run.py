@@ -38,6 +38,10 @@ class RunSummary:
     duration_ns: float
     input_tokens: int
     output_tokens: int
+    preemptions: int = 0
+    prefix_hit_rate: float = 0.0
+    tokens_per_decode: float = 1.0
+
 
     @property
     def tokens_per_s(self) -> float:
@@ -67,7 +71,7 @@ def emulate(cfg: EmulatorConfig, out_dir: str | os.PathLike[str], *, force: bool
             # Progress in tokens processed (every prompt token once, every output token but the
             # first, which prefill yields): it moves every step, where finished requests would
             # sit at 0 through a long generation.
-            total = cfg.requests * (cfg.prompt_len + cfg.output_len - 1)
+            total = int((em.prompt_tokens + em.output_tokens - 1).sum())
             with progress("emulating", total, enabled=show_progress, unit="tokens") as advance:
                 for trace, events in em.steps():
                     writer.add(trace)
@@ -84,12 +88,26 @@ def emulate(cfg: EmulatorConfig, out_dir: str | os.PathLike[str], *, force: bool
         requests = em.request_table()
         duration = float(np.nanmax(requests["finish"]) - requests["arrival"].min())
         _write_host_events(tmp, em, host_events, requests, nic)
-        (tmp / RUN_FILE).write_bytes(orjson.dumps(_run_json(em, writer, steps, run_id),
+        served = _served(em)
+        (tmp / RUN_FILE).write_bytes(orjson.dumps(_run_json(em, writer, steps, run_id, served),
                                                   option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
                                                   | orjson.OPT_SERIALIZE_NUMPY))
     return RunSummary(path=Path(out_dir), records=int(writer.records.sum()), steps=steps, ranks=cfg.world,
                       duration_ns=duration, input_tokens=int(requests["prompt_tokens"].sum()),
-                      output_tokens=int(requests["output_tokens"].sum()))
+                      output_tokens=int(requests["output_tokens"].sum()), preemptions=served["preemptions"],
+                      prefix_hit_rate=served["prefix_hit_rate"], tokens_per_decode=served["tokens_per_decode"])
+
+
+def _served(em: Emulation) -> dict:
+    """What the schedulers counted over the run: preemptions, prefix-cache hits (cached prompt
+    tokens over the prompt tokens looked up at every admission, as vLLM's hit rate), and tokens
+    a decode step emitted per sequence (1 without speculative decoding)."""
+    sch = em.schedulers
+    hit, query = sum(s.hit_tokens for s in sch), sum(s.query_tokens for s in sch)
+    steps, emitted = sum(s.decode_steps for s in sch), sum(s.decode_emitted for s in sch)
+    return {"preemptions": int(sum(s.preemptions for s in sch)), "prefix_hit_tokens": int(hit),
+            "prefix_query_tokens": int(query), "prefix_hit_rate": hit / query if query else 0.0,
+            "decode_steps": int(steps), "tokens_per_decode": emitted / steps if steps else 1.0}
 
 
 def _write_host_events(root: Path, em: Emulation, steps: list[dict], requests: dict[str, np.ndarray],
@@ -151,7 +169,11 @@ def _nic_lines(rows: dict[str, np.ndarray], node: int) -> list[tuple[float, dict
 
 def _workload(cfg: EmulatorConfig) -> dict:
     return {"requests": cfg.requests, "rate": cfg.rate, "prompt_len": cfg.prompt_len,
-            "output_len": cfg.output_len, "max_batch_tokens": cfg.max_batch_tokens,
+            "output_len": cfg.output_len, "prompt_dist": cfg.prompt_dist.to_dict(),
+            "output_dist": cfg.output_dist.to_dict(), "prefix_len": cfg.prefix_len,
+            "spec_tokens": cfg.spec_tokens, "spec_accept": cfg.spec_accept,
+            "kv_dtype": cfg.kv_dtype or cfg.dtype, "expert_skew": cfg.expert_skew,
+            "max_batch_tokens": cfg.max_batch_tokens,
             "max_seqs": cfg.max_seqs, "two_batch_overlap": cfg.two_batch_overlap,
             "seed": cfg.seed, "clock_skew_us": cfg.clock_skew_us,
             "faults": [f.spec() for f in cfg.faults]}
@@ -172,7 +194,7 @@ def _run_id(em: Emulation) -> bytes:
                            digest_size=16, person=b"sohuprof-run").digest()
 
 
-def _run_json(em: Emulation, writer: RawTraceWriter, steps: int, run_id: bytes) -> dict:
+def _run_json(em: Emulation, writer: RawTraceWriter, steps: int, run_id: bytes, served: dict) -> dict:
     cfg, plan, hw = em.cfg, em.plan, em.cfg.hardware
     prog = em.program
     ops = {t.name: t for t in prog.templates}
@@ -208,6 +230,7 @@ def _run_json(em: Emulation, writer: RawTraceWriter, steps: int, run_id: bytes) 
         "nodes": [{"node": n, "host_events": host_path(n)} for n in range(cfg.nodes)],
         "clock_sync": em.clocks.snapshots(span, np.random.default_rng(cfg.seed + 1)),
         "steps": steps,
+        "served": served,
         # The emulator's true clock errors: for tests to check the collectors' alignment against.
         # Collectors must not read this.
         "truth": {"clock": [{"node": n, "offset_ns": float(em.clocks.offset_ns[n]), "drift": float(em.clocks.drift[n])}

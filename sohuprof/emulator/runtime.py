@@ -162,7 +162,9 @@ class _Compiled:
         # C order: numpy's matmul of [R, F] by an F-ordered [F, K] misses BLAS at some F (100x slower).
         coef_flops, coef_hbm = (np.ascontiguousarray(a[prog.tmpl].T) for a in (prog.flops, prog.hbm))
         cols = list(_LAYER_FEATURES)
-        moe_pos = np.flatnonzero((coef_flops[cols] != 0).any(0) | (coef_hbm[cols] != 0).any(0))
+        coef_net = np.ascontiguousarray(prog.net[prog.tmpl].T)
+        moe_pos = np.flatnonzero((coef_flops[cols] != 0).any(0) | (coef_hbm[cols] != 0).any(0)
+                                 | (coef_net[cols] != 0).any(0))
         links = [(gs, LinkModel.build(gs, em.cfg)) for gs in plan.all_groups()]
         by_kind = {"tp": plan.tp_groups, "ep": plan.ep_groups}
         collectives = []
@@ -207,7 +209,7 @@ class _Compiled:
         return cls(program=prog, engine=np.array([int(t.engine) for t in tmpl]), is_coll=is_coll,
                    bg_pos=bg_pos, bg_partner=bg_partner,
                    overlaps=prog.overlaps, active=active, seq_mask=active & ~is_coll & ~prog.overlaps,
-                   coef_flops=coef_flops, coef_hbm=coef_hbm, coef_net=np.ascontiguousarray(prog.net[prog.tmpl].T),
+                   coef_flops=coef_flops, coef_hbm=coef_hbm, coef_net=coef_net,
                    moe_pos=moe_pos, collectives=collectives, joins=joins, has_parts=bool((prog.part >= 0).any()),
                    events=events, segment=np.searchsorted(event_pos, np.arange(len(prog)), side="right"),
                    collective_batches=batches, sequence_plan=sequence_plan,
@@ -304,10 +306,19 @@ class Emulation:
         return kv_capacity_tokens(self.cfg, self.plan.stage_layers)
 
     def _experts(self) -> None:
-        m = self.cfg.model
-        if m.is_moe:
+        """Each MoE layer's expert popularity (the routing's probabilities)."""
+        m, skew = self.cfg.model, self.cfg.expert_skew
+        if not m.is_moe:
+            return
+        layers = max(self.n_moe_layers, 1)
+        if skew is None:
             # Some experts are hotter than others, differently in every layer: routing imbalance.
-            self.expert_p = self.rng.dirichlet(np.full(m.experts, 4.0), size=max(self.n_moe_layers, 1))
+            self.expert_p = self.rng.dirichlet(np.full(m.experts, 4.0), size=layers)
+            return
+        # Zipf popularity (the r-th hottest expert ~ r**-skew) over an order of its own in every layer.
+        w = (1.0 + np.arange(m.experts)) ** -skew
+        order = self.rng.permuted(np.tile(np.arange(m.experts), (layers, 1)), axis=1)   # [Lm, E] by heat
+        self.expert_p = (w / w.sum())[np.argsort(order, axis=1)]
 
     # ----------------------------------------------------------------- per step
     def _features(self, batches: list[Batch], running: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -316,9 +327,9 @@ class Emulation:
         rep = np.zeros((len(batches), Feature.COUNT))
         rep[:, :5] = [[b.tokens > 0, b.tokens, b.pairs, b.kv_read, b.samples] for b in batches]
         cols = [Feature.PREFILL_PAIRS, Feature.PREFILL_CONTEXT, Feature.DRAFT_TOKENS, Feature.PREFILL_STEP,
-                Feature.DRAFT_STEP]
+                Feature.DRAFT_STEP, Feature.PREFILL_TOKENS]
         rep[:, cols] = [[b.prefill_pairs, b.prefill_context, b.draft_tokens, b.prefill_tokens > 0,
-                         b.draft_tokens > 0] for b in batches]
+                         b.draft_tokens > 0, b.prefill_tokens] for b in batches]
         feat = rep[plan.replica]
         feat[~running[plan.replica]] = 0
         tokens = feat[:, Feature.TOKENS].astype(np.int64)
@@ -376,6 +387,7 @@ class Emulation:
                 lay = pl[:, self.moe_layer_index[cp.program.layer[pos]], :]          # [R, P, 2]
                 fl[:, pos] += np.einsum("rpf,fp->rp", lay, cp.coef_flops[cols][:, pos])
                 hb[:, pos] += np.einsum("rpf,fp->rp", lay, cp.coef_hbm[cols][:, pos])
+                nt[:, pos] += np.einsum("rpf,fp->rp", lay, cp.coef_net[cols][:, pos])
             flops[:, where], hbm[:, where], net[:, where] = fl[:, where], hb[:, where], nt[:, where]
         return flops, hbm, net
 

@@ -103,6 +103,8 @@ class ReplicaScheduler:
         self.spec_accept = spec_accept
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.preemptions = 0
+        self.decode_steps = 0    # (sequence, decode step) pairs
+        self.decode_emitted = 0  # tokens those steps emitted
         self.hit_tokens = 0      # prompt tokens served from the prefix cache
         self.query_tokens = 0    # prompt tokens looked up (every admission)
         self._next_seq = 0
@@ -222,7 +224,11 @@ class ReplicaScheduler:
         self.generated[completes] += 1
         dec = np.flatnonzero(batch.decoding)
         emitted = 1 + accepted_drafts(self.rng, len(dec), self.spec_tokens, self.spec_accept)
+        # A sequence keeps no more than it has left to generate.
+        emitted = np.minimum(emitted, self.output[dec] - self.generated[dec])
         self.generated[dec] += emitted
+        self.decode_steps += len(dec)
+        self.decode_emitted += int(emitted.sum())
         np.minimum(self.generated, self.output, out=self.generated)
         self.first_token_ns[first] = end_ns
         if self.prefix_len and not self.prefix_cached:
