@@ -403,15 +403,22 @@ def _with_root_causes(stragglers: pd.DataFrame, graphs: list, ctx: AnalysisConte
 
 
 def transfer_latency(inst: pd.DataFrame, hw: HardwareSpec | None) -> np.ndarray:
-    """Alpha-beta latency part of each spanning instance (ns): the algorithm nccl would pick."""
+    """Alpha-beta latency part of each spanning instance (ns), as the emulator's timing model
+    runs it: an all-reduce hierarchically (each chip's 1/l shard over the ``m`` nodes by ring or
+    tree, whichever nccl would pick, and an intra-node latency each side), an all-to-all with its
+    latencies in parallel (DeepEP), an all-gather as a ring, a send once."""
     if hw is None:
         return np.zeros(len(inst))
     n, s, kind = inst["n"].to_numpy(float), inst["size"].to_numpy(float), inst["kind"]
+    m = inst["n_nodes"].to_numpy(float) if "n_nodes" in inst else n
+    m = np.clip(m, 1, np.maximum(n, 1))
+    shard = s / np.maximum(n / m, 1)
     a, bw = hw.inter_node_latency_ns, hw.inter_node_bandwidth * hw.comm_efficiency / 1e9
-    ring, tree = 2 * (n - 1) * a, 2 * np.ceil(np.log2(np.maximum(n, 1))) * a
-    ring_wins = 2 * (n - 1) / n * s / bw + ring <= 2 * s / bw + tree
-    return np.select([kind_is(kind, "all_reduce"), kind_is(kind, "send_recv", "send")],
-                     [np.where(ring_wins, ring, tree), a], default=(n - 1) * a)
+    ring, tree = 2 * (m - 1) * a, 2 * np.ceil(np.log2(m)) * a
+    ring_wins = 2 * (m - 1) / m * shard / bw + ring <= 2 * shard / bw + tree
+    all_reduce = np.where(ring_wins, ring, tree) + 2 * hw.intra_node_latency_ns
+    return np.select([kind_is(kind, "all_reduce"), kind_is(kind, "send_recv", "send"), kind_is(kind, "all_to_all")],
+                     [all_reduce, a, a], default=(n - 1) * a)
 
 
 def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: HardwareSpec | None
@@ -440,6 +447,16 @@ def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: Har
     start = np.maximum.accumulate(np.where(head, np.arange(len(cid)), 0))
     tail = np.r_[cid[1:] != cid[:-1], True]
     nxt = np.where(tail, start, np.arange(len(cid)) + 1)
+    # A spanning all-reduce is hierarchical (the emulator's and nccl's): each of a node's l
+    # members sends 2(m-1)/m of its 1/l shard to its same-index peer on the next of the m nodes.
+    inst_no = np.cumsum(head) - 1
+    members = np.bincount(inst_no)[inst_no]
+    pos_in = np.arange(len(cid)) - start
+    n_nodes = span["n_nodes"].reindex(rows["coll_id"]).to_numpy(float) if "n_nodes" in span else n
+    n_nodes = np.clip(n_nodes, 1, members)
+    local = np.maximum(np.round(members / n_nodes), 1).astype(np.int64)
+    is_ar = kind == "all_reduce"
+    nxt = np.where(is_ar, start + (pos_in + local) % members, nxt)
     factor = pd.Series(kind).map(_RING).to_numpy(float)
     ring = ~np.isnan(factor) & (kind != "all_to_all")
     is_p2p = np.isin(kind, ["send_recv", "send"])
@@ -449,7 +466,7 @@ def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: Har
     known = pd.Series(is_sender).groupby(cid).transform("any").to_numpy()
     lowest = head                                       # without a recorded send, the lower rank sends
     ring &= ~is_p2p | np.where(known, is_sender, lowest)
-    ring_bytes = np.where(kind == "all_reduce", 2 * (n - 1) / n, np.where(is_p2p, 1.0, (n - 1) / n)) * size
+    ring_bytes = np.where(is_ar, 2 * (n_nodes - 1) / n_nodes / local, np.where(is_p2p, 1.0, (n - 1) / n)) * size
     parts = [pd.DataFrame({"coll_id": cid[ring], "rank": rows["rank"].to_numpy()[ring], "src": node[ring],
                            "dst": node[nxt][ring], "bytes": ring_bytes[ring]})]
     # All-to-all: S/n to every peer, i.e. S/n x (members on node d, less self) to node d.

@@ -10,7 +10,7 @@ Collectives are alpha-beta costs over the links their group crosses, as NCCL and
 them: an all-reduce inside a node is the fastest of ring, tree, one-shot (every rank reads every
 peer's buffer, TensorRT-LLM's custom all-reduce for small messages) and, on switches that reduce
 in the fabric, NVLS; across nodes it is hierarchical (intra-node reduce-scatter, an all-reduce of
-each chip's 1/l shard over its own NIC, intra-node all-gather). An all-to-all sends each
+each chip's 1/l shard over its own NIC, intra-node all-gather, pipelined). An all-to-all sends each
 (token, expert) copy to its rank, the NVLink and NIC parts at the same time and their latencies
 in parallel, as DeepEP's low-latency kernels do (the dispatch in FP8 with its scales when the
 model is FP8: lowering sizes the buffers).
@@ -246,11 +246,12 @@ def collective_time(kind: str, size: np.ndarray, links: LinkModel, sel: np.ndarr
             return inside
         # Hierarchical: reduce-scatter in the node, each chip all-reduces its 1/l shard with its
         # peers of the same index on the other nodes over its own NIC, all-gather in the node.
+        # NCCL pipelines the three phases chunk by chunk, so the slowest one sets the pace.
         shard = s / l
         ring = 2 * (m - 1) / m * shard / bw + 2 * (m - 1) * links.alpha_inter
         tree = 2 * shard / bw + 2 * np.ceil(np.log2(m)) * links.alpha_inter
         halves = 2 * _intra_half(s, l, links.bw_intra, links.alpha_intra)
-        return np.where(spans, halves + np.minimum(ring, tree), inside)
+        return np.where(spans, np.maximum(halves, np.minimum(ring, tree)) + 2 * links.alpha_intra, inside)
     if kind == "all_gather":
         return (n - 1) / n * s / bw + (n - 1) * alpha
     if kind == "all_to_all":

@@ -74,7 +74,9 @@ def test_faulty_run_straggler_and_slow_links(faulty: Path) -> None:
     slow = set(zip(links.loc[links["slow"], "src_node"], links.loc[links["slow"], "dst_node"]))
     assert slow == {(2, 3), (3, 2)}
     healthy = links.loc[~links["slow"], "bandwidth"]
-    assert (links.loc[links["slow"], "bandwidth"] < 0.6 * healthy.min()).all()
+    # A hierarchical all-reduce moves only a 1/4 shard per chip across nodes, so the per-hop
+    # latency (and its jitter) weighs more in each transfer than the 0.3x bandwidth does.
+    assert (links.loc[links["slow"], "bandwidth"] < 0.7 * healthy.min()).all()
 
 
 def test_two_nodes_compare_against_expected(pipeline_slow: Path) -> None:
@@ -90,8 +92,10 @@ def test_link_bytes_follow_nccl_conventions(faulty: Path) -> None:
     c = ctx.collectives
     inst = c.groupby("coll_id").agg(kind=("kind", "first"), group=("group", "first"), n=("rank", "size"),
                                     size=("bytes", "max"))
-    # A ring over 8 ranks on 2 nodes crosses each direction once: one member's 2(n-1)/n x S.
-    factor = np.where(inst["kind"] == "all_reduce", 2 * 7 / 8, 7 / 8)
+    # A hierarchical all-reduce over 2 nodes of 4: each member sends its 1/4 shard across once
+    # (2(m-1)/m x S/l, 4 members a node: S a direction); an all-gather's ring crosses each
+    # direction once, (n-1)/n x S.
+    factor = np.where(inst["kind"] == "all_reduce", 4 * 1 / 4, 7 / 8)
     per_group = (inst["size"] * factor).groupby(inst["group"]).sum()
     assert links.loc[(0, 1), "bytes"] == pytest.approx(per_group.loc[0], rel=1e-9)
     assert links.loc[(2, 3), "bytes"] == pytest.approx(per_group.loc[1], rel=1e-9)

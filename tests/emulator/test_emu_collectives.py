@@ -79,6 +79,8 @@ def _lower_bound_ns(run: MemRun, kind: str, members: np.ndarray, size: np.ndarra
         return s / (hw.inter_node_bandwidth if spans else hw.intra_node_bandwidth) * 1e9 + alpha
     if kind == "all_reduce":
         bound = 2 * (n - 1) / n * s / chip_bw   # Patarasuk & Yuan: 2(n-1)/n S per rank
+        if hw.nvls > 0 and not spans:           # the switch reduces: each byte goes up and back once
+            bound = s / chip_bw
         if spans:   # both sides of a node's cut must see the other side's partial sums: S bytes
             bound = max(bound, max(s / (k * hw.inter_node_bandwidth) for k in np.bincount(node) if k))
     elif kind == "all_gather":

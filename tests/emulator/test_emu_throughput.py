@@ -3,9 +3,13 @@
 Workload: dense Llama-3-70B in FP8 at TP8 on one 8-chip server, 1024 requests of 2048 input and
 128 output tokens, all arriving at once; throughput counts input and output tokens.
 
-- Etched's public claim for Sohu: ~500,000 tokens/s per 8-chip server on Llama-70B.
-- NVIDIA's TensorRT-LLM 0.10 figure for 8x H100 on the same workload: ~23,000 tokens/s, so a
-  Sohu server is roughly 20x an H100 server.
+- Etched's public claim for Sohu: ~500,000 tokens/s per 8-chip server on Llama-70B (the emulated
+  chip lands lower, ~340k: see README "Modelling choices").
+- 8x H100 today: TensorRT-LLM's perf-overview serves Llama-3.3-70B FP8 2048/128 at 762 output
+  tokens/s on 2 GPUs (TP2), i.e. 762 x 17 ~ 13,000 input + output tokens/s; four such replicas
+  make ~52,000 for the server (tests/emulator/test_emu_calibration.py holds the TP2 point). Etched's
+  "20x an H100 server" compared against the older ~23,000 of TensorRT-LLM 0.10; against today's
+  figure the claim is ~10x.
 """
 
 from __future__ import annotations
@@ -42,10 +46,10 @@ def test_sohu_lands_near_etched_claim(throughput: dict[str, float]) -> None:
 
 @pytest.mark.slow
 def test_h100_lands_near_tensorrt_llm_figure(throughput: dict[str, float]) -> None:
-    assert 17_000 <= throughput["h100"] <= 30_000, f"{throughput['h100']:,.0f} tokens/s"
+    assert 0.75 * 52_000 <= throughput["h100"] <= 1.25 * 52_000, f"{throughput['h100']:,.0f} tokens/s"
 
 
 @pytest.mark.slow
 def test_sohu_to_h100_ratio(throughput: dict[str, float]) -> None:
     ratio = throughput["sohu"] / throughput["h100"]
-    assert 12 <= ratio <= 30, f"ratio {ratio:.1f}"
+    assert 5 <= ratio <= 15, f"ratio {ratio:.1f}"
