@@ -181,7 +181,7 @@ Example:
 @click.option("--output-dist", default="fixed", show_default=True, type=LengthSpec(),
               help="Output lengths, as --prompt-dist (mean --output-len).")
 @click.option("--prefix-len", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1),
-              help="Shared system-prompt tokens opening every prompt (prefix caching: computed once per replica).")
+              help="Shared system-prompt tokens before every prompt's own (prefix caching: computed once per replica).")
 @click.option("--spec-tokens", default=0, show_default=True, type=click.IntRange(0, 16),
               help="Speculative decoding (MTP): draft tokens verified per decode step.")
 @click.option("--spec-accept", default=0.8, show_default=True, type=FiniteFloat(0, 1),

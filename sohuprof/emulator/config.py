@@ -299,8 +299,10 @@ class EmulatorConfig:
     prompt_dist, output_dist : LengthDist
         How each request's lengths are drawn (seeded, apart from every other random stream).
     prefix_len : int
-        A system prompt of this many tokens opens every prompt; once a replica has computed it,
-        later requests reuse its KV (prefix caching): their prefill skips it and it is held once.
+        A system prompt of this many tokens opens every prompt, before the ``prompt_len`` (or
+        drawn) tokens of its own, as vLLM's benchmark ``--prefix-len``; once a replica has
+        computed it, later requests reuse its KV (prefix caching): their prefill skips it and
+        it is held once.
     spec_tokens, spec_accept : int, float
         Speculative decoding (MTP): each decode step drafts ``spec_tokens`` tokens, verifies
         them with the target model and emits 1 + the accepted ones; each draft token is
@@ -377,7 +379,9 @@ class EmulatorConfig:
 
     @property
     def prompt_bounds(self) -> tuple[int, int]:
-        return self.prompt_dist.bounds(self.prompt_len)
+        """Shortest and longest prompt, the shared prefix included."""
+        lo, hi = self.prompt_dist.bounds(self.prompt_len)
+        return lo + self.prefix_len, hi + self.prefix_len
 
     @property
     def output_bounds(self) -> tuple[int, int]:
@@ -390,8 +394,8 @@ class EmulatorConfig:
 
     @property
     def mean_lengths(self) -> tuple[float, float]:
-        """Expected prompt and output tokens of a request."""
-        return self.prompt_dist.mean(self.prompt_len), self.output_dist.mean(self.output_len)
+        """Expected prompt (the shared prefix included) and output tokens of a request."""
+        return self.prompt_dist.mean(self.prompt_len) + self.prefix_len, self.output_dist.mean(self.output_len)
 
     @property
     def tokens_per_decode(self) -> float:
@@ -424,9 +428,6 @@ class EmulatorConfig:
                                 f"give it a max or lower --{flag}-len")
         if not 0 <= self.prefix_len <= MAX_COUNT:
             raise SpecError(f"'--prefix-len' must be in 0..{MAX_COUNT:,}, got {self.prefix_len}")
-        if self.prefix_len and self.prefix_len >= self.prompt_bounds[0]:
-            raise SpecError(f"'--prefix-len' {self.prefix_len} must be shorter than the shortest prompt "
-                            f"({self.prompt_bounds[0]} tokens): every prompt opens with the shared prefix")
         if self.expert_skew is not None and not (math.isfinite(self.expert_skew) and 0 <= self.expert_skew <= 4):
             raise SpecError(f"'--expert-skew' must be in [0, 4], got {self.expert_skew}")
         if not 0 <= self.spec_tokens <= MAX_SPEC_TOKENS:

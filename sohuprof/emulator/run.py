@@ -71,7 +71,9 @@ def emulate(cfg: EmulatorConfig, out_dir: str | os.PathLike[str], *, force: bool
             # Progress in tokens processed (every prompt token once, every output token but the
             # first, which prefill yields): it moves every step, where finished requests would
             # sit at 0 through a long generation.
-            total = int((em.prompt_tokens + em.output_tokens - 1).sum())
+            # (a decode step verifies 1 + spec_tokens tokens a sequence to emit tokens_per_decode)
+            decode = (em.output_tokens - 1).sum() * (cfg.spec_tokens + 1) / cfg.tokens_per_decode
+            total = int(em.prompt_tokens.sum() + decode)
             with progress("emulating", total, enabled=show_progress, unit="tokens") as advance:
                 for trace, events in em.steps():
                     writer.add(trace)

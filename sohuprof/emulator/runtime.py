@@ -283,7 +283,7 @@ class Emulation:
         self.arrival_ns = arrival
         # Lengths and draft acceptance draw from streams of their own: a fixed-length run draws
         # what it always did, and changing one distribution leaves the other's draws alone.
-        self.prompt_tokens = cfg.prompt_dist.draw(np.random.default_rng([cfg.seed, 1]), n, cfg.prompt_len)
+        self.prompt_tokens = cfg.prefix_len + cfg.prompt_dist.draw(np.random.default_rng([cfg.seed, 1]), n, cfg.prompt_len)
         self.output_tokens = cfg.output_dist.draw(np.random.default_rng([cfg.seed, 2]), n, cfg.output_len)
         spec_rng = np.random.default_rng([cfg.seed, 3])
         self.request_replica = np.arange(n) % cfg.dp   # round-robin router

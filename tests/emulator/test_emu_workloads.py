@@ -108,10 +108,12 @@ def test_a_prefix_hit_skips_exactly_the_cached_tokens_flops() -> None:
     """Requests admitted after the first wave reuse the 256-token system prompt: per hit, every
     token-linear op does 256 tokens less and attention 256 x 257 / 2 pairs less (the pairs the
     prefix's causal attention has), nothing else changes."""
-    kw = dict(nodes=1, chips_per_node=4, tp=4, requests=16, prompt_len=512, output_len=4, max_batch_tokens=2048,
+    kw = dict(nodes=1, chips_per_node=4, tp=4, requests=16, output_len=4, max_batch_tokens=2048,
               two_batch_overlap=False)
-    c = 256
-    base, hit = run_in_memory(make_config(**kw)), run_in_memory(make_config(**kw, prefix_len=c))
+    c = 256                                                   # prompts of 256 + 256 = 512 tokens
+    base, hit = run_in_memory(make_config(**kw, prompt_len=512)), run_in_memory(make_config(**kw, prompt_len=256,
+                                                                                             prefix_len=c))
+    assert (hit.em.prompt_tokens == 512).all()
     sch = hit.em.schedulers[0]
     hits = sch.hit_tokens // c
     assert hits == 12 and sch.hit_tokens == hits * c         # the first 4 (one 2048-token step) compute it
@@ -139,12 +141,14 @@ def test_the_cached_prefix_is_held_once() -> None:
     # The prefix once, request 0's own 20 and the token it decoded, the others' 20 each.
     assert sch.kv_used() == 80 + (20 + 1) + 3 * 20
     assert sch.hit_tokens == 3 * 80 and sch.query_tokens == 400
-    with pytest.raises(SpecError, match="shorter than the shortest prompt"):
-        make_config(prompt_len=64, prefix_len=64).validate()
+    # The prefix comes before each prompt's own tokens (vLLM's benchmark --prefix-len).
+    em = Emulation(make_config(nodes=1, chips_per_node=4, tp=4, requests=50, prompt_len=100, prefix_len=64,
+                               prompt_dist=parse_lengths("lognormal:sigma=1")))
+    assert em.prompt_tokens.min() >= 65 and em.cfg.prompt_bounds == (65, 864)
 
 
 def test_prefix_hit_rate_is_in_the_run_summary(tmp_path) -> None:
-    cfg = make_config(nodes=1, chips_per_node=4, tp=4, requests=12, prompt_len=400, output_len=2,
+    cfg = make_config(nodes=1, chips_per_node=4, tp=4, requests=12, prompt_len=100, output_len=2,
                       max_batch_tokens=800, prefix_len=300)
     summary = emulate(cfg, tmp_path / "run", show_progress=False)
     # Two requests fill the first step and compute the prefix; the other ten hit 300 of 400 tokens.
@@ -286,3 +290,16 @@ def test_hot_experts_take_longer_and_their_ranks_send_more() -> None:
     assert np.allclose(share / share.sum(0), p.T, atol=0.02)
     with pytest.raises(SpecError, match="'--expert-skew'"):
         make_config("mixtral-8x7b", expert_skew=9.0).validate()
+
+
+def test_a_seeded_run_with_every_workload_option_is_byte_for_byte_reproducible(tmp_path) -> None:
+    hist = tmp_path / "out.csv"
+    hist.write_text("3,1\n9,2\n")
+    cfg = make_config("mixtral-8x7b", nodes=1, chips_per_node=8, tp=2, ep=4, requests=24, prompt_len=200,
+                      output_len=8, rate=4000.0, prompt_dist=parse_lengths("lognormal:sigma=0.6"),
+                      output_dist=parse_lengths(f"hist:{hist}"), prefix_len=40, spec_tokens=2, spec_accept=0.6,
+                      kv_dtype="bf16", expert_skew=1.0, seed=11)
+    a, b = emulate(cfg, tmp_path / "a", show_progress=False), emulate(cfg, tmp_path / "b", show_progress=False)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    assert a.prefix_hit_rate > 0 and a.tokens_per_decode > 1 and a == dataclasses.replace(b, path=a.path)
