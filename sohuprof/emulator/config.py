@@ -312,8 +312,10 @@ class EmulatorConfig:
     max_seqs : int
         Sequences one replica runs at once.
     two_batch_overlap, two_batch_min_tokens : bool, int
-        Split steps of at least that many tokens into two interleaved micro-batches, so each
-        one's tensor-parallel all-reduces overlap the other's compute.
+        Let a step of at least that many tokens split into two interleaved micro-batches, so
+        each one's collectives (TP all-reduces, EP dispatch and combine) overlap the other's
+        compute, whenever that is estimated faster than the whole batch (it reads the weights
+        and launches every op twice): the choice follows the step's shape, with no cliff.
     dtype : str
         Weight and matrix-math format (``fp8`` or ``bf16``); activations travel in bf16.
     kv_dtype : str or None
@@ -351,7 +353,7 @@ class EmulatorConfig:
     spec_tokens: int = 0
     spec_accept: float = 0.8
     two_batch_overlap: bool = True
-    two_batch_min_tokens: int = 2048
+    two_batch_min_tokens: int = 1
     dtype: str = "fp8"
     kv_dtype: str | None = None
     expert_skew: float | None = None

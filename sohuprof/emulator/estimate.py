@@ -1,9 +1,10 @@
 """What an emulation will write and hold, from its configuration alone, before any work starts.
 
-The estimate is closed-form: records per step follow exactly from the program's shape (one host
-record plus one per op of the rank's pipeline stage, doubled under two-batch overlap), and the
-number of scheduler steps from a fluid model of continuous batching (prefill limited by the token
-budget, decodes by the sequences the KV cache holds at once, idle gaps between Poisson arrivals).
+The estimate is closed-form: records per step follow exactly from the program's shape (one per op
+of the rank's pipeline stage, doubled under two-batch overlap, and a host record on the first
+stage), and the number of scheduler steps from a fluid model of continuous batching (prefill
+limited by the token budget, decodes by the sequences the KV cache holds at once, a pipeline's
+virtual engines taking turns, idle gaps between Poisson arrivals).
 Nothing of the size of the cluster or the workload is allocated, so a configuration that would
 need terabytes is refused in microseconds. Measured against real runs the record count lands
 within a factor of 2 (tests/emulator/test_plans.py holds that line).
@@ -153,11 +154,12 @@ def estimate_run(cfg: EmulatorConfig) -> RunEstimate:
     dp, tp = cfg.dp, cfg.tp
     span = max(cfg.ep // tp, 1)              # replicas coupled through one EP group step together
     positions = stage_positions(cfg, stage_layers)
-    per_step = tp * int((positions + 1).sum())        # records of one replica-step (+1: host record)
-    tbo = tp > 1 and cfg.ep == 1 and cfg.two_batch_overlap
-    per_tbo_step = tp * int((stage_positions(cfg, stage_layers, two_batch=True) + 1).sum()) if tbo else per_step
+    # Records of one replica-step: every stage's positions, plus the first stage's host record.
+    per_step = tp * (int(positions.sum()) + 1)
+    tbo = (tp > 1 or cfg.ep > 1) and cfg.two_batch_overlap
+    per_tbo_step = tp * (int(stage_positions(cfg, stage_layers, two_batch=True).sum()) + 1) if tbo else per_step
     # A replica without tokens in a step its set runs still records its host step and collectives.
-    per_idle_step = tp * int((stage_positions(cfg, stage_layers, collectives_only=True) + 1).sum())
+    per_idle_step = tp * (int(stage_positions(cfg, stage_layers, collectives_only=True).sum()) + 1)
     step_ns = _decode_step_ns(cfg, stage_layers, positions)
 
     # Requests are routed round-robin: the first ``requests % dp`` replicas get one more.
@@ -181,7 +183,8 @@ def estimate_run(cfg: EmulatorConfig) -> RunEstimate:
     chunks = records / cfg.chunk_records + world
     raw = int(records * RECORD_DTYPE.itemsize + chunks * CHUNK_HEADER.size + world * FILE_HEADER.size)
     arrival_ns = cfg.requests / cfg.rate * 1e9 if cfg.rate else 0.0
-    duration = max(arrival_ns, steps_max * step_ns)
+    # A pipeline keeps pp steps in flight: a step every step_ns / pp once it is full.
+    duration = max(arrival_ns, (steps_max + cfg.pp - 1) * step_ns / cfg.pp)
     snapshots = min(max(8, int(duration / _SNAPSHOT_EVERY_NS) + 1), MAX_CLOCK_SYNC) * cfg.nodes
     host = int(replica_steps * _STEP_LINE_BYTES + cfg.requests * _REQUEST_LINES_BYTES
                + nic_lines * _NIC_LINE_BYTES + snapshots * _SNAPSHOT_BYTES + 200 * world)
@@ -263,13 +266,18 @@ def _nic_chips(cfg: EmulatorConfig) -> int:
 
 def _steps(cfg: EmulatorConfig, load: int, span: int, cap: int, step_ns: float) -> tuple[int, int]:
     """Scheduler steps of a set of ``span`` coupled replicas with ``load`` requests each, and how
-    many of them are full prefill steps (where two-batch overlap applies)."""
+    many of them are full prefill steps (where two-batch overlap applies).
+
+    With ``pp`` stages a replica's requests are dealt to ``pp`` virtual engines taking turns,
+    each with its share of the KV cache: a step serves one engine's sequences, and an engine
+    with nothing to run still passes its (empty) step while others have work."""
     prompt, out = (max(1, round(x)) for x in cfg.mean_lengths)   # lengths from distributions: their means
     mbt = cfg.max_batch_tokens
-    c = max(1, min(load, cfg.max_seqs, cap // (prompt + out)))   # sequences in flight at once
+    E = cfg.pp
+    c = max(1, min(-(-load // E), cfg.max_seqs, cap // E // (prompt + out)))   # one engine's sequences at once
     p = -(-prompt // mbt)                                         # steps of one request's prefill
     life = p + out - 1                                            # steps a request holds its slot
-    first_wave = -(-c * prompt // mbt) + out - 1                   # all prefill, then the last decodes
+    first_wave = -(-E * c * prompt // mbt) + (out - 1) * E        # all prefill, then each engine's decodes
     budget = load * (prompt + out - 1) / mbt                      # every token through the budget
     slots = load / c * life                                       # c slots, each held ``life`` steps
     burst = max(first_wave, budget, slots)
@@ -280,7 +288,7 @@ def _steps(cfg: EmulatorConfig, load: int, span: int, cap: int, step_ns: float) 
         # they never meet, the arrival span over the step time when they always do.
         lam = cfg.rate / cfg.dp * span / 1e9                       # the set's arrivals per ns
         x = lam * step_ns * life
-        alone = load * span * life
+        alone = load * span * life * E                             # with the other engines' empty steps
         steps = max(burst, alone * (-math.expm1(-x)) / x if x > 0 else alone)
     # Two-batch overlap runs the steps whose batch reaches two_batch_min_tokens: packed prefill
     # chunks when requests come together, each prompt's own full chunks when they come apart.

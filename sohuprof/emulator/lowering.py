@@ -301,8 +301,8 @@ def lower(cfg: EmulatorConfig, plan: ParallelPlan, *, two_batch: bool = False) -
     """Build the per-step program of ``cfg``'s model under ``plan``.
 
     With ``two_batch`` the step's batch is split in two micro-batches whose blocks interleave
-    (two-batch overlap): micro-batch A's tensor-parallel all-reduce runs on the collective engine
-    while B computes, and the other way round. The op templates, and so the op-name table, are
+    (two-batch overlap): micro-batch A's collectives (tensor-parallel all-reduces, expert-parallel
+    dispatch and combine) run on the collective engine while B computes, and the other way round. The op templates, and so the op-name table, are
     the same in both forms.
     """
     m, a = cfg.model, ACT_BYTES
@@ -334,7 +334,8 @@ def lower(cfg: EmulatorConfig, plan: ParallelPlan, *, two_batch: bool = False) -
             for block in _blocks(ops):
                 for part in (0, 1):
                     for op in block:
-                        emit(op, layer=li, stage=s, part=part, overlaps=op.overlaps or op.collective == "all_reduce")
+                        # Every collective of a layer runs while the other micro-batch computes.
+                        emit(op, layer=li, stage=s, part=part, overlaps=op.overlaps or op.collective is not None)
         if s < plan.pp - 1:
             emit(pp_send, stage=s, peer=s + 1)
     for op in head + _draft_ops(cfg):

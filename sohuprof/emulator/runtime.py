@@ -145,6 +145,7 @@ class _Compiled:
     bg_pos: np.ndarray
     bg_partner: np.ndarray
     events: list[tuple[int, int]]  # (position, collective index or -1 for a join), in issue order
+    event_pos: np.ndarray   # [E] their positions
     segment: np.ndarray     # [K] events at or before each position
     collective_batches: dict[tuple[str, int], list[int]]  # collectives sharing a kind and group set
     # Per group set: its collectives in issue order, and which groups take part in each [C, G].
@@ -183,7 +184,10 @@ class _Compiled:
         # An overlapped all-to-all dispatch (shared experts computing meanwhile) is waited for by
         # the routed experts that consume its tokens.
         names = [t.name for t in tmpl]
-        joins = [names.index("expert_gate_up", c.pos) for c in collectives if c.overlaps and c.kind == "all_to_all"]
+        # (Under two-batch overlap the other micro-batch's block, ending in its own collective,
+        # sits between the two: issuing that collective waits for this one, in order.)
+        joins = [names.index("expert_gate_up", c.pos) for c in collectives
+                 if c.overlaps and c.kind == "all_to_all" and prog.part[c.pos] < 0]
         # After two-batch-overlap layers, the whole-batch ops (head, pipeline send) wait for the
         # second micro-batch's last all-reduce.
         part = prog.part
@@ -211,7 +215,8 @@ class _Compiled:
                    overlaps=prog.overlaps, active=active, seq_mask=active & ~is_coll & ~prog.overlaps,
                    coef_flops=coef_flops, coef_hbm=coef_hbm, coef_net=coef_net,
                    moe_pos=moe_pos, collectives=collectives, joins=joins, has_parts=bool((prog.part >= 0).any()),
-                   events=events, segment=np.searchsorted(event_pos, np.arange(len(prog)), side="right"),
+                   events=events, event_pos=event_pos,
+                   segment=np.searchsorted(event_pos, np.arange(len(prog)), side="right"),
                    collective_batches=batches, sequence_plan=sequence_plan,
                    coll_pos=np.array([c.pos for c in collectives], dtype=np.int64),
                    # bool even when the plan has no collective (one chip, pure DP): an empty
@@ -255,7 +260,8 @@ class Emulation:
     def _static_program(self) -> None:
         self.compiled = _Compiled.build(self.program, self)
         self.compiled_tbo = None
-        if self.cfg.tp > 1 and self.cfg.ep == 1 and self.cfg.two_batch_overlap:
+        self._overlap_pays: dict[tuple[int, bool], bool] = {}   # two-batch overlap's choice by step size
+        if (self.cfg.tp > 1 or self.cfg.ep > 1) and self.cfg.two_batch_overlap:
             tbo = lower(self.cfg, self.plan, two_batch=True)
             if tbo.names() != self.program.names():
                 raise AssertionError("two-batch program must share the op-name table")
@@ -400,6 +406,44 @@ class Emulation:
         tokens = feat[:, Feature.TOKENS]
         ctx = np.divide(feat[:, Feature.PAIRS], tokens, out=np.ones_like(tokens), where=tokens > 0)
         return shapes[id(cp)].efficiency(flops, ctx, self.cfg.hardware)
+
+    def _estimate_ns(self, cp: _Compiled, feat: np.ndarray, per_layer: np.ndarray, rows: np.ndarray) -> float:
+        """This step's time under program form ``cp`` on ``rows`` (ranks of one replica), summed
+        over them, without jitter: each stream's ops back to back, plus what it does not hide
+        of each collective (all of a blocking one; of an overlapped one, what outlasts the
+        compute before the stream's next collective or join). Draws nothing from the run's
+        random streams, so choosing a form leaves a seeded run's draws alone."""
+        hw = self.cfg.hardware
+        f, pl = feat[rows], per_layer[rows]
+        flops, hbm, net = self._work(cp, f, pl)
+        if len(cp.bg_pos):
+            np.add.at(hbm, (slice(None), cp.bg_partner), hbm[:, cp.bg_pos])
+        dur, _ = op_times(flops, hbm, cp.engine, hw, self.cfg.dtype, self.slowdown[rows], np.ones(flops.shape),
+                          self._efficiency(cp, f, flops))
+        active = cp.active[rows]
+        seq = np.where(cp.seq_mask[rows], dur, 0.0)
+        cumx = np.concatenate([np.cumsum(seq, axis=1) - seq, seq.sum(axis=1, keepdims=True)], axis=1)  # [n, K+1]
+        total = float(seq.sum())
+        if not cp.collectives:
+            return total
+        n, K, C = len(rows), len(cp.program), len(cp.collectives)
+        transfer = np.zeros((n, C))
+        for (kind, _), idx in cp.collective_batches.items():
+            c0 = cp.collectives[idx[0]]
+            pos = cp.coll_pos[idx]
+            # Every member's buffer as this rank's (the group's ranks carry the same batch).
+            size = np.repeat(net[:, pos].T.reshape(-1, 1), c0.groups.size, axis=1)
+            sel = np.tile(c0.rank_group[rows], len(pos))
+            transfer[:, idx] = collective_time(kind, size, c0.links, sel).reshape(len(pos), n).T
+        transfer += hw.launch_overhead_ns
+        # The next event each rank's stream meets after each collective (K: the step's end).
+        cand = np.where(active[:, cp.event_pos], cp.event_pos[None, :], K)
+        nxt = np.minimum.accumulate(cand[:, ::-1], axis=1)[:, ::-1]
+        nxt = np.concatenate([nxt[:, 1:], np.full((n, 1), K)], axis=1)
+        ev_of = np.array([e for e, (_, ci) in enumerate(cp.events) if ci >= 0])        # [C] event of each
+        window = np.take_along_axis(cumx, nxt[:, ev_of], axis=1) - cumx[:, cp.coll_pos]
+        exposed = np.where(cp.overlaps[cp.coll_pos], np.maximum(transfer - window, 0.0), transfer)
+        return total + float(np.where(active[:, cp.coll_pos], exposed, 0.0).sum())
 
     def _jitter(self, shape: tuple[int, ...]) -> np.ndarray:
         sigma = self.cfg.hardware.jitter
@@ -600,10 +644,22 @@ class Emulation:
             batches, running_rep, now = self._batches(free0, finished)
             running = running_rep[plan.replica]
             tokens = np.array([b.tokens for b in batches])[running_rep]
+            feat, per_layer = self._features(batches, running_rep)
             cp = self.compiled
             if self.compiled_tbo is not None and tokens.min() >= cfg.two_batch_min_tokens:
-                cp = self.compiled_tbo
-            feat, per_layer = self._features(batches, running_rep)
+                # Two-batch overlap where it is estimated faster: it hides communication but
+                # reads the weights twice and launches every op twice, so the choice follows the
+                # step's shape, never a hand-set size (no cliff where it switches on).
+                # Decided once per step size (and whether it prefills): steps of a size differ
+                # only in their context, which moves both forms alike.
+                r0 = int(np.flatnonzero(running_rep)[0])
+                key = (int(tokens.min()), batches[r0].prefill_tokens > 0)
+                if key not in self._overlap_pays:
+                    rows = plan.replica_ranks(r0)
+                    self._overlap_pays[key] = self._estimate_ns(self.compiled_tbo, feat, per_layer, rows) < \
+                        self._estimate_ns(self.compiled, feat, per_layer, rows)
+                if self._overlap_pays[key]:
+                    cp = self.compiled_tbo
             flops, hbm, net = self._work(cp, feat, per_layer)
             t0 = now[plan.replica]
             compute_start = t0 + hw.step_overhead_ns

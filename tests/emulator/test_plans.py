@@ -100,7 +100,11 @@ def test_plan_estimate_matches_the_run(plan_run: tuple) -> None:
     dict(nodes=1, chips_per_node=4, tp=4, requests=16, prompt_len=4096, output_len=8),   # two-batch overlap
     dict(model="mixtral-8x7b", nodes=1, chips_per_node=8, tp=1, ep=8, requests=32, prompt_len=128, output_len=8,
          rate=100.0),
-], ids=["seq-limited", "rate-sparse", "rate-mid", "rate-dense", "two-batch", "ep-coupled-rate"])
+    # Pipelines: virtual engines taking turns, in a burst and under sparse arrivals (empty turns).
+    dict(nodes=1, chips_per_node=4, tp=1, pp=4, requests=64, prompt_len=2048, output_len=4),
+    dict(nodes=1, chips_per_node=4, tp=2, pp=2, requests=32, prompt_len=128, output_len=8, rate=200.0),
+], ids=["seq-limited", "rate-sparse", "rate-mid", "rate-dense", "two-batch", "ep-coupled-rate", "pp4-burst",
+        "pp2-rate"])
 def test_estimate_against_in_memory_runs(kw: dict[str, Any]) -> None:
     cfg = _config(layers=4, **kw)
     est = estimate_run(cfg)
