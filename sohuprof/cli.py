@@ -189,6 +189,9 @@ Example:
 @click.option("--max-batch-tokens", default=8192, show_default=True, type=_COUNT, help="Token budget of a scheduler step.")
 @click.option("--dtype", default="fp8", show_default=True, type=click.Choice(["fp8", "bf16"]), help="Weight and matrix-math format.")
 @click.option("--kv-dtype", type=click.Choice(["fp8", "bf16"]), help="KV-cache format [default: --dtype].")
+@click.option("--prefill-replicas", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1),
+              help="Disaggregated serving: this many data-parallel replicas prefill and send the KV over "
+                   "the NIC to the others, which decode (0: colocated).")
 @click.option("--expert-skew", type=FiniteFloat(0, 4),
               help="MoE routing: Zipf exponent of each layer's expert popularity, 0..4 (0 uniform) "
                    "[default: a mild random skew].")
@@ -234,6 +237,9 @@ def emulate(obj: CliContext, out: Path, model: str, hw_name: str, chips_per_node
             extra.append(f"prefix cache hit rate {summary.prefix_hit_rate:.1%}")
         if cfg.spec_tokens:
             extra.append(f"{summary.tokens_per_decode:.2f} tokens per decode step")
+        if cfg.prefill_replicas:
+            extra.append(f"KV sent prefill -> decode: {summary.kv_transfer_bytes / 1e9:,.2f} GB, "
+                         f"{summary.kv_transfer_ns / 1e6:,.2f} ms a request")
         if extra:
             click.echo("  " + ", ".join(extra), err=True)
 

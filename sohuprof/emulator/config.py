@@ -320,6 +320,10 @@ class EmulatorConfig:
         Weight and matrix-math format (``fp8`` or ``bf16``); activations travel in bf16.
     kv_dtype : str or None
         KV-cache format (None: ``dtype``).
+    prefill_replicas : int
+        Disaggregated serving: the first this many data-parallel replicas only prefill (each
+        prompt and its first token) and send the request's KV over the NIC to one of the
+        others, which only decode (0: every replica does both).
     expert_skew : float or None
         MoE routing: each layer's expert popularity is Zipf with this exponent (the r-th hottest
         expert is picked ~ r**-skew; 0 uniform), over an order of the experts drawn per layer;
@@ -357,6 +361,7 @@ class EmulatorConfig:
     dtype: str = "fp8"
     kv_dtype: str | None = None
     expert_skew: float | None = None
+    prefill_replicas: int = 0
     seed: int = 0
     clock_skew_us: float = 50.0
     faults: tuple[Fault, ...] = field(default_factory=tuple)
@@ -430,6 +435,14 @@ class EmulatorConfig:
                                 f"give it a max or lower --{flag}-len")
         if not 0 <= self.prefix_len <= MAX_COUNT:
             raise SpecError(f"'--prefix-len' must be in 0..{MAX_COUNT:,}, got {self.prefix_len}")
+        if self.prefill_replicas:
+            span = max(self.ep // self.tp, 1)
+            if not 0 < self.prefill_replicas < self.dp:
+                raise SpecError(f"'--prefill-replicas' {self.prefill_replicas} must leave a decode replica "
+                                f"of the {self.dp} data-parallel replicas (and not be negative)")
+            if self.prefill_replicas % span:
+                raise SpecError(f"'--prefill-replicas' {self.prefill_replicas} must be a multiple of the {span} "
+                                f"replicas one EP group of --ep {self.ep} spans")
         if self.expert_skew is not None and not (math.isfinite(self.expert_skew) and 0 <= self.expert_skew <= 4):
             raise SpecError(f"'--expert-skew' must be in [0, 4], got {self.expert_skew}")
         if not 0 <= self.spec_tokens <= MAX_SPEC_TOKENS:

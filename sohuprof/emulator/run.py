@@ -41,6 +41,8 @@ class RunSummary:
     preemptions: int = 0
     prefix_hit_rate: float = 0.0
     tokens_per_decode: float = 1.0
+    kv_transfer_bytes: int = 0     # disaggregated serving: KV sent from prefill to decode replicas
+    kv_transfer_ns: float = 0.0    # mean time a request's KV took to arrive (queueing on the NIC included)
 
 
     @property
@@ -97,7 +99,8 @@ def emulate(cfg: EmulatorConfig, out_dir: str | os.PathLike[str], *, force: bool
     return RunSummary(path=Path(out_dir), records=int(writer.records.sum()), steps=steps, ranks=cfg.world,
                       duration_ns=duration, input_tokens=int(requests["prompt_tokens"].sum()),
                       output_tokens=int(requests["output_tokens"].sum()), preemptions=served["preemptions"],
-                      prefix_hit_rate=served["prefix_hit_rate"], tokens_per_decode=served["tokens_per_decode"])
+                      prefix_hit_rate=served["prefix_hit_rate"], tokens_per_decode=served["tokens_per_decode"],
+                      kv_transfer_bytes=served["kv_transfer_bytes"], kv_transfer_ns=served["kv_transfer_ns"])
 
 
 def _served(em: Emulation) -> dict:
@@ -107,9 +110,19 @@ def _served(em: Emulation) -> dict:
     sch = em.schedulers
     hit, query = sum(s.hit_tokens for s in sch), sum(s.query_tokens for s in sch)
     steps, emitted = sum(s.decode_steps for s in sch), sum(s.decode_emitted for s in sch)
-    return {"preemptions": int(sum(s.preemptions for s in sch)), "prefix_hit_tokens": int(hit),
+    kv = _kv_transfers(em)
+    wait = kv["end"] - em.request_table()["first_token"][kv["request"]] if len(kv["request"]) else np.zeros(0)
+    return {"kv_transfer_bytes": int(kv["bytes"].sum()), "kv_transfer_ns": float(wait.mean()) if len(wait) else 0.0,"preemptions": int(sum(s.preemptions for s in sch)), "prefix_hit_tokens": int(hit),
             "prefix_query_tokens": int(query), "prefix_hit_rate": hit / query if query else 0.0,
             "decode_steps": int(steps), "tokens_per_decode": emitted / steps if steps else 1.0}
+
+
+def _kv_transfers(em: Emulation) -> dict[str, np.ndarray]:
+    """Every KV transfer of a disaggregated run as columns (request, src, dst, bytes, start, end)."""
+    keys = ("request", "src", "dst", "bytes", "start", "end")
+    if not em.kv_transfers:
+        return {k: np.zeros(0) for k in keys}
+    return {k: np.concatenate([t[k] for t in em.kv_transfers]) for k in keys}
 
 
 def _write_host_events(root: Path, em: Emulation, steps: list[dict], requests: dict[str, np.ndarray],
@@ -130,13 +143,23 @@ def _write_host_events(root: Path, em: Emulation, steps: list[dict], requests: d
         rep = int(requests["replica"][i])
         node = em.replica_node(rep)
         base = {"request": i, "replica": rep}
-        per_node[node].append((local(requests["arrival"][i], node), dict(
-            base, type="arrival", prompt_tokens=int(requests["prompt_tokens"][i]))))
+        # Disaggregated: arrival and first token on the prefill replica's host.
+        pre = int(requests["prefill_replica"][i])
+        pnode = em.replica_node(pre)
+        pbase = dict(base, replica=pre) if pre != rep else base
+        per_node[pnode].append((local(requests["arrival"][i], pnode), dict(
+            pbase, type="arrival", prompt_tokens=int(requests["prompt_tokens"][i]))))
         if not np.isnan(requests["first_token"][i]):
-            per_node[node].append((local(requests["first_token"][i], node), dict(base, type="first_token")))
+            per_node[pnode].append((local(requests["first_token"][i], pnode), dict(pbase, type="first_token")))
         if not np.isnan(requests["finish"][i]):
             per_node[node].append((local(requests["finish"][i], node), dict(
                 base, type="finish", output_tokens=int(requests["output_tokens"][i]))))
+    kv = _kv_transfers(em)
+    for q, src, dst, nbytes, start, end in zip(*(kv[k].tolist() for k in ("request", "src", "dst", "bytes", "start", "end"))):
+        node = em.replica_node(int(src))   # one line per request that moved: a transfer, not an op
+        per_node[node].append((local(start, node), {"type": "kv_transfer", "request": int(q), "replica": int(src),
+                                                   "to_replica": int(dst), "bytes": int(round(nbytes)),
+                                                   "end": local(end, node)}))
     for node, events in per_node.items():
         events += _nic_lines(nic_rows, node)
         events.sort(key=lambda e: (e[0], _LIFECYCLE.get(e[1]["type"], 3)))
@@ -175,6 +198,7 @@ def _workload(cfg: EmulatorConfig) -> dict:
             "output_dist": cfg.output_dist.to_dict(), "prefix_len": cfg.prefix_len,
             "spec_tokens": cfg.spec_tokens, "spec_accept": cfg.spec_accept,
             "kv_dtype": cfg.kv_dtype or cfg.dtype, "expert_skew": cfg.expert_skew,
+            "prefill_replicas": cfg.prefill_replicas,
             "max_batch_tokens": cfg.max_batch_tokens,
             "max_seqs": cfg.max_seqs, "two_batch_overlap": cfg.two_batch_overlap,
             "seed": cfg.seed, "clock_skew_us": cfg.clock_skew_us,

@@ -292,17 +292,57 @@ class Emulation:
         self.prompt_tokens = cfg.prefix_len + cfg.prompt_dist.draw(np.random.default_rng([cfg.seed, 1]), n, cfg.prompt_len)
         self.output_tokens = cfg.output_dist.draw(np.random.default_rng([cfg.seed, 2]), n, cfg.output_len)
         spec_rng = np.random.default_rng([cfg.seed, 3])
-        self.request_replica = np.arange(n) % cfg.dp   # round-robin router
+        P = cfg.prefill_replicas
+        # Round-robin routers: with disaggregated serving one over the prefill replicas (the
+        # first P) and one over the decode replicas (the rest); a request finishes on the latter.
+        self.request_prefill = np.arange(n) % (P or cfg.dp)
+        self.request_replica = P + np.arange(n) % (cfg.dp - P) if P else self.request_prefill
         cap = self._kv_capacity_tokens()
         self.kv_capacity_tokens = cap
         self.schedulers = []
+        self.replica_requests = []
         for r in range(cfg.dp):
-            idx = np.flatnonzero(self.request_replica == r)
+            prefill = P > 0 and r < P
+            idx = np.flatnonzero((self.request_prefill if prefill else self.request_replica) == r)
+            self.replica_requests.append(idx)
+            # A prefill replica serves each prompt and its first token; a decode replica gets the
+            # request when its KV has arrived (unknown until then).
             self.schedulers.append(VirtualEngines(
-                arrival[idx], self.prompt_tokens[idx], self.output_tokens[idx],
+                np.full(len(idx), np.inf) if P and not prefill else arrival[idx], self.prompt_tokens[idx],
+                np.ones(len(idx), np.int64) if prefill else self.output_tokens[idx],
                 engines=cfg.pp, max_batch_tokens=cfg.max_batch_tokens, max_seqs=cfg.max_seqs, kv_capacity_tokens=cap,
-                prefix_len=cfg.prefix_len, spec_tokens=cfg.spec_tokens, spec_accept=cfg.spec_accept, rng=spec_rng))
-        self.replica_requests = [np.flatnonzero(self.request_replica == r) for r in range(cfg.dp)]
+                prefix_len=cfg.prefix_len, spec_tokens=cfg.spec_tokens, spec_accept=cfg.spec_accept, rng=spec_rng,
+                transferred=P > 0 and not prefill))
+        self.kv_transfers: list[dict[str, np.ndarray]] = []
+        if P:
+            # KV bytes a token adds on each rank of a replica (its stage's layers, its TP shard).
+            m = cfg.model
+            per_layer = m.kv_elements_per_token() if m.mla else 2 * max(m.kv_heads // cfg.tp, 1) * m.head_dim
+            ranks0 = self.plan.replica_ranks(0)
+            self._kv_token_bytes = np.diff(self.plan.stage_layers)[self.plan.stage[ranks0]] * per_layer * cfg.kv_bytes
+            self._nic_free = np.zeros(cfg.dp)
+
+    def _send_kv(self, src: int, requests: np.ndarray, ready_ns: float) -> None:
+        """Disaggregated serving: send ``requests``' KV from prefill replica ``src`` (their prefill
+        ended at ``ready_ns``) to their decode replicas, each rank to its peer of the same stage
+        and TP index over the NIC, one request after another on the replica's NIC; each request
+        arrives when its last rank's share has."""
+        plan, hw = self.plan, self.cfg.hardware
+        dst = self.request_replica[requests]
+        src_ranks = plan.replica_ranks(src)
+        dst_ranks = np.stack([plan.replica_ranks(int(d)) for d in np.unique(dst)])[np.unique(dst, return_inverse=True)[1]]
+        rate = np.minimum(self.nic_rate[src_ranks][None, :], self.nic_rate[dst_ranks])          # [Q, ranks] bytes/ns
+        nbytes = self.prompt_tokens[requests][:, None] * self._kv_token_bytes[None, :]
+        dur = (nbytes / rate).max(axis=1) + hw.inter_node_latency_ns
+        start = max(ready_ns, self._nic_free[src])
+        end = start + np.cumsum(dur)
+        self._nic_free[src] = end[-1]
+        self.kv_transfers.append({"request": requests, "src": np.full(len(requests), src), "dst": dst,
+                                  "bytes": nbytes.sum(axis=1), "start": end - dur, "end": end})
+        for d in np.unique(dst):
+            mine = dst == d
+            local = np.searchsorted(self.replica_requests[int(d)], requests[mine])
+            self.schedulers[int(d)].receive(local, end[mine])
 
     def weights_per_chip(self) -> np.ndarray:
         """Weight bytes held by a chip of each pipeline stage."""
@@ -609,6 +649,8 @@ class Emulation:
             start = np.max([s for s, _, _ in cands], axis=0)
             runnable = np.any([ok for _, ok, _ in cands], axis=0)
             nxt = np.min([a for _, _, a in cands], axis=0)
+            if not runnable.any() and not np.isfinite(nxt).any():
+                continue   # a decode replica waiting for KV not yet sent (disaggregated serving)
             v, _ = self.schedulers[reps[0]].pick(start, runnable, nxt)
             for r, (s, _, _) in zip(reps, cands):
                 self.schedulers[r].select(v)
@@ -680,8 +722,10 @@ class Emulation:
             free = np.where(running, end_rank, free)
             for r in np.flatnonzero(running_rep):
                 sch = self.schedulers[r]
-                sch.complete(batches[r], step_end[r])
+                first_token, _ = sch.complete(batches[r], step_end[r])
                 finished[r] = sch.finished
+                if r < cfg.prefill_replicas and len(first_token):
+                    self._send_kv(int(r), self.replica_requests[r][first_token], float(step_end[r]))
             step += 1
 
     def _records(self, cp: _Compiled, step: int, sim: dict, running: np.ndarray, t0: np.ndarray,
@@ -738,11 +782,14 @@ class Emulation:
         finish = np.full(n, np.nan)
         generated = np.zeros(n, np.int64)
         for r, sch in enumerate(self.schedulers):
+            # Disaggregated: the first token from the prefill replica (listed first), the rest
+            # from the decode replica.
             idx = self.replica_requests[r]
-            first[idx] = sch.first_token_ns
+            first[idx] = np.fmin(first[idx], sch.first_token_ns)
             finish[idx] = sch.finish_ns
             generated[idx] = sch.generated
-        return {"request": np.arange(n), "replica": self.request_replica, "arrival": self.arrival_ns,
+        return {"request": np.arange(n), "replica": self.request_replica, "prefill_replica": self.request_prefill,
+                "arrival": self.arrival_ns,
                 "first_token": first, "finish": finish, "prompt_tokens": self.prompt_tokens,
                 "output_tokens": generated}
 

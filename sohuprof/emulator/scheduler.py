@@ -75,11 +75,16 @@ class ReplicaScheduler:
         Drafts verified per decode step and the acceptance probability of each.
     rng : numpy.random.Generator, optional
         Draws the accepted drafts (needed when ``spec_tokens > 0``).
+    transferred : bool, default False
+        A decode replica of disaggregated serving: each request arrives (:meth:`receive`) with
+        its prompt's KV computed elsewhere and its first token sampled; it needs KV room for
+        its prompt to be admitted, and decodes from its first step.
     """
 
     def __init__(self, arrival_ns: np.ndarray, prompt: np.ndarray, output: np.ndarray, *,
                  max_batch_tokens: int, max_seqs: int, kv_capacity_tokens: int, prefix_len: int = 0,
-                 spec_tokens: int = 0, spec_accept: float = 0.0, rng: np.random.Generator | None = None) -> None:
+                 spec_tokens: int = 0, spec_accept: float = 0.0, rng: np.random.Generator | None = None,
+                 transferred: bool = False) -> None:
         self.arrival = arrival_ns.astype(np.float64)
         self.prompt = prompt.astype(np.int64)
         self.output = output.astype(np.int64)
@@ -94,6 +99,9 @@ class ReplicaScheduler:
         self.preempted = np.zeros(n, bool)      # waiting again after a preemption (first in line)
         self.first_token_ns = np.full(n, np.nan)
         self.finish_ns = np.full(n, np.nan)
+        if transferred:
+            self.prefilled[:] = self.prompt
+            self.generated[:] = 1
         self.max_batch_tokens = max_batch_tokens
         self.max_seqs = max_seqs
         self.kv_capacity = kv_capacity_tokens
@@ -120,6 +128,10 @@ class ReplicaScheduler:
 
     def has_runnable(self, now: float) -> bool:
         return bool((self.admitted & ~self.done).any() or (~self.admitted & ~self.done & (self.arrival <= now)).any())
+
+    def receive(self, idx: np.ndarray, arrival_ns: np.ndarray) -> None:
+        """Requests ``idx`` arrive at ``arrival_ns`` (their KV, under disaggregated serving)."""
+        self.arrival[idx] = arrival_ns
 
     def kv_used(self) -> int:
         """KV-cache tokens held now: each running request's own tokens and the cached prefix once."""
@@ -163,22 +175,31 @@ class ReplicaScheduler:
         # preempted first, then by arrival, while slots, budget and KV space for their first
         # chunk last; first come first served, nobody overtakes.
         admit = np.zeros(0, np.int64)
+        self._ready = np.zeros(0, bool)
         start = self.prefilled.copy()
         shared_new = np.zeros(0, np.int64)
         if not len(preempt):
             waiting = np.flatnonzero(~self.admitted & ~self.done & (self.arrival <= now))
             waiting = waiting[np.lexsort((waiting, self.arrival[waiting], ~self.preempted[waiting]))]
             waiting = waiting[: max(self.max_seqs - int(running.sum()), 0)]
-            shared_new = np.full(len(waiting), self.prefix_len if self.prefix_cached else 0, np.int64)
+            # Requests that arrive with their KV (disaggregated prefill) only need room for it
+            # and decode at once.
+            ready = self.prefilled[waiting] >= self.target[waiting]
+            shared_new = np.where(ready, 0, self.prefix_len if self.prefix_cached else 0).astype(np.int64)
             left = max(budget - int(grant.sum()), 0)
-            first = _fill(left, self.target[waiting] - shared_new)
+            first = _fill(left, np.where(ready, 0, self.target[waiting] - shared_new))
+            kv_new = first + np.where(ready, self.prefilled[waiting] + k + 1, 0)
             room = self.kv_capacity - (int(need.sum()) + prefix)
-            fits = (np.cumsum(first) <= room) & (first > 0)
+            fits = (np.cumsum(kv_new) <= room) & ((first > 0) | ready)
             n_ok = int(np.argmin(fits)) if not fits.all() else len(fits)   # stop at the first that does not fit
-            admit, shared_new = waiting[:n_ok], shared_new[:n_ok]
-            growth[admit] = first[:n_ok]
-            start[admit] = shared_new
-            prefilling[admit] = True
+            admit, shared_new, ready = waiting[:n_ok], shared_new[:n_ok], ready[:n_ok]
+            fresh = admit[~ready]
+            growth[fresh] = first[:n_ok][~ready]
+            start[fresh] = shared_new[~ready]
+            prefilling[fresh] = True
+            decoding[admit[ready]] = True
+            growth[admit[ready]] = k + 1
+            self._ready = ready
         chunk = np.where(prefilling, growth, 0)
         self._admit, self._shared_new, self._preempt = admit, shared_new, preempt
         n_decode = int(decoding.sum())
@@ -214,10 +235,11 @@ class ReplicaScheduler:
             self.preempted[adm] = False
             self.admit_seq[adm] = self._next_seq + np.arange(len(adm))
             self._next_seq += len(adm)
-            self.shared[adm] = self._shared_new
-            self.prefilled[adm] = self._shared_new
+            fresh = adm[~self._ready]            # the others arrived with their KV
+            self.shared[fresh] = self._shared_new[~self._ready]
+            self.prefilled[fresh] = self._shared_new[~self._ready]
             self.hit_tokens += int(self._shared_new.sum())
-            self.query_tokens += int(self.target[adm].sum())
+            self.query_tokens += int(self.target[fresh].sum())
         self.prefilled += batch.chunk
         completes = (batch.chunk > 0) & (self.prefilled == self.target)
         first = completes & np.isnan(self.first_token_ns)
@@ -315,6 +337,14 @@ class VirtualEngines:
         order = (np.arange(E) + self._cursor) % E
         when = np.maximum(start, nxt)[order]
         return int(order[int(np.argmin(when))]), float(when.min())
+
+    def receive(self, idx: np.ndarray, arrival_ns: np.ndarray) -> None:
+        """Replica requests ``idx`` arrive at ``arrival_ns`` (engine ``i % engines``, at ``i // engines``)."""
+        E = len(self.engines)
+        for v in range(E):
+            mine = idx % E == v
+            if mine.any():
+                self.engines[v].receive(idx[mine] // E, arrival_ns[mine])
 
     def select(self, v: int) -> None:
         """Make engine ``v`` the one :meth:`form` and :meth:`complete` act on."""

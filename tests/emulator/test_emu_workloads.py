@@ -14,7 +14,7 @@ from emu_support import make_config, run_in_memory
 
 from sohuprof.cli import cli
 from sohuprof.emulator import emulate
-from sohuprof.emulator.config import LengthDist, parse_lengths
+from sohuprof.emulator.config import LengthDist, parse_fault, parse_lengths
 from sohuprof.emulator.runtime import Emulation
 from sohuprof.emulator.scheduler import ReplicaScheduler, accepted_drafts
 from sohuprof.errors import SpecError
@@ -303,3 +303,44 @@ def test_a_seeded_run_with_every_workload_option_is_byte_for_byte_reproducible(t
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert files and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
     assert a.prefix_hit_rate > 0 and a.tokens_per_decode > 1 and a == dataclasses.replace(b, path=a.path)
+
+
+# -------------------------------------------------------------------- disaggregated prefill/decode
+
+
+def test_disaggregated_prefill_sends_each_requests_kv_over_the_nic(tmp_path) -> None:
+    """Llama-3-8B, 2 nodes x 4 chips at tp 4: replica 0 (node 0) prefills, replica 1 (node 1)
+    decodes. Each request's KV crosses the NIC: per rank 1024 tokens x 32 layers x (2 x 2 heads x
+    128) fp8 bytes, at the chip's NIC share, one request after another, plus the NIC latency;
+    the decode replica serves a request only once its KV is there."""
+    cfg = make_config(nodes=2, chips_per_node=4, tp=4, requests=8, prompt_len=1024, output_len=16, prefill_replicas=1)
+    run = run_in_memory(cfg)
+    em, hw = run.em, cfg.hardware
+    kv = {k: np.concatenate([t[k] for t in em.kv_transfers]) for k in ("request", "src", "dst", "bytes", "start", "end")}
+    per_rank = 1024 * 32 * 2 * 2 * 128
+    assert sorted(kv["request"].tolist()) == list(range(8)) and (kv["bytes"] == 4 * per_rank).all()
+    rate = em.nic_rate[0]                                      # bytes/ns of one chip's NIC share
+    assert np.allclose(kv["end"] - kv["start"], per_rank / rate + hw.inter_node_latency_ns)
+    order = np.argsort(kv["start"])
+    assert (kv["start"][order][1:] >= kv["end"][order][:-1] - 1e-6).all()   # one at a time on the NIC
+    table = em.request_table()
+    assert (kv["start"] >= table["first_token"][kv["request"]] - 1e-6).all()
+    steps = [ev for ev in run.host if ev["type"] == "step"]
+    assert all(ev["decode_tokens"] == 0 for ev in steps if ev["replica"] == 0)
+    assert all(ev["prefill_tokens"] == 0 for ev in steps if ev["replica"] == 1)
+    # The decode replica's first step after a request's KV arrived is its first decode.
+    first_decode = min(ev["ts"] for ev in steps if ev["replica"] == 1)
+    assert first_decode >= kv["end"].min() - 1e-6
+    assert (table["output_tokens"] == 16).all() and (table["finish"] > kv["end"][np.argsort(kv["request"])]).all()
+    # A slow NIC on the prefill node slows the transfers by its factor (the bytes' part).
+    slow = Emulation(dataclasses.replace(cfg, faults=(parse_fault("slow-link:node=0,factor=0.5"),)))
+    for _ in slow.steps():
+        pass
+    t = slow.kv_transfers[0]
+    assert np.allclose(t["end"] - t["start"], 2 * per_rank / rate + hw.inter_node_latency_ns)
+    summary = emulate(cfg, tmp_path / "run", show_progress=False)
+    assert summary.kv_transfer_bytes == 8 * 4 * per_rank and summary.output_tokens == 8 * 16
+    lines = (tmp_path / "run" / "node0" / "host.jsonl").read_text().count('"type":"kv_transfer"')
+    assert lines == 8
+    with pytest.raises(SpecError, match="must leave a decode replica"):
+        make_config(nodes=2, chips_per_node=4, tp=4, prefill_replicas=2).validate()
