@@ -8,10 +8,11 @@ context a query attends to (prefill is bound by FLOPs, decode by the KV bytes it
 
 Collectives are alpha-beta costs over the links their group crosses, as NCCL and DeepEP run
 them: an all-reduce inside a node is the fastest of ring, tree, one-shot (every rank reads every
-peer's buffer, TensorRT-LLM's custom all-reduce for small messages) and, on switches that reduce
-in the fabric, NVLS; across nodes it is hierarchical (intra-node reduce-scatter, an all-reduce of
-each chip's 1/l shard over its own NIC, intra-node all-gather, pipelined). An all-to-all sends each
-(token, expert) copy to its rank, the NVLink and NIC parts at the same time and their latencies
+peer's buffer, TensorRT-LLM's custom all-reduce for small messages), two-shot (a reduce-scatter
+and an all-gather with every peer at once) and, on switches that reduce in the fabric, NVLS;
+across nodes it is hierarchical (intra-node reduce-scatter, an all-reduce of each chip's 1/l
+shard over its own NIC, intra-node all-gather, pipelined). An all-to-all sends each (token,
+expert) copy to its rank, the NVLink and NIC parts at the same time and their latencies
 in parallel, as DeepEP's low-latency kernels do (the dispatch in FP8 with its scales when the
 model is FP8: lowering sizes the buffers).
 """
@@ -207,14 +208,17 @@ class LinkModel:
 
 
 def _intra_all_reduce(s: np.ndarray, n: int, bw: float, alpha: float, nvls: float) -> np.ndarray:
-    """All-reduce of ``s`` bytes over ``n`` chips of one node: NCCL's ring or tree, a one-shot
-    all-reduce, or NVLS, whichever is fastest (as NCCL and TensorRT-LLM pick by size)."""
+    """All-reduce of ``s`` bytes over ``n`` chips of one node: NCCL's ring or tree, TensorRT-LLM's
+    one-shot or two-shot all-reduce, or NVLS, whichever is fastest (as they pick by size)."""
     if n <= 1:
         return np.zeros_like(s)
     ring = 2 * (n - 1) / n * s / bw + 2 * (n - 1) * alpha
     tree = 2 * s / bw + 2 * np.ceil(np.log2(n)) * alpha
     one_shot = (n - 1) * s / bw + 2 * alpha      # write to every peer once, one barrier each side
-    best = np.minimum(np.minimum(ring, tree), one_shot)
+    # Two-shot: reduce-scatter then all-gather, each a single round with every peer at once (a
+    # switch or a full mesh carries all of a chip's links together): the ring's bytes, 2 latencies.
+    two_shot = 2 * (n - 1) / n * s / bw + 2 * alpha
+    best = np.minimum(np.minimum(ring, tree), np.minimum(one_shot, two_shot))
     if nvls > 0:
         best = np.minimum(best, s / (bw * nvls) + 2 * alpha)   # each byte up to the switch and back once
     return best
