@@ -298,11 +298,12 @@ def test_a_seeded_run_with_every_workload_option_is_byte_for_byte_reproducible(t
     cfg = make_config("mixtral-8x7b", nodes=1, chips_per_node=8, tp=2, ep=4, requests=24, prompt_len=200,
                       output_len=8, rate=4000.0, prompt_dist=parse_lengths("lognormal:sigma=0.6"),
                       output_dist=parse_lengths(f"hist:{hist}"), prefix_len=40, spec_tokens=2, spec_accept=0.6,
-                      kv_dtype="bf16", expert_skew=1.0, seed=11)
+                      kv_dtype="bf16", expert_skew=1.0, prefill_replicas=2, seed=11)
     a, b = emulate(cfg, tmp_path / "a", show_progress=False), emulate(cfg, tmp_path / "b", show_progress=False)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert files and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
-    assert a.prefix_hit_rate > 0 and a.tokens_per_decode > 1 and a == dataclasses.replace(b, path=a.path)
+    assert a.prefix_hit_rate > 0 and a.tokens_per_decode > 1 and a.kv_transfer_bytes > 0
+    assert a == dataclasses.replace(b, path=a.path) and a.output_tokens == int(Emulation(cfg).output_tokens.sum())
 
 
 # -------------------------------------------------------------------- disaggregated prefill/decode
