@@ -272,6 +272,7 @@ def _steps(cfg: EmulatorConfig, load: int, span: int, cap: int, step_ns: float) 
     each with its share of the KV cache: a step serves one engine's sequences, and an engine
     with nothing to run still passes its (empty) step while others have work."""
     prompt, out = (max(1, round(x)) for x in cfg.mean_lengths)   # lengths from distributions: their means
+    out = 1 + round((out - 1) / cfg.tokens_per_decode)            # speculative decoding: fewer decode steps
     mbt = cfg.max_batch_tokens
     E = cfg.pp
     c = max(1, min(-(-load // E), cfg.max_seqs, cap // E // (prompt + out)))   # one engine's sequences at once
