@@ -196,7 +196,7 @@ Example:
               help="MoE routing: Zipf exponent of each layer's expert popularity, 0..4 (0 uniform) "
                    "[default: a mild random skew].")
 @click.option("--two-batch-overlap/--no-two-batch-overlap", default=True, show_default=True,
-              help="Overlap TP all-reduces with compute by splitting big steps in two micro-batches.")
+              help="Overlap collectives with compute by splitting a step in two micro-batches where that is faster.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Random seed, 0..2**63-1.")
 @click.option("--clock-skew-us", default=50.0, show_default=True, type=FiniteFloat(0, 1e5),
               help="Node clock offset scale, 0..1e5 (0: perfect clocks).")

@@ -72,6 +72,10 @@ class HardwareSpec:
         Where the intra-node switch reduces in the fabric (NVLink SHARP, NCCL's NVLS), the
         fraction of the link bandwidth its all-reduce reaches: it moves each byte once each way
         instead of a ring's ``2(n-1)/n`` times. 0: no in-switch reduction.
+    comm_compute_share : float
+        Share of the compute units a running collective kernel holds (NCCL's and DeepEP's
+        kernels run on SMs), taken from the ops that overlap it; 0 where a dedicated engine moves
+        the data. Its HBM traffic is charged to those ops on every chip.
     """
 
     name: str
@@ -106,6 +110,7 @@ class HardwareSpec:
     attention_prefill_efficiency: tuple[float, ...] = ()
     attention_decode_efficiency: tuple[float, ...] = ()
     nvls: float = 0.0
+    comm_compute_share: float = 0.0
 
     def peak_flops(self, dtype: str) -> float:
         """Dense matrix FLOP/s for operand type ``dtype`` (``fp8`` or ``bf16``)."""
@@ -123,7 +128,7 @@ class HardwareSpec:
     def from_dict(cls, data: dict[str, Any], *, source: str = "<dict>") -> HardwareSpec:
         """Build a spec from a mapping, naming the missing or unknown keys on error."""
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        # Fields with a default (the shape tables, nvls) may be absent: older specs and stores.
+        # Fields with a default (the shape tables, nvls, comm_compute_share) may be absent: older specs and stores.
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
         missing = sorted(required - set(data))
         unknown = sorted(set(data) - set(fields))
@@ -165,7 +170,7 @@ class HardwareSpec:
 
     def _validate(self, source: str) -> None:
         positive = [f.name for f in dataclasses.fields(self) if f.type in ("int", "float")
-                    and f.name not in ("launch_overhead_ns", "step_overhead_ns", "jitter", "nvls",
+                    and f.name not in ("launch_overhead_ns", "step_overhead_ns", "jitter", "nvls", "comm_compute_share",
                                        "intra_node_latency_ns", "inter_node_latency_ns")]
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -176,7 +181,7 @@ class HardwareSpec:
             if not getattr(self, name) > 0:
                 raise SpecError(f"hardware spec {source}: '{name}' must be > 0, got {getattr(self, name)}")
         for name in ("matmul_efficiency", "vector_efficiency", "memory_efficiency", "comm_efficiency",
-                     "activation_hbm_fraction", "nvls"):
+                     "activation_hbm_fraction", "nvls", "comm_compute_share"):
             if getattr(self, name) > 1:
                 raise SpecError(f"hardware spec {source}: '{name}' is a fraction, at most 1")
         for xs, ys in (("gemm_rows", ("gemm_efficiency",)),

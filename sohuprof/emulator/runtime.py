@@ -144,6 +144,14 @@ class _Compiled:
     # Background ops (an overlapped DMA: the KV-cache write) and the stream op each runs under.
     bg_pos: np.ndarray
     bg_partner: np.ndarray
+    # Overlapped collectives (indices), the position their stream's next event is at, the HBM
+    # bytes each moves per buffer byte, and the stream ops that run under them (positions, and
+    # which of them each runs under).
+    ov_ci: np.ndarray
+    ov_q: np.ndarray
+    ov_traffic: np.ndarray
+    win_pos: np.ndarray
+    win_of: np.ndarray
     events: list[tuple[int, int]]  # (position, collective index or -1 for a join), in issue order
     event_pos: np.ndarray   # [E] their positions
     segment: np.ndarray     # [K] events at or before each position
@@ -210,8 +218,31 @@ class _Compiled:
         bg_pos = np.flatnonzero(~is_coll & prog.overlaps)
         bg_partner = np.array([next(j for j in range(k + 1, len(prog)) if fg[j] and prog.stage[j] == prog.stage[k])
                                for k in bg_pos], dtype=np.int64)
+        # An overlapped collective runs under the stream's ops up to the stream's next event
+        # (collective or join) of its stage; it moves each byte it sends or receives through HBM.
+        ov_ci = np.array([i for i, c in enumerate(collectives) if c.overlaps], dtype=np.int64)
+        ov_q = np.zeros(len(ov_ci), np.int64)
+        win_pos, win_of = [], []
+        for s in np.unique(prog.stage):
+            mine = (prog.stage[event_pos] == s) | (prog.peer_stage[event_pos] == s)
+            ev_s = event_pos[mine]
+            fg_s = np.flatnonzero(fg & (prog.stage == s))
+            for j, ci in enumerate(ov_ci):
+                p = collectives[ci].pos
+                if prog.stage[p] != s:
+                    continue
+                after = ev_s[ev_s > p]
+                ov_q[j] = after[0] if len(after) else len(prog)
+                k = fg_s[(fg_s > p) & (fg_s < ov_q[j])]
+                win_pos.append(k)
+                win_of.append(np.full(len(k), j))
+        wire = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
+                "all_to_all": lambda n: (n - 1) / n, "send": lambda n: 0.5}
+        ov_traffic = np.array([2 * wire[collectives[ci].kind](collectives[ci].groups.size) for ci in ov_ci])
         return cls(program=prog, engine=np.array([int(t.engine) for t in tmpl]), is_coll=is_coll,
-                   bg_pos=bg_pos, bg_partner=bg_partner,
+                   bg_pos=bg_pos, bg_partner=bg_partner, ov_ci=ov_ci, ov_q=ov_q, ov_traffic=ov_traffic,
+                   win_pos=np.concatenate(win_pos) if win_pos else np.zeros(0, np.int64),
+                   win_of=np.concatenate(win_of) if win_of else np.zeros(0, np.int64),
                    overlaps=prog.overlaps, active=active, seq_mask=active & ~is_coll & ~prog.overlaps,
                    coef_flops=coef_flops, coef_hbm=coef_hbm, coef_net=coef_net,
                    moe_pos=moe_pos, collectives=collectives, joins=joins, has_parts=bool((prog.part >= 0).any()),
@@ -489,9 +520,11 @@ class Emulation:
         sigma = self.cfg.hardware.jitter
         return 1.0 + sigma * np.abs(self.rng.standard_normal(shape))
 
-    def _transfers(self, cp: _Compiled, net: np.ndarray) -> list[np.ndarray]:
+    def _transfers(self, cp: _Compiled, net: np.ndarray, prefill: np.ndarray | None = None) -> list[np.ndarray]:
         """Transfer time (ns) of every group at every collective position of the step: they do
-        not depend on arrival times, so all are computed up front, batched per group set."""
+        not depend on arrival times, so all are computed up front, batched per group set.
+        ``prefill`` [R] marks ranks whose replica prefills this step: an EP group with one runs
+        its all-to-alls with NVLink forwarding (DeepEP's normal kernels), else low-latency."""
         out: list[np.ndarray] = [np.empty(0)] * len(cp.collectives)
         for (kind, gs_id), idx in cp.collective_batches.items():
             first = cp.collectives[idx[0]]
@@ -500,12 +533,16 @@ class Emulation:
             G = len(gs.members)
             size = net[gs.members][:, :, pos].transpose(2, 0, 1).reshape(len(pos) * G, gs.size)
             sel = np.tile(np.arange(G), len(pos))
-            t = collective_time(kind, size, links, sel) * self._jitter((len(pos) * G,))
+            fwd = None
+            if kind == "all_to_all" and prefill is not None:
+                fwd = np.tile(prefill[gs.members].any(axis=1), len(pos))
+            t = collective_time(kind, size, links, sel, fwd) * self._jitter((len(pos) * G,))
             for j, i in enumerate(idx):
                 out[i] = t[j * G:(j + 1) * G]
         return out
 
-    def _nic(self, cp: _Compiled, net: np.ndarray, transfers: list[np.ndarray], running: np.ndarray) -> np.ndarray:
+    def _nic(self, cp: _Compiled, net: np.ndarray, transfers: list[np.ndarray], running: np.ndarray,
+             prefill: np.ndarray | None = None) -> np.ndarray:
         """Each chip's NIC port counters over the step, ``[len(NIC_COUNTERS), R]`` (see
         :class:`NicCounters`): one pass per set of collectives sharing a kind and group set that
         spans nodes, vectorized over its positions, groups and members."""
@@ -539,6 +576,16 @@ class Emulation:
                 per_node = np.bincount(key, weights=size.reshape(-1), minlength=P * routes.codes)
                 same = per_node.reshape(P, routes.codes)[:, routes.code]          # [P, G, n]
                 got = (size.sum(axis=2, keepdims=True) - same) / n
+                if prefill is not None and prefill[members].any():
+                    # NVLink forwarding (timing.collective_time): a token's copy once to the
+                    # same-index GPU of each remote node holding its experts, shared equally.
+                    links = cp.collectives[idx[0]].links
+                    nodes = n // links.local
+                    fwd = prefill[members].any(axis=1)[None, :, None]                # [1, G, 1]
+                    f_sent = size / links.top_k * links.remote_nodes
+                    by_node = f_sent.reshape(P, len(members), nodes, links.local)
+                    f_got = ((by_node.sum(axis=2, keepdims=True) - by_node) / max(nodes - 1, 1)).reshape(f_sent.shape)
+                    sent, got = np.where(fwd, f_sent, sent), np.where(fwd, f_got, got)
             else:
                 raise ValueError(f"unknown collective kind {kind!r}")
             rate = self.nic_rate[members]                                         # [G, n] bytes/ns
@@ -551,7 +598,8 @@ class Emulation:
 
     def _simulate(self, cp: _Compiled, start: np.ndarray, running: np.ndarray, flops: np.ndarray,
                   hbm: np.ndarray, net: np.ndarray,
-                  efficiency: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                  efficiency: tuple[np.ndarray, np.ndarray] | None = None,
+                  prefill: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Resolve one step's times. ``start`` [R] is each rank's first-op time (true ns).
 
         Between collectives a rank's ops run back to back (prefix sums); at a collective each
@@ -568,8 +616,14 @@ class Emulation:
         if len(cp.bg_pos):
             hbm_t = hbm.copy()
             np.add.at(hbm_t, (slice(None), cp.bg_partner), hbm[:, cp.bg_pos])
-        dur, stall = op_times(flops, hbm_t, cp.engine, hw, self.cfg.dtype, self.slowdown, self._jitter((R, K)),
-                              efficiency)
+        jitter = self._jitter((R, K))
+        transfers = self._transfers(cp, net, prefill)
+        dur, stall = op_times(flops, hbm_t, cp.engine, hw, self.cfg.dtype, self.slowdown, jitter, efficiency)
+        if len(cp.win_pos):
+            # Overlapped communication shares the chip: what runs under it streams the
+            # collective's HBM traffic too, and on a GPU computes without the SMs its kernel holds.
+            flops_t, hbm_t = self._share_with_collectives(cp, flops, hbm_t, dur, net, transfers, running)
+            dur, stall = op_times(flops_t, hbm_t, cp.engine, hw, self.cfg.dtype, self.slowdown, jitter, efficiency)
         if len(cp.bg_pos):
             own = dur[:, cp.bg_pos] > 0
             dur[:, cp.bg_pos] = np.where(own, dur[:, cp.bg_partner], 0.0)
@@ -577,7 +631,6 @@ class Emulation:
         active = cp.active & running[:, None]
         seq = np.where(cp.seq_mask & active, dur, 0.0)
         cum = np.cumsum(seq, axis=1) - seq                                    # exclusive prefix sums
-        transfers = self._transfers(cp, net)
         n_ev = len(cp.events)
         bases = np.empty((n_ev + 1, R))
         base = start.astype(float)
@@ -628,7 +681,36 @@ class Emulation:
             self.seq[gs.ids] += part.sum(axis=0)
         emit = active & (((dur > 0) & ~cp.is_coll) | is_coll_ok)
         return {"start": op_start, "end": op_end, "stall": stall, "emit": emit, "group": group, "seq": seqno,
-                "nic": self._nic(cp, net, transfers, running)}
+                "nic": self._nic(cp, net, transfers, running, prefill)}
+
+    def _share_with_collectives(self, cp: _Compiled, flops: np.ndarray, hbm: np.ndarray, dur: np.ndarray,
+                                net: np.ndarray, transfers: list[np.ndarray],
+                                running: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """FLOPs and HBM bytes to time the step's ops by, with each overlapped collective charged to
+        the stream ops under it (``dur``: their times alone): the share of its HBM traffic (its
+        buffers' bytes in and out, as much as reaches HBM: ``activation_hbm_fraction``) that
+        passes while they run, spread over them by time, and ``comm_compute_share`` of the compute
+        units for the share of their time it runs. The records keep each op's own work."""
+        hw, R = self.cfg.hardware, self.plan.world
+        # By the ops' times at the chip's nominal speed: a throttled chip (a straggler) then runs
+        # every op, charges included, exactly its factor slower.
+        seq = np.where(cp.seq_mask & cp.active & running[:, None], dur / self.slowdown[:, None], 0.0)
+        cs = np.concatenate([np.zeros((R, 1)), np.cumsum(seq, axis=1)], axis=1)     # [R, K + 1]
+        p = cp.coll_pos[cp.ov_ci]
+        under_ns = cs[:, cp.ov_q] - cs[:, p]                                         # [R, Co]
+        t = np.stack([transfers[ci][cp.collectives[ci].rank_group] for ci in cp.ov_ci], axis=1)
+        t = t + hw.launch_overhead_ns
+        takes = cp.coll_member[cp.ov_ci].T & cp.active[:, p] & running[:, None]
+        # Its buffers are activations: the share of them that reaches HBM does (all on a GPU).
+        traffic = np.where(takes, net[:, p] * cp.ov_traffic * hw.activation_hbm_fraction, 0.0)
+        covered = np.divide(t, under_ns, out=np.zeros_like(t), where=under_ns > 0).clip(max=1.0)
+        passing = traffic * np.divide(under_ns, t, out=np.zeros_like(t), where=t > 0).clip(max=1.0)
+        wp, wc = cp.win_pos, cp.win_of
+        share = np.divide(seq[:, wp], under_ns[:, wc], out=np.zeros((R, len(wp))), where=under_ns[:, wc] > 0)
+        hbm, flops = hbm.copy(), flops.copy()
+        hbm[:, wp] += passing[:, wc] * share
+        flops[:, wp] /= 1.0 - hw.comm_compute_share * covered[:, wc]
+        return flops, hbm
 
     def _batches(self, free0: np.ndarray, finished: np.ndarray) -> tuple[list[Batch], np.ndarray, np.ndarray]:
         """Form every replica's next batch; coupled replicas (one EP group) step together.
@@ -708,7 +790,8 @@ class Emulation:
             # The first stage opens the step with the host's work; a later stage waits at its
             # receive, from the step's start or the end of its own previous step.
             start = np.where(stage0, compute_start, np.maximum(free, t0))
-            sim = self._simulate(cp, start, running, flops, hbm, net, self._efficiency(cp, feat, flops))
+            prefill = np.array([b.prefill_tokens > 0 for b in batches])[plan.replica] & running
+            sim = self._simulate(cp, start, running, flops, hbm, net, self._efficiency(cp, feat, flops), prefill)
             end_rank = np.maximum(np.where(sim["emit"], sim["end"], -np.inf).max(axis=1), start)
             step_end = np.full(cfg.dp, -np.inf)
             np.maximum.at(step_end, plan.replica[running], end_rank[running])

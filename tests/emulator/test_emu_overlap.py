@@ -5,16 +5,24 @@ reads every weight twice and launches every op twice: it pays for big compute-bo
 costs small memory-bound ones. The emulator picks the faster form per step, so time-to-first-
 token grows smoothly with the prompt (issue 16: it fell 29 % from 2047 to 2048 tokens, where a
 hand-set threshold switched the overlap on), and the overlap also runs with EP > 1 (DeepSeek's
-serving overlaps one micro-batch's dispatch and combine with the other's compute).
+serving overlaps one micro-batch's dispatch and combine with the other's compute). What runs
+under an overlapped collective shares the chip with it: its HBM traffic, and on a GPU the SMs its
+kernel holds.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
-from emu_support import make_config
+from emu_support import make_config, run_in_memory
 
+from sohuprof.emulator import EmulatorConfig
 from sohuprof.emulator.runtime import Emulation
+from sohuprof.hardware import load_hardware
+from sohuprof.models import load_model
+from sohuprof.strace import Engine
 
 TP8_70B = dict(model="llama3-70b", nodes=1, chips_per_node=8, tp=8, requests=1, output_len=1, dtype="fp8")
 
@@ -70,3 +78,24 @@ def test_two_batch_overlap_runs_with_expert_parallelism(model: str, kw: dict) ->
     on, _ = _ttft_ns(**shape)
     off, _ = _ttft_ns(two_batch_overlap=False, **shape)
     assert on < 0.95 * off, (on, off)
+
+
+def test_overlapped_communication_takes_the_compute_it_shares() -> None:
+    """On a GPU a collective kernel holds some SMs while it runs: the ops that overlap it (two-batch
+    overlap's other micro-batch) run slower by at most 1 / (1 - comm_compute_share); every other
+    op is untouched."""
+    h100 = load_hardware("h100")
+    assert h100.comm_compute_share > 0
+    runs = []
+    for share in (0.0, h100.comm_compute_share):
+        cfg = EmulatorConfig(model=load_model("llama3-70b"), hardware=dataclasses.replace(h100, comm_compute_share=share),
+                             nodes=1, chips_per_node=8, tp=8, requests=2, prompt_len=4096, output_len=1, dtype="fp8")
+        runs.append(run_in_memory(cfg))
+    free, shared = runs
+    assert (free.rec["name_id"] == shared.rec["name_id"]).all()
+    compute = np.isin(free.rec["engine"], [Engine.MATRIX, Engine.VECTOR])
+    ratio = (shared.end_ns - shared.start_ns)[compute] / (free.end_ns - free.start_ns)[compute]
+    assert ratio.min() >= 1 - 1e-9
+    assert ratio.max() <= 1 / (1 - h100.comm_compute_share) * (1 + 1e-9)
+    assert (ratio > 1.01).mean() > 0.2          # two-batch overlap: much of the step runs under a collective
+    assert np.isclose(ratio, 1.0).any()          # and some of it under none
