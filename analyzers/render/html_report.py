@@ -98,10 +98,17 @@ def title_facts(manifest: dict[str, Any], *, store_path: Path | str | None = Non
         parts = []
         if work.get("requests") is not None:
             parts.append(f"{work['requests']:,} requests" + (f" at {work['rate']:g}/s" if work.get("rate") else ""))
-        if work.get("prompt_len") is not None:
-            parts.append(f"prompt {work['prompt_len']:,} tokens")
-        if work.get("output_len") is not None:
-            parts.append(f"output {work['output_len']:,} tokens")
+        for key in ("prompt", "output"):
+            # A length distribution other than fixed is named by its spec (e.g. lognormal:sigma=1).
+            dist = (work.get(f"{key}_dist") or {}).get("spec", "fixed")
+            if work.get(f"{key}_len") is not None:
+                parts.append(f"{key} {work[f'{key}_len']:,} tokens" + (f" ({dist})" if dist != "fixed" else ""))
+        if work.get("prefix_len"):
+            parts.append(f"shared prefix {work['prefix_len']:,} tokens")
+        if work.get("spec_tokens"):
+            parts.append(f"speculative decoding {work['spec_tokens']} drafts at {work.get('spec_accept', 0):g}")
+        if work.get("prefill_replicas"):
+            parts.append(f"{work['prefill_replicas']} prefill replicas (disaggregated)")
         if work.get("max_batch_tokens") is not None:
             parts.append(f"batches up to {work['max_batch_tokens']:,} tokens")
         if work.get("max_seqs") is not None:
