@@ -48,6 +48,10 @@ class ModelConfig:
         expert's MLP width, always-on shared experts.
     first_dense_layers : int
         Leading layers that keep a dense MLP in an MoE model (DeepSeek's first_k_dense_replace).
+    expert_groups, groups_per_token : int
+        Group-limited routing (DeepSeek's ``n_group`` / ``topk_group``): the routed experts form
+        that many contiguous groups and a token's experts lie in at most ``groups_per_token`` of
+        them, so with experts laid out over nodes a token reaches few nodes. 0: no limit.
     mla : MLAConfig or None
         Set for multi-head latent attention.
     """
@@ -66,6 +70,8 @@ class ModelConfig:
     shared_experts: int = 0
     first_dense_layers: int = 0
     mla: MLAConfig | None = None
+    expert_groups: int = 0
+    groups_per_token: int = 0
 
     @property
     def is_moe(self) -> bool:
@@ -162,7 +168,8 @@ class ModelConfig:
                     head_dim=head_dim, ffn=ffn, vocab=vocab, experts=experts, top_k=top_k,
                     expert_ffn=expert_ffn, shared_experts=int(cfg.get("n_shared_experts") or 0),
                     first_dense_layers=int(cfg.get("first_k_dense_replace") or 0) if experts else 0,
-                    mla=mla)
+                    mla=mla, expert_groups=int(cfg.get("n_group") or 0) if experts else 0,
+                    groups_per_token=int(cfg.get("topk_group") or 0) if experts else 0)
         for key in ("layers", "hidden", "heads", "kv_heads", "head_dim", "vocab"):
             if getattr(model, key) <= 0:
                 raise SpecError(f"model config {name}: '{key}' must be positive")
@@ -170,6 +177,9 @@ class ModelConfig:
             raise SpecError(f"model config {name}: {heads} heads is not a multiple of {kv_heads} KV heads")
         if experts and top_k > experts:
             raise SpecError(f"model config {name}: top-k {top_k} exceeds {experts} experts")
+        if model.expert_groups and (experts % model.expert_groups or not 0 < model.groups_per_token <= model.expert_groups):
+            raise SpecError(f"model config {name}: 'n_group' {model.expert_groups} must divide the {experts} experts "
+                            f"and 'topk_group' {model.groups_per_token} be in 1..n_group")
         return model
 
 

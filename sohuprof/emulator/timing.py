@@ -13,8 +13,10 @@ and an all-gather with every peer at once) and, on switches that reduce in the f
 across nodes it is hierarchical (intra-node reduce-scatter, an all-reduce of each chip's 1/l
 shard over its own NIC, intra-node all-gather, pipelined). An all-to-all sends each (token,
 expert) copy to its rank, the NVLink and NIC parts at the same time and their latencies
-in parallel, as DeepEP's low-latency kernels do (the dispatch in FP8 with its scales when the
-model is FP8: lowering sizes the buffers).
+in parallel, as DeepEP's low-latency kernels do (for decode steps); a step that prefills runs
+DeepEP's normal kernels, NVLink forwarding: a token crosses the NIC once per remote node its
+experts lie on (few, under DeepSeek's group-limited routing) and fans out over NVLink there.
+The dispatch travels in FP8 with its scales when the model is FP8 (lowering sizes the buffers).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from sohuprof.hardware import HardwareSpec
 from sohuprof.strace import Engine
 
 __all__ = ["LinkModel", "ShapeModel", "engine_rates", "op_times", "collective_time", "nic_bandwidth",
-           "all_reduce_nic_share"]
+           "all_reduce_nic_share", "routing_spread"]
 
 #: Op classes of :class:`ShapeModel`.
 _FLAT, _GEMM, _ATTENTION = 0, 1, 2
@@ -165,6 +167,36 @@ def nic_bandwidth(cfg: EmulatorConfig) -> np.ndarray:
     return nic
 
 
+def routing_spread(model, n: int, local: int) -> tuple[float, float]:   # model: ModelConfig
+    """Where a token's ``top_k`` experts lie when the experts are spread evenly over ``n`` ranks,
+    ``local`` a node: the expected other nodes it visits, and the NVLink copies a forwarding
+    all-to-all fans it out to on the nodes it visits (DeepEP's normal kernels: one NIC crossing
+    per remote node, then NVLink to the GPUs holding its experts there).
+
+    With group-limited routing (``groups_per_token`` of ``expert_groups`` contiguous groups, as
+    DeepSeek-V3's 4 of 8) the token visits the nodes of its distinct groups; otherwise its
+    experts fall uniformly at random (expected distinct bins of ``top_k`` draws).
+    """
+    k = max(model.top_k, 1)
+    nodes = max(n // max(local, 1), 1)
+    if model.expert_groups and model.groups_per_token:
+        g, t = model.expert_groups, model.groups_per_token
+        if nodes <= g:
+            # g / nodes groups a node; t distinct groups drawn: a node is missed if all t avoid it.
+            per = g // nodes
+            miss = np.prod([(g - per - i) / (g - i) for i in range(t)]) if g - per >= t else 0.0
+            visited = nodes * (1 - miss)
+        else:
+            # A group spans nodes / g nodes; the token's k / t experts in each fall among them.
+            span = nodes / g
+            visited = t * span * (1 - (1 - 1 / span) ** (k / t))
+    else:
+        visited = nodes * (1 - (1 - 1 / nodes) ** k)
+    per_node = k / visited                                      # experts a visited node holds
+    gpus = local * (1 - (1 - 1 / local) ** per_node)            # distinct GPUs among them
+    return float(visited * (nodes - 1) / nodes), float(visited * gpus * (local - 1) / local)
+
+
 def all_reduce_nic_share(n: int, local: int) -> float:
     """Bytes each member of a hierarchical all-reduce sends (and receives) across nodes, per byte
     of its buffer: a ring all-reduce of its ``1/local`` shard over the ``n / local`` nodes."""
@@ -187,6 +219,9 @@ class LinkModel:
     alpha_intra: float = 0.0
     alpha_inter: float = 0.0
     nvls: float = 0.0       # fraction of the link an in-switch all-reduce reaches (0: no NVLS)
+    top_k: int = 1          # copies of a token an all-to-all moves (experts it visits)
+    remote_nodes: float = 0.0   # other nodes a token's experts lie on (expected; forwarding mode)
+    node_gpus: float = 0.0      # NVLink copies per token a forwarding all-to-all fans out
 
     @classmethod
     def build(cls, groups: GroupSet, cfg: EmulatorConfig) -> LinkModel:
@@ -204,7 +239,10 @@ class LinkModel:
                    bw_intra=bw_intra, bw_inter=bw_inter, local_peers=same,
                    remote_peers=groups.size - 1 - same, local=int(same[:, 0].min()) + 1,
                    alpha_intra=float(hw.intra_node_latency_ns), alpha_inter=float(hw.inter_node_latency_ns),
-                   nvls=float(hw.nvls) if hw.intra_node_links == 1 else 0.0)
+                   nvls=float(hw.nvls) if hw.intra_node_links == 1 else 0.0,
+                   top_k=max(cfg.model.top_k, 1),
+                   **dict(zip(("remote_nodes", "node_gpus"),
+                              routing_spread(cfg.model, groups.size, int(same[:, 0].min()) + 1))))
 
 
 def _intra_all_reduce(s: np.ndarray, n: int, bw: float, alpha: float, nvls: float) -> np.ndarray:
@@ -232,11 +270,14 @@ def _intra_half(s: np.ndarray, n: int, bw: float, alpha: float) -> np.ndarray:
     return (n - 1) / n * s / bw + (n - 1) * alpha
 
 
-def collective_time(kind: str, size: np.ndarray, links: LinkModel, sel: np.ndarray) -> np.ndarray:
+def collective_time(kind: str, size: np.ndarray, links: LinkModel, sel: np.ndarray,
+                    forward: np.ndarray | None = None) -> np.ndarray:
     """Transfer time (ns) of one collective per selected group, once its last member arrived.
 
     ``size`` is [G', n]: each member's buffer in bytes (nccl-tests' "size": the all-reduce
     buffer, the all-gather output, the all-to-all send buffer); ``sel`` picks the groups.
+    ``forward`` [G'] marks all-to-alls run with NVLink forwarding (DeepEP's normal kernels, as
+    SGLang runs them for steps that prefill); the others run as the low-latency kernels.
     """
     n = size.shape[1]
     bw, alpha = links.bw[sel], links.alpha[sel]
@@ -265,7 +306,15 @@ def collective_time(kind: str, size: np.ndarray, links: LinkModel, sel: np.ndarr
         intra = size * local / n / links.bw_intra
         inter = size * remote / n / links.bw_inter[sel][:, None]
         lat = np.where(spans, links.alpha_inter, links.alpha_intra)
-        return np.maximum(intra, inter).max(axis=1) + lat
+        direct = np.maximum(intra, inter).max(axis=1) + lat
+        if forward is None or not (forward & spans).any():
+            return direct
+        # NVLink forwarding: a token crosses the NIC once per remote node holding its experts,
+        # to the same-index GPU there, which forwards it over NVLink; a notify round first.
+        token = size / links.top_k
+        fwd = np.maximum(token * links.remote_nodes / links.bw_inter[sel][:, None],
+                         token * links.node_gpus / links.bw_intra).max(axis=1) + 2 * lat
+        return np.where(forward & spans, fwd, direct)
     if kind == "send":
         return s / bw + alpha
     raise ValueError(f"unknown collective kind {kind!r}")

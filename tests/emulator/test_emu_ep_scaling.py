@@ -104,3 +104,25 @@ def test_nvls_beats_the_ring_inside_a_node() -> None:
     assert busbw <= 2 * 7 / 8 * make_config(hw="h100").hardware.intra_node_bandwidth   # one pass per byte at most
     no_nvls, _ = _all_reduce_us(1, 8, s, hw="sohu")
     assert no_nvls > 0
+
+
+def test_prefill_all_to_all_forwards_over_nvlink_under_group_limited_routing() -> None:
+    """DeepEP's normal kernels (steps that prefill): a token crosses the NIC once per remote node
+    its experts lie on, at most DeepSeek-V3's 4 groups' nodes, then fans out over NVLink; for a
+    prefill-sized buffer that beats sending every (token, expert) copy over the NIC."""
+    from sohuprof.emulator.timing import routing_spread
+
+    cfg = make_config(model="deepseek-v3", hw="h100", nodes=4, chips_per_node=8, tp=1, ep=32, dtype="fp8")
+    m = cfg.model
+    remote, fan = routing_spread(m, 32, 8)
+    assert remote < m.groups_per_token and fan <= m.top_k
+    unlimited = routing_spread(make_config(model="mixtral-8x7b").model, 32, 8)[0]
+    assert 0 < unlimited <= 3
+    links = LinkModel.build(GroupSet("ep", np.array([0]), np.arange(32)[None, :]), cfg)
+    size = np.full((1, 32), 4096.0 * m.top_k * dispatch_bytes(cfg))
+    sel = np.array([0])
+    direct = collective_time("all_to_all", size, links, sel, np.array([False]))[0]
+    forward = collective_time("all_to_all", size, links, sel, np.array([True]))[0]
+    assert forward < 0.5 * direct
+    # Never faster than the NIC carries the crossings at its raw line rate.
+    assert forward >= 4096 * dispatch_bytes(cfg) * remote / cfg.hardware.inter_node_bandwidth * 1e9

@@ -12,7 +12,8 @@ from emu_support import MemRun, make_config, read_run, run_in_memory
 
 from sohuprof.emulator import emulate, parse_fault
 from sohuprof.emulator.runtime import NIC_COUNTERS
-from sohuprof.strace import Engine
+from sohuprof.emulator.timing import routing_spread
+from sohuprof.strace import Engine, Phase
 
 SHAPES = {
     # A hierarchical all-reduce over 8 ranks on 2 nodes: rank j and j + 4 exchange a quarter each.
@@ -68,6 +69,16 @@ def _reference(run: MemRun) -> dict[tuple[int, int], np.ndarray]:
         elif kind == "all_gather":
             for j in range(n):
                 sent[(j, (j + 1) % n)] += (n - 1) / n * size[j]
+        elif kind == "all_to_all" and any(run.rec["phase"][i] != Phase.DECODE for i in idx):
+            # A step that prefills forwards over NVLink (DeepEP's normal kernels): each token's
+            # copy once to the same-index member of each remote node its experts lie on.
+            local = sum(1 for nd in node if nd == node[0])
+            m = n // local
+            remote, _ = routing_spread(run.cfg.model, n, local)
+            for j in range(n):
+                for k in range(j % local, n, local):
+                    if node[k] != node[j]:
+                        sent[(j, k)] += size[j] / run.cfg.model.top_k * remote / (m - 1)
         elif kind == "all_to_all":
             for j in range(n):
                 for k in range(n):
