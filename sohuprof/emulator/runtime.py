@@ -342,7 +342,9 @@ class Emulation:
                 np.full(len(idx), np.inf) if P and not prefill else arrival[idx], self.prompt_tokens[idx],
                 np.ones(len(idx), np.int64) if prefill else self.output_tokens[idx],
                 engines=cfg.pp, max_batch_tokens=cfg.max_batch_tokens, max_seqs=cfg.max_seqs, kv_capacity_tokens=cap,
-                prefix_len=cfg.prefix_len, spec_tokens=cfg.spec_tokens, spec_accept=cfg.spec_accept, rng=spec_rng,
+                # (a decode replica receives each request's KV whole: nothing to look up)
+                prefix_len=0 if P and not prefill else cfg.prefix_len, spec_tokens=cfg.spec_tokens,
+                spec_accept=cfg.spec_accept, rng=spec_rng,
                 transferred=P > 0 and not prefill))
         self.kv_transfers: list[dict[str, np.ndarray]] = []
         if P:
@@ -359,6 +361,9 @@ class Emulation:
         and TP index over the NIC, one request after another on the replica's NIC; each request
         arrives when its last rank's share has."""
         plan, hw = self.plan, self.cfg.hardware
+        requests = requests[self.output_tokens[requests] > 1]   # a one-token request ends where it was prefilled
+        if not len(requests):
+            return
         dst = self.request_replica[requests]
         src_ranks = plan.replica_ranks(src)
         dst_ranks = np.stack([plan.replica_ranks(int(d)) for d in np.unique(dst)])[np.unique(dst, return_inverse=True)[1]]
@@ -869,8 +874,8 @@ class Emulation:
             # from the decode replica.
             idx = self.replica_requests[r]
             first[idx] = np.fmin(first[idx], sch.first_token_ns)
-            finish[idx] = sch.finish_ns
-            generated[idx] = sch.generated
+            finish[idx] = np.where(np.isnan(sch.finish_ns), finish[idx], sch.finish_ns)
+            generated[idx] = np.maximum(generated[idx], sch.generated)
         return {"request": np.arange(n), "replica": self.request_replica, "prefill_replica": self.request_prefill,
                 "arrival": self.arrival_ns,
                 "first_token": first, "finish": finish, "prompt_tokens": self.prompt_tokens,

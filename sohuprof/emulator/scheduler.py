@@ -102,6 +102,7 @@ class ReplicaScheduler:
         if transferred:
             self.prefilled[:] = self.prompt
             self.generated[:] = 1
+            self.done[:] = self.output <= 1     # finished where they were prefilled
         self.max_batch_tokens = max_batch_tokens
         self.max_seqs = max_seqs
         self.kv_capacity = kv_capacity_tokens

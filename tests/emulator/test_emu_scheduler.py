@@ -11,7 +11,8 @@ from sohuprof.emulator.scheduler import ReplicaScheduler
 from sohuprof.strace import Phase
 
 
-def drive(sch: ReplicaScheduler, *, step_ns: float = 1.0, max_steps: int = 100_000) -> list[dict]:
+def drive(sch: ReplicaScheduler, *, step_ns: float = 1.0, max_steps: int = 100_000,
+          transferred: bool = False) -> list[dict]:
     """Run the scheduler to completion as the runtime does; check invariants at every step and
     return a log of the steps."""
     n = len(sch.prompt)
@@ -46,10 +47,15 @@ def drive(sch: ReplicaScheduler, *, step_ns: float = 1.0, max_steps: int = 100_0
         log.append({"now": now, "batch": b})
         now += step_ns
     # FCFS: requests are first admitted in arrival order.
-    assert (np.diff(first_admitted[order]) >= 0).all(), "a later request was admitted before an earlier one"
+    adm = first_admitted[order][np.isfinite(first_admitted[order])]   # (never admitted: done from the start)
+    assert (np.diff(adm) >= 0).all(), "a later request was admitted before an earlier one"
     assert (sch.prefilled == sch.target).all()
     assert (sch.generated == sch.output).all()
-    assert (sch.arrival <= sch.first_token_ns).all() and (sch.first_token_ns <= sch.finish_ns).all()
+    # (a request that arrived with its KV had its first token elsewhere)
+    # and one of a single token finished there too)
+    first = np.where(np.isnan(sch.first_token_ns) & transferred, sch.arrival, sch.first_token_ns)
+    here = ~(transferred & (sch.output <= 1))
+    assert (sch.arrival <= first).all() and (first[here] <= sch.finish_ns[here]).all()
     return log
 
 
@@ -65,19 +71,21 @@ def workloads(draw):
     spec = draw(st.integers(0, 3))
     accept = draw(st.sampled_from([0.0, 0.5, 1.0]))
     prefix = draw(st.integers(0, int(prompt.min()) - 1))
+    transferred = draw(st.booleans())
     biggest = int((prompt + output).max()) + spec
     capacity = draw(st.integers(biggest, 4 * biggest + 50))
-    return arrival, prompt, output, budget, max_seqs, capacity, prefix, spec, accept
+    return arrival, prompt, output, budget, max_seqs, capacity, prefix, spec, accept, transferred
 
 
 @settings(max_examples=150, deadline=None)
 @given(workloads())
 def test_scheduler_invariants(case) -> None:
-    arrival, prompt, output, budget, max_seqs, capacity, prefix, spec, accept = case
+    arrival, prompt, output, budget, max_seqs, capacity, prefix, spec, accept, transferred = case
+    # transferred: a decode replica of disaggregated serving (each request arrives with its KV)
     sch = ReplicaScheduler(arrival, prompt, output, max_batch_tokens=budget, max_seqs=max_seqs,
-                           kv_capacity_tokens=capacity, prefix_len=prefix, spec_tokens=spec, spec_accept=accept,
-                           rng=np.random.default_rng(7))
-    drive(sch)
+                           kv_capacity_tokens=capacity, prefix_len=0 if transferred else prefix, spec_tokens=spec,
+                           spec_accept=accept, rng=np.random.default_rng(7), transferred=transferred)
+    drive(sch, transferred=transferred)
 
 
 def test_kv_runs_out_and_the_newest_is_preempted_then_recomputed() -> None:
