@@ -320,7 +320,9 @@ class VirtualEngines:
         whether it has work then, and the next arrival it waits for otherwise."""
         start = np.maximum(self.ready_ns, free_ns)
         runnable = np.array([e.has_runnable(t) for e, t in zip(self.engines, start)])
-        nxt = np.array([e.next_arrival(t) if not e.finished else np.inf for e, t in zip(self.engines, start)])
+        # (An engine with work has nothing to wait for: only the others look their arrivals up.)
+        nxt = np.array([t if ok else e.next_arrival(t) if not e.finished else np.inf
+                        for e, t, ok in zip(self.engines, start, runnable)])
         return start, runnable, nxt
 
     def pick(self, start: np.ndarray, runnable: np.ndarray, nxt: np.ndarray) -> tuple[int, float]:

@@ -139,3 +139,30 @@ def test_a_kv_cache_write_costs_decode_attention_its_bytes() -> None:
     # The write spans its attention's interval exactly.
     np.testing.assert_allclose(run.start_ns[w][order_w], run.start_ns[a][order_a])
     np.testing.assert_allclose(run.end_ns[w][order_w], run.end_ns[a][order_a])
+
+
+def test_the_diagnosis_finds_the_bubble_of_an_imbalanced_split(tmp_path) -> None:
+    """Llama-8B cut to 5 layers over 2 stages (3 / 2) against 4 (2 / 2), prefill-heavy: the
+    diagnosis's pipeline_bubble finding sees the light stage idle (a lower mean busy share) and
+    the root causes charge more of the waiting to the pipeline (structural, at send/recv)."""
+    import dataclasses
+
+    from sohuprof.analyzers.report import run_reports
+    from sohuprof.collectors import collect
+    from sohuprof.emulator import EmulatorConfig, emulate
+    from sohuprof.hardware import load_hardware
+    from sohuprof.models import load_model
+    from sohuprof.store import open_store
+
+    found = {}
+    for layers in (4, 5):
+        cfg = EmulatorConfig(model=dataclasses.replace(load_model("llama3-8b"), layers=layers),
+                             hardware=load_hardware("sohu"), nodes=1, chips_per_node=2, tp=1, pp=2, requests=32,
+                             prompt_len=2048, output_len=2, seed=1)
+        emulate(cfg, tmp_path / f"run{layers}", show_progress=False)
+        collect(tmp_path / f"run{layers}", tmp_path / f"store{layers}")
+        findings = run_reports(open_store(tmp_path / f"store{layers}"), ["findings"]).to_json()["findings"]["findings"]
+        found[layers] = next(f for f in findings if f["kind"] == "pipeline_bubble")
+    balanced, imbalanced = found[4]["evidence"], found[5]["evidence"]
+    assert imbalanced["mean_busy_share"] < balanced["mean_busy_share"] - 0.03
+    assert imbalanced["structural_wait_ns"] > 1.5 * balanced["structural_wait_ns"] > 0
