@@ -581,7 +581,7 @@ class Emulation:
                 per_node = np.bincount(key, weights=size.reshape(-1), minlength=P * routes.codes)
                 same = per_node.reshape(P, routes.codes)[:, routes.code]          # [P, G, n]
                 got = (size.sum(axis=2, keepdims=True) - same) / n
-                if prefill is not None and prefill[members].any():
+                if prefill is not None and cp.collectives[idx[0]].links.uniform and prefill[members].any():
                     # NVLink forwarding (timing.collective_time): a token's copy once to the
                     # same-index GPU of each remote node holding its experts, shared equally.
                     links = cp.collectives[idx[0]].links

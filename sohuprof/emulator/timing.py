@@ -222,6 +222,7 @@ class LinkModel:
     top_k: int = 1          # copies of a token an all-to-all moves (experts it visits)
     remote_nodes: float = 0.0   # other nodes a token's experts lie on (expected; forwarding mode)
     node_gpus: float = 0.0      # NVLink copies per token a forwarding all-to-all fans out
+    uniform: bool = True        # every node holds ``local`` members (forwarding needs peers of each index)
 
     @classmethod
     def build(cls, groups: GroupSet, cfg: EmulatorConfig) -> LinkModel:
@@ -240,7 +241,7 @@ class LinkModel:
                    remote_peers=groups.size - 1 - same, local=int(same[:, 0].min()) + 1,
                    alpha_intra=float(hw.intra_node_latency_ns), alpha_inter=float(hw.inter_node_latency_ns),
                    nvls=float(hw.nvls) if hw.intra_node_links == 1 else 0.0,
-                   top_k=max(cfg.model.top_k, 1),
+                   top_k=max(cfg.model.top_k, 1), uniform=bool((same == same.min()).all()),
                    **dict(zip(("remote_nodes", "node_gpus"),
                               routing_spread(cfg.model, groups.size, int(same[:, 0].min()) + 1))))
 
@@ -307,7 +308,7 @@ def collective_time(kind: str, size: np.ndarray, links: LinkModel, sel: np.ndarr
         inter = size * remote / n / links.bw_inter[sel][:, None]
         lat = np.where(spans, links.alpha_inter, links.alpha_intra)
         direct = np.maximum(intra, inter).max(axis=1) + lat
-        if forward is None or not (forward & spans).any():
+        if forward is None or not links.uniform or not (forward & spans).any():
             return direct
         # NVLink forwarding: a token crosses the NIC once per remote node holding its experts,
         # to the same-index GPU there, which forwards it over NVLink; a notify round first.
