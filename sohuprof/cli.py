@@ -159,7 +159,9 @@ def _fault(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
 Example:
   sohuprof emulate --model llama3-70b --nodes 2 --tp 8 --requests 64 -o run/
   sohuprof emulate --model mixtral-8x7b --nodes 2 --chips-per-node 4 --tp 4 --ep 8 \\
-      --inject straggler:rank=5,slowdown=1.3 --inject slow-link:node=1,factor=0.3 -o moe-run/""")
+      --inject straggler:rank=5,slowdown=1.3 --inject slow-link:node=1,factor=0.3 -o moe-run/
+  sohuprof emulate --model deepseek-v3 --hw h200 --nodes 2 --tp 1 --ep 16 --prompt-dist lognormal:sigma=1 \\
+      --prefix-len 512 --spec-tokens 1 --spec-accept 0.85 -o ds-run/""")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Run directory to create (raw per-chip traces + run.json).")
 @click.option("--model", default="llama3-70b", show_default=True, help="Model preset or a HuggingFace config.json.")
