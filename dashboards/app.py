@@ -141,7 +141,9 @@ def create_app(store: PathLike | TraceStore, *, title: str = "sohuprof",
     data = DashboardData(_ensure_store(store))
     app = dash.Dash(__name__, use_pages=True, pages_folder="", title=title, suppress_callback_exceptions=True,
                     routing_callback_inputs={"selection": State("selection", "data")},
-                    serve_locally=True, update_title=None, on_error=security.callback_error)
+                    serve_locally=True, update_title=None, on_error=security.callback_error,
+                    # Served, not a script tag of every page: assets/plotly_bundle.js loads it (async).
+                    assets_ignore=r"^plotly-sohuprof\.min\.js$")
     app.server.extensions[_EXTENSION] = data
     security.install(app, data.store, allowed_hosts=allowed_hosts)
     modules = _page_modules()

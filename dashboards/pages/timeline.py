@@ -428,8 +428,20 @@ def layout(selection: Any = None, **query: Any) -> Any:
         # The shared selection as this page last drew it, and a copy that changes only when someone
         # else (the header, a link) moved it: see _SELECTION_IN_JS.
         dcc.Store(id="timeline-drawn", data=selection),
+        dcc.Store(id="timeline-view-drawn", data=_view_key(nodes, chips, overlay, counters)),
         dcc.Store(id="timeline-selection", data=selection),
     ])
+
+
+def _view_key(nodes: Any, chips: Any, overlay: Any, counters: Any) -> list[list[Any]]:
+    """What is open and overlaid, comparable across the browser's JSON round trip."""
+    return [sorted(int(v) for v in nodes or []), sorted(int(v) for v in chips or []),
+            sorted(map(str, overlay or [])), sorted(map(str, counters or []))]
+
+
+#: The page's own controls: a change of only these to what is drawn already is no redraw.
+_VIEW_CONTROLS = {"timeline-nodes.value", "timeline-chips.value", "timeline-overlay.value",
+                  "timeline-counters-pick.value"}
 
 
 def _url_view_js() -> str:
@@ -468,15 +480,21 @@ def register_callbacks(app: dash.Dash) -> None:
     @app.callback(Output("timeline", "figure"), Output("timeline-counters", "figure"),
                   Output("timeline-status", "children"), Output("selection", "data", allow_duplicate=True),
                   Output("timeline-search-status", "children"), Output("timeline-search-at", "data"),
-                  Output("timeline-drawn", "data"),
+                  Output("timeline-drawn", "data"), Output("timeline-view-drawn", "data"),
                   Input("timeline", "relayoutData"), Input("timeline-selection", "data"), Input("timeline-nodes", "value"),
                   Input("timeline-chips", "value"), Input("timeline-overlay", "value"),
                   Input("timeline-counters-pick", "value"), Input("timeline-search-next", "n_clicks"),
                   Input("timeline-search-prev", "n_clicks"), Input("timeline-search", "n_submit"),
                   State("timeline-search", "value"), State("timeline-search-at", "data"), State("selection", "data"),
-                  prevent_initial_call=True)
+                  State("timeline-view-drawn", "data"), prevent_initial_call=True)
     def _render(relayout: Any, _moved: Any, nodes: Any, chips: Any, overlay: Any, counters: Any,
-                _next: Any, _prev: Any, _submit: Any, query: Any, at: Any, selection: Any) -> tuple[Any, ...]:
+                _next: Any, _prev: Any, _submit: Any, query: Any, at: Any, selection: Any,
+                view_drawn: Any) -> tuple[Any, ...]:
+        view = _view_key(nodes, chips, overlay, counters)
+        # The controls report their values once when the page mounts (dash fires this despite
+        # prevent_initial_call): the layout drew exactly that, so the figure is not built twice.
+        if set(dash.ctx.triggered_prop_ids) <= _VIEW_CONTROLS and view == view_drawn:
+            return (dash.no_update,) * 8
         data = current_data()
         trigger = dash.ctx.triggered_id
         new_sel: Any = dash.no_update
@@ -486,7 +504,7 @@ def register_callbacks(app: dash.Dash) -> None:
         if trigger == "timeline":
             new_sel = zoom_selection(data, relayout, selection)
             if new_sel is dash.no_update:
-                return (dash.no_update,) * 7
+                return (dash.no_update,) * 8
             selection = new_sel
         elif trigger in ("timeline-search-next", "timeline-search-prev", "timeline-search"):
             step = -1 if trigger == "timeline-search-prev" else 1
@@ -508,7 +526,7 @@ def register_callbacks(app: dash.Dash) -> None:
         # No counter picked: the empty panel stays as it is (a redraw costs the browser ~20 ms).
         panel = (counters_panel(data, selection, counters) if counters or trigger == "timeline-counters-pick"
                  else dash.no_update)
-        return fig, panel, status, new_sel, found, match, drawn
+        return fig, panel, status, new_sel, found, match, drawn, view
 
     @app.callback(Output("timeline-details", "children"), Output("timeline-nodes", "value", allow_duplicate=True),
                   Output("timeline-chips", "value", allow_duplicate=True),
