@@ -59,6 +59,7 @@ class OpTemplate:
     group: str | None = None        # tp, ep, pp
     overlaps: bool = False          # async: the compute stream goes on while it runs
     peer_name: str | None = None    # name on the receiving side of a send
+    n: int = 0                      # a GEMM's output columns per rank (its tiles; 0: timing infers them)
 
 
 def _coef(**terms: float) -> np.ndarray:
@@ -136,13 +137,13 @@ def _attention_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
         hd = m.head_dim
         q, kvr = hr * hd, max(m.kv_heads // t, 1) * hd
         ops += [
-            _op("qkv_proj", "gemm", Engine.MATRIX, flops={"tokens": 2 * h * (q + 2 * kvr)},
+            _op("qkv_proj", "gemm", Engine.MATRIX, n=q + 2 * kvr, flops={"tokens": 2 * h * (q + 2 * kvr)},
                 hbm={"one": h * (q + 2 * kvr) * w}, act={"tokens": (h + q + 2 * kvr) * a}),
             _op("rotary", "elementwise", Engine.VECTOR, flops={"tokens": 6 * (q + kvr)}, act={"tokens": 2 * (q + kvr) * a}),
             _op("kv_cache_write", "memcpy", Engine.DMA, hbm={"tokens": 2 * kvr * kvb}, overlaps=True),
             _op("attention", "attention", Engine.MATRIX, flops={"pairs": 4 * hr * hd},
                 hbm={"kv_read": 2 * kvr * kvb}, act={"tokens": 2 * q * a}),
-            _op("o_proj", "gemm", Engine.MATRIX, flops={"tokens": 2 * q * h}, hbm={"one": q * h * w}, act={"tokens": (q + h) * a}),
+            _op("o_proj", "gemm", Engine.MATRIX, n=h, flops={"tokens": 2 * q * h}, hbm={"one": q * h * w}, act={"tokens": (q + h) * a}),
         ]
     else:
         ml = m.mla
@@ -151,17 +152,17 @@ def _attention_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
         nv = ml.qk_nope_head_dim + ml.v_head_dim
         absorbed = 2 * hr * (lat + ml.kv_lora_rank)   # per pair: q.latent and p.latent, every head
         ops += [
-            _op("q_a_proj", "gemm", Engine.MATRIX, flops={"tokens": 2 * h * ml.q_lora_rank},
+            _op("q_a_proj", "gemm", Engine.MATRIX, n=ml.q_lora_rank, flops={"tokens": 2 * h * ml.q_lora_rank},
                 hbm={"one": h * ml.q_lora_rank * w}, act={"tokens": (h + ml.q_lora_rank) * a}),
-            _op("q_b_proj", "gemm", Engine.MATRIX, flops={"tokens": 2 * ml.q_lora_rank * hr * qk},
+            _op("q_b_proj", "gemm", Engine.MATRIX, n=hr * qk, flops={"tokens": 2 * ml.q_lora_rank * hr * qk},
                 hbm={"one": ml.q_lora_rank * hr * qk * w}, act={"tokens": (ml.q_lora_rank + hr * qk) * a}),
-            _op("kv_a_proj", "gemm", Engine.MATRIX, flops={"tokens": 2 * h * lat},
+            _op("kv_a_proj", "gemm", Engine.MATRIX, n=lat, flops={"tokens": 2 * h * lat},
                 hbm={"one": h * lat * w}, act={"tokens": (h + lat) * a}),
             _op("rotary", "elementwise", Engine.VECTOR, flops={"tokens": 6 * (hr + 1) * ml.qk_rope_head_dim},
                 act={"tokens": 2 * (hr + 1) * ml.qk_rope_head_dim * a}),
             # Prefill attends un-absorbed (as FlashAttention-based MLA prefill kernels do): the
             # context's latents are expanded to per-head keys and values once per chunk...
-            _op("kv_b_proj", "gemm", Engine.MATRIX, flops={"prefill_context": 2 * ml.kv_lora_rank * hr * nv},
+            _op("kv_b_proj", "gemm", Engine.MATRIX, n=hr * nv, flops={"prefill_context": 2 * ml.kv_lora_rank * hr * nv},
                 hbm={"prefill_step": ml.kv_lora_rank * hr * nv * w},
                 act={"prefill_context": (ml.kv_lora_rank + hr * nv) * a}),
             _op("kv_cache_write", "memcpy", Engine.DMA, hbm={"tokens": lat * kvb}, overlaps=True),
@@ -173,7 +174,7 @@ def _attention_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
                        "tokens": 2 * hr * ml.kv_lora_rank * nv, "prefill_tokens": -2 * hr * ml.kv_lora_rank * nv},
                 hbm={"kv_read": lat * kvb, "one": ml.kv_lora_rank * hr * nv * w},
                 act={"tokens": 2 * hr * qk * a}),
-            _op("o_proj", "gemm", Engine.MATRIX, flops={"tokens": 2 * hr * ml.v_head_dim * h},
+            _op("o_proj", "gemm", Engine.MATRIX, n=h, flops={"tokens": 2 * hr * ml.v_head_dim * h},
                 hbm={"one": hr * ml.v_head_dim * h * w}, act={"tokens": (hr * ml.v_head_dim + h) * a}),
         ]
     if t > 1:
@@ -186,9 +187,9 @@ def _dense_mlp_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
     h, f = m.hidden, m.ffn // t
     ops = [
         _norm("mlp_norm", h),
-        _op("gate_up_proj", "gemm", Engine.MATRIX, flops={"tokens": 4 * h * f}, hbm={"one": 2 * h * f * w}, act={"tokens": (h + 2 * f) * a}),
+        _op("gate_up_proj", "gemm", Engine.MATRIX, n=2 * f, flops={"tokens": 4 * h * f}, hbm={"one": 2 * h * f * w}, act={"tokens": (h + 2 * f) * a}),
         _op("silu_mul", "elementwise", Engine.VECTOR, flops={"tokens": 4 * f}, act={"tokens": 3 * f * a}),
-        _op("down_proj", "gemm", Engine.MATRIX, flops={"tokens": 2 * f * h}, hbm={"one": f * h * w}, act={"tokens": (f + h) * a}),
+        _op("down_proj", "gemm", Engine.MATRIX, n=h, flops={"tokens": 2 * f * h}, hbm={"one": f * h * w}, act={"tokens": (f + h) * a}),
     ]
     if t > 1:
         ops.append(_tp_all_reduce("mlp_all_reduce", h))
@@ -215,7 +216,7 @@ def _moe_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
     fe = m.expert_ffn // te
     ops = [
         _norm("mlp_norm", h),
-        _op("router", "gemm", Engine.MATRIX, flops={"tokens": 2 * h * e}, hbm={"one": h * e * a}, act={"tokens": (h + e) * a}),
+        _op("router", "gemm", Engine.MATRIX, n=e, flops={"tokens": 2 * h * e}, hbm={"one": h * e * a}, act={"tokens": (h + e) * a}),
         _op("router_topk", "router", Engine.VECTOR, flops={"tokens": 4 * e}, act={"tokens": e * a}),
     ]
     if ep > 1:
@@ -224,17 +225,17 @@ def _moe_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
     if m.shared_experts:
         fs = m.shared_experts * m.expert_ffn // t
         ops += [
-            _op("shared_expert_gate_up", "gemm", Engine.MATRIX, flops={"tokens": 4 * h * fs},
+            _op("shared_expert_gate_up", "gemm", Engine.MATRIX, n=2 * fs, flops={"tokens": 4 * h * fs},
                 hbm={"one": 2 * h * fs * w}, act={"tokens": (h + 2 * fs) * a}),
             _op("shared_expert_act", "elementwise", Engine.VECTOR, flops={"tokens": 4 * fs}, act={"tokens": 3 * fs * a}),
-            _op("shared_expert_down", "gemm", Engine.MATRIX, flops={"tokens": 2 * fs * h},
+            _op("shared_expert_down", "gemm", Engine.MATRIX, n=h, flops={"tokens": 2 * fs * h},
                 hbm={"one": fs * h * w}, act={"tokens": (fs + h) * a}),
         ]
     ops += [
-        _op("expert_gate_up", "gemm", Engine.MATRIX, flops={"expert_pairs": 4 * h * fe},
+        _op("expert_gate_up", "gemm", Engine.MATRIX, n=2 * fe, flops={"expert_pairs": 4 * h * fe},
             hbm={"active_experts": 2 * h * fe * w}, act={"expert_pairs": (h + 2 * fe) * a}),
         _op("expert_act", "elementwise", Engine.VECTOR, flops={"expert_pairs": 4 * fe}, act={"expert_pairs": 3 * fe * a}),
-        _op("expert_down", "gemm", Engine.MATRIX, flops={"expert_pairs": 2 * fe * h},
+        _op("expert_down", "gemm", Engine.MATRIX, n=h, flops={"expert_pairs": 2 * fe * h},
             hbm={"active_experts": fe * h * w}, act={"expert_pairs": (fe + h) * a}),
     ]
     if ep > 1:
@@ -254,7 +255,7 @@ def _head_ops(cfg: EmulatorConfig) -> list[OpTemplate]:
     h, v = m.hidden, m.vocab // t
     ops = [
         _norm("final_norm", h, "samples"),
-        _op("lm_head", "gemm", Engine.MATRIX, flops={"samples": 2 * h * v}, hbm={"one": h * v * w}, act={"samples": (h + v) * a}),
+        _op("lm_head", "gemm", Engine.MATRIX, n=v, flops={"samples": 2 * h * v}, hbm={"one": h * v * w}, act={"samples": (h + v) * a}),
     ]
     if t > 1:
         # Distributed sampling: each rank keeps its shard's top-64 (value, id) pairs per sequence.

@@ -76,7 +76,8 @@ class ShapeModel:
         T = len(program.templates)
         kind, row_flops = np.zeros(T, np.int64), np.ones(T)
         groups, n = np.ones(T), np.ones(T)
-        rows = (Feature.TOKENS, Feature.SAMPLES, Feature.LOCAL_TOKENS, Feature.EXPERT_PAIRS)
+        rows = (Feature.TOKENS, Feature.SAMPLES, Feature.LOCAL_TOKENS, Feature.EXPERT_PAIRS, Feature.PREFILL_CONTEXT,
+                Feature.DRAFT_TOKENS)
         for i, t in enumerate(program.templates):   # once per template, not per op
             if t.op == "attention":
                 kind[i] = _ATTENTION
@@ -86,7 +87,7 @@ class ShapeModel:
                     continue
                 kind[i], row_flops[i] = _GEMM, t.flops[col]
                 groups[i] = local_experts if col == Feature.EXPERT_PAIRS else 1
-                if getattr(t, "n", 0):
+                if t.n:
                     n[i] = t.n
                 else:
                     # K + N from the activations a row reads and writes, K N from its FLOPs: the
