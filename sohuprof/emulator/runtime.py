@@ -510,7 +510,9 @@ class Emulation:
             # Every member's buffer as this rank's (the group's ranks carry the same batch).
             size = np.repeat(net[:, pos].T.reshape(-1, 1), c0.groups.size, axis=1)
             sel = np.tile(c0.rank_group[rows], len(pos))
-            transfer[:, idx] = collective_time(kind, size, c0.links, sel).reshape(len(pos), n).T
+            # A step that prefills runs its all-to-alls with NVLink forwarding (as _transfers).
+            fwd = np.tile(f[:, Feature.PREFILL_STEP] > 0, len(pos)) if kind == "all_to_all" else None
+            transfer[:, idx] = collective_time(kind, size, c0.links, sel, fwd).reshape(len(pos), n).T
         transfer += hw.launch_overhead_ns
         # The next event each rank's stream meets after each collective (K: the step's end).
         cand = np.where(active[:, cp.event_pos], cp.event_pos[None, :], K)
