@@ -183,15 +183,17 @@ class ReplicaScheduler:
             waiting = np.flatnonzero(~self.admitted & ~self.done & (self.arrival <= now))
             waiting = waiting[np.lexsort((waiting, self.arrival[waiting], ~self.preempted[waiting]))]
             waiting = waiting[: max(self.max_seqs - int(running.sum()), 0)]
-            # Requests that arrive with their KV (disaggregated prefill) only need room for it
-            # and decode at once.
+            # Requests that arrive with their KV (disaggregated prefill) need room for it and
+            # their k + 1 decode tokens of the budget, whole: they decode at once.
             ready = self.prefilled[waiting] >= self.target[waiting]
             shared_new = np.where(ready, 0, self.prefix_len if self.prefix_cached else 0).astype(np.int64)
             left = max(budget - int(grant.sum()), 0)
-            first = _fill(left, np.where(ready, 0, self.target[waiting] - shared_new))
-            kv_new = first + np.where(ready, self.prefilled[waiting] + k + 1, 0)
+            first = _fill(left, np.where(ready, k + 1, self.target[waiting] - shared_new))
+            kv_new = np.where(ready, self.prefilled[waiting] + k + 1, first)
             room = self.kv_capacity - (int(need.sum()) + prefix)
-            fits = (np.cumsum(kv_new) <= room) & ((first > 0) | ready)
+            fits = (np.cumsum(kv_new) <= room) & np.where(ready, first == k + 1, first > 0)
+            if len(fits) and ready[0] and not running.any() and kv_new[0] <= room:
+                fits[0] = True   # alone, its verification may pass a budget under k + 1 (as decodes do)
             n_ok = int(np.argmin(fits)) if not fits.all() else len(fits)   # stop at the first that does not fit
             admit, shared_new, ready = waiting[:n_ok], shared_new[:n_ok], ready[:n_ok]
             fresh = admit[~ready]
