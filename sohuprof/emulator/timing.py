@@ -26,8 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from sohuprof.emulator.config import EmulatorConfig
+from sohuprof.emulator.lowering import ACT_BYTES, Feature, Program
 from sohuprof.emulator.plan import GroupSet
 from sohuprof.hardware import HardwareSpec
+from sohuprof.models import ModelConfig
 from sohuprof.strace import Engine
 
 __all__ = ["LinkModel", "ShapeModel", "engine_rates", "op_times", "collective_time", "nic_bandwidth",
@@ -67,10 +69,8 @@ class ShapeModel:
     n: np.ndarray
 
     @classmethod
-    def build(cls, program, cfg: EmulatorConfig) -> ShapeModel:   # program: lowering.Program
+    def build(cls, program: Program, cfg: EmulatorConfig) -> ShapeModel:
         """Read each template's shape from its coefficients (and its ``n`` where lowering set one)."""
-        from sohuprof.emulator.lowering import ACT_BYTES, Feature
-
         m = cfg.model
         local_experts = (m.experts // cfg.ep if cfg.ep > 1 else m.experts) if m.is_moe else 1
         T = len(program.templates)
@@ -168,7 +168,7 @@ def nic_bandwidth(cfg: EmulatorConfig) -> np.ndarray:
     return nic
 
 
-def routing_spread(model, n: int, local: int) -> tuple[float, float]:   # model: ModelConfig
+def routing_spread(model: ModelConfig, n: int, local: int) -> tuple[float, float]:
     """Where a token's ``top_k`` experts lie when the experts are spread evenly over ``n`` ranks,
     ``local`` a node: the expected other nodes it visits, and the NVLink copies a forwarding
     all-to-all fans it out to on the nodes it visits (DeepEP's normal kernels: one NIC crossing
