@@ -14,6 +14,8 @@ every change is written back in the browser (:data:`_SELECTION_JS`).
 
 from __future__ import annotations
 
+import logging
+
 import errno
 import ipaddress
 import os
@@ -38,6 +40,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 PAGES = ("overview", "timeline", "roofline", "stalls", "comm", "serving", "kernels", "idle")
 _EXTENSION = "sohuprof"
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+log = logging.getLogger(__name__)
 
 
 class PortInUseError(SohuprofError):
@@ -285,6 +289,17 @@ def check_port(host: str, port: int) -> None:
             raise PortInUseError(f"cannot listen on {host}:{port} ({exc.strerror}); pass --host or --port") from None
 
 
+def _warm(data: DashboardData) -> None:
+    """The timeline first (its index, then its default view), then the analyses."""
+    from sohuprof.dashboards.pages import timeline
+
+    try:
+        timeline.warm(data)
+    except Exception as exc:  # noqa: BLE001 - the page meets the same error itself, with its own message
+        log.error("%s", exc)
+    data.warm()
+
+
 def serve(app: dash.Dash, *, host: str = "127.0.0.1", port: int = 8050, warm: bool = True) -> None:
     """Run ``app`` on ``host:port`` until interrupted (debug off; the reloader never starts).
 
@@ -298,9 +313,10 @@ def serve(app: dash.Dash, *, host: str = "127.0.0.1", port: int = 8050, warm: bo
     """
     check_port(host, port)
     security.bind(app, host)
+    data = app.server.extensions[_EXTENSION]
+    data.analysis_process = True
     if warm:
-        threading.Thread(target=app.server.extensions[_EXTENSION].warm, name="sohuprof-warm", daemon=True).start()
-    import logging
+        threading.Thread(target=_warm, args=(data,), name="sohuprof-warm", daemon=True).start()
     for name in ("werkzeug", "dash.dash"):
         logging.getLogger(name).setLevel(logging.WARNING)
     app.run(host=host, port=port, debug=False, use_reloader=False)

@@ -172,6 +172,38 @@ def selection_query(selection: Any, origin: int) -> dict[str, str]:
     return out
 
 
+def whole_trace_reports(store: TraceStore) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every report on the whole store, and for each one not there why (one failing report does
+    not take the others down). A module function: the server runs it in a worker process."""
+    from sohuprof.analyzers.report import REPORTS, load_analysis, run_reports
+
+    results: dict[str, Any] = {}
+    reasons: dict[str, str] = {}
+    try:
+        reports = run_reports(store)
+        results = dict(reports.results)
+        ctx = reports.ctx
+    except Exception as exc:  # noqa: BLE001 - one failing report must not take the pages down
+        ctx = None
+        for name in REPORTS:
+            try:
+                results.update(run_reports(store, [name]).results)
+            except Exception as one:  # noqa: BLE001
+                reasons[name] = f"{type(one).__name__}: {one}"
+        reasons.setdefault("all", f"{type(exc).__name__}: {exc}")
+    for name in REPORTS:
+        if name in results or name in reasons:
+            continue
+        why = None
+        if ctx is not None:
+            try:
+                why = load_analysis(REPORTS[name]).applies(ctx)
+            except Exception as exc:  # noqa: BLE001
+                why = f"{type(exc).__name__}: {exc}"
+        reasons[name] = why or "the analysis did not run"
+    return results, reasons
+
+
 class DashboardData:
     """One store's timeline index, analysis results and small tables, built lazily and cached.
 
@@ -197,7 +229,10 @@ class DashboardData:
         self._requests: pd.DataFrame | None = None
         self._origin: int | None = None
         self._trace_start: int | None = None
-        self._context: Any = None
+        #: Run the whole-trace analyses in a worker process (what :func:`~sohuprof.dashboards.app.serve`
+        #: sets): the server then holds the index and the results only, and the analyses do not
+        #: hold its GIL while pages are served.
+        self.analysis_process = False
         # Selection key -> {report name: result or NotAvailable}; least recently used first.
         self._selected: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
         self._selected_locks: dict[tuple[Any, ...], threading.Lock] = {}
@@ -214,33 +249,21 @@ class DashboardData:
             return self._index
 
     def _run_reports(self) -> None:
-        from sohuprof.analyzers.report import REPORTS, load_analysis, run_reports
+        if not self.analysis_process:
+            self._reports, self._reasons = whole_trace_reports(self.store)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-        results: dict[str, Any] = {}
-        reasons: dict[str, str] = {}
+        # spawn: a fresh interpreter (a fork would copy the index and the server's threads).
+        from concurrent.futures.process import BrokenProcessPool
+
         try:
-            reports = run_reports(self.store)
-            results = dict(reports.results)
-            ctx = self._context = reports.ctx
-        except Exception as exc:  # noqa: BLE001 - one failing report must not take the pages down
-            ctx = None
-            for name in REPORTS:
-                try:
-                    results.update(run_reports(self.store, [name]).results)
-                except Exception as one:  # noqa: BLE001
-                    reasons[name] = f"{type(one).__name__}: {one}"
-            reasons.setdefault("all", f"{type(exc).__name__}: {exc}")
-        for name in REPORTS:
-            if name in results or name in reasons:
-                continue
-            why = None
-            if ctx is not None:
-                try:
-                    why = load_analysis(REPORTS[name]).applies(ctx)
-                except Exception as exc:  # noqa: BLE001
-                    why = f"{type(exc).__name__}: {exc}"
-            reasons[name] = why or "the analysis did not run"
-        self._reports, self._reasons = results, reasons
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                self._reports, self._reasons = pool.submit(whole_trace_reports, self.store).result()
+        except (BrokenProcessPool, OSError) as exc:     # the worker died (out of memory, killed)
+            log.error("the analysis worker failed: %s", exc)
+            self._reports, self._reasons = {}, {"all": f"the analysis worker failed: {exc}"}
 
     def result(self, name: str, selection: Any = None) -> Any:
         """The analysis result named ``name`` (``roofline``, ``stalls``, ``comm`` ...).

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import OrderedDict
 from typing import Any
 
 import dash
@@ -29,7 +30,7 @@ from sohuprof.dashboards.components import fmt_ms, fmt_si, graph
 from sohuprof.dashboards.data import (DashboardData, NotAvailable, Selection, ensure_selection, format_ranks,
                                       parse_ranks)
 
-__all__ = ["PATH", "NAME", "layout", "register_callbacks", "timeline_view", "build_figure", "window_from_relayout",
+__all__ = ["PATH", "NAME", "layout", "warm", "register_callbacks", "timeline_view", "build_figure", "window_from_relayout",
            "zoom_selection", "on_relayout", "details_panel", "expand_of", "search", "collective_details",
            "MAX_SEGMENTS", "OPEN_CHIPS"]
 
@@ -129,13 +130,43 @@ def _status(view: Any) -> str:
             f"arrivals and waits); double-click for the whole trace.{fold}")
 
 
+#: Figures kept per store (the default view, and going back and forth between a few).
+FIGURES_KEPT = 8
+
+
 def build_figure(data: DashboardData, selection: Any, expand: Expand | None = None, *,
                  overlay: list[str] | None = None, shapes: list[dict[str, Any]] | None = None) -> tuple[Any, str]:
     """The timeline figure for ``selection`` and the status line under it."""
+    sel = ensure_selection(selection)
+    expand = expand if expand is not None else expand_of(data, selection, *default_open(data))
+    path_on = bool(overlay and "path" in overlay)
+    ranks = _ranks(data, selection)
+    key = (tuple(sel.window) if sel.window is not None else None, tuple(ranks) if ranks is not None else None,
+           expand, path_on)
+    small = _small(data)
+    with _cache_lock:
+        cached = small.setdefault("figures", OrderedDict()).get(key) if shapes is None else None
+        if cached is not None:
+            small["figures"].move_to_end(key)
+    if cached is not None:
+        # The cached dict is shared: hand out a copy whose layout the caller may change.
+        return {"data": cached[0]["data"], "layout": dict(cached[0]["layout"])}, cached[1]
     view = timeline_view(data, selection, expand)
-    path = _critical_path(data) if overlay and "path" in overlay else None
+    path = _critical_path(data) if path_on else None
     fig = tf.timeline_figure(view, origin=data.index.start, path=path, shapes=shapes)
-    return fig, _status(view)
+    status = _status(view)
+    if shapes is None:
+        with _cache_lock:
+            figures = small["figures"]
+            figures[key] = (fig, status)
+            while len(figures) > FIGURES_KEPT:
+                figures.popitem(last=False)
+    return fig, status
+
+
+def warm(data: DashboardData) -> None:
+    """Build the index and the default view now (the server does, before the analyses)."""
+    build_figure(data, None)
 
 
 def counters_panel(data: DashboardData, selection: Any, names: list[str] | None) -> Any:
