@@ -122,6 +122,10 @@ class _Collective:
     overlaps: bool
     member: np.ndarray      # [R] bool, rank takes part
     rank_group: np.ndarray  # [R] index of the rank's group in ``groups`` (0 for non-members)
+    # An all-to-all's partner (the dispatch's combine and back) and what its buffer per pair is
+    # of the partner's: a member receives what its partner position sends, scaled (-1: none).
+    partner: int = -1
+    partner_ratio: float = 0.0
 
 
 @dataclass
@@ -189,6 +193,21 @@ class _Compiled:
             rank_group[gs.members] = np.arange(len(gs.members))[:, None]
             collectives.append(_Collective(int(pos), t.collective, gs, link, bool(prog.overlaps[pos]),
                                            member, rank_group))
+        # Receive side of the MoE all-to-alls: a rank receives in the dispatch the pairs its
+        # experts compute (what it sends back in the combine), and in the combine what it sent.
+        tnames = np.array([t.name for t in tmpl])
+        for c in collectives:
+            if c.kind != "all_to_all":
+                continue
+            other = "moe_combine" if tmpl[c.pos].name == "moe_dispatch" else "moe_dispatch"
+            same = np.flatnonzero((prog.layer == prog.layer[c.pos]) & (prog.part == prog.part[c.pos])
+                                  & (tnames == other))
+            if len(same):
+                d, q = (c.pos, int(same[0])) if other == "moe_combine" else (int(same[0]), c.pos)
+                per_pair_d = coef_net[Feature.LOCAL_TOKENS, d] / max(em.cfg.model.top_k, 1)
+                per_pair_c = coef_net[Feature.EXPERT_PAIRS, q]
+                c.partner = int(same[0])
+                c.partner_ratio = float(per_pair_d / per_pair_c if c.pos == d else per_pair_c / per_pair_d)
         # An overlapped all-to-all dispatch (shared experts computing meanwhile) is waited for by
         # the routed experts that consume its tokens.
         names = [t.name for t in tmpl]
@@ -540,6 +559,13 @@ class Emulation:
             G = len(gs.members)
             size = net[gs.members][:, :, pos].transpose(2, 0, 1).reshape(len(pos) * G, gs.size)
             sel = np.tile(np.arange(G), len(pos))
+            if kind == "all_to_all" and first.partner >= 0:
+                # A member's time is its sends' or its receives', whichever is more: hot experts'
+                # ranks receive more in the dispatch (and send more in the combine).
+                part = np.array([cp.collectives[i].partner for i in idx])
+                ratio = np.array([cp.collectives[i].partner_ratio for i in idx])
+                recv = (net[gs.members][:, :, part] * ratio).transpose(2, 0, 1).reshape(len(pos) * G, gs.size)
+                size = np.maximum(size, recv)
             fwd = None
             if kind == "all_to_all" and prefill is not None:
                 fwd = np.tile(prefill[gs.members].any(axis=1), len(pos))

@@ -292,6 +292,29 @@ def test_hot_experts_take_longer_and_their_ranks_send_more() -> None:
         make_config("mixtral-8x7b", expert_skew=9.0).validate()
 
 
+def test_the_hot_experts_rank_sets_the_dispatch_pace_by_what_it_receives() -> None:
+    """A rank receives in the dispatch what its experts compute and sends it back in the combine:
+    with skewed routing both all-to-alls wait on the hot rank, so (less their latency) the
+    dispatch takes the combine's time x its bytes a pair over the combine's: FP8 with a scale a
+    128 channels, 4096 + 128 bytes, against bf16's 8192."""
+    from test_emu_collectives import _instances
+
+    cfg = make_config("mixtral-8x7b", nodes=1, chips_per_node=8, tp=1, ep=8, requests=64, prompt_len=64,
+                      output_len=6, expert_skew=2.0, two_batch_overlap=False)
+    cfg = dataclasses.replace(cfg, hardware=dataclasses.replace(cfg.hardware, jitter=0.0))
+    run = run_in_memory(cfg)
+    fixed = cfg.hardware.launch_overhead_ns + cfg.hardware.intra_node_latency_ns
+    d_id, c_id = run.names.index("moe_dispatch"), run.names.index("moe_combine")
+    took = {}
+    for idx in _instances(run).values():
+        name = int(run.rec["name_id"][idx[0]])
+        if name in (d_id, c_id):
+            key = (int(run.rec["step"][idx[0]]), int(run.rec["layer"][idx[0]]), name)
+            took[key] = run.end_ns[idx[0]] - run.start_ns[idx].max() - fixed
+    ratio = np.array([took[(s, l, d_id)] / took[(s, l, c_id)] for s, l, n in took if n == d_id])
+    assert len(ratio) > 100 and np.allclose(ratio, (4096 + 128) / 8192, rtol=1e-6)
+
+
 def test_a_seeded_run_with_every_workload_option_is_byte_for_byte_reproducible(tmp_path) -> None:
     hist = tmp_path / "out.csv"
     hist.write_text("3,1\n9,2\n")
