@@ -88,7 +88,8 @@ def _find(component: Any, id: str) -> Any:
 def _intra_node_bytes(store: Path) -> dict[int, float]:
     """Bytes each node's chips send each other by collectives, counted row by row from
     collectives.parquet (nccl's conventions: ring all-reduce 2(n-1)/n x S and all-gather
-    (n-1)/n x S to the next member, all-to-all S/n to every peer)."""
+    (n-1)/n x S to the next member, all-to-all S/n to every peer; an all-reduce across nodes is
+    hierarchical, its reduce-scatter and all-gather moving 2(l-1)/l x S inside a node of l members)."""
     rows = pq.read_table(store / "collectives.parquet").to_pandas().sort_values(["coll_id", "rank"])
     out: dict[int, float] = {}
     for _, inst in rows.groupby("coll_id"):
@@ -97,8 +98,12 @@ def _intra_node_bytes(store: Path) -> dict[int, float]:
             continue
         kind = str(inst["kind"].iloc[0])
         nodes, size = inst["node"].to_numpy(), inst["bytes"].to_numpy(float)
+        spanning = len(set(nodes.tolist())) > 1
         for i in range(n):
-            if kind == "all_to_all":
+            if kind == "all_reduce" and spanning:
+                local = int((nodes == nodes[i]).sum())
+                out[int(nodes[i])] = out.get(int(nodes[i]), 0.0) + 2 * (local - 1) / local * size[i]
+            elif kind == "all_to_all":
                 peers = int((nodes == nodes[i]).sum()) - 1
                 out[int(nodes[i])] = out.get(int(nodes[i]), 0.0) + size[i] / n * peers
             elif nodes[(i + 1) % n] == nodes[i]:

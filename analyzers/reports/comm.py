@@ -456,7 +456,8 @@ def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: Har
     n_nodes = np.clip(n_nodes, 1, members)
     local = np.maximum(np.round(members / n_nodes), 1).astype(np.int64)
     is_ar = kind == "all_reduce"
-    nxt = np.where(is_ar, start + (pos_in + local) % members, nxt)
+    span_ar = is_ar & (n_nodes > 1)         # inside one node an all-reduce stays the ring above
+    nxt = np.where(span_ar, start + (pos_in + local) % members, nxt)
     factor = pd.Series(kind).map(_RING).to_numpy(float)
     ring = ~np.isnan(factor) & (kind != "all_to_all")
     is_p2p = np.isin(kind, ["send_recv", "send"])
@@ -466,9 +467,15 @@ def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: Har
     known = pd.Series(is_sender).groupby(cid).transform("any").to_numpy()
     lowest = head                                       # without a recorded send, the lower rank sends
     ring &= ~is_p2p | np.where(known, is_sender, lowest)
-    ring_bytes = np.where(is_ar, 2 * (n_nodes - 1) / n_nodes / local, np.where(is_p2p, 1.0, (n - 1) / n)) * size
+    ring_bytes = np.where(span_ar, 2 * (n_nodes - 1) / n_nodes / local,
+                          np.where(is_ar, 2 * (n - 1) / n, np.where(is_p2p, 1.0, (n - 1) / n))) * size
     parts = [pd.DataFrame({"coll_id": cid[ring], "rank": rows["rank"].to_numpy()[ring], "src": node[ring],
                            "dst": node[nxt][ring], "bytes": ring_bytes[ring]})]
+    # ... and its reduce-scatter and all-gather inside each node: 2(l-1)/l of S to the node's ring.
+    inner = span_ar & (local > 1)
+    if inner.any():
+        parts.append(pd.DataFrame({"coll_id": cid[inner], "rank": rows["rank"].to_numpy()[inner], "src": node[inner],
+                                   "dst": node[inner], "bytes": (2 * (local - 1) / local * size)[inner]}))
     # All-to-all: S/n to every peer, i.e. S/n x (members on node d, less self) to node d.
     a2a = kind == "all_to_all"
     if a2a.any():
