@@ -165,18 +165,22 @@ def _candidates(g: Graph, ctx: AnalysisContext, cp: Any) -> list[dict]:
                         "scenario": Scenario(spec, (Change("op", op=op, phase=phase, what="roof"),)),
                         "evidence": {"above_roof_ns": int(excess)},
                         "next": f"sohuprof analyze {ctx.store.origin} --report roofline"})
-    # A pipeline whose stages run one after another: what overlapping them would buy at most
-    # (every rank busy all the time: the wall falls to the busiest rank's own work).
+    # A pipeline's stages idle (its bubbles: filling, draining, waiting for a slower stage): what
+    # balanced stages kept busy would buy at most (the wall falls to the mean stage's work; with
+    # stages already even, to the busiest rank's).
     plan = ctx.store.manifest.get("parallel") or {}
     if isinstance(plan.get("pp"), int) and plan["pp"] > 1:
         R = len(g.ranks)
         seg_rank = np.r_[g.rank_of, np.arange(R)]
         busy = np.bincount(seg_rank, weights=g.kinds[:, :4].sum(axis=1), minlength=R)
         busy += np.bincount(g.rank_of, weights=np.clip(g.leave - g.release, 0, None), minlength=R)
-        bound = float(busy.max()) if R else 0.0
+        stage_busy = np.zeros(int(role.max()) + 1 if R else 0)
+        np.maximum.at(stage_busy, role, busy)
+        bound = float(stage_busy.mean()) if R else 0.0
         out.append({"kind": "pipeline_bubble", "ranks": [], "nodes": [], "ops": [], "scenario": None,
                     "bound_saving_ns": max(float(ctx.wall_ns) - bound, 0.0),
-                    "evidence": {"pp": int(plan["pp"]), "busiest_rank_busy_ns": int(bound),
+                    "evidence": {"pp": int(plan["pp"]), "busiest_rank_busy_ns": int(busy.max()) if R else 0,
+                                 "stage_busy_ns": [int(b) for b in stage_busy],
                                  "mean_busy_share": round(float(busy.mean()) / max(ctx.wall_ns, 1), 3)},
                     "next": f"sohuprof analyze {ctx.store.origin} --report stalls,critical_path"})
     # Host work on the path: what opens every step, and CPU time with no device work under it.
@@ -245,9 +249,10 @@ def _title(c: dict, saving_ns: float, pct: float, wall: float, wait_saved: float
     if c["kind"] == "memory_bound":
         return f"{c['ops'][0]} runs below its roof; at the roof the run would be ~{pct:.1f} % shorter"
     if c["kind"] == "pipeline_bubble":
-        return (f"the {ev['pp']} pipeline stages mostly run one after another (ranks busy "
-                f"{100 * ev['mean_busy_share']:.0f} % of the wall on average); keeping every stage busy "
-                f"(micro-batches in flight) would save up to ~{pct:.0f} %")
+        sb = ev["stage_busy_ns"]
+        return (f"the {ev['pp']} pipeline stages are busy {100 * ev['mean_busy_share']:.0f} % of the wall on "
+                f"average (a stage {_fmt_ms(min(sb))} to {_fmt_ms(max(sb))}: bubbles and an uneven split); "
+                f"balanced stages kept busy would save up to ~{pct:.0f} %")
     if c["kind"] == "idle":
         return (f"the critical path is idle {100 * ev['idle_on_path_ns'] / wall:.0f} % of the wall (gaps no op "
                 f"fills: launch or dependency latency, waiting for input); closing them would save up to ~{pct:.0f} %")
