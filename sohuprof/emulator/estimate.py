@@ -184,7 +184,12 @@ def estimate_run(cfg: EmulatorConfig) -> RunEstimate:
     raw = int(records * RECORD_DTYPE.itemsize + chunks * CHUNK_HEADER.size + world * FILE_HEADER.size)
     arrival_ns = cfg.requests / cfg.rate * 1e9 if cfg.rate else 0.0
     # A pipeline keeps pp steps in flight: a step every step_ns / pp once it is full.
-    duration = max(arrival_ns, (steps_max + cfg.pp - 1) * step_ns / cfg.pp)
+    # Nor faster than its FLOPs on every chip (prefill-heavy runs: 2 FLOPs a weight a token).
+    prompt, out = cfg.mean_lengths
+    hw = cfg.hardware
+    compute_ns = (cfg.requests * (prompt + out) * 2 * m.active_params()
+                  / (cfg.world * hw.peak_flops(cfg.dtype) * hw.matmul_efficiency) * 1e9)
+    duration = max(arrival_ns, (steps_max + cfg.pp - 1) * step_ns / cfg.pp, compute_ns)
     snapshots = min(max(8, int(duration / _SNAPSHOT_EVERY_NS) + 1), MAX_CLOCK_SYNC) * cfg.nodes
     host = int(replica_steps * _STEP_LINE_BYTES + cfg.requests * _REQUEST_LINES_BYTES
                + nic_lines * _NIC_LINE_BYTES + snapshots * _SNAPSHOT_BYTES + 200 * world)
