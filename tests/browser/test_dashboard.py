@@ -6,7 +6,6 @@ op's details, a rank selected on one page carries to the others. Screenshots go 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,8 @@ import pytest
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
-from werkzeug.serving import make_server  # noqa: E402
+from conftest import CHROMIUM, serve_dashboard, settle as _settle  # noqa: E402  (tests/browser/conftest.py)
 
-from sohuprof.dashboards.app import create_app  # noqa: E402
-
-from conftest import CHROMIUM  # noqa: E402  (tests/browser/conftest.py)
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_traces" / "mixtral-2node" / "store"
 ARTIFACTS = REPO / "tmp" / "browser-artifacts"       # /tmp/ is gitignored
@@ -34,40 +30,13 @@ PAGES = {"/": None, "/timeline": "timeline", "/roofline": "roofline", "/stalls":
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    app = create_app(SAMPLE)
-    httpd = make_server("127.0.0.1", 0, app.server, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}"
-    finally:
-        httpd.shutdown()
-        thread.join(timeout=10)
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
-    page = context.new_page()
-    page.errors = []  # type: ignore[attr-defined]
-    page.on("console", lambda msg: page.errors.append(f"console: {msg.text}") if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: page.errors.append(f"pageerror: {exc}"))
-    page.set_default_timeout(20_000)
-    try:
-        yield page
-    finally:
-        context.close()
+    with serve_dashboard(SAMPLE) as url:
+        yield url
 
 
 def _shot(page: Any, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
-
-
-def _settle(page: Any) -> None:
-    """Wait until no Dash callback is pending."""
-    page.wait_for_function("() => !document.querySelector('[data-dash-is-loading=\"true\"]')")
-    page.wait_for_timeout(300)
 
 
 @pytest.mark.parametrize("path", list(PAGES))

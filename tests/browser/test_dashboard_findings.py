@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,17 +19,15 @@ import pytest
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 from click.testing import CliRunner  # noqa: E402
-from werkzeug.serving import make_server  # noqa: E402
-
 from sohuprof.analyzers.engine import Selection as EngineSelection  # noqa: E402
 from sohuprof.analyzers.report import run_reports  # noqa: E402
 from sohuprof.cli import cli  # noqa: E402
-from sohuprof.dashboards.app import create_app  # noqa: E402
 from sohuprof.dashboards.data import parse_ranks  # noqa: E402
 from sohuprof.dashboards.pages.stalls import STALL_CLASSES  # noqa: E402
 from sohuprof.store import open_store  # noqa: E402
 
-from conftest import CHROMIUM  # noqa: E402  (tests/browser/conftest.py)
+from conftest import CHROMIUM, serve_dashboard  # noqa: E402  (tests/browser/conftest.py)
+from conftest import settle as _settle  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_traces" / "mixtral-2node" / "store"
@@ -41,18 +38,6 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Chromium not fou
 #: A small run (2 nodes x 2 chips, TP 2, a few short requests): emulated and collected in ~2 s.
 SMALL = ["--model", "llama3-8b", "--nodes", "2", "--chips-per-node", "2", "--tp", "2", "--requests", "8",
          "--prompt-len", "128", "--output-len", "8"]
-
-
-def _serve(store: Path) -> Iterator[str]:
-    app = create_app(store)
-    httpd = make_server("127.0.0.1", 0, app.server, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}"
-    finally:
-        httpd.shutdown()
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -68,33 +53,14 @@ def straggler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, s
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["-q", "collect", str(tmp / "run"), "-o", str(tmp / "store")])
     assert result.exit_code == 0, result.output
-    yield from ((rank, url) for url in _serve(tmp / "store"))
+    with serve_dashboard(tmp / "store") as url:
+        yield rank, url
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    yield from _serve(SAMPLE)
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
-    page = context.new_page()
-    page.errors = []  # type: ignore[attr-defined]
-    page.on("console", lambda msg: page.errors.append(f"console: {msg.text}") if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: page.errors.append(f"pageerror: {exc}"))
-    page.set_default_timeout(20_000)
-    try:
-        yield page
-    finally:
-        context.close()
-
-
-def _settle(page: Any) -> None:
-    """Wait until no Dash callback is pending."""
-    page.wait_for_function("() => !document.querySelector('[data-dash-is-loading=\"true\"]')")
-    page.wait_for_timeout(400)
-    page.wait_for_function("() => !document.querySelector('[data-dash-is-loading=\"true\"]')")
+    with serve_dashboard(SAMPLE) as url:
+        yield url
 
 
 def _stall_bars(page: Any) -> dict[str, dict[int, float]]:

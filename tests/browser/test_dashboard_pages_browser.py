@@ -6,7 +6,6 @@ to ``tmp/browser-artifacts/`` (gitignored)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,12 @@ import pytest
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 from click.testing import CliRunner  # noqa: E402
-from werkzeug.serving import make_server  # noqa: E402
-
 from sohuprof.analyzers.report import run_reports  # noqa: E402
 from sohuprof.cli import cli  # noqa: E402
-from sohuprof.dashboards.app import create_app  # noqa: E402
 from sohuprof.dashboards.components import fmt_ms  # noqa: E402
 from sohuprof.store import open_store  # noqa: E402
 
-from conftest import CHROMIUM  # noqa: E402  (tests/browser/conftest.py)
+from conftest import CHROMIUM, serve_dashboard, settle as _settle  # noqa: E402  (tests/browser/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_traces" / "mixtral-2node" / "store"
@@ -35,21 +31,10 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Chromium not fou
                                 "(apt-get install chromium, or set SOHUPROF_CHROMIUM)")
 
 
-def _serve(store: Path) -> Iterator[str]:
-    app = create_app(store)
-    httpd = make_server("127.0.0.1", 0, app.server, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}"
-    finally:
-        httpd.shutdown()
-        thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def sohu() -> Iterator[str]:
-    yield from _serve(SAMPLE)
+    with serve_dashboard(SAMPLE) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -62,26 +47,8 @@ def kineto_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def kineto(kineto_store: Path) -> Iterator[str]:
-    yield from _serve(kineto_store)
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
-    page = context.new_page()
-    page.errors = []  # type: ignore[attr-defined]
-    page.on("console", lambda msg: page.errors.append(f"console: {msg.text}") if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: page.errors.append(f"pageerror: {exc}"))
-    page.set_default_timeout(30_000)
-    try:
-        yield page
-    finally:
-        context.close()
-
-
-def _settle(page: Any) -> None:
-    page.wait_for_function("() => !document.querySelector('[data-dash-is-loading=\"true\"]')")
-    page.wait_for_timeout(300)
+    with serve_dashboard(kineto_store) as url:
+        yield url
 
 
 def _shot(page: Any, name: str) -> None:

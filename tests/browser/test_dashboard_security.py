@@ -9,8 +9,8 @@ what DNS rebinding does to a victim's browser (the attacker's name, this machine
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,9 @@ import pytest
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
-from werkzeug.serving import make_server  # noqa: E402
-
 from sohuprof.dashboards import security  # noqa: E402
-from sohuprof.dashboards.app import create_app  # noqa: E402
 
-from conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (tests/browser/conftest.py)
+from conftest import CHROMIUM, CHROMIUM_ARGS, serve_dashboard  # noqa: E402  (tests/browser/conftest.py)
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_traces" / "mixtral-2node" / "store"
 
@@ -46,20 +43,8 @@ def rebinding_browser() -> Iterator[Any]:
 @pytest.fixture
 def serve() -> Iterator[Callable[[Path], int]]:
     """Start the dashboard on a store, on 127.0.0.1 and a free port; returns the port."""
-    running: list[tuple[Any, threading.Thread]] = []
-
-    def start(store: Path) -> int:
-        app = create_app(store)
-        httpd = make_server("127.0.0.1", 0, app.server, threaded=True)
-        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-        thread.start()
-        running.append((httpd, thread))
-        return int(httpd.server_port)
-
-    yield start
-    for httpd, thread in running:
-        httpd.shutdown()
-        thread.join(timeout=10)
+    with ExitStack() as running:
+        yield lambda store: int(running.enter_context(serve_dashboard(store)).rsplit(":", 1)[1])
 
 
 @pytest.fixture
