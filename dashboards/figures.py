@@ -17,8 +17,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from sohuprof.analyzers.render import figures as report_figures
+from sohuprof.dashboards.palette import CATEGORY_COLORS, OP_CLASS_COLORS, class_color
 
-__all__ = ["TEMPLATE", "CATEGORY_COLORS", "OP_CLASS_COLORS", "op_class_color", "lane_labels", "timeline_figure",
+__all__ = ["TEMPLATE", "CATEGORY_COLORS", "OP_CLASS_COLORS", "op_class_color",
            "roofline_figure", "stalls_figure", "traffic_figure", "link_bandwidth_figure", "nic_figure",
            "busbw_figure", "stragglers_figure", "rank_grid_figure", "kernel_types_figure", "kernel_names_figure",
            "idle_figure", "latency_figure", "throughput_figure", "message_figure"]
@@ -38,27 +39,13 @@ TEMPLATE = go.layout.Template(layout=dict(
     title=dict(x=0.5, xanchor="center", yref="container", y=1, yanchor="top", pad=dict(t=14), font=dict(size=15)),
     legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0, itemsizing="constant")))
 
-#: Category colours; communication is the loud one, so collectives stand out on any timeline.
-CATEGORY_COLORS = {"compute": "#2a9d8f", "memory": "#e9a23b", "communication": "#d62828", "host": "#6c7a89"}
-_OTHER_COLOR = "#8d99ae"
-#: One colour per op class (:data:`sohuprof.schema.OP_CLASSES`), no two alike; collectives in reds.
-OP_CLASS_COLORS = {"gemm": "#1f77b4", "attention": "#9467bd", "norm": "#2ca02c", "elementwise": "#ff7f0e",
-                   "embedding": "#8c564b", "sampling": "#e377c2", "router": "#17becf", "memcpy": "#bcbd22",
-                   "memset": "#7f7f7f", "all_reduce": "#d62728", "all_gather": "#a50f15",
-                   "reduce_scatter": "#fb6a4a", "all_to_all": "#67000d", "broadcast": "#e7969c",
-                   "send": "#843c39", "recv": "#ad494a", "host": "#6c7a89", "other": "#393b79"}
-#: Pixels per timeline lane.
-LANE_PX = 16
-
-
-def _rgb(color: str) -> tuple[int, int, int]:
-    color = color.lstrip("#")
-    return int(color[0:2], 16), int(color[2:4], 16), int(color[4:6], 16)
+#: Anything without a colour of its own.
+_FALLBACK_COLOR = "#8d99ae"
 
 
 def op_class_color(op: str) -> str:
-    """The op class's fixed colour (an unknown class: the "other" colour)."""
-    return OP_CLASS_COLORS.get(str(op), OP_CLASS_COLORS["other"])
+    """The op class's fixed colour (:mod:`sohuprof.dashboards.palette`, as on the timeline)."""
+    return class_color(str(op))
 
 
 def _style(fig: go.Figure, **layout: Any) -> go.Figure:
@@ -72,96 +59,6 @@ def message_figure(text: str, *, height: int = 300) -> go.Figure:
     fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
                        font=dict(size=14, color="#666"))
     return _style(fig, height=height, xaxis=dict(visible=False), yaxis=dict(visible=False))
-
-
-def lane_labels(lanes: pd.DataFrame) -> list[str]:
-    """``node 0 · chip 1 · matrix`` per lane (the category too when an engine has several)."""
-    counts = lanes.groupby(["rank", "track"], observed=True)["category"].transform("size").to_numpy()
-    out = []
-    for node, chip, track, cat, n in zip(lanes["node"], lanes["chip"], lanes["track"], lanes["category"], counts):
-        label = f"n{node} · chip {chip} · {track}"
-        out.append(f"{label} ({cat})" if n > 1 else label)
-    return out
-
-
-def _lane_axis(lanes: pd.DataFrame) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The y axis of a timeline (one row per lane, node 0 on top) and its rank/node separators."""
-    n = len(lanes)
-    axis = dict(tickmode="array", tickvals=np.arange(n), ticktext=lane_labels(lanes), range=[n - 0.5, -0.5],
-                fixedrange=True, showgrid=False, tickfont=dict(size=10), ticks="")
-    shapes: list[dict[str, Any]] = []
-    rank = lanes["rank"].to_numpy()
-    node = lanes["node"].to_numpy()
-    for row in np.flatnonzero(rank[1:] != rank[:-1]) + 1:
-        new_node = node[row] != node[row - 1]
-        shapes.append(dict(type="line", xref="paper", x0=0, x1=1, yref="y", y0=row - 0.5, y1=row - 0.5,
-                           line=dict(color="#333" if new_node else "#ccc", width=2 if new_node else 1), layer="above"))
-    return axis, shapes
-
-
-def timeline_figure(view: Any, *, origin: int, max_text: int = 4000) -> go.Figure:
-    """Swimlanes of a :class:`~sohuprof.analyzers.timeline.TimelineView`, time in ms from ``origin``.
-
-    ``density`` views draw one single-row heatmap per lane: the busy fraction of each pixel column
-    in the lane's category colour (transparent when idle), a few bytes a pixel whatever the number
-    of events. ``exact`` views draw every op as a horizontal bar (one SVG path per category:
-    start, middle and end points separated by gaps), clickable for its details.
-    """
-    lanes = view.lanes.reset_index(drop=True)
-    n = len(lanes)
-    row_of = {int(lane): i for i, lane in enumerate(lanes["lane"])}
-    categories = lanes["category"].astype(str).to_numpy()
-    fig = go.Figure()
-    seen: set[str] = set()
-    if view.mode == "density":
-        edges = np.asarray(view.edges, dtype=np.float64)
-        x0 = (edges[0] - origin) / 1e6
-        dx = float(np.mean(np.diff(edges))) / 1e6
-        pct = np.rint(np.asarray(view.density) * 100).astype(np.uint8)
-        labels = lane_labels(lanes)
-        for i in range(n):
-            cat = categories[i]
-            r, g, b = _rgb(CATEGORY_COLORS.get(cat, _OTHER_COLOR))
-            scale = [[0.0, f"rgba({r},{g},{b},0)"], [0.005, f"rgba({r},{g},{b},0.18)"], [1.0, f"rgba({r},{g},{b},1)"]]
-            fig.add_trace(go.Heatmap(
-                z=pct[i:i + 1], x0=x0, dx=dx, y0=i, dy=1, zmin=0, zmax=100, colorscale=scale, showscale=False,
-                name=cat, legendgroup=cat, showlegend=cat not in seen, zsmooth=False,
-                hovertemplate=f"{labels[i]}<br>%{{x:.3f}} ms: %{{z}}% busy ({cat})<extra></extra>"))
-            seen.add(cat)
-    else:
-        seg = view.segments
-        rows = np.array([row_of[int(v)] for v in np.unique(seg["lane"])]) if len(seg) else np.zeros(0, int)
-        lut = np.zeros(int(seg["lane"].max()) + 1 if len(seg) else 1, np.int16)
-        if len(seg):
-            lut[np.unique(seg["lane"].to_numpy())] = rows
-        seg_cat = categories[lut[seg["lane"].to_numpy()]] if len(seg) else np.zeros(0, object)
-        width = max(2, int(LANE_PX * 0.7))
-        for cat in sorted(set(seg_cat), key=lambda c: (c == "communication", c)):
-            sel = seg[seg_cat == cat]
-            ts = (sel["ts"].to_numpy(np.int64) - origin) / 1e6
-            end = ts + sel["dur"].to_numpy(np.int64) / 1e6
-            x = np.column_stack([ts, (ts + end) / 2, end, np.full(len(ts), np.nan)]).ravel()
-            y = np.repeat(lut[sel["lane"].to_numpy()], 4).astype(np.int16)
-            text = np.repeat(sel["name"].to_numpy(dtype=object), 4) if len(seg) <= max_text else None
-            fig.add_trace(go.Scatter(
-                x=x, y=y, mode="lines", name=cat, legendgroup=cat, connectgaps=False,
-                line=dict(color=CATEGORY_COLORS.get(cat, _OTHER_COLOR), width=width),
-                text=text, hovertemplate=("%{text}<br>" if text is not None else "")
-                + "%{x:.4f} ms<extra>" + cat + "</extra>"))
-            seen.add(cat)
-    axis, shapes = _lane_axis(lanes)
-    start_ms, end_ms = (view.start - origin) / 1e6, (view.end - origin) / 1e6
-    if view.mode == "density":
-        what = (f"{view.events_in_view:,} ops in view: busy fraction per pixel column "
-                "(zoom in for individual ops)")
-    else:
-        what = f"{view.events_in_view:,} ops in view, drawn exactly (click one for its details)"
-    return _style(fig, height=max(320, LANE_PX * n + 130), shapes=shapes, yaxis=axis,
-                  xaxis=dict(title="time since trace start (ms)", range=[start_ms, end_ms], showgrid=True),
-                  title=dict(text=f"timeline {start_ms:,.3f} – {end_ms:,.3f} ms · {what}", font=dict(size=13),
-                             x=0.5, xanchor="center", yref="container", y=1, yanchor="top", pad=dict(t=14)),
-                  dragmode="zoom", hovermode="closest", margin=dict(l=170, r=20, t=80, b=50),
-                  legend=dict(title_text="category ", orientation="h", yanchor="bottom", y=1.0, x=0))
 
 
 def roofline_figure(sample: pd.DataFrame, peak_flops: float, hbm_bandwidth: float, *, title: str = "") -> go.Figure:
@@ -475,7 +372,7 @@ def kernel_types_figure(types: pd.DataFrame) -> go.Figure:
     name = types["kernel_type"].astype(str).to_numpy()
     ms = types["sum_ns"].to_numpy(float) / 1e6
     pct = pd.to_numeric(types["pct"], errors="coerce").to_numpy(float)
-    colors = [_KERNEL_TYPE_COLORS.get(n, "#6a4c93" if " overlapping " in n else _OTHER_COLOR) for n in name]
+    colors = [_KERNEL_TYPE_COLORS.get(n, "#6a4c93" if " overlapping " in n else _FALLBACK_COLOR) for n in name]
     fig = go.Figure(go.Bar(x=ms, y=name, orientation="h", marker_color=colors,
                            text=[f"{p:.1f} %" if p == p else "outside HTA's table" for p in pct], textposition="auto",
                            hovertemplate="%{y}: %{x:.3f} ms (%{text})<extra></extra>"))
@@ -498,7 +395,7 @@ def kernel_names_figure(names: pd.DataFrame, *, top: int = 20) -> go.Figure:
     label = [f"{i + 1}. {n}" for i, n in enumerate(short)]
     fig = go.Figure(go.Bar(
         x=frame["sum_ns"].to_numpy(float) / 1e6, y=label, orientation="h",
-        marker_color=[_KERNEL_TYPE_COLORS.get(k, _OTHER_COLOR) for k in kind],
+        marker_color=[_KERNEL_TYPE_COLORS.get(k, _FALLBACK_COLOR) for k in kind],
         customdata=np.column_stack([frame["count"].to_numpy(float), frame["mean_ns"].to_numpy(float) / 1e3,
                                     frame["min_ns"].to_numpy(float) / 1e3, frame["max_ns"].to_numpy(float) / 1e3,
                                     pd.to_numeric(frame["pct"], errors="coerce").to_numpy(float)]),

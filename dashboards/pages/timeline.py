@@ -27,8 +27,7 @@ from dash import Input, Output, Patch, State, dcc, html
 from sohuprof.analyzers.timeline import Expand, counter_tracks, layout_rows
 from sohuprof.dashboards import timeline_figure as tf
 from sohuprof.dashboards.components import fmt_ms, fmt_si, graph
-from sohuprof.dashboards.data import (DashboardData, NotAvailable, Selection, ensure_selection, format_ranks,
-                                      parse_ranks)
+from sohuprof.dashboards.data import DashboardData, NotAvailable, Selection, ensure_selection, parse_ranks
 
 __all__ = ["PATH", "NAME", "layout", "warm", "register_callbacks", "timeline_view", "build_figure", "window_from_relayout",
            "zoom_selection", "on_relayout", "details_panel", "expand_of", "search", "collective_details",
