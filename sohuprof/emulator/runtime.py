@@ -807,10 +807,11 @@ class Emulation:
                 # Two-batch overlap where it is estimated faster: it hides communication but
                 # reads the weights twice and launches every op twice, so the choice follows the
                 # step's shape, never a hand-set size (no cliff where it switches on).
-                # Decided once per step size (and whether it prefills): steps of a size differ
-                # only in their context, which moves both forms alike.
+                # Decided once per step size, within a quarter octave (and whether it prefills):
+                # steps that close differ little but in their context, which moves both forms
+                # alike, and where the two forms cross they take nearly the same time.
                 r0 = int(np.flatnonzero(running_rep)[0])
-                key = (int(tokens.min()), batches[r0].prefill_tokens > 0)
+                key = (int(np.log2(max(int(tokens.min()), 1)) * 4), batches[r0].prefill_tokens > 0)
                 if key not in self._overlap_pays:
                     rows = plan.replica_ranks(r0)
                     self._overlap_pays[key] = self._estimate_ns(self.compiled_tbo, feat, per_layer, rows) < \
