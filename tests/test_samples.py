@@ -48,4 +48,5 @@ def test_collected_sample_matches_its_raw_run() -> None:
 @pytest.mark.parametrize("part", ["raw", "store"])
 def test_samples_stay_small(part: str) -> None:
     size = sum(p.stat().st_size for p in (SAMPLE / part).rglob("*") if p.is_file())
-    assert size < 6_000_000
+    # 7.0 MB raw since the prefill steps run as two micro-batches (two-batch overlap, issue 16).
+    assert size < 8_000_000
