@@ -103,7 +103,7 @@ def _select(store: TraceStore, selection: Selection | None, ranks: pd.DataFrame,
         have = ranks["rank"].to_numpy(np.int64)
         missing = np.setdiff1d(wanted, have)
         if len(missing) or not len(wanted):
-            from sohuprof.chrome_export import _fmt_ranks
+            from sohuprof.export.selection import fmt_ranks as _fmt_ranks
             raise ReportError(f"ranks {_fmt_ranks(missing.tolist()) or '(none)'} are not in the store, which has "
                               f"ranks {_fmt_ranks(have.tolist())}")
         ranks = ranks[np.isin(have, wanted)].reset_index(drop=True)

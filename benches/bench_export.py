@@ -51,7 +51,7 @@ def naive(store_path: str, out: str) -> int:
 
 
 def vectorized(store_path: str, out: str) -> int:
-    from sohuprof.chrome_export import export_chrome
+    from sohuprof.export.chrome import export_chrome
 
     return export_chrome(store_path, out, show_progress=False).events
 

@@ -609,7 +609,7 @@ class RankList(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
         if isinstance(value, list):
             return value
-        from sohuprof.chrome_export import parse_ranks
+        from sohuprof.export.selection import parse_ranks
         try:
             return parse_ranks(str(value))
         except ValueError as exc:
@@ -644,7 +644,7 @@ def chrome(obj: CliContext, store: Path, out: Path, force: bool, start_ms: float
     One process per node, one thread per chip and engine, collectives linked by flow arrows,
     counters as counter tracks and the run's metadata under otherData.
     """
-    from sohuprof.chrome_export import export_chrome
+    from sohuprof.export.chrome import export_chrome
 
     _check_inputs(store, store=True)
     _check_file_out(out, "trace.json.gz")

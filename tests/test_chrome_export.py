@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
 
-from sohuprof.chrome_export import (SelectionError, _crossing, _greedy_lanes, assign_lanes,
-                                    export_chrome, parse_ranks)
+from sohuprof.export.chrome import export_chrome
+from sohuprof.export.selection import SelectionError, _crossing, _greedy_lanes, assign_lanes, parse_ranks
 from sohuprof.cli import cli
 from sohuprof.schema import EVENTS
 from sohuprof.store import StoreWriter, open_store
@@ -378,7 +378,7 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, make_args, match: str) -> Non
 
 
 def test_cli_warns_when_too_big_for_chrome_tracing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sohuprof.chrome_export as ce
+    import sohuprof.export.chrome as ce
     monkeypatch.setattr(ce, "CHROME_TRACING_LIMIT_BYTES", 1000)
     result = CliRunner().invoke(cli, ["export", "chrome", str(SAMPLE), "-o", str(tmp_path / "t.json"),
                                       "--ranks", "0"])

