@@ -8,6 +8,7 @@ scheduler address a ``dask.distributed.LocalCluster`` is started (and stopped) f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -18,6 +19,7 @@ from sohuprof.analyzers.analysis import Analysis, AnalysisContext
 from sohuprof.analyzers.engine import plan_columns, read_rank
 from sohuprof.analyzers.partition import Partition
 from sohuprof.errors import SohuprofError
+from sohuprof.store import TraceStore
 
 __all__ = ["run_analyses_dask", "check_scheduler_address", "CONNECT_TIMEOUT_S"]
 
@@ -78,6 +80,14 @@ def check_scheduler_address(address: str) -> str:
     return f"{proto}://{m.group('host')}:{port}"
 
 
+def _for_workers(ctx: AnalysisContext) -> AnalysisContext:
+    """``ctx`` as the workers get it: the store by its absolute path (a worker started in another
+    directory cannot resolve the client's relative one), without what the client cached on it."""
+    store = TraceStore(ctx.store.path.absolute(), ctx.store.manifest)
+    store.origin = ctx.store.origin
+    return dataclasses.replace(ctx, store=store, memo={})
+
+
 def _chunk_rank(ctx: AnalysisContext, analyses: list[Analysis], columns: list[str], rank: int, node: int) -> list[Any]:
     """One task: a rank's events through every analysis's chunk (runs on a worker)."""
     part = Partition(read_rank(ctx, columns, rank, node))
@@ -131,7 +141,7 @@ def run_analyses_dask(ctx: AnalysisContext, analyses: Iterable[Analysis], *, sch
             if dashboard:
                 log.warning("Dask dashboard at %s", cluster.dashboard_link)
             client = stack.enter_context(Client(cluster))
-        shared = client.scatter(ctx, broadcast=True)   # the small tables travel once per worker
+        shared = client.scatter(_for_workers(ctx), broadcast=True)   # small tables: once per worker
         futures = [client.submit(_chunk_rank, shared, analyses, columns, rank, node, pure=False)
                    for rank, node in zip(ctx.ranks["rank"].tolist(), ctx.ranks["node"].tolist())]
         if advance is not None:
