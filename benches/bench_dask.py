@@ -26,6 +26,8 @@ import json
 import pickle
 import shutil
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -178,6 +180,46 @@ def measure(path: Path, client: Any) -> dict:
             "client_rss_added_mb": (client_rss.peak - client_rss.start) / 1e6}
 
 
+def make_big(*, fresh: bool = False) -> Path:
+    """The busy node for longer: 2048 requests (~1.2M events a rank), for partition memory."""
+    out = CACHE / "llama70b-big" / "store"
+    if out.is_dir() and not fresh:
+        return out
+    cfg = EmulatorConfig(model=load_model("llama3-70b"), hardware=load_hardware("sohu"), nodes=1, tp=8,
+                         requests=2048, seed=1)
+    raw = out.parent / "raw"
+    emulate(cfg, raw, force=True, show_progress=False)
+    collect(raw, out, force=True, show_progress=False)
+    shutil.rmtree(raw)
+    return out
+
+
+def measure_partition(path: Path) -> dict:
+    """In this (fresh) process: rank 0's task as a worker runs it, what it adds to the process's
+    RSS the first time (the context built first, as the scattered one arrives built) and its time
+    (the better of that run and a second)."""
+    import gc
+
+    store = open_store(path)
+    ctx = _for_workers(build_context(store, options={"what_if": [], "by": "op"}))
+    analyses = [load_analysis(REPORTS[n]) for n in _choose(None, ctx)] + [load_analysis(_OVERLAP)]
+    columns = plan_columns(ctx, analyses)
+    rank, node = int(ctx.ranks["rank"].iloc[0]), int(ctx.ranks["node"].iloc[0])
+    rows = int(ctx.store.manifest["tables"]["events"]) // len(ctx.ranks)
+    gc.collect()
+    with PeakRss() as rss:
+        t = time.perf_counter()
+        parts = _chunk_rank(ctx, analyses, columns, rank, node)
+        seconds = time.perf_counter() - t
+    del parts
+    gc.collect()
+    t = time.perf_counter()      # again, warm: the time is the better of the two
+    parts = _chunk_rank(ctx, analyses, columns, rank, node)
+    seconds = min(seconds, time.perf_counter() - t)
+    return {"events": rows, "seconds": seconds, "rss_base_mb": rss.start / 1e6,
+            "rss_added_mb": (rss.peak - rss.start) / 1e6, "pickled_bytes": len(pickle.dumps(parts, protocol=5))}
+
+
 def end_to_end(path: Path, scheduler: str) -> dict:
     """``run_reports`` wall time, local and dask, and whether their JSON is identical."""
     store = open_store(path)
@@ -218,8 +260,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (one thread each)")
     parser.add_argument("--fresh", action="store_true", help="rebuild the cached stores")
     parser.add_argument("--no-reference", action="store_true", help="skip the busy Llama-3-70B node")
+    parser.add_argument("--measure-partition", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
+    if args.measure_partition:
+        print(json.dumps(measure_partition(args.measure_partition)))
+        return
     from distributed import Client, LocalCluster
 
     counts = [int(x) for x in args.ranks.split(",")]
@@ -244,7 +290,20 @@ def main() -> None:
             per_event = r["chunk_median_s"] / (r["events"] / r["ranks"])
             print(f"      chunk cost {per_event * 1e9:.0f} ns an event, "
                   f"shipped {r['shipped_median'] / (r['events'] / r['ranks']):.1f} B an event")
-    for a, b in zip(rows, rows[1:]):
+            rows.append({"reference": True, **r, **e})
+    if reference is not None:
+        # One partition in a fresh process each, so the RSS it adds is its own.
+        for path in (reference, make_big(fresh=args.fresh)):
+            out = subprocess.run([sys.executable, __file__, "--measure-partition", str(path)], check=True,
+                                 capture_output=True, text=True).stdout
+            p = json.loads(out.strip().splitlines()[-1])
+            print(f"one partition of {p['events']:,} events in a fresh process: {p['seconds']:.2f} s "
+                  f"({p['seconds'] / p['events'] * 1e9:.0f} ns an event), adds {p['rss_added_mb']:.0f} MB RSS "
+                  f"({p['rss_added_mb'] * 1e6 / p['events']:.0f} B an event) to {p['rss_base_mb']:.0f} MB, "
+                  f"ships {p['pickled_bytes'] / 1e6:.1f} MB ({p['pickled_bytes'] / p['events']:.1f} B an event)")
+            rows.append({"partition": str(path), **p})
+    rows_scaled = [r for r in rows if "ranks" in r and not r.get("reference")]
+    for a, b in zip(rows_scaled, rows_scaled[1:]):
         k = b["ranks"] / a["ranks"]
         print(f"{a['ranks']} -> {b['ranks']} ranks (x{k:g}): combine x{b['combine_s'] / a['combine_s']:.2f}, "
               f"shipped x{b['shipped_total'] / a['shipped_total']:.2f}, context x{b['context_s'] / a['context_s']:.2f}, "
