@@ -91,8 +91,8 @@ def serve(tmp_path: Path) -> Iterator[functools.partial]:
         server.server_close()
 
 
-def _load_in_perfetto(url: str, screenshot: Path) -> dict[str, object]:
-    """Open the UI, wait for the trace's engine, run the checking queries; return their rows."""
+def _load_in_perfetto(url: str, screenshot: Path, extra: dict[str, str] | None = None) -> dict[str, object]:
+    """Open the UI, wait for the trace's engine, run the checking queries (and ``extra``); return their rows."""
     queries = {
         "bad_stats": "select name, idx, severity, source, value from stats "
                      "where (severity = 'error' or severity = 'data_loss') and value > 0",
@@ -103,6 +103,7 @@ def _load_in_perfetto(url: str, screenshot: Path) -> dict[str, object]:
                    "where id in (select distinct track_id from slice)",
         "processes": "select name from process where name like 'node %' order by name",
         "counters": "select count(*) as n from counter",
+        **(extra or {}),
     }
     with playwright_sync.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
