@@ -153,7 +153,11 @@ def op_times(flops: np.ndarray, hbm: np.ndarray, engine: np.ndarray, hw: Hardwar
         compute = flops / rates * 1e9
         memory = hbm / (hw.hbm_bandwidth * np.where(matrix, mem, hw.memory_efficiency)) * 1e9
     scale = slowdown[:, None] * jitter
-    busy = np.maximum(compute, memory) * scale
+    busy = np.maximum(compute, memory)
+    # An op with any work lasts at least a cycle of the trace unit: a few-FLOP router or sampling
+    # op on a chip without launch overhead (Sohu) would otherwise be recorded as taking no time.
+    # Before the slowdown, so a throttled chip stays exactly its factor slower.
+    busy = np.where(busy > 0, np.maximum(busy, 1e9 / hw.clock_hz), busy) * scale
     stall = np.maximum(memory - compute, 0.0) * scale
     return busy + hw.launch_overhead_ns * (busy > 0), stall
 
