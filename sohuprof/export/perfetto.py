@@ -8,10 +8,11 @@ threads), and one counter track per chip and counter. Each engine lane is a pack
 its own whose first packet clears the incremental state, sets the lane's track as the default
 (``TracePacketDefaults``) and interns the event names, categories and argument names and values
 the lane uses; every event is then a ``SLICE_BEGIN`` and a ``SLICE_END`` packet of a few bytes
-(``name_iid``, ``category_iids``, debug annotations for the Chrome export's ``args``), written in
-nesting order. Collective members carry ``flow_ids`` (``coll_id + 1``): Perfetto links an
-instance's members in time order, ``k - 1`` flows for ``k`` members, as the Chrome export's
-arrows. Times are ns from the trace start (the Chrome export's µs, in ns).
+(``name_iid``, ``category_iids``, debug annotations for the Chrome export's ``args`` but
+``phase``), written in nesting order, its timestamp a delta on the sequence's incremental clock.
+Collective members carry ``flow_ids`` (``coll_id + 1``): Perfetto links an instance's members in
+time order, ``k - 1`` flows for ``k`` members, as the Chrome export's arrows. Times are ns from
+the trace start (the Chrome export's µs, in ns).
 
 Every rank's packets are encoded at once with :mod:`sohuprof.export.protowire` (numpy; Python
 loops only per lane, per counter track and per interned string) and streamed into the output
