@@ -624,6 +624,20 @@ def export() -> None:
     """Export a trace store to other tools' formats."""
 
 
+def _export_selection(command: Any) -> Any:
+    """The options every exporter shares: --force and the window and ranks to export."""
+    for option in reversed([
+        click.option("--force", is_flag=True, help="Replace an existing output file."),
+        click.option("--start-ms", type=FiniteFloat(0, _MAX_WINDOW_MS),
+                     help="Only events starting at or after this, in ms from the trace start."),
+        click.option("--end-ms", type=FiniteFloat(0, _MAX_WINDOW_MS, min_open=True),
+                     help="Only events starting before this, in ms from the trace start."),
+        click.option("--ranks", type=RankList(), help="Only these ranks, e.g. 0,3,8-15 [default: all]."),
+    ]):
+        command = option(command)
+    return command
+
+
 @export.command(epilog="""\b
 Examples:
   sohuprof export chrome store/ -o trace.json.gz         # open in ui.perfetto.dev or chrome://tracing
@@ -631,12 +645,7 @@ Examples:
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=OutputPath(path_type=Path),
               help="JSON file to write; gzip-compressed when it ends in .gz; - for stdout (plain JSON).")
-@click.option("--force", is_flag=True, help="Replace an existing output file.")
-@click.option("--start-ms", type=FiniteFloat(0, _MAX_WINDOW_MS),
-              help="Only events starting at or after this, in ms from the trace start.")
-@click.option("--end-ms", type=FiniteFloat(0, _MAX_WINDOW_MS, min_open=True),
-              help="Only events starting before this, in ms from the trace start.")
-@click.option("--ranks", type=RankList(), help="Only these ranks, e.g. 0,3,8-15 [default: all].")
+@_export_selection
 @pass_cli
 def chrome(obj: CliContext, store: Path, out: Path, force: bool, start_ms: float | None,
            end_ms: float | None, ranks: list[int] | None) -> None:
@@ -665,16 +674,11 @@ Examples:
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=OutputPath(path_type=Path),
               help="Perfetto protobuf trace to write (.pftrace); - for stdout.")
-@click.option("--force", is_flag=True, help="Replace an existing output file.")
-@click.option("--start-ms", type=FiniteFloat(0, _MAX_WINDOW_MS),
-              help="Only events starting at or after this, in ms from the trace start.")
-@click.option("--end-ms", type=FiniteFloat(0, _MAX_WINDOW_MS, min_open=True),
-              help="Only events starting before this, in ms from the trace start.")
-@click.option("--ranks", type=RankList(), help="Only these ranks, e.g. 0,3,8-15 [default: all].")
+@_export_selection
 @pass_cli
 def perfetto(obj: CliContext, store: Path, out: Path, force: bool, start_ms: float | None,
              end_ms: float | None, ranks: list[int] | None) -> None:
-    """Write a Perfetto protobuf trace: several times smaller and faster to load than the JSON.
+    """Write a Perfetto protobuf trace: about 3x smaller than the JSON (it loads as fast).
 
     Nested tracks node > chip > engine, collectives linked by flows, counter tracks under each
     chip and the run's metadata (chrome metadata "sohuprof").
