@@ -98,6 +98,8 @@ class _Busy:
     and the running total (an interval's end is its start plus its own length)."""
 
     def __init__(self, key: np.ndarray, ts: np.ndarray, end: np.ndarray, nkeys: int, origin: int, t_end: int) -> None:
+        """``end`` (int64) is overwritten: the index is built at a few bytes an interval over
+        what it keeps, the dashboard's peak memory (10M events: ~0.2 GB less)."""
         self.origin, self.t_end = origin, t_end
         self.span = max(t_end - origin, 1) + 1
         if nkeys * self.span >= 1 << 62:
@@ -105,20 +107,28 @@ class _Busy:
         shift = key.astype(np.int64)
         shift *= self.span
         shift -= origin
-        reach = end + shift
+        reach = end
+        reach += shift
         np.maximum.accumulate(reach, out=reach)
         new = np.empty(len(ts), bool)
         if len(new):
             new[0] = True
-            np.greater(ts[1:] + shift[1:], reach[:-1], out=new[1:])
+            step = 1 << 20              # bounded temporaries: a chunk of shifted starts at a time
+            for a in range(1, len(ts), step):
+                b = min(a + step, len(ts))
+                np.greater(ts[a:b] + shift[a:b], reach[a - 1:b - 1], out=new[a:b])
         first = np.flatnonzero(new)
         del new
         last = np.r_[first[1:] - 1, len(ts) - 1] if len(first) else first
-        self.shifted = ts[first] + shift[first]
-        length = reach[last] - shift[last]
-        del reach, shift
+        self.shifted = ts[first]
+        self.shifted += shift[first]
+        length = reach[last]
+        del reach
+        length -= shift[last]
+        del shift, last
         length -= ts[first]
-        self.cum = np.concatenate([[0], np.cumsum(length)])
+        self.cum = np.zeros(len(length) + 1, np.int64)
+        np.cumsum(length, out=self.cum[1:])
         del length
         # Key k's shifted starts lie in [k * span, (k + 1) * span).
         self.bounds = np.searchsorted(self.shifted, np.arange(nkeys + 1, dtype=np.int64) * self.span)
