@@ -292,7 +292,7 @@ def demo(ctx: click.Context, out: Path, serve: bool, port: int, force: bool) -> 
         click.echo(f"where to look: sohuprof dashboard {store}   (timelines, roofline, stalls, comm, serving)\n"
                    f"               sohuprof analyze {store}   (every report: findings first, then the tables)\n"
                    f"               sohuprof analyze {store} --format html -o {out}/report.html\n"
-                   f"               sohuprof export chrome {store} -o {out}/trace.json.gz   (Perfetto)")
+                   f"               sohuprof export perfetto {store} -o {out}/trace.pftrace   (Perfetto)")
     if serve:
         ctx.invoke(dashboard, store=store, host="127.0.0.1", port=port)
 
