@@ -261,8 +261,9 @@ class DashboardData:
         try:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 self._reports, self._reasons = pool.submit(whole_trace_reports, self.store).result()
-        except (BrokenProcessPool, OSError) as exc:     # the worker died (out of memory, killed)
-            log.error("the analysis worker failed: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - the worker died (out of memory, killed) or a result did not pickle
+            log.error("the analysis worker failed: %s", exc if isinstance(exc, BrokenProcessPool) else
+                      f"{type(exc).__name__}: {exc}")
             self._reports, self._reasons = {}, {"all": f"the analysis worker failed: {exc}"}
 
     def result(self, name: str, selection: Any = None) -> Any:

@@ -243,3 +243,17 @@ def test_stalls_of_a_selection_and_a_heatmap_beyond_64_ranks(data: Any) -> None:
     assert int(np.argmin(z[0])) == 77
     assert len(heat.layout.xaxis.tickvals) == 32 and len(heat.layout.shapes) == 31     # one per node
     assert list(heat.data[0].x[:2]) == ["r0", "r1"]              # a click names the rank (rank_from_click)
+
+
+def test_a_stragglers_peers_are_its_pipeline_stage() -> None:
+    """The Overview's links for a straggler open its stage's ranks, read from the manifest
+    (the dashboard keeps no analysis context)."""
+    from types import SimpleNamespace
+
+    from sohuprof.dashboards.pages.overview import _peers
+
+    manifest = {"source": {"format": "sohu-raw-trace"}, "parallel": {"tp": 2, "dp": 2, "pp": 2}}
+    data = SimpleNamespace(manifest=manifest, ranks=pd.DataFrame({"rank": np.arange(8)}))
+    assert _peers(data, 5) == [5, 4, 6, 7]                 # stage 1 = ranks 4-7
+    kineto = SimpleNamespace(manifest={"source": {"format": "kineto"}}, ranks=pd.DataFrame({"rank": np.arange(4)}))
+    assert _peers(kineto, 2) == [2, 0, 1, 3]               # one role for all

@@ -60,10 +60,16 @@ class Findings:
 def roles(ctx: AnalysisContext, ranks: np.ndarray) -> np.ndarray:
     """Each rank's role (ranks of one role run the same program): its pipeline stage on a Sohu
     run, else one role for all."""
-    plan = ctx.store.manifest.get("parallel") or {}
+    return manifest_roles(ctx.store.manifest, ranks)
+
+
+def manifest_roles(manifest: dict[str, Any], ranks: np.ndarray) -> np.ndarray:
+    """:func:`roles` from a store's manifest alone (what the dashboard holds without a context)."""
+    plan = manifest.get("parallel") or {}
     tp, dp = plan.get("tp"), plan.get("dp")
-    if ctx.is_sohu and isinstance(tp, int) and isinstance(dp, int) and tp > 0 and dp > 0:
-        return ranks // (tp * dp)
+    sohu = (manifest.get("source") or {}).get("format") == "sohu-raw-trace"
+    if sohu and isinstance(tp, int) and isinstance(dp, int) and tp > 0 and dp > 0:
+        return np.asarray(ranks, np.int64) // (tp * dp)
     return np.zeros(len(ranks), np.int64)
 
 
@@ -176,6 +182,8 @@ def _candidates(g: Graph, ctx: AnalysisContext, cp: Any) -> list[dict]:
         busy += np.bincount(g.rank_of, weights=np.clip(g.leave - g.release, 0, None), minlength=R)
         stage_busy = np.zeros(int(role.max()) + 1 if R else 0)
         np.maximum.at(stage_busy, role, busy)
+        # Only the stages whose ranks are analysed (a --ranks selection may leave some out).
+        stage_busy = stage_busy[np.unique(role)] if R else stage_busy
         bound = float(stage_busy.mean()) if R else 0.0
         out.append({"kind": "pipeline_bubble", "ranks": [], "nodes": [], "ops": [], "scenario": None,
                     "bound_saving_ns": max(float(ctx.wall_ns) - bound, 0.0),
@@ -250,9 +258,10 @@ def _title(c: dict, saving_ns: float, pct: float, wall: float, wait_saved: float
         return f"{c['ops'][0]} runs below its roof; at the roof the run would be ~{pct:.1f} % shorter"
     if c["kind"] == "pipeline_bubble":
         sb = ev["stage_busy_ns"]
+        spread = (f"a stage {_fmt_ms(min(sb))} to {_fmt_ms(max(sb))}: bubbles and an uneven split" if len(sb) > 1
+                  else "bubbles: filling and draining")
         return (f"the {ev['pp']} pipeline stages are busy {100 * ev['mean_busy_share']:.0f} % of the wall on "
-                f"average (a stage {_fmt_ms(min(sb))} to {_fmt_ms(max(sb))}: bubbles and an uneven split); "
-                f"balanced stages kept busy would save up to ~{pct:.0f} %")
+                f"average ({spread}); balanced stages kept busy would save up to ~{pct:.0f} %")
     if c["kind"] == "idle":
         return (f"the critical path is idle {100 * ev['idle_on_path_ns'] / wall:.0f} % of the wall (gaps no op "
                 f"fills: launch or dependency latency, waiting for input); closing them would save up to ~{pct:.0f} %")

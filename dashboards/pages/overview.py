@@ -50,11 +50,10 @@ def _steps(cp: dict[str, Any] | None) -> list[tuple[int, int]]:
 
 def _peers(data: DashboardData, rank: int) -> list[int]:
     """The ranks running the same program as ``rank`` (its pipeline stage), itself first."""
-    from sohuprof.analyzers.diagnosis.findings import roles
+    from sohuprof.analyzers.diagnosis.findings import manifest_roles
 
     ranks = data.ranks["rank"].to_numpy(np.int64)
-    ctx = getattr(data, "_context", None)
-    role = roles(ctx, ranks) if ctx is not None else np.zeros(len(ranks), np.int64)
+    role = manifest_roles(data.manifest, ranks)
     mine = role[ranks == rank]
     same = ranks[role == mine[0]] if len(mine) else ranks
     return [rank] + [int(r) for r in same if r != rank]

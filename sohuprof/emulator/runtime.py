@@ -257,7 +257,8 @@ class _Compiled:
                 win_of.append(np.full(len(k), j))
         wire = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
                 "all_to_all": lambda n: (n - 1) / n, "send": lambda n: 0.5}
-        ov_traffic = np.array([2 * wire[collectives[ci].kind](collectives[ci].groups.size) for ci in ov_ci])
+        ring = lambda n: (n - 1) / n      # noqa: E731 - reduce_scatter, and any kind not above
+        ov_traffic = np.array([2 * wire.get(collectives[ci].kind, ring)(collectives[ci].groups.size) for ci in ov_ci])
         return cls(program=prog, engine=np.array([int(t.engine) for t in tmpl]), is_coll=is_coll,
                    bg_pos=bg_pos, bg_partner=bg_partner, ov_ci=ov_ci, ov_q=ov_q, ov_traffic=ov_traffic,
                    win_pos=np.concatenate(win_pos) if win_pos else np.zeros(0, np.int64),
