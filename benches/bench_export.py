@@ -74,6 +74,20 @@ def measure(kind: str, store: Path, out: Path, repeat: int) -> dict:
     return min(runs, key=lambda r: r["seconds"])
 
 
+def emulated_store(work: Path, nodes: int, requests: int) -> Path:
+    """A Llama-3-70B run on Sohu collected into ``work / "store"`` (the exporters' benchmark input)."""
+    from sohuprof.collectors import collect
+    from sohuprof.emulator import EmulatorConfig, emulate
+    from sohuprof.hardware import load_hardware
+    from sohuprof.models import load_model
+
+    cfg = EmulatorConfig(model=load_model("llama3-70b"), hardware=load_hardware("sohu"), nodes=nodes,
+                         requests=requests)
+    emulate(cfg, work / "run", show_progress=False)
+    collect(work / "run", work / "store", show_progress=False)
+    return work / "store"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", type=Path, help="Existing trace store [default: emulate one].")
@@ -88,16 +102,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     store = args.store
     if store is None:
-        from sohuprof.collectors import collect
-        from sohuprof.emulator import EmulatorConfig, emulate
-        from sohuprof.hardware import load_hardware
-        from sohuprof.models import load_model
-
-        cfg = EmulatorConfig(model=load_model("llama3-70b"), hardware=load_hardware("sohu"),
-                             nodes=args.nodes, requests=args.requests)
-        emulate(cfg, work / "run", show_progress=False)
-        store = work / "store"
-        collect(work / "run", store, show_progress=False)
+        store = emulated_store(work, args.nodes, args.requests)
 
     base = measure("naive", store, work / "naive.json", args.repeat)
     ours = measure("export", store, work / "export.json", args.repeat)

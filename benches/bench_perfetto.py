@@ -109,16 +109,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-perfetto-"))
     store = args.store
     if store is None:
-        from sohuprof.collectors import collect
-        from sohuprof.emulator import EmulatorConfig, emulate
-        from sohuprof.hardware import load_hardware
-        from sohuprof.models import load_model
+        from bench_export import emulated_store   # benches/ is the script's own folder
 
-        cfg = EmulatorConfig(model=load_model("llama3-70b"), hardware=load_hardware("sohu"),
-                             nodes=args.nodes, requests=args.requests)
-        emulate(cfg, work / "run", show_progress=False)
-        store = work / "store"
-        collect(work / "run", store, show_progress=False)
+        store = emulated_store(work, args.nodes, args.requests)
 
     js = export("json", store, work / "t.json", args.repeat)
     pf = export("pftrace", store, work / "t.pftrace", args.repeat)

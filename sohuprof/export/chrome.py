@@ -27,10 +27,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sohuprof.atomic import check_file_output, open_output
+from sohuprof.atomic import open_output
 from sohuprof.errors import OutputError
-from sohuprof.export.selection import (ENGINE_ORDER, LANES, RANK_STRIDE, Plan, SelectionError, ensure_store,
-                                       fmt_ranks, one_batch, parse_ranks, plan_export, rank_events,
+from sohuprof.export.selection import (ENGINE_ORDER, LANES, RANK_STRIDE, Plan, SelectionError, no_events,
+                                       one_batch, parse_ranks, prepare_export, rank_events,
                                        selection_filter)
 from sohuprof.progress import progress
 from sohuprof.schema import COUNTERS
@@ -266,12 +266,8 @@ def export_chrome(store: TraceStore | PathLike, out: PathLike, *, start_ms: floa
     >>> export_chrome("sample_traces/mixtral-2node/store", tmp / "t.json.gz", ranks=[0, 4])  # doctest: +SKIP
     ExportSummary(path=..., events=17218, flows=..., ...)
     """
-    store = ensure_store(store)
-    out = Path(out)
-    if out.is_dir():
-        raise OutputError(f"{str(out)!r} is a directory; give a file name such as trace.json.gz")
-    check_file_output(out, force=force, inputs=[store.path])   # before the work, not after
-    plan = plan_export(store, start_ms, end_ms, ranks)
+    store, out, plan = prepare_export(store, out, force=force, start_ms=start_ms, end_ms=end_ms, ranks=ranks,
+                                      example="trace.json.gz")
     warnings: list[str] = []
     try:
         w = _write(store, plan, out, force, show_progress, warnings)
@@ -311,10 +307,7 @@ def _write(store: TraceStore, plan: Plan, out: Path, force: bool, show_progress:
                     threads.extend(names)
                     advance(1)
             if w.events == 0:   # raised inside open_output: no file is left behind
-                raise SelectionError(f"no events of ranks {fmt_ranks([r for _, r, _ in plan.ranks])} "
-                                     f"start in the window {plan.start_ns - plan.t0:,}-"
-                                     f"{plan.end_ns - plan.t0:,} ns; widen --start-ms/--end-ms "
-                                     f"or pick other --ranks")
+                raise no_events(plan)
             for meta in threads:
                 w.write(b",\n" + meta)
             w.threads = len(threads) // 2

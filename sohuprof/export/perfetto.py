@@ -32,11 +32,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sohuprof.atomic import check_file_output, open_output
+from sohuprof.atomic import open_output
 from sohuprof.errors import OutputError
 from sohuprof.export import protowire as pw
-from sohuprof.export.selection import (LANES, RANK_STRIDE, Plan, SelectionError, ensure_store, fmt_ranks,
-                                       one_batch, plan_export, rank_events, selection_filter)
+from sohuprof.export.selection import (LANES, RANK_STRIDE, Plan, no_events, one_batch, prepare_export, rank_events, selection_filter)
 from sohuprof.progress import progress
 from sohuprof.schema import COUNTERS
 from sohuprof.store import TraceStore
@@ -147,12 +146,8 @@ def export_perfetto(store: TraceStore | PathLike, out: PathLike, *, start_ms: fl
         ``out`` exists (without ``force``), is a directory, is inside the store, or cannot be
         written.
     """
-    store = ensure_store(store)
-    out = Path(out)
-    if out.is_dir():
-        raise OutputError(f"{str(out)!r} is a directory; give a file name such as trace.pftrace")
-    check_file_output(out, force=force, inputs=[store.path])   # before the work, not after
-    plan = plan_export(store, start_ms, end_ms, ranks)
+    store, out, plan = prepare_export(store, out, force=force, start_ms=start_ms, end_ms=end_ms, ranks=ranks,
+                                      example="trace.pftrace")
     try:
         return _write(store, plan, out, force, show_progress)
     except OSError as exc:   # disk full, permissions, a path the OS refuses
@@ -203,10 +198,7 @@ def _write(store: TraceStore, plan: Plan, out: Path, force: bool,
                 tracks += lanes
                 advance(1)
         if events == 0:   # raised inside open_output: no file is left behind
-            raise SelectionError(f"no events of ranks {fmt_ranks([r for _, r, _ in plan.ranks])} "
-                                 f"start in the window {plan.start_ns - plan.t0:,}-"
-                                 f"{plan.end_ns - plan.t0:,} ns; widen --start-ms/--end-ms "
-                                 f"or pick other --ranks")
+            raise no_events(plan)
         counters, counter_tracks, dropped = _export_counters(store, plan, w)
         if dropped:
             warnings.append(f"{dropped:,} counter samples that are not finite numbers were left out")

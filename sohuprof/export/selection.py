@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, Union
 
 import numpy as np
@@ -21,7 +22,7 @@ from sohuprof.errors import SohuprofError
 from sohuprof.schema import COUNTERS, EVENTS
 from sohuprof.store import TraceStore, open_store
 
-__all__ = ["SelectionError", "Plan", "RankEvents", "parse_ranks", "plan_export", "rank_events",
+__all__ = ["SelectionError", "Plan", "RankEvents", "parse_ranks", "plan_export", "prepare_export", "no_events", "rank_events",
            "assign_lanes", "selection_filter", "fmt_ranks", "ENGINE_ORDER"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -355,3 +356,27 @@ def rank_events(store: TraceStore, plan: Plan, node: int, rank: int, columns: Se
         raise SelectionError(f"rank {rank} has events overlapping {lanes.max() + 1} deep on one track, "
                              f"more than the {LANES} lanes an export numbers")
     return RankEvents(batch, track_idx, lanes)
+
+
+def prepare_export(store: TraceStore | str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool,
+                   start_ms: float | None, end_ms: float | None, ranks: Sequence[int] | None,
+                   example: str) -> tuple[TraceStore, Path, Plan]:
+    """What every exporter checks before any work: the store opens, ``out`` is a file it may
+    write (``example`` names one in the error), and the selection holds something to plan."""
+    from sohuprof.atomic import check_file_output
+    from sohuprof.errors import OutputError
+
+    store = ensure_store(store)
+    path = Path(out)
+    if path.is_dir():
+        raise OutputError(f"{str(path)!r} is a directory; give a file name such as {example}")
+    check_file_output(path, force=force, inputs=[store.path])   # before the work, not after
+    return store, path, plan_export(store, start_ms, end_ms, ranks)
+
+
+def no_events(plan: Plan) -> SelectionError:
+    """The error of a selection in which no event starts (raised inside the output's atomic
+    write, so no file is left behind)."""
+    return SelectionError(f"no events of ranks {fmt_ranks([r for _, r, _ in plan.ranks])} "
+                          f"start in the window {plan.start_ns - plan.t0:,}-{plan.end_ns - plan.t0:,} ns; "
+                          f"widen --start-ms/--end-ms or pick other --ranks")
