@@ -23,18 +23,8 @@ from sohuprof.dashboards.data import NotAvailable, Selection, ensure_selection
 from sohuprof.dashboards.pages import comm, overview, roofline, serving, stalls, timeline
 from sohuprof.errors import StoreError
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_traces" / "mixtral-2node" / "store"
+from dashboard_support import SAMPLE, app, data  # noqa: F401  (pytest fixtures; tests/dashboard_support.py)
 
-
-@pytest.fixture(scope="module")
-def app() -> dash.Dash:
-    return create_app(SAMPLE)
-
-
-@pytest.fixture
-def data(app: dash.Dash) -> Any:
-    with app.server.test_request_context("/"):
-        yield current_data()
 
 
 def _ids(component: Any) -> set[str]:

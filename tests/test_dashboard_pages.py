@@ -25,8 +25,9 @@ from sohuprof.dashboards.pages import comm, idle, kernels, roofline
 from sohuprof.schema import OP_CLASSES
 from sohuprof.store import open_store
 
+from dashboard_support import SAMPLE, app, page_data  # noqa: F401  (app: a pytest fixture)
+
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "sample_traces" / "mixtral-2node" / "store"
 #: A real Kineto trace (HTA's A100 ResNet DDP rank 0, as in ../shared/traces/kineto/) and a real
 #: CPU-only one (no device kernels).
 KINETO = REPO / "tests" / "data" / "kineto"
@@ -40,15 +41,10 @@ def _collect(source: Path, out: Path) -> Path:
 
 
 # Apps are built outside any request (pages register with Dash then); a test runs inside one.
-@pytest.fixture(scope="module")
-def sample_app() -> dash.Dash:
-    return create_app(SAMPLE)
-
-
 @pytest.fixture
-def sample(sample_app: dash.Dash) -> Any:
-    with sample_app.server.test_request_context("/"):
-        yield current_data()
+def sample(app: dash.Dash) -> Any:
+    with page_data(app) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +59,8 @@ def kineto_app(kineto_store: Path) -> dash.Dash:
 
 @pytest.fixture
 def kineto(kineto_app: dash.Dash) -> Any:
-    with kineto_app.server.test_request_context("/"):
-        yield current_data()
+    with page_data(kineto_app) as d:
+        yield d
 
 
 def _text(component: Any) -> str:
@@ -321,9 +317,9 @@ def test_idle_page_numbers_are_the_reports(kineto: Any, kineto_store: Path) -> N
     assert f"r0 · stream {order['stream'].iloc[0]}" in _text(_find(page, "idle-streams-table"))
 
 
-def test_pytorch_pages_say_why_when_the_store_has_no_kernels(sample_app: dash.Dash, tmp_path: Path) -> None:
+def test_pytorch_pages_say_why_when_the_store_has_no_kernels(app: dash.Dash, tmp_path: Path) -> None:
     assert PAGES[-2:] == ("kernels", "idle")
-    with sample_app.server.test_request_context("/"):
+    with app.server.test_request_context("/"):
         for module, name in ((kernels, "Kernels"), (idle, "Idle")):
             notice = _text(module.layout(None))
             assert f"{name} is not available for this trace" in notice and "Sohu" in notice

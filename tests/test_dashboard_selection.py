@@ -29,19 +29,9 @@ from sohuprof.dashboards.data import (SELECTION_CACHE, DashboardData, NotAvailab
 from sohuprof.dashboards.pages import overview, stalls
 from sohuprof.store import open_store
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_traces" / "mixtral-2node" / "store"
+from dashboard_support import SAMPLE, app, data  # noqa: F401  (pytest fixtures; tests/dashboard_support.py)
+
 MS = 1_000_000
-
-
-@pytest.fixture(scope="module")
-def app() -> dash.Dash:
-    return create_app(SAMPLE)
-
-
-@pytest.fixture
-def data(app: dash.Dash) -> Any:
-    with app.server.test_request_context("/"):
-        yield current_data()
 
 
 def _text(component: Any) -> str:

@@ -8,7 +8,6 @@ import base64
 import json
 import struct
 import zlib
-from pathlib import Path
 from typing import Any
 
 import dash
@@ -18,22 +17,11 @@ import pytest
 
 from sohuprof.analyzers.timeline import WAIT_SUFFIX, Expand, counter_tracks
 from sohuprof.dashboards import timeline_figure as tf
-from sohuprof.dashboards.app import create_app, current_data
 from sohuprof.dashboards.palette import class_rgb
 from sohuprof.dashboards.pages import timeline
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_traces" / "mixtral-2node" / "store"
+from dashboard_support import SAMPLE, app, data  # noqa: F401  (pytest fixtures; tests/dashboard_support.py)
 
-
-@pytest.fixture(scope="module")
-def app() -> dash.Dash:
-    return create_app(SAMPLE)
-
-
-@pytest.fixture
-def data(app: dash.Dash) -> Any:
-    with app.server.test_request_context("/"):
-        yield current_data()
 
 
 @pytest.fixture(scope="module")
