@@ -6,6 +6,8 @@ tests check it against on random inputs.
 
 from libc.math cimport INFINITY
 
+import numpy as np
+
 
 def replay_ordered(const long long[::1] offsets, const long long[::1] members, const unsigned char[::1] first,
                    const long long[::1] inst, const double[::1] el, const double[::1] ea,
@@ -56,3 +58,233 @@ def replay_ordered(const long long[::1] offsets, const long long[::1] members, c
                     a = members[j]
                     if counts_wait[a]:
                         wait[s] += top - arr[a, s]
+
+
+cdef inline long long _wrap_sub(long long a, long long b) nogil:
+    """``a - b`` wrapping like numpy's int64 (C's signed overflow is undefined)."""
+    return <long long>(<unsigned long long>a - <unsigned long long>b)
+
+
+def searchsorted_right(const long long[::1] a, const long long[::1] q, long long[::1] out) -> None:
+    """``out[:] = np.searchsorted(a, q, side="right")`` for sorted ``a``.
+
+    Each query gallops from the previous answer, so queries in time order (a rank's events) cost
+    O(1) each instead of a binary search's ~20 cache-missing probes.
+    """
+    cdef Py_ssize_t n = a.shape[0], m = q.shape[0], i, lo, hi, mid, step
+    cdef Py_ssize_t pos = 0
+    cdef long long x
+    with nogil:
+        for i in range(m):
+            x = q[i]
+            # Bracket [lo, hi) around the answer: the first index with a[index] > x.
+            if pos > 0 and a[pos - 1] > x:
+                hi = pos
+                step = 1
+                lo = pos - 1
+                while lo > 0 and a[lo - 1] > x:
+                    hi = lo
+                    lo = lo - step
+                    step = step * 2
+                    if lo < 0:
+                        lo = 0
+                # a[hi-1] > x or hi == pos; the answer is in [lo, hi]
+            else:
+                lo = pos
+                step = 1
+                hi = pos
+                while hi < n and a[hi] <= x:
+                    lo = hi + 1
+                    hi = hi + step
+                    step = step * 2
+                if hi > n:
+                    hi = n
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if a[mid] <= x:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            pos = lo
+            out[i] = pos
+
+
+def stream_exposed(const long long[::1] w, const long long[::1] ts, const long long[::1] end,
+                   const unsigned char[::1] host, double[::1] exposed, long long[::1] prev_end) -> None:
+    """Each work event's exposed time on its stream (device or host: ``host[i]``) and the latest
+    end before it on that stream; fuses, per stream ``s``::
+
+        before = np.maximum.accumulate(np.r_[INT64_MIN, end[w][s]])[:-1]
+        exposed[s] = np.clip(end[w][s] - np.maximum(ts[w][s], before), 0, None)
+        prev_end[s] = before
+    """
+    cdef Py_ssize_t m = w.shape[0], i
+    cdef long long before[2]
+    cdef long long t, e, d
+    cdef int s
+    before[0] = -9223372036854775807 - 1
+    before[1] = before[0]
+    with nogil:
+        for i in range(m):
+            s = host[i]
+            t = ts[w[i]]
+            e = end[w[i]]
+            prev_end[i] = before[s]
+            d = _wrap_sub(e, t if t > before[s] else before[s])
+            exposed[i] = <double>(d if d > 0 else 0)
+            if e > before[s]:
+                before[s] = e
+
+
+def segment_composition(const long long[::1] w, const long long[::1] ts, const long long[::1] end,
+                        const long long[::1] seg, const double[::1] exposed,
+                        const long long[::1] cat_code, const signed char[::1] cat_of_code,
+                        const long long[::1] stall, const long long[::1] op_code, const long long[::1] ph_code,
+                        const long long[::1] nm_code, const long long[::1] flops, const long long[::1] hbm,
+                        const long long[::1] track_code, const unsigned char[::1] vector_of_code,
+                        double peak, double vector_peak, double bandwidth, bint roof_model,
+                        const long long[::1] arrive, const long long[::1] leave, const unsigned char[::1] barrier,
+                        long long tol, long long n_op, long long n_ph,
+                        unsigned char[::1] inside, unsigned char[::1] joined, double[:, ::1] kinds,
+                        long long[::1] combo, double[::1] op_time, double[::1] op_roof,
+                        unsigned char[::1] has_roof, double[::1] key_dur, double[::1] name_dur,
+                        long long[::1] name_cat, long long[::1] name_count) -> Py_ssize_t:
+    """One pass of :func:`sohuprof.analyzers.diagnosis.graph.rank_graph`'s segment accounting
+    over the work events ``w`` (positions into the partition's columns, time order), each in
+    segment ``seg[i]``; returns how many (segment, op, phase) groups it wrote. Fuses::
+
+        j = seg - 1; hit = (j >= 0) & (ts[w] > arrive[j]) & (ts[w] < leave[j]); inside[j[hit]] = True
+        asyn = inside & ~barrier
+        gap = np.clip(ts[w] - running max of end[w] before, 0, None)
+        joined[j[(seg > 0) & asyn[j] & (gap > 0) & (|ts[w] - leave[j]| <= tol)]] = True
+        share = np.where((cat == 0) & (dur > 0), np.clip(stall / dur, 0, 1), 0)
+        kinds[:, 0..3] = np.bincount(seg, exposed * (cat == 0) * (1 - share) | ... * share
+                                     | exposed * (cat == 2) | exposed * (cat == 3))
+        roof = max(flops / (vector_peak if vector else peak), hbm / bandwidth) * 1e9   (NaN without a model)
+        roofed = np.where(dur > 0, exposed * np.clip(roof / dur, 0, 1), 0)
+        combo, inv = unique((seg * n_op + op) * n_ph + ph); op_time, op_roof = bincount(inv, exposed | nan_to_num(roofed))
+        has_roof = bincount(inv, ~isnan(roofed)) > 0
+        key_dur = bincount(op * n_ph + ph, dur); name_dur, name_count = bincount(nm * n_ph + ph, dur | 1)
+        name_cat[nm * n_ph + ph] = cat      (the last event's)
+
+    Sums run in ``w`` order within each output cell, as ``np.bincount`` does, so the results
+    are the same doubles. The groups come out sorted by combo (a stable counting sort by
+    segment, then each segment's codes in order).
+    """
+    cdef Py_ssize_t m = w.shape[0], J = kinds.shape[0], C = n_op * n_ph
+    cdef Py_ssize_t i, j, r, c, k, g = 0, a, b, t_n
+    cdef long long x, t, e, running, code, nk, d
+    cdef double dur, ex, share, roof, q, fl
+    cdef int cat
+    cdef long long int_min = -9223372036854775807 - 1
+    cdef long long[::1] count = np.zeros(J + 1, np.int64)
+    cdef long long[::1] perm = np.empty(m, np.int64)
+    cdef double[::1] roofed = np.empty(m, np.float64)
+    cdef unsigned char[::1] roofed_nan = np.zeros(m, np.uint8)
+    cdef long long[::1] cell_code = np.empty(m, np.int64)
+    cdef double[::1] t_time = np.zeros(C, np.float64)
+    cdef double[::1] t_roof = np.zeros(C, np.float64)
+    cdef unsigned char[::1] t_has = np.zeros(C, np.uint8)
+    cdef unsigned char[::1] t_seen = np.zeros(C, np.uint8)
+    cdef long long[::1] touched = np.empty(C, np.int64)
+    with nogil:
+        # Which anchors had work start strictly inside them (asynchronous collectives).
+        for i in range(m):
+            j = seg[i] - 1
+            if j >= 0:
+                t = ts[w[i]]
+                if t > arrive[j] and t < leave[j]:
+                    inside[j] = 1
+        running = int_min
+        for i in range(m):
+            r = w[i]
+            t = ts[r]
+            e = end[r]
+            j = seg[i] - 1
+            # The idle gap before the event (numpy's wrapping subtraction at the first event).
+            d = _wrap_sub(t, running)
+            if j >= 0 and d > 0 and inside[j] and not barrier[j]:
+                x = _wrap_sub(t, leave[j])
+                if (x if x >= 0 else -x) <= tol:
+                    joined[j] = 1
+            if e > running:
+                running = e
+            dur = <double>_wrap_sub(e, t)
+            ex = exposed[i]
+            cat = cat_of_code[cat_code[r]]
+            if cat == 0:
+                share = 0.0
+                if dur > 0:
+                    share = <double>stall[r] / dur
+                    share = 0.0 if share < 0.0 else share
+                    share = 1.0 if share > 1.0 else share
+                kinds[seg[i], 0] += ex * (1.0 - share)
+                kinds[seg[i], 1] += ex * share
+            elif cat == 2:
+                kinds[seg[i], 2] += ex
+            elif cat == 3:
+                kinds[seg[i], 3] += ex
+            if dur > 0:
+                if roof_model:
+                    fl = <double>flops[r] / (vector_peak if vector_of_code[track_code[r]] else peak)
+                    roof = <double>hbm[r] / bandwidth
+                    roof = (fl if fl >= roof else roof) * 1e9
+                    q = roof / dur
+                    q = 0.0 if q < 0.0 else q
+                    q = 1.0 if q > 1.0 else q
+                    roofed[i] = ex * q
+                else:
+                    roofed[i] = 0.0
+                    roofed_nan[i] = 1
+            else:
+                roofed[i] = 0.0
+            code = op_code[r] * n_ph + ph_code[r]
+            cell_code[i] = code
+            key_dur[code] += dur
+            nk = nm_code[r] * n_ph + ph_code[r]
+            name_dur[nk] += dur
+            name_count[nk] += 1
+            name_cat[nk] = cat
+            count[seg[i] + 1] += 1
+        # A stable counting sort by segment, then each segment's cells by code.
+        for j in range(J):
+            count[j + 1] += count[j]
+        for i in range(m):
+            perm[count[seg[i]]] = i
+            count[seg[i]] += 1
+        a = 0
+        for j in range(J):
+            b = count[j]
+            t_n = 0
+            for k in range(a, b):
+                i = perm[k]
+                c = cell_code[i]
+                if not t_seen[c]:
+                    t_seen[c] = 1
+                    touched[t_n] = c
+                    t_n += 1
+                t_time[c] += exposed[i]
+                t_roof[c] += roofed[i]
+                if not roofed_nan[i]:
+                    t_has[c] = 1
+            # insertion sort of the few codes a segment holds
+            for k in range(1, t_n):
+                x = touched[k]
+                c = k - 1
+                while c >= 0 and touched[c] > x:
+                    touched[c + 1] = touched[c]
+                    c -= 1
+                touched[c + 1] = x
+            for k in range(t_n):
+                c = touched[k]
+                combo[g] = j * C + c
+                op_time[g] = t_time[c]
+                op_roof[g] = t_roof[c]
+                has_roof[g] = t_has[c]
+                g += 1
+                t_time[c] = 0.0
+                t_roof[c] = 0.0
+                t_has[c] = 0
+                t_seen[c] = 0
+            a = b
+    return g

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+from sohuprof.analyzers import kernels
 from sohuprof.analyzers.activity import collective_rows
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.intervals import covered_before_sequential, merge
@@ -276,32 +277,27 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     if len(comm_rows):
         work[comm_rows] = False           # unmatched communication is transfer, not the rank's work
     w = np.flatnonzero(work)
-    w_ts, w_end = ts[w], end[w]
     # Each event's exposed time: what it adds to the union of the rank's work (a sequential
     # stream's ops count whole; an op running under another counts only what sticks out).
     # Device work comes first: host (CPU) ops count only where no device op runs, as a
     # profiler trace's CPU thread runs ahead of the GPU streams it feeds.
     cat_codes, cat_values = part.codes("category")
-    is_host_w = np.array([v == "host" for v in cat_values] + [False])[cat_codes[w]]
+    host_of_code = np.array([v == "host" for v in cat_values] + [False])
+    is_host_w = host_of_code[cat_codes[w]]
     dev = ~is_host_w
-    exposed = np.zeros(len(w))
-    prev_end = np.full(len(w), np.iinfo(np.int64).min, np.int64)
-    for mask in (dev, is_host_w):      # two streams of events: device, then host
-        if not mask.any():
-            continue
-        s_ts, s_end = w_ts[mask], w_end[mask]
-        before = np.maximum.accumulate(np.r_[np.iinfo(np.int64).min, s_end])[:-1]
-        exposed[mask] = np.clip(s_end - np.maximum(s_ts, before), 0, None)
-        prev_end[mask] = before
+    exposed = np.empty(len(w))
+    prev_end = np.empty(len(w), np.int64)
+    kernels.stream_exposed(w, ts, end, is_host_w.view(np.uint8), exposed, prev_end)
     if dev.any() and is_host_w.any():
+        w_ts, w_end = ts[w], end[w]
         busy = _busy_union(w_ts[dev], w_end[dev])
         h_lo = np.maximum(w_ts[is_host_w], prev_end[is_host_w])
         h_hi = np.maximum(w_end[is_host_w], h_lo)
         under = covered_before_sequential(busy[0], busy[1], h_hi) - covered_before_sequential(busy[0], busy[1], h_lo)
         exposed[is_host_w] = np.clip(exposed[is_host_w] - under, 0, None)
-    launch_of, launch_for = _launch_links(part, ctx, w, dev, is_host_w, w_ts, w_end, exposed)
-    dev_before = np.maximum.accumulate(np.r_[np.iinfo(np.int64).min, w_end])[:-1] if len(w) else w_end
-    gap_before = np.clip(w_ts - dev_before, 0, None)
+        launch_of, launch_for = _launch_links(part, ctx, w, dev, is_host_w, w_ts, w_end, exposed)
+    else:
+        launch_of = np.zeros(0, np.int64)
     running_end = np.maximum.accumulate(end) if n else end
     a_ts = ts[rows]
     # A barrier's arrival is the end of the rank's previous work (at its first event: its start).
@@ -310,37 +306,56 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     release[~is_barrier] = a_release[by_time[~is_barrier] - len(b_rows)] if len(a_rows) else 0
     release[is_barrier] = a_ts[is_barrier]
     leave = end[rows]      # a barrier's "transfer" is the host's scheduling work that opens the step
-    # A rank works during an asynchronous collective: some work starts strictly inside it.
-    seg = np.searchsorted(arrive, w_ts, side="right")      # segment of each work event
+    seg = np.empty(len(w), np.int64)                        # segment of each work event
+    kernels.searchsorted_right(np.ascontiguousarray(arrive, np.int64), ts[w], seg)
     if len(launch_of):
         seg[launch_of] = seg[launch_for]     # a launch's wait is in its kernel's segment
-    inside = np.zeros(len(rows), bool)
-    if len(w) and len(rows):
-        j = seg - 1                                         # the anchor before each work event
-        at = np.maximum(j, 0)
-        hit = (j >= 0) & (w_ts > arrive[at]) & (w_ts < leave[at])
-        inside[j[hit]] = True
-    asynchronous = inside & ~is_barrier
-    # Joined: after an asynchronous anchor, a work event that starts, after an idle gap, just as
-    # the transfer ends (it waited for it).
-    tol = 2 if ctx.is_sohu else 10_000
-    joined = np.zeros(len(rows), bool)
-    if len(w) and asynchronous.any():
-        j = np.maximum(seg - 1, 0)
-        wait_end = (seg > 0) & asynchronous[j] & (gap_before > 0) & (np.abs(w_ts - leave[j]) <= tol)
-        joined[j[wait_end]] = True
-    # Segment composition.
+    # One compiled pass over the work events (kernels.segment_composition says what it fuses):
+    # - a rank works during an asynchronous collective: some work starts strictly inside it;
+    # - joined: after an asynchronous anchor, a work event that starts, after an idle gap, just
+    #   as the transfer ends (it waited for it);
+    # - each segment's time by kind, and sparsely by (op class, phase) with the time at the roof;
+    # - the rank's own time per (op, phase) code (what its speed against its peers is judged
+    #   by), and per op name and phase (a straggler is slow in every op; routing imbalance only
+    #   in the experts', which an op class like gemm would mix with the dense matmuls).
     J = len(rows) + 1
-    cat_of = np.array([{"compute": 0, "memory": 2, "host": 3}.get(v, 0) for v in cat_values] + [0])[cat_codes[w]]
-    stall = part.ints("stall_mem_ns")[w].astype(float) if part.has("stall_mem_ns") else np.zeros(len(w))
-    dur_w = (w_end - w_ts).astype(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        stall_share = np.where((cat_of == 0) & (dur_w > 0), np.clip(stall / dur_w, 0, 1), 0.0)
+    cat_of_code = np.array([{"compute": 0, "memory": 2, "host": 3}.get(v, 0) for v in cat_values] + [0], np.int8)
+    zeros = np.zeros(n, np.int64)
+    op_codes, op_names = part.codes("op") if part.has("op") else (zeros, [None])
+    ph_codes, ph_names = part.codes("phase") if part.has("phase") else (zeros, [None])
+    nm_codes, nm_values = part.codes("name") if part.has("name") else (zeros, [])
+    n_ph, n_op = len(ph_names) + 1, len(op_names) + 1
+    hw = ctx.hardware
+    roof_model = hw is not None and part.has("flops") and part.has("hbm_bytes")
+    if roof_model:
+        from sohuprof.analyzers.reports.roofline import model_peak
+        peak, vector_peak, bandwidth = model_peak(ctx), hw.vector_flops, hw.hbm_bandwidth
+    else:
+        peak = vector_peak = bandwidth = 1.0
+    track_codes, track_values = part.codes("track") if part.has("track") else (zeros, [])
+    vector_of_code = np.array([v == "vector" for v in track_values] + [False], np.uint8)
+    inside = np.zeros(len(rows), np.uint8)
+    joined = np.zeros(len(rows), np.uint8)
+    acc = np.zeros((J, 4))
+    uniq = np.empty(len(w), np.int64)
+    op_time, op_roof = np.empty(len(w)), np.empty(len(w))
+    has_roof = np.empty(len(w), np.uint8)
+    key_dur = np.zeros(n_op * n_ph)
+    size = (len(nm_values) + 1) * n_ph
+    dur_of, cat_tab, nm_count = np.zeros(size), np.zeros(size, np.int64), np.zeros(size, np.int64)
+    groups = kernels.segment_composition(
+        w, ts, end, seg, exposed, cat_codes, cat_of_code,
+        part.ints("stall_mem_ns") if part.has("stall_mem_ns") else zeros, op_codes, ph_codes, nm_codes,
+        part.ints("flops") if roof_model else zeros, part.ints("hbm_bytes") if roof_model else zeros,
+        track_codes, vector_of_code, peak, vector_peak, bandwidth, roof_model,
+        arrive.astype(np.int64), leave.astype(np.int64), is_barrier.view(np.uint8), 2 if ctx.is_sohu else 10_000,
+        n_op, n_ph, inside, joined, acc, uniq, op_time, op_roof, has_roof, key_dur, dur_of, cat_tab, nm_count)
+    uniq, op_time, op_roof = uniq[:groups], op_time[:groups], op_roof[:groups]
+    op_roof = np.where(has_roof[:groups].view(bool), op_roof, np.nan)
+    asynchronous = inside.view(bool) & ~is_barrier
+    joined = joined.view(bool)
     kinds = np.zeros((J, len(KINDS)), np.float32)      # ns within a segment: float32 is ample
-    kinds[:, _COMPUTE] = np.bincount(seg, weights=exposed * (cat_of == 0) * (1 - stall_share), minlength=J)
-    kinds[:, _STALL] = np.bincount(seg, weights=exposed * (cat_of == 0) * stall_share, minlength=J)
-    kinds[:, _MEMORY] = np.bincount(seg, weights=exposed * (cat_of == 2), minlength=J)
-    kinds[:, _HOST] = np.bincount(seg, weights=exposed * (cat_of == 3), minlength=J)
+    kinds[:, :_IDLE] = acc
     first = int(ts[0]) if n else 0
     last = int(end.max()) if n else 0
     seg_start = np.r_[first, leave]
@@ -349,50 +364,19 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     # After an asynchronous anchor the segment runs from its arrival.
     span[1:] = np.where(asynchronous, np.clip(seg_end[1:] - arrive, 0, None), span[1:])
     kinds[:, _IDLE] = np.clip(span - kinds[:, :_IDLE].sum(axis=1), 0, None)
-    # Sparse composition by (op class, phase) with the time at the roof.
-    op_codes, op_names = part.codes("op") if part.has("op") else (np.zeros(n, np.int64), [None])
-    if part.has("phase"):
-        ph_codes, ph_names = part.codes("phase")
-    else:
-        ph_codes, ph_names = np.zeros(n, np.int64), [None]
-    n_ph = len(ph_names) + 1
-    n_op = len(op_names) + 1
-    combo = (seg.astype(np.int64) * n_op + op_codes[w]) * n_ph + ph_codes[w]
-    # Segments come in time order, so the keys are nearly sorted: a stable (run-merging) sort.
-    by = np.argsort(combo, kind="stable")
-    sorted_combo = combo[by]
-    head = np.r_[True, sorted_combo[1:] != sorted_combo[:-1]] if len(combo) else np.zeros(0, bool)
-    uniq = sorted_combo[head]
-    inv = np.empty(len(combo), np.int64)
-    inv[by] = np.cumsum(head) - 1
-    roof = _roof_ns(part, ctx, w)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        roof_exposed = np.where(dur_w > 0, exposed * np.clip(roof / dur_w, 0, 1), 0.0)
-    op_time = np.bincount(inv, weights=exposed, minlength=len(uniq))
-    # The rank's own time per (op, phase) code: what its speed against its peers is judged by.
-    key_dur = np.bincount(op_codes[w] * n_ph + ph_codes[w], weights=dur_w, minlength=n_op * n_ph)
-    # ... and per op name and phase (a straggler is slow in every op; routing imbalance only in
-    # the experts', which an op class like gemm would mix with the dense matmuls).
     if part.has("name"):
-        nm_codes, nm_values = part.codes("name")
-        nm_key = nm_codes[w] * n_ph + ph_codes[w]
-        size = (len(nm_values) + 1) * n_ph
-        dur_of = np.bincount(nm_key, weights=dur_w, minlength=size)
-        cat_tab = np.zeros(size, np.int64)
-        cat_tab[nm_key] = cat_of                     # one category per op name
-        present = np.flatnonzero(np.bincount(nm_key, minlength=size))
+        present = np.flatnonzero(nm_count)
         keys_nm = [(nm_values[k // n_ph] if k // n_ph < len(nm_values) else None,
                     ph_names[k % n_ph] if k % n_ph < len(ph_names) else None) for k in present.tolist()]
         name_dur = dict(zip(keys_nm, dur_of[present].tolist()))
         name_cat = dict(zip(keys_nm, cat_tab[present].tolist()))
     else:
         name_dur, name_cat = {}, {}
-    op_roof = np.bincount(inv, weights=np.nan_to_num(roof_exposed, nan=0.0), minlength=len(uniq))
-    has_roof = np.bincount(inv, weights=~np.isnan(roof_exposed), minlength=len(uniq)) > 0
-    op_roof = np.where(has_roof, op_roof, np.nan)
     # Chunk-time scenarios: the change of each segment's time.
     deltas = np.zeros((len(scenarios), J))
     if scenarios:
+        cat_of = cat_of_code[cat_codes[w]]
+        dur_w = (end[w] - ts[w]).astype(float)
         is_work_compute = (cat_of == 0) | (cat_of == 2)
         for s, (kind, peak, hbm) in enumerate(scenarios):     # a loop over scenarios, not events
             new = retime(part, ctx, w, peak=peak, hbm=hbm)

@@ -139,18 +139,25 @@ def sequences_chunk(events: pa.Table | Partition, rank: int, lengths: tuple[int,
         return SequencePartial(rank, labels, track_labels, _empty_windows(width))
     ts, end, dur = part.ts[rows], part.end[rows], part.ints("dur")[rows]
     track = track_codes[rows]
-    order = np.lexsort((ts, track))                   # each track's events in start order
+    # Each track's events in start order. A rank's rows come sorted by start (the store's
+    # layout), so a stable sort of the small track codes keeps that order within each track.
+    if len(ts) and bool((ts[1:] >= ts[:-1]).all()):
+        order = np.argsort(track.astype(np.min_scalar_type(max(len(tracks), 1))), kind="stable")
+    else:
+        order = np.lexsort((ts, track))
     ts, end, dur, track, name = ts[order], end[order], dur[order], track[order], name_codes[rows][order]
     n, vocab = len(order), len(labels)
     csum = np.r_[0, np.cumsum(dur)]
     # Length-1 keys: (name, track), dense; each longer key extends the shorter by one name.
     key, _ = _dense(name * len(track_labels) + track)
     parts = []
+    reach = end                                        # the latest end over each window so far
     for k in range(2, width + 1):                      # a loop over lengths
         m = n - k + 1
         if m <= 0:
             break
         key, first = _dense(key[:m] * vocab + name[k - 1:])
+        reach = np.maximum(reach[:m], end[k - 1:])
         if k not in lengths:
             continue
         valid = np.flatnonzero(track[:m] == track[k - 1:])   # sorted by track: same track at both ends
@@ -158,7 +165,7 @@ def sequences_chunk(events: pa.Table | Partition, rank: int, lengths: tuple[int,
             continue
         mine = key[valid]
         count = np.bincount(mine, minlength=len(first))
-        span = np.lib.stride_tricks.sliding_window_view(end, k).max(axis=1)[valid] - ts[valid]
+        span = reach[valid] - ts[valid]
         # float64 sums of int64 ns are exact below 2**53 ns (104 days) per key.
         total = np.bincount(mine, weights=span, minlength=len(first)).astype(np.int64)
         kern = np.bincount(mine, weights=(csum[k:] - csum[:-k])[valid], minlength=len(first)).astype(np.int64)
