@@ -1,0 +1,142 @@
+"""The compiled kernels (analyzers/kernels.pyx) against the numpy expressions they fuse, on random
+inputs: the same integers and the same doubles, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sohuprof.analyzers import kernels
+
+INT64_MIN = np.iinfo(np.int64).min
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-50, 50), max_size=40), st.lists(st.integers(-60, 60), max_size=60),
+       st.booleans())
+def test_searchsorted_right_is_numpys(a, q, sort_queries):
+    a = np.sort(np.array(a, np.int64))
+    q = np.array(sorted(q) if sort_queries else q, np.int64)
+    out = np.empty(len(q), np.int64)
+    kernels.searchsorted_right(a, q, out)
+    assert np.array_equal(out, np.searchsorted(a, q, side="right"))
+
+
+def _events(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    ts = np.sort(rng.integers(0, 10 * n + 1, n)).astype(np.int64)
+    return ts, ts + rng.integers(0, 40, n)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 300), st.integers(0, 2**32 - 1))
+def test_stream_exposed_is_the_running_max_per_stream(n, seed):
+    rng = np.random.default_rng(seed)
+    ts, end = _events(rng, n)
+    w = np.flatnonzero(rng.random(n) < 0.8)
+    host = rng.random(len(w)) < 0.3
+    exposed, prev_end = np.empty(len(w)), np.empty(len(w), np.int64)
+    kernels.stream_exposed(w, ts, end, host.view(np.uint8), exposed, prev_end)
+    want, want_prev = np.zeros(len(w)), np.zeros(len(w), np.int64)
+    for mask in (~host, host):
+        s_ts, s_end = ts[w][mask], end[w][mask]
+        before = np.maximum.accumulate(np.r_[INT64_MIN, s_end])[:-1]
+        want[mask] = np.clip(s_end - np.maximum(s_ts, before), 0, None)
+        want_prev[mask] = before
+    assert np.array_equal(exposed, want) and np.array_equal(prev_end, want_prev)
+
+
+def _composition_numpy(w, ts, end, seg, exposed, cat_of, stall, op, ph, nm, flops, hbm, vector, peak, vpeak, bw,
+                       roof_model, arrive, leave, barrier, tol, n_op, n_ph, J, size):
+    """The numpy version: what rank_graph computed before the kernel (its expressions, verbatim)."""
+    w_ts, w_end = ts[w], end[w]
+    inside = np.zeros(len(arrive), bool)
+    j = seg - 1
+    at = np.maximum(j, 0)
+    if len(arrive):
+        hit = (j >= 0) & (w_ts > arrive[at]) & (w_ts < leave[at])
+        inside[j[hit]] = True
+    asynchronous = inside & ~barrier
+    dev_before = np.maximum.accumulate(np.r_[INT64_MIN, w_end])[:-1]
+    gap_before = np.clip(w_ts - dev_before, 0, None)
+    joined = np.zeros(len(arrive), bool)
+    if asynchronous.any():
+        j = np.maximum(seg - 1, 0)
+        wait_end = (seg > 0) & asynchronous[j] & (gap_before > 0) & (np.abs(w_ts - leave[j]) <= tol)
+        joined[j[wait_end]] = True
+    cat = cat_of[w]
+    dur_w = (w_end - w_ts).astype(float)
+    stall = stall[w].astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where((cat == 0) & (dur_w > 0), np.clip(stall / dur_w, 0, 1), 0.0)
+    kinds = np.zeros((J, 4))
+    kinds[:, 0] = np.bincount(seg, weights=exposed * (cat == 0) * (1 - share), minlength=J)
+    kinds[:, 1] = np.bincount(seg, weights=exposed * (cat == 0) * share, minlength=J)
+    kinds[:, 2] = np.bincount(seg, weights=exposed * (cat == 2), minlength=J)
+    kinds[:, 3] = np.bincount(seg, weights=exposed * (cat == 3), minlength=J)
+    combo = (seg * n_op + op[w]) * n_ph + ph[w]
+    uniq, inv = np.unique(combo, return_inverse=True)
+    if roof_model:
+        roof = np.maximum(flops[w].astype(float) / np.where(vector[w], vpeak, peak), hbm[w].astype(float) / bw) * 1e9
+    else:
+        roof = np.full(len(w), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        roofed = np.where(dur_w > 0, exposed * np.clip(roof / dur_w, 0, 1), 0.0)
+    op_time = np.bincount(inv, weights=exposed, minlength=len(uniq))
+    op_roof = np.bincount(inv, weights=np.nan_to_num(roofed, nan=0.0), minlength=len(uniq))
+    has_roof = np.bincount(inv, weights=~np.isnan(roofed), minlength=len(uniq)) > 0
+    key_dur = np.bincount(op[w] * n_ph + ph[w], weights=dur_w, minlength=n_op * n_ph)
+    nm_key = nm[w] * n_ph + ph[w]
+    name_dur = np.bincount(nm_key, weights=dur_w, minlength=size)
+    name_count = np.bincount(nm_key, minlength=size)
+    name_cat = np.zeros(size, np.int64)
+    name_cat[nm_key] = cat
+    return dict(inside=inside, joined=joined, kinds=kinds, combo=uniq, op_time=op_time, op_roof=op_roof,
+                has_roof=has_roof, key_dur=key_dur, name_dur=name_dur, name_count=name_count, name_cat=name_cat)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 400), st.integers(0, 2**32 - 1), st.booleans(), st.booleans())
+def test_segment_composition_is_the_numpy_expressions(n, seed, roof_model, shuffle_segments):
+    rng = np.random.default_rng(seed)
+    ts, end = _events(rng, n)
+    w = np.flatnonzero(rng.random(n) < 0.85)
+    anchors = np.sort(rng.choice(np.r_[ts, end], size=min(rng.integers(0, 30), 2 * n), replace=False)) \
+        if n else np.zeros(0, np.int64)
+    arrive = anchors.astype(np.int64)
+    leave = arrive + rng.integers(0, 30, len(arrive))
+    barrier = rng.random(len(arrive)) < 0.3
+    seg = np.searchsorted(arrive, ts[w], side="right").astype(np.int64)
+    if shuffle_segments and len(w):        # a launch's wait moved to its kernel's segment
+        moved = rng.random(len(w)) < 0.1
+        seg[moved] = rng.integers(0, len(arrive) + 1, moved.sum())
+    J = len(arrive) + 1
+    n_cat, n_op, n_ph, n_nm = 5, 4, 3, 6
+    cat_code = rng.integers(0, n_cat, n).astype(np.int64)
+    cat_of_code = np.array([0, 2, 3, 0, 0], np.int8)
+    stall = rng.integers(-5, 50, n).astype(np.int64)
+    op, ph, nm = (rng.integers(0, k, n).astype(np.int64) for k in (n_op, n_ph, n_nm))
+    flops = rng.integers(0, 10**6, n).astype(np.int64)
+    hbm = rng.integers(0, 10**5, n).astype(np.int64)
+    track = rng.integers(0, 3, n).astype(np.int64)
+    vector_of_code = np.array([0, 1, 0], np.uint8)
+    exposed = rng.integers(0, 40, len(w)).astype(float) * (rng.random(len(w)) < 0.9)
+    peak, vpeak, bw, tol = 1e3, 1e2, 1e4, 3
+    size = n_nm * n_ph
+    out = dict(inside=np.zeros(len(arrive), np.uint8), joined=np.zeros(len(arrive), np.uint8), kinds=np.zeros((J, 4)),
+               combo=np.empty(len(w), np.int64), op_time=np.empty(len(w)), op_roof=np.empty(len(w)),
+               has_roof=np.empty(len(w), np.uint8), key_dur=np.zeros(n_op * n_ph), name_dur=np.zeros(size),
+               name_cat=np.zeros(size, np.int64), name_count=np.zeros(size, np.int64))
+    groups = kernels.segment_composition(
+        w, ts, end, seg, exposed, cat_code, cat_of_code, stall, op, ph, nm, flops, hbm, track, vector_of_code,
+        peak, vpeak, bw, roof_model, arrive, leave, barrier.view(np.uint8), tol, n_op, n_ph,
+        *(out[k] for k in ("inside", "joined", "kinds", "combo", "op_time", "op_roof", "has_roof", "key_dur",
+                           "name_dur", "name_cat", "name_count")))
+    for k in ("combo", "op_time", "op_roof", "has_roof"):
+        out[k] = out[k][:groups]
+    want = _composition_numpy(w, ts, end, seg, exposed, cat_of_code[cat_code], stall, op, ph, nm, flops, hbm,
+                              vector_of_code[track].astype(bool), peak, vpeak, bw, roof_model, arrive, leave, barrier,
+                              tol, n_op, n_ph, J, size)
+    for k, v in want.items():
+        got = out[k].astype(bool) if v.dtype == bool else out[k]
+        assert np.array_equal(got, v), k      # bit-identical doubles, not approximately equal
