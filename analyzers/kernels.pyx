@@ -5,6 +5,7 @@ tests check it against on random inputs.
 """
 
 from libc.math cimport INFINITY
+from libc.stdlib cimport calloc, free
 
 import numpy as np
 
@@ -288,3 +289,143 @@ def segment_composition(const long long[::1] w, const long long[::1] ts, const l
                 t_seen[c] = 0
             a = b
     return g
+
+
+
+cdef struct _Table:
+    long long* keys        # -1: empty slot (every key here is >= 0)
+    long long* ids
+    Py_ssize_t mask
+    Py_ssize_t used
+
+
+cdef int _table_init(_Table* t, Py_ssize_t hint) noexcept nogil:
+    cdef Py_ssize_t size = 1024, i
+    while size < 2 * hint:
+        size = size * 2
+    t.keys = <long long*>calloc(size, sizeof(long long))
+    t.ids = <long long*>calloc(size, sizeof(long long))
+    if t.keys == NULL or t.ids == NULL:
+        return -1
+    for i in range(size):
+        t.keys[i] = -1
+    t.mask = size - 1
+    t.used = 0
+    return 0
+
+
+cdef inline Py_ssize_t _slot(_Table* t, long long key) noexcept nogil:
+    cdef unsigned long long h = <unsigned long long>key * 0x9E3779B97F4A7C15ULL
+    cdef Py_ssize_t i = <Py_ssize_t>((h ^ (h >> 29)) & <unsigned long long>t.mask)
+    while t.keys[i] != -1 and t.keys[i] != key:
+        i = (i + 1) & t.mask
+    return i
+
+
+cdef int _table_grow(_Table* t) noexcept nogil:
+    cdef long long* old_keys = t.keys
+    cdef long long* old_ids = t.ids
+    cdef Py_ssize_t old_size = t.mask + 1, i, j
+    if _table_init(t, old_size) != 0:       # twice the slots
+        return -1
+    for i in range(old_size):
+        if old_keys[i] != -1:
+            j = _slot(t, old_keys[i])
+            t.keys[j] = old_keys[i]
+            t.ids[j] = old_ids[i]
+            t.used += 1
+    free(old_keys)
+    free(old_ids)
+    return 0
+
+
+cdef inline long long _dense_id(_Table* t, long long key, Py_ssize_t at, long long* first) noexcept nogil:
+    """The dense id of ``key``, a new one (its first position ``at``) the first time it is seen;
+    -1 when out of memory."""
+    cdef Py_ssize_t i = _slot(t, key)
+    cdef long long new
+    if t.keys[i] == key:
+        return t.ids[i]
+    new = t.used
+    t.keys[i] = key
+    t.ids[i] = new
+    t.used += 1
+    first[new] = at
+    if 2 * t.used > t.mask:
+        if _table_grow(t) != 0:
+            return -1
+    return new
+
+
+def factorize(const long long[::1] values, long long[::1] codes, long long[::1] first) -> Py_ssize_t:
+    """``codes, uniques = pandas.factorize(values)`` for ``values >= 0``: dense ids in order of
+    first appearance; ``first[id]`` is that appearance. Returns the number of ids."""
+    cdef Py_ssize_t n = values.shape[0], i
+    cdef _Table t
+    cdef long long c
+    cdef int failed = 0
+    with nogil:
+        if _table_init(&t, 1024) != 0:
+            failed = 1
+        else:
+            for i in range(n):
+                c = _dense_id(&t, values[i], i, &first[0])
+                if c < 0:
+                    failed = 1
+                    break
+                codes[i] = c
+        n = t.used
+        free(t.keys)
+        free(t.ids)
+    if failed:
+        raise MemoryError("factorize: no memory for the hash table")
+    return n
+
+
+def sequence_step(const long long[::1] key_prev, const long long[::1] name, const long long[::1] track,
+                  const long long[::1] ts, const long long[::1] end, const long long[::1] reach_prev,
+                  const long long[::1] csum, long long vocab, Py_ssize_t k, bint tally,
+                  long long[::1] key, long long[::1] first, long long[::1] reach, long long[::1] count,
+                  double[::1] total, double[::1] kernel) -> Py_ssize_t:
+    """One window length ``k`` of :func:`sohuprof.analyzers.reports.sequences.sequences_chunk`
+    over ``m = len(name) - k + 1`` windows; returns the number of distinct keys. Fuses::
+
+        key, first = factorize(key_prev[:m] * vocab + name[k - 1:])
+        reach = np.maximum(reach_prev[:m], end[k - 1:])
+        valid = track[:m] == track[k - 1:]                    # with tally only:
+        count = np.bincount(key[valid]); total = np.bincount(key[valid], reach - ts)
+        kernel = np.bincount(key[valid], csum[k:] - csum[:-k])
+
+    ``count``, ``total`` and ``kernel`` must be zeroed and as long as ``m``; sums run in window
+    order, as ``np.bincount``'s do.
+    """
+    cdef Py_ssize_t m = name.shape[0] - k + 1, i
+    cdef _Table t
+    cdef long long c, r
+    cdef int failed = 0
+    if m <= 0:
+        return 0
+    with nogil:
+        if _table_init(&t, 1024) != 0:
+            failed = 1
+        else:
+            for i in range(m):
+                c = _dense_id(&t, key_prev[i] * vocab + name[i + k - 1], i, &first[0])
+                if c < 0:
+                    failed = 1
+                    break
+                key[i] = c
+                r = end[i + k - 1]
+                if reach_prev[i] > r:
+                    r = reach_prev[i]
+                reach[i] = r
+                if tally and track[i] == track[i + k - 1]:
+                    count[c] += 1
+                    total[c] += <double>(r - ts[i])
+                    kernel[c] += <double>(csum[i + k] - csum[i])
+        m = t.used
+        free(t.keys)
+        free(t.ids)
+    if failed:
+        raise MemoryError("sequence_step: no memory for the hash table")
+    return m

@@ -140,3 +140,50 @@ def test_segment_composition_is_the_numpy_expressions(n, seed, roof_model, shuff
     for k, v in want.items():
         got = out[k].astype(bool) if v.dtype == bool else out[k]
         assert np.array_equal(got, v), k      # bit-identical doubles, not approximately equal
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**40), max_size=3000), st.integers(1, 50))
+def test_factorize_is_pandas(values, spread):
+    import pandas as pd
+
+    values = np.array(values, np.int64) % spread * 7919 if values else np.zeros(0, np.int64)
+    codes, first = np.empty(len(values), np.int64), np.empty(len(values), np.int64)
+    n = kernels.factorize(values, codes, first)
+    want, uniques = pd.factorize(values)
+    assert n == len(uniques) and np.array_equal(codes, want)
+    assert np.array_equal(values[first[:n]], uniques)             # first appearances, in order
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 500), st.integers(1, 9), st.integers(0, 2**32 - 1), st.booleans())
+def test_sequence_step_is_the_numpy_window_sums(n, vocab, seed, tally):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    name = rng.integers(0, vocab, n).astype(np.int64)
+    track = np.sort(rng.integers(0, 3, n)).astype(np.int64)
+    ts, end = _events(rng, n)
+    csum = np.r_[0, np.cumsum(end - ts)]
+    key_prev = pd.factorize(name * 3 + track)[0].astype(np.int64)
+    reach_prev = end
+    for k in range(2, 6):                 # each length extends the one before, as sequences_chunk runs them
+        m = n - k + 1
+        if m <= 0:
+            break
+        key, first, reach = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.int64)
+        count, total, kern = np.zeros(m, np.int64), np.zeros(m), np.zeros(m)
+        got = kernels.sequence_step(key_prev, name, track, ts, end, reach_prev, csum, vocab, k, tally,
+                                    key, first, reach, count, total, kern)
+        want_key, uniques = pd.factorize(key_prev[:m] * vocab + name[k - 1:])
+        want_reach = np.lib.stride_tricks.sliding_window_view(end, k).max(axis=1)
+        assert got == len(uniques) and np.array_equal(key, want_key)
+        assert np.array_equal(reach, want_reach)
+        assert np.array_equal(first[:got], np.unique(want_key, return_index=True)[1])
+        valid = np.flatnonzero(track[:m] == track[k - 1:]) if tally else np.zeros(0, np.int64)
+        mine = want_key[valid]
+        assert np.array_equal(count[:got], np.bincount(mine, minlength=got))
+        assert np.array_equal(total[:got], np.bincount(mine, weights=want_reach[valid] - ts[valid], minlength=got))
+        assert np.array_equal(kern[:got], np.bincount(mine, weights=(csum[k:] - csum[:-k])[valid], minlength=got))
+        key_prev, reach_prev = key, reach
+
