@@ -16,6 +16,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from sohuprof.analyzers import kernels
+
 __all__ = ["Merged", "Sweep", "chain_sweep", "covered_before_sequential", "is_sequential", "merge", "union_length", "intersection_length", "mask_coverage",
            "lowest_class", "priority_sweep"]
 
@@ -277,21 +279,17 @@ def covered_before_sequential(start: np.ndarray, end: np.ndarray, x: np.ndarray)
     >>> covered_before_sequential(np.array([0, 10]), np.array([5, 20]), np.array([3, 7, 15, 30]))
     array([ 3,  5, 10, 15])
     """
-    x = np.asarray(x, dtype=np.int64)
+    x = np.ascontiguousarray(x, dtype=np.int64)
     if not len(start):
         return np.zeros(len(x), np.int64)
     # A zero-length interval before everything, so every x has begun one: no special case.
     floor = min(int(start[0]), int(x.min(initial=start[0])))
-    start, end = np.r_[floor, start], np.r_[floor, end]
+    start, end = np.r_[floor, start].astype(np.int64, copy=False), np.r_[floor, end].astype(np.int64, copy=False)
     through = np.cumsum(end - start)                      # length of intervals 0..j
-    last = np.searchsorted(start, x, side="right")
-    last -= 1                                             # the last interval begun by x
-    # All of them, less the part of the last one still ahead of x.
-    ahead = end[last]
-    ahead -= x
-    np.maximum(ahead, 0, out=ahead)
-    out = through[last]
-    out -= ahead
+    # All the intervals begun by x, less the part of the last one still ahead of x: one compiled
+    # pass (the callers' x come in sorted runs, which it gallops through).
+    out = np.empty(len(x), np.int64)
+    kernels.covered_before(start, end, through, x, out)
     return out
 
 

@@ -66,47 +66,47 @@ cdef inline long long _wrap_sub(long long a, long long b) nogil:
     return <long long>(<unsigned long long>a - <unsigned long long>b)
 
 
+cdef inline Py_ssize_t _gallop_right(const long long[::1] a, Py_ssize_t n, long long x, Py_ssize_t pos) noexcept nogil:
+    """``np.searchsorted(a[:n], x, side="right")`` for sorted ``a``, searched outward from
+    ``pos`` (the previous answer): O(1) for queries in order, O(log n) after a jump."""
+    cdef Py_ssize_t lo, hi, mid, step = 1
+    if pos > 0 and a[pos - 1] > x:
+        hi = pos
+        lo = pos - 1
+        while lo > 0 and a[lo - 1] > x:
+            hi = lo
+            lo = lo - step
+            step = step * 2
+            if lo < 0:
+                lo = 0
+    else:
+        lo = pos
+        hi = pos
+        while hi < n and a[hi] <= x:
+            lo = hi + 1
+            hi = hi + step
+            step = step * 2
+        if hi > n:
+            hi = n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] <= x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 def searchsorted_right(const long long[::1] a, const long long[::1] q, long long[::1] out) -> None:
     """``out[:] = np.searchsorted(a, q, side="right")`` for sorted ``a``.
 
     Each query gallops from the previous answer, so queries in time order (a rank's events) cost
     O(1) each instead of a binary search's ~20 cache-missing probes.
     """
-    cdef Py_ssize_t n = a.shape[0], m = q.shape[0], i, lo, hi, mid, step
-    cdef Py_ssize_t pos = 0
-    cdef long long x
+    cdef Py_ssize_t n = a.shape[0], m = q.shape[0], i, pos = 0
     with nogil:
         for i in range(m):
-            x = q[i]
-            # Bracket [lo, hi) around the answer: the first index with a[index] > x.
-            if pos > 0 and a[pos - 1] > x:
-                hi = pos
-                step = 1
-                lo = pos - 1
-                while lo > 0 and a[lo - 1] > x:
-                    hi = lo
-                    lo = lo - step
-                    step = step * 2
-                    if lo < 0:
-                        lo = 0
-                # a[hi-1] > x or hi == pos; the answer is in [lo, hi]
-            else:
-                lo = pos
-                step = 1
-                hi = pos
-                while hi < n and a[hi] <= x:
-                    lo = hi + 1
-                    hi = hi + step
-                    step = step * 2
-                if hi > n:
-                    hi = n
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if a[mid] <= x:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            pos = lo
+            pos = _gallop_right(a, n, q[i], pos)
             out[i] = pos
 
 
@@ -429,3 +429,23 @@ def sequence_step(const long long[::1] key_prev, const long long[::1] name, cons
     if failed:
         raise MemoryError("sequence_step: no memory for the hash table")
     return m
+
+
+def covered_before(const long long[::1] start, const long long[::1] end, const long long[::1] through,
+                   const long long[::1] x, long long[::1] out) -> None:
+    """For sorted, non-overlapping intervals whose first one starts before every ``x``, with
+    ``through = np.cumsum(end - start)``: how much of ``[-inf, x)`` they cover. Fuses::
+
+        last = np.searchsorted(start, x, side="right") - 1
+        out = through[last] - np.maximum(end[last] - x, 0)
+
+    Queries that come in sorted runs (a stream's starts, then its ends) gallop.
+    """
+    cdef Py_ssize_t n = start.shape[0], m = x.shape[0], i, pos = 0, last
+    cdef long long ahead
+    with nogil:
+        for i in range(m):
+            pos = _gallop_right(start, n, x[i], pos)
+            last = pos - 1
+            ahead = end[last] - x[i]
+            out[i] = through[last] - (ahead if ahead > 0 else 0)

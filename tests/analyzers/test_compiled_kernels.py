@@ -187,3 +187,20 @@ def test_sequence_step_is_the_numpy_window_sums(n, vocab, seed, tally):
         assert np.array_equal(kern[:got], np.bincount(mine, weights=(csum[k:] - csum[:-k])[valid], minlength=got))
         key_prev, reach_prev = key, reach
 
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 60), st.lists(st.integers(-20, 700), max_size=80), st.integers(0, 2**32 - 1))
+def test_covered_before_is_the_prefix_sum_lookup(n, x, seed):
+    rng = np.random.default_rng(seed)
+    gaps, lengths = rng.integers(0, 8, n), rng.integers(0, 8, n)
+    start = np.cumsum(gaps + np.r_[0, lengths[:-1]]).astype(np.int64) - 10
+    end = start + lengths
+    x = np.array(x, np.int64)
+    floor = min([*start[:1].tolist(), *x.tolist(), 0])     # the caller's zero-length interval before all
+    start, end = np.r_[floor, start].astype(np.int64), np.r_[floor, end].astype(np.int64)
+    through = np.cumsum(end - start)
+    out = np.empty(len(x), np.int64)
+    kernels.covered_before(start, end, through, x, out)
+    last = np.searchsorted(start, x, side="right") - 1
+    assert np.array_equal(out, through[last] - np.maximum(end[last] - x, 0))
