@@ -449,3 +449,59 @@ def covered_before(const long long[::1] start, const long long[::1] end, const l
             last = pos - 1
             ahead = end[last] - x[i]
             out[i] = through[last] - (ahead if ahead > 0 else 0)
+
+
+def roofline_sums(const long long[::1] rows, const long long[::1] c0, const long long[::1] c1,
+                  const long long[::1] c2, long long r1, long long r2, const unsigned char[::1] vector,
+                  const long long[::1] dur, const long long[::1] flops, const long long[::1] hbm,
+                  double peak, double vector_peak, double bandwidth, long long[::1] key, long long[::1] first,
+                  long long[::1] count, long long[::1] dur_sum, long long[::1] flops_sum, long long[::1] hbm_sum,
+                  double[::1] flops_fsum, double[::1] hbm_fsum, double[::1] headroom_sum) -> Py_ssize_t:
+    """The roofline's per-group sums of one rank's compute events ``rows`` (row order); returns
+    the number of groups. A group is (``c0``, ``c1``, ``c2`` codes, vector track?, dur > 0?),
+    numbered in order of first appearance (``first``: its first row, ``key``: its packed code
+    ``((c0 * r1 + c1) * r2 + c2) * 4 + 2 * vector + timed``). Fuses::
+
+        roof = np.maximum(flops / np.where(vector, vector_peak, peak) * 1e9, hbm / bandwidth * 1e9)
+        headroom = np.clip(dur - roof, 0, None)
+        table.group_by(keys).aggregate(count, sum(dur), sum(flops), sum(hbm), sum(headroom))
+
+    with the FLOP and byte sums both as int64 (exact, where the caller finds they cannot pass
+    2**63) and as float64 (where they might), and every float sum in row order. The output arrays
+    must be zeroed and as long as ``rows``.
+    """
+    cdef Py_ssize_t m = rows.shape[0], i, r
+    cdef _Table t
+    cdef long long k, c
+    cdef double rt, hb, h
+    cdef int failed = 0
+    with nogil:
+        if _table_init(&t, 1024) != 0:
+            failed = 1
+        else:
+            for i in range(m):
+                r = rows[i]
+                k = (((c0[r] * r1 + c1[r]) * r2 + c2[r]) * 4) + 2 * vector[r] + (1 if dur[r] > 0 else 0)
+                c = _dense_id(&t, k, r, &first[0])
+                if c < 0:
+                    failed = 1
+                    break
+                key[c] = k
+                rt = <double>flops[r] / (vector_peak if vector[r] else peak) * 1e9
+                hb = <double>hbm[r] / bandwidth * 1e9
+                if hb > rt:
+                    rt = hb
+                h = <double>dur[r] - rt
+                count[c] += 1
+                dur_sum[c] += dur[r]
+                flops_sum[c] += flops[r]
+                hbm_sum[c] += hbm[r]
+                flops_fsum[c] += <double>flops[r]
+                hbm_fsum[c] += <double>hbm[r]
+                headroom_sum[c] += h if h > 0 else 0.0
+        m = t.used
+        free(t.keys)
+        free(t.ids)
+    if failed:
+        raise MemoryError("roofline_sums: no memory for the hash table")
+    return m

@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sohuprof.analyzers import kernels
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.reports.comm import busbw_factor, kind_is, records, selected_instances
 from sohuprof.analyzers.partition import Partition, as_partition
@@ -195,12 +196,11 @@ def _candidates(key: np.ndarray, stratum: np.ndarray, counts: np.ndarray, q: int
     return np.flatnonzero(keep)
 
 
-def _summable(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """``column`` as Arrow will sum it: int64 (exact) when no sum of its rows can pass 2**63,
-    else float64 (Arrow's integer sums wrap silently)."""
+def _int_sums(column: pa.ChunkedArray) -> bool:
+    """Can no sum of ``column``'s rows pass 2**63? Then it is summed in int64 (exact), else in
+    float64 (rounding, knowingly: int64 sums would wrap silently)."""
     span = pc.min_max(column)
-    bound = max(abs(span["min"].as_py() or 0), abs(span["max"].as_py() or 0)) * len(column)
-    return column if bound < 2**63 else column.cast(pa.float64(), safe=False)   # rounding, knowingly
+    return max(abs(span["min"].as_py() or 0), abs(span["max"].as_py() or 0)) * len(column) < 2**63
 
 
 def _op_columns(by: str) -> list[str]:
@@ -218,41 +218,32 @@ def _rank_roofline(events: pa.Table | Partition, hw: HardwareSpec, peak: float,
     phase, phase_values = part.codes("phase")
     vector = part.equals("track", "vector")
     dur = part.ints("dur")
-    flops = part.ints("flops").astype(float)
-    hbm = part.ints("hbm_bytes").astype(float)
-    timed = dur > 0
-    # Time at the roof, max(flops / peak, bytes / bandwidth), and the headroom over it: in place
-    # (a few hundred thousand rows each; allocating a temporary costs more than the arithmetic).
-    roof_time = np.where(vector, hw.vector_flops, peak)
-    np.divide(flops, roof_time, out=roof_time)
-    roof_time *= 1e9
-    headroom = hbm / hw.hbm_bandwidth
-    headroom *= 1e9
-    np.maximum(roof_time, headroom, out=roof_time)
-    np.subtract(dur, roof_time, out=headroom)
-    np.clip(headroom, 0, None, out=headroom)
-    del roof_time
-    # Sums per (op, phase, vector track?, measurable duration?) of compute events: one hash
-    # aggregation over the dictionary columns, with FLOP and byte totals in exact int64 (a
-    # group's FLOPs pass 2**53 on long runs, where float sums would round), single-threaded so
-    # the float headroom is summed in row order, the same on every run.
-    grouped = pa.table({"category": part.column("category"), **{k: part.column(k) for k in keys},
-                        "vector": pa.array(vector), "timed": pa.array(timed), "dur": part.column("dur"),
-                        "flops": _summable(part.column("flops")), "hbm": _summable(part.column("hbm_bytes")),
-                        "headroom": pa.array(headroom)}).unify_dictionaries()
-    g = (grouped.group_by(["category", *keys, "vector", "timed"], use_threads=False)
-         .aggregate([("dur", "count"), ("dur", "sum"), ("flops", "sum"), ("hbm", "sum"), ("headroom", "sum")])
-         .to_pandas())
-    g = g[g["category"].astype(object) == "compute"]
-    vec, tim = g["vector"].to_numpy(bool), g["timed"].to_numpy(bool)
-    n, f_sum = g["dur_count"].to_numpy(np.int64), g["flops_sum"].fillna(0).to_numpy(np.int64)
-    b_sum = g["hbm_sum"].fillna(0).to_numpy(np.int64)
-    sums_frame = pd.DataFrame({**{k: g[k].astype(object).to_numpy() for k in keys},
-                               "count": n, "time_ns": g["dur_sum"].fillna(0).to_numpy(np.int64), "flops": f_sum,
+    # Sums per (keys, vector track?, measurable duration?) of compute events, in one compiled
+    # pass (kernels.roofline_sums) that also prices each event's headroom over its roof: FLOP
+    # and byte totals in exact int64 (a group's FLOPs pass 2**53 on long runs, where float sums
+    # would round) unless a sum could pass 2**63, every float summed in row order.
+    rows = np.flatnonzero(compute)
+    coded = [part.codes(k) for k in keys]
+    codes = [c for c, _ in coded] + [np.zeros(len(dur), np.int64)] * (3 - len(keys))
+    radix = [len(v) + 1 for _, v in coded] + [1] * (3 - len(keys))
+    m = len(rows)
+    key, first = np.empty(m, np.int64), np.empty(m, np.int64)
+    count, dur_sum, f_int, b_int = (np.zeros(m, np.int64) for _ in range(4))
+    f_float, b_float, head = np.zeros(m), np.zeros(m), np.zeros(m)
+    groups = kernels.roofline_sums(rows, *codes, radix[1], radix[2], vector.view(np.uint8), dur,
+                                   part.ints("flops"), part.ints("hbm_bytes"), peak, hw.vector_flops,
+                                   hw.hbm_bandwidth, key, first, count, dur_sum, f_int, b_int, f_float, b_float, head)
+    key = key[:groups]
+    f_sum = (f_int if _int_sums(part.column("flops")) else f_float.astype(np.int64))[:groups]
+    b_sum = (b_int if _int_sums(part.column("hbm_bytes")) else b_float.astype(np.int64))[:groups]
+    n, vec, tim = count[:groups], (key >> 1) & 1, key & 1
+    packed = key >> 2
+    parts = [packed // (radix[1] * radix[2]), packed // radix[2] % radix[1], packed % radix[2]][:len(keys)]
+    sums_frame = pd.DataFrame({**{k: np.array([*v, None], dtype=object)[c] for k, c, (_, v) in zip(keys, parts, coded)},
+                               "count": n, "time_ns": dur_sum[:groups], "flops": f_sum,
                                "hbm_bytes": b_sum, "vector_count": n * vec, "vector_flops": f_sum * vec,
-                               "headroom_ns": g["headroom_sum"].fillna(0).to_numpy(float), "sampleable": n * tim,
+                               "headroom_ns": head[:groups], "sampleable": n * tim,
                                "timed_flops": f_sum * tim, "timed_bytes": b_sum * tim})
-    sums_frame = sums_frame.replace({k: {np.nan: None} for k in keys})
     names, phases = np.array(op_values + [None], dtype=object), np.array(phase_values + [None], dtype=object)
     # Sample candidates: compute events with a duration (a 0 ns event has no attained rate to
     # plot). Every partition's cap is at least the global one, so the global choice is among what
@@ -266,12 +257,12 @@ def _rank_roofline(events: pa.Table | Partition, hw: HardwareSpec, peak: float,
     per_op = np.bincount([code_of.get(v, len(op_values)) for v in sums_frame["op"]],   # a loop over groups
                          weights=sums_frame["sampleable"], minlength=len(op_values) + 1).astype(np.int64)
     cap = _quota(per_op[per_op > 0], SAMPLE_SIZE)
-    cand = _candidates(sample_key, op, per_op, cap, eligible=compute & timed)
+    cand = _candidates(sample_key, op, per_op, cap, eligible=compute & (dur > 0))
     ts = part.ts[cand]
     ties = (ts,) if one_rank is not None else (ts, ranks[cand])
     chosen = cand[_smallest((*ties, sample_key[cand]), op[cand], cap)]
     rank = np.full(len(chosen), one_rank, np.int64) if one_rank is not None else ranks[chosen]
-    f, h, dd = flops[chosen], hbm[chosen], dur[chosen]
+    f, h, dd = part.ints("flops")[chosen].astype(float), part.ints("hbm_bytes")[chosen].astype(float), dur[chosen]
     with np.errstate(divide="ignore", invalid="ignore"):
         sample = pd.DataFrame({"op": names[op[chosen]], "name": _values_at(part, "name", chosen),
                                "phase": phases[phase[chosen]], "rank": rank,

@@ -204,3 +204,37 @@ def test_covered_before_is_the_prefix_sum_lookup(n, x, seed):
     kernels.covered_before(start, end, through, x, out)
     last = np.searchsorted(start, x, side="right") - 1
     assert np.array_equal(out, through[last] - np.maximum(end[last] - x, 0))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 400), st.integers(0, 2**32 - 1))
+def test_roofline_sums_are_the_arrow_group_by(n, seed):
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    c0, c1, c2 = (rng.integers(0, k, n).astype(np.int64) for k in (4, 3, 2))
+    vector = rng.random(n) < 0.3
+    dur = rng.integers(0, 50, n).astype(np.int64)
+    flops, hbm = rng.integers(0, 10**9, n).astype(np.int64), rng.integers(0, 10**7, n).astype(np.int64)
+    rows = np.flatnonzero(rng.random(n) < 0.7)
+    peak, vpeak, bw = 1e15, 1e14, 3e12
+    m = len(rows)
+    key, first = np.empty(m, np.int64), np.empty(m, np.int64)
+    count, dsum, fsum, bsum = (np.zeros(m, np.int64) for _ in range(4))
+    ffl, bfl, head = np.zeros(m), np.zeros(m), np.zeros(m)
+    g = kernels.roofline_sums(rows, c0, c1, c2, 3, 2, vector.view(np.uint8), dur, flops, hbm, peak, vpeak, bw,
+                              key, first, count, dsum, fsum, bsum, ffl, bfl, head)
+    # The numpy and Arrow version it replaced.
+    roof = np.maximum(flops / np.where(vector, vpeak, peak) * 1e9, hbm / bw * 1e9)
+    headroom = np.clip(dur - roof, 0, None)
+    want_key = ((c0 * 3 + c1) * 2 + c2) * 4 + 2 * vector + (dur > 0)
+    t = pa.table({"k": want_key[rows], "dur": dur[rows], "f": flops[rows], "b": hbm[rows], "h": headroom[rows]})
+    agg = t.group_by("k", use_threads=False).aggregate([("dur", "count"), ("dur", "sum"), ("f", "sum"), ("b", "sum"),
+                                                        ("h", "sum")]).sort_by("k")
+    order = np.argsort(key[:g])
+    assert np.array_equal(key[:g][order], agg["k"].to_numpy())
+    # groups numbered in order of first appearance, each naming its first row
+    assert np.array_equal(first[:g], rows[np.sort(np.unique(want_key[rows], return_index=True)[1])])
+    for got, col in ((count, "dur_count"), (dsum, "dur_sum"), (fsum, "f_sum"), (bsum, "b_sum"), (head, "h_sum")):
+        assert np.array_equal(got[:g][order], agg[col].to_numpy()), col
+    assert np.array_equal(ffl[:g][order], agg["f_sum"].to_numpy().astype(float))
