@@ -173,21 +173,30 @@ def segment_composition(const long long[::1] w, const long long[::1] ts, const l
     segment, then each segment's codes in order).
     """
     cdef Py_ssize_t m = w.shape[0], J = kinds.shape[0], C = n_op * n_ph
-    cdef Py_ssize_t i, j, r, c, k, g = 0, a, b, t_n
+    cdef Py_ssize_t i, j, r, c, k, g = 0, a, b, t_n = 0, cur
     cdef long long x, t, e, running, code, nk, d
-    cdef double dur, ex, share, roof, q, fl
-    cdef int cat
+    cdef double dur, ex, share, roof, q, fl, re
+    cdef int cat, re_nan
+    cdef bint ordered = True
     cdef long long int_min = -9223372036854775807 - 1
-    cdef long long[::1] count = np.zeros(J + 1, np.int64)
-    cdef long long[::1] perm = np.empty(m, np.int64)
-    cdef double[::1] roofed = np.empty(m, np.float64)
-    cdef unsigned char[::1] roofed_nan = np.zeros(m, np.uint8)
-    cdef long long[::1] cell_code = np.empty(m, np.int64)
     cdef double[::1] t_time = np.zeros(C, np.float64)
     cdef double[::1] t_roof = np.zeros(C, np.float64)
     cdef unsigned char[::1] t_has = np.zeros(C, np.uint8)
     cdef unsigned char[::1] t_seen = np.zeros(C, np.uint8)
     cdef long long[::1] touched = np.empty(C, np.int64)
+    cdef long long[::1] count, perm, cell_code
+    cdef double[::1] roofed
+    cdef unsigned char[::1] roofed_nan
+    for i in range(1, m):
+        if seg[i] < seg[i - 1]:
+            ordered = False
+            break
+    if not ordered:      # launches moved into their kernels' segments: cells are sorted after
+        count = np.zeros(J + 1, np.int64)
+        perm = np.empty(m, np.int64)
+        cell_code = np.empty(m, np.int64)
+        roofed = np.empty(m, np.float64)
+        roofed_nan = np.empty(m, np.uint8)
     with nogil:
         # Which anchors had work start strictly inside them (asynchronous collectives).
         for i in range(m):
@@ -197,6 +206,7 @@ def segment_composition(const long long[::1] w, const long long[::1] ts, const l
                 if t > arrive[j] and t < leave[j]:
                     inside[j] = 1
         running = int_min
+        cur = seg[0] if m else 0
         for i in range(m):
             r = w[i]
             t = ts[r]
@@ -225,6 +235,8 @@ def segment_composition(const long long[::1] w, const long long[::1] ts, const l
                 kinds[seg[i], 2] += ex
             elif cat == 3:
                 kinds[seg[i], 3] += ex
+            re = 0.0
+            re_nan = 0
             if dur > 0:
                 if roof_model:
                     fl = <double>flops[r] / (vector_peak if vector_of_code[track_code[r]] else peak)
@@ -233,63 +245,92 @@ def segment_composition(const long long[::1] w, const long long[::1] ts, const l
                     q = roof / dur
                     q = 0.0 if q < 0.0 else q
                     q = 1.0 if q > 1.0 else q
-                    roofed[i] = ex * q
+                    re = ex * q
                 else:
-                    roofed[i] = 0.0
-                    roofed_nan[i] = 1
-            else:
-                roofed[i] = 0.0
+                    re_nan = 1
             code = op_code[r] * n_ph + ph_code[r]
-            cell_code[i] = code
             key_dur[code] += dur
             nk = nm_code[r] * n_ph + ph_code[r]
             name_dur[nk] += dur
             name_count[nk] += 1
             name_cat[nk] = cat
-            count[seg[i] + 1] += 1
-        # A stable counting sort by segment, then each segment's cells by code.
-        for j in range(J):
-            count[j + 1] += count[j]
-        for i in range(m):
-            perm[count[seg[i]]] = i
-            count[seg[i]] += 1
-        a = 0
-        for j in range(J):
-            b = count[j]
-            t_n = 0
-            for k in range(a, b):
-                i = perm[k]
-                c = cell_code[i]
-                if not t_seen[c]:
-                    t_seen[c] = 1
-                    touched[t_n] = c
+            if ordered:
+                if seg[i] != cur:
+                    g = _flush_cells(cur, C, &touched[0], t_n, &t_seen[0], &t_time[0], &t_roof[0], &t_has[0],
+                                     &combo[0], &op_time[0], &op_roof[0], &has_roof[0], g)
+                    t_n = 0
+                    cur = seg[i]
+                if not t_seen[code]:
+                    t_seen[code] = 1
+                    touched[t_n] = code
                     t_n += 1
-                t_time[c] += exposed[i]
-                t_roof[c] += roofed[i]
-                if not roofed_nan[i]:
-                    t_has[c] = 1
-            # insertion sort of the few codes a segment holds
-            for k in range(1, t_n):
-                x = touched[k]
-                c = k - 1
-                while c >= 0 and touched[c] > x:
-                    touched[c + 1] = touched[c]
-                    c -= 1
-                touched[c + 1] = x
-            for k in range(t_n):
-                c = touched[k]
-                combo[g] = j * C + c
-                op_time[g] = t_time[c]
-                op_roof[g] = t_roof[c]
-                has_roof[g] = t_has[c]
-                g += 1
-                t_time[c] = 0.0
-                t_roof[c] = 0.0
-                t_has[c] = 0
-                t_seen[c] = 0
-            a = b
+                t_time[code] += ex
+                t_roof[code] += re
+                if not re_nan:
+                    t_has[code] = 1
+            else:
+                cell_code[i] = code
+                roofed[i] = re
+                roofed_nan[i] = re_nan
+                count[seg[i] + 1] += 1
+        if ordered:
+            if m:
+                g = _flush_cells(cur, C, &touched[0], t_n, &t_seen[0], &t_time[0], &t_roof[0], &t_has[0],
+                                 &combo[0], &op_time[0], &op_roof[0], &has_roof[0], g)
+        else:
+            # A stable counting sort by segment, then each segment's cells by code.
+            for j in range(J):
+                count[j + 1] += count[j]
+            for i in range(m):
+                perm[count[seg[i]]] = i
+                count[seg[i]] += 1
+            a = 0
+            for j in range(J):
+                b = count[j]
+                t_n = 0
+                for k in range(a, b):
+                    i = perm[k]
+                    c = cell_code[i]
+                    if not t_seen[c]:
+                        t_seen[c] = 1
+                        touched[t_n] = c
+                        t_n += 1
+                    t_time[c] += exposed[i]
+                    t_roof[c] += roofed[i]
+                    if not roofed_nan[i]:
+                        t_has[c] = 1
+                g = _flush_cells(j, C, &touched[0], t_n, &t_seen[0], &t_time[0], &t_roof[0], &t_has[0],
+                                 &combo[0], &op_time[0], &op_roof[0], &has_roof[0], g)
+                a = b
     return g
 
+
+cdef Py_ssize_t _flush_cells(Py_ssize_t seg, Py_ssize_t C, long long* touched, Py_ssize_t t_n,
+                             unsigned char* t_seen, double* t_time, double* t_roof, unsigned char* t_has,
+                             long long* combo, double* op_time, double* op_roof, unsigned char* has_roof,
+                             Py_ssize_t g) noexcept nogil:
+    """Write one segment's cells (the codes it touched, in code order) and clear them."""
+    cdef Py_ssize_t k, c
+    cdef long long x
+    for k in range(1, t_n):               # insertion sort of the few codes a segment holds
+        x = touched[k]
+        c = k - 1
+        while c >= 0 and touched[c] > x:
+            touched[c + 1] = touched[c]
+            c -= 1
+        touched[c + 1] = x
+    for k in range(t_n):
+        c = touched[k]
+        combo[g] = seg * C + c
+        op_time[g] = t_time[c]
+        op_roof[g] = t_roof[c]
+        has_roof[g] = t_has[c]
+        g += 1
+        t_time[c] = 0.0
+        t_roof[c] = 0.0
+        t_has[c] = 0
+        t_seen[c] = 0
+    return g
 
 
 cdef struct _Table:
