@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sohuprof.analyzers.analysis import AnalysisContext
-from sohuprof.analyzers.intervals import Merged, Sweep, chain_sweep, covered_before_sequential, is_sequential, merge
+from sohuprof.analyzers.intervals import (Merged, Sweep, chain_sweep, covered_before_sequential, is_sequential,
+                                          union_sorted)
 from sohuprof.analyzers.partition import Partition
 
 __all__ = ["BODY", "TAIL", "DMA", "TRANSFER", "WAIT", "HOST", "N_CLASSES", "COLUMNS", "Breakdown", "bits",
@@ -215,7 +216,7 @@ def _sequential_breakdown(part: Partition, ctx: AnalysisContext) -> Breakdown:
     dma_hidden = int(m_cov[len(m_ts):].sum() - m_cov[:len(m_ts)].sum())
     dma = int((m_end - m_ts).sum())
     # Communication: its parts under U = compute or DMA are taken by those.
-    busy_u = merge(np.concatenate([compute.start, m_ts]), np.concatenate([compute.end, m_end]))
+    busy_u = union_sorted(compute.start, compute.end, m_ts, m_end)
     u_cov = covered_before_sequential(busy_u.start, busy_u.end, np.concatenate([c_ts, c_from, c_end]))
     n = len(c_ts)
     wait_hidden = int(u_cov[n:2 * n].sum() - u_cov[:n].sum())
@@ -228,7 +229,7 @@ def _sequential_breakdown(part: Partition, ctx: AnalysisContext) -> Breakdown:
     # Host work in idle time: host time not under compute, DMA or a collective.
     idle_host = 0
     if len(h_ts):
-        busy_v = merge(np.concatenate([busy_u.start, c_ts]), np.concatenate([busy_u.end, c_end]))
+        busy_v = union_sorted(busy_u.start, busy_u.end, c_ts, c_end)
         h_cov = covered_before_sequential(busy_v.start, busy_v.end, np.concatenate([h_ts, h_end]))
         idle_host = int((h_end - h_ts).sum() - (h_cov[len(h_ts):].sum() - h_cov[:len(h_ts)].sum()))
     return Breakdown(compute=body, memory_stall=memory_stall, comm_transfer=comm_transfer, sync_wait=sync_wait,

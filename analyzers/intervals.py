@@ -18,7 +18,7 @@ import pandas as pd
 
 from sohuprof.analyzers import kernels
 
-__all__ = ["Merged", "Sweep", "chain_sweep", "covered_before_sequential", "is_sequential", "merge", "union_length", "intersection_length", "mask_coverage",
+__all__ = ["Merged", "Sweep", "chain_sweep", "covered_before_sequential", "is_sequential", "merge", "union_sorted", "union_length", "intersection_length", "mask_coverage",
            "lowest_class", "priority_sweep"]
 
 
@@ -268,7 +268,17 @@ class Sweep:
 
 def is_sequential(first: np.ndarray, last: np.ndarray) -> bool:
     """Do intervals ``[first, last)`` come sorted and never overlap (a sequential stream)?"""
-    return bool((first[1:] >= first[:-1]).all() and (first[1:] >= np.maximum.accumulate(last)[:-1]).all())
+    return kernels.is_sequential(np.ascontiguousarray(first, np.int64), np.ascontiguousarray(last, np.int64))
+
+
+def union_sorted(a_start: np.ndarray, a_end: np.ndarray, b_start: np.ndarray, b_end: np.ndarray) -> Merged:
+    """The union of two interval lists, each sorted by start, as disjoint sorted intervals: the
+    cover :func:`merge` gives their concatenation, by a two-way merge (compiled) with no sort."""
+    arrays = [np.ascontiguousarray(x, np.int64) for x in (a_start, a_end, b_start, b_end)]
+    size = len(arrays[0]) + len(arrays[2])
+    start, end = np.empty(size, np.int64), np.empty(size, np.int64)
+    k = kernels.union_sorted(*arrays, start, end)
+    return Merged(np.zeros(k, np.int64), start[:k], end[:k])
 
 
 def covered_before_sequential(start: np.ndarray, end: np.ndarray, x: np.ndarray) -> np.ndarray:

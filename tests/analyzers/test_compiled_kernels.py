@@ -238,3 +238,32 @@ def test_roofline_sums_are_the_arrow_group_by(n, seed):
     for got, col in ((count, "dur_count"), (dsum, "dur_sum"), (fsum, "f_sum"), (bsum, "b_sum"), (head, "h_sum")):
         assert np.array_equal(got[:g][order], agg[col].to_numpy()), col
     assert np.array_equal(ffl[:g][order], agg["f_sum"].to_numpy().astype(float))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 100), st.integers(-3, 12)), max_size=40),
+       st.lists(st.tuples(st.integers(0, 100), st.integers(-3, 12)), max_size=40))
+def test_union_sorted_covers_what_merge_covers(a, b):
+    from sohuprof.analyzers.intervals import covered_before_sequential, is_sequential, merge, union_sorted
+
+    def lists(pairs):
+        pairs = sorted(pairs)
+        return (np.array([s for s, _ in pairs], np.int64), np.array([s + d for s, d in pairs], np.int64))
+
+    (a_s, a_e), (b_s, b_e) = lists(a), lists(b)
+    got = union_sorted(a_s, a_e, b_s, b_e)
+    want = merge(np.r_[a_s, b_s], np.r_[a_e, b_e])
+    assert is_sequential(got.start, got.end) and (got.end > got.start).all()
+    x = np.arange(-2, 120, dtype=np.int64)
+    assert np.array_equal(covered_before_sequential(got.start, got.end, x),
+                          covered_before_sequential(want.start, want.end, x))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(-50, 50), st.integers(-5, 20)), max_size=30))
+def test_is_sequential_is_the_numpy_test(pairs):
+    first = np.array([s for s, _ in pairs], np.int64)
+    last = first + np.array([d for _, d in pairs], np.int64)
+    want = bool((first[1:] >= first[:-1]).all() and (first[1:] >= np.maximum.accumulate(last)[:-1]).all()) \
+        if len(first) else True
+    assert kernels.is_sequential(first, last) == want
