@@ -597,3 +597,20 @@ def union_sorted(const long long[::1] a_start, const long long[::1] a_end, const
                 k += 1
                 have = True
     return k
+
+
+def counting_order(const long long[::1] codes, long long[::1] bounds, long long[::1] order) -> None:
+    """``order = np.argsort(codes, kind="stable")`` and ``bounds = np.searchsorted(codes[order],
+    np.arange(len(bounds)))`` for codes in ``0 .. len(bounds) - 2``: one counting sort, O(n)."""
+    cdef Py_ssize_t n = codes.shape[0], K = bounds.shape[0], i, k
+    cdef long long[::1] at = np.zeros(K, np.int64)
+    with nogil:
+        for i in range(n):
+            at[codes[i] + 1] += 1
+        for k in range(1, K):
+            at[k] += at[k - 1]
+        for k in range(K):
+            bounds[k] = at[k]
+        for i in range(n):
+            order[at[codes[i]]] = i
+            at[codes[i]] += 1

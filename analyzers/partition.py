@@ -21,6 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sohuprof.analyzers import kernels
+
 __all__ = ["Partition", "as_partition", "dictionary_codes", "events_table", "rank_partitions", "require_columns"]
 
 
@@ -132,9 +134,9 @@ class Partition:
         out = self.cache.get(key)
         if out is None:
             codes, values = self.codes(name)
-            narrow = codes.astype(np.int8 if len(values) < 127 else np.int32)
-            order = np.argsort(narrow, kind="stable")
-            bounds = np.searchsorted(narrow[order], np.arange(len(values) + 2))
+            # A counting sort (compiled): the codes are few, so it is O(n), not a radix sort's passes.
+            order, bounds = np.empty(len(codes), np.int64), np.empty(len(values) + 2, np.int64)
+            kernels.counting_order(codes, bounds, order)
             out = self.cache[key] = (order, {v: slice(int(bounds[i]), int(bounds[i + 1]))
                                              for i, v in enumerate([*values, None])})
         return out

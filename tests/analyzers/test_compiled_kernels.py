@@ -267,3 +267,14 @@ def test_is_sequential_is_the_numpy_test(pairs):
     want = bool((first[1:] >= first[:-1]).all() and (first[1:] >= np.maximum.accumulate(last)[:-1]).all()) \
         if len(first) else True
     assert kernels.is_sequential(first, last) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 6), max_size=200))
+def test_counting_order_is_the_stable_argsort(codes):
+    codes = np.array(codes, np.int64)
+    order, bounds = np.empty(len(codes), np.int64), np.empty(9, np.int64)
+    kernels.counting_order(codes, bounds, order)
+    want = np.argsort(codes, kind="stable")
+    assert np.array_equal(order, want)
+    assert np.array_equal(bounds, np.searchsorted(codes[want], np.arange(9)))
