@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from sohuprof.analyzers import kernels
+from sohuprof import kernels
 
 __all__ = ["Merged", "Sweep", "chain_sweep", "covered_before_sequential", "is_sequential", "merge", "union_sorted", "union_length", "intersection_length", "mask_coverage",
            "lowest_class", "priority_sweep"]

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sohuprof.analyzers import kernels
+from sohuprof import kernels
 
 __all__ = ["Partition", "as_partition", "dictionary_codes", "events_table", "rank_partitions", "require_columns"]
 

@@ -11,6 +11,7 @@ ending before it starts, an op-name id run.json does not list) are quarantined p
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from sohuprof.collectors.alignment import ClockMap, causality_violations, fit_cl
 from sohuprof.collectors.run_info import (MAX_TS_NS, NIC_FIELDS, RUN_FILE, RunInfo, decode_host_line,
                                           read_run_info)
 from sohuprof.collectors.strace_reader import ChipFile, FileAccount, Piece, RawBudget
+from sohuprof import kernels
 from sohuprof.errors import TraceFormatError
 from sohuprof.progress import progress
 from sohuprof.schema import COLLECTIVES, COUNTERS, EVENTS, QUARANTINE, REQUESTS
@@ -70,12 +72,20 @@ _CHECKED = {"start": np.float64, "end": np.float64, "name_id": np.int32, "engine
             "net_bytes": np.int64, "stall_cycles": np.float64}
 
 
-def _gather(chunks: list[np.ndarray], field: str, dtype: type) -> np.ndarray:
-    """One field of many chunks into one contiguous array (a single strided copy each)."""
-    out: np.ndarray = np.empty(sum(len(c) for c in chunks), dtype)
+def _unpack(chunks: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The checked fields (:data:`_CHECKED`, in their dtypes) and ``seq`` and ``step`` (int64) of
+    many chunks of records, each as one contiguous array: one compiled pass over the records'
+    bytes (``kernels.unpack_records``) instead of a strided copy per field."""
+    n = sum(len(c) for c in chunks)
+    out = {k: np.empty(n, t) for k, t in {**_CHECKED, "seq": np.int64, "step": np.int64}.items()}
+    if sys.byteorder != "little":       # the kernel reads the records' little-endian bytes as they lie
+        return {k: np.concatenate([c[k] for c in chunks]).astype(v.dtype) if chunks else v for k, v in out.items()}
     pos = 0
-    for c in chunks:
-        out[pos:pos + len(c)] = c[field]
+    for c in chunks:    # a loop over chunks, not records
+        kernels.unpack_records(np.ascontiguousarray(c).view(np.uint8), pos, out["start"], out["end"],
+                               out["name_id"], out["engine"], out["phase"], out["group"], out["layer"],
+                               out["flops"], out["hbm_bytes"], out["net_bytes"], out["stall_cycles"],
+                               out["seq"], out["step"])
         pos += len(c)
     return out
 
@@ -180,7 +190,7 @@ def _first_start(rec: np.ndarray, info: RunInfo, limit: float) -> float | None:
     """Start cycle of a chunk's earliest sound record (records are in time order: look at the
     first few, the whole chunk only if none of those is sound)."""
     for part in (rec[:16], rec):
-        cols = {f: part[f].astype(t) for f, t in _CHECKED.items()}
+        cols = _unpack([part])
         code = _invalid(cols, info, limit)
         good = cols["start"] if code is None else cols["start"][code == 0]
         if len(good):
@@ -203,7 +213,7 @@ def _scan_collectives(info: RunInfo, files: list[tuple[ChipFile, dict]],
             coll = rec[rec["group"] != NO_GROUP]
             if not len(coll):
                 return
-            code = _invalid({k: _gather([coll], k, t) for k, t in _CHECKED.items()}, info, limit)
+            code = _invalid(_unpack([coll]), info, limit)
             if code is not None:   # pass 2 refuses (and counts) the same records
                 coll = coll[code == 0]
             parts["coll"].append(_coll_id(coll))
@@ -257,10 +267,9 @@ def _collectives_table(info: RunInfo, c: _Collectives, clock: ClockMap, origin: 
 def _events_table(info: RunInfo, chunks: list[tuple[int, np.ndarray]], chip: dict[str, Any], clock: ClockMap,
                   origin: float, refused: _Refused) -> pa.Table:
     recs = [r for _, r in chunks]
-    cols = {k: _gather(recs, k, t) for k, t in _CHECKED.items()}
+    cols = _unpack(recs)
+    seq, step = cols.pop("seq"), cols.pop("step")
     code = _invalid(cols, info, _end_limit(chip))
-    seq = _gather(recs, "seq", np.int64)
-    step = _gather(recs, "step", np.int64)
     if code is not None:
         keep = refused.add(code, chunks)
         cols = {k: v[keep] for k, v in cols.items()}

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from sohuprof.analyzers import kernels
+from sohuprof import kernels
 from sohuprof.analyzers.activity import collective_rows
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.intervals import covered_before_sequential, merge

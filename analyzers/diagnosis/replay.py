@@ -21,10 +21,7 @@ import numpy as np
 
 from sohuprof.analyzers.diagnosis.graph import Graph
 
-try:      # the compiled merge loop (setup.py builds it); without it the numpy loop runs
-    from sohuprof.analyzers import kernels
-except ImportError:      # pragma: no cover - a source tree that was never built
-    kernels = None
+from sohuprof import kernels
 from sohuprof.errors import SohuprofError
 
 __all__ = ["Replay", "Schedule", "replay", "schedule", "ReplayError", "chain_offsets"]
@@ -380,7 +377,7 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
         arr[a] = np.maximum(lv[p] + el[a, None], arr[p] + ea[a, None]) + delta[a]
 
     rounds = 0
-    if plan.ordered and kernels is not None and use_kernels:
+    if plan.ordered and use_kernels:
         arr, lv, rel, rounds, ends, wait = _ordered(g, el, ea, low, ext, transfer, delta, tscale)
     elif plan.ordered:
         arr, lv, rel, rounds, ends, wait = _compressed(g, el, ea, low, ext, transfer, delta, tscale[g.inst])

@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sohuprof.analyzers import kernels
+from sohuprof import kernels
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.reports.comm import busbw_factor, kind_is, records, selected_instances
 from sohuprof.analyzers.partition import Partition, as_partition

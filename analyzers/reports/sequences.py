@@ -53,7 +53,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sohuprof.analyzers import kernels
+from sohuprof import kernels
 from sohuprof.analyzers.analysis import AnalysisContext
 from sohuprof.analyzers.partition import Partition, as_partition
 

@@ -1,4 +1,4 @@
-"""The compiled kernels (analyzers/kernels.pyx) against the numpy expressions they fuse, on random
+"""The compiled kernels (sohuprof/kernels.pyx) against the numpy expressions they fuse, on random
 inputs: the same integers and the same doubles, bit for bit."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sohuprof.analyzers import kernels
+from sohuprof import kernels
 
 INT64_MIN = np.iinfo(np.int64).min
 
@@ -278,3 +278,19 @@ def test_counting_order_is_the_stable_argsort(codes):
     want = np.argsort(codes, kind="stable")
     assert np.array_equal(order, want)
     assert np.array_equal(bounds, np.searchsorted(codes[want], np.arange(9)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=0, max_size=72 * 40), st.integers(0, 5))
+def test_unpack_records_is_each_fields_astype(raw, at):
+    from sohuprof.strace import RECORD_DTYPE
+
+    raw = raw[:len(raw) // 72 * 72]          # whole records of arbitrary bytes: any value of every field
+    recs = np.frombuffer(raw, RECORD_DTYPE)
+    dtypes = {"start": np.float64, "end": np.float64, "name_id": np.int32, "engine": np.int32, "phase": np.int32,
+              "group": np.int64, "layer": np.int32, "flops": np.int64, "hbm_bytes": np.int64, "net_bytes": np.int64,
+              "stall_cycles": np.float64, "seq": np.int64, "step": np.int64}
+    out = {k: np.zeros(at + len(recs), t) for k, t in dtypes.items()}
+    kernels.unpack_records(np.frombuffer(raw, np.uint8), at, *out.values())
+    for k, t in dtypes.items():
+        assert np.array_equal(out[k][at:], recs[k].astype(t)), k

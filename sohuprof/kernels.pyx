@@ -1,11 +1,13 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Compiled per-rank kernels: sequential recurrences numpy cannot fuse (DESIGN.md, "Compiled
-kernels"). Each releases the GIL; its numpy twin stays in the caller's module as the oracle the
-tests check it against on random inputs.
+"""Compiled kernels: per-rank loops and recurrences numpy cannot fuse (DESIGN.md, "Compiled
+kernels"), for the analyzers and the collectors alike (so they live in the core package). Each
+releases the GIL; tests/test_compiled_kernels.py checks each against the numpy expression it
+fuses, on random inputs.
 """
 
 from libc.math cimport INFINITY
 from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
 
 import numpy as np
 
@@ -614,3 +616,42 @@ def counting_order(const long long[::1] codes, long long[::1] bounds, long long[
         for i in range(n):
             order[at[codes[i]]] = i
             at[codes[i]] += 1
+
+
+
+cdef packed struct _Record:       # sohuprof.strace.RECORD_DTYPE, 72 bytes, little-endian
+    unsigned long long start, end, flops, hbm_bytes, net_bytes, stall_cycles
+    unsigned int name_id, step, group, seq
+    short layer
+    unsigned char engine, phase
+    unsigned int reserved
+
+
+def unpack_records(const unsigned char[::1] raw, Py_ssize_t at, double[::1] start, double[::1] end,
+                   int[::1] name_id, int[::1] engine, int[::1] phase, long long[::1] group, int[::1] layer,
+                   long long[::1] flops, long long[::1] hbm_bytes, long long[::1] net_bytes,
+                   double[::1] stall_cycles, long long[::1] seq, long long[::1] step) -> None:
+    """Raw trace records (``RECORD_DTYPE``, the bytes ``raw``) into columns from row ``at`` on,
+    each field as ``records[field].astype(dtype)`` gives it (u8 -> f8 rounded, u8 -> i8 wrapping,
+    u4 -> i4 wrapping): one sequential pass over the records instead of a strided copy per field."""
+    cdef Py_ssize_t n = raw.shape[0] // sizeof(_Record), i, j
+    cdef _Record rec
+    if sizeof(_Record) != 72:
+        raise AssertionError("the record layout changed: update _Record")
+    with nogil:
+        for i in range(n):
+            memcpy(&rec, &raw[i * sizeof(_Record)], sizeof(_Record))
+            j = at + i
+            start[j] = <double>rec.start
+            end[j] = <double>rec.end
+            name_id[j] = <int>rec.name_id
+            engine[j] = rec.engine
+            phase[j] = rec.phase
+            group[j] = rec.group
+            layer[j] = rec.layer
+            flops[j] = <long long>rec.flops
+            hbm_bytes[j] = <long long>rec.hbm_bytes
+            net_bytes[j] = <long long>rec.net_bytes
+            stall_cycles[j] = <double>rec.stall_cycles
+            seq[j] = rec.seq
+            step[j] = rec.step
