@@ -421,6 +421,27 @@ def transfer_latency(inst: pd.DataFrame, hw: HardwareSpec | None) -> np.ndarray:
                      [all_reduce, a, a], default=(n - 1) * a)
 
 
+def _increasing(major: np.ndarray, minor: np.ndarray | None = None) -> bool:
+    """Are the rows strictly increasing by ``major`` (then ``minor``)? (Two array passes.)"""
+    if len(major) < 2:
+        return True
+    step = np.diff(major)
+    if minor is None:
+        return bool((step > 0).all())
+    return bool(((step > 0) | ((step == 0) & (np.diff(minor) > 0))).all())
+
+
+def _distinct_per(group: np.ndarray, value: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """For each of ``groups`` (values of ``group``), how many distinct ``value``s its rows have:
+    ``groupby(group)[value].nunique()`` by one hash pass over (group, value) pairs, no sort."""
+    if not len(group):
+        return np.zeros(len(groups), np.int64)
+    g0, v0 = int(group.min()), int(value.min())
+    width = int(group.max()) - g0 + 1
+    pairs = pd.unique((value - v0) * width + (group - g0))
+    return np.bincount(pairs % width, minlength=width)[groups - g0].astype(np.int64)
+
+
 def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: HardwareSpec | None
            ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Node-to-node traffic of spanning collectives, with per-chip bandwidth and the slow verdict,
@@ -435,13 +456,27 @@ def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: Har
     span = span.assign(latency=transfer_latency(span, hw))
     ids = span.index.to_numpy()
     # Most instances have several members: read the whole (small) table and keep theirs.
-    rows = store.read("collectives", columns=["coll_id", "rank", "node", "bytes"]).to_pandas()
-    rows = rows[rows["coll_id"].isin(ids)]
-    rows = rows.sort_values(["coll_id", "rank"], kind="stable").reset_index(drop=True)
-    kind = span["kind"].reindex(rows["coll_id"]).to_numpy(object)
-    n = span["n"].reindex(rows["coll_id"]).to_numpy(float)
-    cid, node = rows["coll_id"].to_numpy(), rows["node"].to_numpy().astype(np.int64)
-    size = rows["bytes"].fillna(0).to_numpy(float)
+    table = store.read("collectives", columns=["coll_id", "rank", "node", "bytes"])
+    cid = table.column("coll_id").to_numpy()
+    # The instance table and the collectives table come sorted (by coll_id, then rank): then
+    # the lookup needs no sorter and the rows no sort.
+    order = np.arange(len(ids)) if _increasing(ids) else np.argsort(ids, kind="stable")
+    at = np.minimum(np.searchsorted(ids[order], cid), max(len(ids) - 1, 0))
+    hit = ids[order[at]] == cid
+    keep = np.flatnonzero(hit)
+    rank_all = table.column("rank").to_numpy()
+    if not _increasing(cid[keep], rank_all[keep]):
+        keep = keep[np.lexsort((rank_all[keep], cid[keep]))]      # by (coll_id, rank), stable
+    cid, rank, pos = cid[keep], rank_all[keep], order[at[keep]]   # pos: each row's instance in ``span``
+    node = table.column("node").to_numpy()[keep].astype(np.int64)
+    size = table.column("bytes").fill_null(0).to_numpy()[keep].astype(float)
+    # The kind as codes into its few categories (one lookup per kind, not per member row).
+    kinds = span["kind"].array if isinstance(span["kind"].dtype, pd.CategoricalDtype) else \
+        pd.Categorical(span["kind"].to_numpy(object))
+    names = [str(c) for c in kinds.categories]
+    code = np.asarray(kinds.codes)[pos]
+    of_kind = lambda *want: np.r_[np.isin(np.asarray(names, dtype=object), list(want)), False][code]  # noqa: E731
+    n = span["n"].to_numpy(float)[pos]
     # Ring kinds: every member sends to the next member (by rank, wrapping) of its instance.
     head = np.r_[True, cid[1:] != cid[:-1]]
     start = np.maximum.accumulate(np.where(head, np.arange(len(cid)), 0))
@@ -452,33 +487,37 @@ def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: Har
     inst_no = np.cumsum(head) - 1
     members = np.bincount(inst_no)[inst_no]
     pos_in = np.arange(len(cid)) - start
-    n_nodes = span["n_nodes"].reindex(rows["coll_id"]).to_numpy(float) if "n_nodes" in span else n
+    n_nodes = span["n_nodes"].to_numpy(float)[pos] if "n_nodes" in span else n
     n_nodes = np.clip(n_nodes, 1, members)
     local = np.maximum(np.round(members / n_nodes), 1).astype(np.int64)
-    is_ar = kind == "all_reduce"
+    is_ar = of_kind("all_reduce")
     span_ar = is_ar & (n_nodes > 1)         # inside one node an all-reduce stays the ring above
     nxt = np.where(span_ar, start + (pos_in + local) % members, nxt)
-    factor = pd.Series(kind).map(_RING).to_numpy(float)
-    ring = ~np.isnan(factor) & (kind != "all_to_all")
-    is_p2p = np.isin(kind, ["send_recv", "send"])
-    sender_key = senders["coll_id"].to_numpy(np.int64), senders["rank"].to_numpy(np.int64)
-    is_sender = pd.MultiIndex.from_arrays([cid, rows["rank"].to_numpy()]).isin(
-        pd.MultiIndex.from_arrays(sender_key)) if len(senders) else np.zeros(len(cid), bool)
-    known = pd.Series(is_sender).groupby(cid).transform("any").to_numpy()
+    factor = np.r_[[_RING.get(k, np.nan) for k in names], np.nan][code]     # a few kinds
+    a2a = of_kind("all_to_all")
+    ring = ~np.isnan(factor) & ~a2a
+    is_p2p = of_kind("send_recv", "send")
+    if len(senders):
+        sender_key = senders["coll_id"].to_numpy(np.int64), senders["rank"].to_numpy(np.int64)
+        is_sender = pd.MultiIndex.from_arrays([cid, rank]).isin(pd.MultiIndex.from_arrays(sender_key))
+        known = np.maximum.reduceat(is_sender, np.flatnonzero(head))[inst_no] if len(cid) else is_sender
+    else:
+        is_sender = known = np.zeros(len(cid), bool)
     lowest = head                                       # without a recorded send, the lower rank sends
     ring &= ~is_p2p | np.where(known, is_sender, lowest)
     ring_bytes = np.where(span_ar, 2 * (n_nodes - 1) / n_nodes / local,
                           np.where(is_ar, 2 * (n - 1) / n, np.where(is_p2p, 1.0, (n - 1) / n))) * size
-    parts = [pd.DataFrame({"coll_id": cid[ring], "rank": rows["rank"].to_numpy()[ring], "src": node[ring],
+    parts = [pd.DataFrame({"coll_id": cid[ring], "rank": rank[ring], "src": node[ring],
                            "dst": node[nxt][ring], "bytes": ring_bytes[ring]})]
     # ... and its reduce-scatter and all-gather inside each node: 2(l-1)/l of S to the node's ring.
     inner = span_ar & (local > 1)
     if inner.any():
-        parts.append(pd.DataFrame({"coll_id": cid[inner], "rank": rows["rank"].to_numpy()[inner], "src": node[inner],
+        parts.append(pd.DataFrame({"coll_id": cid[inner], "rank": rank[inner], "src": node[inner],
                                    "dst": node[inner], "bytes": (2 * (local - 1) / local * size)[inner]}))
     # All-to-all: S/n to every peer, i.e. S/n x (members on node d, less self) to node d.
-    a2a = kind == "all_to_all"
     if a2a.any():
+        rows = pd.DataFrame({"coll_id": cid, "rank": rank, "node": table.column("node").to_numpy()[keep],
+                             "bytes": table.column("bytes").to_pandas().to_numpy()[keep]})
         counts = rows[a2a].groupby(["coll_id", "node"]).size().rename("m").reset_index()
         pairs = rows[a2a].assign(n=n[a2a]).merge(counts.rename(columns={"node": "dst"}), on="coll_id")
         pairs["bytes"] = pairs["bytes"].fillna(0) / pairs["n"] * (pairs["m"] - (pairs["dst"] == pairs["node"]))
@@ -486,8 +525,9 @@ def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: Har
     flows = pd.concat(parts, ignore_index=True)
     flows = flows[flows["bytes"] > 0]
     inside = flows[flows["src"] == flows["dst"]]
-    intra = (inside.groupby("src", as_index=False).agg(bytes=("bytes", "sum"), instances=("coll_id", "nunique"))
-             .rename(columns={"src": "node"}))
+    intra = inside.groupby("src", as_index=False)["bytes"].sum().rename(columns={"src": "node"})
+    intra["instances"] = _distinct_per(inside["src"].to_numpy(np.int64), inside["coll_id"].to_numpy(np.int64),
+                                       intra["node"].to_numpy(np.int64))
     intra = pd.DataFrame({"node": intra["node"].astype("int64"), "bytes": intra["bytes"].round().astype("int64"),
                           "instances": intra["instances"].astype("int64")})[_INTRA_COLS]
     flows = flows[flows["src"] != flows["dst"]]
