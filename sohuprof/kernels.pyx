@@ -112,6 +112,37 @@ def searchsorted_right(const long long[::1] a, const long long[::1] q, long long
             out[i] = pos
 
 
+def searchsorted_right_at(const long long[::1] a, const long long[::1] values, const long long[::1] at,
+                          long long[::1] out) -> None:
+    """``out[:] = np.searchsorted(a, values[at], side="right")`` for sorted ``a``, galloping, with
+    no gathered copy of ``values[at]``."""
+    cdef Py_ssize_t n = a.shape[0], m = at.shape[0], i, pos = 0
+    with nogil:
+        for i in range(m):
+            pos = _gallop_right(a, n, values[at[i]], pos)
+            out[i] = pos
+
+
+def max_before(const long long[::1] values, const long long[::1] at, long long[::1] out) -> None:
+    """``out[j] = np.maximum.accumulate(values)[at[j] - 1]`` (``values[0]`` where ``at[j]`` is 0)
+    for ``at`` in ascending order: one read of ``values`` up to the last position, no prefix
+    array written."""
+    cdef Py_ssize_t m = at.shape[0], i = 0, j
+    cdef long long best
+    if m == 0:
+        return
+    if values.shape[0] == 0:
+        raise ValueError("max_before: no values")
+    with nogil:
+        best = values[0]
+        for j in range(m):
+            while i < at[j] - 1:
+                i += 1
+                if values[i] > best:
+                    best = values[i]
+            out[j] = best
+
+
 def stream_exposed(const long long[::1] w, const long long[::1] ts, const long long[::1] end,
                    const unsigned char[::1] host, double[::1] exposed, long long[::1] prev_end) -> None:
     """Each work event's exposed time on its stream (device or host: ``host[i]``) and the latest

@@ -294,3 +294,18 @@ def test_unpack_records_is_each_fields_astype(raw, at):
     kernels.unpack_records(np.frombuffer(raw, np.uint8), at, *out.values())
     for k, t in dtypes.items():
         assert np.array_equal(out[k][at:], recs[k].astype(t)), k
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-100, 100), min_size=1, max_size=80), st.lists(st.integers(0, 79), max_size=30),
+       st.lists(st.integers(-120, 120), max_size=40))
+def test_max_before_and_searchsorted_at(values, at, a):
+    values = np.array(values, np.int64)
+    at = np.sort(np.array(at, np.int64) % len(values))
+    out = np.empty(len(at), np.int64)
+    kernels.max_before(values, at, out)
+    assert np.array_equal(out, np.maximum.accumulate(values)[np.maximum(at - 1, 0)])
+    a = np.sort(np.array(a, np.int64))
+    where = np.empty(len(at), np.int64)
+    kernels.searchsorted_right_at(a, values, at, where)
+    assert np.array_equal(where, np.searchsorted(a, values[at], side="right"))

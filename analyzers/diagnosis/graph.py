@@ -252,9 +252,12 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     a_release = mine["start"][pos[is_anchor_comm]] if len(mine["start"]) else np.zeros(0, np.int64)
     a_key = cid[is_anchor_comm]
     # Pipeline transfers (a send and its recv are one instance): what structural waiting is named by.
-    pipe_of_op = part.equals("op", "send") | part.equals("op", "recv") | part.equals("op", "send_recv") \
-        if part.has("op") else np.zeros(n, bool)
-    a_pipe = pipe_of_op[a_rows]
+    if part.has("op"):
+        op_codes_all, op_values = part.codes("op")
+        pipe_code = np.array([v in ("send", "recv", "send_recv") for v in op_values] + [False])   # the dictionary
+        a_pipe = pipe_code[op_codes_all[a_rows]]
+    else:
+        a_pipe = np.zeros(len(a_rows), bool)
     # Step barriers: a Sohu run's host record opens each of a replica's steps.
     replicas = replica_of_rank(ctx)
     host_rows = order[where.get("host", slice(0, 0))]
@@ -298,16 +301,20 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
         launch_of, launch_for = _launch_links(part, ctx, w, dev, is_host_w, w_ts, w_end, exposed)
     else:
         launch_of = np.zeros(0, np.int64)
-    running_end = np.maximum.accumulate(end) if n else end
     a_ts = ts[rows]
     # A barrier's arrival is the end of the rank's previous work (at its first event: its start).
-    arrive = np.where(is_barrier & (rows > 0), np.minimum(running_end[np.maximum(rows - 1, 0)], a_ts), a_ts)
+    prior = np.empty(len(rows), np.int64)         # the latest end before each anchor's row
+    up = np.argsort(rows, kind="stable") if len(rows) and (np.diff(rows) < 0).any() else None
+    kernels.max_before(end, np.ascontiguousarray(rows if up is None else rows[up], np.int64), prior)
+    if up is not None:
+        prior[up] = prior.copy()
+    arrive = np.where(is_barrier & (rows > 0), np.minimum(prior, a_ts), a_ts)
     release = np.zeros(len(rows), np.int64)
     release[~is_barrier] = a_release[by_time[~is_barrier] - len(b_rows)] if len(a_rows) else 0
     release[is_barrier] = a_ts[is_barrier]
     leave = end[rows]      # a barrier's "transfer" is the host's scheduling work that opens the step
     seg = np.empty(len(w), np.int64)                        # segment of each work event
-    kernels.searchsorted_right(np.ascontiguousarray(arrive, np.int64), ts[w], seg)
+    kernels.searchsorted_right_at(np.ascontiguousarray(arrive, np.int64), ts, w, seg)
     if len(launch_of):
         seg[launch_of] = seg[launch_for]     # a launch's wait is in its kernel's segment
     # One compiled pass over the work events (kernels.segment_composition says what it fuses):
