@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from sohuprof import kernels
 from sohuprof.analyzers.partition import dictionary_codes
 
 __all__ = ["CollectiveIndex", "MemberIndex", "MEMBER_COLUMNS", "collective_instances", "INSTANCE_COLUMNS"]
@@ -213,6 +214,16 @@ def _instance_chunks(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.Table]:
         yield held
 
 
+def _distinct_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_counts=True)``; by a bincount when the values are small
+    non-negative ints (ranks, dictionary codes), which costs one pass instead of a sort."""
+    if len(values) and values.min() >= 0 and values.max() < 1 << 20:
+        counts = np.bincount(values)
+        present = np.flatnonzero(counts)
+        return present.astype(values.dtype), counts[present]
+    return np.unique(values, return_counts=True)
+
+
 #: collectives.parquet columns the member index reads.
 MEMBER_COLUMNS = ["coll_id", "kind", "group", "rank", "start"]
 
@@ -250,9 +261,9 @@ class MemberIndex:
         seen: list[tuple[np.ndarray, np.ndarray]] = []
         kinds: set[str] = set()
         for batch in batches(["rank", "kind"]):   # a loop over batches, not rows
-            seen.append(np.unique(batch.column("rank").to_numpy(zero_copy_only=False), return_counts=True))
+            seen.append(_distinct_counts(batch.column("rank").to_numpy(zero_copy_only=False)))
             codes, batch_kinds = dictionary_codes(batch.column("kind"))
-            kinds.update(str(batch_kinds[c]) for c in np.unique(codes).tolist() if c < len(batch_kinds))
+            kinds.update(str(batch_kinds[c]) for c in _distinct_counts(codes)[0].tolist() if c < len(batch_kinds))
         ranks_seen = np.concatenate([u for u, _ in seen]) if seen else np.zeros(0, np.int64)
         values = np.unique(ranks_seen)
         counts = np.bincount(np.searchsorted(values, ranks_seen), minlength=len(values),
@@ -269,10 +280,12 @@ class MemberIndex:
             if not batch.num_rows:
                 continue
             table = pa.Table.from_batches([batch])
-            slot = np.searchsorted(values, table.column("rank").to_numpy())
-            order = np.argsort(slot.astype(np.int16) if len(values) < 2**15 else slot, kind="stable")
+            slot = np.searchsorted(values, table.column("rank").to_numpy()).astype(np.int64, copy=False)
+            # Rows by rank slot, stably: a counting sort (compiled), the slots being few.
+            order, bounds = np.empty(len(slot), np.int64), np.empty(len(values) + 1, np.int64)
+            kernels.counting_order(slot, bounds, order)
             sorted_slot = slot[order]
-            n_slot = np.bincount(slot, minlength=len(values))
+            n_slot = np.diff(bounds)
             # Row i of the batch (in slot order) goes after what its rank already holds.
             dest = cursor[sorted_slot] + (np.arange(len(order)) - (np.cumsum(n_slot) - n_slot)[sorted_slot])
             cursor += n_slot
