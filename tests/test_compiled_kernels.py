@@ -309,3 +309,13 @@ def test_max_before_and_searchsorted_at(values, at, a):
     where = np.empty(len(at), np.int64)
     kernels.searchsorted_right_at(a, values, at, where)
     assert np.array_equal(where, np.searchsorted(a, values[at], side="right"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-2**40, 2**40), max_size=300), st.integers(1, 40))
+def test_the_graphs_unique_inverse_is_numpys(values, spread):
+    from sohuprof.analyzers.diagnosis.graph import _unique_inverse
+
+    values = np.array(values, np.int64) % spread - spread // 2 if values else np.zeros(0, np.int64)
+    got, want = _unique_inverse(values), np.unique(values, return_inverse=True)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])

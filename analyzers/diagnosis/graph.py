@@ -402,6 +402,18 @@ def rank_graph(events: Partition, ctx: AnalysisContext, scenarios: tuple = ()) -
     return out
 
 
+def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` by a hash pass (kernels.factorize) and a sort
+    of the distinct values only: a run's anchors are many, its instances ~an eighth of them."""
+    ids, first = np.empty(len(values), np.int64), np.empty(len(values), np.int64)
+    n = kernels.factorize(values - values.min(initial=0), ids, first)      # the hash takes values >= 0
+    distinct = values[first[:n]]
+    by_value = np.argsort(distinct, kind="stable")
+    position = np.empty(n, np.int64)
+    position[by_value] = np.arange(n)
+    return distinct[by_value], position[ids]
+
+
 @dataclass(frozen=True)
 class Graph:
     """The run's dependency graph: every rank's anchors, concatenated rank by rank.
@@ -448,8 +460,8 @@ class Graph:
         start = np.r_[0, np.cumsum(counts)].astype(np.int64)
         A, R = int(start[-1]), len(parts)
         cat = lambda name: np.concatenate([getattr(p, name) for p in parts]) if parts else np.zeros(0)  # noqa: E731
-        key = cat("key").astype(np.int64)
-        keys, by_key = np.unique(key, return_inverse=True)
+        key = np.ascontiguousarray(cat("key"), dtype=np.int64)
+        keys, by_key = _unique_inverse(key)
         # Instances are numbered in the order they were released (a topological order of the
         # graph when the clocks are sound: the replay's batches are then runs of that order).
         release = cat("release").astype(np.int64)
@@ -459,8 +471,9 @@ class Graph:
         rank_in_order = np.empty(len(keys), np.int64)
         rank_in_order[order] = np.arange(len(keys))
         inst_key, inst = keys[order], rank_in_order[by_key]
-        members = np.argsort(inst, kind="stable")
-        offsets = np.searchsorted(inst[members], np.arange(len(inst_key) + 1))
+        # Each instance's members (anchors in order): a counting sort of the dense instance ids.
+        members, offsets = np.empty(len(inst), np.int64), np.empty(len(inst_key) + 1, np.int64)
+        kernels.counting_order(np.ascontiguousarray(inst, np.int64), offsets, members)
         # Segments: every rank's anchors' rows first (in rank order), then one tail row per rank.
         kinds = np.concatenate([p.kinds[:-1] for p in parts] + [p.kinds[-1:] for p in parts]).astype(np.float32) \
             if parts else np.zeros((0, len(KINDS)), np.float32)
