@@ -10,6 +10,7 @@ analysis's ``chunk``. Memory is bounded by one rank's events plus the reader's r
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -246,12 +247,15 @@ def columns_of(analysis: Analysis, ctx: AnalysisContext) -> tuple[str, ...]:
 
 def run_analyses(ctx: AnalysisContext, analyses: Iterable[Analysis], *,
                  partitions: Callable[[AnalysisContext, list[str]], Iterable[pa.Table]] = rank_partitions,
-                 advance: Callable[[float], None] | None = None, workers: int | None = None) -> dict[str, Any]:
+                 advance: Callable[[float], None] | None = None, workers: int | None = None,
+                 timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Run ``analyses`` over ``ctx``'s store; returns ``{name: result}`` in the order given.
 
     Partitions are read and chunked on ``workers`` threads (default: the machine's cores, at most
     4; numpy and pyarrow release the GIL in their kernels), at most ``workers`` partitions in
     memory at once (plus the one being read); partials are combined in partition order, so results do not depend on it.
+    ``timings``, when given, receives the wall seconds of the read-and-chunk phase (``"chunks"``)
+    and of each analysis's combine (``"combine:NAME"``): where a run's time goes.
 
     Raises
     ------
@@ -267,6 +271,7 @@ def run_analyses(ctx: AnalysisContext, analyses: Iterable[Analysis], *,
         return [a.chunk(part, ctx) for a in analyses]
 
     partials: dict[str, list[Any]] = {a.name: [] for a in analyses}
+    started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sohuprof-analyze") as pool:
         # One task for every prepare, so work they share (cached on ctx) is done once.
         preparers = [a for a in analyses if hasattr(a, "prepare")]
@@ -289,4 +294,12 @@ def run_analyses(ctx: AnalysisContext, analyses: Iterable[Analysis], *,
             done.result()
     # The partitions are gone: hand the Arrow pool's cached pages back before combine allocates.
     pa.default_memory_pool().release_unused()
-    return {a.name: a.combine(partials[a.name], ctx) for a in analyses}
+    clock = {"chunks": time.perf_counter() - started}
+    results = {}
+    for a in analyses:      # a loop over analyses
+        t = time.perf_counter()
+        results[a.name] = a.combine(partials[a.name], ctx)
+        clock[f"combine:{a.name}"] = time.perf_counter() - t
+    if timings is not None:
+        timings.update(clock)
+    return results
