@@ -686,3 +686,24 @@ def unpack_records(const unsigned char[::1] raw, Py_ssize_t at, double[::1] star
             stall_cycles[j] = <double>rec.stall_cycles
             seq[j] = rec.seq
             step[j] = rec.step
+
+
+def sample_hash(const long long[::1] rank, long long one_rank, const long long[::1] ts, const long long[::1] dur,
+                unsigned long long[::1] out) -> None:
+    """The roofline sample's 64-bit key of each event: its rank (``rank``, or ``one_rank`` for
+    every row when ``rank`` is empty), start and duration, odd-multiplied and summed, then one
+    xor-shift-multiply round, all modulo 2**64::
+
+        h = rank * 0x9E3779B97F4A7C15 + ts * 0xC2B2AE3D27D4EB4F + dur * 0x165667B19E3779F9
+        h ^= h >> 32; h *= 0xBF58476D1CE4E5B9
+    """
+    cdef Py_ssize_t n = ts.shape[0], i
+    cdef bint per_row = rank.shape[0] > 0
+    cdef unsigned long long h, r = <unsigned long long>one_rank * 0x9E3779B97F4A7C15ULL
+    with nogil:
+        for i in range(n):
+            if per_row:
+                r = <unsigned long long>rank[i] * 0x9E3779B97F4A7C15ULL
+            h = r + <unsigned long long>ts[i] * 0xC2B2AE3D27D4EB4FULL + <unsigned long long>dur[i] * 0x165667B19E3779F9ULL
+            h ^= h >> 32
+            out[i] = h * 0xBF58476D1CE4E5B9ULL

@@ -14,7 +14,7 @@ INT64_MIN = np.iinfo(np.int64).min
 
 __all__ = ["searchsorted_right", "searchsorted_right_at", "max_before", "stream_exposed", "segment_composition",
            "factorize", "sequence_step", "covered_before", "roofline_sums", "is_sequential", "union_sorted",
-           "counting_order", "unpack_records"]
+           "counting_order", "unpack_records", "sample_hash"]
 
 
 def searchsorted_right(a, q, out) -> None:
@@ -169,3 +169,12 @@ def unpack_records(raw, at, start, end, name_id, engine, phase, group, layer, fl
                       ("group", group), ("layer", layer), ("flops", flops), ("hbm_bytes", hbm_bytes),
                       ("net_bytes", net_bytes), ("stall_cycles", stall_cycles), ("seq", seq), ("step", step)):
         out[at:at + len(recs)] = recs[name].astype(out.dtype)
+
+
+def sample_hash(rank, one_rank, ts, dur, out) -> None:
+    with np.errstate(over="ignore"):
+        r = np.asarray(rank).view(np.uint64) if len(rank) else np.uint64(one_rank % 2**64)
+        h = r * np.uint64(0x9E3779B97F4A7C15) + np.asarray(ts).view(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F) \
+            + np.asarray(dur).view(np.uint64) * np.uint64(0x165667B19E3779F9)
+        h ^= h >> np.uint64(32)
+        out[:] = h * np.uint64(0xBF58476D1CE4E5B9)

@@ -213,6 +213,15 @@ def test_the_graphs_unique_inverse_is_numpys(values, spread):
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 300), SEEDS, st.booleans(), st.integers(-2**40, 2**40))
+def test_sample_hash(n, seed, per_row, one_rank):
+    rng = np.random.default_rng(seed)
+    rank = rng.integers(-2**62, 2**62, n) if per_row else np.zeros(0, np.int64)
+    ts, dur = rng.integers(-2**62, 2**62, n), rng.integers(0, 2**40, n)
+    same(*both("sample_hash", (rank, one_rank, ts, dur), [np.zeros(n, np.uint64)])[:2])
+
+
 def test_every_kernel_has_a_twin():
     compiled = {n for n in dir(kernels) if not n.startswith("_") and callable(getattr(kernels, n))} - {"np"}
     assert compiled - {"replay_ordered"} == set(twin.__all__)

@@ -103,32 +103,17 @@ class RooflineResult:
                 "ops": records(self.ops, _op_columns(self.by)), "collectives": records(self.collectives, _COLL_COLS)}
 
 
-def _hash(*cols: np.ndarray | int) -> np.ndarray:
-    """A deterministic 64-bit mix of int columns (a scalar stands for a constant column): the
-    sample's selection key. Their odd-multiplied sum, then one xor-shift-multiply round, so the
-    top bits, which the sample's thresholds read, depend on every bit of every column. In place
-    on one output and one scratch array: on a rank's events the cost is memory traffic."""
-    h: np.ndarray | None = None
-    scratch: np.ndarray | None = None
-    constant = 0
-    with np.errstate(over="ignore"):
-        for c, m in zip(cols, (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)):   # a few columns
-            if isinstance(c, np.ndarray):
-                bits = c.view(np.uint64) if c.dtype == np.int64 else c.astype(np.uint64)
-                if h is None:
-                    h = np.multiply(bits, np.uint64(m))
-                    continue
-                scratch = np.multiply(bits, np.uint64(m), out=scratch)
-                h += scratch
-            else:
-                constant = (constant + int(c) * m) % 2**64
-        if h is None:
-            raise ValueError("_hash needs at least one array column")
-        h += np.uint64(constant)
-        scratch = np.right_shift(h, np.uint64(32), out=scratch)
-        h ^= scratch
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-    return h
+def _hash(rank: np.ndarray | int, ts: np.ndarray, dur: np.ndarray) -> np.ndarray:
+    """A deterministic 64-bit mix of each event's rank (a scalar: every row's), start and
+    duration: the sample's selection key. Their odd-multiplied sum, then one xor-shift-multiply
+    round, so the top bits, which the sample's thresholds read, depend on every bit of every
+    column (one compiled pass, ``kernels.sample_hash``)."""
+    per_row = isinstance(rank, np.ndarray)
+    out = np.empty(len(ts), np.uint64)
+    kernels.sample_hash(np.ascontiguousarray(rank, np.int64) if per_row else np.zeros(0, np.int64),
+                        0 if per_row else int(rank), np.ascontiguousarray(ts, np.int64),
+                        np.ascontiguousarray(dur, np.int64), out)
+    return out
 
 
 def _quota(counts: np.ndarray, budget: int) -> int:
