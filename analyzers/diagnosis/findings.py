@@ -288,8 +288,9 @@ def findings(g: Graph, ctx: AnalysisContext) -> Findings:
         return Findings(pd.DataFrame(columns=_COLUMNS), int(wall))
     nodes = dict(zip(ctx.ranks["rank"].astype(int).tolist(), ctx.ranks["node"].astype(int).tolist()))
     scenarios = [c["scenario"] or Scenario("none") for c in cands]
-    delta, tscale = scenario_inputs(g, scenarios, ctx, nodes)
-    for s, (sc, c) in enumerate(zip(scenarios, cands), start=1):      # what scenario_inputs leaves to us
+    # The scenarios' columns only: the baseline's replay is ``base`` (column 0 below).
+    delta, tscale = scenario_inputs(g, scenarios, ctx, nodes, baseline=False)
+    for s, (sc, c) in enumerate(zip(scenarios, cands)):      # what scenario_inputs leaves to us
         if any(ch.target == "host" for ch in sc.changes):
             tscale[g.inst_key < 0, s] = 0.0
             delta[:, s] -= g.kinds[:, 3]
@@ -301,9 +302,9 @@ def findings(g: Graph, ctx: AnalysisContext) -> Findings:
             delta[:, s] += np.bincount(g.op_seg[rows], weights=(f - 1) * g.op_time[rows], minlength=len(delta))
             c["scenario"] = None
             c["replayed"] = True
-    rep = replay(g, delta, tscale)
-    walls = rep.wall_end - ctx.wall_start
-    waits = rep.sync_wait(g)
+    rep = replay(g, delta, tscale, links=False)
+    walls = np.r_[base.wall_end, rep.wall_end] - ctx.wall_start
+    waits = np.r_[base.sync_wait(g), rep.sync_wait(g)]
     rc = root_causes_of(g, base, ctx)
     root = dict(zip(rc.by_rank["rank"].astype(int).tolist(), rc.by_rank["root_cost_ns"].astype(float).tolist()))
     rows = []

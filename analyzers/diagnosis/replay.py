@@ -192,9 +192,9 @@ def lockstep(g: Graph) -> Lockstep:
 
 
 def _ordered(g: Graph, el: np.ndarray, ea: np.ndarray, low: np.ndarray, ext: np.ndarray, transfer: np.ndarray,
-             delta: np.ndarray, tscale: np.ndarray) -> tuple:
+             delta: np.ndarray, tscale: np.ndarray, leave: bool = True) -> tuple:
     """The replay as one compiled pass over the instances in release order (``kernels.replay_ordered``);
-    the same results as :func:`_compressed`."""
+    the same results as :func:`_compressed` (without ``leave``, no per-anchor leave times)."""
     A, I, S = g.anchors, len(g.inst_key), delta.shape[1]
     arr = np.empty((A, S))
     rel = np.empty((I, S))
@@ -204,7 +204,7 @@ def _ordered(g: Graph, el: np.ndarray, ea: np.ndarray, low: np.ndarray, ext: np.
                            g.first_of_rank.view(np.uint8), np.ascontiguousarray(g.inst, np.int64), f64(el), f64(ea),
                            f64(transfer), f64(tscale), f64(delta), f64(g.arrive), f64(low), f64(ext),
                            np.ascontiguousarray(~g.is_barrier).view(np.uint8), arr, rel, wait)
-    lv0 = (rel[g.inst, 0] + transfer * tscale[g.inst, 0])[:, None]
+    lv0 = (rel[g.inst, 0] + transfer * tscale[g.inst, 0])[:, None] if leave else None
     lastp = np.maximum(g.start_of_rank[1:] - 1, 0)
     ends = ((arr[lastp], rel[g.inst[lastp]] + transfer[lastp, None] * tscale[g.inst[lastp]]) if A
             else (np.zeros((0, S)), np.zeros((0, S))))
@@ -323,7 +323,7 @@ def _baseline_links(g: Graph, arr: np.ndarray, rel: np.ndarray) -> tuple[np.ndar
 
 
 def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None = None, *,
-           use_kernels: bool = True) -> Replay:
+           use_kernels: bool = True, links: bool = True) -> Replay:
     """Replay ``g`` under scenarios.
 
     Parameters
@@ -332,6 +332,9 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
         Change of each segment's time (ns; the anchors' segments, then each rank's tail).
     tscale : array [I, S], optional
         Factor on each instance's transfers (every member's release to leave).
+    links : bool, default True
+        Derive the first scenario's ``last``, ``external``, ``via_leave`` and ``tail_via_leave``
+        (the critical path's links; None without: a replay of scenarios only).
 
     Raises
     ------
@@ -344,25 +347,9 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
     S = delta.shape[1]
     if tscale is None:
         tscale = np.ones((I, S))
-    el, ea, tel, tea = chain_offsets(g)
+    el, ea, tel, tea, low, ext, transfer = _inputs(g)
     n = np.diff(g.offsets)
-    rec_release = np.full(I, np.iinfo(np.int64).min)
-    max_arrive = np.full(I, np.iinfo(np.int64).min)
-    if A:
-        np.maximum.at(rec_release, g.inst, g.release)
-        np.maximum.at(max_arrive, g.inst, g.arrive)
-    # A release later than the last arrival by more than clock rounding came from outside the
-    # trace (a request arriving, a step gated on the host); within it, the gap is kept as is.
-    offset = rec_release - max_arrive
-    outside = offset > EXTERNAL_NS
-    low = np.where(outside, 0, offset).astype(float)
-    ext = np.where(outside, rec_release, -np.inf).astype(float)
-    transfer = (g.leave - rec_release[g.inst]).astype(float) if A else np.zeros(0)
-    arr = np.full((A, S), np.nan)
-    lv = np.full((A, S), np.nan)
-    rel = np.full((I, S), np.nan)
     heads = np.flatnonzero(g.first_of_rank)
-    arr[heads] = g.arrive[heads, None] + delta[heads]
     nxt_same = np.r_[~g.first_of_rank[1:], False] if A else np.zeros(0, bool)
     plan = schedule(g)
 
@@ -378,10 +365,14 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
 
     rounds = 0
     if plan.ordered and use_kernels:
-        arr, lv, rel, rounds, ends, wait = _ordered(g, el, ea, low, ext, transfer, delta, tscale)
+        arr, lv, rel, rounds, ends, wait = _ordered(g, el, ea, low, ext, transfer, delta, tscale, links)
     elif plan.ordered:
         arr, lv, rel, rounds, ends, wait = _compressed(g, el, ea, low, ext, transfer, delta, tscale[g.inst])
     if not plan.ordered:
+        arr = np.full((A, S), np.nan)
+        lv = np.full((A, S), np.nan)
+        rel = np.full((I, S), np.nan)
+        arr[heads] = g.arrive[heads, None] + delta[heads]
         tscale_a = tscale[g.inst]
         count = np.zeros(I, np.int64)
         touched, arrived = np.unique(g.inst[heads], return_counts=True)
@@ -410,9 +401,12 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
         lastp = np.maximum(g.start_of_rank[1:] - 1, 0)
         ends = (arr[lastp], lv[lastp]) if A else (np.zeros((0, S)), np.zeros((0, S)))
         arr, lv = arr[:, :1], lv[:, :1]
-    last, external = _baseline_links(g, arr, rel)
-    prev = np.maximum(np.arange(A) - 1, 0)
-    via_leave = ~g.first_of_rank & ((lv[prev, 0] + el) >= (arr[prev, 0] + ea)) if A else np.zeros(0, bool)
+    if links:
+        last, external = _baseline_links(g, arr, rel)
+        prev = np.maximum(np.arange(A) - 1, 0)
+        via_leave = ~g.first_of_rank & ((lv[prev, 0] + el) >= (arr[prev, 0] + ea)) if A else np.zeros(0, bool)
+    else:
+        last = external = via_leave = None
     # Each rank's end: its tail after its last anchor.
     counts = np.diff(g.start_of_rank)
     has = counts > 0
@@ -425,4 +419,31 @@ def replay(g: Graph, delta: np.ndarray | None = None, tscale: np.ndarray | None 
         from_leave, from_arrive = np.zeros((R, S)) + tel[:, None], np.full((R, S), -np.inf)
     end = np.maximum(from_leave, from_arrive) + tails
     return Replay(arrive=arr, release=rel, leave=lv, end=end, rounds=rounds, last=last, external=external,
-                  via_leave=via_leave, tail_via_leave=from_leave[:, 0] >= from_arrive[:, 0], wait=wait)
+                  via_leave=via_leave, tail_via_leave=from_leave[:, 0] >= from_arrive[:, 0] if links else None,
+                  wait=wait)
+
+
+def _inputs(g: Graph) -> tuple[np.ndarray, ...]:
+    """What every replay of ``g`` starts from (cached on the graph: the baseline and the
+    scenarios' replays share it): :func:`chain_offsets`; per instance the fixed offset of its
+    release from its last arrival (``low``) or its release from outside the trace (``ext``);
+    per anchor its transfer (release to leave)."""
+    out = g.memo.get("replay_inputs")
+    if out is not None:
+        return out
+    A, I = g.anchors, len(g.inst_key)
+    el, ea, tel, tea = chain_offsets(g)
+    rec_release = np.full(I, np.iinfo(np.int64).min)
+    max_arrive = np.full(I, np.iinfo(np.int64).min)
+    if A:
+        np.maximum.at(rec_release, g.inst, g.release)
+        np.maximum.at(max_arrive, g.inst, g.arrive)
+    # A release later than the last arrival by more than clock rounding came from outside the
+    # trace (a request arriving, a step gated on the host); within it, the gap is kept as is.
+    offset = rec_release - max_arrive
+    outside = offset > EXTERNAL_NS
+    low = np.where(outside, 0, offset).astype(float)
+    ext = np.where(outside, rec_release, -np.inf).astype(float)
+    transfer = (g.leave - rec_release[g.inst]).astype(float) if A else np.zeros(0)
+    out = g.memo["replay_inputs"] = (el, ea, tel, tea, low, ext, transfer)
+    return out

@@ -77,20 +77,38 @@ def root_causes_of(g: Graph, rep: Replay, ctx: AnalysisContext) -> "RootCauses":
     return out
 
 
-def _peer_reference(values: np.ndarray, row: np.ndarray, col: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Per element: the median of the other elements of its group, the groups laid out as the
-    rows of a dense ``rows x cols`` table (``row``, ``col`` per element): the other one's value in
-    a pair, itself alone, and in larger groups the median of all (one outlier barely moves it)."""
-    if not len(values):
-        return values
-    table = np.full((rows, cols), np.nan)
-    table[row, col] = values
-    size = np.sum(~np.isnan(table), axis=1)
-    total = np.nansum(table, axis=1)
-    with np.errstate(all="ignore"):
-        median = np.nanmedian(table, axis=1) if cols > 2 else total / np.maximum(size, 1)
-    n = size[row]
-    return np.where(n == 1, values, np.where(n == 2, total[row] - values, median[row]))
+class _Peers:
+    """Groups of peers laid out as the rows of a dense ``rows x cols`` table (``row``, ``col`` per
+    element), for :meth:`reference` over several value arrays of one layout."""
+
+    def __init__(self, row: np.ndarray, col: np.ndarray, rows: int, cols: int) -> None:
+        self.row, self.rows, self.cols = row, rows, cols
+        self.size = np.bincount(row, minlength=rows) if len(row) else np.zeros(rows, np.int64)
+        self.n = self.size[row]
+        # Column-major: a rank's elements (in order) fill a run of its column, not one cell in
+        # every cache line of the table.
+        self.flat = col * rows + row
+        self.big = self.n > 2
+
+    def reference(self, values: np.ndarray) -> np.ndarray:
+        """Per element: the median of the other elements of its group: the other one's value in
+        a pair, itself alone, and in larger groups the median of all (one outlier barely moves
+        it). Equal to the NaN-padded table's ``nanmedian``: the rows sorted, the middle two's mean."""
+        if not len(values):
+            return values
+        rows, cols, row, n = self.rows, self.cols, self.row, self.n
+        # A pair's sum is exact in any order (the table's zeros added nothing to it).
+        total = np.bincount(row, weights=values, minlength=rows)
+        out = np.where(n == 1, values, total[row] - values)
+        if cols > 2 and self.big.any():
+            table = np.full(cols * rows, np.inf)       # the gaps sort last, as NaN did
+            table[self.flat] = values
+            table = np.ascontiguousarray(table.reshape(cols, rows).T)
+            table.sort(axis=1)
+            k, r = self.size, np.arange(rows)
+            median = (table[r, np.maximum(k - 1, 0) // 2] + table[r, np.minimum(k // 2, cols - 1)]) / 2
+            out[self.big] = median[row[self.big]]
+        return out
 
 
 def _nic_excess(g: Graph, ctx: AnalysisContext, transfer: np.ndarray, inst_p: np.ndarray,
@@ -155,10 +173,11 @@ def root_causes(g: Graph, rep: Replay, ctx: AnalysisContext) -> RootCauses:
     n_rows, n_cols = int(width.sum()), int(np.bincount(stage_of_rank).max(initial=1))
     col = col_of_rank[node_rank]
     seg_len = np.clip(t - s, 0, None).astype(float)
-    ex_seg = np.clip(seg_len - _peer_reference(seg_len, row, col, n_rows, n_cols), 0, None)
+    peers = _Peers(row, col, n_rows, n_cols)
+    ex_seg = np.clip(seg_len - peers.reference(seg_len), 0, None)
     has_tr = (ch.node_prev >= 0) & ch.via
     tr = np.where(has_tr, ch.transfer, 0.0)
-    ex_tr_peer = np.clip(tr - _peer_reference(tr, row, col, n_rows, n_cols), 0, None)
+    ex_tr_peer = np.clip(tr - peers.reference(tr), 0, None)
     ex_nic, nic_node = _nic_excess(g, ctx, tr, ch.inst_p, has_tr)
     ex_tr = np.maximum(ex_tr_peer, ex_nic)
     by_nic = ex_nic >= ex_tr_peer
@@ -220,6 +239,48 @@ def _pipeline_instances(g: Graph) -> np.ndarray:
     return out
 
 
+def rows_of_segments(g: Graph, segs: np.ndarray) -> np.ndarray:
+    """The op rows (indices into ``g.op_seg``, ascending) of the segments ``segs`` (ascending).
+
+    The rows come by rank and each rank's by segment, its tail's last (``Graph.from_ranks``):
+    between tail rows the anchors' rows are sorted runs, searched by bisection (a loop over the
+    runs, at most one a rank); the tail rows are looked up apart. Without that order, a pass."""
+    op_seg, A = g.op_seg, g.anchors
+    layout = g.memo.get("op_rows")
+    if layout is None:
+        is_tail = op_seg >= A
+        tail_rows = np.flatnonzero(is_tail)
+        # Runs of anchor rows: from the end of one run of tail rows to the start of the next.
+        cut = np.flatnonzero(np.diff(is_tail.view(np.int8)) != 0) + 1 if len(op_seg) else np.zeros(0, np.int64)
+        edges = np.r_[0, cut, len(op_seg)]
+        runs = [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo and not is_tail[lo]]
+        # Sorted within each run, and the runs one after another.
+        descents = np.count_nonzero(op_seg[1:] < op_seg[:-1]) if len(op_seg) > 1 else 0
+        ordered = descents <= len(runs) and all(   # a loop over the runs (ranks)
+            int(op_seg[lo]) > int(op_seg[phi - 1]) for (_, phi), (lo, _) in zip(runs[:-1], runs[1:]))
+        ordered = ordered and descents == sum(1 for lo, _ in runs if lo > 0 and is_tail[lo - 1])
+        layout = g.memo["op_rows"] = (tail_rows, runs, ordered)
+    tail_rows, runs, ordered = layout
+    if not ordered:
+        return np.flatnonzero(np.isin(op_seg, segs))
+    parts = []
+    inner = segs[segs < A]
+    for lo, hi in runs:                # a loop over the runs (at most one a rank)
+        run = op_seg[lo:hi]
+        q = inner[(inner >= run[0]) & (inner <= run[-1])]
+        if not len(q):
+            continue
+        a, b = np.searchsorted(run, q, "left"), np.searchsorted(run, q, "right")
+        k = b - a
+        parts.append(lo + np.repeat(a - np.r_[0, np.cumsum(k)[:-1]], k) + np.arange(int(k.sum())))
+    if len(tail_rows):
+        parts.append(tail_rows[np.isin(op_seg[tail_rows], segs[segs >= A])])
+    if not parts:
+        return np.zeros(0, np.int64)
+    rows = np.concatenate(parts).astype(np.int64)
+    return np.sort(rows, kind="stable") if len(parts) > 1 else rows
+
+
 def _cause_table(g: Graph, ctx: AnalysisContext, seg_charge: np.ndarray, tr_charge: np.ndarray,
                  by_nic: np.ndarray, nic_node: np.ndarray, node_rank: np.ndarray) -> pd.DataFrame:
     """Charges by (rank, node, kind, op, phase): a segment's charge split over its ops by their
@@ -227,16 +288,19 @@ def _cause_table(g: Graph, ctx: AnalysisContext, seg_charge: np.ndarray, tr_char
     node_of = ctx.ranks.set_index("rank")["node"]
     rank_node = node_of.reindex(g.ranks).fillna(-1).to_numpy(np.int64)
     rows = []
-    # Segments: over their op rows, by exposed time.
-    busy = np.bincount(g.op_seg, weights=g.op_time, minlength=len(seg_charge)) if len(g.op_seg) else np.zeros(len(seg_charge))
-    span = g.kinds.sum(axis=1)
+    # Segments: over their op rows, by exposed time; only the charged segments (most are
+    # charged nothing) and their op rows, in row order (each sum adds in the same order).
+    cs = np.flatnonzero(seg_charge > 0)
+    charged = rows_of_segments(g, cs)
+    seg = g.op_seg[charged]
+    N = len(seg_charge)
+    busy = np.bincount(seg, weights=g.op_time[charged], minlength=N) if len(seg) else np.zeros(N)
+    span = g.kinds[cs].sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        share_busy = np.where(span > 0, np.minimum(busy / span, 1.0), 0.0)
-        # Only the rows of charged segments (most segments are charged nothing).
-        charged = np.flatnonzero((seg_charge > 0)[g.op_seg]) if len(g.op_seg) else np.zeros(0, np.int64)
-        seg = g.op_seg[charged]
+        share_busy = np.zeros(N)
+        share_busy[cs] = np.where(span > 0, np.minimum(busy[cs] / span, 1.0), 0.0)
         per_op = np.where(busy[seg] > 0, seg_charge[seg] * share_busy[seg] * g.op_time[charged] / busy[seg], 0.0)
-    idle_charge = seg_charge * (1 - share_busy)
+    idle_charge = seg_charge[cs] * (1 - share_busy[cs])
     if len(charged):
         K = max(len(g.op_keys), 1)
         sums = np.bincount(node_rank[seg] * K + g.op_key[charged], weights=per_op, minlength=len(g.ranks) * K)
@@ -247,7 +311,7 @@ def _cause_table(g: Graph, ctx: AnalysisContext, seg_charge: np.ndarray, tr_char
         frame = frame.assign(op=op, phase=[f for _, f in ops],
                              kind=["memory" if o == "memcpy" else "host" if o == "host" else "compute" for o in op])
         rows.append(frame.drop(columns="key"))
-    idle = pd.DataFrame({"rank_pos": node_rank, "cost_ns": idle_charge})
+    idle = pd.DataFrame({"rank_pos": node_rank[cs], "cost_ns": idle_charge})
     idle = idle[idle["cost_ns"] > 0].groupby("rank_pos", as_index=False)["cost_ns"].sum().assign(
         op=None, phase=None, kind="idle")
     rows.append(idle)

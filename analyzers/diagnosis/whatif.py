@@ -167,17 +167,20 @@ def node_rates(ctx: AnalysisContext) -> dict[int, float]:
 
 
 def scenario_inputs(g: Graph, scenarios: list[Scenario], ctx: AnalysisContext,
-                    node_of_rank: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``delta`` [A + R, S] and ``tscale`` [I, S] for the replay (the baseline first, column 0)."""
+                    node_of_rank: dict[int, int], *, baseline: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``delta`` [A + R, S] and ``tscale`` [I, S] for the replay (the baseline first, column 0;
+    without ``baseline``, only the scenarios' columns, from 0: a caller holding the baseline's
+    replay already)."""
     A, R = g.anchors, len(g.ranks)
-    S = len(scenarios) + 1
+    first = 1 if baseline else 0
+    S = len(scenarios) + first
     delta = np.zeros((A + R, S))
     tscale = np.ones((len(g.inst_key), S))
     seg_rank = np.r_[g.rank_of, np.arange(R)]
     is_coll = g.inst_key >= 0                      # per instance: collectives (barriers are below 0)
     hw_col = 0
     inst_nodes = latency = None
-    for s, sc in enumerate(scenarios, start=1):     # a loop over scenarios and their changes
+    for s, sc in enumerate(scenarios, start=first):     # a loop over scenarios and their changes
         if sc.hw is not None:
             delta[:, s] += g.deltas[hw_col]
             hw_col += 1
