@@ -86,22 +86,21 @@ def baseline(partials: list, ctx: AnalysisContext) -> tuple[Graph, Replay]:
 
 
 def _mark(pred: np.ndarray, start: int) -> np.ndarray:
-    """Nodes reachable from ``start`` by following ``pred`` (``-1`` ends), by pointer doubling."""
+    """Nodes reachable from ``start`` by following ``pred`` (``-1`` ends), by pointer doubling:
+    after round k every node within 2**k steps is marked and ``jump`` is the 2**k-th step."""
     N = len(pred)
     jump = np.where(pred < 0, N, pred)
     jump = np.r_[jump, N]
     on = np.zeros(N + 1, bool)
-    on[start] = True
-    frontier = np.array([start])
-    while len(frontier):          # log2(path length) rounds
+    on[start] = on[N] = True          # N, "the end", counts as marked: it is never reported
+    frontier = np.array([start])      # the marked nodes (a chain: no node twice)
+    while True:                       # log2(path length) rounds
         reach = jump[frontier]
-        frontier = np.unique(np.r_[frontier, reach])
-        frontier = frontier[frontier != N]
-        fresh = frontier[~on[frontier]]
-        on[fresh] = True
+        fresh = reach[~on[reach]]
         if not len(fresh):
             break
-        frontier = np.flatnonzero(on[:N])
+        on[fresh] = True
+        frontier = np.r_[frontier, fresh]
         jump = jump[jump]
     return on[:N]
 

@@ -158,8 +158,9 @@ def _candidates(g: Graph, ctx: AnalysisContext, cp: Any) -> list[dict]:
                 "next": f"sohuprof analyze {ctx.store.origin} --report comm,critical_path"})
     # Ops below their roof: the op classes with the most time above their roof on the path.
     if ctx.hardware is not None and len(g.op_roof):
-        ok = ~np.isnan(g.op_roof)
-        excess_by_key = np.bincount(g.op_key[ok], weights=(g.op_time[ok] - g.op_roof[ok]).astype(float),
+        # Rows without a roof add an exact 0.0 (the same sums as leaving them out, no compress).
+        excess = g.op_time - g.op_roof
+        excess_by_key = np.bincount(g.op_key, weights=np.where(np.isnan(g.op_roof), 0.0, excess),
                                     minlength=len(g.op_keys))
         best = np.argsort(-excess_by_key)[:3]
         for key, excess in zip(best.tolist(), excess_by_key[best].tolist()):     # three op classes

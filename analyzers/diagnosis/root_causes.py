@@ -267,7 +267,8 @@ def rows_of_segments(g: Graph, segs: np.ndarray) -> np.ndarray:
     inner = segs[segs < A]
     for lo, hi in runs:                # a loop over the runs (at most one a rank)
         run = op_seg[lo:hi]
-        q = inner[(inner >= run[0]) & (inner <= run[-1])]
+        # In the rows' own dtype: a mixed one would convert the whole run on every search.
+        q = inner[(inner >= run[0]) & (inner <= run[-1])].astype(run.dtype)
         if not len(q):
             continue
         a, b = np.searchsorted(run, q, "left"), np.searchsorted(run, q, "right")
@@ -316,8 +317,9 @@ def _cause_table(g: Graph, ctx: AnalysisContext, seg_charge: np.ndarray, tr_char
         op=None, phase=None, kind="idle")
     rows.append(idle)
     own_tr = ~by_nic | (nic_node < 0)
-    tr_rank = pd.DataFrame({"rank_pos": node_rank[own_tr], "cost_ns": tr_charge[own_tr]})
-    tr_rank = tr_rank[tr_rank["cost_ns"] > 0].groupby("rank_pos", as_index=False)["cost_ns"].sum().assign(
+    paid = own_tr & (tr_charge > 0)
+    tr_rank = pd.DataFrame({"rank_pos": node_rank[paid], "cost_ns": tr_charge[paid]})
+    tr_rank = tr_rank.groupby("rank_pos", as_index=False)["cost_ns"].sum().assign(
         op=None, phase=None, kind="transfer")
     rows.append(tr_rank)
     table = pd.concat(rows, ignore_index=True)
