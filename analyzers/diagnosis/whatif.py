@@ -195,7 +195,8 @@ def scenario_inputs(g: Graph, scenarios: list[Scenario], ctx: AnalysisContext,
                 hit = np.array([o == c.op and (c.phase is None or p == c.phase) for o, p in names] + [False])
                 rows = hit[g.op_key] if len(g.op_key) else np.zeros(0, bool)
                 if c.what == "roof":
-                    change = np.where(np.isnan(g.op_roof[rows]), 0.0, g.op_roof[rows] - g.op_time[rows])
+                    roof = g.op_roof[rows]
+                    change = np.where(np.isnan(roof), 0.0, roof - g.op_time[rows])
                 else:
                     change = (c.factor - 1) * g.op_time[rows]
                 delta[:, s] += np.bincount(g.op_seg[rows], weights=change, minlength=A + R)

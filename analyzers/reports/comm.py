@@ -461,7 +461,13 @@ def _links(store: TraceStore, inst: pd.DataFrame, senders: pd.DataFrame, hw: Har
     # The instance table and the collectives table come sorted (by coll_id, then rank): then
     # the lookup needs no sorter and the rows no sort.
     order = np.arange(len(ids)) if _increasing(ids) else np.argsort(ids, kind="stable")
-    at = np.minimum(np.searchsorted(ids[order], cid), max(len(ids) - 1, 0))
+    step = np.diff(cid)
+    if len(cid) > 1 and (step >= 0).all():      # one search a run of one instance's rows
+        run = np.flatnonzero(np.r_[True, step != 0])
+        at = np.repeat(np.searchsorted(ids[order], cid[run]), np.diff(np.r_[run, len(cid)]))
+    else:
+        at = np.searchsorted(ids[order], cid)
+    at = np.minimum(at, max(len(ids) - 1, 0))
     hit = ids[order[at]] == cid
     keep = np.flatnonzero(hit)
     rank_all = table.column("rank").to_numpy()
