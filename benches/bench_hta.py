@@ -7,11 +7,12 @@ Both read the same A100 trace and must print the same numbers. HTA runs in its o
     python -m venv .hta-venv && .hta-venv/bin/pip install traceinsight
     python benches/bench_hta.py [--hta-python .hta-venv/bin/python] [--cli-runs 5]
 
-Two measurements: in-process (``read_kineto`` + the three analyses against HTA's load + the
-same three), and what a user waits for (issue 13): ``sohuprof analyze TRACE --report
-temporal,comm,kernels --hta-compatible`` in a fresh process, start-up and imports included,
-against a fresh ``python`` that imports HTA, loads the trace and runs the same three analyses.
-Target: >= 20x, both ways.
+Two measurements: in-process (what ``sohuprof analyze TRACE`` runs: the trace collected on the
+fly into a temporary store + the three analyses, against HTA's load + the same three), and what
+a user waits for (issue 13): ``sohuprof analyze TRACE --report temporal,comm,kernels
+--hta-compatible`` in a fresh process, start-up and imports included, against a fresh
+``python`` that imports HTA, loads the trace and runs the same three analyses. Targets (issue
+17): >= 20x in-process, >= 10x through the CLI.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import time
 from pathlib import Path
 
 from sohuprof.analyzers.report import run_reports
-from sohuprof.collectors.kineto import collect_kineto
-from sohuprof.store import open_store
+from sohuprof.store import open_store_or_collect
 
 TRACE = Path(__file__).resolve().parent.parent / "tests" / "data" / "kineto" / "nccl_data.json.gz"
 TARGET = 20.0
+CLI_TARGET = 10.0
 
 _HTA_SCRIPT = """
 import json, shutil, sys, tempfile, time
@@ -54,13 +55,12 @@ print(json.dumps({"import": t_import, "load": t_load, "analyses": t_an,
 
 
 def sohuprof_run() -> tuple[float, float, dict]:
-    """Wall time of collect + the three reports in-process, of the collect alone, and the figures."""
-    with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        collect_kineto(TRACE, Path(tmp) / "store")
+    """Wall time of what ``sohuprof analyze TRACE`` does in-process (collect on the fly into a
+    temporary store, the three reports), of the collect alone, and the figures."""
+    t = time.perf_counter()
+    with open_store_or_collect(TRACE) as store:
         t_read = time.perf_counter() - t
-        out = run_reports(open_store(Path(tmp) / "store"), ["temporal", "comm", "kernels"],
-                          hta_compatible=True).to_json()
+        out = run_reports(store, ["temporal", "comm", "kernels"], hta_compatible=True).to_json()
         elapsed = time.perf_counter() - t
     return elapsed, t_read, _figures(out)
 
@@ -91,7 +91,7 @@ def main() -> None:
     runs = sorted(sohuprof_run()[:2] for _ in range(args.repeat))
     ours, ours_read = runs[args.repeat // 2]
     numbers = sohuprof_run()[2]
-    print(f"sohuprof in-process: collect + temporal, comm (overlap), kernels (--hta-compatible): {ours * 1e3:7.1f} ms "
+    print(f"sohuprof in-process (what analyze TRACE runs): collect on the fly + temporal, comm (overlap), kernels (--hta-compatible): {ours * 1e3:7.1f} ms "
           f"(collect {ours_read * 1e3:.1f} ms; median of {args.repeat})  {numbers}")
     cli = [sys.executable, "-m", "sohuprof", "analyze", str(TRACE), "--report", "temporal,comm,kernels",
            "--hta-compatible", "--format", "json"]
@@ -99,8 +99,13 @@ def main() -> None:
     same_cli = _figures(json.loads(cli_out)) == numbers
     start_time, _ = _fresh([sys.executable, "-c", "import sohuprof.cli, sohuprof.analyzers.report, pandas, pyarrow"],
                            args.cli_runs)
+    # What the start-up is made of: the floor any numpy/pyarrow path pays, and pandas on top.
+    base_time, _ = _fresh([sys.executable, "-c", "import numpy, pyarrow, pyarrow.compute"], args.cli_runs)
+    pandas_time, _ = _fresh([sys.executable, "-c", "import pandas"], args.cli_runs)
     print(f"sohuprof CLI, fresh process: {cli_time * 1e3:.0f} ms (median of {args.cli_runs}; same figures: {same_cli}); "
-          f"of which importing the CLI, the report engine, pandas and pyarrow: {start_time * 1e3:.0f} ms")
+          f"of which importing the CLI, the report engine, pandas and pyarrow: {start_time * 1e3:.0f} ms "
+          f"(a bare python importing numpy, pyarrow and pyarrow.compute: {base_time * 1e3:.0f} ms; pandas alone: "
+          f"{pandas_time * 1e3:.0f} ms)")
     if not Path(args.hta_python).exists():
         sys.exit(f"no HTA interpreter at {args.hta_python}: see this script's docstring")
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
@@ -120,7 +125,7 @@ def main() -> None:
           f"(+ import {hta['import'] * 1e3:.0f} ms); fresh process {hta_fresh * 1e3:.0f} ms  "
           f"{dict((k, hta[k]) for k in numbers)}")
     print(f"same numbers: {same}; in-process speed-up {hta_time / ours:.1f}x (target >= {TARGET:.0f}x); "
-          f"through the CLI {hta_fresh / cli_time:.1f}x (target >= {TARGET:.0f}x); "
+          f"through the CLI {hta_fresh / cli_time:.1f}x (target >= {CLI_TARGET:.0f}x); "
           f"the CLI less its start-up {hta_fresh / max(cli_time - start_time, 1e-3):.1f}x")
 
 
